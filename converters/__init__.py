@@ -1,0 +1,15 @@
+"""Haiku checkpoint -> perceiver-torch converters: safe reading, strict declarative tables."""
+
+from .checkpoint_reader import (
+    CheckpointReadError,
+    HaikuCheckpoint,
+    UnsafePickleError,
+    load_haiku_checkpoint,
+)
+from .convert import CONVERTER_VERSION, convert, convert_tree, load_config
+from .rules import ConversionError
+
+__all__ = [
+    "CONVERTER_VERSION", "CheckpointReadError", "ConversionError", "HaikuCheckpoint", "UnsafePickleError",
+    "convert", "convert_tree", "load_config", "load_haiku_checkpoint",
+]

@@ -1,0 +1,40 @@
+"""`perceiver-convert TASK CHECKPOINT (--config CONFIG.json | --preset NAME) -o OUT.safetensors`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from perceiver_torch.registry import ALL_TASKS, preset_names
+
+from .checkpoint_reader import CheckpointReadError
+from .convert import convert, preset_config
+from .rules import ConversionError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="perceiver-convert", description=__doc__)
+    parser.add_argument("task", choices=ALL_TASKS)
+    parser.add_argument("checkpoint", help="upstream Haiku .pickle / .pystate file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="config.json (upstream constructor kwargs + model constants)")
+    source.add_argument("--preset", choices=preset_names(), help="a released configuration")
+    parser.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    args = parser.parse_args(argv)
+
+    config = args.config
+    if args.preset:
+        preset_task, config = preset_config(args.preset)
+        if preset_task != args.task:
+            parser.error(f"preset {args.preset!r} is a {preset_task!r} model, not {args.task!r}.")
+    try:
+        out = convert(args.task, args.checkpoint, config, args.output)
+    except (ConversionError, CheckpointReadError, ValueError, FileNotFoundError) as exc:
+        print(f"perceiver-convert: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

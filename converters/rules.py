@@ -1,0 +1,196 @@
+"""Declarative conversion: module rules, layout transforms, and a strict merge.
+
+A task's table is a list of `ModuleRule(haiku_module, torch_module, kind)`.
+The kind names how each Haiku leaf of that module maps onto a Torch tensor
+(`LINEAR`: `w [in, out]` -> `weight [out, in]`, and so on). `strict_merge`
+applies a table and fails, listing every problem on both sides, unless every
+source array is used exactly once and every target tensor is filled with the
+right shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def transpose_linear(w: np.ndarray) -> np.ndarray:
+    """Haiku Linear w [in, out] -> torch weight [out, in]."""
+    return w.T
+
+
+def conv_hwio_to_oihw(w: np.ndarray) -> np.ndarray:
+    """Haiku ConvND kernel [*spatial, in, out] -> torch [out, in, *spatial]."""
+    nd = w.ndim - 2
+    return w.transpose(nd + 1, nd, *range(nd))
+
+
+def squeeze_to_channels(x: np.ndarray) -> np.ndarray:
+    """Batch-norm statistics [1, 1, 1, C] -> [C]."""
+    return x.reshape(x.shape[-1])
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One Haiku leaf -> one Torch tensor suffix, via a named transform."""
+
+    haiku_name: str
+    torch_name: str
+    transform: Transform = identity
+    collection: str = "params"  # or "state"
+
+
+# Module kinds: which leaves a Haiku module of that kind has, and where they go.
+LINEAR = (Leaf("w", "weight", transpose_linear), Leaf("b", "bias"))
+LINEAR_NO_BIAS = (Leaf("w", "weight", transpose_linear),)
+LAYER_NORM = (Leaf("scale", "weight"), Leaf("offset", "bias"))
+EMBED = (Leaf("embeddings", "weight"),)
+POSITION_TABLE = (Leaf("pos_embs", "embeddings"),)
+BIAS_ONLY = (Leaf("bias", "bias"),)
+CONV = (Leaf("w", "weight", conv_hwio_to_oihw), Leaf("b", "bias"))
+CONV_NO_BIAS = (Leaf("w", "weight", conv_hwio_to_oihw),)
+BATCH_NORM = (Leaf("scale", "weight", squeeze_to_channels), Leaf("offset", "bias", squeeze_to_channels))
+
+
+@dataclass(frozen=True)
+class ModuleRule:
+    haiku_module: str
+    torch_module: str
+    kind: tuple[Leaf, ...]
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A source leaf deliberately not converted, with the reason (kept in the table, not hidden)."""
+
+    key: str  # "params:module/name" or "state:module/name"
+    reason: str
+
+
+def join(prefix: str, name: str, sep: str) -> str:
+    return f"{prefix}{sep}{name}" if prefix else name
+
+
+# Sub-tables of upstream blocks, relative to the block's Haiku/Torch paths.
+ATTENTION = (
+    ("attention/linear", "attention.query", LINEAR),
+    ("attention/linear_1", "attention.key", LINEAR),
+    ("attention/linear_2", "attention.value", LINEAR),
+    ("attention/linear_3", "attention.output", LINEAR),
+)
+MLP = (
+    ("mlp/linear", "mlp.dense1", LINEAR),
+    ("mlp/linear_1", "mlp.dense2", LINEAR),
+)
+# Haiku names layer norms in call order: query, key/value, then pre-MLP.
+CROSS_ATTENTION = ATTENTION + MLP + (
+    ("layer_norm", "query_norm", LAYER_NORM),
+    ("layer_norm_1", "kv_norm", LAYER_NORM),
+    ("layer_norm_2", "mlp_norm", LAYER_NORM),
+)
+SELF_ATTENTION = ATTENTION + MLP + (
+    ("layer_norm", "norm", LAYER_NORM),
+    ("layer_norm_1", "mlp_norm", LAYER_NORM),
+)
+
+
+def block(haiku_prefix: str, torch_prefix: str, table) -> list[ModuleRule]:
+    return [ModuleRule(join(haiku_prefix, h, "/"), join(torch_prefix, t, "."), kind) for h, t, kind in table]
+
+
+def haiku_indexed(name: str, i: int) -> str:
+    """Haiku's unique naming: name, name_1, name_2, ..."""
+    return name if i == 0 else f"{name}_{i}"
+
+
+def encoder_rules(haiku_prefix: str, torch_prefix: str, num_self_attends: int) -> list[ModuleRule]:
+    """Rules for an upstream PerceiverEncoder (submodules under '<name>/~/')."""
+    rules = [ModuleRule(f"{haiku_prefix}/~/trainable_position_encoding", f"{torch_prefix}.latents", POSITION_TABLE)]
+    rules += block(f"{haiku_prefix}/~/cross_attention", f"{torch_prefix}.cross_attend", CROSS_ATTENTION)
+    for i in range(num_self_attends):
+        rules += block(f"{haiku_prefix}/~/{haiku_indexed('self_attention', i)}",
+                       f"{torch_prefix}.self_attends.{i}", SELF_ATTENTION)
+    return rules
+
+
+def basic_decoder_rules(haiku_prefix: str, torch_prefix: str, *, trainable_queries: bool,
+                        final_project: bool) -> list[ModuleRule]:
+    """Rules for an upstream BasicDecoder named `haiku_prefix`."""
+    rules = block(f"{haiku_prefix}/cross_attention", f"{torch_prefix}.cross_attend", CROSS_ATTENTION)
+    if trainable_queries:
+        rules.append(ModuleRule(f"{haiku_prefix}/~/trainable_position_encoding",
+                                f"{torch_prefix}.output_queries", POSITION_TABLE))
+    if final_project:
+        rules.append(ModuleRule(f"{haiku_prefix}/output", f"{torch_prefix}.output", LINEAR))
+    return rules
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not match the model: lists every offending path."""
+
+    def __init__(self, problems: list[str], context: str = ""):
+        self.problems = problems
+        head = f"conversion failed{f' ({context})' if context else ''}: {len(problems)} problem(s)"
+        super().__init__(head + "\n  " + "\n  ".join(problems))
+
+
+def strict_merge(
+    source: dict[str, np.ndarray],
+    target_shapes: dict[str, tuple[int, ...]],
+    rules: Iterable[ModuleRule],
+    ignored: Iterable[Ignored] = (),
+    context: str = "",
+) -> dict[str, np.ndarray]:
+    """Map `source` ('params:module/name' -> array) onto `target_shapes` (torch key -> shape).
+
+    Every source array must be used exactly once (or be listed in `ignored`),
+    every target filled once, every shape equal after its transform.
+    """
+    out: dict[str, np.ndarray] = {}
+    used: dict[str, str] = {}
+    addressed: set[str] = set()  # targets some rule reported on, filled or not
+    problems: list[str] = []
+    for rule in rules:
+        for leaf in rule.kind:
+            src = f"{leaf.collection}:{rule.haiku_module}/{leaf.haiku_name}"
+            dst = f"{rule.torch_module}.{leaf.torch_name}"
+            if src in used:
+                problems.append(f"source {src} used twice (for {used[src]} and {dst})")
+                continue
+            addressed.add(dst)
+            if dst in out:
+                problems.append(f"target {dst} filled twice (second time from {src})")
+                continue
+            if src not in source:
+                problems.append(f"missing in checkpoint: {src} (needed for {dst})")
+                continue
+            used[src] = dst
+            if dst not in target_shapes:
+                problems.append(f"checkpoint {src} maps to {dst}, which the model does not have")
+                continue
+            value = leaf.transform(source[src])
+            if tuple(value.shape) != tuple(target_shapes[dst]):
+                problems.append(
+                    f"shape mismatch: checkpoint {src} {tuple(source[src].shape)} -> {dst} "
+                    f"{tuple(value.shape)}, model expects {tuple(target_shapes[dst])}"
+                )
+                continue
+            out[dst] = value
+    for item in ignored:
+        if item.key in source:
+            used[item.key] = f"ignored: {item.reason}"
+    for src in sorted(set(source) - set(used)):
+        problems.append(f"unused in checkpoint: {src} {tuple(source[src].shape)}")
+    for dst in sorted(set(target_shapes) - addressed):
+        problems.append(f"not filled in model: {dst} {tuple(target_shapes[dst])}")
+    if problems:
+        raise ConversionError(problems, context)
+    return out

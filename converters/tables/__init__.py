@@ -1,0 +1,5 @@
+"""One conversion table per task: `rules(config)` and `IGNORED` leaves, by import path."""
+
+TASK_TABLES = {
+    "language": "converters.tables.language",
+}

@@ -1,0 +1,99 @@
+"""The byte-level masked LM reproduces the upstream golden logits through the public contract."""
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import perceiver_torch as pt
+
+from .conftest import assert_close, golden_dir, golden_io
+
+
+@pytest.mark.parametrize("pickle_name", ["checkpoint.pickle", "checkpoint_plain.pickle"])
+def test_language_matches_upstream(converted, pickle_name):
+    model = pt.load_model(converted("language", "language", pickle_name))
+    io = golden_io("language")
+    mask = torch.from_numpy(io["input/input_mask"])
+    assert (mask == 0).any(), "fixture must exercise padding"
+    with torch.no_grad():
+        logits = model(torch.from_numpy(io["input/inputs"]).long(), mask)
+    assert_close(logits.numpy(), io["output/logits"], what="logits")
+
+
+def test_shorter_sequence_equals_prefix_of_full_length(converted):
+    """Running T < max_seq_len tokens gives upstream's values at those positions."""
+    model = pt.load_model(converted("language", "language"))
+    io = golden_io("language")
+    ids, mask = torch.from_numpy(io["input/inputs"]).long(), torch.from_numpy(io["input/input_mask"])
+    row, valid = 0, int(mask[0].sum())
+    with torch.no_grad():
+        short = model(ids[row:row + 1, :valid], mask[row:row + 1, :valid])
+    assert_close(short[0].numpy(), io["output/logits"][row, :valid], what="prefix logits")
+
+
+def test_too_long_sequence_is_rejected(converted):
+    model = pt.load_model(converted("language", "language"))
+    with pytest.raises(ValueError, match="longer than max_seq_len=64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_fill_masked_keeps_unmasked_bytes_and_fills_masks(converted):
+    model = pt.load_model(converted("language", "language"))
+    text = "Perceiver" + "[MASK]" * 3 + " IO"
+    filled = model.fill_masked(text)
+    ids = model.tokenizer.encode_with_masks(text)
+    with torch.no_grad():
+        predicted = model(torch.tensor([ids]), torch.ones(1, len(ids))).argmax(-1)[0]
+    expected = [int(p) if i == model.tokenizer.mask_token else i for i, p in zip(ids, predicted, strict=True)]
+    assert filled == model.tokenizer.decode(expected)
+    assert filled.startswith("Perceiver") and filled.endswith(" IO")
+
+
+def test_golden_language_converts_and_runs_without_jax_or_haiku(tmp_path):
+    """Conversion and inference must not need JAX or Haiku: block their import entirely."""
+    repo = Path(__file__).resolve().parents[1]
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ("jax", "jaxlib", "haiku"):
+            sys.modules[name] = None  # any import of them now raises ImportError
+        import numpy as np, torch, converters, perceiver_torch as pt
+        g = {str(golden_dir("language"))!r}
+        out = converters.convert("language", g + "/checkpoint.pickle", g + "/config.json", {str(tmp_path)!r} + "/m.st")
+        io = np.load(g + "/io.npz")
+        with torch.no_grad():
+            ids, mask = torch.from_numpy(io["input/inputs"]).long(), torch.from_numpy(io["input/input_mask"])
+            y = pt.load_model(out)(ids, mask)
+        assert np.allclose(y.numpy(), io["output/logits"], atol=1e-4, rtol=1e-4)
+        assert not any(m.split(".")[0] in ("jax", "haiku") for m in sys.modules if sys.modules[m] is not None)
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_converted_file_metadata_rebuilds_model(converted):
+    from perceiver_torch.serialization import read_metadata
+
+    path = converted("language", "language")
+    meta = read_metadata(path)
+    assert meta["task"] == "language"
+    assert meta["converter_version"]
+    source = (golden_dir("language") / "checkpoint.pickle").read_bytes()
+    assert meta["source_sha256"] == hashlib.sha256(source).hexdigest()
+    model = pt.load_model(path)
+    assert not model.training
+    assert model.config == json.loads(meta["config"])
+
+
+def test_upstream_logits_have_expected_layout():
+    io = golden_io("language")
+    assert io["output/logits"].shape[-1] == 262
+    assert np.isfinite(io["output/logits"]).all()

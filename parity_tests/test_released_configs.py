@@ -1,0 +1,56 @@
+"""Every released configuration: the Torch model's size and the converter's coverage are exact.
+
+Weights are broadcast zero views of the released shapes, so no real-size
+arrays are allocated; models are built on the meta device.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import perceiver_torch as pt
+from converters import HaikuCheckpoint, convert_tree
+from perceiver_torch.registry import TASK_MODELS, preset
+
+from .conftest import released_shapes
+
+RELEASED = released_shapes()
+SUPPORTED = [name for name in sorted(RELEASED) if preset(name)["task"] in TASK_MODELS]
+
+
+def _zeros_tree(tree: dict) -> dict:
+    return {m: {n: np.broadcast_to(np.float32(0), s) for n, s in leaves.items()} for m, leaves in tree.items()}
+
+
+def test_packaged_presets_are_the_released_configs():
+    assert pt.preset_names() == sorted(RELEASED)
+    for name, entry in RELEASED.items():
+        assert preset(name)["config"] == entry["config"]
+        assert preset(name)["num_params"] == entry["num_params"]
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_preset_has_exact_parameter_count(name):
+    with torch.device("meta"):
+        model = pt.build_preset(name)
+    assert sum(p.numel() for p in model.parameters()) == RELEASED[name]["num_params"]
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_converter_accounts_for_every_released_path(name):
+    entry = RELEASED[name]
+    checkpoint = HaikuCheckpoint(_zeros_tree(entry["params"]), _zeros_tree(entry.get("state", {})))
+    converted = convert_tree(preset(name)["task"], checkpoint, entry["config"])
+    with torch.device("meta"):
+        model = pt.build_preset(name)
+    state = model.state_dict()
+    assert set(converted) == set(state)
+    for key, value in converted.items():
+        assert tuple(value.shape) == tuple(state[key].shape), key
+    leaves = sum(len(v) for v in entry["params"].values())
+    assert leaves == sum(1 for k in converted if not k.endswith(("running_mean", "running_var")))\
+        or "state" in entry
+
+
+def test_language_preset_is_supported():
+    assert "language_perceiver_io_bytes" in SUPPORTED

@@ -1,0 +1,14 @@
+"""perceiver-torch: DeepMind's Perceiver IO in PyTorch, exact to upstream."""
+
+from .layers import Perceiver
+from .models import PerceiverForMaskedLM
+from .registry import build_model, build_preset, preset_names
+from .serialization import load_model
+from .tokenizer import BytesTokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BytesTokenizer", "Perceiver", "PerceiverForMaskedLM", "__version__", "build_model", "build_preset",
+    "load_model", "preset_names",
+]

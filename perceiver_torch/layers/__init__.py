@@ -1,0 +1,23 @@
+"""Building blocks of Perceiver IO, one job per module."""
+
+from .attention import MultiHeadAttention, make_cross_attention_mask
+from .blocks import MLP, CrossAttention, SelfAttention
+from .decoders import BasicDecoder, EmbeddingDecoder
+from .encoder import PerceiverEncoder
+from .perceiver import Perceiver
+from .position_encoding import (
+    FourierPositionEncoding,
+    PositionEncodingProjector,
+    TrainablePositionEncoding,
+    build_linear_positions,
+    build_position_encoding,
+    fourier_features,
+)
+from .text import TextPreprocessor
+
+__all__ = [
+    "BasicDecoder", "CrossAttention", "EmbeddingDecoder", "FourierPositionEncoding", "MLP",
+    "MultiHeadAttention", "Perceiver", "PerceiverEncoder", "PositionEncodingProjector", "SelfAttention",
+    "TextPreprocessor", "TrainablePositionEncoding", "build_linear_positions", "build_position_encoding",
+    "fourier_features", "make_cross_attention_mask",
+]

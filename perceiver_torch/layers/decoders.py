@@ -1,0 +1,129 @@
+"""Decoders: cross-attention from output queries to the latents."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .attention import make_cross_attention_mask
+from .blocks import CrossAttention
+from .position_encoding import build_position_encoding
+
+
+class BasicDecoder(nn.Module):
+    """Upstream `BasicDecoder`: output queries -> cross-attend to z -> optional projection.
+
+    Output queries come from a position encoding over `output_index_dims`
+    (`position_encoding_type` 'trainable' or 'fourier'), or from the caller
+    ('none', with `query_channels` giving their width).
+    """
+
+    def __init__(
+        self,
+        output_num_channels: int,
+        position_encoding_type: str = "trainable",
+        output_index_dims: Sequence[int] | int | None = None,
+        num_z_channels: int = 1024,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        use_query_residual: bool = False,
+        num_heads: int = 1,
+        final_project: bool = True,
+        query_channels: int | None = None,
+        concat_preprocessed_input: bool = False,
+        **position_encoding_kwargs,
+    ):
+        super().__init__()
+        if isinstance(output_index_dims, int):
+            output_index_dims = (output_index_dims,)
+        self.output_index_dims = tuple(output_index_dims) if output_index_dims is not None else None
+        self.concat_preprocessed_input = concat_preprocessed_input
+        self.output_queries = None
+        if position_encoding_type != "none":
+            if self.output_index_dims is None:
+                raise ValueError("output_index_dims is required unless position_encoding_type='none'.")
+            self.output_queries = build_position_encoding(
+                position_encoding_type, self.output_index_dims, **position_encoding_kwargs
+            )
+            if query_channels is None:
+                query_channels = self.output_queries.num_channels
+        if query_channels is None:
+            raise ValueError("query_channels is required when the decoder builds no output queries.")
+        self.query_channels = query_channels
+        self.cross_attend = CrossAttention(
+            query_channels, num_z_channels, num_heads=num_heads, widening_factor=1, shape_for_attn="kv",
+            use_query_residual=use_query_residual, qk_channels=qk_channels, v_channels=v_channels,
+        )
+        # Haiku creates the final layer lazily: it has no parameters when unused.
+        self.output = nn.Linear(query_channels, output_num_channels) if final_project else None
+
+    @property
+    def num_output_channels(self) -> int:
+        return self.output.out_features if self.output is not None else self.query_channels
+
+    def decoder_query(
+        self,
+        inputs: torch.Tensor,
+        modality_sizes: dict | None = None,
+        inputs_without_pos: torch.Tensor | None = None,
+        subsampled_points: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Queries [B, M, C] for preprocessed `inputs` (which give batch, dtype, device).
+
+        As upstream, `subsampled_points` (flat indices) become positions in
+        [-1, 1) for Fourier queries; a trainable table ignores them and is
+        returned whole.
+        """
+        batch_size, like = inputs.shape[0], inputs
+        if self.output_queries is None:
+            raise ValueError("this decoder has position_encoding_type='none': pass queries explicitly.")
+        kwargs = dict(dtype=like.dtype, device=like.device)
+        if subsampled_points is None:
+            queries = self.output_queries(batch_size, **kwargs)
+        else:
+            pos = unravel_index(subsampled_points, self.output_index_dims)
+            dims = torch.tensor(self.output_index_dims, dtype=like.dtype, device=like.device)
+            pos = -1 + 2 * pos.to(like.dtype) / dims
+            queries = self.output_queries(batch_size, pos.expand(batch_size, -1, -1), **kwargs)
+        if self.concat_preprocessed_input:
+            if inputs_without_pos is None:
+                raise ValueError("inputs_without_pos is required when concat_preprocessed_input is True.")
+            queries = torch.cat([inputs_without_pos, queries], dim=-1)
+        return queries
+
+    def output_modality_sizes(self, subsampled_points=None) -> dict | None:
+        """Per-modality output sizes for a postprocessor; None for a single modality."""
+        return None
+
+    def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        attention_mask = None
+        if query_mask is not None:
+            ones = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+            attention_mask = make_cross_attention_mask(query_mask, ones)
+        output = self.cross_attend(query, z, attention_mask)
+        if self.output is not None:
+            output = self.output(output)
+        return output
+
+
+def unravel_index(indices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Flat indices [M] -> coordinates [M, len(shape)] (C order), on device."""
+    coords = []
+    for size in reversed(shape):
+        coords.append(indices % size)
+        indices = torch.div(indices, size, rounding_mode="floor")
+    return torch.stack(coords[::-1], dim=-1)
+
+
+class EmbeddingDecoder(nn.Module):
+    """Logits from decoder outputs through the (tied) input embedding, plus a bias."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, embeddings: torch.Tensor, embedding_matrix: torch.Tensor) -> torch.Tensor:
+        return embeddings @ embedding_matrix.T + self.bias
+

@@ -1,0 +1,70 @@
+"""The Perceiver encoder: latents cross-attend to the inputs, then self-attend."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import make_cross_attention_mask
+from .blocks import CrossAttention, SelfAttention
+from .position_encoding import TrainablePositionEncoding
+
+
+class PerceiverEncoder(nn.Module):
+    """Upstream `PerceiverEncoder`, with the input width given explicitly.
+
+    The `num_self_attends_per_block` self-attention layers form one block that
+    is applied `num_blocks` times with shared weights.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        num_self_attends_per_block: int = 6,
+        num_blocks: int = 8,
+        z_index_dim: int = 512,
+        num_z_channels: int = 1024,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        num_cross_attend_heads: int = 1,
+        num_self_attend_heads: int = 8,
+        cross_attend_widening_factor: int = 1,
+        self_attend_widening_factor: int = 1,
+        dropout_prob: float = 0.0,
+        z_pos_enc_init_scale: float = 0.02,
+        cross_attention_shape_for_attn: str = "kv",
+        use_query_residual: bool = True,
+    ):
+        super().__init__()
+        for heads, what in ((num_self_attend_heads, "num_self_attend_heads"),
+                            (num_cross_attend_heads, "num_cross_attend_heads")):
+            if num_z_channels % heads:
+                raise ValueError(f"num_z_channels ({num_z_channels}) must be divisible by {what} ({heads}).")
+        self.num_blocks = num_blocks
+        self.latents = TrainablePositionEncoding(z_index_dim, num_z_channels, init_scale=z_pos_enc_init_scale)
+        self.cross_attend = CrossAttention(
+            num_z_channels, input_channels, num_heads=num_cross_attend_heads,
+            widening_factor=cross_attend_widening_factor, shape_for_attn=cross_attention_shape_for_attn,
+            use_query_residual=use_query_residual, qk_channels=qk_channels, v_channels=v_channels,
+            dropout_prob=dropout_prob,
+        )
+        self.self_attends = nn.ModuleList(
+            SelfAttention(
+                num_z_channels, num_heads=num_self_attend_heads, widening_factor=self_attend_widening_factor,
+                qk_channels=qk_channels, v_channels=v_channels, dropout_prob=dropout_prob,
+            )
+            for _ in range(num_self_attends_per_block)
+        )
+
+    def forward(self, inputs: torch.Tensor, input_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs [B, N, C_in], input_mask [B, N] (true/1 = valid) -> latents [B, Z, C_z]."""
+        z = self.latents(inputs.shape[0])
+        attention_mask = None
+        if input_mask is not None:
+            ones = torch.ones(z.shape[:2], dtype=torch.bool, device=inputs.device)
+            attention_mask = make_cross_attention_mask(ones, input_mask)
+        z = self.cross_attend(z, inputs, attention_mask)
+        for _ in range(self.num_blocks):
+            for self_attend in self.self_attends:
+                z = self_attend(z)
+        return z

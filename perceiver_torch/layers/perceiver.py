@@ -1,0 +1,51 @@
+"""`Perceiver`: preprocessor -> encoder -> decoder -> postprocessor, as upstream composes them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Perceiver(nn.Module):
+    """Upstream's `Perceiver` composition of parts.
+
+    A preprocessor returns `(inputs, modality_sizes, inputs_without_pos)`; the
+    decoder builds its queries from those, and the postprocessor receives the
+    decoder output with the modality sizes.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        input_preprocessor: nn.Module | None = None,
+        output_postprocessor: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.input_preprocessor = input_preprocessor
+        self.encoder = encoder
+        self.decoder = decoder
+        self.output_postprocessor = output_postprocessor
+
+    def encode(self, inputs, input_mask: torch.Tensor | None = None):
+        """Preprocess and encode: returns (z, modality_sizes, preprocessed inputs, inputs_without_pos)."""
+        modality_sizes = inputs_without_pos = None
+        if self.input_preprocessor is not None:
+            inputs, modality_sizes, inputs_without_pos = self.input_preprocessor(inputs)
+        z = self.encoder(inputs, input_mask)
+        return z, modality_sizes, inputs, inputs_without_pos
+
+    def decode(self, z, inputs, modality_sizes=None, inputs_without_pos=None,
+               subsampled_output_points=None, query_mask: torch.Tensor | None = None):
+        query = self.decoder.decoder_query(inputs, modality_sizes, inputs_without_pos, subsampled_output_points)
+        outputs = self.decoder(query, z, query_mask)
+        if self.output_postprocessor is not None:
+            # As upstream: the decoder's own output sizes, else the input's.
+            output_sizes = self.decoder.output_modality_sizes(subsampled_output_points)
+            outputs = self.output_postprocessor(outputs, modality_sizes=output_sizes or modality_sizes)
+        return outputs
+
+    def forward(self, inputs, input_mask: torch.Tensor | None = None, query_mask: torch.Tensor | None = None,
+                subsampled_output_points=None):
+        z, modality_sizes, inputs, inputs_without_pos = self.encode(inputs, input_mask)
+        return self.decode(z, inputs, modality_sizes, inputs_without_pos, subsampled_output_points, query_mask)

@@ -1,0 +1,160 @@
+"""Position encodings: trainable tables and Fourier features, as upstream.
+
+Fourier features are computed in `forward` on the input's device (no host
+round-trip, no stale cached buffers across dtypes/devices).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def linspace(start: float, stop: float, num: int, *, dtype=None, device=None) -> torch.Tensor:
+    """`jnp.linspace` with endpoint=True: start*(1-s) + stop*s, s = i/(num-1).
+
+    torch.linspace uses a different formula; this one keeps the endpoints
+    exact and stays within one ulp of JAX's result.
+    """
+    if num == 1:
+        return torch.full((1,), start, dtype=dtype, device=device)
+    step = torch.arange(num - 1, dtype=dtype, device=device) / (num - 1)
+    body = start * (1 - step) + stop * step
+    return torch.cat([body, torch.full((1,), stop, dtype=dtype, device=device)])
+
+
+def build_linear_positions(index_dims: Sequence[int], *, dtype=None, device=None) -> torch.Tensor:
+    """Grid of coordinates in [-1, 1]: shape [*index_dims, len(index_dims)], 'ij' order."""
+    ranges = [linspace(-1.0, 1.0, n, dtype=dtype, device=device) for n in index_dims]
+    return torch.stack(torch.meshgrid(*ranges, indexing="ij"), dim=-1)
+
+
+def fourier_features(
+    pos: torch.Tensor,
+    num_bands: int,
+    max_resolution: Sequence[int],
+    concat_pos: bool = True,
+    sine_only: bool = False,
+) -> torch.Tensor:
+    """pos [..., n, d] -> [..., n, C]; channel order [pos, sin(all d x K), cos(all d x K)]."""
+    freq_bands = torch.stack(
+        [linspace(1.0, res / 2, num_bands, dtype=pos.dtype, device=pos.device) for res in max_resolution]
+    )  # [d, K]
+    per_pos = (pos[..., :, None] * freq_bands).flatten(-2)  # [..., n, d*K]
+    if sine_only:
+        features = torch.sin(math.pi * per_pos)
+    else:
+        features = torch.cat([torch.sin(math.pi * per_pos), torch.cos(math.pi * per_pos)], dim=-1)
+    if concat_pos:
+        features = torch.cat([pos, features], dim=-1)
+    return features
+
+
+class TrainablePositionEncoding(nn.Module):
+    """A learned [index_dim, num_channels] table, broadcast over the batch."""
+
+    def __init__(self, index_dim: int, num_channels: int = 128, init_scale: float = 0.02):
+        super().__init__()
+        self.embeddings = nn.Parameter(torch.empty(index_dim, num_channels))
+        self.init_scale = init_scale
+        self.reset_parameters()
+
+    @property
+    def num_channels(self) -> int:
+        return self.embeddings.shape[1]
+
+    def reset_parameters(self) -> None:
+        # Haiku's TruncatedNormal(stddev) truncates at two standard deviations.
+        nn.init.trunc_normal_(self.embeddings, std=self.init_scale, a=-2 * self.init_scale, b=2 * self.init_scale)
+
+    def forward(self, batch_size: int, pos: torch.Tensor | None = None, **_) -> torch.Tensor:
+        # pos, dtype and device are accepted for a uniform interface; the table is its own.
+        return self.embeddings.unsqueeze(0).expand(batch_size, -1, -1)
+
+
+class FourierPositionEncoding(nn.Module):
+    """Fourier features of a linear grid over `index_dims` (or of given positions)."""
+
+    def __init__(
+        self,
+        index_dims: Sequence[int],
+        num_bands: int,
+        concat_pos: bool = True,
+        max_resolution: Sequence[int] | None = None,
+        sine_only: bool = False,
+    ):
+        super().__init__()
+        self.index_dims = tuple(int(d) for d in index_dims)
+        self.num_bands = num_bands
+        self.concat_pos = concat_pos
+        self.sine_only = sine_only
+        self.max_resolution = tuple(max_resolution or self.index_dims)
+        if len(self.max_resolution) != len(self.index_dims):
+            raise ValueError(
+                f"max_resolution {self.max_resolution} must have one entry per index dim {self.index_dims}."
+            )
+
+    @property
+    def num_channels(self) -> int:
+        d = len(self.index_dims)
+        return d * self.num_bands * (1 if self.sine_only else 2) + (d if self.concat_pos else 0)
+
+    def forward(
+        self,
+        batch_size: int,
+        pos: torch.Tensor | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+    ) -> torch.Tensor:
+        if pos is None:
+            grid = build_linear_positions(self.index_dims, dtype=dtype, device=device)
+            pos = grid.reshape(1, -1, len(self.index_dims)).expand(batch_size, -1, -1)
+        elif pos.shape[-1] != len(self.index_dims):
+            raise ValueError(f"positions have {pos.shape[-1]} coordinates; expected {len(self.index_dims)}.")
+        return fourier_features(pos, self.num_bands, self.max_resolution, self.concat_pos, self.sine_only)
+
+
+class PositionEncodingProjector(nn.Module):
+    """A base position encoding followed by a linear projection."""
+
+    def __init__(self, base: nn.Module, output_size: int):
+        super().__init__()
+        self.base = base
+        self.projection = nn.Linear(base.num_channels, output_size)
+
+    @property
+    def num_channels(self) -> int:
+        return self.projection.out_features
+
+    def forward(self, batch_size: int, pos: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        return self.projection(self.base(batch_size, pos, **kwargs))
+
+
+def build_position_encoding(
+    position_encoding_type: str,
+    index_dims: Sequence[int],
+    project_pos_dim: int = -1,
+    trainable_position_encoding_kwargs: dict | None = None,
+    fourier_position_encoding_kwargs: dict | None = None,
+) -> nn.Module:
+    """The upstream factory: 'trainable' or 'fourier', optionally projected."""
+    if position_encoding_type == "trainable":
+        if trainable_position_encoding_kwargs is None:
+            raise ValueError("position_encoding_type='trainable' needs trainable_position_encoding_kwargs.")
+        encoding = TrainablePositionEncoding(math.prod(index_dims), **trainable_position_encoding_kwargs)
+    elif position_encoding_type == "fourier":
+        if fourier_position_encoding_kwargs is None:
+            raise ValueError("position_encoding_type='fourier' needs fourier_position_encoding_kwargs.")
+        encoding = FourierPositionEncoding(index_dims, **fourier_position_encoding_kwargs)
+    else:
+        raise ValueError(
+            f"Unknown position encoding {position_encoding_type!r}; expected 'trainable' or 'fourier'."
+        )
+    if project_pos_dim > 0:
+        encoding = PositionEncodingProjector(encoding, project_pos_dim)
+    return encoding
+

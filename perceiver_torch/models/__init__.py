@@ -1,0 +1,5 @@
+"""Ready models, one per released task."""
+
+from .language import PerceiverForMaskedLM
+
+__all__ = ["PerceiverForMaskedLM"]

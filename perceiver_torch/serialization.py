@@ -1,0 +1,73 @@
+"""Converted checkpoints: safetensors files whose metadata rebuilds the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .registry import build_model
+
+FORMAT = "perceiver-torch"
+
+
+class CheckpointFormatError(ValueError):
+    """A file is not a perceiver-torch checkpoint, or its metadata is incomplete."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call write(tmp_path) on a temp file beside `path`, then rename it into place.
+
+    A failure leaves nothing at `path` (and no temp file behind).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(state_dict: dict[str, torch.Tensor], path, task: str, config: dict,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Write `state_dict` atomically with the task and full config in the metadata."""
+    meta = {"format": FORMAT, "task": task, "config": json.dumps(config, sort_keys=True)}
+    meta.update(metadata or {})
+    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_metadata(path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointFormatError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if meta.get("format") != FORMAT or "task" not in meta or "config" not in meta:
+        raise CheckpointFormatError(
+            f"{path} has no perceiver-torch metadata (expected keys format={FORMAT!r}, task, config; "
+            f"found {sorted(meta)}). Convert upstream checkpoints with `perceiver-convert`."
+        )
+    return meta
+
+
+def load_model(path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the model from a converted file's metadata, load weights strictly, eval mode."""
+    meta = read_metadata(path)
+    model = build_model(meta["task"], json.loads(meta["config"]))
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+    return model.to(device).eval()
