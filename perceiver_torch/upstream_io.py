@@ -1,0 +1,50 @@
+"""Run a Torch task model on inputs in upstream's layout (the golden `io.npz` one).
+
+Each runner takes `inputs` named as the golden `input/...` keys without the
+prefix (numpy, channels-last as upstream) and returns numpy outputs named as
+the `output/...` keys, in upstream's layout. The parity harness, the golden
+tests and the zoo's checks all compare through these, so there is one place
+that knows each task's layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+Runner = Callable[[torch.nn.Module, dict, torch.device, torch.dtype], dict]
+RUNNERS: dict[str, Runner] = {}
+
+
+def runner(task: str):
+    def register(fn: Runner) -> Runner:
+        RUNNERS[task] = fn
+        return fn
+    return register
+
+
+def _tensor(x: np.ndarray, device, dtype=None) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    return t.to(dtype) if dtype is not None else t
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+@runner("language")
+def _language(model, inputs, device, dtype):
+    ids = _tensor(inputs["inputs"], device).long()
+    mask = _tensor(inputs["input_mask"], device)
+    return {"logits": _numpy(model(ids, mask))}
+
+
+@torch.no_grad()
+def run_upstream_layout(task: str, model: torch.nn.Module, inputs: dict[str, np.ndarray],
+                        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict:
+    """Outputs of `model` (already on `device` in `dtype`) for upstream-layout `inputs`."""
+    if task not in RUNNERS:
+        raise ValueError(f"no upstream-layout runner for task {task!r}; known: {sorted(RUNNERS)}.")
+    return RUNNERS[task](model, inputs, torch.device(device), dtype)
