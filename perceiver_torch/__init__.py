@@ -1,7 +1,7 @@
 """perceiver-torch: DeepMind's Perceiver IO in PyTorch, exact to upstream."""
 
 from .layers import Perceiver
-from .models import PerceiverForMaskedLM
+from .models import PerceiverForMaskedLM, PerceiverIO
 from .registry import build_model, build_preset, preset_names
 from .serialization import load_model
 from .tokenizer import BytesTokenizer
@@ -12,3 +12,4 @@ __all__ = [
     "BytesTokenizer", "Perceiver", "PerceiverForMaskedLM", "__version__", "build_model", "build_preset",
     "load_model", "preset_names",
 ]
+__all__ += ["PerceiverIO"]

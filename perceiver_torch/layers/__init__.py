@@ -1,9 +1,19 @@
 """Building blocks of Perceiver IO, one job per module."""
 
 from .attention import MultiHeadAttention, make_cross_attention_mask
+from .audio import AudioPreprocessor
 from .blocks import MLP, CrossAttention, SelfAttention
 from .decoders import BasicDecoder, EmbeddingDecoder
 from .encoder import PerceiverEncoder
+from .multimodal import (
+    BasicVideoAutoencodingDecoder,
+    IdentityPreprocessor,
+    MultimodalDecoder,
+    MultimodalPreprocessor,
+    OneHotPreprocessor,
+    QueryGenerator,
+    restructure,
+)
 from .perceiver import Perceiver
 from .position_encoding import (
     FourierPositionEncoding,
@@ -13,6 +23,13 @@ from .position_encoding import (
     build_position_encoding,
     fourier_features,
 )
+from .postprocessors import (
+    AudioPostprocessor,
+    ClassificationPostprocessor,
+    IdentityPostprocessor,
+    MultimodalPostprocessor,
+    ProjectionPostprocessor,
+)
 from .text import TextPreprocessor
 
 __all__ = [
@@ -20,4 +37,9 @@ __all__ = [
     "MultiHeadAttention", "Perceiver", "PerceiverEncoder", "PositionEncodingProjector", "SelfAttention",
     "TextPreprocessor", "TrainablePositionEncoding", "build_linear_positions", "build_position_encoding",
     "fourier_features", "make_cross_attention_mask",
+]
+__all__ += [
+    "AudioPostprocessor", "AudioPreprocessor", "BasicVideoAutoencodingDecoder", "ClassificationPostprocessor",
+    "IdentityPostprocessor", "IdentityPreprocessor", "MultimodalDecoder", "MultimodalPostprocessor",
+    "MultimodalPreprocessor", "OneHotPreprocessor", "ProjectionPostprocessor", "QueryGenerator", "restructure",
 ]

@@ -18,6 +18,11 @@ class BasicDecoder(nn.Module):
     Output queries come from a position encoding over `output_index_dims`
     (`position_encoding_type` 'trainable' or 'fourier'), or from the caller
     ('none', with `query_channels` giving their width).
+
+    `queries_only=True` builds only the query side (no cross-attention, no
+    projection): upstream creates those layers lazily, so a decoder that is
+    only asked for `decoder_query` (a modality of a `MultimodalDecoder`) has
+    no such parameters.
     """
 
     def __init__(
@@ -33,6 +38,7 @@ class BasicDecoder(nn.Module):
         final_project: bool = True,
         query_channels: int | None = None,
         concat_preprocessed_input: bool = False,
+        queries_only: bool = False,
         **position_encoding_kwargs,
     ):
         super().__init__()
@@ -52,6 +58,10 @@ class BasicDecoder(nn.Module):
         if query_channels is None:
             raise ValueError("query_channels is required when the decoder builds no output queries.")
         self.query_channels = query_channels
+        self.queries_only = queries_only
+        if queries_only:
+            self.cross_attend = self.output = None
+            return
         self.cross_attend = CrossAttention(
             query_channels, num_z_channels, num_heads=num_heads, widening_factor=1, shape_for_attn="kv",
             use_query_residual=use_query_residual, qk_channels=qk_channels, v_channels=v_channels,
@@ -98,6 +108,8 @@ class BasicDecoder(nn.Module):
         return None
 
     def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cross_attend is None:
+            raise RuntimeError("this decoder was built with queries_only=True: it only provides decoder_query.")
         attention_mask = None
         if query_mask is not None:
             ones = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)

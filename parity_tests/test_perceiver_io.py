@@ -1,0 +1,148 @@
+"""The generic PerceiverIO API and the multimodal parts it is built from."""
+
+import pytest
+import torch
+
+from perceiver_torch import PerceiverIO
+from perceiver_torch.layers import (
+    AudioPostprocessor,
+    AudioPreprocessor,
+    ClassificationPostprocessor,
+    MultimodalPreprocessor,
+    OneHotPreprocessor,
+    ProjectionPostprocessor,
+    QueryGenerator,
+    restructure,
+)
+
+
+def point_cloud_classifier(num_classes=4):
+    # The README's custom-task example.
+    return PerceiverIO(
+        num_blocks=1, num_self_attends_per_block=2, num_latents=16, num_latent_channels=32,
+        perceiver_encoder_kwargs=dict(num_self_attend_heads=4),
+        input_channels=3,  # raw xyz points [B, N, 3], no preprocessor
+        output_queries=QueryGenerator("trainable", (1,), trainable_position_encoding_kwargs=dict(num_channels=32)),
+        output_postprocessors=ClassificationPostprocessor(32, num_classes),
+    )
+
+
+def test_readme_point_cloud_example_trains():
+    torch.manual_seed(0)
+    model = point_cloud_classifier()
+    # Four classes of clouds: blobs around four different centres.
+    labels = torch.arange(32) % 4
+    centres = torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]])
+    points = 0.3 * torch.randn(32, 64, 3) + centres[labels][:, None]
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(points), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def multimodal_model(mask_probs=None):
+    return PerceiverIO(
+        num_blocks=2, num_self_attends_per_block=1, num_latents=8, num_latent_channels=16,
+        final_project_out_channels=12,
+        perceiver_encoder_kwargs=dict(num_self_attend_heads=2),
+        input_preprocessors={
+            "audio": AudioPreprocessor(samples_per_patch=4, fourier_position_encoding_kwargs=dict(
+                num_bands=3, max_resolution=(32,), concat_pos=True, sine_only=False)),
+            "label": OneHotPreprocessor(5),
+        },
+        input_channels={"tokens": 7},
+        input_mask_probs=mask_probs,
+        input_padding_channels=3,
+        output_queries={
+            "audio": QueryGenerator("fourier", (8,), fourier_position_encoding_kwargs=dict(
+                num_bands=2, max_resolution=(32,), concat_pos=True, sine_only=False)),
+            "label": QueryGenerator("trainable", (1,), trainable_position_encoding_kwargs=dict(num_channels=9)),
+            "tokens": QueryGenerator("trainable", (6,), trainable_position_encoding_kwargs=dict(num_channels=4)),
+        },
+        output_query_padding_channels=2,
+        output_postprocessors={
+            "audio": AudioPostprocessor(12, samples_per_patch=4),
+            "label": ClassificationPostprocessor(12, 5),
+            "tokens": ProjectionPostprocessor(12, 7),
+        },
+    )
+
+
+def multimodal_inputs(batch=3):
+    return {"audio": torch.randn(batch, 32, 1), "label": torch.randn(batch, 5), "tokens": torch.randn(batch, 6, 7)}
+
+
+def test_several_modalities_forward_and_backward():
+    torch.manual_seed(0)
+    model = multimodal_model(mask_probs={"audio": 0.0, "label": 1.0, "tokens": 0.3})
+    out = model(multimodal_inputs())
+    assert set(out) == {"audio", "label", "tokens"}
+    assert out["audio"].shape == (3, 32) and out["label"].shape == (3, 5) and out["tokens"].shape == (3, 6, 7)
+    sum(o.square().mean() for o in out.values()).backward()
+    for name, p in model.named_parameters():
+        # The label is always masked: its padding never reaches the encoder.
+        assert (p.grad is None) == (name == "input_preprocessor.padding.label.embeddings"), name
+    # Subsampled decoding: a Fourier modality keeps only the asked points; trainable tables are used whole.
+    with torch.no_grad():
+        part = model(multimodal_inputs(), subsampled_output_points={"audio": torch.tensor([1, 5])})
+    assert part["audio"].shape == (3, 8) and part["tokens"].shape == (3, 6, 7)
+
+
+def test_subsampled_chunks_equal_decoding_all_points_subsampled():
+    # As upstream, subsampled Fourier queries sit at -1 + 2 * i / n, while the unsubsampled grid is
+    # linspace(-1, 1, n): chunks concatenate to the all-points *subsampled* decoding.
+    torch.manual_seed(0)
+    model = multimodal_model().eval()
+    inputs = multimodal_inputs()
+    with torch.no_grad():
+        full = model(inputs, subsampled_output_points={"audio": torch.arange(8)})
+        z, sizes, flat, without_pos = model.encode(inputs)
+        halves = [model.decode(z, flat, sizes, without_pos, {"audio": torch.arange(i * 4, i * 4 + 4)})
+                  for i in range(2)]
+    torch.testing.assert_close(torch.cat([h["audio"] for h in halves], dim=1), full["audio"])
+    torch.testing.assert_close(halves[1]["label"], full["label"])
+
+
+def test_mask_probabilities_zero_and_one_are_deterministic():
+    torch.manual_seed(0)
+    pre = MultimodalPreprocessor({"a": OneHotPreprocessor(3), "b": OneHotPreprocessor(5)},
+                                 mask_probs={"a": 0.0, "b": 1.0}, min_padding_size=4)
+    x = {"a": torch.randn(2, 3), "b": torch.randn(2, 5)}
+    out, sizes, _ = pre(x)
+    assert sizes == {"a": 1, "b": 1} and out.shape == (2, 2, 9)
+    assert torch.equal(out[:, 0, :3], x["a"]) and torch.equal(out[:, 0, 3:], pre.padding["a"].embeddings.expand(2, -1))
+    assert torch.equal(out[:, 1], pre.mask_tokens["b"].embeddings.expand(2, -1))
+    # Intermediate probabilities draw from the generator: reproducible with a seed.
+    pre.generator = torch.Generator().manual_seed(1)
+    half = {"a": 0.5, "b": 0.5}
+    first = pre(x, mask_probs=half)[0]
+    pre.generator.manual_seed(1)
+    assert torch.equal(first, pre(x, mask_probs=half)[0])
+
+
+def test_restructure_splits_in_sorted_order():
+    x = torch.arange(6).reshape(1, 6, 1)
+    parts = restructure({"b": 2, "a": 4}, x)
+    assert list(parts) == ["a", "b"] and parts["a"].flatten().tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="cannot split 6 positions"):
+        restructure({"a": 2}, x)
+
+
+def test_clear_errors():
+    model = multimodal_model()
+    with pytest.raises(ValueError, match="missing \\['tokens'\\]"):
+        model({"audio": torch.randn(1, 32, 1), "label": torch.randn(1, 5)})
+    with pytest.raises(ValueError, match="not a multiple of samples_per_patch"):
+        model({**multimodal_inputs(1), "audio": torch.randn(1, 30, 1)})
+    with pytest.raises(ValueError, match="expected \\[B, N, 7\\]"):
+        model({**multimodal_inputs(1), "tokens": torch.randn(1, 6, 8)})
+    with pytest.raises(ValueError, match="output_queries is required"):
+        PerceiverIO(input_channels=3)
+    with pytest.raises(TypeError, match="pass a dict"):
+        model(torch.randn(1, 32, 1))
