@@ -1,5 +1,8 @@
 """The generic PerceiverIO API and the multimodal parts it is built from."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -44,6 +47,19 @@ def test_readme_point_cloud_example_trains():
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
+
+
+def test_readme_custom_task_example_runs_and_learns():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- custom-task-example .*?-->\n```python\n(.*?)```", readme, re.S)
+    assert block, "README custom-task example not found"
+    torch.manual_seed(0)
+    namespace = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)
+    model, points, labels = namespace["model"], namespace["points"], namespace["labels"]
+    with torch.no_grad():
+        final = torch.nn.functional.cross_entropy(model(points), labels).item()
+    assert final < 0.1 * torch.log(torch.tensor(4.0)).item()
 
 
 def multimodal_model(mask_probs=None):

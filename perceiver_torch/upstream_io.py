@@ -41,6 +41,17 @@ def _language(model, inputs, device, dtype):
     return {"logits": _numpy(model(ids, mask))}
 
 
+@runner("video_autoencoding")
+def _video_autoencoding(model, inputs, device, dtype):
+    # Upstream frames are channels-last [B, F, S, S, 3]; the Torch model takes [B, F, 3, S, S].
+    images = _tensor(inputs["images"], device, dtype).permute(0, 1, 4, 2, 3)
+    audio = _tensor(inputs["audio"], device, dtype)
+    subsample = {name: _tensor(inputs[f"subsample_{name}"], device).long()
+                 for name in ("image", "audio") if f"subsample_{name}" in inputs}
+    outputs = model(images, audio, subsample or None)
+    return {name: _numpy(outputs[name]) for name in ("image", "audio", "label")}
+
+
 @torch.no_grad()
 def run_upstream_layout(task: str, model: torch.nn.Module, inputs: dict[str, np.ndarray],
                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict:

@@ -1,0 +1,209 @@
+"""Multimodal video autoencoding (Kinetics-700 video + audio + label), as the upstream video colab builds it."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+import torch
+
+from ..layers.audio import AudioPreprocessor
+from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocessor, QueryGenerator
+from ..layers.postprocessors import AudioPostprocessor, ClassificationPostprocessor, ProjectionPostprocessor
+from .perceiver_io import PerceiverIO
+
+# The colab's fixed choices (see parity_tests/fixtures/golden/README.md).
+IMAGE_DOWNSAMPLE = 4
+INPUT_PADDING = 4  # MultimodalPreprocessor(min_padding_size=4)
+QUERY_PADDING = 2  # MultimodalDecoder's default min_padding_size
+MASK_PROBS = {"image": 0.0, "audio": 0.0, "label": 1.0}
+
+
+@cache
+def kinetics700_labels() -> tuple[str, ...]:
+    """The 700 Kinetics-700 class names, in the order of the label logits."""
+    text = resources.files("perceiver_torch").joinpath("data/kinetics700_labels.txt").read_text()
+    labels = tuple(line for line in text.splitlines() if line)
+    if len(labels) != 700:
+        raise RuntimeError(f"kinetics700_labels.txt holds {len(labels)} names; expected 700.")
+    return labels
+
+
+def _fourier(num_bands: int, max_resolution) -> dict:
+    return dict(num_bands=num_bands, max_resolution=tuple(max_resolution), sine_only=False, concat_pos=True)
+
+
+def _image_preprocessor(num_frames: int, image_size: int, fourier: dict):
+    from ..layers.image import ImagePreprocessor
+
+    return ImagePreprocessor(
+        prep_type="patches", spatial_downsample=IMAGE_DOWNSAMPLE, temporal_downsample=1,
+        position_encoding_type="fourier", n_extra_pos_mlp=0, fourier_position_encoding_kwargs=fourier,
+        input_shape=(num_frames, image_size, image_size, 3),
+    )
+
+
+class PerceiverForMultimodalAutoencoding(PerceiverIO):
+    """Video [B, F, 3, S, S] + audio [B, F * samples_per_frame, 1] (+ a masked label) -> reconstructions + logits.
+
+    `config` is the golden/released `config.json` layout (`num_frames`,
+    `image_size`, `audio_samples_per_frame`, `samples_per_patch`,
+    `num_classes`, `audio_bands`, `image_bands`, `decoder_z_channels`,
+    `decoder_output_channels`, `nchunks`, and upstream `encoder` kwargs).
+    The label input is all zeros and always replaced by its mask token, as
+    in the colab, so the label logits are a prediction from video and audio.
+    """
+
+    task = "video_autoencoding"
+
+    def __init__(self, config: dict):
+        frames, size = config["num_frames"], config["image_size"]
+        spp, num_classes = config["samples_per_patch"], config["num_classes"]
+        num_samples = frames * config["audio_samples_per_frame"]
+        if size % IMAGE_DOWNSAMPLE:
+            raise ValueError(f"image_size ({size}) must be a multiple of {IMAGE_DOWNSAMPLE}.")
+        if num_samples % spp:
+            raise ValueError(f"the clip's {num_samples} audio samples are not a multiple of samples_per_patch={spp}.")
+        out_channels = config["decoder_output_channels"]
+        # The colab's position features use max_resolution (frames, image_size, image_size) for the
+        # image and (audio samples,) for the audio, in the preprocessors and the queries alike.
+        image_fourier = _fourier(config["image_bands"], (frames, size, size))
+        audio_fourier = _fourier(config["audio_bands"], (num_samples,))
+        encoder = dict(config["encoder"])
+        super().__init__(
+            num_blocks=encoder.pop("num_blocks"),
+            num_self_attends_per_block=encoder.pop("num_self_attends_per_block"),
+            num_latents=encoder.pop("z_index_dim"),
+            num_latent_channels=encoder.pop("num_z_channels"),
+            final_project=True,
+            final_project_out_channels=out_channels,
+            perceiver_encoder_kwargs=encoder,
+            perceiver_decoder_kwargs=dict(use_query_residual=False),
+            input_preprocessors={
+                "audio": AudioPreprocessor(samples_per_patch=spp, position_encoding_type="fourier",
+                                           num_samples=num_samples, fourier_position_encoding_kwargs=audio_fourier),
+                "image": _image_preprocessor(frames, size, image_fourier),
+                "label": OneHotPreprocessor(num_classes),
+            },
+            output_queries={
+                "audio": QueryGenerator("fourier", (num_samples // spp,),
+                                        fourier_position_encoding_kwargs=audio_fourier),
+                "image": BasicVideoAutoencodingDecoder(
+                    (frames, size, size), "fourier", output_num_channels=out_channels, queries_only=True,
+                    fourier_position_encoding_kwargs=image_fourier),
+                # What upstream's ClassificationDecoder contributes here: its trainable query table.
+                "label": QueryGenerator("trainable", (1,), trainable_position_encoding_kwargs=dict(
+                    num_channels=config["decoder_z_channels"], init_scale=0.02)),
+            },
+            output_postprocessors={
+                "audio": AudioPostprocessor(out_channels, samples_per_patch=spp),
+                "image": ProjectionPostprocessor(out_channels, 3),
+                "label": ClassificationPostprocessor(out_channels, num_classes),
+            },
+            output_query_padding_channels=QUERY_PADDING,
+            input_padding_channels=INPUT_PADDING,
+            input_mask_probs=MASK_PROBS,
+        )
+        self.config = config
+        self.num_frames, self.image_size, self.num_samples = frames, size, num_samples
+        self.samples_per_patch, self.num_classes = spp, num_classes
+
+    @property
+    def num_image_points(self) -> int:
+        return self.num_frames * self.image_size * self.image_size
+
+    @property
+    def num_audio_patches(self) -> int:
+        return self.num_samples // self.samples_per_patch
+
+    def _inputs(self, images: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        expected = (self.num_frames, 3, self.image_size, self.image_size)
+        if images.ndim != 5 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] (channels-first frames); "
+                             f"got {tuple(images.shape)}.")
+        if audio.ndim != 3 or tuple(audio.shape[1:]) != (self.num_samples, 1) or audio.shape[0] != images.shape[0]:
+            raise ValueError(f"audio must be [B={images.shape[0]}, {self.num_samples}, 1]; got {tuple(audio.shape)}.")
+        batch = images.shape[0]
+        return {
+            "image": images.permute(0, 1, 3, 4, 2),  # upstream's channels-last layout
+            "audio": audio,
+            "label": torch.zeros(batch, self.num_classes, dtype=images.dtype, device=images.device),
+        }
+
+    def _points(self, subsample: dict | None) -> dict | None:
+        if subsample is None:
+            return None
+        unknown = sorted(set(subsample) - {"image", "audio", "label"})
+        if unknown:
+            raise ValueError(f"subsample keys must be 'image' and/or 'audio'; got unexpected {unknown}.")
+        points = {}
+        for name, limit in (("image", self.num_image_points), ("audio", self.num_audio_patches)):
+            idx = subsample.get(name)
+            if idx is None:
+                continue
+            idx = torch.as_tensor(idx)
+            if idx.ndim != 1 or idx.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"subsample[{name!r}] must be a 1-D integer tensor of query indices.")
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limit):
+                raise ValueError(f"subsample[{name!r}] indices must lie in [0, {limit}).")
+            points[name] = idx.long()
+        return points
+
+    def _to_clip(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = image.shape[0]
+        image = image.reshape(batch, self.num_frames, self.image_size, self.image_size, -1).permute(0, 1, 4, 2, 3)
+        return image, audio.reshape(batch, self.num_samples, 1)
+
+    def forward(self, images: torch.Tensor, audio: torch.Tensor, subsample: dict | None = None) -> dict:
+        """images [B, F, 3, S, S], audio [B, N, 1] -> {'image', 'audio', 'label'}.
+
+        With `subsample` ({'image': idx, 'audio': idx}, LongTensors of query
+        indices: flat (frame, row, column) points and audio patches), outputs
+        have upstream's shapes: image [B, n_image, 3], audio
+        [B, n_audio * samples_per_patch], label [B, num_classes]. Without it
+        every point is decoded at once and returned in the input layout
+        (image [B, F, 3, S, S], audio [B, N, 1]); `autoencode` does the same
+        chunk by chunk.
+        """
+        points = self._points(subsample)
+        outputs = super().forward(self._inputs(images, audio), subsampled_output_points=points)
+        if points is None:
+            outputs["image"], outputs["audio"] = self._to_clip(outputs["image"], outputs["audio"])
+        return outputs
+
+    def autoencode(self, images: torch.Tensor, audio: torch.Tensor, chunks: int | None = None) -> dict:
+        """Reconstruct a whole clip in `chunks` decoding chunks (default: config `nchunks`).
+
+        The encoder runs once; only the decoder runs per chunk (upstream's
+        colab reruns the whole model per chunk; the results are the same).
+        Chunk i queries image points [i*c, (i+1)*c) and audio patches alike.
+        Returns image [B, F, 3, S, S], audio [B, N, 1] and the label logits
+        [B, num_classes] (of the last chunk, as upstream; they do not depend
+        on the chunk).
+        """
+        chunks = int(chunks or self.config.get("nchunks", 1))
+        if chunks < 1 or self.num_image_points % chunks or self.num_audio_patches % chunks:
+            raise ValueError(f"chunks={chunks} must divide both the {self.num_image_points} image points and "
+                             f"the {self.num_audio_patches} audio patches.")
+        z, sizes, inputs, without_pos = self.encode(self._inputs(images, audio))
+        image_step, audio_step = self.num_image_points // chunks, self.num_audio_patches // chunks
+        device = images.device
+        image_parts, audio_parts, label = [], [], None
+        for i in range(chunks):
+            points = {
+                "image": torch.arange(i * image_step, (i + 1) * image_step, device=device),
+                "audio": torch.arange(i * audio_step, (i + 1) * audio_step, device=device),
+            }
+            out = self.decode(z, inputs, sizes, without_pos, points)
+            image_parts.append(out["image"])
+            audio_parts.append(out["audio"])
+            label = out["label"]
+        image, audio_out = self._to_clip(torch.cat(image_parts, dim=1), torch.cat(audio_parts, dim=1))
+        return {"image": image, "audio": audio_out, "label": label}
+
+    def top_labels(self, logits: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per example, the k most probable Kinetics-700 classes with their softmax probabilities."""
+        names = kinetics700_labels()
+        probs, idx = logits.softmax(-1).topk(k, dim=-1)
+        return [[(names[j], float(p)) for p, j in zip(row_p, row_i, strict=True)]
+                for row_p, row_i in zip(probs.tolist(), idx.tolist(), strict=True)]
