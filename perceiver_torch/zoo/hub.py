@@ -7,7 +7,7 @@ Where files come from, first match wins:
    (no HTTP, files are verified and loaded in place);
 3. ``PERCEIVER_ZOO_ENDPOINT`` or ``HF_ENDPOINT``: a Hub-compatible endpoint, used through
    ``huggingface_hub.hf_hub_download`` (pinned revision, the Hub cache, resumable download);
-4. entries published only to the bundled stand-in (the tiny ones) fall back to it as a mirror;
+4. entries published to the bundled stand-in (the tiny ones) read its tree as a mirror;
 5. the Hugging Face Hub.
 
 The environment is read at call time (``huggingface_hub`` reads ``HF_ENDPOINT``,
@@ -81,14 +81,15 @@ def location(entry: dict, endpoint: str | None = None, mirror=None) -> tuple[str
     for var in ("PERCEIVER_ZOO_ENDPOINT", "HF_ENDPOINT"):
         if os.environ.get(var):
             return "endpoint", os.environ[var].rstrip("/")
-    if (entry.get("artifact") or {}).get("published_to") == "bundled-stand-in":
+    if (entry.get("artifact") or {}).get("published_to") == "stand-in":
         return "mirror", str(BUNDLED_STANDIN)
     return "endpoint", "https://huggingface.co"
 
 
 def how_to_regenerate(name: str, entry: dict) -> str:
-    return (f"regenerate it with `{entry['regenerate']}`, then publish it with "
-            f"`python scripts/publish.py {name}` (or use a mirror that holds it: PERCEIVER_ZOO_MIRROR=/path)")
+    return (f"regenerate it from DeepMind's release file with `{entry['regenerate']}` (add `--source PATH` "
+            f"for a local copy), then publish it with `HF_TOKEN=... python scripts/publish.py {name}`, which pins "
+            "its revision and sha256 in zoo_manifest.yaml")
 
 
 def _published(name: str, entry: dict) -> dict:

@@ -1,45 +1,38 @@
-"""Regenerate a zoo entry: fetch the upstream Haiku file, check it, convert, verify, write card + manifest.
+"""Regenerate a zoo entry from its upstream Haiku file: fetch, check, convert, verify, write card + manifest.
 
-``regenerate(name)`` is what ``scripts/regenerate.py`` runs. Steps:
+``regenerate(name)`` is what ``scripts/regenerate.py`` runs:
 
-1. the source: ``--source PATH``, the entry's repo-relative ``source.path``, or a download of
-   ``source.url`` (with a progress bar, resumable by re-running) -- its size and sha256 must equal
-   the manifest's before anything else happens;
-2. unless forced, stop if the manifest already records this source sha256, this converter version
-   and an artifact whose file is present locally with the recorded sha256 (a second run is a no-op);
-3. convert (``converters.convert``, strict) into ``<work>/<name>/<filename>``;
-4. parity: the converted model against the JAX reference on CPU, and on CUDA when present
-   (see ``parity_reference``), plus the entry's known real-weight checks (the released language
-   model: the colab sentence's greedy predictions, upstream_release.md);
-5. the model card ``README.md`` beside the artifact, and the manifest entry (atomic rewrite) with
-   the measured figures and ``status: produced``.
+1. the source: ``source_path=`` (a local copy), the entry's repo-relative ``source.path``, or a
+   download of ``source.url`` with a progress bar; its size and sha256 must equal the
+   manifest's before anything else happens;
+2. unless forced, stop when the manifest already records this source sha256 and converter
+   version and the recorded artifact is present locally with its hash (a second run is a no-op);
+3. convert (``converters.convert``, strict) to a temp file, with a byte-reproducible header;
+4. verify (``verify.py``): the parity harness against the JAX reference on CPU and CUDA where
+   present, the stored upstream outputs when the entry has them, and the known real-weight
+   checks; any failure deletes the temp file and leaves the manifest untouched;
+5. move the artifact into ``<work_dir>/<name>/``, write the model card ``README.md`` beside it,
+   and rewrite the manifest entry (atomically) with the measured figures, ``status: produced``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import importlib.metadata
+import json
+import os
 import platform
+import struct
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ..serialization import atomic_write, load_model
-from ..upstream_io import run_upstream_layout
+from . import verify
 from .hub import ZooError, entry_config, sha256_file
 from .manifest import BUNDLED_STANDIN, REPO_ROOT, get_entry, resolve_repo_path, update_entry
 
 WORK_DIR = REPO_ROOT / "out" / "zoo"
 ARTIFACT_NAME = "model.safetensors"
-ATOL = RTOL = 1e-4  # float32 parity tolerance, as the golden tests (parity_tests/conftest.py)
-
-# upstream_release.md, "What the real checkpoints are known to do".
-COLAB_SENTENCE = "This is an incomplete sentence where some words are missing."
-COLAB_MASKED = range(51, 60)
-COLAB_GREEDY_IDS = [38, 115, 111, 121, 121, 111, 116, 109, 52]
 
 
 def _progress(total: int | None, desc: str):
@@ -49,9 +42,9 @@ def _progress(total: int | None, desc: str):
 
 
 def download_url(url: str, dest: Path) -> Path:
-    """Download `url` to `dest` with a progress bar (atomic: a partial file never sits at `dest`)."""
+    """Download `url` to `dest` with a progress bar; a partial download never sits at `dest`."""
     def write(tmp):
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:  # noqa: S310 - https/file
             total = int(response.headers.get("Content-Length") or 0) or None
             with _progress(total, dest.name) as bar:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
@@ -63,13 +56,10 @@ def download_url(url: str, dest: Path) -> Path:
 def canonicalize_safetensors(path: Path) -> None:
     """Rewrite a safetensors header with sorted keys, in place (atomically).
 
-    The safetensors writer serialises the metadata map in hash order, so two conversions of one
-    source differ in bytes; the zoo pins artifacts by sha256, so they must be byte-reproducible.
-    Only the JSON header changes (re-padded to 8 bytes); the tensor data is copied unchanged.
+    The safetensors writer emits its metadata map in hash order, so two conversions of one
+    source differ in bytes; the zoo pins artifacts by sha256, so they must be reproducible.
+    Only the JSON header changes (padded to 8 bytes with spaces); the tensor bytes are copied.
     """
-    import json
-    import struct
-
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
@@ -85,23 +75,28 @@ def canonicalize_safetensors(path: Path) -> None:
 def check_source(path: Path, source: dict, name: str) -> None:
     size = path.stat().st_size
     if size != source["size"]:
-        raise ZooError(f"{name}: source {path} has {size} bytes, the release has {source['size']}")
+        raise ZooError(f"{name}: source {path} has {size} bytes, the manifest (release) says {source['size']}")
     digest = sha256_file(path)
     if digest != source["sha256"]:
-        raise ZooError(f"{name}: source {path} has sha256 {digest}, the release has {source['sha256']}")
+        raise ZooError(f"{name}: source {path} has sha256 {digest}, the manifest (release) says {source['sha256']}")
 
 
 def fetch_source(name: str, entry: dict, source_path=None, work_dir: Path = WORK_DIR) -> Path:
+    """The checked upstream file: a given local copy, the entry's repo path, or a download of its URL."""
     source = entry["source"]
     if source_path:
         path = Path(source_path)
     elif source.get("path"):
         path = resolve_repo_path(source["path"])
     else:
-        path = work_dir / "_sources" / source["url"].rsplit("/", 1)[-1]
+        path = Path(work_dir) / "_sources" / source["url"].rsplit("/", 1)[-1]
         if not (path.is_file() and path.stat().st_size == source["size"]):
-            print(f"[fetch] {source['url']} -> {path}")
-            download_url(source["url"], path)
+            print(f"[{name}] fetch {source['url']} -> {path}")
+            try:
+                download_url(source["url"], path)
+            except OSError as exc:
+                raise ZooError(f"{name}: could not download {source['url']}: {exc}; pass a local copy with "
+                               "--source PATH") from exc
     if not path.is_file():
         raise ZooError(f"{name}: source file {path} not found")
     check_source(path, source, name)
@@ -110,100 +105,45 @@ def fetch_source(name: str, entry: dict, source_path=None, work_dir: Path = WORK
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("perceiver-torch", "torch", "numpy", "safetensors", "huggingface_hub", "jax", "dm-haiku"):
+    for dist in ("perceiver-torch", "torch", "numpy", "safetensors", "huggingface_hub", "jax", "jaxlib", "dm-haiku"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
-            continue
-    if "perceiver-torch" not in out:
-        from .. import __version__
-
-        out["perceiver-torch"] = __version__
+            out[dist] = "not installed"
     return out
 
 
-def parity_reference(entry: dict, source_path: Path, config: dict) -> tuple[str, dict, dict]:
-    """(description, inputs, expected outputs) of the JAX reference for this entry's weights.
-
-    An entry with ``source.reference_io`` (an ``io.npz`` of ``input/...`` and ``output/...``
-    computed by DeepMind's Haiku code from exactly these weights, e.g. the golden fixtures)
-    uses it; otherwise the project's JAX reference (``perceiver_torch.reference``) is run on the
-    source weights with inputs from ``make_inputs(task, config, seed=0)``.
-    """
+def run_checks(name: str, entry: dict, model, source: Path, config: dict) -> tuple[list[dict], list[dict]]:
+    """(parity runs, known checks) of a converted model; raises ZooError if nothing can verify it."""
     io_path = entry["source"].get("reference_io")
+    runs = []
+    missing = verify.harness_missing()
+    if missing is None:
+        runs += verify.harness_runs(entry["task"], config, model, source,
+                                    inputs=resolve_repo_path(io_path) if io_path else None)
+    elif not io_path:
+        raise ZooError(f"{name}: the parity harness cannot run ({missing}; it needs pip install "
+                       "\"perceiver-torch[jax]\") and the entry stores no reference outputs; nothing can verify it")
+    else:
+        print(f"[{name}] the parity harness cannot run ({missing}): checking the stored outputs in {io_path} only")
     if io_path:
-        with np.load(resolve_repo_path(io_path)) as data:
-            inputs = {k.removeprefix("input/"): data[k] for k in data.files if k.startswith("input/")}
-            expected = {k.removeprefix("output/"): data[k] for k in data.files if k.startswith("output/")}
-        return f"upstream Haiku outputs stored in {io_path}", inputs, expected
-    try:
-        reference = importlib.import_module("perceiver_torch.reference")
-    except ImportError as exc:
-        raise ZooError(f"the JAX reference (perceiver_torch.reference) is not importable ({exc}); it is "
-                       "needed to verify this entry. Install the [jax] extra.") from exc
-    from converters import load_haiku_checkpoint
-
-    ckpt = load_haiku_checkpoint(source_path)
-    inputs = reference.make_inputs(entry["task"], config, 0)
-    expected = reference.apply(entry["task"], config, ckpt.params, ckpt.state, inputs)
-    expected = {k: np.asarray(v) for k, v in expected.items()}
-    return "perceiver_torch.reference.apply on the source weights, make_inputs(seed=0)", inputs, expected
-
-
-def _measure(task: str, model, inputs, expected, device: str) -> dict:
-    model = model.to(device)
-    outputs = run_upstream_layout(task, model, inputs, device=device)
-    figures, passed = {}, True
-    for key, want in expected.items():
-        got = np.asarray(outputs[key], dtype=np.float64)
-        want = np.asarray(want, dtype=np.float64)
-        if got.shape != want.shape:
-            raise ZooError(f"parity: output {key!r} has shape {got.shape}, the reference {want.shape}")
-        err = np.abs(got - want)
-        # max_rel: the worst absolute error relative to the output's scale (max |want|).
-        figures[key] = {"max_abs": float(err.max()), "max_rel": float(err.max() / max(np.abs(want).max(), 1e-12))}
-        passed &= bool(np.allclose(got, want, atol=ATOL, rtol=RTOL))
-    return {"device": device, "dtype": "float32", "passed": passed, "tolerance": {"atol": ATOL, "rtol": RTOL},
-            "outputs": figures}
-
-
-def devices() -> list[str]:
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def colab_sentence_check(model) -> dict:
-    """The language colab's masked sentence: greedy predictions at bytes 51..59 (upstream_release.md)."""
-    tok = model.tokenizer
-    ids = tok.encode(COLAB_SENTENCE)
-    for i in COLAB_MASKED:
-        ids[i] = tok.mask_token
-    max_len = int(model.config["max_seq_len"]) if hasattr(model, "config") else 2048
-    padded, mask = tok.pad(ids, max_len)
-    with torch.no_grad():
-        logits = model(torch.tensor([padded]), torch.tensor([mask]))
-    got = logits[0, COLAB_MASKED.start:COLAB_MASKED.stop].argmax(-1).tolist()
-    return {"name": "language colab sentence greedy ids at 51..59 (upstream_release.md)",
-            "expected": COLAB_GREEDY_IDS, "got": got, "passed": got == COLAB_GREEDY_IDS}
-
-
-def known_checks(entry: dict, model) -> list[dict]:
-    if entry["kind"] == "released" and entry["task"] == "language":
-        return [colab_sentence_check(model)]
-    return []
+        runs += verify.upstream_io_runs(entry["task"], model, resolve_repo_path(io_path), io_path)
+    return runs, verify.known_checks(entry, model)
 
 
 def model_card(name: str, entry: dict, parity: dict, artifact: dict) -> str:
     src = entry["source"]
     rows = "\n".join(
-        f"| {run['device']} | {run['dtype']} | {out} | {fig['max_abs']:.3e} | {fig['max_rel']:.3e} | "
-        f"{'pass' if run['passed'] else 'FAIL'} |"
+        f"| {run['reference']} | {run['device']} | {run['dtype']} | {out} | {fig['max_abs']:.3e} | "
+        f"{fig['max_rel']:.3e} | {'pass' if run['passed'] else 'FAIL'} |"
         for run in parity["runs"] for out, fig in run["outputs"].items()
     )
     checks = "\n".join(f"- {c['name']}: expected {c['expected']}, got {c['got']} ({'pass' if c['passed'] else 'FAIL'})"
                        for c in parity["known_checks"]) or "- none for this entry"
-    where = src.get("url") or src.get("path")
+    licence = "cc-by-4.0" if src["licence"].startswith("CC BY 4.0") else "apache-2.0"
+    prep = "\n".join(f"- {k}: {v}" for k, v in entry["preprocessing"].items())
     return f"""---
-license: cc-by-4.0
+license: {licence}
 library_name: perceiver-torch
 tags: [perceiver-io, {entry['task']}]
 ---
@@ -211,7 +151,7 @@ tags: [perceiver-io, {entry['task']}]
 # {name}
 
 Perceiver IO ({entry['task']}) converted to PyTorch by perceiver-torch (converter version
-{parity['converter_version']}), numerically checked against upstream JAX/Haiku.
+{parity['converter_version']}) and checked against the JAX/Haiku reference.
 
 ```python
 import perceiver_torch
@@ -220,19 +160,18 @@ model = perceiver_torch.create_model("{name}")
 
 ## Source and licence
 
-- Upstream file: `{where}` ({src['size']} bytes, sha256 `{src['sha256']}`), produced by
-  {src.get('produced_by') or 'DeepMind'}.
+- Upstream file: `{src.get('url') or src.get('path')}` ({src['size']} bytes, sha256 `{src['sha256']}`),
+  produced by {src.get('produced_by') or 'DeepMind'}.
 - Licence of the parameters: {src['licence']}.
 - Attribution: {src['attribution']}
 - Artifact: `{artifact['filename']}`, {artifact['size']} bytes, sha256 `{artifact['sha256']}`.
 
 ## Parity
 
-Reference: {parity['reference']}. Measured {parity['date']} with {parity['versions']}.
-Tolerance atol = rtol = {ATOL}.
+Measured {parity['date']}; versions: {json.dumps(parity['versions'], sort_keys=True)}.
 
-| device | dtype | output | max abs | max rel | result |
-|---|---|---|---:|---:|---|
+| reference | device | dtype | output | max abs | max rel | result |
+|---|---|---|---|---:|---:|---|
 {rows}
 
 Known real-weight checks:
@@ -240,93 +179,86 @@ Known real-weight checks:
 
 ## Preprocessing
 
-{chr(10).join(f'- {k}: {v}' for k, v in entry['preprocessing'].items())}
+{prep}
 """
 
 
-def is_up_to_date(name: str, entry: dict, source_sha: str, work_dir: Path = WORK_DIR) -> bool:
-    from converters import CONVERTER_VERSION
-
-    parity, artifact = entry.get("parity"), entry.get("artifact")
-    if entry["status"] == "not-produced" or not parity or not artifact:
-        return False
-    if parity["source_sha256"] != source_sha or str(parity["converter_version"]) != str(CONVERTER_VERSION):
-        return False
-    return any(p.is_file() and sha256_file(p) == artifact["sha256"] for p in artifact_candidates(name, entry,
-                                                                                                  work_dir))
-
-
 def artifact_candidates(name: str, entry: dict, work_dir: Path = WORK_DIR) -> list[Path]:
-    """Where a produced artifact may be present locally: the work dir, then published mirrors."""
+    """Where a produced artifact may be present locally: the work dir, the bundled stand-in, a mirror."""
     artifact = entry.get("artifact") or {}
-    paths = [work_dir / name / artifact.get("filename", ARTIFACT_NAME)]
+    paths = [Path(work_dir) / name / artifact.get("filename", ARTIFACT_NAME)]
     if artifact.get("repo_id") and artifact.get("revision"):
-        import os
-
         roots = [BUNDLED_STANDIN] + ([Path(os.environ["PERCEIVER_ZOO_MIRROR"])]
                                      if os.environ.get("PERCEIVER_ZOO_MIRROR") else [])
         paths += [r / artifact["repo_id"] / artifact["revision"] / artifact["filename"] for r in roots]
     return paths
 
 
+def is_up_to_date(name: str, entry: dict, work_dir: Path = WORK_DIR) -> bool:
+    """The manifest records this source and converter, and the artifact is present with its hash."""
+    from converters import CONVERTER_VERSION
+
+    parity, artifact = entry.get("parity"), entry.get("artifact")
+    if entry["status"] == "not-produced" or not parity or not artifact:
+        return False
+    if parity["source_sha256"] != entry["source"]["sha256"] or parity["converter_version"] != CONVERTER_VERSION:
+        return False
+    local = Path(work_dir) / name
+    if not (local / artifact["filename"]).is_file() or not (local / "README.md").is_file():
+        return False
+    return (sha256_file(local / artifact["filename"]) == artifact["sha256"]
+            and sha256_file(local / "README.md") == artifact.get("card_sha256"))
+
+
 def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path = WORK_DIR, manifest=None) -> dict:
-    """Regenerate one entry; returns {"name", "changed", "artifact", ...}. Raises ZooError on failure."""
+    """Regenerate one entry; returns {"name", "changed", ...}. Raises ZooError on failure."""
     import converters
 
     work_dir = Path(work_dir)
     entry = get_entry(name, manifest)
-    print(f"[{name}] source check")
     src = fetch_source(name, entry, source_path, work_dir)
-    source_sha = entry["source"]["sha256"]
-    if not force and is_up_to_date(name, entry, source_sha, work_dir):
-        print(f"[{name}] up to date (source sha256, converter {converters.CONVERTER_VERSION}, artifact hash match): "
-              "nothing to do")
+    print(f"[{name}] source {src} (size and sha256 match the manifest)")
+    if not force and is_up_to_date(name, entry, work_dir):
+        print(f"[{name}] up to date (source sha256, converter {converters.CONVERTER_VERSION}, artifact and card "
+              "hashes match the manifest): nothing to do")
         return {"name": name, "changed": False}
 
     config = entry_config(entry)
     out = work_dir / name / ARTIFACT_NAME
+    unverified = out.with_name(f".unverified-{out.name}")
     print(f"[{name}] convert {src.name} -> {out}")
-    converters.convert(entry["task"], src, config, out)
-    canonicalize_safetensors(out)
-    artifact_sha, size = sha256_file(out), out.stat().st_size
-
-    print(f"[{name}] parity against the JAX reference on {devices()}")
-    reference, inputs, expected = parity_reference(entry, src, config)
-    model = load_model(out)
-    runs = [_measure(entry["task"], model, inputs, expected, d) for d in devices()]
-    checks = known_checks(entry, model.to("cpu"))
-    for run in runs:
-        print(f"[{name}]   {run['device']}: " + ", ".join(
-            f"{k} max_abs={v['max_abs']:.2e}" for k, v in run["outputs"].items()) + f" -> {run['passed']}")
-    for check in checks:
-        print(f"[{name}]   {check['name']}: got {check['got']} -> {check['passed']}")
-    if not all(r["passed"] for r in runs) or not all(c["passed"] for c in checks):
-        raise ZooError(f"{name}: parity or known checks FAILED; the manifest was not updated ({out} kept for "
-                       "inspection)")
-
-    old = entry.get("artifact") or {}
-    if (not force and old.get("sha256") == artifact_sha and entry.get("parity")
-            and entry["parity"]["source_sha256"] == source_sha
-            and str(entry["parity"]["converter_version"]) == str(converters.CONVERTER_VERSION)):
-        print(f"[{name}] artifact identical to the recorded one: manifest unchanged")
-        return {"name": name, "changed": False, "artifact": str(out)}
+    try:
+        converters.convert(entry["task"], src, config, unverified)
+        canonicalize_safetensors(unverified)
+        print(f"[{name}] verify on {verify.devices()}")
+        model = load_model(unverified)
+        runs, checks = run_checks(name, entry, model, src, config)
+        for run in runs:
+            print(f"[{name}]   {run['reference']} on {run['device']}: " + ", ".join(
+                f"{k} max_abs={v['max_abs']:.2e}" for k, v in run["outputs"].items()) + f" -> {run['passed']}")
+        for check in checks:
+            print(f"[{name}]   {check['name']}: got {check['got']} -> {check['passed']}")
+        if not all(r["passed"] for r in runs) or not all(c["passed"] for c in checks):
+            raise ZooError(f"{name}: parity or a known check FAILED (figures above); nothing was written")
+        os.replace(unverified, out)
+    finally:
+        unverified.unlink(missing_ok=True)
 
     parity = {
-        "harness": "perceiver_torch.zoo.regenerate (upstream_io.run_upstream_layout vs reference, allclose)",
-        "reference": reference,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
         "versions": versions(),
-        "converter_version": str(converters.CONVERTER_VERSION),
-        "source_sha256": source_sha,
+        "converter_version": converters.CONVERTER_VERSION,
+        "source_sha256": entry["source"]["sha256"],
         "runs": runs,
         "known_checks": checks,
     }
-    artifact = {"filename": ARTIFACT_NAME, "sha256": artifact_sha, "size": size,
+    artifact = {"filename": ARTIFACT_NAME, "sha256": sha256_file(out), "size": out.stat().st_size,
                 "repo_id": None, "revision": None, "published_to": None}
-    card = model_card(name, entry, parity, artifact)
-    card_path = atomic_write(out.parent / "README.md", lambda tmp: Path(tmp).write_text(card))
-    artifact["card_sha256"] = sha256_file(card_path)
+    card_text = model_card(name, entry, parity, artifact)
+    card = atomic_write(out.parent / "README.md", lambda tmp: Path(tmp).write_text(card_text))
+    artifact["card_sha256"] = sha256_file(card)
     entry.update(status="produced", artifact=artifact, parity=parity)
     update_entry(name, entry, manifest)
-    print(f"[{name}] wrote {out} ({size} bytes, sha256 {artifact_sha}), {card_path}, manifest entry")
-    return {"name": name, "changed": True, "artifact": str(out), "card": str(card_path)}
+    print(f"[{name}] wrote {out} ({artifact['size']} bytes, sha256 {artifact['sha256']}), {card} and the "
+          "manifest entry")
+    return {"name": name, "changed": True, "artifact": str(out), "card": str(card)}

@@ -16,21 +16,21 @@ Each ENTRY has these fields (``?`` = may be null):
 ``regenerate``      the exact command that (re)produces the artifact.
 ``publish_repo``    the Hub repo id the publish command uploads to.
 ``source``          the upstream Haiku file: ``url``? or ``path``? (repo-relative), ``size``
-                    (bytes), ``sha256``, ``licence``, ``attribution``, ``produced_by``,
-                    ``reference_io``? (repo-relative ``io.npz`` of upstream Haiku inputs/outputs
-                    for exactly these weights; without it parity runs ``perceiver_torch.reference``).
-``artifact``?       the converted file: ``filename``, ``sha256``, ``size``, ``repo_id``?,
-                    ``revision``? (40 hex digits: a Hub commit, or the content hash of a
-                    local-mirror publication), ``published_to``? (``hub``, ``mirror`` or
-                    ``bundled-stand-in``), ``card_sha256``?.
-``parity``?         measured, never typed in: ``harness``, ``reference``, ``date``,
-                    ``versions`` (library -> version), ``converter_version``,
-                    ``source_sha256``, ``runs`` (list of ``{device, dtype, passed,
-                    tolerance: {atol, rtol}, outputs: {name: {max_abs, max_rel}}}``, max_rel
-                    being max|got - want| / max|want|) and
-                    ``known_checks`` (list of ``{name, expected, got, passed}``).
+                    (bytes), ``sha256``, ``licence``, ``attribution``, ``produced_by``?,
+                    ``reference_io``? (repo-relative ``io.npz`` of inputs and the outputs the
+                    reference computed from exactly these weights; checked without JAX).
+``artifact``?       the converted file: ``filename``, ``sha256``, ``size``, ``card_sha256``?
+                    (the model card written beside it), and once published ``repo_id``,
+                    ``revision`` (the 40-hex commit the publish returned; pulls are pinned to
+                    it) and ``published_to`` (``hub``, or ``stand-in``: the repository tree
+                    bundled in parity_tests/fixtures/zoo_hub that the tests serve on 127.0.0.1).
+``parity``?         measured by scripts/regenerate.py, never typed in: ``date``, ``versions``
+                    (distribution -> version), ``converter_version``, ``source_sha256``,
+                    ``runs`` (list of ``{reference, device, dtype, passed, atol, rtol,
+                    outputs: {NAME: {max_abs, max_rel, ...}}, ...}``, the parity harness's
+                    report layout) and ``known_checks`` (list of ``{name, expected, got, passed}``).
 ``preprocessing``   facts about the inputs (tokenizer, image size, normalisation), each
-                    from a cited source; unknown facts are null, never guessed.
+                    with its source; what the release does not state is null, never guessed.
 ``notes``?          free text.
 """
 
@@ -41,7 +41,7 @@ import re
 SCHEMA_VERSION = 1
 KINDS = ("released", "tiny")
 STATUSES = ("not-produced", "produced", "published")
-PUBLISHED_TO = ("hub", "mirror", "bundled-stand-in")
+PUBLISHED_TO = ("hub", "stand-in")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -53,9 +53,9 @@ ENTRY_FIELDS = {
 }
 SOURCE_FIELDS = ("url", "path", "size", "sha256", "licence", "attribution", "produced_by", "reference_io")
 ARTIFACT_FIELDS = ("filename", "sha256", "size", "repo_id", "revision", "published_to", "card_sha256")
-PARITY_FIELDS = ("harness", "reference", "date", "versions", "converter_version", "source_sha256", "runs",
-                 "known_checks")
-RUN_FIELDS = ("device", "dtype", "passed", "tolerance", "outputs")
+PARITY_FIELDS = ("date", "versions", "converter_version", "source_sha256", "runs", "known_checks")
+RUN_FIELDS = ("reference", "device", "dtype", "passed", "atol", "rtol", "outputs")  # required; more allowed
+CHECK_FIELDS = ("name", "expected", "got", "passed")
 
 
 class ManifestError(ValueError):
@@ -145,12 +145,19 @@ def validate_entry(name: str, entry, tasks=None, presets=None) -> None:
         if not isinstance(runs, list) or not runs:
             _fail(name, "parity.runs", "must be a non-empty list")
         for i, run in enumerate(runs):
-            _check_keys(name, f"parity.runs[{i}]", run, RUN_FIELDS, RUN_FIELDS)
-            if not run["passed"]:
+            _check_keys(name, f"parity.runs[{i}]", run, run, RUN_FIELDS)
+            if run["passed"] is not True:
                 _fail(name, f"parity.runs[{i}].passed", "a produced artifact must have passed parity")
-        for i, check in enumerate(parity["known_checks"] or []):
-            if not check.get("passed"):
-                _fail(name, f"parity.known_checks[{i}]", "a produced artifact must pass its known checks")
+            if not isinstance(run["outputs"], dict) or not run["outputs"]:
+                _fail(name, f"parity.runs[{i}].outputs", "must map each output name to its error figures")
+            for out, figures in run["outputs"].items():
+                _check_keys(name, f"parity.runs[{i}].outputs.{out}", figures, figures, ("max_abs", "max_rel"))
+        if not isinstance(parity["known_checks"], list):
+            _fail(name, "parity.known_checks", "must be a list (empty when none are known)")
+        for i, check in enumerate(parity["known_checks"]):
+            _check_keys(name, f"parity.known_checks[{i}]", check, CHECK_FIELDS, CHECK_FIELDS)
+            if check["passed"] is not True:
+                _fail(name, f"parity.known_checks[{i}].passed", "a produced artifact must pass its known checks")
     if not isinstance(entry["preprocessing"], dict):
         _fail(name, "preprocessing", "must be a mapping")
 
