@@ -60,7 +60,7 @@ def test_regenerate_writes_artifact_card_and_measured_figures(produced):
     card = (out / "README.md").read_text()
     assert artifact["sha256"] in card and entry["source"]["sha256"] in card
     assert parity["source_sha256"] == entry["source"]["sha256"]
-    stored = [r for r in parity["runs"] if r["reference"].startswith("stored upstream outputs")]
+    stored = [r for r in parity["runs"] if r["reference"].startswith("stored outputs")]
     assert [r["device"] for r in stored][0] == "cpu" and all(r["passed"] for r in parity["runs"])
     # The recorded figure is the measured one: recompute it from the artifact.
     io = golden_io("language")

@@ -51,3 +51,19 @@ def cached_files(cache: Path) -> list[str]:
     """Every file or link in a Hub cache except its lock files and CACHEDIR.TAG."""
     return sorted(str(p.relative_to(cache)) for p in cache.rglob("*")
                   if (p.is_file() or p.is_symlink()) and ".locks" not in p.parts and p.name != "CACHEDIR.TAG")
+
+
+def produce_and_publish(root: Path, token: str = "test-write-token") -> tuple[Path, Path, str]:
+    """Regenerate the golden entry under `root` and publish it into a stand-in tree there.
+
+    Returns (scratch manifest, stand-in tree, pinned revision).
+    """
+    from perceiver_torch.zoo.publish import publish
+    from perceiver_torch.zoo.regenerate import regenerate
+
+    manifest = scratch_manifest(root / "zoo_manifest.yaml")
+    regenerate(GOLDEN_ENTRY, work_dir=root / "work", manifest=manifest)
+    with serve(root / "hub", token=token) as hub:
+        revision = publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token=token, work_dir=root / "work",
+                           manifest=manifest)["revision"]
+    return manifest, root / "hub", revision

@@ -127,7 +127,8 @@ def run_checks(name: str, entry: dict, model, source: Path, config: dict) -> tup
     else:
         print(f"[{name}] the parity harness cannot run ({missing}): checking the stored outputs in {io_path} only")
     if io_path:
-        runs += verify.upstream_io_runs(entry["task"], model, resolve_repo_path(io_path), io_path)
+        runs += verify.stored_io_runs(entry["task"], model, resolve_repo_path(io_path),
+                                      f"reference outputs in {io_path}")
     return runs, verify.known_checks(entry, model)
 
 

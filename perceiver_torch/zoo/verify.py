@@ -3,7 +3,7 @@
 - ``harness_runs``: ``perceiver_torch.parity.run_parity`` (the JAX reference on the source
   weights against the converted model) on the CPU, and on CUDA when present; needs the
   ``jax`` extra.
-- ``upstream_io_runs``: the converted model against outputs stored beside the source
+- ``stored_io_runs``: the converted model against outputs stored beside the source
   (an ``io.npz`` of ``input/...`` and ``output/...`` computed upstream from exactly these
   weights, e.g. a golden fixture); runs without JAX.
 - ``known_checks``: facts about the released weights from ``upstream_release.md`` (the
@@ -62,14 +62,14 @@ def compare_outputs(got: dict, want: dict, atol: float = ATOL, rtol: float = RTO
     return passed, figures
 
 
-def upstream_io_runs(task: str, model: torch.nn.Module, io_path, label: str) -> list[dict]:
+def stored_io_runs(task: str, model: torch.nn.Module, io_path, label: str) -> list[dict]:
     """The model against the outputs stored in `io_path`, on each available device."""
     inputs, expected = load_io(io_path)
     runs = []
     for device in devices():
         got = run_upstream_layout(task, model.to(device), inputs, device=device)
         passed, figures = compare_outputs(got, expected)
-        runs.append({"reference": f"stored upstream outputs ({label})", "device": device, "dtype": "float32",
+        runs.append({"reference": f"stored outputs ({label})", "device": device, "dtype": "float32",
                      "passed": passed, "atol": ATOL, "rtol": RTOL, "outputs": figures})
     model.to("cpu")
     return runs
