@@ -43,3 +43,6 @@ __all__ += [
     "IdentityPostprocessor", "IdentityPreprocessor", "MultimodalDecoder", "MultimodalPostprocessor",
     "MultimodalPreprocessor", "OneHotPreprocessor", "ProjectionPostprocessor", "QueryGenerator", "restructure",
 ]
+from .image import BatchNorm, Conv2DDownsample, ImagePreprocessor, space_to_depth  # noqa: E402
+
+__all__ += ["BatchNorm", "Conv2DDownsample", "ImagePreprocessor", "space_to_depth"]
