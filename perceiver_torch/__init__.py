@@ -13,3 +13,6 @@ __all__ = [
     "load_model", "preset_names",
 ]
 __all__ += ["PerceiverIO"]
+from .models import PerceiverForOpticalFlow  # noqa: E402
+
+__all__ += ["PerceiverForOpticalFlow"]

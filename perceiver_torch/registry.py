@@ -16,6 +16,7 @@ from torch import nn
 
 TASK_MODELS: dict[str, str] = {
     "language": "perceiver_torch.models.language:PerceiverForMaskedLM",
+    "optical_flow": "perceiver_torch.models.optical_flow:PerceiverForOpticalFlow",
 }
 
 ALL_TASKS = ("language", "imagenet", "optical_flow", "video_autoencoding")

@@ -52,6 +52,13 @@ def _video_autoencoding(model, inputs, device, dtype):
     return {name: _numpy(outputs[name]) for name in ("image", "audio", "label")}
 
 
+@runner("optical_flow")
+def _optical_flow(model, inputs, device, dtype):
+    # Upstream stacks both frames channels-last [B, 2, H, W, 3]; the Torch model takes two [B, 3, H, W].
+    images = _tensor(inputs["images"], device, dtype).permute(0, 1, 4, 2, 3)
+    return {"flow": _numpy(model(images[:, 0], images[:, 1]).permute(0, 2, 3, 1))}
+
+
 @torch.no_grad()
 def run_upstream_layout(task: str, model: torch.nn.Module, inputs: dict[str, np.ndarray],
                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict:

@@ -2,4 +2,5 @@
 
 TASK_TABLES = {
     "language": "converters.tables.language",
+    "optical_flow": "converters.tables.optical_flow",
 }

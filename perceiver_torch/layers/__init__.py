@@ -46,3 +46,6 @@ __all__ += [
 from .image import BatchNorm, Conv2DDownsample, ImagePreprocessor, space_to_depth  # noqa: E402
 
 __all__ += ["BatchNorm", "Conv2DDownsample", "ImagePreprocessor", "space_to_depth"]
+from .flow import FlowDecoder, patches_for_flow  # noqa: E402
+
+__all__ += ["FlowDecoder", "patches_for_flow"]

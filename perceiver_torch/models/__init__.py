@@ -5,3 +5,6 @@ from .perceiver_io import PerceiverIO
 
 __all__ = ["PerceiverForMaskedLM"]
 __all__ += ["PerceiverIO"]
+from .optical_flow import PerceiverForOpticalFlow  # noqa: E402
+
+__all__ += ["PerceiverForOpticalFlow"]
