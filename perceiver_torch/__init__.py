@@ -16,3 +16,8 @@ __all__ += ["PerceiverIO"]
 from .models import PerceiverForOpticalFlow  # noqa: E402
 
 __all__ += ["PerceiverForOpticalFlow"]
+from .imagenet_preprocessing import imagenet_labels, imagenet_transform  # noqa: E402
+from .models import PerceiverForImageClassification, PerceiverForMultimodalAutoencoding  # noqa: E402
+
+__all__ += ["PerceiverForImageClassification", "PerceiverForMultimodalAutoencoding", "imagenet_labels",
+            "imagenet_transform"]

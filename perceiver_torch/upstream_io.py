@@ -41,6 +41,13 @@ def _language(model, inputs, device, dtype):
     return {"logits": _numpy(model(ids, mask))}
 
 
+@runner("imagenet")
+def _imagenet(model, inputs, device, dtype):
+    # Upstream images are channels-last [B, H, W, 3]; the Torch model takes [B, 3, H, W].
+    images = _tensor(inputs["images"], device, dtype).permute(0, 3, 1, 2)
+    return {"logits": _numpy(model(images))}
+
+
 @runner("video_autoencoding")
 def _video_autoencoding(model, inputs, device, dtype):
     # Upstream frames are channels-last [B, F, S, S, 3]; the Torch model takes [B, F, 3, S, S].
