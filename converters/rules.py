@@ -10,6 +10,7 @@ right shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -194,3 +195,44 @@ def strict_merge(
     if problems:
         raise ConversionError(problems, context)
     return out
+
+
+# Haiku BatchNorm moving averages (state collection) -> the batch norm's buffers.
+EMA_MEAN = (Leaf("average", "running_mean", squeeze_to_channels, "state"),)
+EMA_VAR = (Leaf("average", "running_var", squeeze_to_channels, "state"),)
+
+
+def image_preprocessor_rules(haiku_prefix: str, torch_prefix: str, kwargs: dict) -> list[ModuleRule]:
+    """Rules for an upstream ImagePreprocessor built with constructor `kwargs` (a layers.image.ImagePreprocessor).
+
+    Haiku names what the constructor builds '<name>/~/...', what `__call__`
+    builds '<name>/...', and what `_build_network_inputs` builds
+    '<name>/~_build_network_inputs/...'.
+    """
+    prep_type = kwargs.get("prep_type", "conv")
+    rules: list[ModuleRule] = []
+    if prep_type == "conv":
+        stem = f"{haiku_prefix}/~/conv2_d_downsample/~"
+        for i in range(round(math.log(kwargs.get("spatial_downsample", 4), 4))):
+            rules.append(ModuleRule(f"{stem}/{haiku_indexed('conv', i)}", f"{torch_prefix}.convnet.convs.{i}",
+                                    CONV_NO_BIAS))
+            if kwargs.get("conv2d_use_batchnorm", True):
+                bn, target = f"{stem}/{haiku_indexed('batchnorm', i)}", f"{torch_prefix}.convnet.batchnorms.{i}"
+                rules += [ModuleRule(bn, target, BATCH_NORM), ModuleRule(f"{bn}/~/mean_ema", target, EMA_MEAN),
+                          ModuleRule(f"{bn}/~/var_ema", target, EMA_VAR)]
+    elif prep_type == "conv1x1":
+        rules.append(ModuleRule(f"{haiku_prefix}/~/conv2_d", f"{torch_prefix}.convnet_1x1", CONV))
+    elif prep_type == "patches" and kwargs.get("conv_after_patching", False):
+        rules.append(ModuleRule(f"{haiku_prefix}/patches_linear", f"{torch_prefix}.patches_linear", LINEAR))
+    positions = f"{haiku_prefix}/~_build_network_inputs"
+    projected = kwargs.get("project_pos_dim", -1) > 0
+    if kwargs.get("position_encoding_type", "fourier") == "trainable":
+        table = f"{torch_prefix}.position_encoding{'.base' if projected else ''}"
+        rules.append(ModuleRule(f"{positions}/trainable_position_encoding", table, POSITION_TABLE))
+    if projected:
+        rules.append(ModuleRule(f"{positions}/position_encoding_projector/linear",
+                                f"{torch_prefix}.position_encoding.projection", LINEAR))
+    for i in range(kwargs.get("n_extra_pos_mlp", 0)):
+        rules.append(ModuleRule(f"{positions}/{haiku_indexed('linear', i)}", f"{torch_prefix}.extra_pos_mlp.{i}",
+                                LINEAR))
+    return rules

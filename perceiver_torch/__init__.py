@@ -15,3 +15,12 @@ __all__ = [
 ]
 __all__ += ["PerceiverIO"]
 __all__ += ["create_model"]
+
+from .models import PerceiverForOpticalFlow  # noqa: E402
+
+__all__ += ["PerceiverForOpticalFlow"]
+from .imagenet_preprocessing import imagenet_labels, imagenet_transform  # noqa: E402
+from .models import PerceiverForImageClassification, PerceiverForMultimodalAutoencoding  # noqa: E402
+
+__all__ += ["PerceiverForImageClassification", "PerceiverForMultimodalAutoencoding", "imagenet_labels",
+            "imagenet_transform"]

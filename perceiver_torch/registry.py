@@ -16,6 +16,9 @@ from torch import nn
 
 TASK_MODELS: dict[str, str] = {
     "language": "perceiver_torch.models.language:PerceiverForMaskedLM",
+    "imagenet": "perceiver_torch.models.image_classification:PerceiverForImageClassification",
+    "video_autoencoding": "perceiver_torch.models.video_autoencoding:PerceiverForMultimodalAutoencoding",
+    "optical_flow": "perceiver_torch.models.optical_flow:PerceiverForOpticalFlow",
 }
 
 ALL_TASKS = ("language", "imagenet", "optical_flow", "video_autoencoding")

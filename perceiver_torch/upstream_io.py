@@ -41,6 +41,13 @@ def _language(model, inputs, device, dtype):
     return {"logits": _numpy(model(ids, mask))}
 
 
+@runner("imagenet")
+def _imagenet(model, inputs, device, dtype):
+    # Upstream images are channels-last [B, H, W, 3]; the Torch model takes [B, 3, H, W].
+    images = _tensor(inputs["images"], device, dtype).permute(0, 3, 1, 2)
+    return {"logits": _numpy(model(images))}
+
+
 @runner("video_autoencoding")
 def _video_autoencoding(model, inputs, device, dtype):
     # Upstream frames are channels-last [B, F, S, S, 3]; the Torch model takes [B, F, 3, S, S].
@@ -50,6 +57,13 @@ def _video_autoencoding(model, inputs, device, dtype):
                  for name in ("image", "audio") if f"subsample_{name}" in inputs}
     outputs = model(images, audio, subsample or None)
     return {name: _numpy(outputs[name]) for name in ("image", "audio", "label")}
+
+
+@runner("optical_flow")
+def _optical_flow(model, inputs, device, dtype):
+    # Upstream stacks both frames channels-last [B, 2, H, W, 3]; the Torch model takes two [B, 3, H, W].
+    images = _tensor(inputs["images"], device, dtype).permute(0, 1, 4, 2, 3)
+    return {"flow": _numpy(model(images[:, 0], images[:, 1]).permute(0, 2, 3, 1))}
 
 
 @torch.no_grad()

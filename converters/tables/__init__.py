@@ -2,4 +2,7 @@
 
 TASK_TABLES = {
     "language": "converters.tables.language",
+    "imagenet": "converters.tables.imagenet",
+    "video_autoencoding": "converters.tables.video_autoencoding",
+    "optical_flow": "converters.tables.optical_flow",
 }

@@ -43,3 +43,9 @@ __all__ += [
     "IdentityPostprocessor", "IdentityPreprocessor", "MultimodalDecoder", "MultimodalPostprocessor",
     "MultimodalPreprocessor", "OneHotPreprocessor", "ProjectionPostprocessor", "QueryGenerator", "restructure",
 ]
+from .image import BatchNorm, Conv2DDownsample, ImagePreprocessor, space_to_depth  # noqa: E402
+
+__all__ += ["BatchNorm", "Conv2DDownsample", "ImagePreprocessor", "space_to_depth"]
+from .flow import FlowDecoder, patches_for_flow  # noqa: E402
+
+__all__ += ["FlowDecoder", "patches_for_flow"]

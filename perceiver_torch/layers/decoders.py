@@ -139,3 +139,17 @@ class EmbeddingDecoder(nn.Module):
     def forward(self, embeddings: torch.Tensor, embedding_matrix: torch.Tensor) -> torch.Tensor:
         return embeddings @ embedding_matrix.T + self.bias
 
+
+class ClassificationDecoder(BasicDecoder):
+    """Upstream `ClassificationDecoder`: a `BasicDecoder` with one output query, logits [B, num_classes].
+
+    As upstream, there is a single query (a trainable [1, C] table by
+    default), not one per class; its output is projected to the classes.
+    """
+
+    def __init__(self, num_classes: int, **decoder_kwargs):
+        super().__init__(output_num_channels=num_classes, output_index_dims=(1,), **decoder_kwargs)
+        self.num_classes = num_classes
+
+    def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(query, z, query_mask)[:, 0]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
 
 import torch
 
+from ..labels import packaged_labels
 from ..layers.audio import AudioPreprocessor
 from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocessor, QueryGenerator
 from ..layers.postprocessors import AudioPostprocessor, ClassificationPostprocessor, ProjectionPostprocessor
@@ -22,11 +22,7 @@ MASK_PROBS = {"image": 0.0, "audio": 0.0, "label": 1.0}
 @cache
 def kinetics700_labels() -> tuple[str, ...]:
     """The 700 Kinetics-700 class names, in the order of the label logits."""
-    text = resources.files("perceiver_torch").joinpath("data/kinetics700_labels.txt").read_text()
-    labels = tuple(line for line in text.splitlines() if line)
-    if len(labels) != 700:
-        raise RuntimeError(f"kinetics700_labels.txt holds {len(labels)} names; expected 700.")
-    return labels
+    return packaged_labels("kinetics700_labels.txt", 700)
 
 
 def _fourier(num_bands: int, max_resolution) -> dict:

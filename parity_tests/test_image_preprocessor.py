@@ -1,0 +1,85 @@
+"""ImagePreprocessor pieces against their upstream definitions (TF 'SAME' padding, space-to-depth order)."""
+
+import numpy as np
+import pytest
+import torch
+
+from perceiver_torch.layers.image import Conv2DDownsample, ImagePreprocessor, same_padding, space_to_depth
+
+from .conftest import assert_close
+
+
+def test_same_padding_of_the_released_stem():
+    assert same_padding(224, 7, 2) == (2, 3)  # the conv: 2 before, 3 after
+    assert same_padding(112, 3, 2) == (0, 1)  # the max pool
+    assert same_padding(32, 7, 2) == (2, 3)
+
+
+def test_conv_stem_matches_jax_same_conv_and_max_pool():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    torch.manual_seed(0)
+    stem = Conv2DDownsample(3, num_layers=1, num_channels=8).eval()
+    with torch.no_grad():
+        bn = stem.batchnorms[0]
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    x = np.random.default_rng(0).normal(size=(2, 3, 29, 30)).astype(np.float32)  # odd sizes: asymmetric pads
+    with torch.no_grad():
+        ours = stem(torch.from_numpy(x)).numpy()
+    kernel = stem.convs[0].weight.detach().numpy().transpose(2, 3, 1, 0)  # HWIO, as Haiku stores it
+    y = jax.lax.conv_general_dilated(jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(kernel), (2, 2), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    mean, var, scale, offset = (t.detach().numpy() for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))
+    y = jax.nn.relu((y - mean) * (scale / np.sqrt(var + 1e-5)) + offset)
+    y = jax.lax.reduce_window(y, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
+    assert ours.shape == (2, 8, 8, 8)
+    assert_close(ours, np.asarray(y).transpose(0, 3, 1, 2), atol=1e-5, rtol=1e-5, what="conv stem")
+
+
+def test_released_conv_stem_gives_56x56():
+    pre = ImagePreprocessor("conv", position_encoding_type="fourier", input_shape=(224, 224, 3),
+                            fourier_position_encoding_kwargs=dict(num_bands=4, max_resolution=(56, 56)))
+    assert pre.index_dims == (56, 56)
+    with torch.no_grad():
+        with_pos, sizes, without_pos = pre(torch.zeros(1, 224, 224, 3))
+    assert with_pos.shape == (1, 56 * 56, 64 + 2 + 2 * 2 * 4) and sizes is None and without_pos.shape[-1] == 64
+
+
+def test_space_to_depth_orders_channels_as_upstream():
+    # einops 'b (t dt) (h dh) (w dw) c -> b t h w (dt dh dw c)', written out with numpy indexing.
+    x = np.arange(1 * 4 * 6 * 6 * 3).reshape(1, 4, 6, 6, 3)
+    ours = space_to_depth(torch.from_numpy(x), temporal_block_size=2, spatial_block_size=3).numpy()
+    b, t, h, w = 0, 1, 1, 0
+    expected = [x[b, t * 2 + dt, h * 3 + dh, w * 3 + dw, c]
+                for dt in range(2) for dh in range(3) for dw in range(3) for c in range(3)]
+    assert ours.shape == (1, 2, 2, 2, 54)
+    assert ours[b, t, h, w].tolist() == expected
+
+
+def test_projected_trainable_positions_need_input_shape():
+    with pytest.raises(ValueError, match="input_shape"):
+        ImagePreprocessor("pixels", position_encoding_type="trainable",
+                          trainable_position_encoding_kwargs=dict(num_channels=4))
+
+
+def test_add_positions_and_extra_pos_mlp():
+    pre = ImagePreprocessor("conv1x1", spatial_downsample=2, num_channels=6, position_encoding_type="trainable",
+                            trainable_position_encoding_kwargs=dict(num_channels=6), concat_or_add_pos="add",
+                            n_extra_pos_mlp=2, input_shape=(8, 8, 3))
+    assert pre.index_dims == (4, 4) and pre.num_channels == 6
+    x = torch.randn(2, 8, 8, 3)
+    with_pos, _, without_pos = pre(x)
+    pos = pre.position_encoding(1)
+    hidden = torch.relu(pos + pre.extra_pos_mlp[0](pos))
+    assert_close(with_pos.detach().numpy(), (without_pos + hidden + pre.extra_pos_mlp[1](hidden)).detach().numpy(),
+                 atol=1e-6, rtol=1e-6)
+
+
+def test_wrong_input_shape_is_refused():
+    pre = ImagePreprocessor("pixels", spatial_downsample=1, position_encoding_type="fourier",
+                            fourier_position_encoding_kwargs=dict(num_bands=2, max_resolution=(4, 4)),
+                            input_shape=(4, 4, 3))
+    with pytest.raises(ValueError, match=r"\[B, 4, 4, 3\]"):
+        pre(torch.zeros(1, 3, 4, 4))

@@ -1,0 +1,150 @@
+"""The three ImageNet classifiers reproduce the upstream golden logits; inputs, transform and classify."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import perceiver_torch as pt
+from converters import ConversionError, convert_tree, load_haiku_checkpoint
+from perceiver_torch.imagenet_preprocessing import (
+    MEAN_RGB,
+    STDDEV_RGB,
+    center_crop_size,
+    imagenet_labels,
+    imagenet_transform,
+)
+from perceiver_torch.upstream_io import run_upstream_layout
+
+from .conftest import assert_close, golden_config, golden_dir, golden_io
+
+FAMILIES = ["imagenet_learned", "imagenet_fourier", "imagenet_conv"]
+
+
+@pytest.mark.parametrize("pickle_name", ["checkpoint.pickle", "checkpoint_plain.pickle"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_imagenet_matches_upstream(converted, family, pickle_name):
+    model = pt.load_model(converted("imagenet", family, pickle_name))
+    io = golden_io(family)
+    images = torch.from_numpy(io["input/images"]).permute(0, 3, 1, 2)  # the public contract is channels-first
+    with torch.no_grad():
+        logits = model(images)
+    assert_close(logits.numpy(), io["output/logits"], what=f"{family} logits")
+    # The upstream-layout runner (used by the parity harness and the zoo) gives the same.
+    outputs = run_upstream_layout("imagenet", model, {"images": io["input/images"]})
+    np.testing.assert_array_equal(outputs["logits"], logits.numpy())
+
+
+def test_conv_stem_state_becomes_buffers(converted):
+    model = pt.load_model(converted("imagenet", "imagenet_conv"))
+    bn = model.input_preprocessor.convnet.batchnorms[0]
+    state = load_haiku_checkpoint(golden_dir("imagenet_conv") / "checkpoint.pickle").state
+    ema = "image_preprocessor/~/conv2_d_downsample/~/batchnorm/~/{}"
+    np.testing.assert_array_equal(bn.running_mean.numpy(), state[ema.format("mean_ema")]["average"].reshape(-1))
+    np.testing.assert_array_equal(bn.running_var.numpy(), state[ema.format("var_ema")]["average"].reshape(-1))
+    names = {n for n, _ in model.named_parameters()}
+    assert not any("running" in n for n in names)
+
+
+def test_missing_batch_norm_state_is_reported_by_path():
+    checkpoint = load_haiku_checkpoint(golden_dir("imagenet_conv") / "checkpoint.pickle")
+    path = "image_preprocessor/~/conv2_d_downsample/~/batchnorm/~/var_ema"
+    del checkpoint.state[path]["average"]
+    checkpoint.state["image_preprocessor/~/unexpected"] = {"average": np.zeros(3, np.float32)}
+    with pytest.raises(ConversionError) as info:
+        convert_tree("imagenet", checkpoint, golden_config("imagenet_conv"))
+    message = str(info.value)
+    assert f"missing in checkpoint: state:{path}/average (needed for " \
+           "input_preprocessor.convnet.batchnorms.0.running_var)" in message
+    assert "unused in checkpoint: state:image_preprocessor/~/unexpected/average" in message
+    # The EMA bookkeeping leaves are listed in the table's IGNORED, never silently dropped.
+    assert f"state:{path}/hidden" not in message and f"state:{path}/counter" not in message
+
+
+def _model(family="imagenet_fourier", **overrides):
+    torch.manual_seed(0)
+    return pt.build_model("imagenet", {**golden_config(family), **overrides}).eval()
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((1, 16, 16, 3), "channels-last"),  # upstream's layout given to the channels-first model
+    ((1, 4, 16, 16), "got 4 channels"),
+    ((1, 3, 32, 32), r"\[B, 3, 16, 16\]"),
+    ((3, 16, 16), "3-D"),
+])
+def test_wrong_input_shapes_say_what_was_expected(shape, expected):
+    with pytest.raises(ValueError, match=expected) as info:
+        _model()(torch.zeros(shape))
+    assert "channels-first images [B, 3, 16, 16]" in str(info.value)
+
+
+def test_imagenet_labels_are_the_colab_list():
+    labels = imagenet_labels()
+    assert len(labels) == 1000
+    assert labels[0] == "tench, Tinca tinca"
+    assert labels[207] == "golden retriever"
+    assert labels[251] == "dalmatian, coach dog, carriage dog"
+    assert labels[999] == "toilet tissue, toilet paper, bathroom tissue"
+    assert labels.count("crane") == 2  # the bird (134) and the machine (517), as in ImageNet
+
+
+def test_transform_crops_centre_and_normalises_like_the_colab():
+    assert center_crop_size(375, 500) == 328  # int(224 / 256 * 375)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(256, 320, 3), dtype=np.uint8)
+    out = imagenet_transform(image)  # the crop is exactly 224x224 here, so the resize is the identity
+    assert out.shape == (3, 224, 224) and out.dtype == torch.float32
+    top, left = (256 - 224 + 1) // 2, (320 - 224 + 1) // 2
+    expected = (image[top:top + 224, left:left + 224] - np.array(MEAN_RGB)) / np.array(STDDEV_RGB)
+    assert_close(out.permute(1, 2, 0).numpy(), expected.astype(np.float32), atol=1e-5, rtol=1e-5)
+
+
+def test_transform_resizes_bicubically_and_saturates_like_opencv_on_uint8():
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, :, 0] = 255
+    image[:, 30:, 1] = 255  # a sharp edge: bicubic overshoots, uint8 output saturates
+    out = imagenet_transform(image, size=16)
+    pixels = out.permute(1, 2, 0).numpy() * np.array(STDDEV_RGB) + np.array(MEAN_RGB)
+    assert out.shape == (3, 16, 16)
+    np.testing.assert_allclose(pixels[..., 0], 255, atol=1e-3)  # a constant channel stays constant
+    assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3
+    np.testing.assert_allclose(pixels, np.round(pixels), atol=1e-3)  # whole grey levels before normalising
+
+
+def test_transform_rejects_non_rgb_arrays():
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        imagenet_transform(np.zeros((3, 32, 32), np.uint8))
+
+
+def test_classify_returns_top_k_of_the_models_probabilities():
+    model = _model()
+    image = np.random.default_rng(1).integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+    top = model.classify(image, k=3)
+    with torch.no_grad():
+        probs = model(imagenet_transform(image, (16, 16))[None])[0].softmax(-1)
+    best = probs.topk(3)
+    assert [label for label, _ in top] == [str(i) for i in best.indices.tolist()]
+    np.testing.assert_allclose([p for _, p in top], best.values.numpy(), rtol=1e-6)
+
+
+def test_classify_names_imagenet_classes_for_1000_logits():
+    model = _model(num_classes=1000)
+    top = model.classify(np.full((16, 16, 3), 128, np.uint8))
+    assert len(top) == 5 and all(label in imagenet_labels() for label, _ in top)
+    assert all(a[1] >= b[1] for a, b in zip(top, top[1:], strict=False))
+
+
+def test_classify_a_file_with_pillow(tmp_path):
+    image_module = pytest.importorskip("PIL.Image")
+    path = tmp_path / "image.png"
+    pixels = np.random.default_rng(2).integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
+    image_module.fromarray(pixels).save(path)
+    model = _model()
+    assert model.classify(path, k=2) == model.classify(pixels, k=2)
+
+
+def test_opening_a_file_without_pillow_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now raises ImportError
+    with pytest.raises(ImportError, match=r"perceiver-torch\[image\]"):
+        imagenet_transform(tmp_path / "missing.jpg")

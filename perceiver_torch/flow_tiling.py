@@ -1,0 +1,96 @@
+"""Flow for frames larger than the training size: overlapping tiles blended as in the upstream flow colab.
+
+The colab slides a training-size window with a stride of `tile - min_overlap`
+(the last window moved flush with the frame's far edge), runs the model on
+each window, and averages the overlapping predictions with weights that
+fall off linearly towards every tile edge:
+`w(y, x) = min(min(y + 1, h - y), min(x + 1, w - x))`.
+
+Moving the last window can repeat a position (a frame exactly the training
+size gets the same window four times), and a repeated window counts that
+many times in the colab's average. Here each distinct window goes through
+the model once, `tile_batch_size` windows per call, and is weighted by its
+multiplicity: the colab's blend without the repeated model calls.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def tile_origins(frame_size: Sequence[int], tile_size: Sequence[int], min_overlap: int = 20) -> list[tuple[int, int]]:
+    """Top-left (y, x) of every tile, in the colab's order (rows, then columns), repeats included."""
+    (height, width), (tile_h, tile_w) = frame_size, tile_size
+    if min_overlap >= tile_h or min_overlap >= tile_w:
+        raise ValueError(f"min_overlap ({min_overlap}) must be smaller than the tile size {tuple(tile_size)}.")
+    if min_overlap < 0:
+        raise ValueError(f"min_overlap must be >= 0; got {min_overlap}.")
+    if height < tile_h or width < tile_w:
+        raise ValueError(f"frames of {height}x{width} are smaller than the training size {tile_h}x{tile_w}; "
+                         "pad or resize them to at least that size.")
+    # The colab moves only the last window flush with the edge. When the last range point lies within
+    # min_overlap of the edge, the one before it also overruns the frame and the colab fails on the
+    # ragged tile; clamping every window keeps the colab's grid wherever it works and stays inside otherwise.
+    ys = [min(y, height - tile_h) for y in range(0, height, tile_h - min_overlap)]
+    xs = [min(x, width - tile_w) for x in range(0, width, tile_w - min_overlap)]
+    ys[-1], xs[-1] = height - tile_h, width - tile_w
+    return list(itertools.product(ys, xs))
+
+
+def blend_weights(tile_size: Sequence[int], *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """[h, w] weights: distance in pixels to the nearest tile edge, counting the edge pixel as 1."""
+    tile_h, tile_w = tile_size
+    y = torch.arange(tile_h, device=device)
+    x = torch.arange(tile_w, device=device)
+    wy = torch.minimum(y + 1, tile_h - y)
+    wx = torch.minimum(x + 1, tile_w - x)
+    return torch.minimum(wy[:, None], wx[None, :]).to(dtype)
+
+
+def weight_map(frame_size: Sequence[int], tile_size: Sequence[int], min_overlap: int = 20,
+               *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """[H, W] sum of every tile's blend weights: the colab's normaliser (positive everywhere)."""
+    total = torch.zeros(tuple(frame_size), dtype=dtype, device=device)
+    weights = blend_weights(tile_size, dtype=dtype, device=device)
+    tile_h, tile_w = tile_size
+    for y, x in tile_origins(frame_size, tile_size, min_overlap):
+        total[y:y + tile_h, x:x + tile_w] += weights
+    return total
+
+
+def stitch_tiles(
+    image1: torch.Tensor,
+    image2: torch.Tensor,
+    flow_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    tile_size: Sequence[int],
+    min_overlap: int = 20,
+    tile_batch_size: int = 8,
+) -> torch.Tensor:
+    """Blend `flow_fn` (frames [N, 3, h, w] x2 -> flow [N, 2, h, w]) over tiles of [B, 3, H, W] frames.
+
+    Returns [B, 2, H, W]. Each distinct tile of all B frame pairs is cut and
+    run through `flow_fn` in chunks of `tile_batch_size` tiles (each chunk
+    holding tile_batch_size * B pairs); the predictions are accumulated with
+    `blend_weights` times the tile's multiplicity in the colab's grid, then
+    divided by the total weight, as the colab does.
+    """
+    if tile_batch_size < 1:
+        raise ValueError(f"tile_batch_size must be >= 1; got {tile_batch_size}.")
+    batch, _, height, width = image1.shape
+    tile_h, tile_w = tile_size
+    multiplicity = Counter(tile_origins((height, width), tile_size, min_overlap))  # keeps first-seen order
+    origins = list(multiplicity)
+    weights = blend_weights(tile_size, dtype=image1.dtype, device=image1.device)
+    flows = image1.new_zeros(batch, 2, height, width)
+    for start in range(0, len(origins), tile_batch_size):
+        chunk = origins[start:start + tile_batch_size]
+        first = torch.cat([image1[..., y:y + tile_h, x:x + tile_w] for y, x in chunk])
+        second = torch.cat([image2[..., y:y + tile_h, x:x + tile_w] for y, x in chunk])
+        pieces = flow_fn(first, second).reshape(len(chunk), batch, 2, tile_h, tile_w)
+        for (y, x), piece in zip(chunk, pieces, strict=True):
+            flows[..., y:y + tile_h, x:x + tile_w] += piece * (weights * multiplicity[y, x])
+    return flows / weight_map((height, width), tile_size, min_overlap, dtype=image1.dtype, device=image1.device)

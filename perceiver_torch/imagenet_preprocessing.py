@@ -1,0 +1,88 @@
+"""ImageNet inputs as the upstream ImageNet colab prepares them, and the 1000 class names.
+
+The colab (and `perceiver/train/dataset.py` at evaluation) takes a centred
+square crop of side `int(224 / (224 + 32) * min(H, W))` (offsets rounded up),
+resizes it bicubically to 224x224 and normalises each channel with the
+ImageNet mean and standard deviation (of 0-255 values). The colab resizes
+uint8 pixels with OpenCV's INTER_CUBIC (Keys a=-0.75, half-pixel centres,
+no antialiasing, result saturated to 0-255); this uses the same kernel
+through `F.interpolate`, so it agrees with the colab to within one grey
+level before normalisation (OpenCV rounds its coefficients to fixed point).
+
+Pillow (the `image` extra) is only needed to open files and PIL images.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .labels import packaged_labels
+
+MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+CROP_MARGIN = 32  # the colab crops size / (size + 32) of the shorter side
+
+
+@cache
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1000 ImageNet class names of the upstream colab, in the order of the classifier's logits."""
+    return packaged_labels("imagenet_labels.txt", 1000)
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError('Opening images needs Pillow: pip install "perceiver-torch[image]" (or pass a '
+                          "uint8 numpy array [H, W, 3]).") from None
+    return Image
+
+
+def load_rgb(image) -> np.ndarray:
+    """A path, a PIL image or an [H, W, 3] array -> uint8-range RGB array [H, W, 3] (float32 if given float)."""
+    if isinstance(image, (str, Path)):
+        with _pil().open(image) as opened:
+            return np.asarray(opened.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        raise TypeError("pass a path, a PIL image or a numpy [H, W, 3] array of 0-255 RGB values; for a "
+                        "tensor already preprocessed [3, H, W], call the model directly.")
+    if not isinstance(image, np.ndarray) and hasattr(image, "convert"):  # a PIL image
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image array [H, W, 3] (channels last, 0-255); got shape {array.shape}.")
+    return array
+
+
+def center_crop_size(height: int, width: int, size: int = 224) -> int:
+    """Side of the colab's centred square crop: size / (size + 32) of the shorter side, truncated."""
+    ratio = np.float32(size / (size + CROP_MARGIN))
+    return int(ratio * np.float32(min(height, width)))
+
+
+def imagenet_transform(image, size: tuple[int, int] | int = (224, 224)) -> torch.Tensor:
+    """Colab preprocessing: centre crop, bicubic resize to `size`, normalise -> float32 [3, H, W].
+
+    `image` is a path, a PIL image, or an RGB array [H, W, 3] of 0-255 values.
+    """
+    out_h, out_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    pixels = load_rgb(image)
+    height, width = pixels.shape[:2]
+    crop = center_crop_size(height, width, out_h)
+    if crop < 1:
+        raise ValueError(f"image {height}x{width} is too small to crop.")
+    top, left = (height - crop + 1) // 2, (width - crop + 1) // 2
+    pixels = pixels[top:top + crop, left:left + crop]
+    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(out_h, out_w), mode="bicubic", align_corners=False)
+    x = x[0]
+    if pixels.dtype == np.uint8:  # OpenCV returns uint8 for uint8 input: rounded and saturated
+        x = x.round().clamp(0, 255)
+    mean = torch.tensor(MEAN_RGB, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(STDDEV_RGB, dtype=torch.float32)[:, None, None]
+    return (x - mean) / std

@@ -1,0 +1,74 @@
+"""ImageNet classification (the three released variants), built as the upstream ImageNet colab builds it."""
+
+from __future__ import annotations
+
+import torch
+
+from ..imagenet_preprocessing import imagenet_labels, imagenet_transform
+from ..layers import Perceiver, PerceiverEncoder
+from ..layers.decoders import ClassificationDecoder
+from ..layers.image import ImagePreprocessor
+
+
+class PerceiverForImageClassification(Perceiver):
+    """Images [B, 3, H, W] -> ImagePreprocessor -> encoder -> ClassificationDecoder -> logits [B, num_classes].
+
+    `config` is the golden/released `config.json` layout: `image_size`
+    [H, W], `num_classes`, and upstream `input_preprocessor`
+    (`ImagePreprocessor`), `encoder` and `decoder` kwargs. The three
+    released models differ only in `input_preprocessor`: 'conv1x1' with a
+    learned position table, 'pixels' with Fourier features, and the 'conv'
+    stem (batch-norm averages as buffers) with Fourier features.
+    """
+
+    task = "imagenet"
+
+    def __init__(self, config: dict):
+        height, width = (int(s) for s in config["image_size"])
+        num_classes = int(config["num_classes"])
+        preprocessor = ImagePreprocessor(**config["input_preprocessor"], input_shape=(height, width, 3))
+        super().__init__(
+            input_preprocessor=preprocessor,
+            encoder=PerceiverEncoder(input_channels=preprocessor.num_channels, **config["encoder"]),
+            decoder=ClassificationDecoder(num_classes, **config["decoder"]),
+        )
+        self.config = config
+        self.image_size = (height, width)
+        self.num_classes = num_classes
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class names in logit order: the ImageNet names for 1000 classes, else the class indices."""
+        return imagenet_labels() if self.num_classes == 1000 else tuple(str(i) for i in range(self.num_classes))
+
+    def _check(self, images: torch.Tensor) -> None:
+        height, width = self.image_size
+        expected = f"channels-first images [B, 3, {height}, {width}]"
+        if images.ndim != 4:
+            raise ValueError(f"expected {expected}; got a {images.ndim}-D tensor {tuple(images.shape)}.")
+        if images.shape[1] != 3:
+            hint = " (this looks channels-last: use images.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else ""
+            raise ValueError(f"expected {expected}; got {images.shape[1]} channels in {tuple(images.shape)}{hint}.")
+        if tuple(images.shape[2:]) != (height, width):
+            raise ValueError(f"expected {expected}; got {tuple(images.shape)} (resize/crop first, e.g. with "
+                             "perceiver_torch.imagenet_preprocessing.imagenet_transform).")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] (normalised as `imagenet_transform` does) -> logits [B, num_classes]."""
+        self._check(images)
+        return super().forward(images.permute(0, 2, 3, 1))  # upstream's channels-last layout
+
+    def transform(self, image) -> torch.Tensor:
+        """The colab's preprocessing of one image (path, PIL image or [H, W, 3] array) -> [3, H, W]."""
+        return imagenet_transform(image, self.image_size)
+
+    @torch.no_grad()
+    def classify(self, image, k: int = 5) -> list[tuple[str, float]]:
+        """Top-k (label, probability) for one image: a path, a PIL image or an RGB array [H, W, 3] (0-255)."""
+        if not 1 <= k <= self.num_classes:
+            raise ValueError(f"k must be in [1, {self.num_classes}]; got {k}.")
+        weight = next(self.parameters())
+        x = self.transform(image)[None].to(device=weight.device, dtype=weight.dtype)
+        probs, idx = self(x)[0].softmax(-1).topk(k)
+        names = self.labels
+        return [(names[i], float(p)) for p, i in zip(probs.tolist(), idx.tolist(), strict=True)]

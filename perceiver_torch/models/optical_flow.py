@@ -1,0 +1,103 @@
+"""Optical flow between two frames, built as the upstream optical-flow colab builds it."""
+
+from __future__ import annotations
+
+import torch
+
+from ..flow_tiling import stitch_tiles
+from ..layers.encoder import PerceiverEncoder
+from ..layers.flow import FlowDecoder, patches_for_flow
+from ..layers.image import ImagePreprocessor
+from ..layers.perceiver import Perceiver
+
+PATCH_CHANNELS = 64  # upstream ImagePreprocessor's default num_channels for its patches_linear layer
+
+
+def _image_preprocessor(train_size: tuple[int, int], num_bands: int) -> ImagePreprocessor:
+    fourier = dict(num_bands=num_bands, max_resolution=train_size, sine_only=False, concat_pos=True)
+    return ImagePreprocessor(
+        prep_type="patches", spatial_downsample=1, temporal_downsample=2, conv_after_patching=True,
+        num_channels=PATCH_CHANNELS, position_encoding_type="fourier", n_extra_pos_mlp=0,
+        fourier_position_encoding_kwargs=fourier, input_shape=(2, *train_size, 27),
+    )
+
+
+class PerceiverForOpticalFlow(Perceiver):
+    """Two frames [B, 3, H, W] (pixels in [-1, 1], H x W = train_size) -> flow [B, 2, H, W] in pixels.
+
+    `config` is the golden/released `config.json` layout: `train_size`
+    [H, W], `num_bands`, `flow_scale_factor`, `rescale_factor`, upstream
+    `encoder` kwargs and optionally `decoder` kwargs for the flow decoder's
+    cross-attention (`num_heads`, `qk_channels`, `v_channels`). Every pixel's
+    3x3 neighbourhood in both frames (`patches_for_flow`) is projected and
+    given Fourier position features; those same per-pixel features query the
+    latents. Flow channels are (u, v) = (horizontal, vertical) displacement.
+    `estimate_flow` handles larger frames by tiling.
+    """
+
+    task = "optical_flow"
+
+    def __init__(self, config: dict):
+        train_size = tuple(int(d) for d in config["train_size"])
+        if len(train_size) != 2 or min(train_size) < 1:
+            raise ValueError(f"train_size must be [height, width]; got {config['train_size']}.")
+        preprocessor = _image_preprocessor(train_size, config["num_bands"])
+        encoder = dict(config["encoder"])
+        num_z_channels = encoder.get("num_z_channels", 1024)
+        super().__init__(
+            input_preprocessor=preprocessor,
+            encoder=PerceiverEncoder(input_channels=preprocessor.num_channels, **encoder),
+            decoder=FlowDecoder(
+                train_size, query_channels=preprocessor.num_channels, num_z_channels=num_z_channels,
+                output_num_channels=2, rescale_factor=config["rescale_factor"], use_query_residual=False,
+                **config.get("decoder", {}),
+            ),
+        )
+        self.config = config
+        self.train_size = train_size
+        self.flow_scale_factor = float(config["flow_scale_factor"])
+
+    def _check_frames(self, image1: torch.Tensor, image2: torch.Tensor, *, exact_size: bool) -> None:
+        for name, image in (("image1", image1), ("image2", image2)):
+            if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor with pixels in [-1, 1]; got "
+                                f"{getattr(image, 'dtype', type(image).__name__)}.")
+            if image.ndim != 4 or image.shape[1] != 3:
+                hint = " (it looks channels-last; permute to [B, 3, H, W])" if image.ndim == 4 and \
+                    image.shape[-1] == 3 else ""
+                raise ValueError(f"{name} must be channels-first RGB [B, 3, H, W]; got shape "
+                                 f"{tuple(image.shape)}{hint}.")
+        if image1.shape != image2.shape:
+            raise ValueError(f"image1 and image2 must have the same shape; got {tuple(image1.shape)} and "
+                             f"{tuple(image2.shape)}.")
+        size, (th, tw) = tuple(image1.shape[-2:]), self.train_size
+        if exact_size and size != self.train_size:
+            raise ValueError(f"forward takes frames of the training size {th}x{tw}; got {size[0]}x{size[1]}. "
+                             "Use estimate_flow for larger frames.")
+        if size[0] < th or size[1] < tw:
+            raise ValueError(f"frames of {size[0]}x{size[1]} are smaller than the training size {th}x{tw}; "
+                             "pad or resize them to at least that size.")
+
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
+        """image1, image2 [B, 3, H, W] at train_size -> flow [B, 2, H, W] in pixels (upstream x flow_scale_factor)."""
+        self._check_frames(image1, image2, exact_size=True)
+        patches = patches_for_flow(torch.stack([image1, image2], dim=1))  # [B, 2, H, W, 27], upstream layout
+        flow = super().forward(patches)  # [B, H, W, 2]
+        return (flow * self.flow_scale_factor).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def estimate_flow(self, image1: torch.Tensor, image2: torch.Tensor, *, min_overlap: int = 20,
+                      tile_batch_size: int = 8) -> torch.Tensor:
+        """Flow [B, 2, H, W] for frames [B, 3, H, W] (or [3, H, W]) of any size >= train_size.
+
+        As the upstream colab: overlapping train_size tiles (stride
+        train_size - min_overlap, the last flush with the frame edge),
+        blended with weights falling off towards each tile's edges. Tiles go
+        through the model `tile_batch_size` at a time.
+        """
+        unbatched = image1.ndim == 3 and image2.ndim == 3
+        if unbatched:
+            image1, image2 = image1[None], image2[None]
+        self._check_frames(image1, image2, exact_size=False)
+        flow = stitch_tiles(image1, image2, self, self.train_size, min_overlap, tile_batch_size)
+        return flow[0] if unbatched else flow
