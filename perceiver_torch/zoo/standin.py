@@ -178,6 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = f"{self.server.endpoint}/{repo_id}"
         if self.server.repo_dir(repo_id) is not None:
             return self._json(409, {"error": "You already created this model repo", "url": url})
+        # An empty first commit (the Hub's holds a .gitattributes; one here would steer this git repo's own
+        # attributes when the tree is bundled in it).
         self.server.write_commit(repo_id, None, {}, "initial commit")
         self._json(200, {"url": url, "name": repo_id})
 

@@ -16,6 +16,8 @@ was compared with; these dicts are what the manifest records.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -93,6 +95,7 @@ def harness_runs(task: str, config: dict, model: torch.nn.Module, checkpoint, in
     for device in devices():
         report = run_parity(task, config, checkpoint=checkpoint, inputs=inputs, device=device, dtype="float32",
                             torch_model=model, atol=ATOL, rtol=RTOL).to_json()
+        report = json.loads(json.dumps(report, default=str))  # plain types for YAML (torch's version is a str type)
         modules = report.get("reference", "ours")
         runs.append({**report, "reference": f"JAX reference ({modules} modules), perceiver_torch.parity.run_parity"})
     model.to("cpu")
