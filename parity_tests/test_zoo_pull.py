@@ -137,3 +137,13 @@ def test_cli_list_info_pull(published, tmp_path, monkeypatch, capsys):
     assert "scripts/regenerate.py language-perceiver" in capsys.readouterr().err
     assert zoo_cli(["info", "no-such-model"]) == 1
     assert "available:" in capsys.readouterr().err
+
+
+def test_tiny_entry_without_endpoint_reads_the_bundled_stand_in_tree(monkeypatch):
+    for key in ("HF_ENDPOINT", "PERCEIVER_ZOO_ENDPOINT", "PERCEIVER_ZOO_MIRROR"):
+        monkeypatch.delenv(key, raising=False)
+    from perceiver_torch.zoo.manifest import BUNDLED_STANDIN
+
+    entry = get_entry("tiny-language-perceiver")
+    path = fetch("tiny-language-perceiver")
+    assert path == BUNDLED_STANDIN / entry["artifact"]["repo_id"] / entry["artifact"]["revision"] / "model.safetensors"

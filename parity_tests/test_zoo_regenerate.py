@@ -175,3 +175,34 @@ def test_pull_by_name_matches_upstream(published, tmp_path, monkeypatch):
     assert_close(logits.numpy(), io["output/logits"], what="pulled golden-language logits")
     snapshot = tmp_path / "cache" / "models--tests--golden-language" / "snapshots" / revision / "model.safetensors"
     assert snapshot.is_file()
+
+
+class _ColabOracle(torch.nn.Module):
+    """Answers the colab sentence the way upstream_release.md says the released model does, if (and only if)
+    it is given exactly the colab's input: bytes 51..59 masked, padded with 0 to 2048, mask on the 60 bytes."""
+
+    def __init__(self, answer):
+        super().__init__()
+        from perceiver_torch import BytesTokenizer
+
+        self.tokenizer = BytesTokenizer()
+        self.answer = answer
+
+    def forward(self, ids, mask):
+        text = self.tokenizer.encode("This is an incomplete sentence where some words are missing.")
+        expected_ids = text[:51] + [3] * 9 + [0] * (2048 - 60)
+        logits = torch.zeros(1, ids.shape[1], 262)
+        if ids[0].tolist() == expected_ids and mask[0].tolist() == [1] * 60 + [0] * 1988:
+            logits[0, torch.arange(51, 60), torch.tensor(self.answer)] = 1.0
+        return logits
+
+
+def test_language_colab_check_builds_the_colab_input():
+    from perceiver_torch.zoo.verify import COLAB_GREEDY_IDS, known_checks
+
+    released = {"kind": "released", "task": "language"}
+    (check,) = known_checks(released, _ColabOracle(COLAB_GREEDY_IDS))
+    assert check["passed"] and check["got"] == [38, 115, 111, 121, 121, 111, 116, 109, 52]
+    (check,) = known_checks(released, _ColabOracle([38] * 9))
+    assert not check["passed"]
+    assert known_checks({"kind": "tiny", "task": "language"}, _ColabOracle(COLAB_GREEDY_IDS)) == []
