@@ -8,7 +8,7 @@ import perceiver_torch as pt
 from perceiver_torch.registry import preset
 from perceiver_torch.upstream_io import run_upstream_layout
 
-from .conftest import assert_close, golden_config, golden_io
+from .conftest import assert_close, convert_golden, golden_config, golden_io
 
 OUTPUTS = ("image", "audio", "label")
 
@@ -22,14 +22,7 @@ def _public_inputs(io):
 
 @pytest.fixture(scope="module")
 def golden_model(tmp_path_factory):
-    import converters
-
-    from .conftest import golden_dir
-
-    path = converters.convert("video_autoencoding", golden_dir("video_autoencoding") / "checkpoint.pickle",
-                              golden_dir("video_autoencoding") / "config.json",
-                              tmp_path_factory.mktemp("video") / "video.safetensors")
-    return pt.load_model(path)
+    return pt.load_model(convert_golden("video_autoencoding", "video_autoencoding", tmp_path_factory.mktemp("video")))
 
 
 def test_fixture_decodes_chunk_one():
