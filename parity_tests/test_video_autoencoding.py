@@ -90,3 +90,15 @@ def test_video_image_audio_label_model_trains():
     assert grads["input_preprocessor.mask_tokens.label.embeddings"].abs().sum() > 0
     assert grads["encoder.cross_attend.attention.query.weight"].abs().sum() > 0
     assert grads["input_preprocessor.padding.label.embeddings"] is None
+
+
+@pytest.mark.parametrize(("subsample", "message"), [
+    ({"image": torch.tensor([-1])}, r"subsample\['image'\] indices must lie in \[0, "),
+    ({"audio": torch.tensor([10**6])}, r"subsample\['audio'\] indices must lie in \[0, "),
+    ({"image": torch.zeros(2, 2, dtype=torch.long)}, "1-D integer tensor"),
+    ({"label": torch.tensor([0])}, "unexpected \\['label'\\]"),
+])
+def test_bad_subsample_indices_are_refused(golden_model, subsample, message):
+    images, audio, _ = _public_inputs(golden_io("video_autoencoding"))
+    with pytest.raises(ValueError, match=message):
+        golden_model(images, audio, subsample)
