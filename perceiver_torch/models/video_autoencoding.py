@@ -129,7 +129,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
     def _points(self, subsample: dict | None) -> dict | None:
         if subsample is None:
             return None
-        unknown = sorted(set(subsample) - {"image", "audio", "label"})
+        unknown = sorted(set(subsample) - {"image", "audio"})
         if unknown:
             raise ValueError(f"subsample keys must be 'image' and/or 'audio'; got unexpected {unknown}.")
         points = {}
@@ -140,7 +140,10 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
             idx = torch.as_tensor(idx)
             if idx.ndim != 1 or idx.dtype not in (torch.int32, torch.int64):
                 raise ValueError(f"subsample[{name!r}] must be a 1-D integer tensor of query indices.")
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limit):
+            # Bounds are checked where the indices live on the host: on an accelerator the
+            # check would force a device-to-host sync on every call (an out-of-range index
+            # still fails there, in the gather).
+            if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limit):
                 raise ValueError(f"subsample[{name!r}] indices must lie in [0, {limit}).")
             points[name] = idx.long()
         return points
