@@ -114,6 +114,11 @@ def load_haiku_checkpoint(path: str | Path) -> HaikuCheckpoint:
     return loads_haiku_checkpoint(path.read_bytes(), str(path))
 
 
+def checkpoint_from_tree(tree, source: str = "<tree>") -> HaikuCheckpoint:
+    """A checkpoint from an in-memory tree in a release pickle's layout (validated like a file)."""
+    return _split_tree(tree, source)
+
+
 def _split_tree(tree, source: str) -> HaikuCheckpoint:
     if not isinstance(tree, dict):
         raise CheckpointReadError(f"{source}: expected a mapping at the top level, found {type(tree).__name__}.")

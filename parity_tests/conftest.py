@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+
+# The parity tests compile one small XLA program per configuration and dtype; LLVM's optimisation
+# passes are most of that time and buy nothing at these sizes (IEEE semantics are unchanged, the
+# float64 checks at 1e-9 still hold). Set before JAX starts its backend; an XLA_FLAGS of your own wins.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 # float32 CPU parity against upstream outputs (DEVELOPERS.md): both
 # implementations accumulate rounding differently (SDPA vs einsum, fused
@@ -62,3 +68,28 @@ def converted(tmp_path):
         return convert_golden(task, family, tmp_path, pickle_name)
 
     return _convert
+
+
+# Parity tests take a `device` argument: "cpu" always, "cuda" (marked `cuda`) skipped
+# without a GPU visible to both Torch and JAX, or failed when PERCEIVER_REQUIRE_CUDA=1.
+def _cuda_missing() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "torch.cuda.is_available() is False"
+    import jax
+
+    try:
+        jax.devices("gpu")
+    except RuntimeError:
+        return "JAX has no GPU backend (install jax with CUDA support)"
+    return None
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request) -> str:
+    if request.param == "cuda" and (missing := _cuda_missing()):
+        if os.environ.get("PERCEIVER_REQUIRE_CUDA") == "1":
+            pytest.fail(f"PERCEIVER_REQUIRE_CUDA=1 but no usable CUDA device: {missing}")
+        pytest.skip(f"no CUDA device: {missing}")
+    return request.param

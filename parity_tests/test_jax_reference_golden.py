@@ -136,7 +136,7 @@ def test_abstract_init_matches_released_shapes(release):
     assert sum(int(np.prod(s)) for leaves in params.values() for s in leaves.values()) == entry["num_params"]
 
 
-@pytest.mark.parametrize("family", ["language", "optical_flow", "video_autoencoding"])
+@pytest.mark.parametrize("family", ["language", "imagenet_conv", "optical_flow", "video_autoencoding"])
 def test_float64_under_x64(family):
     """Nothing pins float32: with x64 on and float64 params/inputs the whole model runs in float64."""
     task, config = FAMILIES[family], golden_config(family)

@@ -1,0 +1,176 @@
+"""The parity harness itself: it reports real mismatches, on the right output, with usable figures."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import converters
+from perceiver_torch.parity import compare, load_inputs, run_parity
+from perceiver_torch.registry import build_model
+
+from .conftest import _cuda_missing, golden_config, golden_dir, golden_io
+
+
+def _golden_language_model(mutate=None) -> torch.nn.Module:
+    """The golden language checkpoint converted through convert_tree, optionally with its state dict mutated."""
+    checkpoint = converters.load_haiku_checkpoint(golden_dir("language") / "checkpoint.pickle")
+    state = {k: torch.from_numpy(np.ascontiguousarray(v))
+             for k, v in converters.convert_tree("language", checkpoint, golden_config("language")).items()}
+    if mutate is not None:
+        mutate(state)
+    model = build_model("language", golden_config("language"))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _drop_transpose(state):
+    # A square weight (48 -> 48 at widening factor 1), so a missing transpose still loads.
+    key = "encoder.self_attends.0.mlp.dense1.weight"
+    assert state[key].shape[0] == state[key].shape[1]
+    state[key] = state[key].T.contiguous()
+
+
+def _swap_query_key(state):
+    prefix = "encoder.self_attends.1.attention"
+    for leaf in ("weight", "bias"):
+        q, k = f"{prefix}.query.{leaf}", f"{prefix}.key.{leaf}"
+        state[q], state[k] = state[k], state[q]
+
+
+def _run_golden(model):
+    return run_parity("language", golden_config("language"), checkpoint=golden_dir("language") / "checkpoint.pickle",
+                      inputs=golden_dir("language") / "io.npz", torch_model=model)
+
+
+def test_correct_conversion_passes():
+    report = _run_golden(_golden_language_model())
+    assert report.passed, report.table()
+    assert report.outputs["logits"].max_abs < 1e-4
+    assert report.expected["logits"]["torch"].max_abs < 1e-4
+
+
+@pytest.mark.parametrize("mutate", [_drop_transpose, _swap_query_key], ids=["missing_transpose", "swapped_q_k"])
+def test_broken_conversion_is_reported(mutate):
+    report = _run_golden(_golden_language_model(mutate))
+    assert not report.passed
+    assert report.failures() == ["logits"]
+    error = report.outputs["logits"]
+    assert error.max_abs > 1e-2, error  # far beyond float32 noise (~1e-6)
+    assert not report.to_json()["passed"]
+    # The expected outputs of the io.npz convict the Torch side, not the reference.
+    assert report.expected["logits"]["jax"].max_abs < 1e-4
+    assert report.expected["logits"]["torch"].max_abs > 1e-2
+
+
+def test_report_json_layout():
+    report = _run_golden(_golden_language_model())
+    data = json.loads(json.dumps(report.to_json(), allow_nan=False))
+    assert {"passed", "outputs", "expected", "device", "dtype", "atol", "rtol", "versions"} <= set(data)
+    logits = data["outputs"]["logits"]
+    assert {"max_abs", "max_rel", "worst_index"} <= set(logits)
+    assert len(logits["worst_index"]) == 3
+    assert set(data["expected"]["logits"]) >= {"jax_max_abs", "torch_max_abs"}
+    assert data["versions"]["torch"] == torch.__version__ and "jax" in data["versions"]
+    assert (data["device"], data["dtype"], data["atol"], data["rtol"]) == ("cpu", "float32", 1e-4, 1e-4)
+
+
+def test_compare_figures_and_worst_index():
+    reference = np.array([[1.0, 2.0], [0.0, -4.0]])
+    actual = reference + np.array([[0.0, 0.1], [0.0, -1.0]])
+    err = compare(actual, reference, atol=1e-3, rtol=1e-3)
+    assert not err.within_tolerance
+    assert err.max_abs == pytest.approx(1.0) and err.max_rel == pytest.approx(0.25)
+    assert err.worst_index == (1, 1)
+    assert compare(reference, reference, atol=0, rtol=0).within_tolerance
+
+
+def test_compare_flags_shape_mismatch_and_nan():
+    shape = compare(np.zeros((2, 3)), np.zeros((3, 2)), 1e-4, 1e-4)
+    assert not shape.within_tolerance and "shape" in shape.problem
+    nan = compare(np.array([1.0, np.nan]), np.array([1.0, 1.0]), 1e-4, 1e-4)
+    assert not nan.within_tolerance and nan.worst_index == (1,) and "NaN" in nan.problem
+    relative_to_zero = compare(np.array([1e-6]), np.array([0.0]), 1e-4, 1e-4)
+    assert relative_to_zero.within_tolerance and math.isinf(relative_to_zero.max_rel)
+
+
+def test_load_inputs_splits_golden_layout():
+    inputs, expected = load_inputs(golden_dir("language") / "io.npz")
+    assert set(inputs) == {"inputs", "input_mask"} and set(expected) == {"logits"}
+    plain, none = load_inputs({"inputs": golden_io("language")["input/inputs"]})
+    assert set(plain) == {"inputs"} and none == {}
+    with pytest.raises(ValueError, match="must all start with 'input/' or 'output/'"):
+        load_inputs({"input/inputs": np.zeros(2), "stray": np.zeros(2)})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"device": "tpu"}, "device must be one of"),
+    ({"dtype": "float16"}, "dtype must be one of"),
+    ({"reference": "upstream"}, "needs upstream_path"),
+    ({"atol": -1.0}, "atol must be a non-negative number"),
+])
+def test_bad_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run_parity("language", golden_config("language"), **kwargs)
+
+
+def test_device_fixture_gives_a_device_both_frameworks_use(device):
+    import jax
+
+    assert torch.zeros(1, device=device).device.type == device
+    assert jax.devices("gpu" if device == "cuda" else "cpu")
+
+
+def test_require_cuda_turns_the_skip_into_a_failure():
+    """PERCEIVER_REQUIRE_CUDA=1: a CUDA variant fails where no GPU is usable (so a GPU CI job cannot pass empty)."""
+    repo = Path(__file__).resolve().parents[1]
+    test = "parity_tests/test_parity_harness.py::test_device_fixture_gives_a_device_both_frameworks_use[cuda]"
+    env = {**os.environ, "PERCEIVER_REQUIRE_CUDA": "1", "PYTHONPATH": str(repo)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], cwd=repo,
+                            env=env, capture_output=True, text=True)
+    if _cuda_missing():
+        assert result.returncode == 1, result.stdout
+        assert "PERCEIVER_REQUIRE_CUDA=1 but no usable CUDA device" in result.stdout
+    else:
+        assert result.returncode == 0, result.stdout
+
+
+def _upstream_checkout(root: Path, edit=None) -> Path:
+    """A `perceiver/` package made of the reference's module files (upstream's module API), optionally edited."""
+    import shutil
+
+    import perceiver_torch.jax_reference as ours
+
+    package = root / "perceiver"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in ("perceiver.py", "io_processors.py", "position_encoding.py"):
+        shutil.copy(Path(ours.__file__).parent / name, package / name)
+    if edit is not None:
+        edit(package)
+    return root
+
+
+def _halve_attention_scale(package: Path):
+    source = package / "perceiver.py"
+    text = source.read_text()
+    assert "(1.0 / math.sqrt(head_dim))" in text
+    source.write_text(text.replace("(1.0 / math.sqrt(head_dim))", "(0.5 / math.sqrt(head_dim))"))
+
+
+@pytest.mark.parametrize("edit, passes", [(None, True), (_halve_attention_scale, False)], ids=["same", "edited"])
+def test_reference_upstream_runs_the_code_at_upstream_path(tmp_path, edit, passes):
+    report = run_parity("language", golden_config("language"), checkpoint=golden_dir("language") / "checkpoint.pickle",
+                        inputs=golden_dir("language") / "io.npz", reference="upstream",
+                        upstream_path=_upstream_checkout(tmp_path, edit))
+    assert report.reference == "upstream" and report.to_json()["reference"] == "upstream"
+    assert report.passed is passes, report.table()
+    # The golden outputs convict whichever side was edited: here the reference.
+    assert (report.expected["logits"]["jax"].max_abs < 1e-4) is passes
+    assert report.expected["logits"]["torch"].max_abs < 1e-4

@@ -1,0 +1,93 @@
+"""`perceiver-parity TASK --checkpoint PICKLE --config CONFIG.json [--inputs IO.npz] ...`
+
+Runs the JAX reference and the converted Torch model on the same inputs,
+prints a per-output error table, optionally writes the report as JSON, and
+exits 0 when every output agrees within the tolerance, 1 when one does not,
+2 for bad arguments or inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from perceiver_torch.registry import ALL_TASKS
+from perceiver_torch.serialization import atomic_write
+
+from .harness import DEVICES, DTYPES, REFERENCES, run_parity
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="perceiver-parity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=ALL_TASKS)
+    p.add_argument("--checkpoint", required=True, type=_existing_file, help="upstream Haiku .pickle/.pystate")
+    p.add_argument("--config", required=True, type=_existing_file, help="config.json (golden layout)")
+    p.add_argument("--inputs", type=_existing_file,
+                   help="io.npz with input/... arrays (channels-last, as upstream); output/... arrays in it are "
+                        "reported against too. Default: the reference's example inputs for --seed.")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example inputs when --inputs is not given")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                   help="float64 runs JAX with x64 and Torch in double")
+    p.add_argument("--reference", choices=REFERENCES, default="ours",
+                   help="'ours' (perceiver_torch.jax_reference) or 'upstream' (DeepMind's code, --upstream-path)")
+    p.add_argument("--upstream-path", type=Path, help="directory holding DeepMind's perceiver package")
+    p.add_argument("--atol", type=_tolerance, default=None, help="default 1e-4 (float32) / 1e-9 (float64)")
+    p.add_argument("--rtol", type=_tolerance, default=None, help="default 1e-4 (float32) / 1e-9 (float64)")
+    p.add_argument("--json", type=Path, help="write the report here (atomically)")
+    return p
+
+
+DEFAULT_TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.reference == "upstream" and args.upstream_path is None:
+        p.error("--reference upstream needs --upstream-path DIR (DeepMind's perceiver code).")
+    if args.upstream_path is not None and args.reference != "upstream":
+        p.error("--upstream-path is only used with --reference upstream.")
+    if args.upstream_path is not None and not args.upstream_path.is_dir():
+        p.error(f"--upstream-path {args.upstream_path} is not a directory.")
+    tolerance = DEFAULT_TOLERANCE[args.dtype]
+    atol = tolerance if args.atol is None else args.atol
+    rtol = tolerance if args.rtol is None else args.rtol
+    try:
+        report = run_parity(args.task, args.config, checkpoint=args.checkpoint, inputs=args.inputs, seed=args.seed,
+                            device=args.device, dtype=args.dtype, reference=args.reference,
+                            upstream_path=args.upstream_path, atol=atol, rtol=rtol)
+    except (ImportError, RuntimeError, ValueError, FileNotFoundError) as exc:
+        # ConversionError, CheckpointReadError and UnsupportedTaskError are ValueErrors.
+        print(f"perceiver-parity: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.table())
+    if args.json is not None:
+        text = json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n"
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        print(f"wrote {args.json}")
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

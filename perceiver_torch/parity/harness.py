@@ -1,0 +1,218 @@
+"""Run the JAX reference and the converted Torch model on the same inputs, and compare every output.
+
+JAX and Haiku are imported lazily (the `jax` extra): importing this module
+costs nothing without them, only `run_parity` needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .report import OutputError, ParityReport, compare
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEVICES = ("cpu", "cuda")
+REFERENCES = ("ours", "upstream")
+
+
+def _jax_reference():
+    try:
+        from perceiver_torch import jax_reference
+    except ImportError as exc:
+        raise ImportError(f"the parity harness needs the JAX reference: {exc}") from exc
+    return jax_reference
+
+
+def load_inputs(inputs) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(inputs, expected outputs) from an io.npz path or a dict in its layout.
+
+    Keys `input/NAME` / `output/NAME` as in the golden io.npz; a dict with no
+    prefixed keys at all is taken to be inputs only.
+    """
+    if isinstance(inputs, (str, Path)):
+        path = Path(inputs)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"inputs file {path} does not exist") from None
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"inputs file {path} is not a readable .npz of arrays: {exc}") from None
+    elif isinstance(inputs, Mapping):
+        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+    else:
+        raise TypeError(f"inputs must be an io.npz path, a dict of arrays or None; got {type(inputs).__name__}.")
+    if not any(k.startswith(("input/", "output/")) for k in arrays):
+        return arrays, {}
+    unknown = [k for k in arrays if not k.startswith(("input/", "output/"))]
+    if unknown:
+        raise ValueError(f"inputs keys must all start with 'input/' or 'output/' (the golden io.npz layout); "
+                         f"found {unknown}.")
+    found = {k.removeprefix("input/"): v for k, v in arrays.items() if k.startswith("input/")}
+    if not found:
+        raise ValueError(f"no 'input/...' arrays among {sorted(arrays)}.")
+    expected = {k.removeprefix("output/"): v for k, v in arrays.items() if k.startswith("output/")}
+    return found, expected
+
+
+def _checkpoint(checkpoint):
+    """A converters.HaikuCheckpoint from a pickle path or a release-layout tree."""
+    from converters import HaikuCheckpoint, load_haiku_checkpoint
+    from converters.checkpoint_reader import checkpoint_from_tree
+
+    if isinstance(checkpoint, HaikuCheckpoint):
+        return checkpoint
+    if isinstance(checkpoint, (str, Path)):
+        return load_haiku_checkpoint(checkpoint)
+    if isinstance(checkpoint, Mapping):
+        return checkpoint_from_tree(dict(checkpoint), "<checkpoint tree>")
+    raise TypeError(f"checkpoint must be a pickle path, a params tree, a HaikuCheckpoint or None; "
+                    f"got {type(checkpoint).__name__}.")
+
+
+def _cast_tree(tree: dict, dtype) -> dict:
+    """Floating leaves to `dtype`, the rest (integer counters, ids) untouched."""
+    return {m: {n: (v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v) for n, v in leaves.items()}
+            for m, leaves in tree.items()}
+
+
+def _cast_inputs(inputs: dict, dtype) -> dict:
+    return {k: (v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v) for k, v in inputs.items()}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("perceiver-torch", "torch", "numpy", "jax", "jaxlib", "dm-haiku"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    out["torch"] = torch.__version__
+    return out
+
+
+@contextlib.contextmanager
+def _exact_torch_matmuls(device: str):
+    """TF32 off for this run (it would make CUDA float32 matmuls ~1e-3 off), restored afterwards."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
+
+
+def _jax_context(stack: contextlib.ExitStack, device: str, dtype: str):
+    """Enter JAX's device, x64 and highest-matmul-precision settings; they end with `stack`."""
+    import jax
+
+    if device == "cuda":
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:
+            gpus = []
+        if not gpus:
+            raise RuntimeError("device='cuda' but JAX has no GPU backend (install jax with CUDA support, "
+                               "e.g. pip install 'jax[cuda12]').")
+        stack.enter_context(jax.default_device(gpus[0]))
+    else:
+        stack.enter_context(jax.default_device(jax.devices("cpu")[0]))
+    stack.enter_context(jax.enable_x64(dtype == "float64"))
+    stack.enter_context(jax.default_matmul_precision("highest"))
+
+
+def _check_arguments(device, dtype, reference, upstream_path, atol, rtol):
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}.")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}.")
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}.")
+    if reference == "upstream" and upstream_path is None:
+        raise ValueError("reference='upstream' needs upstream_path: a directory holding DeepMind's perceiver code.")
+    if reference == "ours" and upstream_path is not None:
+        raise ValueError("upstream_path is only used with reference='upstream'.")
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if not (isinstance(value, (int, float)) and value >= 0):
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but torch.cuda.is_available() is False.")
+
+
+def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, device: str = "cpu",
+               dtype: str = "float32", reference: str = "ours", upstream_path=None,
+               torch_model: torch.nn.Module | None = None, atol: float = 1e-4, rtol: float = 1e-4) -> ParityReport:
+    """Compare the JAX reference with the Torch model of `task`, output by output.
+
+    config: dict or config.json path (golden layout). checkpoint: a Haiku pickle
+    path, a release-layout tree, or None to initialise one with the JAX
+    reference from `seed` (perturbed, so zero-initialised layers matter).
+    inputs: io.npz path or dict in its layout, or None for the reference's
+    `example_inputs(seed)`; `output/...` arrays in it are reported against
+    too. The Torch model is `torch_model` if given (moved to device/dtype in
+    place), else built from `config` and loaded with `converters.convert_tree`.
+    float64 runs JAX with x64 and Torch in double; on CUDA, TF32 is off and
+    JAX matmuls use the highest precision, both frameworks on the GPU.
+    """
+    from converters import convert_tree, load_config
+    from perceiver_torch.registry import build_model
+    from perceiver_torch.upstream_io import run_upstream_layout
+
+    _check_arguments(device, dtype, reference, upstream_path, atol, rtol)
+    ref = _jax_reference()
+    config = load_config(config)
+    np_dtype = np.float64 if dtype == "float64" else np.float32
+    if inputs is None:
+        inputs, expected = ref.example_inputs(task, config, seed=seed), {}
+    else:
+        inputs, expected = load_inputs(inputs)
+    modules = ref.upstream_modules(upstream_path) if reference == "upstream" else None
+
+    if checkpoint is None:
+        # Initialised in float32 whatever the run's dtype, so both dtypes see the same parameters.
+        params, state = ref.init(task, config, inputs, seed=seed, perturb=True)
+        checkpoint = ref.checkpoint_tree(task, params, state)
+    haiku = _checkpoint(checkpoint)
+
+    if torch_model is None:
+        torch_model = build_model(task, config)
+        arrays = convert_tree(task, haiku, config)
+        torch_model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
+                                    strict=True)
+    torch_model = torch_model.to(device=device, dtype=DTYPES[dtype]).eval()
+
+    run_inputs = _cast_inputs(inputs, np_dtype)
+    with contextlib.ExitStack() as stack:
+        _jax_context(stack, device, dtype)
+        jax_out = ref.apply(task, config, _cast_tree(haiku.params, np_dtype), _cast_tree(haiku.state, np_dtype),
+                            run_inputs, modules=modules)
+    with _exact_torch_matmuls(device):
+        torch_out = run_upstream_layout(task, torch_model, run_inputs, device, DTYPES[dtype])
+
+    outputs = {name: compare(torch_out[name], jax_out[name], atol, rtol) for name in jax_out if name in torch_out}
+    for name in sorted(set(jax_out) ^ set(torch_out)):
+        side = "Torch" if name not in torch_out else "JAX"
+        outputs[name] = OutputError(math.inf, math.inf, (), False, (), f"{side} gave no output {name!r}")
+    missing = sorted(set(expected) - (set(jax_out) & set(torch_out)))
+    if missing:
+        raise ValueError(f"inputs hold expected outputs {missing} that the {task!r} models do not produce "
+                         f"(they produce {sorted(jax_out)}).")
+    expected_errors = {
+        name: {"jax": compare(jax_out[name], want, atol, rtol), "torch": compare(torch_out[name], want, atol, rtol)}
+        for name, want in expected.items()
+    }
+    return ParityReport(task=task, outputs=outputs, device=device, dtype=dtype, atol=float(atol), rtol=float(rtol),
+                        reference=reference, versions=versions(), expected=expected_errors)
