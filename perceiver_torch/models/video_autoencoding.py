@@ -45,7 +45,8 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
     `config` is the golden/released `config.json` layout (`num_frames`,
     `image_size`, `audio_samples_per_frame`, `samples_per_patch`,
     `num_classes`, `audio_bands`, `image_bands`, `decoder_z_channels`,
-    `decoder_output_channels`, `nchunks`, and upstream `encoder` kwargs).
+    `decoder_output_channels`, `nchunks`, optionally `image_position_resolution`
+    (the colab's IMG_SZ), and upstream `encoder` kwargs).
     The label input is all zeros and always replaced by its mask token, as
     in the colab, so the label logits are a prediction from video and audio.
     """
@@ -61,9 +62,11 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         if num_samples % spp:
             raise ValueError(f"the clip's {num_samples} audio samples are not a multiple of samples_per_patch={spp}.")
         out_channels = config["decoder_output_channels"]
-        # The colab's position features use max_resolution (frames, image_size, image_size) for the
-        # image and (audio samples,) for the audio, in the preprocessors and the queries alike.
-        image_fourier = _fourier(config["image_bands"], (frames, size, size))
+        # The colab's position features use max_resolution (frames, IMG_SZ, IMG_SZ) for the image
+        # and (audio samples,) for the audio, in the preprocessors and the queries alike. IMG_SZ is
+        # `image_position_resolution` (56 in the released preset), else image_size.
+        pos_size = config.get("image_position_resolution", size)
+        image_fourier = _fourier(config["image_bands"], (frames, pos_size, pos_size))
         audio_fourier = _fourier(config["audio_bands"], (num_samples,))
         encoder = dict(config["encoder"])
         super().__init__(
