@@ -31,7 +31,7 @@ def test_main_job_without_jax(tmp_path):
     done = _run(["-c", WITHOUT_JAX, str(tmp_path / "out")], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "the JAX reference is not available here" in out and "golden fixture's upstream Haiku outputs" in out
+    assert "the JAX parity harness is not available here" in out and "golden fixture's upstream Haiku outputs" in out
     assert "[pull] tiny-language-perceiver from the Hub stand-in at http://127.0.0.1:" in out
     assert "verified" in out and out.rstrip().endswith("[done] PASS")
     assert (tmp_path / "out" / "language.safetensors").is_file()

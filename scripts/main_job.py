@@ -52,8 +52,8 @@ def convert_and_verify(out_dir: Path) -> bool:
         print("[parity] JAX reference vs converted model (perceiver_torch.parity.run_parity):")
         runs += harness_runs("language", config, model, family / "checkpoint.pickle", inputs=family / "io.npz")
     else:
-        print(f"[parity] the JAX reference is not available here ({missing}); verifying against the golden "
-              "fixture's upstream Haiku outputs instead")
+        print(f"[parity] the JAX parity harness is not available here ({missing}); verifying against the "
+              "golden fixture's upstream Haiku outputs instead")
     runs += stored_io_runs("language", model, family / "io.npz", "golden language io.npz")
     ok = _report(runs)
     masked = "This is an incomplete sentence where some words are" + "[MASK]" * 9

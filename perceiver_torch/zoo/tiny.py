@@ -55,9 +55,7 @@ def make_source(name: str, out_dir: Path | None = None) -> tuple[Path, Path]:
     tree = ref.checkpoint_tree(task, params, state)
     ckpt, io_path = source_files(name) if out_dir is None else (Path(out_dir) / "checkpoint.pickle",
                                                                  Path(out_dir) / "io.npz")
-    # Plain dicts of numpy arrays (what converters.load_haiku_checkpoint's allow-list reads).
-    plain = _plain(tree)
-    atomic_write(ckpt, lambda tmp: Path(tmp).write_bytes(pickle.dumps(plain, protocol=4)))
+    atomic_write(ckpt, lambda tmp: Path(tmp).write_bytes(canonical_pickle(_plain(tree))))
     arrays = {f"input/{k}": np.asarray(v) for k, v in inputs.items()}
     arrays.update({f"output/{k}": np.asarray(v) for k, v in outputs.items()})
     buffer = io.BytesIO()
@@ -67,9 +65,25 @@ def make_source(name: str, out_dir: Path | None = None) -> tuple[Path, Path]:
 
 
 def _plain(tree):
+    """Plain dicts (sorted keys) of C-ordered, native-byte-order numpy arrays."""
     if isinstance(tree, dict) or hasattr(tree, "items"):
         return {str(k): _plain(v) for k, v in sorted(tree.items())}
-    return np.asarray(tree)
+    array = np.asarray(tree)
+    return np.array(array, dtype=array.dtype.newbyteorder("="), order="C", copy=True)
+
+
+def canonical_pickle(tree) -> bytes:
+    """Pickle bytes that depend only on the values (what converters.load_haiku_checkpoint reads).
+
+    The memo is off: with it, whether two arrays share one dtype *object* (which depends on how
+    they were made, and on what ran before in the process) changes the bytes, and the manifest
+    pins the source by sha256.
+    """
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=4)
+    pickler.fast = True  # no memo: the tree is a plain acyclic dict of arrays
+    pickler.dump(tree)
+    return buffer.getvalue()
 
 
 def manifest_entry(name: str) -> dict:
