@@ -147,3 +147,21 @@ def test_tiny_entry_without_endpoint_reads_the_bundled_stand_in_tree(monkeypatch
     entry = get_entry("tiny-language-perceiver")
     path = fetch("tiny-language-perceiver")
     assert path == BUNDLED_STANDIN / entry["artifact"]["repo_id"] / entry["artifact"]["revision"] / "model.safetensors"
+
+
+def test_where_files_come_from(monkeypatch, tmp_path):
+    from perceiver_torch.zoo.hub import location
+    from perceiver_torch.zoo.manifest import BUNDLED_STANDIN
+
+    for key in ("HF_ENDPOINT", "PERCEIVER_ZOO_ENDPOINT", "PERCEIVER_ZOO_MIRROR"):
+        monkeypatch.delenv(key, raising=False)
+    released, tiny = get_entry("language-perceiver"), get_entry("tiny-language-perceiver")
+    assert location(released) == ("endpoint", "https://huggingface.co")
+    assert location(tiny) == ("mirror", str(BUNDLED_STANDIN))
+    monkeypatch.setenv("HF_ENDPOINT", "http://hf.example/")
+    assert location(tiny) == ("endpoint", "http://hf.example")
+    monkeypatch.setenv("PERCEIVER_ZOO_ENDPOINT", "http://models.example.org")
+    assert location(released) == ("endpoint", "http://models.example.org")
+    monkeypatch.setenv("PERCEIVER_ZOO_MIRROR", str(tmp_path))
+    assert location(released) == ("mirror", str(tmp_path))
+    assert location(released, endpoint="http://x.example") == ("endpoint", "http://x.example")
