@@ -1,0 +1,45 @@
+"""serialization.atomic_write: all or nothing, with the permissions a plain open() would give."""
+
+import os
+import stat
+
+import pytest
+
+from perceiver_torch.serialization import atomic_write
+
+
+def _write_bytes(data: bytes):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return write
+
+
+def test_written_file_has_the_umask_mode_not_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "out.bin", _write_bytes(b"abc"))
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"abc"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    def failing(tmp):
+        _write_bytes(b"partial")(tmp)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(tmp_path / "out.bin", failing)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_file_is_replaced_only_on_success(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        atomic_write(target, lambda tmp: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert target.read_bytes() == b"old"
+    atomic_write(target, _write_bytes(b"new"))
+    assert target.read_bytes() == b"new"
