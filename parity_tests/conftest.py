@@ -50,16 +50,22 @@ def assert_close(actual, expected, atol=ATOL, rtol=RTOL, what="output"):
     )
 
 
+def convert_golden(task: str, family: str, out_dir: Path, pickle_name: str = "checkpoint.pickle") -> Path:
+    """The golden checkpoint of `family` converted through the public contract into `out_dir`."""
+    import converters
+
+    return converters.convert(
+        task, golden_dir(family) / pickle_name, golden_dir(family) / "config.json",
+        Path(out_dir) / f"{family}.safetensors",
+    )
+
+
 @pytest.fixture
 def converted(tmp_path):
     """convert(task, family) -> path of the golden checkpoint converted through the public contract."""
-    import converters
 
     def _convert(task: str, family: str, pickle_name: str = "checkpoint.pickle") -> Path:
-        return converters.convert(
-            task, golden_dir(family) / pickle_name, golden_dir(family) / "config.json",
-            tmp_path / f"{family}.safetensors",
-        )
+        return convert_golden(task, family, tmp_path, pickle_name)
 
     return _convert
 

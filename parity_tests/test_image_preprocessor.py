@@ -83,3 +83,47 @@ def test_wrong_input_shape_is_refused():
                             input_shape=(4, 4, 3))
     with pytest.raises(ValueError, match=r"\[B, 4, 4, 3\]"):
         pre(torch.zeros(1, 3, 4, 4))
+
+
+def _haiku_tree(names_and_shapes):
+    tree = {"params": {}, "state": {}}
+    for key, shape in names_and_shapes.items():
+        collection, path = key.split(":")
+        module, leaf = path.rsplit("/", 1)
+        tree[collection].setdefault(module, {})[leaf] = np.zeros(shape, np.float32)
+    return tree
+
+
+@pytest.mark.parametrize("kwargs, haiku_leaves", [
+    (  # two conv-stem layers: Haiku numbers repeated names conv, conv_1 / batchnorm, batchnorm_1
+        dict(prep_type="conv", spatial_downsample=16, num_channels=4, position_encoding_type="fourier",
+             fourier_position_encoding_kwargs=dict(num_bands=2, max_resolution=(2, 2))),
+        {**{f"params:p/~/conv2_d_downsample/~/{c}/w": s for c, s in (("conv", (7, 7, 3, 4)), ("conv_1", (7, 7, 4, 4)))},
+         **{f"params:p/~/conv2_d_downsample/~/{bn}/{leaf}": (1, 1, 1, 4)
+            for bn in ("batchnorm", "batchnorm_1") for leaf in ("scale", "offset")},
+         **{f"state:p/~/conv2_d_downsample/~/{bn}/~/{ema}/average": (1, 1, 1, 4)
+            for bn in ("batchnorm", "batchnorm_1") for ema in ("mean_ema", "var_ema")}},
+    ),
+    (  # patches + projection made in __call__, projected learned positions and extra position MLPs
+        dict(prep_type="patches", spatial_downsample=2, temporal_downsample=2, conv_after_patching=True,
+             num_channels=5, position_encoding_type="trainable", project_pos_dim=6, n_extra_pos_mlp=2,
+             trainable_position_encoding_kwargs=dict(num_channels=3)),
+        {"params:p/patches_linear/w": (24, 5), "params:p/patches_linear/b": (5,),
+         "params:p/~_build_network_inputs/trainable_position_encoding/pos_embs": (16, 3),
+         "params:p/~_build_network_inputs/position_encoding_projector/linear/w": (3, 6),
+         "params:p/~_build_network_inputs/position_encoding_projector/linear/b": (6,),
+         **{f"params:p/~_build_network_inputs/{lin}/{leaf}": shape for lin in ("linear", "linear_1")
+            for leaf, shape in (("w", (6, 6)), ("b", (6,)))}},
+    ),
+])
+def test_image_preprocessor_rules_cover_every_parameter(kwargs, haiku_leaves):
+    from converters import HaikuCheckpoint
+    from converters.rules import image_preprocessor_rules, strict_merge
+
+    shape = (32, 32, 3) if kwargs["prep_type"] == "conv" else (2, 8, 8, 3)
+    pre = ImagePreprocessor(**kwargs, input_shape=shape)
+    tree = _haiku_tree(haiku_leaves)
+    targets = {f"pre.{k}": tuple(v.shape) for k, v in pre.state_dict().items()}
+    merged = strict_merge(HaikuCheckpoint(tree["params"], tree["state"]).flat(), targets,
+                          image_preprocessor_rules("p", "pre", kwargs))
+    assert set(merged) == set(targets)

@@ -10,7 +10,7 @@ import torch
 
 import perceiver_torch as pt
 from converters import HaikuCheckpoint, convert_tree
-from perceiver_torch.registry import TASK_MODELS, preset
+from perceiver_torch.registry import COLAB_CONSTANTS, TASK_MODELS, preset
 
 from .conftest import released_shapes
 
@@ -25,7 +25,8 @@ def _zeros_tree(tree: dict) -> dict:
 def test_packaged_presets_are_the_released_configs():
     assert pt.preset_names() == sorted(RELEASED)
     for name, entry in RELEASED.items():
-        assert preset(name)["config"] == entry["config"]
+        # A preset is the released config plus the colab constants no parameter shape depends on.
+        assert preset(name)["config"] == {**entry["config"], **COLAB_CONSTANTS.get(name, {})}
         assert preset(name)["num_params"] == entry["num_params"]
 
 

@@ -5,6 +5,7 @@ from .models import PerceiverForMaskedLM, PerceiverIO
 from .registry import build_model, build_preset, preset_names
 from .serialization import load_model
 from .tokenizer import BytesTokenizer
+from .zoo import create_model
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,8 @@ __all__ = [
     "load_model", "preset_names",
 ]
 __all__ += ["PerceiverIO"]
+__all__ += ["create_model"]
+
 from .models import PerceiverForOpticalFlow  # noqa: E402
 
 __all__ += ["PerceiverForOpticalFlow"]

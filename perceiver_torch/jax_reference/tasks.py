@@ -86,7 +86,9 @@ def video_autoencoding(m, config, inputs):
     z_channels, out_channels = config["decoder_z_channels"], config["decoder_output_channels"]
     n_audio_samples = frames * config["audio_samples_per_frame"]
     audio_fourier = _fourier(config["audio_bands"], (n_audio_samples,))
-    image_fourier = _fourier(config["image_bands"], (frames, size, size))
+    # The colab's IMG_SZ (56 in the released preset); the golden fixture was made with image_size.
+    pos_size = config.get("image_position_resolution", size)
+    image_fourier = _fourier(config["image_bands"], (frames, pos_size, pos_size))
     io, pc = m.io_processors, m.perceiver
 
     # Without indices, decode every point (the colab always passes one chunk's).

@@ -180,7 +180,7 @@ class ImagePreprocessor(nn.Module):
                 raise ValueError("prep_type='conv' needs spatial_downsample a power of 4 and temporal_downsample 1; "
                                  f"got {spatial_downsample} and {temporal_downsample}.")
             self.convnet = Conv2DDownsample(in_channels, round(layers), num_channels, conv2d_use_batchnorm)
-            feature_channels = num_channels
+            feature_channels = num_channels if round(layers) else in_channels  # spatial_downsample=1: no layers
         elif prep_type == "conv1x1":
             if temporal_downsample != 1:
                 raise ValueError("prep_type='conv1x1' does not downsample in time: temporal_downsample must be 1.")

@@ -45,7 +45,8 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
     `config` is the golden/released `config.json` layout (`num_frames`,
     `image_size`, `audio_samples_per_frame`, `samples_per_patch`,
     `num_classes`, `audio_bands`, `image_bands`, `decoder_z_channels`,
-    `decoder_output_channels`, `nchunks`, and upstream `encoder` kwargs).
+    `decoder_output_channels`, `nchunks`, optionally `image_position_resolution`
+    (the colab's IMG_SZ), and upstream `encoder` kwargs).
     The label input is all zeros and always replaced by its mask token, as
     in the colab, so the label logits are a prediction from video and audio.
     """
@@ -61,9 +62,11 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         if num_samples % spp:
             raise ValueError(f"the clip's {num_samples} audio samples are not a multiple of samples_per_patch={spp}.")
         out_channels = config["decoder_output_channels"]
-        # The colab's position features use max_resolution (frames, image_size, image_size) for the
-        # image and (audio samples,) for the audio, in the preprocessors and the queries alike.
-        image_fourier = _fourier(config["image_bands"], (frames, size, size))
+        # The colab's position features use max_resolution (frames, IMG_SZ, IMG_SZ) for the image
+        # and (audio samples,) for the audio, in the preprocessors and the queries alike. IMG_SZ is
+        # `image_position_resolution` (56 in the released preset), else image_size.
+        pos_size = config.get("image_position_resolution", size)
+        image_fourier = _fourier(config["image_bands"], (frames, pos_size, pos_size))
         audio_fourier = _fourier(config["audio_bands"], (num_samples,))
         encoder = dict(config["encoder"])
         super().__init__(
@@ -129,7 +132,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
     def _points(self, subsample: dict | None) -> dict | None:
         if subsample is None:
             return None
-        unknown = sorted(set(subsample) - {"image", "audio", "label"})
+        unknown = sorted(set(subsample) - {"image", "audio"})
         if unknown:
             raise ValueError(f"subsample keys must be 'image' and/or 'audio'; got unexpected {unknown}.")
         points = {}
@@ -140,7 +143,10 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
             idx = torch.as_tensor(idx)
             if idx.ndim != 1 or idx.dtype not in (torch.int32, torch.int64):
                 raise ValueError(f"subsample[{name!r}] must be a 1-D integer tensor of query indices.")
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limit):
+            # Bounds are checked where the indices live on the host: on an accelerator the
+            # check would force a device-to-host sync on every call (an out-of-range index
+            # still fails there, in the gather).
+            if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limit):
                 raise ValueError(f"subsample[{name!r}] indices must lie in [0, {limit}).")
             points[name] = idx.long()
         return points

@@ -1,0 +1,104 @@
+"""Video autoencoding reproduces the upstream golden chunk; autoencode equals per-chunk forward calls."""
+
+import numpy as np
+import pytest
+import torch
+
+import perceiver_torch as pt
+from perceiver_torch.registry import preset
+from perceiver_torch.upstream_io import run_upstream_layout
+
+from .conftest import assert_close, convert_golden, golden_config, golden_io
+
+OUTPUTS = ("image", "audio", "label")
+
+
+def _public_inputs(io):
+    images = torch.from_numpy(io["input/images"]).permute(0, 1, 4, 2, 3)  # [B, F, 3, S, S], channels-first
+    audio = torch.from_numpy(io["input/audio"])
+    subsample = {name: torch.from_numpy(io[f"input/subsample_{name}"]).long() for name in ("image", "audio")}
+    return images, audio, subsample
+
+
+@pytest.fixture(scope="module")
+def golden_model(tmp_path_factory):
+    return pt.load_model(convert_golden("video_autoencoding", "video_autoencoding", tmp_path_factory.mktemp("video")))
+
+
+def test_fixture_decodes_chunk_one():
+    io, config = golden_io("video_autoencoding"), golden_config("video_autoencoding")
+    points = config["num_frames"] * config["image_size"] ** 2 // config["nchunks"]
+    np.testing.assert_array_equal(io["input/subsample_image"], np.arange(points, 2 * points))
+
+
+@pytest.mark.parametrize("pickle_name", ["checkpoint.pickle", "checkpoint_plain.pickle"])
+def test_video_autoencoding_matches_upstream(converted, pickle_name):
+    model = pt.load_model(converted("video_autoencoding", "video_autoencoding", pickle_name))
+    io = golden_io("video_autoencoding")
+    with torch.no_grad():
+        outputs = model(*_public_inputs(io))
+    for name in OUTPUTS:
+        assert_close(outputs[name].numpy(), io[f"output/{name}"], what=name)
+    # The upstream-layout runner (parity harness, zoo) agrees.
+    runner = run_upstream_layout("video_autoencoding", model,
+                                 {k.removeprefix("input/"): v for k, v in io.items() if k.startswith("input/")})
+    for name in OUTPUTS:
+        np.testing.assert_array_equal(runner[name], outputs[name].numpy())
+
+
+def test_autoencode_equals_concatenated_per_chunk_forward(golden_model):
+    io = golden_io("video_autoencoding")
+    images, audio, _ = _public_inputs(io)
+    chunks = golden_model.config["nchunks"]
+    image_step = golden_model.num_image_points // chunks
+    audio_step = golden_model.num_audio_patches // chunks
+    with torch.no_grad():
+        whole = golden_model.autoencode(images, audio)
+        parts = [golden_model(images, audio, {"image": torch.arange(i * image_step, (i + 1) * image_step),
+                                              "audio": torch.arange(i * audio_step, (i + 1) * audio_step)})
+                 for i in range(chunks)]
+    batch, frames, size = images.shape[0], golden_model.num_frames, golden_model.image_size
+    image = torch.cat([p["image"] for p in parts], 1).reshape(batch, frames, size, size, 3).permute(0, 1, 4, 2, 3)
+    audio_out = torch.cat([p["audio"] for p in parts], 1).reshape(batch, -1, 1)
+    assert whole["image"].shape == images.shape and whole["audio"].shape == audio.shape
+    # Same operations on the same values: equal up to float32 rounding of differently batched matmuls.
+    torch.testing.assert_close(whole["image"], image, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(whole["audio"], audio_out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(whole["label"], parts[-1]["label"], rtol=1e-6, atol=1e-6)
+    # ... and its chunk 1 is the upstream golden chunk.
+    chunk1 = whole["image"].permute(0, 1, 3, 4, 2).reshape(batch, -1, 3)[:, image_step:2 * image_step]
+    assert_close(chunk1.numpy(), io["output/image"], what="autoencode chunk 1")
+
+
+def test_released_configuration_has_the_released_parameter_count():
+    with torch.device("meta"):
+        model = pt.build_preset("video_autoencoding")
+    assert sum(p.numel() for p in model.parameters()) == 19_858_855 == preset("video_autoencoding")["num_params"]
+
+
+def test_video_image_audio_label_model_trains():
+    """The multimodal model (image patches + audio + masked label) runs forward and backward."""
+    torch.manual_seed(0)
+    model = pt.build_model("video_autoencoding", golden_config("video_autoencoding")).train()
+    images, audio, subsample = _public_inputs(golden_io("video_autoencoding"))
+    out = model(images, audio, subsample)
+    loss = (out["image"] - 0.5).square().mean() + out["audio"].square().mean() + out["label"].logsumexp(-1).mean()
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    # The image modality's padding reaches the loss through the encoder; the label input is always masked.
+    assert grads["input_preprocessor.padding.image.embeddings"].abs().sum() > 0
+    assert grads["input_preprocessor.mask_tokens.label.embeddings"].abs().sum() > 0
+    assert grads["encoder.cross_attend.attention.query.weight"].abs().sum() > 0
+    assert grads["input_preprocessor.padding.label.embeddings"] is None
+
+
+@pytest.mark.parametrize(("subsample", "message"), [
+    ({"image": torch.tensor([-1])}, r"subsample\['image'\] indices must lie in \[0, "),
+    ({"audio": torch.tensor([10**6])}, r"subsample\['audio'\] indices must lie in \[0, "),
+    ({"image": torch.zeros(2, 2, dtype=torch.long)}, "1-D integer tensor"),
+    ({"label": torch.tensor([0])}, "unexpected \\['label'\\]"),
+])
+def test_bad_subsample_indices_are_refused(golden_model, subsample, message):
+    images, audio, _ = _public_inputs(golden_io("video_autoencoding"))
+    with pytest.raises(ValueError, match=message):
+        golden_model(images, audio, subsample)

@@ -1,0 +1,149 @@
+"""Pulling by name through the real huggingface_hub client against a stand-in on 127.0.0.1.
+
+Covers what a user meets: hash verification before loading, a corrupted or truncated download
+refused and not left in the cache, offline mode, a directory mirror, unpublished entries, the CLI.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from parity_tests.conftest import assert_close, golden_io
+from parity_tests.zoo_support import GOLDEN_ENTRY, cached_files, hub_env, produce_and_publish
+from perceiver_torch.zoo import IntegrityError, NotProducedError, ZooError, create_model, fetch, get_entry
+from perceiver_torch.zoo.cli import main as zoo_cli
+
+REPO = "tests/golden-language"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    return produce_and_publish(tmp_path_factory.mktemp("zoo"))
+
+
+def _tampered_tree(tree, tmp_path, revision, change):
+    copy = tmp_path / "hub"
+    shutil.copytree(tree, copy)
+    path = copy / REPO / revision / "model.safetensors"
+    path.write_bytes(change(path.read_bytes()))
+    return copy
+
+
+def _check_logits(model):
+    io = golden_io("language")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(io["input/inputs"]).long(), torch.from_numpy(io["input/input_mask"]))
+    assert_close(logits.numpy(), io["output/logits"], what="pulled logits")
+
+
+def test_corrupted_download_is_refused_and_removed_from_cache(published, tmp_path, monkeypatch):
+    manifest, tree, revision = published
+    flipped = _tampered_tree(tree, tmp_path, revision, lambda b: b[:-5] + bytes([b[-5] ^ 1]) + b[-4:])
+    cache = tmp_path / "cache"
+    with hub_env(monkeypatch, flipped, cache):
+        with pytest.raises(IntegrityError, match="removed from the cache") as err:
+            create_model(GOLDEN_ENTRY, manifest=manifest)
+    assert get_entry(GOLDEN_ENTRY, manifest)["artifact"]["sha256"] in str(err.value)
+    assert cached_files(cache) == []
+
+
+def test_truncated_file_on_server_is_refused_and_removed(published, tmp_path, monkeypatch):
+    manifest, tree, revision = published
+    short = _tampered_tree(tree, tmp_path, revision, lambda b: b[: len(b) // 2])
+    cache = tmp_path / "cache"
+    with hub_env(monkeypatch, short, cache):
+        with pytest.raises(IntegrityError, match="has size"):
+            fetch(GOLDEN_ENTRY, manifest=manifest)
+    assert cached_files(cache) == []
+
+
+def test_dropped_connection_leaves_nothing_in_cache(published, tmp_path, monkeypatch):
+    manifest, tree, _ = published
+    cache = tmp_path / "cache"
+    monkeypatch.setattr("time.sleep", lambda s: None)  # huggingface_hub backs off between resume attempts
+    with hub_env(monkeypatch, tree, cache, faults={"truncate": True}):
+        with pytest.raises(ZooError, match="download of tests/golden-language"):
+            fetch(GOLDEN_ENTRY, manifest=manifest)
+    assert cached_files(cache) == []
+
+
+def test_cached_file_corrupted_later_is_refused(published, tmp_path, monkeypatch):
+    manifest, tree, revision = published
+    cache = tmp_path / "cache"
+    with hub_env(monkeypatch, tree, cache):
+        path = fetch(GOLDEN_ENTRY, manifest=manifest)
+        path.resolve().write_bytes(b"\0" * 64)
+        with pytest.raises(IntegrityError):
+            fetch(GOLDEN_ENTRY, manifest=manifest)
+        assert cached_files(cache) == []
+        _check_logits(create_model(GOLDEN_ENTRY, manifest=manifest))  # downloads afresh
+
+
+def test_offline_mode_uses_the_cache_only(published, tmp_path, monkeypatch):
+    manifest, tree, revision = published
+    cache = tmp_path / "cache"
+    with hub_env(monkeypatch, tree, cache) as hub:
+        fetch(GOLDEN_ENTRY, manifest=manifest)
+        requests = hub.requests
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        model = create_model(GOLDEN_ENTRY, manifest=manifest)
+        assert hub.requests == requests  # not one request in offline mode
+    _check_logits(model)
+    with hub_env(monkeypatch, tree, tmp_path / "empty-cache"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(ZooError, match="HF_HUB_OFFLINE is set and the file is not in the cache"):
+            fetch(GOLDEN_ENTRY, manifest=manifest)
+
+
+def test_directory_mirror(published, tmp_path, monkeypatch):
+    manifest, tree, revision = published
+    monkeypatch.setenv("PERCEIVER_ZOO_MIRROR", str(tree))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # never used: the mirror wins
+    assert fetch(GOLDEN_ENTRY, manifest=manifest) == tree / REPO / revision / "model.safetensors"
+    _check_logits(create_model(GOLDEN_ENTRY, manifest=manifest))
+    bad = _tampered_tree(tree, tmp_path, revision, lambda b: b[:-1] + b"\x01")
+    with pytest.raises(IntegrityError, match="refused"):
+        fetch(GOLDEN_ENTRY, mirror=bad, manifest=manifest)
+
+
+def test_pretrained_false_builds_the_architecture(published):
+    manifest, _, _ = published
+    model = create_model(GOLDEN_ENTRY, pretrained=False, manifest=manifest)
+    assert not model.training and model.config["max_seq_len"] == 64
+
+
+@pytest.mark.parametrize("name", ["language-perceiver", "vision-perceiver-learned", "vision-perceiver-fourier",
+                                  "vision-perceiver-conv", "optical-flow-perceiver", "multimodal-perceiver"])
+def test_unproduced_released_entry_says_how_to_regenerate(name):
+    with pytest.raises(NotProducedError, match=rf"python scripts/regenerate.py {name}.*scripts/publish.py {name}"):
+        create_model(name)
+
+
+def test_cli_list_info_pull(published, tmp_path, monkeypatch, capsys):
+    manifest, tree, revision = published
+    monkeypatch.setenv("PERCEIVER_ZOO_MANIFEST", str(manifest))
+    assert zoo_cli(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert GOLDEN_ENTRY in listing and "language-perceiver" in listing and "not-produced" in listing
+    assert zoo_cli(["info", GOLDEN_ENTRY]) == 0
+    assert revision in capsys.readouterr().out
+    with hub_env(monkeypatch, tree, tmp_path / "cache"):
+        assert zoo_cli(["pull", GOLDEN_ENTRY]) == 0
+        assert "verified sha256" in capsys.readouterr().out
+    assert zoo_cli(["pull", "language-perceiver"]) == 1
+    assert "scripts/regenerate.py language-perceiver" in capsys.readouterr().err
+    assert zoo_cli(["info", "no-such-model"]) == 1
+    assert "available:" in capsys.readouterr().err
+
+
+def test_tiny_entry_without_endpoint_reads_the_bundled_stand_in_tree(monkeypatch):
+    for key in ("HF_ENDPOINT", "PERCEIVER_ZOO_ENDPOINT", "PERCEIVER_ZOO_MIRROR"):
+        monkeypatch.delenv(key, raising=False)
+    from perceiver_torch.zoo.manifest import BUNDLED_STANDIN
+
+    entry = get_entry("tiny-language-perceiver")
+    path = fetch("tiny-language-perceiver")
+    assert path == BUNDLED_STANDIN / entry["artifact"]["repo_id"] / entry["artifact"]["revision"] / "model.safetensors"

@@ -1,0 +1,208 @@
+"""Regenerate -> publish -> pull, end to end, on the golden language checkpoint (tiny, offline).
+
+The source is DeepMind-code-made (the golden fixture); regeneration checks it against its stored
+upstream outputs (and the JAX reference through the parity harness where that is installed),
+publishing goes through huggingface_hub's upload API into a stand-in on 127.0.0.1, and pulling
+goes through hf_hub_download with HF_ENDPOINT pointing at it.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from converters.convert import sha256_file
+from parity_tests.conftest import assert_close, golden_io
+from parity_tests.zoo_support import GOLDEN, GOLDEN_ENTRY, golden_language_entry, hub_env, scratch_manifest
+from perceiver_torch.zoo import ZooError, create_model, get_entry
+from perceiver_torch.zoo.publish import publish
+from perceiver_torch.zoo.regenerate import regenerate
+from perceiver_torch.zoo.standin import serve
+
+TOKEN = "test-write-token"
+
+
+@pytest.fixture(scope="module")
+def produced(tmp_path_factory):
+    """A scratch manifest whose golden entry was regenerated into a work dir (once per module)."""
+    root = tmp_path_factory.mktemp("zoo")
+    manifest = scratch_manifest(root / "zoo_manifest.yaml")
+    result = regenerate(GOLDEN_ENTRY, work_dir=root / "work", manifest=manifest)
+    return root, manifest, result
+
+
+@pytest.fixture(scope="module")
+def published(produced, tmp_path_factory):
+    """The produced entry published into a stand-in repository tree; returns (manifest, hub tree, revision)."""
+    root, manifest, _ = produced
+    tree = tmp_path_factory.mktemp("hub")
+    with serve(tree, token=TOKEN) as hub:
+        info = publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token=TOKEN, work_dir=root / "work", manifest=manifest)
+    return manifest, tree, info["revision"]
+
+
+def test_regenerate_writes_artifact_card_and_measured_figures(produced):
+    root, manifest, result = produced
+    assert result["changed"]
+    entry = get_entry(GOLDEN_ENTRY, manifest)
+    artifact, parity = entry["artifact"], entry["parity"]
+    out = root / "work" / GOLDEN_ENTRY
+    assert entry["status"] == "produced"
+    assert sha256_file(out / "model.safetensors") == artifact["sha256"]
+    assert (out / "model.safetensors").stat().st_size == artifact["size"]
+    assert sha256_file(out / "README.md") == artifact["card_sha256"]
+    card = (out / "README.md").read_text()
+    assert artifact["sha256"] in card and entry["source"]["sha256"] in card
+    assert parity["source_sha256"] == entry["source"]["sha256"]
+    stored = [r for r in parity["runs"] if r["reference"].startswith("stored outputs")]
+    assert [r["device"] for r in stored][0] == "cpu" and all(r["passed"] for r in parity["runs"])
+    # The recorded figure is the measured one: recompute it from the artifact.
+    io = golden_io("language")
+    model = create_model(GOLDEN_ENTRY, pretrained=False, manifest=manifest)
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(out / "model.safetensors"))
+    with torch.no_grad():
+        logits = model(torch.from_numpy(io["input/inputs"]).long(), torch.from_numpy(io["input/input_mask"]))
+    assert stored[0]["outputs"]["logits"]["max_abs"] == pytest.approx(
+        float(np.abs(logits.numpy().astype(np.float64) - io["output/logits"]).max()), rel=1e-6)
+    assert stored[0]["outputs"]["logits"]["max_abs"] < 1e-4
+
+
+def test_second_run_is_a_no_op(produced):
+    root, manifest, _ = produced
+    before = manifest.read_bytes()
+    artifact = root / "work" / GOLDEN_ENTRY / "model.safetensors"
+    mtime = artifact.stat().st_mtime_ns
+    assert regenerate(GOLDEN_ENTRY, work_dir=root / "work", manifest=manifest) == {"name": GOLDEN_ENTRY,
+                                                                                   "changed": False}
+    assert manifest.read_bytes() == before and artifact.stat().st_mtime_ns == mtime
+
+
+def test_forced_regeneration_is_byte_identical(produced, tmp_path):
+    root, manifest, _ = produced
+    copy = tmp_path / "m.yaml"
+    shutil.copy(manifest, copy)
+    regenerate(GOLDEN_ENTRY, work_dir=tmp_path / "work", manifest=copy)
+    assert sha256_file(tmp_path / "work" / GOLDEN_ENTRY / "model.safetensors") == \
+        get_entry(GOLDEN_ENTRY, manifest)["artifact"]["sha256"]
+
+
+def test_wrong_source_is_refused_and_nothing_written(tmp_path):
+    manifest = scratch_manifest(tmp_path / "m.yaml")
+    before = manifest.read_bytes()
+    bad = tmp_path / "checkpoint.pickle"
+    bad.write_bytes((GOLDEN / "language" / "checkpoint.pickle").read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ZooError, match="sha256"):
+        regenerate(GOLDEN_ENTRY, source_path=bad, work_dir=tmp_path / "work", manifest=manifest)
+    with pytest.raises(ZooError, match="bytes"):
+        regenerate(GOLDEN_ENTRY, source_path=GOLDEN / "language" / "io.npz", work_dir=tmp_path / "work",
+                   manifest=manifest)
+    assert manifest.read_bytes() == before and not (tmp_path / "work").exists()
+
+
+def test_failed_parity_writes_nothing(tmp_path):
+    """A source whose stored outputs disagree with the conversion must not produce an artifact."""
+    entry = golden_language_entry()
+    io = golden_io("language")
+    io["output/logits"] = io["output/logits"] + 1e-2
+    np.savez(tmp_path / "io.npz", **io)
+    entry["source"]["reference_io"] = str(tmp_path / "io.npz")
+    manifest = scratch_manifest(tmp_path / "m.yaml", {GOLDEN_ENTRY: entry})
+    before = manifest.read_bytes()
+    with pytest.raises(ZooError, match="FAILED"):
+        regenerate(GOLDEN_ENTRY, work_dir=tmp_path / "work", manifest=manifest)
+    assert manifest.read_bytes() == before
+    assert list((tmp_path / "work" / GOLDEN_ENTRY).iterdir()) == []
+
+
+def test_source_downloaded_over_http(tmp_path):
+    """source.url is fetched (here from a plain HTTP server on 127.0.0.1), checked, then converted."""
+    served = tmp_path / "bucket"
+    served.mkdir()
+    shutil.copy(GOLDEN / "language" / "checkpoint.pickle", served / "language.pickle")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        entry = golden_language_entry()
+        entry["source"].update(path=None, url=f"http://127.0.0.1:{server.server_address[1]}/language.pickle")
+        manifest = scratch_manifest(tmp_path / "m.yaml", {GOLDEN_ENTRY: entry})
+        assert regenerate(GOLDEN_ENTRY, work_dir=tmp_path / "work", manifest=manifest)["changed"]
+        downloaded = tmp_path / "work" / "_sources" / "language.pickle"
+        assert sha256_file(downloaded) == entry["source"]["sha256"]
+        entry["source"]["url"] = f"http://127.0.0.1:{server.server_address[1]}/missing.pickle"
+        manifest = scratch_manifest(tmp_path / "m2.yaml", {GOLDEN_ENTRY: entry})
+        with pytest.raises(ZooError, match="could not download"):
+            regenerate(GOLDEN_ENTRY, work_dir=tmp_path / "work2", manifest=manifest)
+        assert not (tmp_path / "work2" / "_sources").exists() or not any((tmp_path / "work2" / "_sources").iterdir())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_publish_records_the_commit_and_is_idempotent(produced, published):
+    root, _, _ = produced
+    manifest, tree, revision = published
+    entry = get_entry(GOLDEN_ENTRY, manifest)
+    assert entry["status"] == "published" and entry["artifact"]["revision"] == revision
+    assert (tree / "tests/golden-language/refs/main").read_text().strip() == revision
+    assert sha256_file(tree / "tests/golden-language" / revision / "model.safetensors") == entry["artifact"]["sha256"]
+    with serve(tree, token=TOKEN) as hub:
+        again = publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token=TOKEN, work_dir=root / "work", manifest=manifest)
+        assert again["revision"] == revision  # unchanged files: no new commit
+        before = manifest.read_bytes()
+        with pytest.raises(ZooError, match="401 Unauthorized"):
+            publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token="wrong", work_dir=root / "work", manifest=manifest)
+        assert manifest.read_bytes() == before
+
+
+def test_pull_by_name_matches_upstream(published, tmp_path, monkeypatch):
+    manifest, tree, revision = published
+    with hub_env(monkeypatch, tree, tmp_path / "cache"):
+        model = create_model(GOLDEN_ENTRY, manifest=manifest)
+    assert not model.training
+    io = golden_io("language")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(io["input/inputs"]).long(), torch.from_numpy(io["input/input_mask"]))
+    assert_close(logits.numpy(), io["output/logits"], what="pulled golden-language logits")
+    snapshot = tmp_path / "cache" / "models--tests--golden-language" / "snapshots" / revision / "model.safetensors"
+    assert snapshot.is_file()
+
+
+class _ColabOracle(torch.nn.Module):
+    """Answers the colab sentence the way upstream_release.md says the released model does, if (and only if)
+    it is given exactly the colab's input: bytes 51..59 masked, padded with 0 to 2048, mask on the 60 bytes."""
+
+    def __init__(self, answer):
+        super().__init__()
+        from perceiver_torch import BytesTokenizer
+
+        self.tokenizer = BytesTokenizer()
+        self.answer = answer
+
+    def forward(self, ids, mask):
+        text = self.tokenizer.encode("This is an incomplete sentence where some words are missing.")
+        expected_ids = text[:51] + [3] * 9 + [0] * (2048 - 60)
+        logits = torch.zeros(1, ids.shape[1], 262)
+        if ids[0].tolist() == expected_ids and mask[0].tolist() == [1] * 60 + [0] * 1988:
+            logits[0, torch.arange(51, 60), torch.tensor(self.answer)] = 1.0
+        return logits
+
+
+def test_language_colab_check_builds_the_colab_input():
+    from perceiver_torch.zoo.verify import COLAB_GREEDY_IDS, known_checks
+
+    released = {"kind": "released", "task": "language"}
+    (check,) = known_checks(released, _ColabOracle(COLAB_GREEDY_IDS))
+    assert check["passed"] and check["got"] == [38, 115, 111, 121, 121, 111, 116, 109, 52]
+    (check,) = known_checks(released, _ColabOracle([38] * 9))
+    assert not check["passed"]
+    assert known_checks({"kind": "tiny", "task": "language"}, _ColabOracle(COLAB_GREEDY_IDS)) == []

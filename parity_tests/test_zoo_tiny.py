@@ -1,0 +1,108 @@
+"""The tiny zoo entries (one per task, made from the JAX reference with fixed seeds): pulled by name from
+the bundled Hub stand-in served on 127.0.0.1 through huggingface_hub, checked against the JAX reference;
+regenerated from their Haiku pickles reproducibly."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from converters import load_haiku_checkpoint
+from converters.convert import sha256_file
+from parity_tests.conftest import assert_close
+from parity_tests.zoo_support import cached_files, hub_env
+from perceiver_torch.upstream_io import run_upstream_layout
+from perceiver_torch.zoo import create_model, entries, get_entry
+from perceiver_torch.zoo.hub import entry_config
+from perceiver_torch.zoo.manifest import BUNDLED_STANDIN, DEFAULT_MANIFEST, resolve_repo_path
+from perceiver_torch.zoo.regenerate import regenerate
+from perceiver_torch.zoo.tiny import TINY, make_source, source_files
+from perceiver_torch.zoo.verify import load_io
+
+TINY_NAMES = sorted(n for n, e in entries().items() if e["kind"] == "tiny")
+
+
+def test_one_tiny_entry_per_task_all_published_to_the_stand_in():
+    assert TINY_NAMES == sorted(TINY)
+    assert sorted(get_entry(n)["task"] for n in TINY_NAMES) == ["imagenet", "language", "optical_flow",
+                                                               "video_autoencoding"]
+    for name in TINY_NAMES:
+        entry = get_entry(name)
+        assert entry["status"] == "published" and entry["artifact"]["published_to"] == "stand-in", name
+        assert any(r["reference"].startswith("stored outputs") and r["passed"] for r in entry["parity"]["runs"]), name
+
+
+@pytest.fixture(scope="module")
+def pulled(tmp_path_factory):
+    """Every tiny entry pulled by name from the bundled stand-in into a fresh Hub cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp, hub_env(mp, BUNDLED_STANDIN, cache) as hub:
+        models = {name: create_model(name) for name in TINY_NAMES}
+        assert hub.requests >= len(TINY_NAMES)  # they came over HTTP, not from the tree directly
+    return models, cache
+
+
+@pytest.mark.parametrize("name", TINY_NAMES)
+def test_pulled_model_matches_stored_jax_reference_outputs(pulled, name):
+    models, cache = pulled
+    entry = get_entry(name)
+    model = models[name]
+    assert not model.training
+    snapshot = (cache / f"models--{entry['artifact']['repo_id'].replace('/', '--')}" / "snapshots"
+                / entry["artifact"]["revision"] / entry["artifact"]["filename"])
+    assert sha256_file(snapshot) == entry["artifact"]["sha256"]
+    inputs, expected = load_io(resolve_repo_path(entry["source"]["reference_io"]))
+    got = run_upstream_layout(entry["task"], model, inputs)
+    for key, want in expected.items():
+        assert_close(got[key], want, what=f"{name} {key}")
+
+
+@pytest.mark.parametrize("name", TINY_NAMES)
+def test_pulled_model_matches_live_jax_reference(pulled, name):
+    ref = pytest.importorskip("perceiver_torch.jax_reference", reason="the JAX reference needs the jax extra")
+    entry = get_entry(name)
+    ckpt = load_haiku_checkpoint(resolve_repo_path(entry["source"]["path"]))
+    inputs, _ = load_io(resolve_repo_path(entry["source"]["reference_io"]))
+    want = ref.apply(entry["task"], entry_config(entry), ckpt.params, ckpt.state, inputs)
+    got = run_upstream_layout(entry["task"], pulled[0][name], inputs)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert_close(got[key], want[key], what=f"{name} {key} vs the live JAX reference")
+
+
+@pytest.mark.slow  # JAX compiles four inits (~15 s each on 2 cores)
+@pytest.mark.parametrize("name", TINY_NAMES)
+def test_sources_are_reproducible_from_the_seeds(name, tmp_path):
+    pytest.importorskip("perceiver_torch.jax_reference", reason="the JAX reference needs the jax extra")
+    ckpt, io_path = make_source(name, tmp_path)
+    bundled_ckpt, bundled_io = source_files(name)
+    assert sha256_file(ckpt) == sha256_file(bundled_ckpt) == get_entry(name)["source"]["sha256"]
+    inputs, outputs = load_io(io_path)
+    bundled_inputs, bundled_outputs = load_io(bundled_io)
+    for key in {**inputs, **bundled_inputs}:
+        assert (inputs[key] == bundled_inputs[key]).all(), key
+    for key in {**outputs, **bundled_outputs}:
+        assert_close(outputs[key], bundled_outputs[key], atol=1e-6, rtol=1e-6, what=f"{name} {key}")
+
+
+# One entry by default (each runs the parity harness, seconds of JAX compilation); all with -m slow.
+@pytest.mark.parametrize("name", [n if n == "tiny-language-perceiver" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in TINY_NAMES])
+def test_regeneration_from_the_pickle_reproduces_the_published_artifact(name, tmp_path):
+    manifest = tmp_path / "zoo_manifest.yaml"
+    shutil.copy(DEFAULT_MANIFEST, manifest)
+    # A fresh work dir: the artifact is rebuilt, verified and must be byte-identical to the published one.
+    assert regenerate(name, work_dir=tmp_path / "work", manifest=manifest)["changed"]
+    recorded, rebuilt = get_entry(name), get_entry(name, manifest)
+    assert rebuilt["artifact"]["sha256"] == recorded["artifact"]["sha256"]
+    assert rebuilt["status"] == "produced" and all(r["passed"] for r in rebuilt["parity"]["runs"])
+    before = manifest.read_bytes()
+    assert not regenerate(name, work_dir=tmp_path / "work", manifest=manifest)["changed"]
+    assert manifest.read_bytes() == before
+
+
+def test_pull_leaves_only_the_verified_file_in_the_cache(pulled):
+    _, cache = pulled
+    names = [f for f in cached_files(cache) if "/snapshots/" in f]
+    assert len(names) == len(TINY_NAMES) and all(f.endswith("model.safetensors") for f in names)

@@ -1,0 +1,15 @@
+"""The model zoo: verified checkpoints pulled by name (see zoo_manifest.yaml and zoo/schema.py)."""
+
+from .hub import IntegrityError, NotProducedError, ZooError, create_model, fetch
+from .manifest import entries, get_entry, load_manifest
+from .schema import ManifestError
+
+
+def list_models() -> list[str]:
+    return sorted(entries())
+
+
+__all__ = [
+    "IntegrityError", "ManifestError", "NotProducedError", "ZooError", "create_model", "entries", "fetch",
+    "get_entry", "list_models", "load_manifest",
+]

@@ -1,0 +1,61 @@
+"""`perceiver-zoo list | info NAME | pull NAME`: the model zoo from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from .hub import ZooError, fetch, location
+from .manifest import entries, get_entry
+from .schema import ManifestError
+
+
+def _list() -> int:
+    models = entries()
+    width = max(map(len, models))
+    print(f"{'name':<{width}}  {'task':<18} {'kind':<8} status")
+    for name, e in models.items():
+        print(f"{name:<{width}}  {e['task']:<18} {e['kind']:<8} {e['status']}")
+    return 0
+
+
+def _info(name: str) -> int:
+    entry = get_entry(name)
+    kind, where = location(entry)
+    print(yaml.safe_dump({name: entry}, sort_keys=False, width=110), end="")
+    print(f"# would be pulled from {kind}: {where}")
+    return 0
+
+
+def _pull(name: str, endpoint: str | None, mirror: str | None) -> int:
+    path = fetch(name, endpoint=endpoint, mirror=mirror)  # huggingface_hub shows a progress bar
+    print(f"{name}: verified sha256 {get_entry(name)['artifact']['sha256']}\n{path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="perceiver-zoo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the zoo's models")
+    info = sub.add_parser("info", help="show one entry of the manifest")
+    info.add_argument("name")
+    pull = sub.add_parser("pull", help="download and verify a model into the Hub cache")
+    pull.add_argument("name")
+    pull.add_argument("--endpoint", help="Hub-compatible endpoint (default: PERCEIVER_ZOO_ENDPOINT / HF_ENDPOINT)")
+    pull.add_argument("--mirror", help="local mirror directory <repo_id>/<revision>/<file>")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list()
+        if args.command == "info":
+            return _info(args.name)
+        return _pull(args.name, args.endpoint, args.mirror)
+    except (ZooError, ManifestError, KeyError) as exc:
+        print(f"perceiver-zoo: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

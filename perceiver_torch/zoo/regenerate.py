@@ -1,0 +1,265 @@
+"""Regenerate a zoo entry from its upstream Haiku file: fetch, check, convert, verify, write card + manifest.
+
+``regenerate(name)`` is what ``scripts/regenerate.py`` runs:
+
+1. the source: ``source_path=`` (a local copy), the entry's repo-relative ``source.path``, or a
+   download of ``source.url`` with a progress bar; its size and sha256 must equal the
+   manifest's before anything else happens;
+2. unless forced, stop when the manifest already records this source sha256 and converter
+   version and the recorded artifact is present locally with its hash (a second run is a no-op);
+3. convert (``converters.convert``, strict) to a temp file, with a byte-reproducible header;
+4. verify (``verify.py``): the parity harness against the JAX reference on CPU and CUDA where
+   present, the stored upstream outputs when the entry has them, and the known real-weight
+   checks; any failure deletes the temp file and leaves the manifest untouched;
+5. move the artifact into ``<work_dir>/<name>/``, write the model card ``README.md`` beside it,
+   and rewrite the manifest entry (atomically) with the measured figures, ``status: produced``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import struct
+import urllib.request
+from pathlib import Path
+
+from ..serialization import atomic_write, load_model
+from . import verify
+from .hub import ZooError, entry_config, sha256_file
+from .manifest import BUNDLED_STANDIN, REPO_ROOT, get_entry, resolve_repo_path, update_entry
+
+WORK_DIR = REPO_ROOT / "out" / "zoo"
+ARTIFACT_NAME = "model.safetensors"
+
+
+def _progress(total: int | None, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
+
+
+def download_url(url: str, dest: Path) -> Path:
+    """Download `url` to `dest` with a progress bar; a partial download never sits at `dest`."""
+    def write(tmp):
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:  # noqa: S310 - https/file
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with _progress(total, dest.name) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    return atomic_write(dest, write)
+
+
+def canonicalize_safetensors(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys, in place (atomically).
+
+    The safetensors writer emits its metadata map in hash order, so two conversions of one
+    source differ in bytes; the zoo pins artifacts by sha256, so they must be reproducible.
+    Only the JSON header changes (padded to 8 bytes with spaces); the tensor bytes are copied.
+    """
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    ordered = {k: header[k] for k in sorted(header)}
+    if "__metadata__" in ordered:
+        ordered["__metadata__"] = dict(sorted(ordered["__metadata__"].items()))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    data = struct.pack("<Q", len(text)) + text + raw[8 + n:]
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def check_source(path: Path, source: dict, name: str) -> None:
+    size = path.stat().st_size
+    if size != source["size"]:
+        raise ZooError(f"{name}: source {path} has {size} bytes, the manifest (release) says {source['size']}")
+    digest = sha256_file(path)
+    if digest != source["sha256"]:
+        raise ZooError(f"{name}: source {path} has sha256 {digest}, the manifest (release) says {source['sha256']}")
+
+
+def fetch_source(name: str, entry: dict, source_path=None, work_dir: Path = WORK_DIR) -> Path:
+    """The checked upstream file: a given local copy, the entry's repo path, or a download of its URL."""
+    source = entry["source"]
+    if source_path:
+        path = Path(source_path)
+    elif source.get("path"):
+        path = resolve_repo_path(source["path"])
+    else:
+        path = Path(work_dir) / "_sources" / source["url"].rsplit("/", 1)[-1]
+        if not (path.is_file() and path.stat().st_size == source["size"]):
+            print(f"[{name}] fetch {source['url']} -> {path}")
+            try:
+                download_url(source["url"], path)
+            except OSError as exc:
+                raise ZooError(f"{name}: could not download {source['url']}: {exc}; pass a local copy with "
+                               "--source PATH") from exc
+    if not path.is_file():
+        raise ZooError(f"{name}: source file {path} not found")
+    check_source(path, source, name)
+    return path
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("perceiver-torch", "torch", "numpy", "safetensors", "huggingface_hub", "jax", "jaxlib", "dm-haiku"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def run_checks(name: str, entry: dict, model, source: Path, config: dict) -> tuple[list[dict], list[dict]]:
+    """(parity runs, known checks) of a converted model; raises ZooError if nothing can verify it."""
+    io_path = entry["source"].get("reference_io")
+    runs = []
+    missing = verify.harness_missing()
+    if missing is None:
+        runs += verify.harness_runs(entry["task"], config, model, source,
+                                    inputs=resolve_repo_path(io_path) if io_path else None)
+    elif not io_path:
+        raise ZooError(f"{name}: the parity harness cannot run ({missing}; it needs pip install "
+                       "\"perceiver-torch[jax]\") and the entry stores no reference outputs; nothing can verify it")
+    else:
+        print(f"[{name}] the parity harness cannot run ({missing}): checking the stored outputs in {io_path} only")
+    if io_path:
+        runs += verify.stored_io_runs(entry["task"], model, resolve_repo_path(io_path),
+                                      f"reference outputs in {io_path}")
+    return runs, verify.known_checks(entry, model)
+
+
+def model_card(name: str, entry: dict, parity: dict, artifact: dict) -> str:
+    src = entry["source"]
+    rows = "\n".join(
+        f"| {run['reference']} | {run['device']} | {run['dtype']} | {out} | {fig['max_abs']:.3e} | "
+        f"{fig['max_rel']:.3e} | {'pass' if run['passed'] else 'FAIL'} |"
+        for run in parity["runs"] for out, fig in run["outputs"].items()
+    )
+    checks = "\n".join(f"- {c['name']}: expected {c['expected']}, got {c['got']} ({'pass' if c['passed'] else 'FAIL'})"
+                       for c in parity["known_checks"]) or "- none for this entry"
+    licence = "cc-by-4.0" if src["licence"].startswith("CC BY 4.0") else "apache-2.0"
+    prep = "\n".join(f"- {k}: {v}" for k, v in entry["preprocessing"].items())
+    return f"""---
+license: {licence}
+library_name: perceiver-torch
+tags: [perceiver-io, {entry['task']}]
+---
+
+# {name}
+
+Perceiver IO ({entry['task']}) converted to PyTorch by perceiver-torch (converter version
+{parity['converter_version']}) and checked against the JAX/Haiku reference.
+
+```python
+import perceiver_torch
+model = perceiver_torch.create_model("{name}")
+```
+
+## Source and licence
+
+- Upstream file: `{src.get('url') or src.get('path')}` ({src['size']} bytes, sha256 `{src['sha256']}`),
+  produced by {src.get('produced_by') or 'DeepMind'}.
+- Licence of the parameters: {src['licence']}.
+- Attribution: {src['attribution']}
+- Artifact: `{artifact['filename']}`, {artifact['size']} bytes, sha256 `{artifact['sha256']}`.
+
+## Parity
+
+Measured {parity['date']}; versions: {json.dumps(parity['versions'], sort_keys=True)}.
+
+| reference | device | dtype | output | max abs | max rel | result |
+|---|---|---|---|---:|---:|---|
+{rows}
+
+Known real-weight checks:
+{checks}
+
+## Preprocessing
+
+{prep}
+"""
+
+
+def artifact_candidates(name: str, entry: dict, work_dir: Path = WORK_DIR) -> list[Path]:
+    """Where a produced artifact may be present locally: the work dir, the bundled stand-in, a mirror."""
+    artifact = entry.get("artifact") or {}
+    paths = [Path(work_dir) / name / artifact.get("filename", ARTIFACT_NAME)]
+    if artifact.get("repo_id") and artifact.get("revision"):
+        roots = [BUNDLED_STANDIN] + ([Path(os.environ["PERCEIVER_ZOO_MIRROR"])]
+                                     if os.environ.get("PERCEIVER_ZOO_MIRROR") else [])
+        paths += [r / artifact["repo_id"] / artifact["revision"] / artifact["filename"] for r in roots]
+    return paths
+
+
+def is_up_to_date(name: str, entry: dict, work_dir: Path = WORK_DIR) -> bool:
+    """The manifest records this source and converter, and the artifact is present with its hash."""
+    from converters import CONVERTER_VERSION
+
+    parity, artifact = entry.get("parity"), entry.get("artifact")
+    if entry["status"] == "not-produced" or not parity or not artifact:
+        return False
+    if parity["source_sha256"] != entry["source"]["sha256"] or parity["converter_version"] != CONVERTER_VERSION:
+        return False
+    local = Path(work_dir) / name
+    if not (local / artifact["filename"]).is_file() or not (local / "README.md").is_file():
+        return False
+    return (sha256_file(local / artifact["filename"]) == artifact["sha256"]
+            and sha256_file(local / "README.md") == artifact.get("card_sha256"))
+
+
+def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path = WORK_DIR, manifest=None) -> dict:
+    """Regenerate one entry; returns {"name", "changed", ...}. Raises ZooError on failure."""
+    import converters
+
+    work_dir = Path(work_dir)
+    entry = get_entry(name, manifest)
+    src = fetch_source(name, entry, source_path, work_dir)
+    print(f"[{name}] source {src} (size and sha256 match the manifest)")
+    if not force and is_up_to_date(name, entry, work_dir):
+        print(f"[{name}] up to date (source sha256, converter {converters.CONVERTER_VERSION}, artifact and card "
+              "hashes match the manifest): nothing to do")
+        return {"name": name, "changed": False}
+
+    config = entry_config(entry)
+    out = work_dir / name / ARTIFACT_NAME
+    unverified = out.with_name(f".unverified-{out.name}")
+    print(f"[{name}] convert {src.name} -> {out}")
+    try:
+        converters.convert(entry["task"], src, config, unverified)
+        canonicalize_safetensors(unverified)
+        print(f"[{name}] verify on {verify.devices()}")
+        model = load_model(unverified)
+        runs, checks = run_checks(name, entry, model, src, config)
+        for run in runs:
+            print(f"[{name}]   {run['reference']} on {run['device']}: " + ", ".join(
+                f"{k} max_abs={v['max_abs']:.2e}" for k, v in run["outputs"].items()) + f" -> {run['passed']}")
+        for check in checks:
+            print(f"[{name}]   {check['name']}: got {check['got']} -> {check['passed']}")
+        if not all(r["passed"] for r in runs) or not all(c["passed"] for c in checks):
+            raise ZooError(f"{name}: parity or a known check FAILED (figures above); nothing was written")
+        os.replace(unverified, out)
+    finally:
+        unverified.unlink(missing_ok=True)
+
+    parity = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
+        "versions": versions(),
+        "converter_version": converters.CONVERTER_VERSION,
+        "source_sha256": entry["source"]["sha256"],
+        "runs": runs,
+        "known_checks": checks,
+    }
+    artifact = {"filename": ARTIFACT_NAME, "sha256": sha256_file(out), "size": out.stat().st_size,
+                "repo_id": None, "revision": None, "published_to": None}
+    card_text = model_card(name, entry, parity, artifact)
+    card = atomic_write(out.parent / "README.md", lambda tmp: Path(tmp).write_text(card_text))
+    artifact["card_sha256"] = sha256_file(card)
+    entry.update(status="produced", artifact=artifact, parity=parity)
+    update_entry(name, entry, manifest)
+    print(f"[{name}] wrote {out} ({artifact['size']} bytes, sha256 {artifact['sha256']}), {card} and the "
+          "manifest entry")
+    return {"name": name, "changed": True, "artifact": str(out), "card": str(card)}

@@ -1,0 +1,181 @@
+"""The schema of `zoo_manifest.yaml`, and its validation.
+
+The manifest is a mapping ``{"schema_version": 1, "models": {NAME: ENTRY}}``.
+Each ENTRY has these fields (``?`` = may be null):
+
+``kind``            ``released`` (one of DeepMind's six checkpoints) or ``tiny`` (a small
+                    model made to test the whole pull path offline).
+``task``            one of ``perceiver_torch.registry.ALL_TASKS``.
+``preset``?         a released configuration in ``perceiver_torch/data/presets.json``.
+``config_file``?    a repo-relative golden-layout ``config.json``; exactly one of
+                    ``preset`` and ``config_file`` is set.
+``status``          ``not-produced`` (no converted artifact exists yet: ``artifact`` and
+                    ``parity`` are null, pulling fails and says how to regenerate),
+                    ``produced`` (artifact written and verified locally, not published) or
+                    ``published`` (artifact uploaded; ``artifact.repo_id``/``revision`` set).
+``regenerate``      the exact command that (re)produces the artifact.
+``publish_repo``    the Hub repo id the publish command uploads to.
+``source``          the upstream Haiku file: ``url``? or ``path``? (repo-relative), ``size``
+                    (bytes), ``sha256``, ``licence``, ``attribution``, ``produced_by``?,
+                    ``reference_io``? (repo-relative ``io.npz`` of inputs and the outputs the
+                    reference computed from exactly these weights; checked without JAX).
+``artifact``?       the converted file: ``filename``, ``sha256``, ``size``, ``card_sha256``?
+                    (the model card written beside it), and once published ``repo_id``,
+                    ``revision`` (the 40-hex commit the publish returned; pulls are pinned to
+                    it) and ``published_to`` (``hub``, or ``stand-in``: the repository tree
+                    bundled in parity_tests/fixtures/zoo_hub that the tests serve on 127.0.0.1).
+``parity``?         measured by scripts/regenerate.py, never typed in: ``date``, ``versions``
+                    (distribution -> version), ``converter_version``, ``source_sha256``,
+                    ``runs`` (list of ``{reference, device, dtype, passed, atol, rtol,
+                    outputs: {NAME: {max_abs, max_rel, ...}}, ...}``, the parity harness's
+                    report layout) and ``known_checks`` (list of ``{name, expected, got, passed}``).
+``preprocessing``   facts about the inputs (tokenizer, image size, normalisation), each
+                    with its source; what the release does not state is null, never guessed.
+``notes``?          free text.
+"""
+
+from __future__ import annotations
+
+import re
+
+SCHEMA_VERSION = 1
+KINDS = ("released", "tiny")
+STATUSES = ("not-produced", "produced", "published")
+PUBLISHED_TO = ("hub", "stand-in")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_REVISION = re.compile(r"^[0-9a-f]{40}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+ENTRY_FIELDS = {
+    "kind": True, "task": True, "preset": False, "config_file": False, "status": True, "regenerate": True,
+    "publish_repo": True, "source": True, "artifact": False, "parity": False, "preprocessing": True,
+    "notes": False,
+}
+SOURCE_FIELDS = ("url", "path", "size", "sha256", "licence", "attribution", "produced_by", "reference_io")
+ARTIFACT_FIELDS = ("filename", "sha256", "size", "repo_id", "revision", "published_to", "card_sha256")
+PARITY_FIELDS = ("date", "versions", "converter_version", "source_sha256", "runs", "known_checks")
+RUN_FIELDS = ("reference", "device", "dtype", "passed", "atol", "rtol", "outputs")  # required; more allowed
+CHECK_FIELDS = ("name", "expected", "got", "passed")
+
+
+class ManifestError(ValueError):
+    """The manifest does not follow the schema; the message names the entry and field."""
+
+
+def _fail(name: str, field: str, message: str):
+    raise ManifestError(f"zoo manifest: entry {name!r}, field {field!r}: {message}")
+
+
+def _check_keys(name: str, prefix: str, value, allowed, required=()):
+    if not isinstance(value, dict):
+        _fail(name, prefix, f"must be a mapping, found {type(value).__name__}")
+    for key in value:
+        if key not in allowed:
+            _fail(name, f"{prefix}.{key}", f"unknown field; allowed: {list(allowed)}")
+    for key in required:
+        if key not in value:
+            _fail(name, f"{prefix}.{key}", "is required")
+
+
+def _check_sha(name, field, value):
+    if not isinstance(value, str) or not _SHA256.match(value):
+        _fail(name, field, f"must be 64 lowercase hex digits, found {value!r}")
+
+
+def _check_size(name, field, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        _fail(name, field, f"must be a positive integer byte count, found {value!r}")
+
+
+def validate_entry(name: str, entry, tasks=None, presets=None) -> None:
+    """Raise ManifestError naming `name` and the field at the first problem."""
+    from perceiver_torch.registry import ALL_TASKS, preset_names
+
+    tasks = ALL_TASKS if tasks is None else tasks
+    presets = preset_names() if presets is None else presets
+    if not isinstance(name, str) or not _NAME.match(name):
+        _fail(str(name), "name", "must be lowercase letters, digits and dashes")
+    _check_keys(name, "entry", entry, ENTRY_FIELDS, [k for k, req in ENTRY_FIELDS.items() if req])
+    if entry["kind"] not in KINDS:
+        _fail(name, "kind", f"must be one of {list(KINDS)}, found {entry['kind']!r}")
+    if entry["task"] not in tasks:
+        _fail(name, "task", f"must be one of {list(tasks)}, found {entry['task']!r}")
+    has_preset, has_file = entry.get("preset") is not None, entry.get("config_file") is not None
+    if has_preset == has_file:
+        _fail(name, "preset", "exactly one of 'preset' and 'config_file' must be set")
+    if has_preset and entry["preset"] not in presets:
+        _fail(name, "preset", f"unknown preset {entry['preset']!r}; known: {list(presets)}")
+    if entry["status"] not in STATUSES:
+        _fail(name, "status", f"must be one of {list(STATUSES)}, found {entry['status']!r}")
+    for field in ("regenerate", "publish_repo"):
+        if not isinstance(entry[field], str) or not entry[field].strip():
+            _fail(name, field, "must be a non-empty string")
+
+    source = entry["source"]
+    _check_keys(name, "source", source, SOURCE_FIELDS, ("size", "sha256", "licence", "attribution"))
+    if not source.get("url") and not source.get("path"):
+        _fail(name, "source.url", "one of source.url and source.path must be set")
+    _check_size(name, "source.size", source["size"])
+    _check_sha(name, "source.sha256", source["sha256"])
+
+    artifact, parity, status = entry.get("artifact"), entry.get("parity"), entry["status"]
+    if status == "not-produced":
+        if artifact is not None:
+            _fail(name, "artifact", "must be null while status is 'not-produced'")
+        if parity is not None:
+            _fail(name, "parity", "must be null while status is 'not-produced'")
+    else:
+        if artifact is None:
+            _fail(name, "artifact", f"is required when status is {status!r}")
+        if parity is None:
+            _fail(name, "parity", f"is required when status is {status!r}")
+        _check_keys(name, "artifact", artifact, ARTIFACT_FIELDS, ("filename", "sha256", "size"))
+        _check_sha(name, "artifact.sha256", artifact["sha256"])
+        _check_size(name, "artifact.size", artifact["size"])
+        if status == "published":
+            for key in ("repo_id", "revision", "published_to"):
+                if not artifact.get(key):
+                    _fail(name, f"artifact.{key}", "is required when status is 'published'")
+            if not _REVISION.match(str(artifact["revision"])):
+                _fail(name, "artifact.revision", f"must be a pinned 40-hex revision, found {artifact['revision']!r}")
+            if artifact["published_to"] not in PUBLISHED_TO:
+                _fail(name, "artifact.published_to", f"must be one of {list(PUBLISHED_TO)}")
+        _check_keys(name, "parity", parity, PARITY_FIELDS, PARITY_FIELDS)
+        runs = parity["runs"]
+        if not isinstance(runs, list) or not runs:
+            _fail(name, "parity.runs", "must be a non-empty list")
+        for i, run in enumerate(runs):
+            _check_keys(name, f"parity.runs[{i}]", run, run, RUN_FIELDS)
+            if run["passed"] is not True:
+                _fail(name, f"parity.runs[{i}].passed", "a produced artifact must have passed parity")
+            if not isinstance(run["outputs"], dict) or not run["outputs"]:
+                _fail(name, f"parity.runs[{i}].outputs", "must map each output name to its error figures")
+            for out, figures in run["outputs"].items():
+                _check_keys(name, f"parity.runs[{i}].outputs.{out}", figures, figures, ("max_abs", "max_rel"))
+        if not isinstance(parity["known_checks"], list):
+            _fail(name, "parity.known_checks", "must be a list (empty when none are known)")
+        for i, check in enumerate(parity["known_checks"]):
+            _check_keys(name, f"parity.known_checks[{i}]", check, CHECK_FIELDS, CHECK_FIELDS)
+            if check["passed"] is not True:
+                _fail(name, f"parity.known_checks[{i}].passed", "a produced artifact must pass its known checks")
+    if not isinstance(entry["preprocessing"], dict):
+        _fail(name, "preprocessing", "must be a mapping")
+
+
+def validate_manifest(data) -> dict:
+    """Validate a loaded manifest; returns its ``models`` mapping."""
+    if not isinstance(data, dict):
+        raise ManifestError("zoo manifest: top level must be a mapping with 'schema_version' and 'models'")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ManifestError(
+            f"zoo manifest: field 'schema_version' must be {SCHEMA_VERSION}, found {data.get('schema_version')!r}"
+        )
+    extra = set(data) - {"schema_version", "models"}
+    if extra:
+        raise ManifestError(f"zoo manifest: unknown top-level fields {sorted(extra)}")
+    models = data.get("models")
+    if not isinstance(models, dict) or not models:
+        raise ManifestError("zoo manifest: field 'models' must be a non-empty mapping of name -> entry")
+    for name, entry in models.items():
+        validate_entry(name, entry)
+    return models

@@ -1,0 +1,334 @@
+"""A local stand-in for the Hugging Face Hub, on 127.0.0.1 only, for tests and offline demos.
+
+It keeps repositories as a directory tree ``<root>/<repo_id>/<commit>/<files>`` plus
+``<root>/<repo_id>/refs/<branch>`` (a commit id), the same layout a directory mirror uses
+(``PERCEIVER_ZOO_MIRROR``), and answers the requests the real ``huggingface_hub`` client
+(2.x) sends, so the client's own download and upload code runs against it:
+
+- downloads (``hf_hub_download``): ``HEAD|GET /{repo_id}/resolve/{revision}/{filename}``
+  with ``X-Repo-Commit``, ``ETag`` (quoted sha256 of the bytes, as the Hub sends for LFS
+  files), ``Content-Length`` and ``Range: bytes=N-`` resumption (206); the Hub's
+  ``X-Error-Code`` values ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound`` on 404;
+- repository info: ``GET /api/models/{repo_id}[/revision/{revision}]``;
+- uploads (``HfApi.create_repo`` and ``create_commit``): ``POST /api/repos/create``,
+  ``/api/validate-yaml``, ``/api/models/{repo_id}/preupload/{revision}`` (every file is
+  uploaded "regular", inline) and ``/api/models/{repo_id}/commit/{revision}`` (NDJSON). A
+  commit copies its parent's files, applies the additions, and gets a deterministic 40-hex
+  id (sha1 of parent, files and message); unchanged files are reported with their git
+  hash so the client skips empty commits, as on the Hub. Writes need ``Authorization:
+  Bearer <token>`` when the server was given a token.
+
+Only the standard library is used. Threads are daemons; the server stops after
+``idle_timeout`` seconds without a request and when its context exits. ``faults``
+injects failures: ``{"truncate": True}`` announces the full Content-Length but sends
+half the body and closes the connection, on every GET.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import shutil
+import tempfile
+import threading
+import time
+import urllib.parse
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The id git gives a blob (what the Hub reports for a regular file)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's id, not security
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "perceiver-zoo-standin/2"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    # -- responses -------------------------------------------------------------------------------
+    def _json(self, status: int, value, headers=()):
+        body = json.dumps(value).encode()
+        self.send_response(status)
+        for key, val in headers:
+            self.send_header(key, val)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _error(self, status: int, code: str, message: str, commit: str | None = None):
+        headers = [("X-Error-Code", code), ("X-Error-Message", message)]
+        if commit:
+            headers.append(("X-Repo-Commit", commit))
+        self._json(status, {"error": message}, headers)
+
+    # -- routing ---------------------------------------------------------------------------------
+    def _path(self) -> str | None:
+        self.server.touch()
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
+        if ".." in path.split("/") or "\\" in path:
+            self._error(400, "BadRequest", "path traversal refused")
+            return None
+        return path
+
+    def do_HEAD(self):  # noqa: N802 - stdlib naming
+        self.do_GET()
+
+    def do_GET(self):  # noqa: N802 - stdlib naming
+        path = self._path()
+        if path is None:
+            return
+        if path.startswith("api/models/"):
+            repo_id, _, revision = path.removeprefix("api/models/").partition("/revision/")
+            return self._model_info(repo_id, revision or "main")
+        if "/resolve/" not in path:
+            return self._error(404, "RepoNotFound", f"unknown route {path!r}")
+        repo_id, rest = path.split("/resolve/", 1)
+        revision, _, filename = rest.partition("/")
+        repo_dir = self.server.repo_dir(repo_id)
+        if repo_dir is None:
+            return self._error(404, "RepoNotFound", f"Repository {repo_id!r} not found")
+        commit = self.server.resolve(repo_id, revision)
+        if commit is None:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        file = repo_dir / commit / filename
+        if not filename or not file.is_file():
+            return self._error(404, "EntryNotFound", f"{filename} does not exist on {commit}", commit)
+        return self._send_file(file, commit)
+
+    def do_POST(self):  # noqa: N802 - stdlib naming
+        path = self._path()
+        if path is None:
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.server.token and self.headers.get("Authorization") != f"Bearer {self.server.token}":
+            return self._error(401, "Unauthorized", "a write token is required (Authorization: Bearer ...)")
+        if path == "api/validate-yaml":
+            return self._json(200, {"errors": [], "warnings": []})
+        if path == "api/repos/create":
+            return self._create_repo(json.loads(body or b"{}"))
+        if path.startswith("api/models/"):
+            rest = path.removeprefix("api/models/")
+            for action in ("preupload", "commit"):
+                if f"/{action}/" in rest:
+                    repo_id, revision = rest.split(f"/{action}/", 1)
+                    if self.server.repo_dir(repo_id) is None:
+                        return self._error(404, "RepoNotFound", f"Repository {repo_id!r} not found")
+                    commit = self.server.resolve(repo_id, revision)
+                    if commit is None:
+                        return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                    if action == "preupload":
+                        return self._preupload(repo_id, commit, json.loads(body))
+                    return self._commit(repo_id, commit, revision, body)
+        return self._error(404, "RepoNotFound", f"unknown route {path!r}")
+
+    # -- handlers --------------------------------------------------------------------------------
+    def _model_info(self, repo_id: str, revision: str):
+        repo_dir = self.server.repo_dir(repo_id)
+        if repo_dir is None:
+            return self._error(404, "RepoNotFound", f"Repository {repo_id!r} not found")
+        commit = self.server.resolve(repo_id, revision)
+        if commit is None:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        files = sorted(p.relative_to(repo_dir / commit).as_posix() for p in (repo_dir / commit).rglob("*")
+                       if p.is_file())
+        self._json(200, {"id": repo_id, "modelId": repo_id, "sha": commit,
+                         "siblings": [{"rfilename": f} for f in files]})
+
+    def _send_file(self, file: Path, commit: str):
+        data = file.read_bytes()
+        start = 0
+        range_header = self.headers.get("Range", "")
+        if self.command == "GET" and range_header.startswith("bytes="):
+            first = range_header[len("bytes="):].split("-", 1)[0]
+            start = int(first) if first.isdigit() else 0
+        body = data[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("X-Repo-Commit", commit)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if self.server.faults.get("truncate"):
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def _create_repo(self, payload: dict):
+        name, org = payload.get("name"), payload.get("organization")
+        if not name or (payload.get("type") or "model") != "model":
+            return self._error(400, "BadRequest", "only model repos with a name can be created here")
+        repo_id = f"{org}/{name}" if org else name
+        url = f"{self.server.endpoint}/{repo_id}"
+        if self.server.repo_dir(repo_id) is not None:
+            return self._json(409, {"error": "You already created this model repo", "url": url})
+        # An empty first commit (the Hub's holds a .gitattributes; one here would steer this git repo's own
+        # attributes when the tree is bundled in it).
+        self.server.write_commit(repo_id, None, {}, "initial commit")
+        self._json(200, {"url": url, "name": repo_id})
+
+    def _preupload(self, repo_id: str, commit: str, payload: dict):
+        base = self.server.root / repo_id / commit
+        files = []
+        for item in payload.get("files", []):
+            existing = base / item["path"]
+            oid = git_blob_sha1(existing.read_bytes()) if existing.is_file() else None
+            files.append({"path": item["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
+        self._json(200, {"files": files, "commitOid": commit})
+
+    def _commit(self, repo_id: str, parent: str, branch: str, body: bytes):
+        header, additions = {}, {}
+        for line in body.splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if item["key"] == "header":
+                header = item["value"]
+            elif item["key"] == "file" and item["value"].get("encoding") == "base64":
+                additions[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            else:
+                return self._error(400, "BadRequest", f"operation {item['key']!r} is not supported by the stand-in")
+        oid = self.server.write_commit(repo_id, parent, additions, header.get("summary", ""), branch)
+        url = f"{self.server.endpoint}/{repo_id}/commit/{oid}"
+        self._json(200, {"success": True, "commitOid": oid, "commitUrl": url, "pullRequestUrl": None})
+
+
+class StandInHub(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, root, port=0, idle_timeout=120.0, faults=None, token=None, verbose=False):
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.idle_timeout = idle_timeout
+        self.faults = dict(faults or {})
+        self.token = token
+        self.verbose = verbose
+        self.requests = 0
+        self._last = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def touch(self):
+        with self._lock:
+            self.requests += 1
+            self._last = time.monotonic()
+
+    def service_actions(self):
+        if time.monotonic() - self._last > self.idle_timeout:
+            threading.Thread(target=self.shutdown, daemon=True).start()
+            self._last = float("inf")  # shut down once
+
+    # -- the repository tree ---------------------------------------------------------------------
+    def repo_dir(self, repo_id: str) -> Path | None:
+        parts = repo_id.split("/")
+        if not repo_id or len(parts) > 2 or any(p in ("", ".", "..") for p in parts):
+            return None
+        path = self.root / repo_id
+        return path if (path / "refs").is_dir() else None
+
+    def resolve(self, repo_id: str, revision: str) -> str | None:
+        repo_dir = self.root / repo_id
+        if "/" in revision or revision in ("", ".", "..", "refs"):
+            return None
+        if (repo_dir / revision).is_dir():
+            return revision
+        ref = repo_dir / "refs" / revision
+        if ref.is_file() and (repo_dir / ref.read_text().strip()).is_dir():
+            return ref.read_text().strip()
+        return None
+
+    def write_commit(self, repo_id: str, parent: str | None, additions: dict[str, bytes], message: str,
+                     branch: str = "main") -> str:
+        """Create a commit = parent's files + additions; move `branch` to it; returns its id."""
+        repo_dir = self.root / repo_id
+        with self._lock:
+            files = {}
+            if parent:
+                base = repo_dir / parent
+                files = {p.relative_to(base).as_posix(): p.read_bytes() for p in base.rglob("*") if p.is_file()}
+            files.update(additions)
+            digest = hashlib.sha1(f"parent {parent}\nmessage {message}\n".encode())  # noqa: S324 - an id
+            for path in sorted(files):
+                digest.update(f"{path} {hashlib.sha256(files[path]).hexdigest()}\n".encode())
+            oid = digest.hexdigest()
+            if not (repo_dir / oid).is_dir():
+                (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=".commit-", dir=repo_dir))
+                try:
+                    for path, data in files.items():
+                        (tmp / path).parent.mkdir(parents=True, exist_ok=True)
+                        (tmp / path).write_bytes(data)
+                    tmp.rename(repo_dir / oid)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+            ref_tmp = repo_dir / "refs" / f".{branch}.tmp"
+            ref_tmp.write_text(oid + "\n")
+            ref_tmp.replace(repo_dir / "refs" / branch)
+        return oid
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> StandInHub:
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._thread is not None and self._thread.is_alive():
+            self.shutdown()
+            self._thread.join(timeout=5)
+        self.server_close()
+
+
+@contextmanager
+def serve(root, **kwargs):
+    """``with serve(root) as hub: ...`` -- a started stand-in (``hub.endpoint``), stopped on exit."""
+    hub = StandInHub(root, **kwargs).start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+def main(argv=None) -> int:
+    from .manifest import BUNDLED_STANDIN
+
+    parser = argparse.ArgumentParser(description="Serve a zoo repository tree as a Hub stand-in on 127.0.0.1.")
+    parser.add_argument("--root", default=str(BUNDLED_STANDIN))
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--idle-timeout", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    hub = StandInHub(args.root, port=args.port, idle_timeout=args.idle_timeout, verbose=True)
+    print(f"serving {hub.root} at {hub.endpoint} (stops after {args.idle_timeout:.0f}s idle); "
+          f"export HF_ENDPOINT={hub.endpoint}", flush=True)
+    try:
+        hub.serve_forever(poll_interval=0.2)
+    finally:
+        hub.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

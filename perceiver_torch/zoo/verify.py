@@ -1,0 +1,136 @@
+"""The checks a zoo artifact must pass: JAX-vs-Torch parity, stored upstream outputs, known real-weight facts.
+
+- ``harness_runs``: ``perceiver_torch.parity.run_parity`` (the JAX reference on the source
+  weights against the converted model) on the CPU, and on CUDA when present; needs the
+  ``jax`` extra.
+- ``stored_io_runs``: the converted model against outputs stored beside the source
+  (an ``io.npz`` of ``input/...`` and ``output/...`` computed upstream from exactly these
+  weights, e.g. a golden fixture); runs without JAX.
+- ``known_checks``: facts about the released weights from ``upstream_release.md`` (the
+  language colab sentence's greedy predictions).
+
+Every run is a dict in the harness's report layout (``passed``, ``outputs: {NAME: {max_abs,
+max_rel}}``, ``device``, ``dtype``, ``atol``, ``rtol``) plus ``reference`` saying what it
+was compared with; these dicts are what the manifest records.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from ..upstream_io import run_upstream_layout
+
+# float32 parity tolerance, as the golden tests (parity_tests/conftest.py): rounding differences between
+# the two implementations stay ~1e-5 on these outputs; structural bugs show as 1e-1 or more.
+ATOL = RTOL = 1e-4
+
+# upstream_release.md, "What the real checkpoints are known to do".
+COLAB_SENTENCE = "This is an incomplete sentence where some words are missing."
+COLAB_MASKED = range(51, 60)
+COLAB_GREEDY_IDS = [38, 115, 111, 121, 121, 111, 116, 109, 52]
+COLAB_MAX_LEN = 2048
+
+
+def devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def load_io(path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(inputs, outputs) of an io.npz in the golden layout (``input/NAME``, ``output/NAME``)."""
+    with np.load(path, allow_pickle=False) as data:
+        inputs = {k.removeprefix("input/"): data[k] for k in data.files if k.startswith("input/")}
+        outputs = {k.removeprefix("output/"): data[k] for k in data.files if k.startswith("output/")}
+    if not inputs or not outputs:
+        raise ValueError(f"{path} must hold 'input/...' and 'output/...' arrays (the golden io.npz layout)")
+    return inputs, outputs
+
+
+def compare_outputs(got: dict, want: dict, atol: float = ATOL, rtol: float = RTOL) -> tuple[bool, dict]:
+    """(all close, {NAME: {max_abs, max_rel}}), max_rel = max |got - want| / max(|want|, tiny)."""
+    figures, passed = {}, True
+    for name, expected in want.items():
+        if name not in got:
+            raise ValueError(f"the model gave no output {name!r} (it gave {sorted(got)})")
+        actual, expected = np.asarray(got[name], np.float64), np.asarray(expected, np.float64)
+        if actual.shape != expected.shape:
+            raise ValueError(f"output {name!r} has shape {actual.shape}, expected {expected.shape}")
+        err = np.abs(actual - expected)
+        rel = err / np.maximum(np.abs(expected), np.finfo(np.float32).tiny)
+        figures[name] = {"max_abs": float(err.max()), "max_rel": float(rel.max())}
+        passed &= bool(np.allclose(actual, expected, atol=atol, rtol=rtol))
+    return passed, figures
+
+
+def stored_io_runs(task: str, model: torch.nn.Module, io_path, label: str) -> list[dict]:
+    """The model against the outputs stored in `io_path`, on each available device."""
+    inputs, expected = load_io(io_path)
+    runs = []
+    for device in devices():
+        got = run_upstream_layout(task, model.to(device), inputs, device=device)
+        passed, figures = compare_outputs(got, expected)
+        runs.append({"reference": f"stored outputs ({label})", "device": device, "dtype": "float32",
+                     "passed": passed, "atol": ATOL, "rtol": RTOL, "outputs": figures})
+    model.to("cpu")
+    return runs
+
+
+def harness_missing() -> str | None:
+    """Why the parity harness cannot run here, or None when it can."""
+    try:
+        from perceiver_torch.jax_reference import build  # noqa: F401 - raises without jax/haiku
+        from perceiver_torch.parity import run_parity  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
+def harness_runs(task: str, config: dict, model: torch.nn.Module, checkpoint, inputs=None) -> list[dict]:
+    """``run_parity`` of the converted `model` against the JAX reference on `checkpoint`, per device."""
+    from perceiver_torch.parity import run_parity
+
+    runs = []
+    for device in devices():
+        if device == "cuda" and not _jax_has_gpu():
+            print("[verify] CUDA is present but JAX has no GPU backend: the CUDA run compares against stored "
+                  "outputs only (install jax with CUDA support for a JAX-vs-Torch run there)")
+            continue
+        report = run_parity(task, config, checkpoint=checkpoint, inputs=inputs, device=device, dtype="float32",
+                            torch_model=model, atol=ATOL, rtol=RTOL).to_json()
+        report = json.loads(json.dumps(report, default=str))  # plain types for YAML (torch's version is a str type)
+        modules = report.get("reference", "ours")
+        runs.append({**report, "reference": f"JAX reference ({modules} modules), perceiver_torch.parity.run_parity"})
+    model.to("cpu")
+    return runs
+
+
+def _jax_has_gpu() -> bool:
+    import jax
+
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+def colab_sentence_check(model) -> dict:
+    """The language colab's masked sentence: greedy predictions at bytes 51..59 (upstream_release.md)."""
+    tok = model.tokenizer
+    ids = tok.encode(COLAB_SENTENCE)
+    for i in COLAB_MASKED:
+        ids[i] = tok.mask_token
+    padded, mask = tok.pad(ids, COLAB_MAX_LEN)
+    with torch.no_grad():
+        logits = model(torch.tensor([padded]), torch.tensor([mask]))
+    got = logits[0, COLAB_MASKED.start:COLAB_MASKED.stop].argmax(-1).tolist()
+    return {"name": "language colab sentence: greedy ids at bytes 51..59 (upstream_release.md)",
+            "expected": COLAB_GREEDY_IDS, "got": got, "passed": got == COLAB_GREEDY_IDS}
+
+
+def known_checks(entry: dict, model) -> list[dict]:
+    """Real-weight checks of a released entry (none are known for the other released models' outputs)."""
+    if entry["kind"] == "released" and entry["task"] == "language":
+        return [colab_sentence_check(model)]
+    return []
