@@ -75,3 +75,13 @@ def test_console_script_is_registered_and_module_runs(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: perceiver-parity") and "--upstream-path" in result.stdout
+
+
+def test_float64_uses_its_own_default_tolerance(tmp_path, capsys):
+    out = tmp_path / "parity64.json"
+    assert main([*ARGS, "--dtype", "float64", "--json", str(out)]) == 0, capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert (report["dtype"], report["atol"], report["rtol"]) == ("float64", 1e-9, 1e-9)
+    assert report["passed"] and report["outputs"]["logits"]["max_abs"] < 1e-9
+    # The fixture's expected outputs are float32: informational at this tolerance, not the verdict.
+    assert report["expected"]["logits"]["torch_max_abs"] < 1e-4

@@ -18,16 +18,20 @@ from perceiver_torch.registry import build_model
 from .conftest import _cuda_missing, golden_config, golden_dir, golden_io
 
 
-def _golden_language_model(mutate=None) -> torch.nn.Module:
-    """The golden language checkpoint converted through convert_tree, optionally with its state dict mutated."""
-    checkpoint = converters.load_haiku_checkpoint(golden_dir("language") / "checkpoint.pickle")
+def _golden_model(task: str, mutate=None) -> torch.nn.Module:
+    """A golden checkpoint converted through convert_tree, optionally with its state dict mutated."""
+    checkpoint = converters.load_haiku_checkpoint(golden_dir(task) / "checkpoint.pickle")
     state = {k: torch.from_numpy(np.ascontiguousarray(v))
-             for k, v in converters.convert_tree("language", checkpoint, golden_config("language")).items()}
+             for k, v in converters.convert_tree(task, checkpoint, golden_config(task)).items()}
     if mutate is not None:
         mutate(state)
-    model = build_model("language", golden_config("language"))
+    model = build_model(task, golden_config(task))
     model.load_state_dict(state, strict=True)
     return model
+
+
+def _golden_language_model(mutate=None) -> torch.nn.Module:
+    return _golden_model("language", mutate)
 
 
 def _drop_transpose(state):
@@ -67,6 +71,25 @@ def test_broken_conversion_is_reported(mutate):
     # The expected outputs of the io.npz convict the Torch side, not the reference.
     assert report.expected["logits"]["jax"].max_abs < 1e-4
     assert report.expected["logits"]["torch"].max_abs > 1e-2
+
+
+def _reverse_audio_projection(state):
+    # A wrong output-channel order (say, samples within an audio patch reversed) in one modality's head.
+    for leaf in ("weight", "bias"):
+        key = f"output_postprocessor.modalities.audio.linear.{leaf}"
+        state[key] = state[key].flip(0)
+
+
+def test_broken_conversion_is_reported_on_the_right_output():
+    """Video autoencoding has three outputs: a broken audio head fails 'audio' only, and says so."""
+    task = "video_autoencoding"
+    report = run_parity(task, golden_config(task), checkpoint=golden_dir(task) / "checkpoint.pickle",
+                        inputs=golden_dir(task) / "io.npz", torch_model=_golden_model(task, _reverse_audio_projection))
+    assert set(report.outputs) == {"image", "audio", "label"}
+    assert report.failures() == ["audio"], report.table()
+    assert report.outputs["audio"].max_abs > 1e-2
+    assert report.outputs["image"].max_abs < 1e-4 and report.outputs["label"].max_abs < 1e-4
+    assert "FAILED (audio)" in report.table()
 
 
 def test_report_json_layout():
@@ -174,3 +197,13 @@ def test_reference_upstream_runs_the_code_at_upstream_path(tmp_path, edit, passe
     # The golden outputs convict whichever side was edited: here the reference.
     assert (report.expected["logits"]["jax"].max_abs < 1e-4) is passes
     assert report.expected["logits"]["torch"].max_abs < 1e-4
+
+
+def test_defaults_initialise_in_jax_and_use_example_inputs():
+    """checkpoint=None, inputs=None: a perturbed JAX init from `seed` and the reference's example inputs."""
+    config = golden_config("language")
+    report = run_parity("language", config, seed=3)
+    assert report.passed and report.expected == {}, report.table()
+    exact = run_parity("language", config, seed=3, dtype="float64", atol=1e-9, rtol=1e-9)
+    assert exact.passed and exact.dtype == "float64", exact.table()
+    assert exact.outputs["logits"].max_abs < report.outputs["logits"].max_abs

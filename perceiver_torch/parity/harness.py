@@ -95,7 +95,7 @@ def versions() -> dict[str, str]:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "not installed"
-    out["torch"] = torch.__version__
+    out["torch"] = str(torch.__version__)  # a str subclass otherwise, which YAML writers refuse
     return out
 
 
