@@ -83,8 +83,12 @@ def test_sources_are_reproducible_from_the_seeds(name, tmp_path):
     bundled_inputs, bundled_outputs = load_io(bundled_io)
     for key in {**inputs, **bundled_inputs}:
         assert (inputs[key] == bundled_inputs[key]).all(), key
+    # Parameters and inputs are bit-identical (checked above); the stored outputs are a float32 XLA
+    # computation whose rounding follows the compile options (the suite lowers XLA's optimisation
+    # level), seen to move logits of magnitude ~10 by up to 8e-6. 1e-5 is that rounding, far below
+    # any change of seed or structure (those move outputs by O(1e-1)).
     for key in {**outputs, **bundled_outputs}:
-        assert_close(outputs[key], bundled_outputs[key], atol=1e-6, rtol=1e-6, what=f"{name} {key}")
+        assert_close(outputs[key], bundled_outputs[key], atol=1e-5, rtol=1e-5, what=f"{name} {key}")
 
 
 # One entry by default (each runs the parity harness, seconds of JAX compilation); all with -m slow.
