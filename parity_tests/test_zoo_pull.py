@@ -165,3 +165,19 @@ def test_where_files_come_from(monkeypatch, tmp_path):
     monkeypatch.setenv("PERCEIVER_ZOO_MIRROR", str(tmp_path))
     assert location(released) == ("mirror", str(tmp_path))
     assert location(released, endpoint="http://x.example") == ("endpoint", "http://x.example")
+
+
+@pytest.mark.parametrize("missing", ["repo", "revision"])
+def test_missing_repo_or_revision_on_the_endpoint_is_a_clear_error(published, tmp_path, monkeypatch, missing):
+    manifest, tree, revision = published
+    hub = tmp_path / "hub"
+    shutil.copytree(tree, hub)
+    if missing == "repo":
+        shutil.rmtree(hub / REPO)
+    else:
+        shutil.rmtree(hub / REPO / revision)
+    cache = tmp_path / "cache"
+    with hub_env(monkeypatch, hub, cache):
+        with pytest.raises(ZooError, match=f"download of {REPO}"):
+            fetch(GOLDEN_ENTRY, manifest=manifest)
+    assert cached_files(cache) == []

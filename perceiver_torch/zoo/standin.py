@@ -94,12 +94,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "RepoNotFound", f"unknown route {path!r}")
         repo_id, rest = path.split("/resolve/", 1)
         revision, _, filename = rest.partition("/")
-        repo_dir = self.server.repo_dir(repo_id)
-        if repo_dir is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo_id!r} not found")
-        commit = self.server.resolve(repo_id, revision)
-        if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        found = self._locate(repo_id, revision)
+        if found is None:
+            return
+        repo_dir, commit = found
         file = repo_dir / commit / filename
         if not filename or not file.is_file():
             return self._error(404, "EntryNotFound", f"{filename} does not exist on {commit}", commit)
@@ -121,24 +119,33 @@ class _Handler(BaseHTTPRequestHandler):
             for action in ("preupload", "commit"):
                 if f"/{action}/" in rest:
                     repo_id, revision = rest.split(f"/{action}/", 1)
-                    if self.server.repo_dir(repo_id) is None:
-                        return self._error(404, "RepoNotFound", f"Repository {repo_id!r} not found")
-                    commit = self.server.resolve(repo_id, revision)
-                    if commit is None:
-                        return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                    found = self._locate(repo_id, revision)
+                    if found is None:
+                        return
+                    commit = found[1]
                     if action == "preupload":
                         return self._preupload(repo_id, commit, json.loads(body))
                     return self._commit(repo_id, commit, revision, body)
         return self._error(404, "RepoNotFound", f"unknown route {path!r}")
 
     # -- handlers --------------------------------------------------------------------------------
-    def _model_info(self, repo_id: str, revision: str):
+    def _locate(self, repo_id: str, revision: str):
+        """(repo_dir, commit) of a repo at a revision, or None after answering the Hub's 404."""
         repo_dir = self.server.repo_dir(repo_id)
         if repo_dir is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo_id!r} not found")
+            self._error(404, "RepoNotFound", f"Repository {repo_id!r} not found")
+            return None
         commit = self.server.resolve(repo_id, revision)
         if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return None
+        return repo_dir, commit
+
+    def _model_info(self, repo_id: str, revision: str):
+        found = self._locate(repo_id, revision)
+        if found is None:
+            return
+        repo_dir, commit = found
         files = sorted(p.relative_to(repo_dir / commit).as_posix() for p in (repo_dir / commit).rglob("*")
                        if p.is_file())
         self._json(200, {"id": repo_id, "modelId": repo_id, "sha": commit,
