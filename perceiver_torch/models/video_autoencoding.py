@@ -8,6 +8,7 @@ import torch
 
 from ..labels import packaged_labels
 from ..layers.audio import AudioPreprocessor
+from ..layers.image import ImagePreprocessor
 from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocessor, QueryGenerator
 from ..layers.postprocessors import AudioPostprocessor, ClassificationPostprocessor, ProjectionPostprocessor
 from .perceiver_io import PerceiverIO
@@ -29,9 +30,7 @@ def _fourier(num_bands: int, max_resolution) -> dict:
     return dict(num_bands=num_bands, max_resolution=tuple(max_resolution), sine_only=False, concat_pos=True)
 
 
-def _image_preprocessor(num_frames: int, image_size: int, fourier: dict):
-    from ..layers.image import ImagePreprocessor
-
+def _image_preprocessor(num_frames: int, image_size: int, fourier: dict) -> ImagePreprocessor:
     return ImagePreprocessor(
         prep_type="patches", spatial_downsample=IMAGE_DOWNSAMPLE, temporal_downsample=1,
         position_encoding_type="fourier", n_extra_pos_mlp=0, fourier_position_encoding_kwargs=fourier,
