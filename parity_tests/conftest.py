@@ -28,7 +28,9 @@ def golden_dir(family: str) -> Path:
 
 
 def golden_config(family: str) -> dict:
-    return json.loads((GOLDEN / family / "config.json").read_text())
+    from converters import load_config
+
+    return load_config(GOLDEN / family / "config.json")
 
 
 def golden_io(family: str) -> dict[str, np.ndarray]:

@@ -14,7 +14,6 @@ Runs offline on a fresh machine with only `pip install -e .`.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -45,7 +44,7 @@ def convert_and_verify(out_dir: Path) -> bool:
                               out_dir / "language.safetensors")
     print(f"[convert] {family / 'checkpoint.pickle'} -> {path}")
     model = pt.load_model(path)
-    config = json.loads((family / "config.json").read_text())
+    config = converters.load_config(family / "config.json")
     missing = harness_missing()
     runs = []
     if missing is None:

@@ -47,7 +47,9 @@ class IntegrityError(ZooError):
 def entry_config(entry: dict) -> dict:
     if entry.get("preset"):
         return preset(entry["preset"])["config"]
-    return json.loads(resolve_repo_path(entry["config_file"]).read_text())
+    from converters import load_config
+
+    return load_config(resolve_repo_path(entry["config_file"]))
 
 
 def sha256_file(path) -> str:

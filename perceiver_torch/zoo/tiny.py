@@ -43,12 +43,11 @@ def config_path(name: str) -> Path:
 
 def make_source(name: str, out_dir: Path | None = None) -> tuple[Path, Path]:
     """Write a tiny entry's checkpoint (release layout) and reference io.npz; returns their paths."""
-    import json
-
+    from converters import load_config
     from perceiver_torch import jax_reference as ref
 
     task, _, seed = TINY[name]
-    config = json.loads(config_path(name).read_text())
+    config = load_config(config_path(name))
     inputs = ref.example_inputs(task, config, batch=1, seed=seed)
     params, state = ref.init(task, config, inputs, seed=seed, perturb=True)
     outputs = ref.apply(task, config, params, state, inputs)
