@@ -42,13 +42,12 @@ class PerceiverForOpticalFlow(Perceiver):
         if len(train_size) != 2 or min(train_size) < 1:
             raise ValueError(f"train_size must be [height, width]; got {config['train_size']}.")
         preprocessor = _image_preprocessor(train_size, config["num_bands"])
-        encoder = dict(config["encoder"])
-        num_z_channels = encoder.get("num_z_channels", 1024)
+        encoder = PerceiverEncoder(input_channels=preprocessor.num_channels, **config["encoder"])
         super().__init__(
             input_preprocessor=preprocessor,
-            encoder=PerceiverEncoder(input_channels=preprocessor.num_channels, **encoder),
+            encoder=encoder,
             decoder=FlowDecoder(
-                train_size, query_channels=preprocessor.num_channels, num_z_channels=num_z_channels,
+                train_size, query_channels=preprocessor.num_channels, num_z_channels=encoder.latents.num_channels,
                 output_num_channels=2, rescale_factor=config["rescale_factor"], use_query_residual=False,
                 **config.get("decoder", {}),
             ),
