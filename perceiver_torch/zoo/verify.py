@@ -16,7 +16,6 @@ was compared with; these dicts are what the manifest records.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +89,11 @@ def harness_runs(task: str, config: dict, model: torch.nn.Module, checkpoint, in
             print("[verify] CUDA is present but JAX has no GPU backend: the CUDA run compares against stored "
                   "outputs only (install jax with CUDA support for a JAX-vs-Torch run there)")
             continue
+        # to_json() holds plain types only (the harness reports torch's version as a str), so it goes to YAML as is.
         report = run_parity(task, config, checkpoint=checkpoint, inputs=inputs, device=device, dtype="float32",
                             torch_model=model, atol=ATOL, rtol=RTOL).to_json()
-        report = json.loads(json.dumps(report, default=str))  # plain types for YAML (torch's version is a str type)
-        modules = report.get("reference", "ours")
-        runs.append({**report, "reference": f"JAX reference ({modules} modules), perceiver_torch.parity.run_parity"})
+        runs.append({**report,
+                     "reference": f"JAX reference ({report['reference']} modules), perceiver_torch.parity.run_parity"})
     model.to("cpu")
     return runs
 
