@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
 import torch
@@ -20,12 +21,6 @@ class CheckpointFormatError(ValueError):
     """A file is not a perceiver-torch checkpoint, or its metadata is incomplete."""
 
 
-def _default_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call write(tmp_path) on a temp file beside `path`, then rename it into place.
 
@@ -33,12 +28,16 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # Created with 0666 less the umask, the mode a plain open() gives (mkstemp's is owner-only 0600).
+    # The kernel applies the umask, so the process-wide umask is never toggled to read it (other
+    # threads may be creating files meanwhile).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
         write(tmp)
-        # mkstemp creates the file owner-only (0600); give it the mode a plain open() would.
-        os.chmod(tmp, _default_file_mode())
+        os.chmod(tmp, mode)  # some writers (safetensors' save_file) recreate the file owner-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
