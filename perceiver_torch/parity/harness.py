@@ -88,13 +88,19 @@ def _cast_inputs(inputs: dict, dtype) -> dict:
     return {k: (v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v) for k, v in inputs.items()}
 
 
-def versions() -> dict[str, str]:
+def package_versions(dists) -> dict[str, str]:
+    """Python's version and each distribution's installed version ("not installed" when absent)."""
     out = {"python": platform.python_version()}
-    for dist in ("perceiver-torch", "torch", "numpy", "jax", "jaxlib", "dm-haiku"):
+    for dist in dists:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "not installed"
+    return out
+
+
+def versions() -> dict[str, str]:
+    out = package_versions(("perceiver-torch", "torch", "numpy", "jax", "jaxlib", "dm-haiku"))
     out["torch"] = str(torch.__version__)  # a str subclass otherwise, which YAML writers refuse
     return out
 

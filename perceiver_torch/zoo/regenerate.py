@@ -18,14 +18,13 @@
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import json
 import os
-import platform
 import struct
 import urllib.request
 from pathlib import Path
 
+from ..parity.harness import package_versions
 from ..serialization import atomic_write, load_model
 from . import verify
 from .hub import ZooError, entry_config, sha256_file
@@ -104,13 +103,8 @@ def fetch_source(name: str, entry: dict, source_path=None, work_dir: Path = WORK
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("perceiver-torch", "torch", "numpy", "safetensors", "huggingface_hub", "jax", "jaxlib", "dm-haiku"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    return package_versions(("perceiver-torch", "torch", "numpy", "safetensors", "huggingface_hub", "jax", "jaxlib",
+                             "dm-haiku"))
 
 
 def run_checks(name: str, entry: dict, model, source: Path, config: dict) -> tuple[list[dict], list[dict]]:
