@@ -203,7 +203,10 @@ class ImagePreprocessor(nn.Module):
                              "n_extra_pos_mlp) has parameters sized by the input: pass input_shape.")
         self.index_dims = self._index_dims(self.input_shape) if self.input_shape is not None else None
         self.position_encoding = self._build_positions(self.index_dims) if self.index_dims is not None else None
-        pos_channels = self._build_positions(self.index_dims or (1, 1)).num_channels
+        # Without input_shape the encoding is a parameter-free Fourier one, rebuilt per input in forward;
+        # its width is taken from a stand-in for a 2-D grid.
+        probe = self.position_encoding if self.position_encoding is not None else self._build_positions((1, 1))
+        pos_channels = probe.num_channels
         self.extra_pos_mlp = nn.ModuleList(nn.Linear(pos_channels, pos_channels) for _ in range(n_extra_pos_mlp))
         if concat_or_add_pos == "add" and pos_channels != feature_channels:
             raise ValueError(f"concat_or_add_pos='add' needs {pos_channels} position channels to equal the "
