@@ -30,6 +30,7 @@ from ..serialization import load_model, read_metadata
 from .manifest import BUNDLED_STANDIN, get_entry, resolve_repo_path
 
 _TRUE = {"1", "on", "yes", "true"}
+HUB_ENDPOINT = "https://huggingface.co"
 
 
 class ZooError(RuntimeError):
@@ -85,7 +86,7 @@ def location(entry: dict, endpoint: str | None = None, mirror=None) -> tuple[str
             return "endpoint", os.environ[var].rstrip("/")
     if (entry.get("artifact") or {}).get("published_to") == "stand-in":
         return "mirror", str(BUNDLED_STANDIN)
-    return "endpoint", "https://huggingface.co"
+    return "endpoint", HUB_ENDPOINT
 
 
 def how_to_regenerate(name: str, entry: dict) -> str:

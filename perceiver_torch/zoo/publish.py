@@ -13,11 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .hub import ZooError, sha256_file, verify_file
+from .hub import HUB_ENDPOINT, ZooError, sha256_file, verify_file
 from .manifest import get_entry, update_entry
 from .regenerate import WORK_DIR
-
-HUB_ENDPOINT = "https://huggingface.co"
 
 
 def produced_files(name: str, entry: dict, work_dir: Path) -> tuple[Path, Path]:
