@@ -10,11 +10,12 @@ right shape.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+from perceiver_torch.layers.image import conv_stem_layers
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -213,7 +214,7 @@ def image_preprocessor_rules(haiku_prefix: str, torch_prefix: str, kwargs: dict)
     rules: list[ModuleRule] = []
     if prep_type == "conv":
         stem = f"{haiku_prefix}/~/conv2_d_downsample/~"
-        for i in range(round(math.log(kwargs.get("spatial_downsample", 4), 4))):
+        for i in range(conv_stem_layers(kwargs.get("spatial_downsample", 4))):
             rules.append(ModuleRule(f"{stem}/{haiku_indexed('conv', i)}", f"{torch_prefix}.convnet.convs.{i}",
                                     CONV_NO_BIAS))
             if kwargs.get("conv2d_use_batchnorm", True):

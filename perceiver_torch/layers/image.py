@@ -109,6 +109,15 @@ class Conv2DDownsample(nn.Module):
         return x
 
 
+def conv_stem_layers(spatial_downsample: int, temporal_downsample: int = 1) -> int:
+    """Layers of the 'conv' stem for `spatial_downsample` (each downsamples 4x), as upstream derives them."""
+    layers = math.log(spatial_downsample, 4)
+    if layers != round(layers) or temporal_downsample != 1:
+        raise ValueError("prep_type='conv' needs spatial_downsample a power of 4 and temporal_downsample 1; "
+                         f"got {spatial_downsample} and {temporal_downsample}.")
+    return round(layers)
+
+
 def _channels_first_2d(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a channels-first 2D module to channels-last [B, H, W, C] or [B, T, H, W, C] (frames batched)."""
     lead = x.shape[:-3]
@@ -175,12 +184,9 @@ class ImagePreprocessor(nn.Module):
 
         self.convnet = self.convnet_1x1 = self.patches_linear = None
         if prep_type == "conv":
-            layers = math.log(spatial_downsample, 4)
-            if layers != round(layers) or temporal_downsample != 1:
-                raise ValueError("prep_type='conv' needs spatial_downsample a power of 4 and temporal_downsample 1; "
-                                 f"got {spatial_downsample} and {temporal_downsample}.")
-            self.convnet = Conv2DDownsample(in_channels, round(layers), num_channels, conv2d_use_batchnorm)
-            feature_channels = num_channels if round(layers) else in_channels  # spatial_downsample=1: no layers
+            layers = conv_stem_layers(spatial_downsample, temporal_downsample)
+            self.convnet = Conv2DDownsample(in_channels, layers, num_channels, conv2d_use_batchnorm)
+            feature_channels = num_channels if layers else in_channels  # spatial_downsample=1: no layers
         elif prep_type == "conv1x1":
             if temporal_downsample != 1:
                 raise ValueError("prep_type='conv1x1' does not downsample in time: temporal_downsample must be 1.")
