@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from perceiver_torch.registry import ALL_TASKS, preset_names
+from perceiver_torch.registry import TASKS, preset_names
 
 from .checkpoint_reader import CheckpointReadError
 from .convert import convert, preset_config
@@ -14,7 +14,7 @@ from .rules import ConversionError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perceiver-convert", description=__doc__)
-    parser.add_argument("task", choices=ALL_TASKS)
+    parser.add_argument("task", choices=TASKS)
     parser.add_argument("checkpoint", help="upstream Haiku .pickle / .pystate file")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="config.json (upstream constructor kwargs + model constants)")

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from perceiver_torch.registry import ALL_TASKS, UnsupportedTaskError, build_model, preset
+from perceiver_torch.hashing import sha256_file
+from perceiver_torch.registry import build_model, preset
 from perceiver_torch.serialization import save_checkpoint
 
 from .checkpoint_reader import HaikuCheckpoint, load_haiku_checkpoint
 from .rules import strict_merge
-from .tables import TASK_TABLES
+from .tasks import task_spec
 
 CONVERTER_VERSION = "1"
 
@@ -34,16 +33,6 @@ def load_config(config: dict | str | Path) -> dict:
     return value
 
 
-def _table(task: str):
-    if task not in TASK_TABLES:
-        if task in ALL_TASKS:
-            raise UnsupportedTaskError(
-                f"converting task {task!r} is not supported yet; supported: {sorted(TASK_TABLES)}."
-            )
-        raise UnsupportedTaskError(f"unknown task {task!r}; expected one of {list(ALL_TASKS)}.")
-    return importlib.import_module(TASK_TABLES[task])
-
-
 def target_shapes(task: str, config: dict) -> dict[str, tuple[int, ...]]:
     """Shapes of the model's state dict, built on the meta device (no memory, no init)."""
     with torch.device("meta"):
@@ -53,18 +42,10 @@ def target_shapes(task: str, config: dict) -> dict[str, tuple[int, ...]]:
 
 def convert_tree(task: str, checkpoint: HaikuCheckpoint, config: dict) -> dict[str, np.ndarray]:
     """Strictly map a Haiku params/state tree onto the task model's state-dict keys."""
-    table = _table(task)
+    table = task_spec(task).table
     return strict_merge(
         checkpoint.flat(), target_shapes(task, config), table.rules(config), table.IGNORED, context=task
     )
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def convert(task: str, checkpoint_path: str | Path, config: dict | str | Path, output_path: str | Path) -> Path:

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from perceiver_torch import jax_reference
-from perceiver_torch.parity import ParityReport, run_parity
+from converters import jax_reference
+from converters.parity import ParityReport, run_parity
 
 TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -28,6 +27,11 @@ _RESULT_MARK = "@@SANDBOX_RESULT@@"
 # The child runs the caller's code inside this frame: whatever it raises is reported by type and
 # message (a clean refusal is an exception the test expects), anything else it returns is JSON.
 _WRAPPER = """
+import resource
+# Limits first, before anything is imported or allocated (set here, not in a fork hook: forking a
+# process that runs JAX's threads is unsafe).
+resource.setrlimit(resource.RLIMIT_AS, ({mem_bytes}, {mem_bytes}))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a segfault leaves no core file behind
 import json, sys, traceback
 def _body():
 {body}
@@ -70,20 +74,11 @@ class SandboxResult:
         return f"exit {self.returncode} without a result; stderr tail: {self.stderr[-800:]}"
 
 
-def _limits(mem_mb: int):
-    def apply():
-        cap = mem_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a segfault leaves no core file behind
-
-    return apply
-
-
 def run_isolated(code: str, *, mem_mb: int = DEFAULT_MEM_MB, timeout_s: float = DEFAULT_TIMEOUT_S,
                  cwd: Path | None = None, env: dict | None = None) -> SandboxResult:
     """Run `code` (a function body: it may `return` a JSON-able value) in a capped child Python."""
     body = textwrap.indent(textwrap.dedent(code).strip() or "pass", "    ")
-    script = _WRAPPER.format(body=body, mark=_RESULT_MARK)
+    script = _WRAPPER.format(body=body, mark=_RESULT_MARK, mem_bytes=mem_mb * 1024 * 1024)
     child_env = dict(os.environ if env is None else env)
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), child_env.get("PYTHONPATH", "")) if p)
     # Few threads: BLAS and torch reserve address space per thread, which a tight RLIMIT_AS counts.
@@ -91,7 +86,7 @@ def run_isolated(code: str, *, mem_mb: int = DEFAULT_MEM_MB, timeout_s: float = 
     child_env.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout_s,
-                              cwd=cwd or REPO, env=child_env, preexec_fn=_limits(mem_mb))
+                              cwd=cwd or REPO, env=child_env)
     except subprocess.TimeoutExpired as exc:
         return SandboxResult(returncode=-1, ok=False, timed_out=True,
                              stdout=_text(exc.stdout), stderr=_text(exc.stderr))

@@ -29,10 +29,13 @@ def test_preset_mismatching_checkpoint_fails_cleanly(tmp_path, capsys):
     assert "shape mismatch" in capsys.readouterr().err
 
 
-def test_preset_of_another_task_is_refused(tmp_path):
-    with pytest.raises(SystemExit):
+def test_preset_of_another_task_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["language", str(golden_dir("language") / "checkpoint.pickle"),
               "--preset", "optical_flow", "-o", str(tmp_path / "x.safetensors")])
+    assert exit_.value.code == 2  # argparse's usage error, as for every bad argument
+    assert "preset 'optical_flow' is a 'optical_flow' model, not 'language'" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_python_dash_m_converters(tmp_path):

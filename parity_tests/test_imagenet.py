@@ -8,6 +8,7 @@ import torch
 
 import perceiver_torch as pt
 from converters import ConversionError, convert_tree, load_haiku_checkpoint
+from converters.tasks import run_upstream_layout
 from perceiver_torch.imagenet_preprocessing import (
     MEAN_RGB,
     STDDEV_RGB,
@@ -15,7 +16,6 @@ from perceiver_torch.imagenet_preprocessing import (
     imagenet_labels,
     imagenet_transform,
 )
-from perceiver_torch.upstream_io import run_upstream_layout
 
 from .conftest import assert_close, golden_config, golden_dir, golden_io
 

@@ -21,8 +21,8 @@ pytest.importorskip("haiku")
 import jax  # noqa: E402
 
 import converters  # noqa: E402
+from converters import jax_reference  # noqa: E402
 from converters.checkpoint_reader import loads_haiku_checkpoint  # noqa: E402
-from perceiver_torch import jax_reference  # noqa: E402
 
 from .conftest import assert_close, golden_config, golden_dir, golden_io, released_shapes  # noqa: E402
 
@@ -162,7 +162,7 @@ def test_upstream_modules_loads_a_perceiver_package_from_a_directory(tmp_path):
     (package / "__init__.py").write_text("")
     for name in ("perceiver", "io_processors", "position_encoding"):
         (package / f"{name}.py").write_text(textwrap.dedent(f"""
-            from perceiver_torch.jax_reference.{name} import *  # noqa
+            from converters.jax_reference.{name} import *  # noqa
             from perceiver import position_encoding as _sibling  # upstream's own import style
             LOADED_FROM_STAND_IN = True
         """))
@@ -208,7 +208,7 @@ def test_import_without_jax_names_the_extra():
         import perceiver_torch
         assert not any(m.split(".")[0] in ("jax", "haiku") for m in sys.modules), "perceiver_torch imported jax"
         try:
-            import perceiver_torch.jax_reference
+            import converters.jax_reference
         except ImportError as exc:
             print(exc)
         else:
@@ -229,7 +229,7 @@ def test_numpy_sampler_matches_haiku_initializer_distributions(initializer):
     """init() draws with numpy (XLA compiles threefry draws slowly): same distribution as Haiku's."""
     import haiku as hk
 
-    from perceiver_torch.jax_reference import initialise
+    from converters.jax_reference import initialise
 
     init = eval(f"hk.initializers.{initializer}")  # a literal from the list above
     shape = (3, 3, 64, 128)  # a conv kernel: fans include the receptive field

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import perceiver_torch as pt
-from perceiver_torch.upstream_io import run_upstream_layout
+from converters.tasks import run_upstream_layout
 
 from .conftest import assert_close, golden_dir, golden_io
 

@@ -40,11 +40,7 @@ def test_main_job_without_jax(tmp_path):
 
 
 def test_main_job_with_the_parity_harness(tmp_path):
-    import pytest
-
-    pytest.importorskip("perceiver_torch.parity", reason="the parity harness is not on this branch yet")
-    pytest.importorskip("perceiver_torch.jax_reference", reason="the JAX reference needs the jax extra")
     done = _run(["scripts/main_job.py", "--out", str(tmp_path / "out")], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "JAX reference (ours modules), perceiver_torch.parity.run_parity, cpu: logits" in done.stdout
+    assert "JAX reference (ours modules), converters.parity.run_parity, cpu: logits" in done.stdout
     assert done.stdout.rstrip().endswith("[done] PASS")

@@ -6,9 +6,9 @@ import torch
 
 import converters
 import perceiver_torch as pt
+from converters.tasks import run_upstream_layout
 from perceiver_torch.layers import Perceiver
 from perceiver_torch.layers.flow import patches_for_flow
-from perceiver_torch.upstream_io import run_upstream_layout
 
 from .conftest import assert_close, golden_config, golden_dir, golden_io
 

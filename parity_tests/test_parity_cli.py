@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from perceiver_torch.parity.cli import main
+from converters.parity.cli import main
 
 from .conftest import golden_dir
 
@@ -69,9 +69,9 @@ def test_missing_file_and_unconvertible_checkpoint(tmp_path, capsys):
 
 
 def test_console_script_is_registered_and_module_runs(tmp_path):
-    assert 'perceiver-parity = "perceiver_torch.parity.cli:main"' in (REPO / "pyproject.toml").read_text()
+    assert 'perceiver-parity = "converters.parity.cli:main"' in (REPO / "pyproject.toml").read_text()
     # The in-process tests above run the comparison; this checks the module entry point only.
-    result = subprocess.run([sys.executable, "-m", "perceiver_torch.parity", "--help"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "converters.parity", "--help"], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: perceiver-parity") and "--upstream-path" in result.stdout

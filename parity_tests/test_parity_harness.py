@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import converters
-from perceiver_torch.parity import compare, load_inputs, run_parity
+from converters.parity import compare, load_inputs, run_parity
 from perceiver_torch.registry import build_model
 
 from .conftest import _cuda_missing, golden_config, golden_dir, golden_io
@@ -168,7 +168,7 @@ def _upstream_checkout(root: Path, edit=None) -> Path:
     """A `perceiver/` package made of the reference's module files (upstream's module API), optionally edited."""
     import shutil
 
-    import perceiver_torch.jax_reference as ours
+    import converters.jax_reference as ours
 
     package = root / "perceiver"
     package.mkdir()

@@ -10,12 +10,11 @@ import torch
 
 import perceiver_torch as pt
 from converters import HaikuCheckpoint, convert_tree
-from perceiver_torch.registry import COLAB_CONSTANTS, TASK_MODELS, preset
+from perceiver_torch.registry import COLAB_CONSTANTS, TASKS, preset
 
 from .conftest import released_shapes
 
 RELEASED = released_shapes()
-SUPPORTED = [name for name in sorted(RELEASED) if preset(name)["task"] in TASK_MODELS]
 
 
 def _zeros_tree(tree: dict) -> dict:
@@ -30,14 +29,18 @@ def test_packaged_presets_are_the_released_configs():
         assert preset(name)["num_params"] == entry["num_params"]
 
 
-@pytest.mark.parametrize("name", SUPPORTED)
+def test_every_task_has_a_released_preset():
+    assert sorted({preset(name)["task"] for name in RELEASED}) == sorted(TASKS)
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
 def test_preset_has_exact_parameter_count(name):
     with torch.device("meta"):
         model = pt.build_preset(name)
     assert sum(p.numel() for p in model.parameters()) == RELEASED[name]["num_params"]
 
 
-@pytest.mark.parametrize("name", SUPPORTED)
+@pytest.mark.parametrize("name", sorted(RELEASED))
 def test_converter_accounts_for_every_released_path(name):
     entry = RELEASED[name]
     checkpoint = HaikuCheckpoint(_zeros_tree(entry["params"]), _zeros_tree(entry.get("state", {})))
@@ -48,10 +51,10 @@ def test_converter_accounts_for_every_released_path(name):
     assert set(converted) == set(state)
     for key, value in converted.items():
         assert tuple(value.shape) == tuple(state[key].shape), key
+    # Every parameter leaf becomes one tensor; the state's moving averages become the batch-norm buffers.
     leaves = sum(len(v) for v in entry["params"].values())
-    assert leaves == sum(1 for k in converted if not k.endswith(("running_mean", "running_var")))\
-        or "state" in entry
-
-
-def test_language_preset_is_supported():
-    assert "language_perceiver_io_bytes" in SUPPORTED
+    buffers = [k for k in converted if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert leaves == len(converted) - len(buffers)
+    averages = [m for m, v in entry.get("state", {}).items() if "average" in v]
+    assert len([k for k in buffers if not k.endswith("num_batches_tracked")]) == len(averages)
+    assert bool(averages) == (name == "imagenet_conv_preprocessing")  # only the conv stem has batch norm

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import perceiver_torch as pt
+from converters.tasks import run_upstream_layout
 from perceiver_torch.registry import preset
-from perceiver_torch.upstream_io import run_upstream_layout
 
 from .conftest import assert_close, convert_golden, golden_config, golden_io
 

@@ -12,9 +12,9 @@ pytest.importorskip("jax")
 pytest.importorskip("haiku")
 
 import converters  # noqa: E402
-from perceiver_torch import jax_reference  # noqa: E402
+from converters import jax_reference  # noqa: E402
+from converters.tasks import run_upstream_layout  # noqa: E402
 from perceiver_torch.registry import build_model, preset  # noqa: E402
-from perceiver_torch.upstream_io import run_upstream_layout  # noqa: E402
 
 from .conftest import assert_close, golden_config, golden_dir, golden_io  # noqa: E402
 

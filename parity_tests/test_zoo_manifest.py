@@ -1,23 +1,27 @@
-"""CI checks of zoo_manifest.yaml: schema, unique names, presets vs released_shapes.json, recorded hashes."""
+"""CI checks of zoo_manifest.yaml: schema, unique names, presets vs released_shapes.json, cited facts."""
 
 from __future__ import annotations
 
 import copy
+import re
+from importlib import resources
+from pathlib import Path
 
 import pytest
 import torch
 
-from converters.convert import sha256_file
+from converters.zoo.manifest_edit import save_manifest
 from parity_tests.conftest import released_shapes
-from parity_tests.zoo_support import golden_language_entry
-from perceiver_torch.registry import COLAB_CONSTANTS, TASK_MODELS, build_model, preset
+from parity_tests.zoo_support import TEST_MANIFEST, golden_language_entry
+from perceiver_torch.registry import COLAB_CONSTANTS, build_model, preset
 from perceiver_torch.zoo import ManifestError, entries, load_manifest
 from perceiver_torch.zoo.hub import entry_config
-from perceiver_torch.zoo.manifest import save_manifest
-from perceiver_torch.zoo.regenerate import artifact_candidates
+from perceiver_torch.zoo.manifest import manifest_path
 from perceiver_torch.zoo.schema import validate_entry
 
+REPO = Path(__file__).resolve().parents[1]
 MODELS = entries()
+TEST_MODELS = entries(TEST_MANIFEST)
 RELEASED = {  # the names users know from the Hugging Face Hub -> the golden released_shapes.json key
     "language-perceiver": "language_perceiver_io_bytes",
     "vision-perceiver-learned": "imagenet_learned_position_encoding",
@@ -28,18 +32,36 @@ RELEASED = {  # the names users know from the Hugging Face Hub -> the golden rel
 }
 
 
-def test_manifest_is_valid_and_lists_every_released_checkpoint():
+def test_product_manifest_lists_exactly_the_six_released_checkpoints():
     data = load_manifest()
     assert data["schema_version"] == 1
-    released = {n for n, e in data["models"].items() if e["kind"] == "released"}
-    assert released == set(RELEASED)
+    assert manifest_path().resolve() == (REPO / "zoo_manifest.yaml").resolve()
+    assert set(data["models"]) == set(RELEASED)
     for name, entry in data["models"].items():
-        assert entry["source"]["licence"] == "CC BY 4.0" or entry["kind"] == "tiny", name
-        assert entry["preset"] == RELEASED.get(name, entry["preset"]), name
+        assert entry["kind"] == "released" and entry["source"]["licence"] == "CC BY 4.0", name
+        assert entry["preset"] == RELEASED[name], name
+
+
+def test_test_entries_live_only_in_the_test_manifest():
+    assert TEST_MODELS and all(e["kind"] == "test" for e in TEST_MODELS.values())
+    assert not set(TEST_MODELS) & set(MODELS)
+
+
+def test_release_facts_the_manifest_cites_are_shipped_and_agree():
+    text = (REPO / "zoo_manifest.yaml").read_text()
+    cited = set(re.findall(r"[\w/]+\.md", text))
+    assert cited == {"perceiver_torch/data/upstream_release.md"}
+    facts = resources.files("perceiver_torch").joinpath("data/upstream_release.md").read_text()
+    for name, entry in MODELS.items():
+        src = entry["source"]
+        filename = src["url"].rsplit("/", 1)[-1]
+        assert src["url"] == f"https://storage.googleapis.com/perceiver_io/{filename}", name
+        row = next(line for line in facts.splitlines() if line.startswith(f"| `{filename}` |"))
+        assert f"| {src['size']:,} |" in row and f"`{src['sha256']}`" in row, name
 
 
 def test_duplicate_names_are_refused(tmp_path):
-    text = (tmp_path / "m.yaml")
+    text = tmp_path / "m.yaml"
     save_manifest(load_manifest(), text)
     lines = text.read_text().splitlines(keepends=True)
     start = lines.index("  language-perceiver:\n")
@@ -55,7 +77,10 @@ def test_duplicate_names_are_refused(tmp_path):
     (lambda e: e["source"].pop("licence"), "'source.licence'"),
     (lambda e: e.update(status="published"), "'artifact'"),
     (lambda e: e.update(colour="blue"), "'entry.colour'"),
-    (lambda e: e.update(preset="language_perceiver_io_bytes"), "'preset'"),  # both preset and config_file
+    (lambda e: e.update(preset="language_perceiver_io_bytes"), "'preset'"),  # both preset and config
+    (lambda e: e.update(publish_repo="../../evil"), "'publish_repo'"),
+    (lambda e: e["source"].update(path="/etc/passwd"), "'source.path'"),
+    (lambda e: e["source"].update(reference_io="../golden/io.npz"), "'source.reference_io'"),
 ])
 def test_schema_errors_name_entry_and_field(mutate, field):
     entry = golden_language_entry()
@@ -83,29 +108,13 @@ def test_published_entry_needs_a_pinned_revision_and_passing_figures():
         validate_entry("golden-language", entry)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_entry_builds_with_the_released_parameter_count(name):
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_every_released_entry_builds_with_the_released_parameter_count(name):
     entry = MODELS[name]
-    if entry["task"] not in TASK_MODELS:
-        pytest.skip(f"task {entry['task']!r} has no Torch model registered on this branch yet")
     with torch.device("meta"):
         model = build_model(entry["task"], entry_config(entry))
     count = sum(p.numel() for p in model.parameters())
-    if entry["kind"] == "released":
-        golden = released_shapes()[RELEASED[name]]
-        expected = {**golden["config"], **COLAB_CONSTANTS.get(entry["preset"], {})}
-        assert entry_config(entry) == expected == preset(entry["preset"])["config"]
-        assert count == golden["num_params"], f"{name}: {count:,} parameters, the release has {golden['num_params']:,}"
-    else:
-        assert count > 0
-
-
-@pytest.mark.parametrize("name", sorted(n for n, e in MODELS.items() if e["status"] != "not-produced"))
-def test_produced_artifact_hash_matches_where_present(name):
-    entry = MODELS[name]
-    present = [p for p in artifact_candidates(name, entry) if p.is_file()]
-    for path in present:
-        assert path.stat().st_size == entry["artifact"]["size"], path
-        assert sha256_file(path) == entry["artifact"]["sha256"], path
-    if entry["artifact"].get("published_to") == "stand-in":
-        assert present, f"{name} is recorded as published to the bundled stand-in, which lacks it"
+    golden = released_shapes()[RELEASED[name]]
+    expected = {**golden["config"], **COLAB_CONSTANTS.get(entry["preset"], {})}
+    assert entry_config(entry) == expected == preset(entry["preset"])["config"]
+    assert count == golden["num_params"], f"{name}: {count:,} parameters, the release has {golden['num_params']:,}"

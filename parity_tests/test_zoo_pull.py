@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from parity_tests.conftest import assert_close, golden_io
-from parity_tests.zoo_support import GOLDEN_ENTRY, cached_files, hub_env, produce_and_publish
+from parity_tests.zoo_support import GOLDEN_ENTRY, TEST_MANIFEST, cached_files, hub_env, produce_and_publish
 from perceiver_torch.zoo import IntegrityError, NotProducedError, ZooError, create_model, fetch, get_entry
 from perceiver_torch.zoo.cli import main as zoo_cli
+from perceiver_torch.zoo.hub import location
 
 REPO = "tests/golden-language"
 
@@ -117,9 +118,17 @@ def test_pretrained_false_builds_the_architecture(published):
 
 @pytest.mark.parametrize("name", ["language-perceiver", "vision-perceiver-learned", "vision-perceiver-fourier",
                                   "vision-perceiver-conv", "optical-flow-perceiver", "multimodal-perceiver"])
-def test_unproduced_released_entry_says_how_to_regenerate(name):
-    with pytest.raises(NotProducedError, match=rf"python scripts/regenerate.py {name}.*scripts/publish.py {name}"):
+def test_unproduced_released_entry_says_how_to_get_it(name):
+    entry = get_entry(name)
+    with pytest.raises(NotProducedError) as err:
         create_model(name)
+    message = str(err.value)
+    # The user's route that works today (the release file, perceiver-convert with the preset, load_model) ...
+    assert entry["source"]["url"] in message and entry["source"]["sha256"] in message
+    assert f"perceiver-convert {entry['task']} " in message and f"--preset {entry['preset']}" in message
+    assert f'load_model("{name}.safetensors")' in message
+    # ... and the maintainer's, with commands an install has.
+    assert f"perceiver-zoo-admin regenerate {name}" in message and f"perceiver-zoo-admin publish {name}" in message
 
 
 def test_cli_list_info_pull(published, tmp_path, monkeypatch, capsys):
@@ -134,32 +143,22 @@ def test_cli_list_info_pull(published, tmp_path, monkeypatch, capsys):
         assert zoo_cli(["pull", GOLDEN_ENTRY]) == 0
         assert "verified sha256" in capsys.readouterr().out
     assert zoo_cli(["pull", "language-perceiver"]) == 1
-    assert "scripts/regenerate.py language-perceiver" in capsys.readouterr().err
+    assert "perceiver-zoo-admin regenerate language-perceiver" in capsys.readouterr().err
+    assert zoo_cli(["info", "language-perceiver"]) == 0
+    info = capsys.readouterr().out
+    assert "not published yet" in info and "would be pulled from" not in info and "huggingface.co" not in info
     assert zoo_cli(["info", "no-such-model"]) == 1
     assert "available:" in capsys.readouterr().err
 
 
-def test_tiny_entry_without_endpoint_reads_the_bundled_stand_in_tree(monkeypatch):
-    for key in ("HF_ENDPOINT", "PERCEIVER_ZOO_ENDPOINT", "PERCEIVER_ZOO_MIRROR"):
-        monkeypatch.delenv(key, raising=False)
-    from perceiver_torch.zoo.manifest import BUNDLED_STANDIN
-
-    entry = get_entry("tiny-language-perceiver")
-    path = fetch("tiny-language-perceiver")
-    assert path == BUNDLED_STANDIN / entry["artifact"]["repo_id"] / entry["artifact"]["revision"] / "model.safetensors"
-
-
 def test_where_files_come_from(monkeypatch, tmp_path):
-    from perceiver_torch.zoo.hub import location
-    from perceiver_torch.zoo.manifest import BUNDLED_STANDIN
-
     for key in ("HF_ENDPOINT", "PERCEIVER_ZOO_ENDPOINT", "PERCEIVER_ZOO_MIRROR"):
         monkeypatch.delenv(key, raising=False)
-    released, tiny = get_entry("language-perceiver"), get_entry("tiny-language-perceiver")
-    assert location(released) == ("endpoint", "https://huggingface.co")
-    assert location(tiny) == ("mirror", str(BUNDLED_STANDIN))
+    released, test_entry = get_entry("language-perceiver"), get_entry("tiny-language-perceiver", TEST_MANIFEST)
+    # Without an endpoint or mirror, every entry (a test one too) comes from the Hub: nothing is read in place.
+    assert location(released) == location(test_entry) == ("endpoint", "https://huggingface.co")
     monkeypatch.setenv("HF_ENDPOINT", "http://hf.example/")
-    assert location(tiny) == ("endpoint", "http://hf.example")
+    assert location(test_entry) == ("endpoint", "http://hf.example")
     monkeypatch.setenv("PERCEIVER_ZOO_ENDPOINT", "http://models.example.org")
     assert location(released) == ("endpoint", "http://models.example.org")
     monkeypatch.setenv("PERCEIVER_ZOO_MIRROR", str(tmp_path))

@@ -17,13 +17,20 @@ import numpy as np
 import pytest
 import torch
 
-from converters.convert import sha256_file
+from converters.zoo.publish import publish
+from converters.zoo.regenerate import regenerate
+from converters.zoo.standin import serve
 from parity_tests.conftest import assert_close, golden_io
-from parity_tests.zoo_support import GOLDEN, GOLDEN_ENTRY, golden_language_entry, hub_env, scratch_manifest
+from parity_tests.zoo_support import (
+    GOLDEN,
+    GOLDEN_ENTRY,
+    copy_golden_files,
+    golden_language_entry,
+    hub_env,
+    scratch_manifest,
+)
+from perceiver_torch.hashing import sha256_file
 from perceiver_torch.zoo import ZooError, create_model, get_entry
-from perceiver_torch.zoo.publish import publish
-from perceiver_torch.zoo.regenerate import regenerate
-from perceiver_torch.zoo.standin import serve
 
 TOKEN = "test-write-token"
 
@@ -89,6 +96,7 @@ def test_forced_regeneration_is_byte_identical(produced, tmp_path):
     root, manifest, _ = produced
     copy = tmp_path / "m.yaml"
     shutil.copy(manifest, copy)
+    copy_golden_files(tmp_path)
     regenerate(GOLDEN_ENTRY, work_dir=tmp_path / "work", manifest=copy)
     assert sha256_file(tmp_path / "work" / GOLDEN_ENTRY / "model.safetensors") == \
         get_entry(GOLDEN_ENTRY, manifest)["artifact"]["sha256"]
@@ -109,12 +117,10 @@ def test_wrong_source_is_refused_and_nothing_written(tmp_path):
 
 def test_failed_parity_writes_nothing(tmp_path):
     """A source whose stored outputs disagree with the conversion must not produce an artifact."""
-    entry = golden_language_entry()
+    manifest = scratch_manifest(tmp_path / "m.yaml")
     io = golden_io("language")
     io["output/logits"] = io["output/logits"] + 1e-2
-    np.savez(tmp_path / "io.npz", **io)
-    entry["source"]["reference_io"] = str(tmp_path / "io.npz")
-    manifest = scratch_manifest(tmp_path / "m.yaml", {GOLDEN_ENTRY: entry})
+    np.savez(tmp_path / GOLDEN_ENTRY / "io.npz", **io)
     before = manifest.read_bytes()
     with pytest.raises(ZooError, match="FAILED"):
         regenerate(GOLDEN_ENTRY, work_dir=tmp_path / "work", manifest=manifest)
@@ -198,11 +204,11 @@ class _ColabOracle(torch.nn.Module):
 
 
 def test_language_colab_check_builds_the_colab_input():
-    from perceiver_torch.zoo.verify import COLAB_GREEDY_IDS, known_checks
+    from converters.zoo.verify import COLAB_GREEDY_IDS, known_checks
 
     released = {"kind": "released", "task": "language"}
     (check,) = known_checks(released, _ColabOracle(COLAB_GREEDY_IDS))
     assert check["passed"] and check["got"] == [38, 115, 111, 121, 121, 111, 116, 109, 52]
     (check,) = known_checks(released, _ColabOracle([38] * 9))
     assert not check["passed"]
-    assert known_checks({"kind": "tiny", "task": "language"}, _ColabOracle(COLAB_GREEDY_IDS)) == []
+    assert known_checks({"kind": "test", "task": "language"}, _ColabOracle(COLAB_GREEDY_IDS)) == []

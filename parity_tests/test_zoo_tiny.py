@@ -1,6 +1,6 @@
-"""The tiny zoo entries (one per task, made from the JAX reference with fixed seeds): pulled by name from
-the bundled Hub stand-in served on 127.0.0.1 through huggingface_hub, checked against the JAX reference;
-regenerated from their Haiku pickles reproducibly."""
+"""The tiny test entries (one per task, made from the JAX reference with fixed seeds, listed in the test
+manifest): pulled by name from the Hub stand-in serving fixtures/zoo_hub on 127.0.0.1 through
+huggingface_hub, checked against the JAX reference; regenerated from their Haiku pickles reproducibly."""
 
 from __future__ import annotations
 
@@ -8,38 +8,47 @@ import shutil
 
 import pytest
 
+from converters import jax_reference as ref
 from converters import load_haiku_checkpoint
-from converters.convert import sha256_file
+from converters.tasks import run_upstream_layout
+from converters.zoo.manifest_edit import entry_file
+from converters.zoo.regenerate import regenerate
+from converters.zoo.verify import load_io
 from parity_tests.conftest import assert_close
-from parity_tests.zoo_support import cached_files, hub_env
-from perceiver_torch.upstream_io import run_upstream_layout
+from parity_tests.tiny_sources import TINY, make_source, source_files
+from parity_tests.zoo_support import FIXTURES, TEST_HUB, TEST_MANIFEST, cached_files, hub_env
+from perceiver_torch.hashing import sha256_file
 from perceiver_torch.zoo import create_model, entries, get_entry
 from perceiver_torch.zoo.hub import entry_config
-from perceiver_torch.zoo.manifest import BUNDLED_STANDIN, DEFAULT_MANIFEST, resolve_repo_path
-from perceiver_torch.zoo.regenerate import regenerate
-from perceiver_torch.zoo.tiny import TINY, make_source, source_files
-from perceiver_torch.zoo.verify import load_io
 
-TINY_NAMES = sorted(n for n, e in entries().items() if e["kind"] == "tiny")
+TINY_NAMES = sorted(entries(TEST_MANIFEST))
+
+
+def _entry(name):
+    return get_entry(name, TEST_MANIFEST)
 
 
 def test_one_tiny_entry_per_task_all_published_to_the_stand_in():
     assert TINY_NAMES == sorted(TINY)
-    assert sorted(get_entry(n)["task"] for n in TINY_NAMES) == ["imagenet", "language", "optical_flow",
-                                                               "video_autoencoding"]
+    assert sorted(_entry(n)["task"] for n in TINY_NAMES) == ["imagenet", "language", "optical_flow",
+                                                            "video_autoencoding"]
     for name in TINY_NAMES:
-        entry = get_entry(name)
+        entry = _entry(name)
+        assert entry["kind"] == "test", name
         assert entry["status"] == "published" and entry["artifact"]["published_to"] == "stand-in", name
+        artifact = entry["artifact"]
+        published = TEST_HUB / artifact["repo_id"] / artifact["revision"] / artifact["filename"]
+        assert sha256_file(published) == artifact["sha256"], name
         references = {r["reference"].split(" (")[0] for r in entry["parity"]["runs"] if r["passed"]}
         assert references == {"JAX reference", "stored outputs"}, name
 
 
 @pytest.fixture(scope="module")
 def pulled(tmp_path_factory):
-    """Every tiny entry pulled by name from the bundled stand-in into a fresh Hub cache."""
+    """Every tiny entry pulled by name from the stand-in serving the test Hub tree into a fresh Hub cache."""
     cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp, hub_env(mp, BUNDLED_STANDIN, cache) as hub:
-        models = {name: create_model(name) for name in TINY_NAMES}
+    with pytest.MonkeyPatch.context() as mp, hub_env(mp, TEST_HUB, cache) as hub:
+        models = {name: create_model(name, manifest=TEST_MANIFEST) for name in TINY_NAMES}
         assert hub.requests >= len(TINY_NAMES)  # they came over HTTP, not from the tree directly
     return models, cache
 
@@ -47,13 +56,13 @@ def pulled(tmp_path_factory):
 @pytest.mark.parametrize("name", TINY_NAMES)
 def test_pulled_model_matches_stored_jax_reference_outputs(pulled, name):
     models, cache = pulled
-    entry = get_entry(name)
+    entry = _entry(name)
     model = models[name]
     assert not model.training
     snapshot = (cache / f"models--{entry['artifact']['repo_id'].replace('/', '--')}" / "snapshots"
                 / entry["artifact"]["revision"] / entry["artifact"]["filename"])
     assert sha256_file(snapshot) == entry["artifact"]["sha256"]
-    inputs, expected = load_io(resolve_repo_path(entry["source"]["reference_io"]))
+    inputs, expected = load_io(entry_file(entry["source"]["reference_io"], TEST_MANIFEST))
     got = run_upstream_layout(entry["task"], model, inputs)
     for key, want in expected.items():
         assert_close(got[key], want, what=f"{name} {key}")
@@ -61,10 +70,9 @@ def test_pulled_model_matches_stored_jax_reference_outputs(pulled, name):
 
 @pytest.mark.parametrize("name", TINY_NAMES)
 def test_pulled_model_matches_live_jax_reference(pulled, name):
-    ref = pytest.importorskip("perceiver_torch.jax_reference", reason="the JAX reference needs the jax extra")
-    entry = get_entry(name)
-    ckpt = load_haiku_checkpoint(resolve_repo_path(entry["source"]["path"]))
-    inputs, _ = load_io(resolve_repo_path(entry["source"]["reference_io"]))
+    entry = _entry(name)
+    ckpt = load_haiku_checkpoint(entry_file(entry["source"]["path"], TEST_MANIFEST))
+    inputs, _ = load_io(entry_file(entry["source"]["reference_io"], TEST_MANIFEST))
     want = ref.apply(entry["task"], entry_config(entry), ckpt.params, ckpt.state, inputs)
     got = run_upstream_layout(entry["task"], pulled[0][name], inputs)
     assert sorted(got) == sorted(want)
@@ -75,10 +83,9 @@ def test_pulled_model_matches_live_jax_reference(pulled, name):
 @pytest.mark.slow  # JAX compiles four inits (~15 s each on 2 cores)
 @pytest.mark.parametrize("name", TINY_NAMES)
 def test_sources_are_reproducible_from_the_seeds(name, tmp_path):
-    pytest.importorskip("perceiver_torch.jax_reference", reason="the JAX reference needs the jax extra")
     ckpt, io_path = make_source(name, tmp_path)
     bundled_ckpt, bundled_io = source_files(name)
-    assert sha256_file(ckpt) == sha256_file(bundled_ckpt) == get_entry(name)["source"]["sha256"]
+    assert sha256_file(ckpt) == sha256_file(bundled_ckpt) == _entry(name)["source"]["sha256"]
     inputs, outputs = load_io(io_path)
     bundled_inputs, bundled_outputs = load_io(bundled_io)
     for key in {**inputs, **bundled_inputs}:
@@ -95,11 +102,13 @@ def test_sources_are_reproducible_from_the_seeds(name, tmp_path):
 @pytest.mark.parametrize("name", [n if n == "tiny-language-perceiver" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in TINY_NAMES])
 def test_regeneration_from_the_pickle_reproduces_the_published_artifact(name, tmp_path):
-    manifest = tmp_path / "zoo_manifest.yaml"
-    shutil.copy(DEFAULT_MANIFEST, manifest)
+    # A copy of the test manifest with the files it names (relative to it) beside it.
+    manifest = tmp_path / "zoo_test_manifest.yaml"
+    shutil.copy(TEST_MANIFEST, manifest)
+    shutil.copytree(FIXTURES / "zoo_tiny" / name, tmp_path / "zoo_tiny" / name)
     # A fresh work dir: the artifact is rebuilt, verified and must be byte-identical to the published one.
     assert regenerate(name, work_dir=tmp_path / "work", manifest=manifest)["changed"]
-    recorded, rebuilt = get_entry(name), get_entry(name, manifest)
+    recorded, rebuilt = _entry(name), get_entry(name, manifest)
     assert rebuilt["artifact"]["sha256"] == recorded["artifact"]["sha256"]
     assert rebuilt["status"] == "produced" and all(r["passed"] for r in rebuilt["parity"]["runs"])
     before = manifest.read_bytes()

@@ -1,38 +1,60 @@
-"""Helpers for the zoo tests: a scratch manifest with a golden-sourced entry, a served stand-in."""
+"""Helpers for the zoo tests: the test manifest, a scratch manifest with a golden-sourced entry, a served stand-in."""
 
 from __future__ import annotations
 
 import copy
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from converters.convert import sha256_file
+from converters import load_config
+from converters.zoo.manifest_edit import save_manifest
+from converters.zoo.publish import publish
+from converters.zoo.regenerate import regenerate
+from converters.zoo.standin import serve
+from perceiver_torch.hashing import sha256_file
 from perceiver_torch.zoo import manifest as zoo_manifest
-from perceiver_torch.zoo.standin import serve
 
-GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+FIXTURES = Path(__file__).parent / "fixtures"
+GOLDEN = FIXTURES / "golden"
+# The small models the product's manifest never lists: their entries, and the Hub tree they are published in.
+TEST_MANIFEST = FIXTURES / "zoo_test_manifest.yaml"
+TEST_HUB = FIXTURES / "zoo_hub"
 GOLDEN_ENTRY = "golden-language"
+GOLDEN_FILES = ("checkpoint.pickle", "io.npz")
 
 
 def golden_language_entry() -> dict:
-    """A tiny entry whose source is the golden language checkpoint (upstream Haiku code, small config)."""
+    """A test entry whose source is the golden language checkpoint (upstream Haiku code, small config).
+
+    Its files are named relative to the manifest, under `golden-language/` (see `scratch_manifest`).
+    """
     family = GOLDEN / "language"
     entry = copy.deepcopy(zoo_manifest.entries()["language-perceiver"])
-    entry.update(kind="tiny", preset=None, config_file=str(family / "config.json"),
-                 regenerate=f"python scripts/regenerate.py {GOLDEN_ENTRY}", publish_repo="tests/golden-language",
+    entry.update(kind="test", preset=None, config=load_config(family / "config.json"),
+                 regenerate=f"perceiver-zoo-admin regenerate {GOLDEN_ENTRY}", publish_repo="tests/golden-language",
                  notes="test entry")
-    entry["source"].update(url=None, path=str(family / "checkpoint.pickle"),
+    entry["source"].update(url=None, path=f"{GOLDEN_ENTRY}/checkpoint.pickle",
                            size=(family / "checkpoint.pickle").stat().st_size,
-                           sha256=sha256_file(family / "checkpoint.pickle"), reference_io=str(family / "io.npz"),
+                           sha256=sha256_file(family / "checkpoint.pickle"), reference_io=f"{GOLDEN_ENTRY}/io.npz",
                            licence="test fixture")
     return entry
 
 
+def copy_golden_files(directory: Path) -> Path:
+    """The golden entry's files where a manifest in `directory` finds them (`golden-language/...`)."""
+    (directory / GOLDEN_ENTRY).mkdir(parents=True, exist_ok=True)
+    for name in GOLDEN_FILES:
+        shutil.copy(GOLDEN / "language" / name, directory / GOLDEN_ENTRY / name)
+    return directory / GOLDEN_ENTRY
+
+
 def scratch_manifest(path: Path, extra: dict[str, dict] | None = None) -> Path:
-    """The repo manifest plus `extra` entries, written to `path`."""
+    """The product manifest plus `extra` entries (default: the golden entry), with the golden files beside it."""
     data = zoo_manifest.load_manifest()
     data["models"].update(extra if extra is not None else {GOLDEN_ENTRY: golden_language_entry()})
-    zoo_manifest.save_manifest(data, path)
+    copy_golden_files(path.parent)
+    save_manifest(data, path)
     return path
 
 
@@ -58,9 +80,6 @@ def produce_and_publish(root: Path, token: str = "test-write-token") -> tuple[Pa
 
     Returns (scratch manifest, stand-in tree, pinned revision).
     """
-    from perceiver_torch.zoo.publish import publish
-    from perceiver_torch.zoo.regenerate import regenerate
-
     manifest = scratch_manifest(root / "zoo_manifest.yaml")
     regenerate(GOLDEN_ENTRY, work_dir=root / "work", manifest=manifest)
     with serve(root / "hub", token=token) as hub:

@@ -1,40 +1,44 @@
-"""Which model class serves which task, and the released presets.
+"""The runtime's one registration point: which model class serves which task, and the released presets.
 
-Tasks map to import paths so that importing the package stays cheap and a
-task lands by adding one line here.
+A task is a model class registered here under its name; the producer side
+(`converters.tasks`) registers the same names with their conversion tables,
+JAX builders and upstream-layout runners, and a test holds the two sets equal.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 from functools import cache
 from importlib import resources
 
 from torch import nn
 
-TASK_MODELS: dict[str, str] = {
-    "language": "perceiver_torch.models.language:PerceiverForMaskedLM",
-    "imagenet": "perceiver_torch.models.image_classification:PerceiverForImageClassification",
-    "video_autoencoding": "perceiver_torch.models.video_autoencoding:PerceiverForMultimodalAutoencoding",
-    "optical_flow": "perceiver_torch.models.optical_flow:PerceiverForOpticalFlow",
+from .models import (
+    PerceiverForImageClassification,
+    PerceiverForMaskedLM,
+    PerceiverForMultimodalAutoencoding,
+    PerceiverForOpticalFlow,
+)
+
+TASK_MODELS: dict[str, type[nn.Module]] = {
+    "language": PerceiverForMaskedLM,
+    "imagenet": PerceiverForImageClassification,
+    "optical_flow": PerceiverForOpticalFlow,
+    "video_autoencoding": PerceiverForMultimodalAutoencoding,
 }
 
-ALL_TASKS = ("language", "imagenet", "optical_flow", "video_autoencoding")
+TASKS: tuple[str, ...] = tuple(TASK_MODELS)
 
 
 class UnsupportedTaskError(ValueError):
-    """The task is unknown, or known but not implemented yet."""
+    """The task is not one of `TASKS`."""
 
 
 def model_class(task: str) -> type[nn.Module]:
     if task not in TASK_MODELS:
-        if task in ALL_TASKS:
-            raise UnsupportedTaskError(f"task {task!r} is not supported yet; supported: {sorted(TASK_MODELS)}.")
-        raise UnsupportedTaskError(f"unknown task {task!r}; expected one of {list(ALL_TASKS)}.")
-    module_name, class_name = TASK_MODELS[task].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+        raise UnsupportedTaskError(f"unknown task {task!r}; expected one of {list(TASKS)}.")
+    return TASK_MODELS[task]
 
 
 def build_model(task: str, config: dict) -> nn.Module:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .registry import build_model
+from .safetensors_io import write_safetensors
 
 FORMAT = "perceiver-torch"
 
@@ -37,7 +37,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, mode)  # some writers (safetensors' save_file) recreate the file owner-only
+        os.chmod(tmp, mode)  # a writer may recreate the file (e.g. safetensors' save_file, owner-only)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -47,11 +47,10 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
 
 def save_checkpoint(state_dict: dict[str, torch.Tensor], path, task: str, config: dict,
                     metadata: dict[str, str] | None = None) -> Path:
-    """Write `state_dict` atomically with the task and full config in the metadata."""
+    """Write `state_dict` atomically with the task and full config in the metadata; same input, same bytes."""
     meta = {"format": FORMAT, "task": task, "config": json.dumps(config, sort_keys=True)}
     meta.update(metadata or {})
-    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return atomic_write(path, lambda tmp: write_safetensors(tmp, state_dict, meta))
 
 
 def read_metadata(path) -> dict[str, str]:

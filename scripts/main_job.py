@@ -5,8 +5,10 @@
 2. verify it with the parity harness (the JAX reference against the converted model) and against
    the upstream outputs stored in the fixture; without JAX (the base install) only the latter, and
    it says so;
-3. pull a tiny zoo model by name through huggingface_hub from the bundled Hub stand-in served on
-   127.0.0.1 (sha256-verified before loading) and check it against its stored JAX-reference outputs.
+3. pull a small test model by name (from the test manifest, parity_tests/fixtures/zoo_test_manifest.yaml)
+   through huggingface_hub from the Hub stand-in serving parity_tests/fixtures/zoo_hub on 127.0.0.1,
+   into a Hub cache (sha256-verified before loading), and check it against its stored JAX-reference
+   outputs.
 
 Runs offline on a fresh machine with only `pip install -e .`.
 """
@@ -20,13 +22,16 @@ import torch
 
 import converters
 import perceiver_torch as pt
+from converters.zoo.manifest_edit import entry_file
+from converters.zoo.standin import serve
+from converters.zoo.verify import harness_missing, harness_runs, stored_io_runs
 from perceiver_torch.zoo import get_entry
-from perceiver_torch.zoo.manifest import BUNDLED_STANDIN, resolve_repo_path
-from perceiver_torch.zoo.standin import serve
-from perceiver_torch.zoo.verify import harness_missing, harness_runs, stored_io_runs
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = REPO / "parity_tests" / "fixtures" / "golden"
+FIXTURES = REPO / "parity_tests" / "fixtures"
+GOLDEN = FIXTURES / "golden"
+TEST_MANIFEST = FIXTURES / "zoo_test_manifest.yaml"
+TEST_HUB = FIXTURES / "zoo_hub"
 TINY = "tiny-language-perceiver"
 
 
@@ -48,7 +53,7 @@ def convert_and_verify(out_dir: Path) -> bool:
     missing = harness_missing()
     runs = []
     if missing is None:
-        print("[parity] JAX reference vs converted model (perceiver_torch.parity.run_parity):")
+        print("[parity] JAX reference vs converted model (converters.parity.run_parity):")
         runs += harness_runs("language", config, model, family / "checkpoint.pickle", inputs=family / "io.npz")
     else:
         print(f"[parity] the JAX parity harness is not available here ({missing}); verifying against the "
@@ -61,13 +66,13 @@ def convert_and_verify(out_dir: Path) -> bool:
 
 
 def pull_and_run(cache: Path) -> bool:
-    entry = get_entry(TINY)
-    with serve(BUNDLED_STANDIN) as hub:
+    entry = get_entry(TINY, TEST_MANIFEST)
+    with serve(TEST_HUB) as hub:
         print(f"[pull] {TINY} from the Hub stand-in at {hub.endpoint} (revision {entry['artifact']['revision']})")
-        model = pt.create_model(TINY, endpoint=hub.endpoint, cache_dir=cache)
+        model = pt.create_model(TINY, endpoint=hub.endpoint, cache_dir=cache, manifest=TEST_MANIFEST)
     print(f"[pull] sha256 {entry['artifact']['sha256']} verified; {type(model).__name__} in eval mode: "
           f"{not model.training}")
-    io_path = resolve_repo_path(entry["source"]["reference_io"])
+    io_path = entry_file(entry["source"]["reference_io"], TEST_MANIFEST)
     return _report(stored_io_runs(entry["task"], model, io_path, f"{TINY} JAX-reference outputs"))
 
 

@@ -1,10 +1,12 @@
-"""Make the tiny zoo entries' sources from the JAX reference (fixed seeds) and add them to the manifest.
+"""Make the tiny test entries' sources from the JAX reference (fixed seeds) and add them to the test manifest.
 
     python scripts/make_tiny_sources.py [NAME ...]     # default: every tiny entry
 
 Writes parity_tests/fixtures/zoo_tiny/NAME/{checkpoint.pickle, io.npz}; an entry whose source bytes
-changed is reset to not-produced, to be rebuilt with scripts/regenerate.py and scripts/publish.py.
-Needs the jax extra. The library code is perceiver_torch/zoo/tiny.py.
+changed is reset to not-produced in parity_tests/fixtures/zoo_test_manifest.yaml, to be rebuilt with
+`perceiver-zoo-admin --manifest parity_tests/fixtures/zoo_test_manifest.yaml regenerate NAME` and
+`... publish NAME --stand-in parity_tests/fixtures/zoo_hub`. Needs the jax extra. The code is
+parity_tests/tiny_sources.py (test machinery: the sources are test fixtures).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # parity_tests is not an installed package
 
-from perceiver_torch.zoo.tiny import TINY, make_source, register  # noqa: E402
+from parity_tests.tiny_sources import TINY, make_source, register  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,14 +1,12 @@
-"""Ready models, one per released task."""
+"""Ready models, one per released task, and the generic PerceiverIO they are built from."""
 
+from .image_classification import PerceiverForImageClassification
 from .language import PerceiverForMaskedLM
+from .optical_flow import PerceiverForOpticalFlow
 from .perceiver_io import PerceiverIO
+from .video_autoencoding import PerceiverForMultimodalAutoencoding
 
-__all__ = ["PerceiverForMaskedLM"]
-__all__ += ["PerceiverIO"]
-from .optical_flow import PerceiverForOpticalFlow  # noqa: E402
-
-__all__ += ["PerceiverForOpticalFlow"]
-from .image_classification import PerceiverForImageClassification  # noqa: E402
-from .video_autoencoding import PerceiverForMultimodalAutoencoding  # noqa: E402
-
-__all__ += ["PerceiverForImageClassification", "PerceiverForMultimodalAutoencoding"]
+__all__ = [
+    "PerceiverForImageClassification", "PerceiverForMaskedLM", "PerceiverForMultimodalAutoencoding",
+    "PerceiverForOpticalFlow", "PerceiverIO",
+]

@@ -1,4 +1,7 @@
-"""`perceiver-zoo list | info NAME | pull NAME`: the model zoo from the command line."""
+"""`perceiver-zoo list | info NAME | pull NAME`: the model zoo from the command line.
+
+Maintainers produce and publish entries with `perceiver-zoo-admin` (the producer side, `converters.zoo`).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,13 @@ import sys
 
 import yaml
 
-from .hub import ZooError, fetch, location
-from .manifest import entries, get_entry
+from .hub import ZooError, fetch, how_to_get, location
+from .manifest import entries, get_entry, manifest_path
 from .schema import ManifestError
 
 
-def _list() -> int:
-    models = entries()
+def _list(manifest) -> int:
+    models = entries(manifest)
     width = max(map(len, models))
     print(f"{'name':<{width}}  {'task':<18} {'kind':<8} status")
     for name, e in models.items():
@@ -21,22 +24,28 @@ def _list() -> int:
     return 0
 
 
-def _info(name: str) -> int:
-    entry = get_entry(name)
-    kind, where = location(entry)
+def _info(name: str, manifest) -> int:
+    entry = get_entry(name, manifest)
     print(yaml.safe_dump({name: entry}, sort_keys=False, width=110), end="")
-    print(f"# would be pulled from {kind}: {where}")
+    if entry["status"] == "published":
+        kind, where = location(entry)
+        print(f"# would be pulled from {kind}: {where}")
+    else:
+        print(f"# not published yet ({entry['status']}): nothing to pull; {how_to_get(name, entry)}")
+    print(f"# manifest: {manifest_path(manifest)}")
     return 0
 
 
-def _pull(name: str, endpoint: str | None, mirror: str | None) -> int:
-    path = fetch(name, endpoint=endpoint, mirror=mirror)  # huggingface_hub shows a progress bar
-    print(f"{name}: verified sha256 {get_entry(name)['artifact']['sha256']}\n{path}")
+def _pull(name: str, endpoint: str | None, mirror: str | None, manifest) -> int:
+    path = fetch(name, endpoint=endpoint, mirror=mirror, manifest=manifest)  # huggingface_hub shows a progress bar
+    print(f"{name}: verified sha256 {get_entry(name, manifest)['artifact']['sha256']}\n{path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perceiver-zoo", description=__doc__)
+    parser.add_argument("--manifest",
+                        help="a zoo manifest file (default: PERCEIVER_ZOO_MANIFEST, else the packaged one)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the zoo's models")
     info = sub.add_parser("info", help="show one entry of the manifest")
@@ -48,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
-            return _list()
+            return _list(args.manifest)
         if args.command == "info":
-            return _info(args.name)
-        return _pull(args.name, args.endpoint, args.mirror)
+            return _info(args.name, args.manifest)
+        return _pull(args.name, args.endpoint, args.mirror, args.manifest)
     except (ZooError, ManifestError, KeyError) as exc:
         print(f"perceiver-zoo: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 1

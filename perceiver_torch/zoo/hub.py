@@ -7,14 +7,13 @@ Where files come from, first match wins:
    (no HTTP, files are verified and loaded in place);
 3. ``PERCEIVER_ZOO_ENDPOINT`` or ``HF_ENDPOINT``: a Hub-compatible endpoint, used through
    ``huggingface_hub.hf_hub_download`` (pinned revision, the Hub cache, resumable download);
-4. entries published to the bundled stand-in (the tiny ones) read its tree as a mirror;
-5. the Hugging Face Hub.
+4. the Hugging Face Hub.
 
 The environment is read at call time (``huggingface_hub`` reads ``HF_ENDPOINT``,
 ``HF_HUB_OFFLINE`` and ``HF_HOME`` once at import), and passed to it explicitly:
 ``HF_HUB_OFFLINE=1`` means cached files only. A downloaded file whose size or sha256
-differs from the manifest is removed from the cache (snapshot link and blob) before
-the error is raised, so it can never be loaded later.
+differs from the manifest is removed from the cache (snapshot link and blob, never anything
+outside the cache) before the error is raised, so it can never be loaded later.
 """
 
 from __future__ import annotations
@@ -24,10 +23,12 @@ import os
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants, hf_hub_download
 
+from ..hashing import sha256_stream
 from ..registry import build_model, preset
 from ..serialization import load_model, read_metadata
-from .manifest import BUNDLED_STANDIN, get_entry, resolve_repo_path
+from .manifest import get_entry
 
 _TRUE = {"1", "on", "yes", "true"}
 HUB_ENDPOINT = "https://huggingface.co"
@@ -46,17 +47,10 @@ class IntegrityError(ZooError):
 
 
 def entry_config(entry: dict) -> dict:
+    """The model config an entry names: its released preset's, or the one it holds."""
     if entry.get("preset"):
         return preset(entry["preset"])["config"]
-    from converters import load_config
-
-    return load_config(resolve_repo_path(entry["config_file"]))
-
-
-def sha256_file(path) -> str:
-    from converters.convert import sha256_file as _sha
-
-    return _sha(path)
+    return entry["config"]
 
 
 def is_offline() -> bool:
@@ -68,8 +62,6 @@ def cache_dir() -> Path:
         return Path(os.environ["HF_HUB_CACHE"])
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]) / "hub"
-    from huggingface_hub import constants
-
     return Path(constants.HF_HUB_CACHE)
 
 
@@ -84,15 +76,22 @@ def location(entry: dict, endpoint: str | None = None, mirror=None) -> tuple[str
     for var in ("PERCEIVER_ZOO_ENDPOINT", "HF_ENDPOINT"):
         if os.environ.get(var):
             return "endpoint", os.environ[var].rstrip("/")
-    if (entry.get("artifact") or {}).get("published_to") == "stand-in":
-        return "mirror", str(BUNDLED_STANDIN)
     return "endpoint", HUB_ENDPOINT
 
 
-def how_to_regenerate(name: str, entry: dict) -> str:
-    return (f"regenerate it from DeepMind's release file with `{entry['regenerate']}` (add `--source PATH` "
-            f"for a local copy), then publish it with `HF_TOKEN=... python scripts/publish.py {name}`, which pins "
-            "its revision and sha256 in zoo_manifest.yaml")
+def how_to_get(name: str, entry: dict) -> str:
+    """The routes that work today for an entry with no published artifact: a user's, then a maintainer's."""
+    src = entry["source"]
+    where = src.get("url") or src.get("path")
+    if entry.get("preset"):
+        convert = (f"perceiver-convert {entry['task']} {where.rsplit('/', 1)[-1]} --preset {entry['preset']} "
+                   f"-o {name}.safetensors")
+    else:
+        convert = f"perceiver-convert {entry['task']} CHECKPOINT --config CONFIG.json -o {name}.safetensors"
+    return (f"to use it now, download {where} ({src['size']} bytes, sha256 {src['sha256']}), convert it with "
+            f"`{convert}` and load it with `perceiver_torch.load_model(\"{name}.safetensors\")`; a maintainer "
+            f"produces the zoo artifact with `{entry['regenerate']}` and publishes it with "
+            f"`HF_TOKEN=... perceiver-zoo-admin publish {name}`, which pins its revision and sha256 in the manifest")
 
 
 def _published(name: str, entry: dict) -> dict:
@@ -100,41 +99,62 @@ def _published(name: str, entry: dict) -> dict:
     if entry["status"] == "not-produced" or artifact is None:
         raise NotProducedError(
             f"zoo model {name!r}: the converted artifact has not been produced yet (status: not-produced), "
-            f"so there is nothing to download; {how_to_regenerate(name, entry)}."
+            f"so there is nothing to download; {how_to_get(name, entry)}."
         )
     if entry["status"] != "published":
         raise NotProducedError(
             f"zoo model {name!r} is produced locally but not published (no pinned revision); "
-            f"publish it with `python scripts/publish.py {name}`."
+            f"{how_to_get(name, entry)}."
         )
     return artifact
 
 
-def _remove_from_cache(path: Path) -> list[str]:
-    """Remove a cached snapshot file and the blob it points to; returns what was removed."""
+def _inside(path: Path, root: Path) -> bool:
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) == os.path.realpath(root)
+
+
+def _remove_from_cache(path: Path, repo_dir: Path) -> list[str]:
+    """Remove a cached snapshot file and the blob it points to, both only inside `repo_dir`."""
     removed = []
     blob = Path(os.path.realpath(path))
-    for p in (path, blob):
-        if p.is_symlink() or p.exists():
-            p.unlink()
+    # The snapshot entry itself is a link (or a file) under the repo's cache folder; the blob it
+    # points to is removed only when it, too, lies there: a link out of the cache is never followed.
+    for p, allowed in ((path, _inside(path.parent, repo_dir)), (blob, _inside(blob, repo_dir))):
+        if allowed and (p.is_symlink() or p.exists()):
+            p.unlink(missing_ok=True)
             removed.append(str(p))
     return removed
 
 
-def _remove_incomplete(cache: Path, repo_id: str) -> None:
-    blobs = cache / ("models--" + repo_id.replace("/", "--")) / "blobs"
+def _remove_incomplete(repo_dir: Path) -> None:
+    blobs = repo_dir / "blobs"
     for p in blobs.glob("*.incomplete") if blobs.is_dir() else ():
         p.unlink(missing_ok=True)
 
 
-def verify_file(path: Path, artifact: dict, what: str) -> None:
-    size = path.stat().st_size
-    digest = sha256_file(path)
-    if size != artifact["size"] or digest != artifact["sha256"]:
-        raise IntegrityError(
-            f"{what}: {path} has size {size} and sha256 {digest}, but the manifest pins size "
-            f"{artifact['size']} and sha256 {artifact['sha256']}; the file was refused"
-        )
+def _check_open_file(f, path: Path, artifact: dict, what: str) -> None:
+    size = os.fstat(f.fileno()).st_size
+    if size != artifact["size"]:
+        raise IntegrityError(f"{what}: {path} has size {size}, but the manifest pins size {artifact['size']} "
+                             f"(sha256 {artifact['sha256']}); the file was refused")
+    digest = sha256_stream(f)
+    if digest != artifact["sha256"]:
+        raise IntegrityError(f"{what}: {path} has sha256 {digest}, but the manifest pins sha256 "
+                             f"{artifact['sha256']} (size {artifact['size']}); the file was refused")
+
+
+def verify_file(path: Path, artifact: dict, what: str) -> os.stat_result:
+    """Check size and sha256 against the manifest; returns the stat of exactly the bytes hashed."""
+    try:
+        with open(path, "rb") as f:
+            _check_open_file(f, path, artifact, what)
+            return os.fstat(f.fileno())
+    except OSError as exc:  # e.g. removed by a concurrent pull that found it corrupt
+        raise ZooError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
 
 
 def fetch(name: str, *, endpoint: str | None = None, mirror=None, cache: str | os.PathLike | None = None,
@@ -142,34 +162,42 @@ def fetch(name: str, *, endpoint: str | None = None, mirror=None, cache: str | o
     """Local path of `name`'s verified artifact, downloading it (pinned revision) if needed."""
     entry = get_entry(name, manifest)
     artifact = _published(name, entry)
-    kind, where = location(entry, endpoint, mirror)
+    path, _ = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache)
+    return path
+
+
+def _fetch_verified(name: str, artifact: dict, kind: str, where: str, cache) -> tuple[Path, os.stat_result]:
     repo_id, revision, filename = artifact["repo_id"], artifact["revision"], artifact["filename"]
     if kind == "mirror":
-        path = Path(where) / repo_id / revision / filename
+        root = Path(where)
+        path = root / repo_id / revision / filename
+        # The schema already refuses '..' and absolute names; a link inside the mirror may still point out.
+        if not _inside(path, root):
+            raise ZooError(f"zoo model {name!r}: {path} resolves outside the mirror {root}; refused")
         if not path.is_file():
             raise ZooError(f"zoo model {name!r}: mirror {where} has no {repo_id}/{revision}/{filename}")
-        verify_file(path, artifact, f"zoo model {name!r} (mirror)")
-        return path
-
-    from huggingface_hub import hf_hub_download
+        return path, verify_file(path, artifact, f"zoo model {name!r} (mirror)")
 
     cache = Path(cache) if cache else cache_dir()
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
     offline = is_offline()
     try:
         local = Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=where, cache_dir=str(cache),
                                      local_files_only=offline))
     except Exception as exc:
-        _remove_incomplete(cache, repo_id)
+        _remove_incomplete(repo_dir)
         hint = " (HF_HUB_OFFLINE is set and the file is not in the cache)" if offline else ""
         raise ZooError(f"zoo model {name!r}: download of {repo_id}@{revision}/{filename} from {where} "
                        f"failed{hint}: {type(exc).__name__}: {exc}") from exc
+    if not _inside(local, repo_dir):
+        raise ZooError(f"zoo model {name!r}: the cached file {local} resolves outside the cache folder {repo_dir}; "
+                       "refused (remove it and pull again)")
     try:
-        verify_file(local, artifact, f"zoo model {name!r}")
+        return local, verify_file(local, artifact, f"zoo model {name!r}")
     except IntegrityError as exc:
-        removed = _remove_from_cache(local)
-        raise IntegrityError(f"{exc} and removed from the cache ({', '.join(removed)}). "
+        removed = _remove_from_cache(local, repo_dir)
+        raise IntegrityError(f"{exc} and removed from the cache ({', '.join(removed) or 'already gone'}). "
                              "The server or mirror holds a corrupt or different file.") from None
-    return local
 
 
 def create_model(name: str, pretrained: bool = True, *, device: str | torch.device = "cpu",
@@ -184,9 +212,18 @@ def create_model(name: str, pretrained: bool = True, *, device: str | torch.devi
     config = entry_config(entry)
     if not pretrained:
         return build_model(entry["task"], config).to(device).eval()
-    path = fetch(name, endpoint=endpoint, mirror=mirror, cache=cache_dir, manifest=manifest)
+    artifact = _published(name, entry)
+    path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir)
     meta = read_metadata(path)
     if meta["task"] != entry["task"] or json.loads(meta["config"]) != config:
         raise ZooError(f"zoo model {name!r}: {path} was converted for task {meta['task']!r} with a different "
                        "config than the manifest entry")
-    return load_model(path, device=device)
+    model = load_model(path, device=device)
+    # What was loaded must be the very bytes that were hashed: same inode, size and mtime after the load.
+    try:
+        unchanged = _same_file(hashed, os.stat(path))
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        raise IntegrityError(f"zoo model {name!r}: {path} changed between its sha256 check and its load; refused")
+    return model

@@ -1,26 +1,26 @@
-"""Load, validate and atomically rewrite `zoo_manifest.yaml`."""
+"""Read and validate the zoo manifest: the packaged `zoo_manifest.yaml`, or another one by path.
+
+The package ships the repository's `zoo_manifest.yaml` byte for byte (the released entries);
+`PERCEIVER_ZOO_MANIFEST` or a `manifest=` argument selects another file, e.g. the test
+manifest of small models under parity_tests/. Paths inside a manifest (a source's `path`,
+`reference_io`) are relative to the manifest's own directory and are only read by the
+producer side (`converters.zoo`); the runtime needs nothing but the manifest itself.
+"""
 
 from __future__ import annotations
 
 import copy
 import os
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from ..serialization import atomic_write
-from .schema import ManifestError, validate_entry, validate_manifest
+from .schema import ManifestError, validate_manifest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MANIFEST = REPO_ROOT / "zoo_manifest.yaml"
-# The bundled stand-in Hub tree: <root>/<repo_id>/<revision>/<filename>.
-BUNDLED_STANDIN = REPO_ROOT / "parity_tests" / "fixtures" / "zoo_hub"
-
-HEADER = """\
-# perceiver-torch model zoo manifest. Schema: perceiver_torch/zoo/schema.py (validated on every load).
-# Figures under `parity` and `artifact` are written by scripts/regenerate.py and scripts/publish.py,
-# never by hand. Release facts come from DeepMind's release (see each entry's `source`).
-"""
+PACKAGED_MANIFEST = "zoo_manifest.yaml"
+# Bigger than any sane manifest (the released one is ~10 KB); refused before it is parsed.
+MAX_MANIFEST_BYTES = 8 << 20
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -42,19 +42,28 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def manifest_path(path=None) -> Path:
-    return Path(path or os.environ.get("PERCEIVER_ZOO_MANIFEST") or DEFAULT_MANIFEST)
+    """The manifest in use: `path`, else $PERCEIVER_ZOO_MANIFEST, else the packaged one."""
+    if path or os.environ.get("PERCEIVER_ZOO_MANIFEST"):
+        return Path(path or os.environ["PERCEIVER_ZOO_MANIFEST"])
+    return Path(str(resources.files("perceiver_torch").joinpath(PACKAGED_MANIFEST)))
 
 
 def load_manifest(path=None) -> dict:
     """The validated manifest ``{"schema_version", "models"}``."""
     path = manifest_path(path)
     if not path.is_file():
-        raise ManifestError(f"zoo manifest {path} not found (set PERCEIVER_ZOO_MANIFEST to its location)")
+        raise ManifestError(f"zoo manifest {path} not found (PERCEIVER_ZOO_MANIFEST or manifest= names another)")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"zoo manifest {path} is {path.stat().st_size} bytes, more than the "
+                            f"{MAX_MANIFEST_BYTES} a manifest may have")
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
-    except yaml.YAMLError as exc:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ManifestError(f"zoo manifest {path} is not valid YAML: {exc}") from None
-    validate_manifest(data)
+    try:
+        validate_manifest(data)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
     return data
 
 
@@ -67,24 +76,3 @@ def get_entry(name: str, path=None) -> dict:
     if name not in models:
         raise KeyError(f"no model {name!r} in the zoo; available: {sorted(models)}")
     return copy.deepcopy(models[name])
-
-
-def save_manifest(data: dict, path=None) -> Path:
-    """Validate then atomically replace the manifest (a failure leaves the old file intact)."""
-    validate_manifest(data)
-    text = HEADER + yaml.safe_dump(data, sort_keys=False, width=110, allow_unicode=True)
-    path = manifest_path(path)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def update_entry(name: str, entry: dict, path=None) -> Path:
-    validate_entry(name, entry)
-    data = load_manifest(path)
-    data["models"][name] = entry
-    return save_manifest(data, path)
-
-
-def resolve_repo_path(relative: str) -> Path:
-    """A repo-relative path named in the manifest (source.path, config_file)."""
-    p = Path(relative)
-    return p if p.is_absolute() else REPO_ROOT / p

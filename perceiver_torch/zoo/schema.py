@@ -3,28 +3,32 @@
 The manifest is a mapping ``{"schema_version": 1, "models": {NAME: ENTRY}}``.
 Each ENTRY has these fields (``?`` = may be null):
 
-``kind``            ``released`` (one of DeepMind's six checkpoints) or ``tiny`` (a small
-                    model made to test the whole pull path offline).
-``task``            one of ``perceiver_torch.registry.ALL_TASKS``.
+``kind``            ``released`` (one of DeepMind's six checkpoints) or ``test`` (a model with
+                    random weights made to test the whole produce/publish/pull path offline;
+                    test entries live in parity_tests/fixtures/zoo_test_manifest.yaml, never
+                    in the packaged manifest).
+``task``            one of ``perceiver_torch.registry.TASKS``.
 ``preset``?         a released configuration in ``perceiver_torch/data/presets.json``.
-``config_file``?    a repo-relative golden-layout ``config.json``; exactly one of
-                    ``preset`` and ``config_file`` is set.
+``config``?         the model config itself (golden ``config.json`` layout); exactly one of
+                    ``preset`` and ``config`` is set.
 ``status``          ``not-produced`` (no converted artifact exists yet: ``artifact`` and
                     ``parity`` are null, pulling fails and says how to regenerate),
                     ``produced`` (artifact written and verified locally, not published) or
                     ``published`` (artifact uploaded; ``artifact.repo_id``/``revision`` set).
 ``regenerate``      the exact command that (re)produces the artifact.
 ``publish_repo``    the Hub repo id the publish command uploads to.
-``source``          the upstream Haiku file: ``url``? or ``path``? (repo-relative), ``size``
+``source``          the upstream Haiku file: ``url``? or ``path``? (relative to the manifest's
+                    directory, without ``..``), ``size``
                     (bytes), ``sha256``, ``licence``, ``attribution``, ``produced_by``?,
-                    ``reference_io``? (repo-relative ``io.npz`` of inputs and the outputs the
+                    ``reference_io``? (manifest-relative ``io.npz`` of inputs and the outputs the
                     reference computed from exactly these weights; checked without JAX).
 ``artifact``?       the converted file: ``filename``, ``sha256``, ``size``, ``card_sha256``?
                     (the model card written beside it), and once published ``repo_id``,
                     ``revision`` (the 40-hex commit the publish returned; pulls are pinned to
-                    it) and ``published_to`` (``hub``, or ``stand-in``: the repository tree
-                    bundled in parity_tests/fixtures/zoo_hub that the tests serve on 127.0.0.1).
-``parity``?         measured by scripts/regenerate.py, never typed in: ``date``, ``versions``
+                    it) and ``published_to`` (``hub``, or ``stand-in``: the local Hub stand-in
+                    the tests publish to and pull from). ``filename`` is a relative path
+                    without ``..``; ``repo_id`` follows the Hub's ``namespace/name`` grammar.
+``parity``?         measured by ``perceiver-zoo-admin regenerate``, never typed in: ``date``, ``versions``
                     (distribution -> version), ``converter_version``, ``source_sha256``,
                     ``runs`` (list of ``{reference, device, dtype, passed, atol, rtol,
                     outputs: {NAME: {max_abs, max_rel, ...}}, ...}``, the parity harness's
@@ -37,17 +41,24 @@ Each ENTRY has these fields (``?`` = may be null):
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
+
+from ..registry import TASKS, preset_names
 
 SCHEMA_VERSION = 1
-KINDS = ("released", "tiny")
+KINDS = ("released", "test")
 STATUSES = ("not-produced", "produced", "published")
 PUBLISHED_TO = ("hub", "stand-in")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_REVISION = re.compile(r"^[0-9a-f]{40}$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+_REVISION = re.compile(r"^[0-9a-f]{40}\Z")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,95}\Z")
+# The Hub's repo id grammar (huggingface_hub's validate_repo_id), with the namespace required.
+_REPO_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+_REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}\Z")
+_PATH_PART = re.compile(r"^[A-Za-z0-9._-]+\Z")
 
 ENTRY_FIELDS = {
-    "kind": True, "task": True, "preset": False, "config_file": False, "status": True, "regenerate": True,
+    "kind": True, "task": True, "preset": False, "config": False, "status": True, "regenerate": True,
     "publish_repo": True, "source": True, "artifact": False, "parity": False, "preprocessing": True,
     "notes": False,
 }
@@ -87,29 +98,45 @@ def _check_size(name, field, value):
         _fail(name, field, f"must be a positive integer byte count, found {value!r}")
 
 
-def validate_entry(name: str, entry, tasks=None, presets=None) -> None:
-    """Raise ManifestError naming `name` and the field at the first problem."""
-    from perceiver_torch.registry import ALL_TASKS, preset_names
+def check_repo_id(name, field, value):
+    if not isinstance(value, str) or not _REPO_ID.match(value) or "--" in value or ".." in value \
+            or value.endswith(".git"):
+        _fail(name, field, f"must be a Hub repo id 'namespace/name' (letters, digits, '.', '_', '-'; no '--' "
+                           f"or '..'), found {value!r}")
 
-    tasks = ALL_TASKS if tasks is None else tasks
+
+def check_relative_path(name, field, value):
+    """A relative POSIX path of plain components: no absolute path, no '..', no backslash."""
+    parts = PurePosixPath(value).parts if isinstance(value, str) else ()
+    if not parts or value.startswith("/") or "\\" in value or any(
+            p in (".", "..") or not _PATH_PART.match(p) for p in parts):
+        _fail(name, field, f"must be a relative path of plain names (letters, digits, '.', '_', '-'; no '..'), "
+                           f"found {value!r}")
+
+
+def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
+    """Raise ManifestError naming `name` and the field at the first problem."""
     presets = preset_names() if presets is None else presets
     if not isinstance(name, str) or not _NAME.match(name):
-        _fail(str(name), "name", "must be lowercase letters, digits and dashes")
+        _fail(str(name), "name", "must be 1-96 lowercase letters, digits and dashes")
     _check_keys(name, "entry", entry, ENTRY_FIELDS, [k for k, req in ENTRY_FIELDS.items() if req])
     if entry["kind"] not in KINDS:
         _fail(name, "kind", f"must be one of {list(KINDS)}, found {entry['kind']!r}")
     if entry["task"] not in tasks:
         _fail(name, "task", f"must be one of {list(tasks)}, found {entry['task']!r}")
-    has_preset, has_file = entry.get("preset") is not None, entry.get("config_file") is not None
-    if has_preset == has_file:
-        _fail(name, "preset", "exactly one of 'preset' and 'config_file' must be set")
+    has_preset, has_config = entry.get("preset") is not None, entry.get("config") is not None
+    if has_preset == has_config:
+        _fail(name, "preset", "exactly one of 'preset' and 'config' must be set")
+    if has_config and not isinstance(entry["config"], dict):
+        _fail(name, "config", f"must be a mapping (the golden config.json layout), found "
+                              f"{type(entry['config']).__name__}")
     if has_preset and entry["preset"] not in presets:
         _fail(name, "preset", f"unknown preset {entry['preset']!r}; known: {list(presets)}")
     if entry["status"] not in STATUSES:
         _fail(name, "status", f"must be one of {list(STATUSES)}, found {entry['status']!r}")
-    for field in ("regenerate", "publish_repo"):
-        if not isinstance(entry[field], str) or not entry[field].strip():
-            _fail(name, field, "must be a non-empty string")
+    if not isinstance(entry["regenerate"], str) or not entry["regenerate"].strip():
+        _fail(name, "regenerate", "must be a non-empty string")
+    check_repo_id(name, "publish_repo", entry["publish_repo"])
 
     source = entry["source"]
     _check_keys(name, "source", source, SOURCE_FIELDS, ("size", "sha256", "licence", "attribution"))
@@ -117,6 +144,12 @@ def validate_entry(name: str, entry, tasks=None, presets=None) -> None:
         _fail(name, "source.url", "one of source.url and source.path must be set")
     _check_size(name, "source.size", source["size"])
     _check_sha(name, "source.sha256", source["sha256"])
+    for field in ("path", "reference_io"):
+        if source.get(field) is not None:
+            check_relative_path(name, f"source.{field}", source[field])
+    if source.get("url") is not None and not (isinstance(source["url"], str)
+                                              and source["url"].startswith(("https://", "http://"))):
+        _fail(name, "source.url", f"must be an http(s) URL, found {source['url']!r}")
 
     artifact, parity, status = entry.get("artifact"), entry.get("parity"), entry["status"]
     if status == "not-produced":
@@ -132,11 +165,14 @@ def validate_entry(name: str, entry, tasks=None, presets=None) -> None:
         _check_keys(name, "artifact", artifact, ARTIFACT_FIELDS, ("filename", "sha256", "size"))
         _check_sha(name, "artifact.sha256", artifact["sha256"])
         _check_size(name, "artifact.size", artifact["size"])
+        check_relative_path(name, "artifact.filename", artifact["filename"])
+        if artifact.get("repo_id") is not None:
+            check_repo_id(name, "artifact.repo_id", artifact["repo_id"])
         if status == "published":
             for key in ("repo_id", "revision", "published_to"):
                 if not artifact.get(key):
                     _fail(name, f"artifact.{key}", "is required when status is 'published'")
-            if not _REVISION.match(str(artifact["revision"])):
+            if not isinstance(artifact["revision"], str) or not _REVISION.match(artifact["revision"]):
                 _fail(name, "artifact.revision", f"must be a pinned 40-hex revision, found {artifact['revision']!r}")
             if artifact["published_to"] not in PUBLISHED_TO:
                 _fail(name, "artifact.published_to", f"must be one of {list(PUBLISHED_TO)}")

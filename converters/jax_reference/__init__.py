@@ -11,7 +11,7 @@ try:
     import jax  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        f"perceiver_torch.jax_reference needs JAX and Haiku ({exc.name or exc} is missing): "
+        f"converters.jax_reference needs JAX and Haiku ({exc.name or exc} is missing): "
         'pip install "perceiver-torch[jax]"'
     ) from exc
 

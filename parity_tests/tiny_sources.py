@@ -1,6 +1,7 @@
 """Tiny zoo entries: small models made from the JAX reference with fixed seeds, one per task.
 
-They make the whole regenerate -> verify -> publish -> pull path testable offline. Each is a
+They make the whole regenerate -> verify -> publish -> pull path testable offline; their
+entries live in the test manifest (fixtures/zoo_test_manifest.yaml), never in the product's. Each is a
 golden fixture's small configuration with parameters from ``jax_reference.init`` (seeded,
 perturbed so zero-initialised layers matter), written in the release pickle layout
 (``jax_reference.checkpoint_tree``) beside an ``io.npz`` of ``jax_reference.example_inputs``
@@ -17,11 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..serialization import atomic_write
-from .manifest import REPO_ROOT
+from converters import jax_reference as ref
+from converters import load_config
+from converters.zoo.manifest_edit import save_manifest
+from perceiver_torch.hashing import sha256_file
+from perceiver_torch.serialization import atomic_write
+from perceiver_torch.zoo import load_manifest
 
-TINY_DIR = REPO_ROOT / "parity_tests" / "fixtures" / "zoo_tiny"
-GOLDEN_DIR = REPO_ROOT / "parity_tests" / "fixtures" / "golden"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TEST_MANIFEST = FIXTURES / "zoo_test_manifest.yaml"
+TINY_DIR = FIXTURES / "zoo_tiny"
+GOLDEN_DIR = FIXTURES / "golden"
 
 # name -> (task, golden fixture whose config.json it uses, seed)
 TINY = {
@@ -43,9 +50,6 @@ def config_path(name: str) -> Path:
 
 def make_source(name: str, out_dir: Path | None = None) -> tuple[Path, Path]:
     """Write a tiny entry's checkpoint (release layout) and reference io.npz; returns their paths."""
-    from converters import load_config
-    from perceiver_torch import jax_reference as ref
-
     task, _, seed = TINY[name]
     config = load_config(config_path(name))
     inputs = ref.example_inputs(task, config, batch=1, seed=seed)
@@ -86,22 +90,21 @@ def canonical_pickle(tree) -> bytes:
 
 
 def manifest_entry(name: str) -> dict:
-    """The manifest entry of a tiny model before regeneration (status not-produced)."""
-    from converters.convert import sha256_file
-
+    """The test manifest's entry of a tiny model before regeneration (status not-produced)."""
     task, family, seed = TINY[name]
     ckpt, io_path = source_files(name)
-    rel = lambda p: str(Path(p).relative_to(REPO_ROOT))  # noqa: E731
+    rel = lambda p: str(Path(p).relative_to(FIXTURES))  # noqa: E731 - paths are relative to the manifest
     return {
-        "kind": "tiny", "task": task, "preset": None, "config_file": rel(config_path(name)),
-        "status": "not-produced", "regenerate": f"python scripts/regenerate.py {name}",
+        "kind": "test", "task": task, "preset": None, "config": load_config(config_path(name)),
+        "status": "not-produced",
+        "regenerate": f"perceiver-zoo-admin --manifest parity_tests/fixtures/zoo_test_manifest.yaml regenerate {name}",
         "publish_repo": f"perceiver-torch/{name}",
         "source": {
             "url": None, "path": rel(ckpt), "size": ckpt.stat().st_size, "sha256": sha256_file(ckpt),
             "licence": "Apache-2.0 (random test weights, not DeepMind's released parameters)",
             "attribution": "Architecture: DeepMind, \"Perceiver IO: A General Architecture for Structured Inputs & "
                            "Outputs\" (Jaegle et al., 2021, arXiv 2107.14795)",
-            "produced_by": f"perceiver_torch.jax_reference init/checkpoint_tree, seed {seed}, perturbed, at the "
+            "produced_by": f"converters.jax_reference init/checkpoint_tree, seed {seed}, perturbed, at the "
                            f"golden {family} config (python scripts/make_tiny_sources.py {name})",
             "reference_io": rel(io_path),
         },
@@ -111,14 +114,12 @@ def manifest_entry(name: str) -> dict:
     }
 
 
-def register(name: str, manifest=None) -> bool:
-    """Add or refresh `name`'s manifest entry after its source was (re)made; returns whether it changed."""
-    from .manifest import load_manifest, save_manifest
-
+def register(name: str, manifest=TEST_MANIFEST) -> bool:
+    """Add or refresh `name`'s test-manifest entry after its source was (re)made; returns whether it changed."""
     data = load_manifest(manifest)
     old = data["models"].get(name)
     new = manifest_entry(name)
-    if old is not None and old["source"] == new["source"] and old["config_file"] == new["config_file"]:
+    if old is not None and old["source"] == new["source"] and old["config"] == new["config"]:
         return False
     data["models"][name] = new
     save_manifest(data, manifest)

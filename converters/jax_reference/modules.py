@@ -15,7 +15,7 @@ def default_modules() -> SimpleNamespace:
     from . import io_processors, perceiver, position_encoding
 
     return SimpleNamespace(perceiver=perceiver, io_processors=io_processors, position_encoding=position_encoding,
-                           origin="perceiver_torch.jax_reference")
+                           origin="converters.jax_reference")
 
 
 def _package_dir(path: Path) -> Path:

@@ -1,13 +1,13 @@
 """Regenerate a zoo entry from its upstream Haiku file: fetch, check, convert, verify, write card + manifest.
 
-``regenerate(name)`` is what ``scripts/regenerate.py`` runs:
+``regenerate(name)`` is what ``perceiver-zoo-admin regenerate NAME`` runs:
 
-1. the source: ``source_path=`` (a local copy), the entry's repo-relative ``source.path``, or a
+1. the source: ``source_path=`` (a local copy), the entry's manifest-relative ``source.path``, or a
    download of ``source.url`` with a progress bar; its size and sha256 must equal the
    manifest's before anything else happens;
 2. unless forced, stop when the manifest already records this source sha256 and converter
    version and the recorded artifact is present locally with its hash (a second run is a no-op);
-3. convert (``converters.convert``, strict) to a temp file, with a byte-reproducible header;
+3. convert (``converters.convert``, strict and byte-reproducible) to a temp file;
 4. verify (``verify.py``): the parity harness against the JAX reference on CPU and CUDA where
    present, the stored upstream outputs when the entry has them, and the known real-weight
    checks; any failure deletes the temp file and leaves the manifest untouched;
@@ -19,24 +19,31 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
-import struct
 import urllib.request
 from pathlib import Path
 
-from ..parity.harness import package_versions
-from ..serialization import atomic_write, load_model
-from . import verify
-from .hub import ZooError, entry_config, sha256_file
-from .manifest import BUNDLED_STANDIN, REPO_ROOT, get_entry, resolve_repo_path, update_entry
+from tqdm.auto import tqdm
 
-WORK_DIR = REPO_ROOT / "out" / "zoo"
+from perceiver_torch.hashing import sha256_file
+from perceiver_torch.serialization import atomic_write, load_model
+from perceiver_torch.zoo import ZooError, get_entry
+from perceiver_torch.zoo.hub import entry_config
+
+from ..convert import CONVERTER_VERSION, convert
+from ..parity.harness import package_versions
+from . import verify
+from .manifest_edit import entry_file, update_entry
+
+log = logging.getLogger(__name__)
+
+# Relative: maintainers run regeneration from their checkout, where /out/ is ignored.
+WORK_DIR = Path("out") / "zoo"
 ARTIFACT_NAME = "model.safetensors"
 
 
 def _progress(total: int | None, desc: str):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
 
 
@@ -52,25 +59,6 @@ def download_url(url: str, dest: Path) -> Path:
     return atomic_write(dest, write)
 
 
-def canonicalize_safetensors(path: Path) -> None:
-    """Rewrite a safetensors header with sorted keys, in place (atomically).
-
-    The safetensors writer emits its metadata map in hash order, so two conversions of one
-    source differ in bytes; the zoo pins artifacts by sha256, so they must be reproducible.
-    Only the JSON header changes (padded to 8 bytes with spaces); the tensor bytes are copied.
-    """
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    ordered = {k: header[k] for k in sorted(header)}
-    if "__metadata__" in ordered:
-        ordered["__metadata__"] = dict(sorted(ordered["__metadata__"].items()))
-    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)
-    data = struct.pack("<Q", len(text)) + text + raw[8 + n:]
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
 def check_source(path: Path, source: dict, name: str) -> None:
     size = path.stat().st_size
     if size != source["size"]:
@@ -80,17 +68,17 @@ def check_source(path: Path, source: dict, name: str) -> None:
         raise ZooError(f"{name}: source {path} has sha256 {digest}, the manifest (release) says {source['sha256']}")
 
 
-def fetch_source(name: str, entry: dict, source_path=None, work_dir: Path = WORK_DIR) -> Path:
-    """The checked upstream file: a given local copy, the entry's repo path, or a download of its URL."""
+def fetch_source(name: str, entry: dict, source_path=None, work_dir: Path = WORK_DIR, manifest=None) -> Path:
+    """The checked upstream file: a given local copy, the entry's source path, or a download of its URL."""
     source = entry["source"]
     if source_path:
         path = Path(source_path)
     elif source.get("path"):
-        path = resolve_repo_path(source["path"])
+        path = entry_file(source["path"], manifest)
     else:
         path = Path(work_dir) / "_sources" / source["url"].rsplit("/", 1)[-1]
         if not (path.is_file() and path.stat().st_size == source["size"]):
-            print(f"[{name}] fetch {source['url']} -> {path}")
+            log.info("[%s] fetch %s -> %s", name, source["url"], path)
             try:
                 download_url(source["url"], path)
             except OSError as exc:
@@ -107,21 +95,24 @@ def versions() -> dict[str, str]:
                              "dm-haiku"))
 
 
-def run_checks(name: str, entry: dict, model, source: Path, config: dict) -> tuple[list[dict], list[dict]]:
+def run_checks(name: str, entry: dict, model, source: Path, config: dict,
+               manifest=None) -> tuple[list[dict], list[dict]]:
     """(parity runs, known checks) of a converted model; raises ZooError if nothing can verify it."""
     io_path = entry["source"].get("reference_io")
+    io_file = entry_file(io_path, manifest) if io_path else None
     runs = []
     missing = verify.harness_missing()
     if missing is None:
         runs += verify.harness_runs(entry["task"], config, model, source,
-                                    inputs=resolve_repo_path(io_path) if io_path else None)
+                                    inputs=io_file)
     elif not io_path:
         raise ZooError(f"{name}: the parity harness cannot run ({missing}; it needs pip install "
                        "\"perceiver-torch[jax]\") and the entry stores no reference outputs; nothing can verify it")
     else:
-        print(f"[{name}] the parity harness cannot run ({missing}): checking the stored outputs in {io_path} only")
-    if io_path:
-        runs += verify.stored_io_runs(entry["task"], model, resolve_repo_path(io_path),
+        log.warning("[%s] the parity harness cannot run (%s): checking the stored outputs in %s only",
+                    name, missing, io_path)
+    if io_file:
+        runs += verify.stored_io_runs(entry["task"], model, io_file,
                                       f"reference outputs in {io_path}")
     return runs, verify.known_checks(entry, model)
 
@@ -178,21 +169,8 @@ Known real-weight checks:
 """
 
 
-def artifact_candidates(name: str, entry: dict, work_dir: Path = WORK_DIR) -> list[Path]:
-    """Where a produced artifact may be present locally: the work dir, the bundled stand-in, a mirror."""
-    artifact = entry.get("artifact") or {}
-    paths = [Path(work_dir) / name / artifact.get("filename", ARTIFACT_NAME)]
-    if artifact.get("repo_id") and artifact.get("revision"):
-        roots = [BUNDLED_STANDIN] + ([Path(os.environ["PERCEIVER_ZOO_MIRROR"])]
-                                     if os.environ.get("PERCEIVER_ZOO_MIRROR") else [])
-        paths += [r / artifact["repo_id"] / artifact["revision"] / artifact["filename"] for r in roots]
-    return paths
-
-
 def is_up_to_date(name: str, entry: dict, work_dir: Path = WORK_DIR) -> bool:
     """The manifest records this source and converter, and the artifact is present with its hash."""
-    from converters import CONVERTER_VERSION
-
     parity, artifact = entry.get("parity"), entry.get("artifact")
     if entry["status"] == "not-produced" or not parity or not artifact:
         return False
@@ -207,32 +185,29 @@ def is_up_to_date(name: str, entry: dict, work_dir: Path = WORK_DIR) -> bool:
 
 def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path = WORK_DIR, manifest=None) -> dict:
     """Regenerate one entry; returns {"name", "changed", ...}. Raises ZooError on failure."""
-    import converters
-
     work_dir = Path(work_dir)
     entry = get_entry(name, manifest)
-    src = fetch_source(name, entry, source_path, work_dir)
-    print(f"[{name}] source {src} (size and sha256 match the manifest)")
+    src = fetch_source(name, entry, source_path, work_dir, manifest)
+    log.info("[%s] source %s (size and sha256 match the manifest)", name, src)
     if not force and is_up_to_date(name, entry, work_dir):
-        print(f"[{name}] up to date (source sha256, converter {converters.CONVERTER_VERSION}, artifact and card "
-              "hashes match the manifest): nothing to do")
+        log.info("[%s] up to date (source sha256, converter %s, artifact and card hashes match the manifest): "
+                 "nothing to do", name, CONVERTER_VERSION)
         return {"name": name, "changed": False}
 
     config = entry_config(entry)
     out = work_dir / name / ARTIFACT_NAME
     unverified = out.with_name(f".unverified-{out.name}")
-    print(f"[{name}] convert {src.name} -> {out}")
+    log.info("[%s] convert %s -> %s", name, src.name, out)
     try:
-        converters.convert(entry["task"], src, config, unverified)
-        canonicalize_safetensors(unverified)
-        print(f"[{name}] verify on {verify.devices()}")
+        convert(entry["task"], src, config, unverified)
+        log.info("[%s] verify on %s", name, verify.devices())
         model = load_model(unverified)
-        runs, checks = run_checks(name, entry, model, src, config)
+        runs, checks = run_checks(name, entry, model, src, config, manifest)
         for run in runs:
-            print(f"[{name}]   {run['reference']} on {run['device']}: " + ", ".join(
-                f"{k} max_abs={v['max_abs']:.2e}" for k, v in run["outputs"].items()) + f" -> {run['passed']}")
+            log.info("[%s]   %s on %s: %s -> %s", name, run["reference"], run["device"], ", ".join(
+                f"{k} max_abs={v['max_abs']:.2e}" for k, v in run["outputs"].items()), run["passed"])
         for check in checks:
-            print(f"[{name}]   {check['name']}: got {check['got']} -> {check['passed']}")
+            log.info("[%s]   %s: got %s -> %s", name, check["name"], check["got"], check["passed"])
         if not all(r["passed"] for r in runs) or not all(c["passed"] for c in checks):
             raise ZooError(f"{name}: parity or a known check FAILED (figures above); nothing was written")
         os.replace(unverified, out)
@@ -240,9 +215,9 @@ def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path 
         unverified.unlink(missing_ok=True)
 
     parity = {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d"),
         "versions": versions(),
-        "converter_version": converters.CONVERTER_VERSION,
+        "converter_version": CONVERTER_VERSION,
         "source_sha256": entry["source"]["sha256"],
         "runs": runs,
         "known_checks": checks,
@@ -254,6 +229,6 @@ def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path 
     artifact["card_sha256"] = sha256_file(card)
     entry.update(status="produced", artifact=artifact, parity=parity)
     update_entry(name, entry, manifest)
-    print(f"[{name}] wrote {out} ({artifact['size']} bytes, sha256 {artifact['sha256']}), {card} and the "
-          "manifest entry")
+    log.info("[%s] wrote %s (%d bytes, sha256 %s), %s and the manifest entry", name, out, artifact["size"],
+             artifact["sha256"], card)
     return {"name": name, "changed": True, "artifact": str(out), "card": str(card)}

@@ -11,21 +11,11 @@ from __future__ import annotations
 import haiku as hk
 import jax.numpy as jnp
 
-BUILDERS = {}
-
-
-def builder(task):
-    def register(fn):
-        BUILDERS[task] = fn
-        return fn
-    return register
-
 
 def _fourier(num_bands, max_resolution):
     return dict(num_bands=num_bands, max_resolution=tuple(max_resolution), sine_only=False, concat_pos=True)
 
 
-@builder("language")
 def language(m, config, inputs):
     ids, mask = inputs["inputs"], inputs["input_mask"]
     embed = hk.Embed(vocab_size=config["vocab_size"], embed_dim=config["d_model"])
@@ -40,7 +30,6 @@ def language(m, config, inputs):
     return {"logits": m.io_processors.EmbeddingDecoder(embedding_matrix=embed.embeddings)(out)}
 
 
-@builder("imagenet")
 def imagenet(m, config, inputs, is_training=False):
     model = m.perceiver.Perceiver(
         encoder=m.perceiver.PerceiverEncoder(**config["encoder"]),
@@ -51,7 +40,6 @@ def imagenet(m, config, inputs, is_training=False):
     return {"logits": model(inputs["images"], is_training=is_training)}
 
 
-@builder("optical_flow")
 def optical_flow(m, config, inputs):
     train_size = tuple(config["train_size"])
     fourier = _fourier(config["num_bands"], train_size)
@@ -78,7 +66,6 @@ def _patches_for_flow(m):
     return found
 
 
-@builder("video_autoencoding")
 def video_autoencoding(m, config, inputs):
     images, audio = inputs["images"], inputs["audio"]
     frames, size = config["num_frames"], config["image_size"]

@@ -1,6 +1,6 @@
 """The checks a zoo artifact must pass: JAX-vs-Torch parity, stored upstream outputs, known real-weight facts.
 
-- ``harness_runs``: ``perceiver_torch.parity.run_parity`` (the JAX reference on the source
+- ``harness_runs``: ``converters.parity.run_parity`` (the JAX reference on the source
   weights against the converted model) on the CPU, and on CUDA when present; needs the
   ``jax`` extra.
 - ``stored_io_runs``: the converted model against outputs stored beside the source
@@ -16,12 +16,16 @@ was compared with; these dicts are what the manifest records.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..upstream_io import run_upstream_layout
+from ..parity import compare, load_inputs, run_parity
+from ..tasks import run_upstream_layout
+
+log = logging.getLogger(__name__)
 
 # float32 parity tolerance, as the golden tests (parity_tests/conftest.py): rounding differences between
 # the two implementations stay ~1e-5 on these outputs; structural bugs show as 1e-1 or more.
@@ -40,8 +44,6 @@ def devices() -> list[str]:
 
 def load_io(path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(inputs, outputs) of an io.npz in the golden layout (``input/NAME``, ``output/NAME``)."""
-    from perceiver_torch.parity import load_inputs
-
     inputs, outputs = load_inputs(Path(path))
     if not outputs:
         raise ValueError(f"{path} holds no 'output/...' arrays to check against")
@@ -50,8 +52,6 @@ def load_io(path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
 
 def stored_io_runs(task: str, model: torch.nn.Module, io_path, label: str) -> list[dict]:
     """The model against the outputs stored in `io_path`, on each available device (no JAX needed)."""
-    from perceiver_torch.parity import compare
-
     inputs, expected = load_io(io_path)
     runs = []
     for device in devices():
@@ -72,8 +72,7 @@ def stored_io_runs(task: str, model: torch.nn.Module, io_path, label: str) -> li
 def harness_missing() -> str | None:
     """Why the parity harness cannot run here, or None when it can."""
     try:
-        from perceiver_torch.jax_reference import build  # noqa: F401 - raises without jax/haiku
-        from perceiver_torch.parity import run_parity  # noqa: F401
+        import converters.jax_reference  # noqa: F401 - raises, naming the extra, without jax/haiku
     except ImportError as exc:
         return str(exc)
     return None
@@ -81,25 +80,23 @@ def harness_missing() -> str | None:
 
 def harness_runs(task: str, config: dict, model: torch.nn.Module, checkpoint, inputs=None) -> list[dict]:
     """``run_parity`` of the converted `model` against the JAX reference on `checkpoint`, per device."""
-    from perceiver_torch.parity import run_parity
-
     runs = []
     for device in devices():
         if device == "cuda" and not _jax_has_gpu():
-            print("[verify] CUDA is present but JAX has no GPU backend: the CUDA run compares against stored "
-                  "outputs only (install jax with CUDA support for a JAX-vs-Torch run there)")
+            log.warning("CUDA is present but JAX has no GPU backend: the CUDA run compares against stored "
+                        "outputs only (install jax with CUDA support for a JAX-vs-Torch run there)")
             continue
         # to_json() holds plain types only (the harness reports torch's version as a str), so it goes to YAML as is.
         report = run_parity(task, config, checkpoint=checkpoint, inputs=inputs, device=device, dtype="float32",
                             torch_model=model, atol=ATOL, rtol=RTOL).to_json()
         runs.append({**report,
-                     "reference": f"JAX reference ({report['reference']} modules), perceiver_torch.parity.run_parity"})
+                     "reference": f"JAX reference ({report['reference']} modules), converters.parity.run_parity"})
     model.to("cpu")
     return runs
 
 
 def _jax_has_gpu() -> bool:
-    import jax
+    import jax  # only reached once harness_missing() found JAX installed
 
     try:
         return bool(jax.devices("gpu"))

@@ -2,27 +2,15 @@
 
 Each runner takes `inputs` named as the golden `input/...` keys without the
 prefix (numpy, channels-last as upstream) and returns numpy outputs named as
-the `output/...` keys, in upstream's layout. The parity harness, the golden
-tests and the zoo's checks all compare through these, so there is one place
-that knows each task's layout.
+the `output/...` keys, in upstream's layout. `converters.tasks` registers one per
+task; the parity harness, the golden tests and the zoo's checks all compare
+through `converters.tasks.run_upstream_layout`, so there is one place that knows each layout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
-
-Runner = Callable[[torch.nn.Module, dict, torch.device, torch.dtype], dict]
-RUNNERS: dict[str, Runner] = {}
-
-
-def runner(task: str):
-    def register(fn: Runner) -> Runner:
-        RUNNERS[task] = fn
-        return fn
-    return register
 
 
 def _tensor(x: np.ndarray, device, dtype=None) -> torch.Tensor:
@@ -34,22 +22,19 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-@runner("language")
-def _language(model, inputs, device, dtype):
+def language(model, inputs, device, dtype):
     ids = _tensor(inputs["inputs"], device).long()
     mask = _tensor(inputs["input_mask"], device)
     return {"logits": _numpy(model(ids, mask))}
 
 
-@runner("imagenet")
-def _imagenet(model, inputs, device, dtype):
+def imagenet(model, inputs, device, dtype):
     # Upstream images are channels-last [B, H, W, 3]; the Torch model takes [B, 3, H, W].
     images = _tensor(inputs["images"], device, dtype).permute(0, 3, 1, 2)
     return {"logits": _numpy(model(images))}
 
 
-@runner("video_autoencoding")
-def _video_autoencoding(model, inputs, device, dtype):
+def video_autoencoding(model, inputs, device, dtype):
     # Upstream frames are channels-last [B, F, S, S, 3]; the Torch model takes [B, F, 3, S, S].
     images = _tensor(inputs["images"], device, dtype).permute(0, 1, 4, 2, 3)
     audio = _tensor(inputs["audio"], device, dtype)
@@ -59,17 +44,8 @@ def _video_autoencoding(model, inputs, device, dtype):
     return {name: _numpy(outputs[name]) for name in ("image", "audio", "label")}
 
 
-@runner("optical_flow")
-def _optical_flow(model, inputs, device, dtype):
+def optical_flow(model, inputs, device, dtype):
     # Upstream stacks both frames channels-last [B, 2, H, W, 3]; the Torch model takes two [B, 3, H, W].
     images = _tensor(inputs["images"], device, dtype).permute(0, 1, 4, 2, 3)
     return {"flow": _numpy(model(images[:, 0], images[:, 1]).permute(0, 2, 3, 1))}
 
-
-@torch.no_grad()
-def run_upstream_layout(task: str, model: torch.nn.Module, inputs: dict[str, np.ndarray],
-                        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict:
-    """Outputs of `model` (already on `device` in `dtype`) for upstream-layout `inputs`."""
-    if task not in RUNNERS:
-        raise ValueError(f"no upstream-layout runner for task {task!r}; known: {sorted(RUNNERS)}.")
-    return RUNNERS[task](model, inputs, torch.device(device), dtype)

@@ -14,20 +14,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..tasks import TASKS as TASK_SPECS
+from ..tasks import task_spec
 from . import initialise
 from .modules import default_modules
-from .tasks import BUILDERS
 
-TASKS = tuple(BUILDERS)
-# Tasks whose release pickle is {"params", "state"} (batch-norm statistics); the others hold params only.
-STATEFUL_RELEASE = ("imagenet",)
+TASKS = tuple(TASK_SPECS)
 # The models draw random keys only for rate-0 dropout and probability-0/1 masking: any key gives the same outputs.
 _RNG_SEED = 0
 
 
 def _check_task(task: str) -> None:
-    if task not in BUILDERS:
-        raise ValueError(f"unknown task {task!r}; expected one of {list(BUILDERS)}.")
+    task_spec(task)  # raises for an unknown task, naming the known ones
 
 
 def build(task: str, config: dict, modules=None, *, _creating_state: bool = False) -> hk.TransformedWithState:
@@ -38,7 +36,7 @@ def build(task: str, config: dict, modules=None, *, _creating_state: bool = Fals
 def _forward(task: str, config: dict, modules=None, creating_state: bool = False):
     _check_task(task)
     modules = modules or default_modules()
-    build_fn = BUILDERS[task]
+    build_fn = task_spec(task).jax_build_fn()
 
     def forward(inputs):
         if creating_state:
@@ -72,7 +70,7 @@ def init(task: str, config: dict, inputs: dict, seed: int = 0, perturb: bool = T
         params, state = _compiled(task, config, None, "init")(rng, jax_inputs)
         params, state = _to_numpy_tree(params), _fresh_statistics(_to_numpy_tree(state))
     else:
-        forward = _forward(task, config, creating_state=task in STATEFUL_RELEASE)
+        forward = _forward(task, config, creating_state=task_spec(task).stateful_release)
         records, abstract_state = initialise.record_parameters(forward, rng, jax_inputs)
         params = initialise.sampled_params(records, seed)
         state = _fresh_statistics({m: {n: np.zeros(x.shape, x.dtype) for n, x in leaves.items()}
@@ -123,7 +121,7 @@ def _compiled(task: str, config: dict, modules, method: str):
         _COMPILED.move_to_end(key)
         return _COMPILED[key]
     # Haiku creates batch-norm moving averages only when updating them, i.e. in training mode.
-    model = build(task, config, modules, _creating_state=method == "init" and task in STATEFUL_RELEASE)
+    model = build(task, config, modules, _creating_state=method == "init" and task_spec(task).stateful_release)
     _COMPILED[key] = jax.jit(getattr(model, method))
     if len(_COMPILED) > _MAX_COMPILED:
         _COMPILED.popitem(last=False)
@@ -150,7 +148,7 @@ def abstract_init(task: str, config: dict, batch: int = 1, modules=None):
     """
     inputs = {name: jax.ShapeDtypeStruct(x.shape, jnp.asarray(x[:0]).dtype)
               for name, x in example_inputs(task, config, batch=batch).items()}
-    model = build(task, config, modules, _creating_state=task in STATEFUL_RELEASE)
+    model = build(task, config, modules, _creating_state=task_spec(task).stateful_release)
     params, state = jax.eval_shape(model.init, jax.random.PRNGKey(0), inputs)
     return _shape_tree(params), _shape_tree(state)
 
@@ -163,7 +161,7 @@ def checkpoint_tree(task: str, params, state=None) -> dict:
     """The release pickle layout: {"params", "state"} for ImageNet, the params alone otherwise."""
     _check_task(task)
     params = _to_numpy_tree(params)
-    if task in STATEFUL_RELEASE:
+    if task_spec(task).stateful_release:
         return {"params": params, "state": _to_numpy_tree(state or {})}
     if state:
         raise ValueError(f"task {task!r} has no model state in its release layout, but state "

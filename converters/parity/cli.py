@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from perceiver_torch.registry import ALL_TASKS
+from perceiver_torch.registry import TASKS
 from perceiver_torch.serialization import atomic_write
 
 from .harness import DEVICES, DTYPES, REFERENCES, run_parity
@@ -39,7 +39,7 @@ def _existing_file(text: str) -> Path:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="perceiver-parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=ALL_TASKS)
+    p.add_argument("task", choices=TASKS)
     p.add_argument("--checkpoint", required=True, type=_existing_file, help="upstream Haiku .pickle/.pystate")
     p.add_argument("--config", required=True, type=_existing_file, help="config.json (golden layout)")
     p.add_argument("--inputs", type=_existing_file,
@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                    help="float64 runs JAX with x64 and Torch in double")
     p.add_argument("--reference", choices=REFERENCES, default="ours",
-                   help="'ours' (perceiver_torch.jax_reference) or 'upstream' (DeepMind's code, --upstream-path)")
+                   help="'ours' (converters.jax_reference) or 'upstream' (DeepMind's code, --upstream-path)")
     p.add_argument("--upstream-path", type=Path, help="directory holding DeepMind's perceiver package")
     p.add_argument("--atol", type=_tolerance, default=None, help="default 1e-4 (float32) / 1e-9 (float64)")
     p.add_argument("--rtol", type=_tolerance, default=None, help="default 1e-4 (float32) / 1e-9 (float64)")

@@ -10,12 +10,20 @@ again makes no commit (the client skips them) and records the same revision.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
-from .hub import HUB_ENDPOINT, ZooError, sha256_file, verify_file
-from .manifest import get_entry, update_entry
+from huggingface_hub import CommitOperationAdd, HfApi
+
+from perceiver_torch.hashing import sha256_file
+from perceiver_torch.zoo import ZooError, get_entry
+from perceiver_torch.zoo.hub import HUB_ENDPOINT, verify_file
+
+from .manifest_edit import update_entry
 from .regenerate import WORK_DIR
+
+log = logging.getLogger(__name__)
 
 
 def produced_files(name: str, entry: dict, work_dir: Path) -> tuple[Path, Path]:
@@ -35,8 +43,6 @@ def produced_files(name: str, entry: dict, work_dir: Path) -> tuple[Path, Path]:
 def publish(name: str, *, endpoint: str | None = None, published_to: str = "hub", token: str | None = None,
             work_dir: Path = WORK_DIR, manifest=None) -> dict:
     """Upload `name`'s artifact + card to its ``publish_repo``; record and return the revision."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-
     entry = get_entry(name, manifest)
     path, card = produced_files(name, entry, Path(work_dir))
     token = token or os.environ.get("HF_TOKEN")
@@ -59,5 +65,5 @@ def publish(name: str, *, endpoint: str | None = None, published_to: str = "hub"
     artifact.update(repo_id=repo_id, revision=info.oid, published_to=published_to)
     entry.update(status="published", artifact=artifact)
     update_entry(name, entry, manifest)
-    print(f"[{name}] published to {endpoint}/{repo_id} at revision {info.oid}")
+    log.info("[%s] published to %s/%s at revision %s", name, endpoint, repo_id, info.oid)
     return {"name": name, "repo_id": repo_id, "revision": info.oid}

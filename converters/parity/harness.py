@@ -16,6 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perceiver_torch.registry import build_model
+
+from ..checkpoint_reader import HaikuCheckpoint, checkpoint_from_tree, load_haiku_checkpoint
+from ..convert import convert_tree, load_config
+from ..tasks import run_upstream_layout
 from .report import OutputError, ParityReport, compare
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -25,7 +30,7 @@ REFERENCES = ("ours", "upstream")
 
 def _jax_reference():
     try:
-        from perceiver_torch import jax_reference
+        from converters import jax_reference
     except ImportError as exc:
         raise ImportError(f"the parity harness needs the JAX reference: {exc}") from exc
     return jax_reference
@@ -65,9 +70,6 @@ def load_inputs(inputs) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
 
 def _checkpoint(checkpoint):
     """A converters.HaikuCheckpoint from a pickle path or a release-layout tree."""
-    from converters import HaikuCheckpoint, load_haiku_checkpoint
-    from converters.checkpoint_reader import checkpoint_from_tree
-
     if isinstance(checkpoint, HaikuCheckpoint):
         return checkpoint
     if isinstance(checkpoint, (str, Path)):
@@ -173,9 +175,6 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
     float64 runs JAX with x64 and Torch in double; on CUDA, TF32 is off and
     JAX matmuls use the highest precision, both frameworks on the GPU.
     """
-    from converters import convert_tree, load_config
-    from perceiver_torch.registry import build_model
-    from perceiver_torch.upstream_io import run_upstream_layout
 
     _check_arguments(device, dtype, reference, upstream_path, atol, rtol)
     ref = _jax_reference()

@@ -320,10 +320,8 @@ def serve(root, **kwargs):
 
 
 def main(argv=None) -> int:
-    from .manifest import BUNDLED_STANDIN
-
     parser = argparse.ArgumentParser(description="Serve a zoo repository tree as a Hub stand-in on 127.0.0.1.")
-    parser.add_argument("--root", default=str(BUNDLED_STANDIN))
+    parser.add_argument("--root", required=True, help="the tree <repo_id>/<revision>/<file> to serve")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--idle-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
