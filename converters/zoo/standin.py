@@ -15,10 +15,16 @@ It keeps repositories as a directory tree ``<root>/<repo_id>/<commit>/<files>`` 
   uploaded "regular", inline) and ``/api/models/{repo_id}/commit/{revision}`` (NDJSON). A
   commit copies its parent's files, applies the additions, and gets a deterministic 40-hex
   id (sha1 of parent, files and message); unchanged files are reported with their git
-  hash so the client skips empty commits, as on the Hub. Writes need ``Authorization:
-  Bearer <token>`` when the server was given a token.
+  hash so the client skips empty commits, as on the Hub.
 
-Only the standard library is used. Threads are daemons; the server stops after
+Hostile clients are assumed (anything on the machine can reach 127.0.0.1): it binds 127.0.0.1
+only; every repo id must follow the Hub's ``namespace/name`` grammar and every file path must be
+a relative path of plain names (absolute, ``..``, empty and percent-encoded forms of them are
+refused) and is checked to resolve inside the served root; writes need ``Authorization: Bearer
+<token>`` with the token the server was started with, and a server started without one is
+read-only; request bodies are capped and commits must be NDJSON (``application/x-ndjson``).
+
+Only the standard library and the zoo's schema predicates are used. Threads are daemons; the server stops after
 ``idle_timeout`` seconds without a request and when its context exits. ``faults``
 injects failures: ``{"truncate": True}`` announces the full Content-Length but sends
 half the body and closes the connection, on every GET.
@@ -28,8 +34,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import hashlib
+import hmac
 import json
+import secrets
 import shutil
 import tempfile
 import threading
@@ -38,6 +47,16 @@ import urllib.parse
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from perceiver_torch.zoo.schema import is_relative_path, is_repo_id
+
+# Bodies bigger than this are refused before they are read (the tiny artifacts are ~2 MB, base64 in NDJSON).
+MAX_BODY_BYTES = 256 << 20
+_REVISION_CHARS = frozenset("0123456789abcdef")
+
+
+def _is_commit(value: str) -> bool:
+    return len(value) == 40 and set(value) <= _REVISION_CHARS
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -74,11 +93,36 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------------------
     def _path(self) -> str | None:
         self.server.touch()
-        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
-        if ".." in path.split("/") or "\\" in path:
-            self._error(400, "BadRequest", "path traversal refused")
+        raw = urllib.parse.urlsplit(self.path).path
+        path = urllib.parse.unquote(raw)
+        # Only a single leading '/' is the URL's own; any empty, '.', '..' or backslashed part (encoded or
+        # not) would let a file path escape its repository, so the whole request is refused.
+        if not path.startswith("/") or not is_relative_path(path[1:]) and path != "/":
+            self._error(400, "BadRequest", f"malformed or traversing path {raw!r} refused")
             return None
-        return path
+        return path[1:]
+
+    def _body(self) -> bytes | None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self._error(413 if length > MAX_BODY_BYTES else 400, "BadRequest",
+                        f"Content-Length must be 0..{MAX_BODY_BYTES}")
+            self.close_connection = True
+            return None
+        return self.rfile.read(length)
+
+    def _json_body(self, body: bytes):
+        try:
+            value = json.loads(body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            value = None
+        if not isinstance(value, dict):
+            self._error(400, "BadRequest", "the request body must be a JSON object")
+            return None
+        return value
 
     def do_HEAD(self):  # noqa: N802 - stdlib naming
         self.do_GET()
@@ -98,8 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
         if found is None:
             return
         repo_dir, commit = found
-        file = repo_dir / commit / filename
-        if not filename or not file.is_file():
+        file = self.server.inside(repo_dir / commit, filename)
+        if file is None or not file.is_file():
             return self._error(404, "EntryNotFound", f"{filename} does not exist on {commit}", commit)
         return self._send_file(file, commit)
 
@@ -107,13 +151,20 @@ class _Handler(BaseHTTPRequestHandler):
         path = self._path()
         if path is None:
             return
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.server.token and self.headers.get("Authorization") != f"Bearer {self.server.token}":
+        if not self.server.token:
+            self.close_connection = True
+            return self._error(403, "Forbidden", "this stand-in is read-only (it was started without a write token)")
+        if not hmac.compare_digest(self.headers.get("Authorization") or "", f"Bearer {self.server.token}"):
+            self.close_connection = True
             return self._error(401, "Unauthorized", "a write token is required (Authorization: Bearer ...)")
+        body = self._body()
+        if body is None:
+            return
         if path == "api/validate-yaml":
             return self._json(200, {"errors": [], "warnings": []})
         if path == "api/repos/create":
-            return self._create_repo(json.loads(body or b"{}"))
+            payload = self._json_body(body)
+            return None if payload is None else self._create_repo(payload)
         if path.startswith("api/models/"):
             rest = path.removeprefix("api/models/")
             for action in ("preupload", "commit"):
@@ -124,7 +175,10 @@ class _Handler(BaseHTTPRequestHandler):
                         return
                     commit = found[1]
                     if action == "preupload":
-                        return self._preupload(repo_id, commit, json.loads(body))
+                        payload = self._json_body(body)
+                        return None if payload is None else self._preupload(repo_id, commit, payload)
+                    if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/x-ndjson":
+                        return self._error(415, "BadRequest", "a commit must be sent as application/x-ndjson")
                     return self._commit(repo_id, commit, revision, body)
         return self._error(404, "RepoNotFound", f"unknown route {path!r}")
 
@@ -179,9 +233,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_repo(self, payload: dict):
         name, org = payload.get("name"), payload.get("organization")
-        if not name or (payload.get("type") or "model") != "model":
+        if not isinstance(name, str) or (payload.get("type") or "model") != "model":
             return self._error(400, "BadRequest", "only model repos with a name can be created here")
         repo_id = f"{org}/{name}" if org else name
+        if not is_repo_id(repo_id):
+            return self._error(400, "BadRequest", f"invalid repo id {repo_id!r}: expected 'namespace/name'")
         url = f"{self.server.endpoint}/{repo_id}"
         if self.server.repo_dir(repo_id) is not None:
             return self._json(409, {"error": "You already created this model repo", "url": url})
@@ -192,10 +248,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _preupload(self, repo_id: str, commit: str, payload: dict):
         base = self.server.root / repo_id / commit
+        items = payload.get("files")
+        if not isinstance(items, list) or not all(isinstance(i, dict) and is_relative_path(i.get("path"))
+                                                  for i in items):
+            return self._error(400, "BadRequest", "files must be a list of {path: a relative path of plain names}")
         files = []
-        for item in payload.get("files", []):
-            existing = base / item["path"]
-            oid = git_blob_sha1(existing.read_bytes()) if existing.is_file() else None
+        for item in items:
+            existing = self.server.inside(base, item["path"])
+            oid = git_blob_sha1(existing.read_bytes()) if existing is not None and existing.is_file() else None
             files.append({"path": item["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
         self._json(200, {"files": files, "commitOid": commit})
 
@@ -204,14 +264,21 @@ class _Handler(BaseHTTPRequestHandler):
         for line in body.splitlines():
             if not line.strip():
                 continue
-            item = json.loads(line)
-            if item["key"] == "header":
-                header = item["value"]
-            elif item["key"] == "file" and item["value"].get("encoding") == "base64":
-                additions[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-            else:
-                return self._error(400, "BadRequest", f"operation {item['key']!r} is not supported by the stand-in")
-        oid = self.server.write_commit(repo_id, parent, additions, header.get("summary", ""), branch)
+            try:
+                item = json.loads(line)
+                key, value = item["key"], item["value"]
+                if key == "header":
+                    header = dict(value)
+                elif key == "file" and value.get("encoding") == "base64":
+                    if not is_relative_path(value["path"]):
+                        return self._error(400, "BadRequest", f"file path {value['path']!r} must be a relative path "
+                                                              "of plain names")
+                    additions[value["path"]] = base64.b64decode(value["content"], validate=True)
+                else:
+                    return self._error(400, "BadRequest", f"operation {key!r} is not supported by the stand-in")
+            except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+                return self._error(400, "BadRequest", "malformed NDJSON commit line")
+        oid = self.server.write_commit(repo_id, parent, additions, str(header.get("summary", "")), branch)
         url = f"{self.server.endpoint}/{repo_id}/commit/{oid}"
         self._json(200, {"success": True, "commitOid": oid, "commitUrl": url, "pullRequestUrl": None})
 
@@ -220,6 +287,7 @@ class StandInHub(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, root, port=0, idle_timeout=120.0, faults=None, token=None, verbose=False):
+        """`token`: the write token clients must send; None serves the tree read-only."""
         super().__init__(("127.0.0.1", port), _Handler)
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -248,27 +316,35 @@ class StandInHub(ThreadingHTTPServer):
             self._last = float("inf")  # shut down once
 
     # -- the repository tree ---------------------------------------------------------------------
-    def repo_dir(self, repo_id: str) -> Path | None:
-        parts = repo_id.split("/")
-        if not repo_id or len(parts) > 2 or any(p in ("", ".", "..") for p in parts):
+    def inside(self, base: Path, relative: str) -> Path | None:
+        """`base / relative` if `relative` is a plain relative path resolving inside the served root."""
+        if not is_relative_path(relative):
             return None
-        path = self.root / repo_id
-        return path if (path / "refs").is_dir() else None
+        path = (base / relative).resolve()
+        return path if path.is_relative_to(self.root) else None
+
+    def repo_dir(self, repo_id: str) -> Path | None:
+        if not is_repo_id(repo_id):
+            return None
+        path = self.inside(self.root, repo_id)
+        return path if path is not None and (path / "refs").is_dir() else None
 
     def resolve(self, repo_id: str, revision: str) -> str | None:
-        repo_dir = self.root / repo_id
-        if "/" in revision or revision in ("", ".", "..", "refs"):
+        repo_dir = self.repo_dir(repo_id)
+        if repo_dir is None or not is_relative_path(revision) or "/" in revision or revision == "refs":
             return None
-        if (repo_dir / revision).is_dir():
+        if _is_commit(revision) and (repo_dir / revision).is_dir():
             return revision
         ref = repo_dir / "refs" / revision
-        if ref.is_file() and (repo_dir / ref.read_text().strip()).is_dir():
-            return ref.read_text().strip()
-        return None
+        commit = ref.read_text().strip() if ref.is_file() else ""
+        return commit if _is_commit(commit) and (repo_dir / commit).is_dir() else None
 
     def write_commit(self, repo_id: str, parent: str | None, additions: dict[str, bytes], message: str,
                      branch: str = "main") -> str:
         """Create a commit = parent's files + additions; move `branch` to it; returns its id."""
+        if not is_repo_id(repo_id) or not all(is_relative_path(p) for p in additions) or "/" in branch \
+                or not is_relative_path(branch):
+            raise ValueError(f"refused commit to {repo_id!r}/{branch!r}: ids and paths must be plain and relative")
         repo_dir = self.root / repo_id
         with self._lock:
             files = {}
@@ -324,10 +400,13 @@ def main(argv=None) -> int:
     parser.add_argument("--root", required=True, help="the tree <repo_id>/<revision>/<file> to serve")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--idle-timeout", type=float, default=600.0)
+    parser.add_argument("--writable", action="store_true",
+                        help="accept uploads, with a random write token printed at start (default: read-only)")
     args = parser.parse_args(argv)
-    hub = StandInHub(args.root, port=args.port, idle_timeout=args.idle_timeout, verbose=True)
+    token = secrets.token_hex(16) if args.writable else None
+    hub = StandInHub(args.root, port=args.port, idle_timeout=args.idle_timeout, token=token, verbose=True)
     print(f"serving {hub.root} at {hub.endpoint} (stops after {args.idle_timeout:.0f}s idle); "
-          f"export HF_ENDPOINT={hub.endpoint}", flush=True)
+          f"export HF_ENDPOINT={hub.endpoint}" + (f" HF_TOKEN={token}" if token else " (read-only)"), flush=True)
     try:
         hub.serve_forever(poll_interval=0.2)
     finally:

@@ -41,7 +41,6 @@ Each ENTRY has these fields (``?`` = may be null):
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
 
 from ..registry import TASKS, preset_names
 
@@ -98,18 +97,28 @@ def _check_size(name, field, value):
         _fail(name, field, f"must be a positive integer byte count, found {value!r}")
 
 
+def is_repo_id(value) -> bool:
+    """A Hub repo id 'namespace/name' (also what the Hub stand-in accepts)."""
+    return (isinstance(value, str) and bool(_REPO_ID.match(value)) and "--" not in value and ".." not in value
+            and not value.endswith(".git"))
+
+
+def is_relative_path(value) -> bool:
+    """A relative POSIX path of plain components: no absolute path, no '.' or '..', no backslash or empty part."""
+    if not isinstance(value, str) or not value or len(value) > 1024:
+        return False
+    parts = value.split("/")
+    return all(p not in (".", "..") and _PATH_PART.match(p) for p in parts)
+
+
 def check_repo_id(name, field, value):
-    if not isinstance(value, str) or not _REPO_ID.match(value) or "--" in value or ".." in value \
-            or value.endswith(".git"):
+    if not is_repo_id(value):
         _fail(name, field, f"must be a Hub repo id 'namespace/name' (letters, digits, '.', '_', '-'; no '--' "
                            f"or '..'), found {value!r}")
 
 
 def check_relative_path(name, field, value):
-    """A relative POSIX path of plain components: no absolute path, no '..', no backslash."""
-    parts = PurePosixPath(value).parts if isinstance(value, str) else ()
-    if not parts or value.startswith("/") or "\\" in value or any(
-            p in (".", "..") or not _PATH_PART.match(p) for p in parts):
+    if not is_relative_path(value):
         _fail(name, field, f"must be a relative path of plain names (letters, digits, '.', '_', '-'; no '..'), "
                            f"found {value!r}")
 

@@ -1,0 +1,148 @@
+"""The Hub stand-in refuses hostile requests: traversal in any encoding, unauthenticated or malformed writes.
+
+Every case is sent as raw HTTP (http.client) so that no client-side normalisation hides what the server does.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+
+import pytest
+
+from converters.zoo.standin import MAX_BODY_BYTES, serve
+from parity_tests.zoo_support import TEST_HUB
+
+REPO = "perceiver-torch/tiny-language-perceiver"
+TOKEN = "write-token-for-tests"
+
+
+def _request(hub, method, path, body=None, headers=None):
+    host, port = hub.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.getheader("X-Error-Code"), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A secret file beside (not inside) the served tree."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-CONTENT")
+    return secret
+
+
+@pytest.fixture
+def writable(tmp_path):
+    root = tmp_path / "hub"
+    with serve(root, token=TOKEN) as hub:
+        hub.write_commit(REPO, None, {"README.md": b"hello"}, "initial")
+        yield hub
+
+
+def _auth(**extra):
+    return {"Authorization": f"Bearer {TOKEN}", **extra}
+
+
+def test_binds_loopback_only():
+    with serve(TEST_HUB) as hub:
+        assert hub.server_address[0] == "127.0.0.1" and hub.endpoint.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize("path", [
+    "/{repo}/resolve/main//{secret}",  # an absolute filename
+    "/{repo}/resolve/main/%2F{secret_enc}",  # the same, percent-encoded
+    "/{repo}/resolve/main/..%2F..%2F..%2F..%2F{rel}",  # '..' encoded
+    "/{repo}/resolve/main/../../../../{rel}",
+    "/{repo}/resolve/main/.%2E/.%2E/{rel}",
+    "/{repo}/resolve/main/a%5C..%5C..%5Csecret.txt",  # backslashes
+])
+def test_reads_outside_the_root_are_refused(outside, path):
+    with serve(outside.parent / "hub-root") as hub:
+        secret = str(outside).lstrip("/")
+        url = path.format(repo=REPO, secret=secret, secret_enc=secret.replace("/", "%2F"), rel="secret.txt")
+        status, code, body = _request(hub, "GET", url)
+    assert status in (400, 404), (url, status)
+    assert b"TOP-SECRET" not in body
+
+
+def test_a_link_inside_the_tree_that_points_out_is_not_followed(tmp_path, outside):
+    root = tmp_path / "hub"
+    with serve(root, token=TOKEN) as hub:
+        commit = hub.write_commit(REPO, None, {"README.md": b"x"}, "initial")
+        (root / REPO / commit / "leak.txt").symlink_to(outside)
+        status, code, body = _request(hub, "GET", f"/{REPO}/resolve/{commit}/leak.txt")
+    assert status == 404 and code == "EntryNotFound" and b"TOP-SECRET" not in body
+
+
+def test_a_server_without_a_token_is_read_only(tmp_path):
+    with serve(tmp_path / "hub") as hub:
+        status, _, _ = _request(hub, "POST", "/api/repos/create", json.dumps({"name": "a/b"}),
+                                {"Content-Type": "application/json"})
+    assert status == 403 and not (tmp_path / "hub" / "a").exists()
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Bearer {TOKEN}x", TOKEN])
+def test_writes_need_the_servers_token(writable, authorization):
+    headers = {"Content-Type": "application/json", **({"Authorization": authorization} if authorization else {})}
+    status, code, _ = _request(writable, "POST", "/api/repos/create", json.dumps({"name": "ns/new"}), headers)
+    assert status == 401 and code == "Unauthorized"
+    assert not (writable.root / "ns").exists()
+
+
+@pytest.mark.parametrize("payload", [
+    {"name": "../../evil_repo"}, {"name": "evil", "organization": ".."}, {"name": "/tmp/evil"},
+    {"name": "no-namespace"}, {"name": "a/b/c"}, {"name": 5},
+])
+def test_create_refuses_repo_ids_outside_the_grammar(writable, payload, tmp_path):
+    status, _, _ = _request(writable, "POST", "/api/repos/create", json.dumps(payload), _auth())
+    assert status == 400
+    assert not (tmp_path / "evil_repo").exists() and not (tmp_path / "evil").exists()
+
+
+def _commit_body(path: str, content: bytes = b"pwned") -> bytes:
+    lines = [{"key": "header", "value": {"summary": "x"}},
+             {"key": "file", "value": {"path": path, "encoding": "base64",
+                                       "content": base64.b64encode(content).decode()}}]
+    return "\n".join(json.dumps(line) for line in lines).encode()
+
+
+@pytest.mark.parametrize("path", ["../../../evil.txt", "/tmp/evil.txt", "a/../../evil.txt", "a//b", ".", ""])
+def test_commits_cannot_write_outside_their_repository(writable, tmp_path, path):
+    before = sorted(p for p in tmp_path.rglob("*"))
+    status, _, _ = _request(writable, "POST", f"/api/models/{REPO}/commit/main", _commit_body(path),
+                            _auth(**{"Content-Type": "application/x-ndjson"}))
+    assert status == 400
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_a_commit_must_be_ndjson(writable):
+    status, _, _ = _request(writable, "POST", f"/api/models/{REPO}/commit/main", _commit_body("ok.txt"),
+                            _auth(**{"Content-Type": "text/plain"}))
+    assert status == 415
+
+
+def test_a_well_formed_commit_still_lands(writable):
+    status, _, body = _request(writable, "POST", f"/api/models/{REPO}/commit/main", _commit_body("ok.txt", b"fine"),
+                               _auth(**{"Content-Type": "application/x-ndjson"}))
+    assert status == 200
+    oid = json.loads(body)["commitOid"]
+    assert (writable.root / REPO / oid / "ok.txt").read_bytes() == b"fine"
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"files": "x"}', b'{"files": [{"path": "../../etc/hostname"}]}',
+                                  b'{"files": [{"path": "/etc/hostname"}]}'])
+def test_preupload_refuses_bad_bodies_and_paths(writable, body):
+    status, _, answer = _request(writable, "POST", f"/api/models/{REPO}/preupload/main", body, _auth())
+    assert status == 400 and b"oid" not in answer
+
+
+@pytest.mark.parametrize("length", [str(MAX_BODY_BYTES + 1), "-5", "lots"])
+def test_oversized_or_malformed_bodies_are_refused_unread(writable, length):
+    status, _, _ = _request(writable, "POST", "/api/validate-yaml", b"", _auth(**{"Content-Length": length}))
+    assert status in (400, 413)

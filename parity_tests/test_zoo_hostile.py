@@ -1,0 +1,119 @@
+"""The zoo client keeps every read and delete inside its cache or mirror, and loads only what it hashed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+import yaml
+
+from converters.zoo.manifest_edit import save_manifest
+from parity_tests.zoo_support import GOLDEN_ENTRY, hub_env, produce_and_publish
+from perceiver_torch.zoo import IntegrityError, ManifestError, ZooError, create_model, fetch, get_entry, load_manifest
+from perceiver_torch.zoo import hub as zoo_hub
+
+REPO = "tests/golden-language"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    return produce_and_publish(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("filename", "../../../../etc/hostname"), ("filename", "/etc/hostname"), ("repo_id", "../evil"),
+    ("repo_id", "tests/../../evil"), ("filename", "a/../b"),
+])
+def test_manifest_paths_that_could_escape_are_refused(published, tmp_path, field, value):
+    manifest, _, _ = published
+    data = load_manifest(manifest)
+    data["models"][GOLDEN_ENTRY]["artifact"][field] = value
+    with pytest.raises(ManifestError, match=f"field 'artifact.{field}'"):
+        save_manifest(data, tmp_path / "m.yaml")
+    assert not (tmp_path / "m.yaml").exists()
+    # A manifest edited by hand is refused on load just the same, naming the file.
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(data))
+    with pytest.raises(ManifestError, match=rf"{edited}: .*field 'artifact.{field}'"):
+        fetch(GOLDEN_ENTRY, manifest=edited)
+
+
+def test_a_mirror_link_that_points_out_is_refused(published, tmp_path, monkeypatch):
+    manifest, tree, revision = published
+    mirror = tmp_path / "mirror"
+    shutil.copytree(tree, mirror)
+    target = mirror / REPO / revision / "model.safetensors"
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    shutil.move(target, elsewhere)
+    target.symlink_to(elsewhere)
+    with pytest.raises(ZooError, match="resolves outside the mirror"):
+        fetch(GOLDEN_ENTRY, mirror=mirror, manifest=manifest)
+
+
+def test_eviction_never_follows_a_link_out_of_the_cache(published, tmp_path, monkeypatch):
+    manifest, tree, revision = published
+    cache = tmp_path / "cache"
+    with hub_env(monkeypatch, tree, cache):
+        path = fetch(GOLDEN_ENTRY, manifest=manifest)
+    # Someone points the cached snapshot at a file of theirs outside the cache.
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"precious")
+    path.unlink()
+    path.symlink_to(victim)
+    with hub_env(monkeypatch, tree, cache), pytest.raises(ZooError, match="outside the cache"):
+        fetch(GOLDEN_ENTRY, manifest=manifest)
+    assert victim.read_bytes() == b"precious"
+
+
+def test_eviction_of_a_corrupt_file_removes_only_the_caches_own_entry(published, tmp_path, monkeypatch):
+    manifest, tree, revision = published
+    cache = tmp_path / "cache"
+    with hub_env(monkeypatch, tree, cache):
+        path = fetch(GOLDEN_ENTRY, manifest=manifest)
+        blob = path.resolve()
+        blob.write_bytes(b"\0" * 64)
+        with pytest.raises(IntegrityError, match="removed from the cache"):
+            fetch(GOLDEN_ENTRY, manifest=manifest)
+    assert not path.exists() and not path.is_symlink() and not blob.exists()
+    assert (cache / f"models--{REPO.replace('/', '--')}").is_dir()  # the repo folder itself stays
+
+
+def test_concurrent_pulls_of_a_corrupt_file_all_end_in_a_zoo_error(published, tmp_path, monkeypatch):
+    manifest, tree, revision = published
+    bad = tmp_path / "hub"
+    shutil.copytree(tree, bad)
+    artifact = bad / REPO / revision / "model.safetensors"
+    artifact.write_bytes(artifact.read_bytes()[:-1] + b"\x01")
+    errors: list[BaseException | None] = [None] * 6
+    with hub_env(monkeypatch, bad, tmp_path / "cache"):
+        def pull(i):
+            try:
+                fetch(GOLDEN_ENTRY, manifest=manifest)
+            except BaseException as exc:  # noqa: BLE001 - recorded and asserted on below
+                errors[i] = exc
+
+        threads = [threading.Thread(target=pull, args=(i,)) for i in range(len(errors))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert all(isinstance(e, ZooError) for e in errors), [type(e).__name__ for e in errors]
+
+
+def test_a_file_changed_between_hash_and_load_is_refused(published, tmp_path, monkeypatch):
+    manifest, tree, revision = published
+    real_load = zoo_hub.load_model
+
+    def load_then_tamper(path, **kwargs):
+        model = real_load(path, **kwargs)
+        resolved = os.path.realpath(path)
+        os.utime(resolved, ns=(0, os.stat(resolved).st_mtime_ns + 10**9))  # rewritten in place, say
+        return model
+
+    monkeypatch.setattr(zoo_hub, "load_model", load_then_tamper)
+    with hub_env(monkeypatch, tree, tmp_path / "cache"):
+        with pytest.raises(IntegrityError, match="changed between its sha256 check and its load"):
+            create_model(GOLDEN_ENTRY, manifest=manifest)
+    assert get_entry(GOLDEN_ENTRY, manifest)["status"] == "published"
