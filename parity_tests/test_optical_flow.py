@@ -7,6 +7,7 @@ import torch
 import converters
 import perceiver_torch as pt
 from converters.tasks import run_upstream_layout
+from perceiver_torch.flow_tiling import default_min_overlap
 from perceiver_torch.layers import Perceiver
 from perceiver_torch.layers.flow import patches_for_flow
 
@@ -80,6 +81,13 @@ def test_estimate_flow_at_training_size_equals_forward(flow_model):
     assert_close(tiled.numpy(), direct.numpy(), atol=1e-6, rtol=1e-6, what="single-tile flow")
 
 
+def test_estimate_flow_with_default_overlap_works_on_small_models(flow_model):
+    # The colab's 20-pixel overlap does not fit 12x16 tiles; the default scales down instead of failing.
+    assert default_min_overlap((TRAIN_H, TRAIN_W)) == TRAIN_H // 4 and default_min_overlap((368, 496)) == 20
+    a, b = frames(1, TRAIN_H + 5, 2 * TRAIN_W)
+    assert torch.equal(flow_model.estimate_flow(a, b), flow_model.estimate_flow(a, b, min_overlap=TRAIN_H // 4))
+
+
 def test_estimate_flow_on_larger_frames_is_full_size_and_tile_consistent(flow_model):
     height, width = TRAIN_H + 9, 2 * TRAIN_W + 3
     a, b = frames(2, height, width, seed=1)
@@ -144,7 +152,8 @@ def test_mismatched_frames_are_rejected(flow_model):
 
 def test_bad_tiling_arguments_are_rejected(flow_model):
     a, b = frames(1, TRAIN_H + 2, TRAIN_W + 2)
-    with pytest.raises(ValueError, match="min_overlap \\(12\\) must be smaller than the tile size"):
+    with pytest.raises(ValueError, match=r"min_overlap \(12\) must be smaller than the tile size \(12, 16\): "
+                                         r"pass 0 <= min_overlap < 12 \(the default for these tiles is 3\)"):
         flow_model.estimate_flow(a, b, min_overlap=TRAIN_H)
     with pytest.raises(ValueError, match="tile_batch_size must be >= 1"):
         flow_model.estimate_flow(a, b, tile_batch_size=0)

@@ -70,6 +70,13 @@ def test_autoencode_equals_concatenated_per_chunk_forward(golden_model):
     assert_close(chunk1.numpy(), io["output/image"], what="autoencode chunk 1")
 
 
+def test_autoencode_builds_no_graph_like_the_other_helpers(golden_model):
+    images, audio, _ = _public_inputs(golden_io("video_autoencoding"))
+    assert torch.is_grad_enabled()
+    out = golden_model.autoencode(images, audio)
+    assert all(not t.requires_grad and t.grad_fn is None for t in out.values())
+
+
 def test_released_configuration_has_the_released_parameter_count():
     with torch.device("meta"):
         model = pt.build_preset("video_autoencoding")

@@ -22,11 +22,28 @@ from collections.abc import Callable, Sequence
 import torch
 
 
-def tile_origins(frame_size: Sequence[int], tile_size: Sequence[int], min_overlap: int = 20) -> list[tuple[int, int]]:
+COLAB_MIN_OVERLAP = 20
+
+
+def default_min_overlap(tile_size: Sequence[int]) -> int:
+    """The colab's 20 pixels where the tiles allow it; a quarter of the smaller side for tiles of 20 or less.
+
+    The released model's tiles are 368x496, so it always gets the colab's value; small test models
+    (whose tiles the colab's constant would not fit) get a proportionate overlap instead of an error.
+    """
+    smaller = min(tile_size)
+    return COLAB_MIN_OVERLAP if smaller > COLAB_MIN_OVERLAP else smaller // 4
+
+
+def tile_origins(frame_size: Sequence[int], tile_size: Sequence[int],
+                 min_overlap: int | None = None) -> list[tuple[int, int]]:
     """Top-left (y, x) of every tile, in the colab's order (rows, then columns), repeats included."""
     (height, width), (tile_h, tile_w) = frame_size, tile_size
+    min_overlap = default_min_overlap(tile_size) if min_overlap is None else min_overlap
     if min_overlap >= tile_h or min_overlap >= tile_w:
-        raise ValueError(f"min_overlap ({min_overlap}) must be smaller than the tile size {tuple(tile_size)}.")
+        raise ValueError(f"min_overlap ({min_overlap}) must be smaller than the tile size {tuple(tile_size)}: pass "
+                         f"0 <= min_overlap < {min(tile_h, tile_w)} (the default for these tiles is "
+                         f"{default_min_overlap(tile_size)}).")
     if min_overlap < 0:
         raise ValueError(f"min_overlap must be >= 0; got {min_overlap}.")
     if height < tile_h or width < tile_w:
@@ -51,7 +68,7 @@ def blend_weights(tile_size: Sequence[int], *, dtype=torch.float32, device=None)
     return torch.minimum(wy[:, None], wx[None, :]).to(dtype)
 
 
-def weight_map(frame_size: Sequence[int], tile_size: Sequence[int], min_overlap: int = 20,
+def weight_map(frame_size: Sequence[int], tile_size: Sequence[int], min_overlap: int | None = None,
                *, dtype=torch.float32, device=None) -> torch.Tensor:
     """[H, W] sum of every tile's blend weights: the colab's normaliser (positive everywhere)."""
     total = torch.zeros(tuple(frame_size), dtype=dtype, device=device)
@@ -67,7 +84,7 @@ def stitch_tiles(
     image2: torch.Tensor,
     flow_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     tile_size: Sequence[int],
-    min_overlap: int = 20,
+    min_overlap: int | None = None,
     tile_batch_size: int = 8,
 ) -> torch.Tensor:
     """Blend `flow_fn` (frames [N, 3, h, w] x2 -> flow [N, 2, h, w]) over tiles of [B, 3, H, W] frames.

@@ -85,14 +85,15 @@ class PerceiverForOpticalFlow(Perceiver):
         return (flow * self.flow_scale_factor).permute(0, 3, 1, 2)
 
     @torch.no_grad()
-    def estimate_flow(self, image1: torch.Tensor, image2: torch.Tensor, *, min_overlap: int = 20,
+    def estimate_flow(self, image1: torch.Tensor, image2: torch.Tensor, *, min_overlap: int | None = None,
                       tile_batch_size: int = 8) -> torch.Tensor:
         """Flow [B, 2, H, W] for frames [B, 3, H, W] (or [3, H, W]) of any size >= train_size.
 
         As the upstream colab: overlapping train_size tiles (stride
         train_size - min_overlap, the last flush with the frame edge),
         blended with weights falling off towards each tile's edges. Tiles go
-        through the model `tile_batch_size` at a time.
+        through the model `tile_batch_size` at a time. `min_overlap` defaults
+        to the colab's 20 pixels (a quarter of the tile for tiles of 20 or less).
         """
         unbatched = image1.ndim == 3 and image2.ndim == 3
         if unbatched:

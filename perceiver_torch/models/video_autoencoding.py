@@ -172,8 +172,9 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
             outputs["image"], outputs["audio"] = self._to_clip(outputs["image"], outputs["audio"])
         return outputs
 
+    @torch.no_grad()
     def autoencode(self, images: torch.Tensor, audio: torch.Tensor, chunks: int | None = None) -> dict:
-        """Reconstruct a whole clip in `chunks` decoding chunks (default: config `nchunks`).
+        """Reconstruct a whole clip in `chunks` decoding chunks (default: config `nchunks`), without a graph.
 
         The encoder runs once; only the decoder runs per chunk (upstream's
         colab reruns the whole model per chunk; the results are the same).
