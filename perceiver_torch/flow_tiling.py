@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-
 COLAB_MIN_OVERLAP = 20
 
 
