@@ -1,0 +1,56 @@
+"""Every registered task is complete on both sides of the one-way architecture (loops over the registries).
+
+A task is registered once in the runtime (`perceiver_torch.registry.TASK_MODELS`) and once on the producer
+side (`converters.tasks.TASKS`); these tests hold the two equal and check that each registration leads to
+every piece: model class, released preset, conversion table, upstream-layout runner, JAX builder, a golden
+fixture, and a parity test configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from converters import convert_tree, load_haiku_checkpoint
+from converters.jax_reference import example_inputs
+from converters.tasks import TASKS, run_upstream_layout, task_spec
+from perceiver_torch.registry import TASK_MODELS, UnsupportedTaskError, build_model, model_class, preset, preset_names
+
+from .conftest import GOLDEN, golden_config
+
+TESTS = Path(__file__).parent
+# The golden fixture family each task's golden tests use (more than one for ImageNet's three variants).
+GOLDEN_FAMILIES = {"language": ["language"], "imagenet": ["imagenet_learned", "imagenet_fourier", "imagenet_conv"],
+                   "optical_flow": ["optical_flow"], "video_autoencoding": ["video_autoencoding"]}
+
+
+def test_both_sides_register_the_same_tasks():
+    assert list(TASKS) == list(TASK_MODELS) == list(GOLDEN_FAMILIES)
+
+
+def test_unknown_tasks_are_refused_by_name_on_both_sides():
+    for lookup in (model_class, task_spec):
+        with pytest.raises(UnsupportedTaskError, match=r"unknown task 'speech'; expected one of \['language'"):
+            lookup("speech")
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_each_task_has_every_piece(task):
+    spec = task_spec(task)
+    assert spec.model_class is TASK_MODELS[task]
+    assert callable(spec.table.rules) and isinstance(spec.table.IGNORED, (tuple, list, frozenset, set))
+    assert callable(spec.jax_build_fn())
+    assert any(preset(name)["task"] == task for name in preset_names())
+    assert (TESTS / f"test_parity_{task}.py").is_file(), "each task has a JAX-vs-Torch parity test configuration"
+
+
+@pytest.mark.parametrize("task, family", [(t, f) for t, fams in GOLDEN_FAMILIES.items() for f in fams])
+def test_each_golden_fixture_converts_and_runs_through_the_registered_pieces(task, family):
+    config = golden_config(family)
+    checkpoint = load_haiku_checkpoint(GOLDEN / family / "checkpoint.pickle")
+    model = build_model(task, config).eval()
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in convert_tree(task, checkpoint, config).items()})
+    outputs = run_upstream_layout(task, model, example_inputs(task, config, batch=1, seed=0))
+    assert outputs and all(torch.isfinite(torch.from_numpy(v)).all() for v in outputs.values())
