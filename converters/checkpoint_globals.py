@@ -23,7 +23,7 @@ MAX_NDIM = 32  # numpy's own limit is 64; no parameter has more than a handful o
 
 _DESCR = re.compile(r"([biufcSUVOMm])(\d{1,12})\Z")
 _NUMERIC_SIZES = {"b": (1,), "i": (1, 2, 4, 8), "u": (1, 2, 4, 8), "f": (2, 4, 8)}
-_KIND_NAMES = {"f": "floating", "c": "complex", "S": "bytes", "U": "string", "V": "void", "O": "object",
+_KIND_NAMES = {"c": "complex", "S": "bytes", "U": "string", "V": "void", "O": "object",
                "M": "datetime", "m": "timedelta"}
 
 
@@ -76,6 +76,8 @@ class DtypeStub:
             self.refusal = None
         elif kind in "iub":
             self.refusal = f"data of the unknown dtype {descr!r}"
+        elif kind == "f":
+            self.refusal = f"float{8 * size} data (dtype {descr!r}), which torch cannot hold"
         else:
             self.refusal = f"{_KIND_NAMES[kind]} data (dtype {descr!r})"
 
@@ -136,8 +138,8 @@ class ArrayStub:
         np_dtype = dtype.numpy()
         need = math.prod(shape) * np_dtype.itemsize
         if raw.data.nbytes != need:
-            vm.fail(CheckpointReadError, f"an array of shape {shape} and dtype {np_dtype} needs {need} bytes, "
-                                         f"but its data holds {raw.data.nbytes}")
+            vm.fail(CheckpointReadError, f"an array of shape {shape} and dtype {np_dtype} needs {need:,} bytes, "
+                                         f"but its data holds {raw.data.nbytes:,}")
         flat = raw.adopt(vm)
         if not np_dtype.isnative:  # swap in place, so callers always get native byte order
             flat.view(np_dtype).byteswap(inplace=True)

@@ -35,7 +35,7 @@ from .reader_errors import CheckpointLimitError, CheckpointReadError, UnsafePick
 
 MAX_DEPTH = 32  # a release tree nests about 5 deep (mapping, mapping, array state, shape)
 BUDGET_FACTOR = 2
-BUDGET_CONSTANT = 64 * 2**20
+BUDGET_CONSTANT = 16 * 2**20  # ample for the many small objects of a tiny checkpoint
 
 _SLOT = 8  # a reference on the stack, in the memo or in a container
 _OBJECT = 64  # a small object's header (an int, a float, an empty container)
@@ -295,6 +295,8 @@ class RestrictedUnpickler:
     def _register(self, container, children, depth: int = 1):
         depths = self._depths
         for child in children:
+            if child is container:
+                self.fail(CheckpointReadError, f"a {type(container).__name__} contains itself (a cycle)")
             entry = depths.get(id(child))
             if entry is not None:
                 depth = max(depth, entry[0] + 1)
