@@ -60,10 +60,11 @@ def load_haiku_checkpoint(path: str | Path) -> HaikuCheckpoint:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise CheckpointReadError(f"{path}: cannot open the checkpoint: {exc.strerror}.") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CheckpointReadError(f"{path}: not a regular file; a checkpoint is a .pickle / .pystate file.")
     with open(fd, "rb") as stream:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CheckpointReadError(f"{path}: not a regular file; a checkpoint is a .pickle / .pystate file.")
         try:
             return _read(stream, info.st_size, str(path))
         except OSError as exc:

@@ -94,6 +94,7 @@ class RestrictedUnpickler:
         self._stream = stream
         self._stream_read, self._readinto, self._readline = stream.read, stream.readinto, stream.readline
         self._foreign_head = None  # what the file looks like, when it does not start with PROTO
+        self._frame_end: int | None = None  # where the current FRAME ends
         self.size, self.source, self.max_depth = size, source, max_depth
         self.budget = BUDGET_FACTOR * size + BUDGET_CONSTANT if budget is None else budget
         self.used = 0
@@ -130,7 +131,17 @@ class RestrictedUnpickler:
                       f"({BUDGET_FACTOR} x the file's {self.size:,} bytes + {BUDGET_CONSTANT >> 20} MiB)")
 
     # ---- reading the stream ----------------------------------------------------------------------
+    def _framed(self, n: int) -> None:
+        """Framing as pickle defines it: an opcode lies wholly inside its FRAME, or wholly after it."""
+        end = self._frame_end
+        if end is not None:
+            if self.pos == end:
+                self._frame_end = None
+            elif self.pos + n > end:
+                self.unreadable(f"{n:,} bytes are read across the end of a FRAME at byte {end} (corrupt)")
+
     def _read(self, n: int) -> bytes:
+        self._framed(n)
         data = self._stream_read(n)
         if len(data) != n:
             self._truncated()
@@ -161,6 +172,7 @@ class RestrictedUnpickler:
         try:
             while True:
                 self._op_at = self.pos
+                self._framed(1)
                 code = read(1)
                 if not code:
                     self._op_code = None
@@ -241,7 +253,10 @@ class RestrictedUnpickler:
             self.unreadable(f"pickle protocol {version}; checkpoints are written with protocols 2 to 5")
 
     def _frame(self):
-        self._length("<Q", 8)  # a read-ahead hint; the stream is read opcode by opcode either way
+        if self._frame_end is not None:
+            self.unreadable("a FRAME begins inside another one (corrupt)")
+        length = self._length("<Q", 8)
+        self._frame_end = self.pos + length
 
     def _stop(self):
         if self._metastack or len(self.stack) != 1:
@@ -281,6 +296,7 @@ class RestrictedUnpickler:
 
     def _payload(self, n: int):
         self.charge(n + _OBJECT, f"{n:,} bytes of data")
+        self._framed(n)
         buffer = np.empty(n, np.uint8)
         view, got = memoryview(buffer), 0
         while got < n:
@@ -398,6 +414,7 @@ class RestrictedUnpickler:
 
     def _line(self) -> str:
         line = self._readline(256)
+        self._framed(len(line))
         self.pos += len(line)
         if not line.endswith(b"\n"):
             if len(line) < 256:

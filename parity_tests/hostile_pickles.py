@@ -241,6 +241,11 @@ def _cases() -> list[tuple[Case, bytes]]:
     case("protocol_6", checkpoint(pickle.NONE, version=6), bad, "pickle protocol 6", "an unknown protocol")
     case("trailing_data", checkpoint(f4([1.0])) + b"PK\x03\x04" + b"\0" * 26, bad, "bytes follow the STOP opcode",
          "a zip appended after a valid checkpoint")
+    frame = lambda n: pickle.FRAME + struct.pack("<Q", n)  # noqa: E731
+    case("frame_straddle", proto(4) + frame(3) + pickle.EMPTY_DICT + pickle.BININT + b"\0" * 4 + pickle.STOP, bad,
+         "read across the end of a FRAME", "a 4-byte argument that starts inside a FRAME and ends after it")
+    case("frame_nested", proto(4) + frame(30) + pickle.EMPTY_DICT + frame(1) + pickle.STOP + b"\0" * 20, bad,
+         "a FRAME begins inside another one", "a FRAME inside a FRAME")
     case("memo_gap", checkpoint(pickle.NONE + pickle.LONG_BINPUT + struct.pack("<I", 2**32 - 1)), bad,
          "memo entry 4294967295 is written before entry 0", "a memo index of 2**32-1")
     case("memo_undefined", checkpoint(pickle.BINGET + b"\x07"), bad, "memo entry 7 is read before",

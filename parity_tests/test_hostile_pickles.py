@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from .hostile_pickles import HOSTILE, READER_ONLY, build, manifest_text
+from .hostile_pickles import EXTENSION_SETUP, GOLDEN, HOSTILE, READER_ONLY, build, manifest_text
 from .sandbox import run_isolated
 
 CASES = json.loads((HOSTILE / "manifest.json").read_text())["cases"]
@@ -66,3 +66,29 @@ def test_hostile_case_is_refused_cleanly(case):
     assert case["message"] in message, message
     assert str(path) in message, f"the message does not name the file: {message}"
     assert result.value["standin"] == ["haiku._src.data_structures.FlatMapping", False, None]
+
+
+def test_perceiver_convert_refuses_every_case_with_one_line_and_exit_1(tmp_path):
+    # One child for the whole corpus (torch is imported once); a crash would fail this test alone.
+    output, config = tmp_path / "out.safetensors", GOLDEN / "language" / "config.json"
+    code = f"""
+import contextlib, io, json
+exec({EXTENSION_SETUP!r})  # registered once for the EXT cases; harmless to the others
+from converters.cli import main
+results = {{}}
+for case in json.loads(open({str(HOSTILE / "manifest.json")!r}).read())["cases"]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["language", {str(HOSTILE)!r} + "/" + case["file"], "--config", {str(config)!r},
+                   "-o", {str(output)!r}])
+    results[case["name"]] = [rc, err.getvalue()]
+return results
+"""
+    result = run_isolated(code, timeout_s=300)
+    assert result.ok, result.describe()
+    for case in CASES:
+        rc, stderr = result.value[case["name"]]
+        assert rc == 1, (case["name"], rc, stderr)
+        assert stderr.startswith("perceiver-convert: error: ") and stderr.count("\n") == 1, (case["name"], stderr)
+        assert case["message"] in stderr and "Traceback" not in stderr, (case["name"], stderr)
+    assert not output.exists()
