@@ -14,6 +14,7 @@ before it allocates or hashes:
   `checkpoint_globals`, REDUCE calls only those, BUILD applies only to numpy arrays and dtypes;
 - a length is compared with what is left of the file before anything is read or allocated, and
   everything built is charged to a budget of BUDGET_FACTOR x the file's size + BUDGET_CONSTANT;
+  the number of opcodes is bounded too (OPCODE_CONSTANT + one per BYTES_PER_OPCODE bytes);
 - containers nest at most MAX_DEPTH deep, checked as each one is built; mapping keys must be
   str, int, float, bool or None (hashing those cannot recurse); a container cannot be changed
   after it was put into another one (so no cycles, and recorded depths stay true).
@@ -36,6 +37,10 @@ from .reader_errors import CheckpointLimitError, CheckpointReadError, UnsafePick
 MAX_DEPTH = 32  # a release tree nests about 5 deep (mapping, mapping, array state, shape)
 BUDGET_FACTOR = 2
 BUDGET_CONSTANT = 16 * 2**20  # ample for the many small objects of a tiny checkpoint
+# The interpreter spends about a microsecond an opcode; a checkpoint has one opcode per ~100 bytes
+# (golden files) to one per ~100 KB (release files, all array data), so this bounds the time a file
+# of tiny opcodes can take to seconds per hundred megabytes.
+OPCODE_CONSTANT, BYTES_PER_OPCODE = 1_000_000, 64
 
 _SLOT = 8  # a reference on the stack, in the memo or in a container
 _OBJECT = 64  # a small object's header (an int, a float, an empty container)
@@ -97,6 +102,7 @@ class RestrictedUnpickler:
         self._frame_end: int | None = None  # where the current FRAME ends
         self.size, self.source, self.max_depth = size, source, max_depth
         self.budget = BUDGET_FACTOR * size + BUDGET_CONSTANT if budget is None else budget
+        self.max_opcodes = OPCODE_CONSTANT + size // BYTES_PER_OPCODE
         self.used = 0
         self.pos = 0
         self._op_at, self._op_code = 0, 0x80
@@ -168,9 +174,13 @@ class RestrictedUnpickler:
             if not head or not description.startswith(("it is text", "its first byte")):
                 raise CheckpointReadError(f"{self.source} is not a readable checkpoint pickle: {description}.")
             self._foreign_head = description
-        dispatch, read = self._dispatch, self._stream_read
+        dispatch, read, opcodes_left = self._dispatch, self._stream_read, self.max_opcodes
         try:
             while True:
+                opcodes_left -= 1
+                if opcodes_left < 0:
+                    self.fail(CheckpointLimitError, f"more than {self.max_opcodes:,} opcodes ({OPCODE_CONSTANT:,} + "
+                                                    f"one per {BYTES_PER_OPCODE} bytes of the file)")
                 self._op_at = self.pos
                 self._framed(1)
                 code = read(1)

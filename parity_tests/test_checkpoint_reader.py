@@ -166,3 +166,12 @@ def test_unreadable_paths_are_refused_naming_them(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(CheckpointReadError, match=r"fifo\.pickle: not a regular file"):
         load_haiku_checkpoint(fifo)  # without O_NONBLOCK, opening a FIFO would wait for a writer forever
+
+
+def test_opcode_count_is_bounded():
+    data = hp.proto(4) + (pickle.NONE + pickle.POP) * 200 + pickle.EMPTY_DICT + pickle.STOP
+    reader = RestrictedUnpickler(io.BytesIO(data), len(data), "many.pickle")
+    assert reader.max_opcodes == 1_000_000 + len(data) // 64
+    reader.max_opcodes = 100
+    with pytest.raises(CheckpointLimitError, match=r"many\.pickle: more than 100 opcodes"):
+        reader.load()
