@@ -307,15 +307,18 @@ class RestrictedUnpickler:
     def _payload(self, n: int):
         self.charge(n + _OBJECT, f"{n:,} bytes of data")
         self._framed(n)
-        buffer = np.empty(n, np.uint8)
-        view, got = memoryview(buffer), 0
+        # A bytearray (malloc'd, 16-byte aligned), not np.empty: numpy asks for transparent huge pages,
+        # which can stall in kernel compaction on a busy machine (0.15-1.0 s per 200 MB measured, where
+        # plain pickle's bytes take a steady 0.4 s); an anonymous mmap per payload measured slower still.
+        storage = bytearray(n)
+        view, got = memoryview(storage), 0
         while got < n:
             k = self._readinto(view[got:])
             if not k:
                 self._truncated()
             got += k
         self.pos += n
-        self._push(Payload(buffer))
+        self._push(Payload(np.frombuffer(storage, np.uint8)))
 
     # ---- containers, with depth and sealing ---------------------------------------------------------
     def _register(self, container, children, depth: int = 1):
