@@ -1,6 +1,7 @@
 """Haiku checkpoint -> perceiver-torch converters: safe reading, strict declarative tables."""
 
 from .checkpoint_reader import (
+    CheckpointLimitError,
     CheckpointReadError,
     HaikuCheckpoint,
     UnsafePickleError,
@@ -10,6 +11,6 @@ from .convert import CONVERTER_VERSION, convert, convert_tree, load_config
 from .rules import ConversionError
 
 __all__ = [
-    "CONVERTER_VERSION", "CheckpointReadError", "ConversionError", "HaikuCheckpoint", "UnsafePickleError",
-    "convert", "convert_tree", "load_config", "load_haiku_checkpoint",
+    "CONVERTER_VERSION", "CheckpointLimitError", "CheckpointReadError", "ConversionError", "HaikuCheckpoint",
+    "UnsafePickleError", "convert", "convert_tree", "load_config", "load_haiku_checkpoint",
 ]

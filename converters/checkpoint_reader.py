@@ -1,81 +1,33 @@
 """Read DeepMind's Haiku checkpoint pickles without Haiku, JAX, or arbitrary code.
 
-The release files pickle Haiku `FlatMapping`s of numpy arrays (under numpy 1's
-`numpy.core` module names). An allow-list unpickler maps exactly the globals
-those files need onto safe constructors and refuses every other global,
-naming it, so a crafted file cannot run code on load.
+The release files pickle Haiku `FlatMapping`s of numpy arrays (under numpy 1's `numpy.core`
+module names). `restricted_unpickler` runs the pickle's data opcodes itself, resolving only the
+globals those files need (`checkpoint_globals`), within a memory budget and a nesting limit;
+this module opens the file, checks the resulting tree's layout ({module: {name: array}}, string
+names, floating/integer/bool arrays) and names the file, and the parameter's path where there is
+one, in every refusal. What is accepted and refused is documented in SECURITY.md.
 """
 
 from __future__ import annotations
 
 import io
-import pickle
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-try:
-    from numpy._core import multiarray as _multiarray
-except ImportError:  # numpy < 2
-    from numpy.core import multiarray as _multiarray
+from .checkpoint_globals import ArrayStub, clip, type_name
+from .reader_errors import CheckpointLimitError, CheckpointReadError, UnsafePickleError
+from .restricted_unpickler import RestrictedUnpickler
 
+__all__ = [
+    "CheckpointLimitError", "CheckpointReadError", "HaikuCheckpoint", "UnsafePickleError", "checkpoint_from_tree",
+    "load_haiku_checkpoint", "loads_haiku_checkpoint",
+]
 
-class CheckpointReadError(ValueError):
-    """The file is not a readable Haiku checkpoint pickle."""
-
-
-class UnsafePickleError(CheckpointReadError):
-    """The pickle names a global outside the allow-list."""
-
-
-def _mapping(*args, **kwargs) -> dict:
-    # FlatMapping / FlatMap / frozendict are all rebuilt from a mapping (or items).
-    return dict(*args, **kwargs)
-
-
-def _jax_array(fun, args, arr_state, aval_state=None):
-    # jax.Array pickles as (_reconstruct_array, (np reconstructor, args, state, aval)).
-    array = fun(*args)
-    array.__setstate__(arr_state)
-    return array
-
-
-def _numpy_globals() -> dict[tuple[str, str], object]:
-    # numpy 2 names its core "numpy._core"; release files use numpy 1's "numpy.core".
-    allowed = {}
-    for prefix in ("numpy.core", "numpy._core"):
-        allowed[(f"{prefix}.multiarray", "_reconstruct")] = _multiarray._reconstruct
-        allowed[(f"{prefix}.multiarray", "scalar")] = _multiarray.scalar
-    allowed[("numpy", "ndarray")] = np.ndarray
-    allowed[("numpy", "dtype")] = np.dtype
-    return allowed
-
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
-    **_numpy_globals(),
-    ("haiku._src.data_structures", "FlatMapping"): _mapping,
-    ("haiku._src.data_structures", "FlatMap"): _mapping,
-    ("haiku.data_structures", "FlatMapping"): _mapping,
-    ("haiku._src.data_structures", "frozendict"): _mapping,
-    ("collections", "OrderedDict"): _mapping,
-    ("jax._src.array", "_reconstruct_array"): _jax_array,
-    ("jax._src.device_array", "reconstruct_device_array"): _jax_array,
-}
-
-
-class _AllowListUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if module.startswith("numpy.dtypes") and name.endswith("DType"):
-            # numpy >= 1.25 may pickle dtype classes such as numpy.dtypes.Float32DType.
-            return type(np.dtype(name[: -len("DType")].lower()))
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to unpickle global '{module}.{name}': checkpoints may only contain Haiku "
-                "mappings and numpy arrays"
-            ) from None
+_NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floating point
 
 
 @dataclass
@@ -96,22 +48,27 @@ class HaikuCheckpoint:
 
 
 def loads_haiku_checkpoint(data: bytes, source: str = "<bytes>") -> HaikuCheckpoint:
-    try:
-        tree = _AllowListUnpickler(io.BytesIO(data)).load()
-    except UnsafePickleError as exc:
-        raise UnsafePickleError(f"{source}: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise CheckpointReadError(
-            f"{source} is not a readable checkpoint pickle (truncated or not a pickle?): "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
-    return _split_tree(tree, source)
+    """A checkpoint from pickle bytes; `source` names them in errors."""
+    return _read(io.BytesIO(data), len(data), source)
 
 
 def load_haiku_checkpoint(path: str | Path) -> HaikuCheckpoint:
     """Read an upstream `.pickle` / `.pystate` file; returns params and state (possibly empty)."""
     path = Path(path)
-    return loads_haiku_checkpoint(path.read_bytes(), str(path))
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a regular file).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise CheckpointReadError(f"{path}: cannot open the checkpoint: {exc.strerror}.") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CheckpointReadError(f"{path}: not a regular file; a checkpoint is a .pickle / .pystate file.")
+    with open(fd, "rb") as stream:
+        try:
+            return _read(stream, info.st_size, str(path))
+        except OSError as exc:
+            raise CheckpointReadError(f"{path}: reading the checkpoint failed: {exc.strerror or exc}.") from None
 
 
 def checkpoint_from_tree(tree, source: str = "<tree>") -> HaikuCheckpoint:
@@ -119,10 +76,26 @@ def checkpoint_from_tree(tree, source: str = "<tree>") -> HaikuCheckpoint:
     return _split_tree(tree, source)
 
 
+def _read(stream, size: int, source: str) -> HaikuCheckpoint:
+    try:
+        tree = RestrictedUnpickler(stream, size, source).load()
+        return _split_tree(tree, source)
+    except (CheckpointReadError, OSError):
+        raise
+    except MemoryError:
+        raise CheckpointLimitError(f"{source}: ran out of memory while reading, within the reader's budget; "
+                                   "this machine cannot hold the checkpoint.") from None
+    except Exception as exc:
+        # A gap in the checks above would land here: still a refusal naming the file, never a stray
+        # exception (the fuzz tests have found none).
+        raise CheckpointReadError(f"{source} is not a readable checkpoint pickle: "
+                                  f"{type(exc).__name__}: {clip(str(exc), 200)}.") from None
+
+
 def _split_tree(tree, source: str) -> HaikuCheckpoint:
     if not isinstance(tree, dict):
-        raise CheckpointReadError(f"{source}: expected a mapping at the top level, found {type(tree).__name__}.")
-    if set(tree) <= {"params", "state"} and "params" in tree:
+        raise CheckpointReadError(f"{source}: expected a mapping at the top level, found {type_name(tree)}.")
+    if "params" in tree and set(tree) <= {"params", "state"}:
         params, state = tree["params"], tree.get("state") or {}
     else:
         params, state = tree, {}
@@ -131,15 +104,37 @@ def _split_tree(tree, source: str) -> HaikuCheckpoint:
 
 def _check_tree(tree, source: str, kind: str) -> dict[str, dict[str, np.ndarray]]:
     if not isinstance(tree, dict):
-        raise CheckpointReadError(f"{source}: {kind} must be a mapping, found {type(tree).__name__}.")
+        raise CheckpointReadError(f"{source}: {kind} must be a mapping, found {type_name(tree)}.")
     out = {}
     for module, leaves in tree.items():
+        if not isinstance(module, str):
+            raise CheckpointReadError(f"{source}: {kind} has a module key of type {type(module).__name__}; "
+                                      "module and parameter names must be strings.")
         if not isinstance(leaves, dict):
-            raise CheckpointReadError(f"{source}: {kind} entry {module!r} is not a mapping of arrays.")
+            raise CheckpointReadError(f"{source}: {kind} entry {clip(module)!r} is {type_name(leaves)}, not a "
+                                      "mapping of arrays.")
         out[module] = {}
         for name, value in leaves.items():
-            array = np.asarray(value)
-            if array.dtype == object:
-                raise CheckpointReadError(f"{source}: {kind} {module}/{name} is not a numeric array.")
-            out[module][name] = array
+            if not isinstance(name, str):
+                raise CheckpointReadError(f"{source}: {kind}:{clip(module)} has a parameter key of type "
+                                          f"{type(name).__name__}; module and parameter names must be strings.")
+            out[module][name] = _leaf(value, source, f"{kind}:{clip(module)}/{clip(name)}")
     return out
+
+
+def _leaf(value, source: str, path: str) -> np.ndarray:
+    if isinstance(value, ArrayStub):
+        if value.refusal is not None:
+            raise CheckpointReadError(f"{source}: {path} holds {value.refusal}; parameters must be floating, "
+                                      "integer or bool arrays.")
+        if value.array is None:
+            raise CheckpointReadError(f"{source}: {path} is an array whose data never follows (corrupt).")
+        return value.array
+    if not isinstance(value, np.ndarray) and not hasattr(value, "__array__"):
+        # From a file, anything else is a container, a string, bytes or a number: not a parameter.
+        raise CheckpointReadError(f"{source}: {path} is {type_name(value)}, not an array.")
+    array = np.asarray(value)  # an in-memory tree's numpy or jax arrays
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        raise CheckpointReadError(f"{source}: {path} holds {array.dtype} data; parameters must be floating, "
+                                  "integer or bool arrays.")
+    return array

@@ -1,13 +1,19 @@
 """The allow-list unpickler reads the release layout and refuses anything else."""
 
+import io
 import os
 import pickle
+from collections import OrderedDict
 
 import numpy as np
 import pytest
 
-from converters import CheckpointReadError, UnsafePickleError, load_haiku_checkpoint
+from converters import CheckpointLimitError, CheckpointReadError, UnsafePickleError, load_haiku_checkpoint
+from converters.checkpoint_globals import ALLOWED_GLOBALS
+from converters.checkpoint_reader import loads_haiku_checkpoint
+from converters.restricted_unpickler import RestrictedUnpickler
 
+from . import hostile_pickles as hp
 from .conftest import GOLDEN
 
 FAMILIES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
@@ -72,3 +78,109 @@ def test_non_mapping_pickle_is_rejected(tmp_path):
     path.write_bytes(pickle.dumps([1, 2, 3]))
     with pytest.raises(CheckpointReadError, match="expected a mapping"):
         load_haiku_checkpoint(path)
+
+
+# ---- what still reads: every protocol, numpy 1 and 2 names, byte orders, layouts ---------------------
+def _plain_tree(family):
+    ckpt = load_haiku_checkpoint(GOLDEN / family / "checkpoint_plain.pickle")
+    return {"params": ckpt.params, "state": ckpt.state} if ckpt.state else ckpt.params
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_current_numpy_pickles_read_identically_at_every_protocol(protocol):
+    # Written by this numpy (2.x: numpy._core names; protocol 5: _frombuffer with in-band buffers).
+    expected = load_haiku_checkpoint(GOLDEN / "imagenet_conv" / "checkpoint.pickle").flat()
+    read = loads_haiku_checkpoint(pickle.dumps(_plain_tree("imagenet_conv"), protocol=protocol)).flat()
+    assert read.keys() == expected.keys()
+    for key, array in read.items():
+        assert array.dtype == expected[key].dtype and array.flags.writeable and array.flags.aligned, key
+        np.testing.assert_array_equal(array, expected[key], err_msg=key)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_byte_orders_layouts_scalars_and_empty_arrays_read_as_native_arrays(protocol):
+    values = {
+        "big_endian": np.arange(6, dtype=">f4").reshape(2, 3),
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "bool": np.array([True, False]), "int8_scalar": np.int8(-3), "float32_scalar": np.float32(2.5),
+        "empty": np.zeros((0, 3), "f4"), "uint16": np.arange(4, dtype="<u2"), "float16": np.ones(3, "f2"),
+    }
+    read = loads_haiku_checkpoint(pickle.dumps(OrderedDict(m=values), protocol=protocol)).params["m"]
+    for name, value in values.items():
+        value = np.asarray(value)
+        assert read[name].dtype == value.dtype.newbyteorder("=") and read[name].dtype.isnative, name
+        assert read[name].shape == value.shape, name
+        np.testing.assert_array_equal(read[name], value, err_msg=name)
+
+
+def test_jax_array_pickles_read_without_jax():
+    # jax.Array pickles as jax._src.array._reconstruct_array(numpy's _reconstruct, its args, the state, aval).
+    reconstruct = hp.stack_global("numpy._core.multiarray", "_reconstruct")
+    stub_args = hp.tup(hp.stack_global("numpy", "ndarray"), hp.tup(hp.integer(0)), hp.raw(b"b"))
+    state = hp.tup(hp.integer(1), hp.tup(hp.integer(2)), hp.dtype("f4"), pickle.NEWFALSE,
+                   hp.raw(np.array([1.5, -2.0], "<f4").tobytes()))
+    aval = pickle.EMPTY_DICT + hp.text("weak_type") + pickle.NEWFALSE + pickle.SETITEM
+    leaf = hp.call(hp.stack_global("jax._src.array", "_reconstruct_array"), reconstruct, stub_args, state, aval)
+    np.testing.assert_array_equal(loads_haiku_checkpoint(hp.checkpoint(leaf)).params["m"]["w"], [1.5, -2.0])
+
+
+def test_bytes_shared_through_the_memo_give_independent_arrays():
+    data = hp.raw(np.array([1.0, 2.0], "<f4").tobytes())
+    first = hp.array((2,), hp.dtype("f4"), data + pickle.MEMOIZE)
+    second = hp.array((2,), hp.dtype("f4"), pickle.BINGET + b"\x00")
+    inner = pickle.EMPTY_DICT + hp.text("a") + first + pickle.SETITEM + hp.text("b") + second + pickle.SETITEM
+    blob = hp.proto(4) + pickle.EMPTY_DICT + hp.text("m") + inner + pickle.SETITEM + pickle.STOP
+    read = loads_haiku_checkpoint(blob).params["m"]
+    read["a"][0] = 7.0
+    assert read["b"][0] == 1.0 and not np.shares_memory(read["a"], read["b"])
+
+
+def test_flatmapping_stand_in_cannot_be_altered():
+    flat = ALLOWED_GLOBALS[("haiku._src.data_structures", "FlatMapping")]
+    assert not hasattr(flat, "__dict__")
+    for attribute in ("__qualname__", "__defaults__", "name"):
+        with pytest.raises(AttributeError):
+            setattr(flat, attribute, "pwned")
+    assert flat.name == "haiku._src.data_structures.FlatMapping"
+
+
+# ---- budget and files --------------------------------------------------------------------------------
+def test_budget_is_checked_before_allocating_and_the_golden_files_stay_well_within_it():
+    data = (GOLDEN / "language" / "checkpoint.pickle").read_bytes()
+    reader = RestrictedUnpickler(io.BytesIO(data), len(data), "golden")
+    reader.load()
+    # Everything charged (payloads, strings, containers, stack and memo slots) stays under 1.5x the
+    # file, far inside the budget of 2x + 16 MiB; a file's claims cannot push past it.
+    assert reader.used < 1.5 * len(data) < reader.budget
+    tight = RestrictedUnpickler(io.BytesIO(data), len(data), "golden", budget=len(data) // 2)
+    with pytest.raises(CheckpointLimitError, match="golden: reading .* past its memory budget of"):
+        tight.load()
+
+
+def test_unreadable_paths_are_refused_naming_them(tmp_path):
+    with pytest.raises(CheckpointReadError, match=r"missing\.pickle: cannot open the checkpoint"):
+        load_haiku_checkpoint(tmp_path / "missing.pickle")
+    with pytest.raises(CheckpointReadError, match=f"{tmp_path}: not a regular file"):
+        load_haiku_checkpoint(tmp_path)
+    fifo = tmp_path / "fifo.pickle"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointReadError, match=r"fifo\.pickle: not a regular file"):
+        load_haiku_checkpoint(fifo)  # without O_NONBLOCK, opening a FIFO would wait for a writer forever
+
+
+def test_opcode_count_is_bounded():
+    data = hp.proto(4) + (pickle.NONE + pickle.POP) * 200 + pickle.EMPTY_DICT + pickle.STOP
+    reader = RestrictedUnpickler(io.BytesIO(data), len(data), "many.pickle")
+    assert reader.max_opcodes == 1_000_000 + len(data) // 64
+    reader.max_opcodes = 100
+    with pytest.raises(CheckpointLimitError, match=r"many\.pickle: more than 100 opcodes"):
+        reader.load()
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_payloads_larger_than_a_frame_read_back(protocol):
+    # pickle writes payloads of 64 KiB or more outside its frames; the golden arrays all fit inside one.
+    tree = {"m": {"w": np.arange(300_000, dtype="<f4").reshape(600, 500), "b": np.ones(3, "<f4")}}
+    read = loads_haiku_checkpoint(pickle.dumps(tree, protocol=protocol)).params["m"]
+    np.testing.assert_array_equal(read["w"], tree["m"]["w"])
+    np.testing.assert_array_equal(read["b"], tree["m"]["b"])
