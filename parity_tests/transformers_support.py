@@ -1,0 +1,43 @@
+"""Small random transformers Perceiver models of each of the six classes, saved with save_pretrained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# Sizes transformers fixes in code (256 decoder qk channels, 64 Fourier bands, ...) stay; the rest is small.
+_ENCODER = dict(num_latents=8, d_latents=32, num_blocks=2, num_self_attends_per_block=2,
+                num_self_attention_heads=4, num_cross_attention_heads=1)
+SMALL = {
+    "PerceiverForMaskedLM": ("language", dict(_ENCODER, d_model=24, qk_channels=16, v_channels=32,
+                                              num_cross_attention_heads=2, max_position_embeddings=20)),
+    "PerceiverForImageClassificationLearned": ("imagenet", dict(_ENCODER, image_size=6, num_labels=5)),
+    "PerceiverForImageClassificationFourier": ("imagenet", dict(_ENCODER, num_labels=5)),
+    "PerceiverForImageClassificationConvProcessing": ("imagenet", dict(_ENCODER, num_labels=5)),
+    "PerceiverForOpticalFlow": ("optical_flow", dict(_ENCODER, train_size=[6, 8])),
+    "PerceiverForMultimodalAutoencoding": ("video_autoencoding", dict(
+        _ENCODER, num_frames=2, image_size=8, audio_samples_per_frame=32, samples_per_patch=16,
+        output_shape=[1, 2, 8, 8], output_num_channels=8, num_labels=7, _label_trainable_num_channels=12)),
+}
+
+
+def small_hf_model(architecture: str, seed: int = 0, **overrides):
+    """A randomly initialised transformers model of `architecture` at a small config, in eval mode."""
+    import transformers
+
+    _, fields = SMALL[architecture]
+    torch.manual_seed(seed)
+    config = transformers.PerceiverConfig(**{**fields, **overrides}, architectures=[architecture])
+    model = getattr(transformers, architecture)(config).eval()
+    with torch.no_grad():  # transformers zero-initialises biases and norms: make every tensor distinctive
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn_like(tensor) * (0.1 if "running_var" not in name else 0.01)
+                             + (1.0 if "running_var" in name else 0.0))
+    return model
+
+
+def save_small(architecture: str, directory: Path, seed: int = 0, **overrides) -> Path:
+    small_hf_model(architecture, seed, **overrides).save_pretrained(str(directory))
+    return directory
