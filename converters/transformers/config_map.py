@@ -165,13 +165,16 @@ _TASK_FIELDS = {"language": _language, "imagenet": _imagenet, "optical_flow": _o
                 "video_autoencoding": _video}
 
 
-def to_hf(task: str, config: dict) -> tuple[str, dict]:
-    """(transformers class name, PerceiverConfig kwargs) for our `config`; refuses what transformers fixes."""
+def to_hf(task: str, config: dict, strict: bool = True) -> tuple[str, dict]:
+    """(transformers class name, PerceiverConfig kwargs) for our `config`; refuses what transformers fixes.
+
+    With strict=False the sizes transformers fixes are left to the caller (`hf_model.sized_like`).
+    """
     architecture = _architecture(task, config)
     check = _Checker()
     fields = _encoder_fields(config, check)
     _TASK_FIELDS[task](config, fields, check)
-    if check.problems:
+    if check.problems and strict:
         raise ConfigMismatchError(check.problems, f"cannot export this {task} config to {architecture}")
     fields["hidden_act"] = TANH_GELU
     return architecture, fields

@@ -16,7 +16,7 @@ from perceiver_torch.serialization import read_metadata
 
 from ..rules import strict_merge
 from .card import model_card
-from .config_map import OWN_KEY, to_hf
+from .config_map import OWN_KEY
 from .tables import BATCHES_TRACKED, export_rules, hf_only, torch_key
 
 
@@ -24,34 +24,26 @@ class ExportError(ValueError):
     """The output directory cannot be written as asked."""
 
 
-def _transformers():
+def _hf_model():
+    """The module that builds transformers' classes (imported on use: only export needs transformers)."""
     try:
-        import transformers
-    except ImportError:
-        raise ExportError("exporting needs the transformers package (pip install transformers; pinned in "
-                          "constraints.txt).") from None
-    return transformers
+        from . import hf_model
+    except ImportError as exc:
+        raise ExportError(f"exporting needs the transformers package ({exc}); pip install -c constraints.txt "
+                          "transformers") from None
+    return hf_model
 
 
-def hf_config(architecture: str, fields: dict, own: dict | None = None):
-    config = _transformers().PerceiverConfig(**fields, architectures=[architecture])
-    if own is not None:
-        setattr(config, OWN_KEY, own)
-    return config
+def export_state(task: str, config: dict, state: dict[str, torch.Tensor], strict: bool = True):
+    """(architecture, PerceiverConfig, transformers state dict) for our model's `state`.
 
-
-def hf_shapes(architecture: str, config) -> dict[str, tuple[int, ...]]:
-    """transformers' state-dict shapes for `architecture` (built on the meta device: no memory)."""
-    with torch.device("meta"):
-        model = getattr(_transformers(), architecture)(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def export_state(task: str, config: dict, state: dict[str, torch.Tensor]) -> tuple[str, object, dict]:
-    """(architecture, PerceiverConfig, transformers state dict) for our model's `state`."""
-    architecture, fields = to_hf(task, config)
-    hf = hf_config(architecture, fields, {"task": task, "config": config})
-    shapes = hf_shapes(architecture, hf)
+    strict=False allows sizes transformers fixes in code (the state then loads into
+    `hf_model.load(..., strict=False)`, not into the plain class).
+    """
+    hf_model = _hf_model()
+    architecture, hf = hf_model.hf_config(task, config, strict)
+    setattr(hf, OWN_KEY, {"task": task, "config": config})
+    shapes = {k: tuple(v.shape) for k, v in hf_model.meta_model(task, config, strict).state_dict().items()}
     synthesized = {item.key for item in hf_only(task, config)}
     arrays = strict_merge({k: v.numpy() for k, v in state.items()},
                           {k: v for k, v in shapes.items() if k not in synthesized},
