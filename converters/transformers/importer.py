@@ -10,8 +10,9 @@ import torch
 
 from perceiver_torch.serialization import save_checkpoint
 
-from ..convert import CONVERTER_VERSION, _table, target_shapes
+from ..convert import CONVERTER_VERSION, target_shapes
 from ..rules import strict_merge
+from ..tasks import task_spec
 from .config_map import from_hf
 from .source import Source, read_source
 from .tables import hf_only, import_rules, torch_key
@@ -19,7 +20,7 @@ from .tables import hf_only, import_rules, torch_key
 
 def convert_source(task: str, source: Source) -> tuple[str, dict, dict[str, np.ndarray]]:
     """(architecture, our config, our state dict as arrays), strictly, from a read checkpoint."""
-    _table(task)  # an unknown task fails here with the same message as `convert`
+    task_spec(task)  # an unknown task fails here with the same message as `convert`
     architecture, config = from_hf(task, source.config)
     arrays = strict_merge(source.tensors, target_shapes(task, config), import_rules(task, config),
                           hf_only(task, config), context=f"{task} from transformers {architecture}", key=torch_key)

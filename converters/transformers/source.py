@@ -21,7 +21,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, Repositor
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..convert import sha256_file
+from perceiver_torch.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
