@@ -18,13 +18,18 @@ from .source import Source, read_source
 from .tables import hf_only, import_rules, torch_key
 
 
+def import_state(task: str, config: dict, hf_state: dict, context: str = "") -> dict[str, np.ndarray]:
+    """transformers' state dict (arrays or tensors) -> ours, strictly, for our `config`."""
+    arrays = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in hf_state.items()}
+    return strict_merge(arrays, target_shapes(task, config), import_rules(task, config), hf_only(task, config),
+                        context=context or f"{task} from transformers", key=torch_key)
+
+
 def convert_source(task: str, source: Source) -> tuple[str, dict, dict[str, np.ndarray]]:
     """(architecture, our config, our state dict as arrays), strictly, from a read checkpoint."""
     task_spec(task)  # an unknown task fails here with the same message as `convert`
     architecture, config = from_hf(task, source.config)
-    arrays = strict_merge(source.tensors, target_shapes(task, config), import_rules(task, config),
-                          hf_only(task, config), context=f"{task} from transformers {architecture}", key=torch_key)
-    return architecture, config, arrays
+    return architecture, config, import_state(task, config, source.tensors, f"{task} from transformers {architecture}")
 
 
 def from_transformers(task: str, source: str | os.PathLike, output_path: str | os.PathLike,
