@@ -41,3 +41,14 @@ def small_hf_model(architecture: str, seed: int = 0, **overrides):
 def save_small(architecture: str, directory: Path, seed: int = 0, **overrides) -> Path:
     small_hf_model(architecture, seed, **overrides).save_pretrained(str(directory))
     return directory
+
+
+def standin_repo(root: Path, repo_id: str, model_dir: Path, commit: str = "a" * 40) -> str:
+    """Lay `model_dir`'s files out as `repo_id` at `commit` (and branch main) in a Hub stand-in tree."""
+    files = root / repo_id / commit
+    files.mkdir(parents=True)
+    for path in model_dir.iterdir():
+        (files / path.name).write_bytes(path.read_bytes())
+    (root / repo_id / "refs").mkdir()
+    (root / repo_id / "refs" / "main").write_text(commit)
+    return commit
