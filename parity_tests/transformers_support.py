@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # Sizes transformers fixes in code (256 decoder qk channels, 64 Fourier bands, ...) stay; the rest is small.
@@ -43,8 +46,15 @@ def save_small(architecture: str, directory: Path, seed: int = 0, **overrides) -
     return directory
 
 
-def standin_repo(root: Path, repo_id: str, model_dir: Path, commit: str = "a" * 40) -> str:
-    """Lay `model_dir`'s files out as `repo_id` at `commit` (and branch main) in a Hub stand-in tree."""
+def standin_repo(root: Path, repo_id: str, model_dir: Path) -> str:
+    """Lay `model_dir`'s files out as `repo_id` at a commit (and branch main) in a Hub stand-in tree.
+
+    The commit id is derived from the files, as git's is: other weights never share a commit id.
+    """
+    digest = hashlib.sha1()  # noqa: S324 - an id, as git's
+    for path in sorted(model_dir.iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    commit = digest.hexdigest()
     files = root / repo_id / commit
     files.mkdir(parents=True)
     for path in model_dir.iterdir():
@@ -52,3 +62,40 @@ def standin_repo(root: Path, repo_id: str, model_dir: Path, commit: str = "a" * 
     (root / repo_id / "refs").mkdir()
     (root / repo_id / "refs" / "main").write_text(commit)
     return commit
+
+
+# Input sizes these classes do not fix, kept small so the reference initialises in seconds.
+IMAGE_SIZES = {"PerceiverForImageClassificationFourier": [16, 16],
+               "PerceiverForImageClassificationConvProcessing": [32, 32]}
+
+
+def haiku_checkpoint(architecture: str, directory: Path, reference_io: bool = False) -> tuple[str, dict]:
+    """A Haiku checkpoint.pickle (release layout, from the JAX reference) at a config `architecture` represents.
+
+    With `reference_io`, also the reference's io.npz on example inputs. Returns (task, our config).
+    """
+    import transformers
+    from tiny_sources import _plain, canonical_pickle
+
+    from converters import jax_reference
+    from converters.transformers.config_map import from_hf
+
+    task, fields = SMALL[architecture]
+    _, config = from_hf(task, transformers.PerceiverConfig(**fields, architectures=[architecture]).to_dict())
+    if architecture in IMAGE_SIZES:
+        config["image_size"] = IMAGE_SIZES[architecture]
+    if task == "video_autoencoding":
+        config["nchunks"] = 2  # the release's 128 decoding chunks do not divide this small clip
+    inputs = jax_reference.example_inputs(task, config, batch=1, seed=0)
+    params, state = jax_reference.init(task, config, inputs, seed=0, perturb=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    tree = jax_reference.checkpoint_tree(task, params, state)
+    (directory / "checkpoint.pickle").write_bytes(canonical_pickle(_plain(tree)))
+    if reference_io:
+        outputs = jax_reference.apply(task, config, params, state, inputs)
+        arrays = {f"input/{k}": np.asarray(v) for k, v in inputs.items()}
+        arrays.update({f"output/{k}": np.asarray(v) for k, v in outputs.items()})
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        (directory / "io.npz").write_bytes(buffer.getvalue())
+    return task, config

@@ -22,10 +22,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from perceiver_torch.hashing import sha256_file
+from perceiver_torch.zoo.hub import cache_dir
+from perceiver_torch.zoo.schema import TRANSFORMERS_FILES
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_FILES = TRANSFORMERS_FILES  # preferred first
 MAX_CONFIG_BYTES = 1 << 20  # a Perceiver config.json is ~2 KB
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -105,10 +107,11 @@ def _local(directory: Path) -> tuple[Path, Path]:
 
 
 def _hub(repo_id: str, revision: str | None) -> tuple[Path, Path]:
-    endpoint = os.environ.get("HF_ENDPOINT") or None
+    # Read at call time (huggingface_hub reads its environment once, at import), as the zoo client does.
+    endpoint, cache = os.environ.get("HF_ENDPOINT") or None, cache_dir()
 
     def get(filename: str) -> Path:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint))
+        return Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint, cache_dir=str(cache)))
 
     try:
         config = get("config.json")
