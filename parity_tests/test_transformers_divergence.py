@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import golden_dir
-
 from converters.transformers.divergence import main
+from parity_tests.conftest import golden_dir
 
 # float32 rounding of differently ordered sums (see test_transformers_roundtrip.AGREE_ATOL).
 AGREE_ATOL = 1e-5

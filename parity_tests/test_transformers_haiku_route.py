@@ -11,9 +11,9 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
-from transformers_support import SMALL, haiku_checkpoint
 
 from converters import convert, from_transformers, to_transformers
+from parity_tests.transformers_support import SMALL, haiku_checkpoint
 
 
 @pytest.mark.parametrize("architecture", sorted(SMALL))

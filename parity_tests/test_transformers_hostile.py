@@ -8,8 +8,6 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from sandbox import run_isolated
-from transformers_support import save_small
 
 from converters import from_transformers, to_transformers
 from converters.cli import main as convert_main
@@ -18,6 +16,8 @@ from converters.transformers.config_map import ConfigMismatchError
 from converters.transformers.export_cli import main as export_main
 from converters.transformers.exporter import ExportError
 from converters.transformers.source import TransformersSourceError
+from parity_tests.sandbox import run_isolated
+from parity_tests.transformers_support import save_small
 
 LEARNED = "PerceiverForImageClassificationLearned"
 

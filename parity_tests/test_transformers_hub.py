@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers_support import save_small, standin_repo
-from zoo_support import hub_env
 
 from converters import from_transformers
 from converters.cli import main as convert_main
 from converters.transformers.source import TransformersSourceError
+from parity_tests.transformers_support import save_small, standin_repo
+from parity_tests.zoo_support import hub_env
 from perceiver_torch.hashing import sha256_file
 from perceiver_torch.serialization import read_metadata
 

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import golden_config, golden_dir
 from safetensors.torch import load_file
-from transformers_support import SMALL, save_small, small_hf_model
 
 from converters import convert, from_transformers, to_transformers
 from converters.convert import target_shapes
@@ -20,6 +18,8 @@ from converters.transformers.config_map import ConfigMismatchError, from_hf, to_
 from converters.transformers.exporter import export_state
 from converters.transformers.importer import import_state
 from converters.transformers.tables import export_rules, hf_only, import_rules, torch_key
+from parity_tests.conftest import golden_config, golden_dir
+from parity_tests.transformers_support import SMALL, save_small, small_hf_model
 from perceiver_torch.registry import preset, preset_names
 from perceiver_torch.serialization import load_model, read_metadata
 

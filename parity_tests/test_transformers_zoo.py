@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers_support import haiku_checkpoint, standin_repo
-from zoo_support import golden_language_entry, hub_env, scratch_manifest
 
 from converters import to_transformers
 from converters.zoo.manifest_edit import update_entry
 from converters.zoo.regenerate import regenerate
+from parity_tests.transformers_support import haiku_checkpoint, standin_repo
+from parity_tests.zoo_support import golden_language_entry, hub_env, scratch_manifest
 from perceiver_torch.hashing import sha256_file
 from perceiver_torch.zoo import ZooError, get_entry
 from perceiver_torch.zoo.schema import ManifestError, validate_entry

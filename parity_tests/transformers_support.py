@@ -75,10 +75,10 @@ def haiku_checkpoint(architecture: str, directory: Path, reference_io: bool = Fa
     With `reference_io`, also the reference's io.npz on example inputs. Returns (task, our config).
     """
     import transformers
-    from tiny_sources import _plain, canonical_pickle
 
     from converters import jax_reference
     from converters.transformers.config_map import from_hf
+    from parity_tests.tiny_sources import _plain, canonical_pickle
 
     task, fields = SMALL[architecture]
     _, config = from_hf(task, transformers.PerceiverConfig(**fields, architectures=[architecture]).to_dict())

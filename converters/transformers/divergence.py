@@ -294,7 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error("--batch must be at least 1.")
-    torch.set_grad_enabled(False)
     rows = []
     try:
         if args.golden:
