@@ -53,9 +53,11 @@ CATALOG = (
                "remains: multiply transformers' output by 20"),
     Divergence("video_positions", ("video_autoencoding",), "video image Fourier features span the frame size",
                "PerceiverForMultimodalAutoencoding builds the image Fourier features with max_resolution "
-               "(num_frames, image_size, image_size) = (16, 224, 224); the colab uses (16, 56, 56), the "
-               "patch grid",
-               "remains (transformers' code)"),
+               "(num_frames, image_size, image_size), (16, 224, 224) with image_size = the frame size; the "
+               "colab uses (16, 56, 56), the "
+               "patch grid; the class reads config.image_size only for this resolution",
+               "fixed: exported configs set image_size to the colab's resolution (output_shape keeps the "
+               "frame size)"),
     Divergence("video_encoder_per_chunk", ("video_autoencoding",), "encoder re-run for every decoding chunk",
                "PerceiverModel.forward encodes and decodes in one call, so decoding in chunks re-encodes "
                "the clip each time; subsampled output sizes are hard-coded (label: 1)",

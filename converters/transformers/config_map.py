@@ -10,8 +10,11 @@ layout), refusing transformers configs our model cannot represent.
 from __future__ import annotations
 
 import inspect
+import logging
 
 from perceiver_torch.layers.encoder import PerceiverEncoder
+
+log = logging.getLogger(__name__)
 
 # The class transformers uses for each task (and ImageNet variant, by prep_type).
 ARCHITECTURES = {
@@ -150,7 +153,10 @@ def _optical_flow(config: dict, fields: dict, check: _Checker) -> None:
 
 def _video(config: dict, fields: dict, check: _Checker) -> None:
     frames, size = config["num_frames"], config["image_size"]
-    fields.update(num_frames=frames, image_size=size, audio_samples_per_frame=config["audio_samples_per_frame"],
+    # transformers' multimodal class reads image_size only as the image Fourier features' resolution
+    # (the frame size comes from output_shape): set to the colab's resolution, it computes as upstream.
+    fields.update(num_frames=frames, image_size=config.get("image_position_resolution", size),
+                  audio_samples_per_frame=config["audio_samples_per_frame"],
                   samples_per_patch=config["samples_per_patch"], num_labels=config["num_classes"],
                   output_shape=[1, frames, size, size], output_num_channels=config["decoder_output_channels"],
                   _label_trainable_num_channels=config["decoder_z_channels"])
@@ -244,7 +250,15 @@ def _from_optical_flow(hf: dict) -> dict:
 
 
 def _from_video(hf: dict) -> dict:
-    size = hf["image_size"]
+    shape = list(hf.get("output_shape", (1, 16, 224, 224)))
+    if len(shape) != 4 or shape[1] != hf["num_frames"] or shape[2] != shape[3]:
+        raise ConfigMismatchError([f"output_shape is {shape}; expected [1, num_frames, size, size]"],
+                                  "cannot import a video_autoencoding model")
+    size = shape[3]
+    if hf.get("image_size") != size // 4:
+        log.warning("config.json image_size %s makes transformers compute the image Fourier features at "
+                    "resolution %s; the imported model uses the colab's %s (the patch grid)",
+                    hf.get("image_size"), hf.get("image_size"), size // 4)
     return {
         "audio_bands": 192, "audio_samples_per_frame": hf["audio_samples_per_frame"],
         "decoder_output_channels": hf["output_num_channels"],
@@ -309,6 +323,8 @@ def from_hf(task: str, hf: dict) -> tuple[str, dict]:
     # hidden_act is checked above; only the language model reads d_model (the others take their
     # input width from their preprocessor), so elsewhere it is informational.
     unread = {"hidden_act"} | ({"d_model"} if task != "language" else set())
+    if task == "video_autoencoding":  # the Fourier resolution only: we use the colab's (catalog: video_positions)
+        unread.add("image_size")
     problems = [f"config.json {key} is {view.get(key, '<absent>')!r}; {architecture} with this config has "
                 f"{value!r}" for key, value in fields.items()
                 if key not in unread and _norm(view.get(key, _hf_default(key))) != _norm(value)]

@@ -110,7 +110,8 @@ def _upstream_stem(stem: torch.nn.Module):
 
 
 def switch_off(model: torch.nn.Module, task: str, config: dict, off: set[str]) -> torch.nn.Module:
-    """Make `model` compute as upstream for each divergence in `off` (model-side ones only)."""
+    """Make `model` compute as upstream for each divergence in `off` and as the Hub's model for the others
+    (model-side ones only; the GELU and video resolution are set either way)."""
     act = ACT2FN[TANH_GELU] if "gelu" in off else ACT2FN["gelu"]
     for module in model.modules():
         if isinstance(module, mp.PerceiverMLP):
@@ -125,8 +126,9 @@ def switch_off(model: torch.nn.Module, task: str, config: dict, off: set[str]) -
     if "query_residual" in off and task == "imagenet":
         model.perceiver.decoder.decoder.decoding_cross_attention.attention.use_query_residual = \
             config["decoder"].get("use_query_residual", False)
-    if "video_positions" in off and task == "video_autoencoding":
-        size = config.get("image_position_resolution", config["image_size"])
+    if task == "video_autoencoding":  # on: the frame size, as transformers' class with image_size = frame size
+        size = config.get("image_position_resolution", config["image_size"]) if "video_positions" in off \
+            else config["image_size"]
         for module in model.modules():
             if isinstance(module, mp.PerceiverFourierPositionEncoding) and len(module.max_resolution) == 3:
                 module.max_resolution = (config["num_frames"], size, size)
