@@ -9,8 +9,10 @@ from .checkpoint_reader import (
 )
 from .convert import CONVERTER_VERSION, convert, convert_tree, load_config
 from .rules import ConversionError
+from .transformers import from_transformers, to_transformers
 
 __all__ = [
     "CONVERTER_VERSION", "CheckpointLimitError", "CheckpointReadError", "ConversionError", "HaikuCheckpoint",
-    "UnsafePickleError", "convert", "convert_tree", "load_config", "load_haiku_checkpoint",
+    "UnsafePickleError", "convert", "convert_tree", "from_transformers", "load_config", "load_haiku_checkpoint",
+    "to_transformers",
 ]

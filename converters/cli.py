@@ -1,4 +1,5 @@
-"""`perceiver-convert TASK CHECKPOINT (--config CONFIG.json | --preset NAME) -o OUT.safetensors`."""
+"""`perceiver-convert TASK CHECKPOINT (--config CONFIG.json | --preset NAME) -o OUT.safetensors`,
+or `perceiver-convert TASK --from-transformers DIR_OR_REPO [--revision R] -o OUT.safetensors`."""
 
 from __future__ import annotations
 
@@ -10,17 +11,25 @@ from perceiver_torch.registry import TASKS, preset_names
 from .checkpoint_reader import CheckpointReadError
 from .convert import convert, preset_config
 from .rules import ConversionError
+from .transformers import from_transformers
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perceiver-convert", description=__doc__)
     parser.add_argument("task", choices=TASKS)
-    parser.add_argument("checkpoint", help="upstream Haiku .pickle / .pystate file")
-    source = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("checkpoint", nargs="?", help="upstream Haiku .pickle / .pystate file")
+    parser.add_argument("--from-transformers", metavar="DIR_OR_REPO",
+                        help="read a transformers Perceiver model (directory or Hub repo id) instead")
+    parser.add_argument("--revision", help="Hub revision for --from-transformers (default: main)")
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", help="config.json (upstream constructor kwargs + model constants)")
     source.add_argument("--preset", choices=preset_names(), help="a released configuration")
     parser.add_argument("-o", "--output", required=True, help="output .safetensors path")
     args = parser.parse_args(argv)
+    if args.from_transformers and (args.checkpoint or args.config or args.preset):
+        parser.error("--from-transformers reads the config from the model; give no CHECKPOINT, --config or --preset.")
+    if not args.from_transformers and (args.revision or not args.checkpoint or not (args.config or args.preset)):
+        parser.error("give CHECKPOINT and one of --config / --preset, or --from-transformers [--revision].")
 
     config = args.config
     if args.preset:
@@ -28,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         if preset_task != args.task:
             parser.error(f"preset {args.preset!r} is a {preset_task!r} model, not {args.task!r}.")
     try:
-        out = convert(args.task, args.checkpoint, config, args.output)
+        out = (from_transformers(args.task, args.from_transformers, args.output, args.revision)
+               if args.from_transformers else convert(args.task, args.checkpoint, config, args.output))
     except (ConversionError, CheckpointReadError, ValueError, FileNotFoundError) as exc:
         print(f"perceiver-convert: error: {exc}", file=sys.stderr)
         return 1

@@ -135,6 +135,11 @@ def basic_decoder_rules(haiku_prefix: str, torch_prefix: str, *, trainable_queri
     return rules
 
 
+def haiku_key(collection: str, module: str, name: str) -> str:
+    """How a Haiku leaf is named in a flattened checkpoint: 'params:module/name'."""
+    return f"{collection}:{module}/{name}"
+
+
 class ConversionError(ValueError):
     """A checkpoint does not match the model: lists every offending path."""
 
@@ -150,11 +155,13 @@ def strict_merge(
     rules: Iterable[ModuleRule],
     ignored: Iterable[Ignored] = (),
     context: str = "",
+    key: Callable[[str, str, str], str] = haiku_key,
 ) -> dict[str, np.ndarray]:
     """Map `source` ('params:module/name' -> array) onto `target_shapes` (torch key -> shape).
 
     Every source array must be used exactly once (or be listed in `ignored`),
     every target filled once, every shape equal after its transform.
+    `key(collection, module, name)` names a source leaf the way `source` does.
     """
     out: dict[str, np.ndarray] = {}
     used: dict[str, str] = {}
@@ -162,7 +169,7 @@ def strict_merge(
     problems: list[str] = []
     for rule in rules:
         for leaf in rule.kind:
-            src = f"{leaf.collection}:{rule.haiku_module}/{leaf.haiku_name}"
+            src = key(leaf.collection, rule.haiku_module, leaf.haiku_name)
             dst = f"{rule.torch_module}.{leaf.torch_name}"
             if src in used:
                 problems.append(f"source {src} used twice (for {used[src]} and {dst})")

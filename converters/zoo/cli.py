@@ -2,6 +2,7 @@
 
     perceiver-zoo-admin regenerate NAME [--source PATH] [--force]   # fetch, check, convert, verify, card
     perceiver-zoo-admin regenerate --all                            # every entry whose source is reachable
+    perceiver-zoo-admin regenerate NAME --from-transformers         # from its pinned deepmind/* repo instead
     HF_TOKEN=... perceiver-zoo-admin publish NAME [--endpoint URL]  # upload and pin the revision
     perceiver-zoo-admin publish NAME --stand-in DIR                 # into a local stand-in tree on 127.0.0.1
     perceiver-zoo-admin serve-standin --root DIR                    # serve a tree as a Hub stand-in
@@ -39,7 +40,7 @@ def _regenerate(args) -> int:
     for name in names:
         try:
             regenerate(name, source_path=args.source, force=args.force, work_dir=Path(args.work_dir),
-                       manifest=args.manifest)
+                       manifest=args.manifest, from_transformers_repo=args.from_transformers)
         except (ZooError, ManifestError, KeyError, ValueError, OSError) as exc:
             print(f"[{name}] FAILED: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
             failed.append(name)
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     regen.add_argument("--all", action="store_true", help="every entry in the manifest")
     regen.add_argument("--source", help="local copy of the upstream file (one entry only)")
     regen.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    regen.add_argument("--from-transformers", action="store_true",
+                       help="convert from the entry's pinned source.transformers repo instead of the Haiku file")
     regen.add_argument("--work-dir", default=str(WORK_DIR), help="where artifacts and cards are written")
     pub = sub.add_parser("publish", help="upload produced artifacts and pin their revisions in the manifest")
     pub.add_argument("names", nargs="+")

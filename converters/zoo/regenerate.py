@@ -27,12 +27,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from perceiver_torch.hashing import sha256_file
-from perceiver_torch.serialization import atomic_write, load_model
+from perceiver_torch.serialization import atomic_write, load_model, read_metadata
 from perceiver_torch.zoo import ZooError, get_entry
 from perceiver_torch.zoo.hub import entry_config
 
 from ..convert import CONVERTER_VERSION, convert
 from ..parity.harness import package_versions
+from ..transformers import from_transformers
 from . import verify
 from .manifest_edit import entry_file, update_entry
 
@@ -95,13 +96,16 @@ def versions() -> dict[str, str]:
                              "dm-haiku"))
 
 
-def run_checks(name: str, entry: dict, model, source: Path, config: dict,
+def run_checks(name: str, entry: dict, model, source: Path | None, config: dict,
                manifest=None) -> tuple[list[dict], list[dict]]:
-    """(parity runs, known checks) of a converted model; raises ZooError if nothing can verify it."""
+    """(parity runs, known checks) of a converted model; raises ZooError if nothing can verify it.
+
+    Without the Haiku `source` (the transformers route) the JAX harness cannot run.
+    """
     io_path = entry["source"].get("reference_io")
     io_file = entry_file(io_path, manifest) if io_path else None
     runs = []
-    missing = verify.harness_missing()
+    missing = verify.harness_missing() if source is not None else "the Haiku source is not used on this route"
     if missing is None:
         runs += verify.harness_runs(entry["task"], config, model, source,
                                     inputs=io_file)
@@ -169,12 +173,13 @@ Known real-weight checks:
 """
 
 
-def is_up_to_date(name: str, entry: dict, work_dir: Path = WORK_DIR) -> bool:
-    """The manifest records this source and converter, and the artifact is present with its hash."""
+def is_up_to_date(name: str, entry: dict, work_dir: Path = WORK_DIR, source_sha256: str | None = None) -> bool:
+    """The manifest records this source (default: the Haiku file) and converter, and the artifact is present."""
     parity, artifact = entry.get("parity"), entry.get("artifact")
     if entry["status"] == "not-produced" or not parity or not artifact:
         return False
-    if parity["source_sha256"] != entry["source"]["sha256"] or parity["converter_version"] != CONVERTER_VERSION:
+    if parity["source_sha256"] != (source_sha256 or entry["source"]["sha256"]) \
+            or parity["converter_version"] != CONVERTER_VERSION:
         return False
     local = Path(work_dir) / name
     if not (local / artifact["filename"]).is_file() or not (local / "README.md").is_file():
@@ -183,13 +188,41 @@ def is_up_to_date(name: str, entry: dict, work_dir: Path = WORK_DIR) -> bool:
             and sha256_file(local / "README.md") == artifact.get("card_sha256"))
 
 
-def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path = WORK_DIR, manifest=None) -> dict:
-    """Regenerate one entry; returns {"name", "changed", ...}. Raises ZooError on failure."""
+def convert_from_transformers(name: str, entry: dict, config: dict, out: Path) -> str:
+    """The transformers route: convert the entry's pinned transformers repo into `out`; returns its sha256.
+
+    The downloaded weights must have the manifest's sha256 and give the entry's config.
+    """
+    pinned = entry["source"]["transformers"]
+    from_transformers(entry["task"], pinned["repo_id"], out, revision=pinned["revision"])
+    meta = read_metadata(out)
+    problems = []
+    if (meta["source_name"], meta["source_sha256"]) != (pinned["filename"], pinned["sha256"]):
+        problems.append(f"{pinned['repo_id']}@{pinned['revision']} served {meta['source_name']} with sha256 "
+                        f"{meta['source_sha256']}; the manifest pins {pinned['filename']} with {pinned['sha256']}")
+    if json.loads(meta["config"]) != config:
+        problems.append(f"{pinned['repo_id']}'s config.json gives a config other than the entry's")
+    if problems:  # the caller removes `out`
+        raise ZooError(f"{name}: " + "; ".join(problems))
+    return pinned["sha256"]
+
+
+def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path = WORK_DIR, manifest=None,
+               from_transformers_repo: bool = False) -> dict:
+    """Regenerate one entry; returns {"name", "changed", ...}. Raises ZooError on failure.
+
+    `from_transformers_repo` converts from the entry's pinned `source.transformers` repo instead of
+    DeepMind's Haiku file (same tensors; verified by the stored outputs and known checks only).
+    """
     work_dir = Path(work_dir)
     entry = get_entry(name, manifest)
-    src = fetch_source(name, entry, source_path, work_dir, manifest)
-    log.info("[%s] source %s (size and sha256 match the manifest)", name, src)
-    if not force and is_up_to_date(name, entry, work_dir):
+    pinned = entry["source"].get("transformers") if from_transformers_repo else None
+    if from_transformers_repo and not pinned:
+        raise ZooError(f"{name}: the entry names no source.transformers repo to regenerate from")
+    src = None if pinned else fetch_source(name, entry, source_path, work_dir, manifest)
+    if src is not None:
+        log.info("[%s] source %s (size and sha256 match the manifest)", name, src)
+    if not force and is_up_to_date(name, entry, work_dir, pinned["sha256"] if pinned else None):
         log.info("[%s] up to date (source sha256, converter %s, artifact and card hashes match the manifest): "
                  "nothing to do", name, CONVERTER_VERSION)
         return {"name": name, "changed": False}
@@ -197,9 +230,13 @@ def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path 
     config = entry_config(entry)
     out = work_dir / name / ARTIFACT_NAME
     unverified = out.with_name(f".unverified-{out.name}")
-    log.info("[%s] convert %s -> %s", name, src.name, out)
+    log.info("[%s] convert %s -> %s", name, f"{pinned['repo_id']}@{pinned['revision']}" if pinned else src.name, out)
     try:
-        convert(entry["task"], src, config, unverified)
+        if pinned:
+            source_sha256 = convert_from_transformers(name, entry, config, unverified)
+        else:
+            convert(entry["task"], src, config, unverified)
+            source_sha256 = entry["source"]["sha256"]
         log.info("[%s] verify on %s", name, verify.devices())
         model = load_model(unverified)
         runs, checks = run_checks(name, entry, model, src, config, manifest)
@@ -218,7 +255,7 @@ def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path 
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d"),
         "versions": versions(),
         "converter_version": CONVERTER_VERSION,
-        "source_sha256": entry["source"]["sha256"],
+        "source_sha256": source_sha256,
         "runs": runs,
         "known_checks": checks,
     }

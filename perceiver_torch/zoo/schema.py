@@ -21,7 +21,9 @@ Each ENTRY has these fields (``?`` = may be null):
                     directory, without ``..``), ``size``
                     (bytes), ``sha256``, ``licence``, ``attribution``, ``produced_by``?,
                     ``reference_io``? (manifest-relative ``io.npz`` of inputs and the outputs the
-                    reference computed from exactly these weights; checked without JAX).
+                    reference computed from exactly these weights; checked without JAX),
+                    ``transformers``? (the same weights as a transformers repo: ``repo_id``,
+                    ``revision`` (40-hex commit), ``filename``, ``sha256``).
 ``artifact``?       the converted file: ``filename``, ``sha256``, ``size``, ``card_sha256``?
                     (the model card written beside it), and once published ``repo_id``,
                     ``revision`` (the 40-hex commit the publish returned; pulls are pinned to
@@ -61,7 +63,12 @@ ENTRY_FIELDS = {
     "publish_repo": True, "source": True, "artifact": False, "parity": False, "preprocessing": True,
     "notes": False,
 }
-SOURCE_FIELDS = ("url", "path", "size", "sha256", "licence", "attribution", "produced_by", "reference_io")
+SOURCE_FIELDS = ("url", "path", "size", "sha256", "licence", "attribution", "produced_by", "reference_io",
+                 "transformers")
+# source.transformers: the same weights as a transformers model repo (e.g. deepmind/language-perceiver),
+# pinned: `perceiver-zoo-admin regenerate NAME --from-transformers` converts from it instead.
+TRANSFORMERS_FIELDS = ("repo_id", "revision", "filename", "sha256")
+TRANSFORMERS_FILES = ("model.safetensors", "pytorch_model.bin")
 ARTIFACT_FIELDS = ("filename", "sha256", "size", "repo_id", "revision", "published_to", "card_sha256")
 PARITY_FIELDS = ("date", "versions", "converter_version", "source_sha256", "runs", "known_checks")
 RUN_FIELDS = ("reference", "device", "dtype", "passed", "atol", "rtol", "outputs")  # required; more allowed
@@ -123,6 +130,17 @@ def check_relative_path(name, field, value):
                            f"found {value!r}")
 
 
+def _check_transformers_source(name: str, value) -> None:
+    _check_keys(name, "source.transformers", value, TRANSFORMERS_FIELDS, TRANSFORMERS_FIELDS)
+    check_repo_id(name, "source.transformers.repo_id", value["repo_id"])
+    if not isinstance(value["revision"], str) or not _REVISION.match(value["revision"]):
+        _fail(name, "source.transformers.revision", f"must be a 40-hex commit id, found {value['revision']!r}")
+    if value["filename"] not in TRANSFORMERS_FILES:
+        _fail(name, "source.transformers.filename", f"must be one of {list(TRANSFORMERS_FILES)}, "
+                                                     f"found {value['filename']!r}")
+    _check_sha(name, "source.transformers.sha256", value["sha256"])
+
+
 def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
     """Raise ManifestError naming `name` and the field at the first problem."""
     presets = preset_names() if presets is None else presets
@@ -159,6 +177,8 @@ def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
     if source.get("url") is not None and not (isinstance(source["url"], str)
                                               and source["url"].startswith(("https://", "http://"))):
         _fail(name, "source.url", f"must be an http(s) URL, found {source['url']!r}")
+    if source.get("transformers") is not None:
+        _check_transformers_source(name, source["transformers"])
 
     artifact, parity, status = entry.get("artifact"), entry.get("parity"), entry["status"]
     if status == "not-produced":

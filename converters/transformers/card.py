@@ -1,0 +1,42 @@
+"""The README.md model card written beside an exported transformers model."""
+
+from __future__ import annotations
+
+import json
+
+from .catalog import for_task
+
+
+def model_card(task: str, architecture: str, config: dict, meta: dict) -> str:
+    rows = "\n".join(f"| {d.title} | {d.cause} | {d.exported} |" for d in for_task(task))
+    source = meta.get("source_repo") or meta.get("source_name", "unknown")
+    return f"""---
+library_name: transformers
+tags: [perceiver, perceiver-io]
+---
+
+# {architecture} exported by perceiver-torch
+
+Task `{task}`. Weights converted from `{source}` (sha256 `{meta.get("source_sha256", "unknown")}`) by
+perceiver-torch's strict converters, then renamed to transformers' layout without changing any value
+(`perceiver-convert {task} --from-transformers` on this directory gives back the same tensors).
+
+Load with `transformers.{architecture}.from_pretrained(<this directory>)`. `config.json` sets
+`hidden_act` to `gelu_pytorch_tanh`, the tanh GELU DeepMind's models were trained with; its
+`perceiver_torch` key holds the perceiver-torch config.
+
+## Where transformers still differs from DeepMind's release
+
+transformers fixes these in its code, so no config can remove them. Measured effects are in
+perceiver-torch's README (`python -m converters.transformers.divergence`).
+
+| difference | cause in transformers | in this export |
+| --- | --- | --- |
+{rows}
+
+## perceiver-torch config
+
+```json
+{json.dumps(config, indent=1, sort_keys=True)}
+```
+"""

@@ -1,0 +1,89 @@
+"""Our converted .safetensors -> a transformers model directory (config.json, model.safetensors, README.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from perceiver_torch.serialization import read_metadata
+
+from ..rules import strict_merge
+from .card import model_card
+from .config_map import OWN_KEY
+from .tables import BATCHES_TRACKED, export_rules, hf_only, torch_key
+
+
+class ExportError(ValueError):
+    """The output directory cannot be written as asked."""
+
+
+def _hf_model():
+    """The module that builds transformers' classes (imported on use: only export needs transformers)."""
+    try:
+        from . import hf_model
+    except ImportError as exc:
+        raise ExportError(f"exporting needs the transformers package ({exc}); pip install -c constraints.txt "
+                          "transformers") from None
+    return hf_model
+
+
+def export_state(task: str, config: dict, state: dict[str, torch.Tensor], strict: bool = True):
+    """(architecture, PerceiverConfig, transformers state dict) for our model's `state`.
+
+    strict=False allows sizes transformers fixes in code (the state then loads into
+    `hf_model.load(..., strict=False)`, not into the plain class).
+    """
+    hf_model = _hf_model()
+    architecture, hf = hf_model.hf_config(task, config, strict)
+    setattr(hf, OWN_KEY, {"task": task, "config": config})
+    shapes = {k: tuple(v.shape) for k, v in hf_model.meta_model(task, config, strict).state_dict().items()}
+    synthesized = {item.key for item in hf_only(task, config)}
+    arrays = strict_merge({k: v.numpy() for k, v in state.items()},
+                          {k: v for k, v in shapes.items() if k not in synthesized},
+                          export_rules(task, config), context=f"{task} to transformers {architecture}", key=torch_key)
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    if BATCHES_TRACKED in synthesized:
+        out[BATCHES_TRACKED] = torch.zeros((), dtype=torch.long)
+    return architecture, hf, out
+
+
+def _prepare_dir(out_dir: Path) -> Path:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ExportError(f"{out_dir} exists and is not an empty directory; refusing to overwrite it.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(8)}.tmp"
+    tmp.mkdir()
+    return tmp
+
+
+def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write `converted_path` (a perceiver-torch file) as a transformers model directory `out_dir`.
+
+    The directory appears complete or not at all. Its config.json is transformers' with a tanh
+    GELU plus our own config under "perceiver_torch" (so that importing it back is exact); the
+    README.md lists what transformers still computes differently.
+    """
+    meta = read_metadata(converted_path)
+    task, config = meta["task"], json.loads(meta["config"])
+    state = load_file(str(converted_path))
+    architecture, hf, tensors = export_state(task, config, state)
+    out_dir = Path(out_dir)
+    tmp = _prepare_dir(out_dir)
+    try:
+        hf.save_pretrained(str(tmp))
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "README.md").write_text(model_card(task, architecture, config, meta))
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

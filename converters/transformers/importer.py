@@ -1,0 +1,53 @@
+"""transformers Perceiver checkpoint -> our converted .safetensors (same format as `converters.convert`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perceiver_torch.serialization import save_checkpoint
+
+from ..convert import CONVERTER_VERSION, target_shapes
+from ..rules import strict_merge
+from ..tasks import task_spec
+from .config_map import from_hf
+from .source import Source, read_source
+from .tables import hf_only, import_rules, torch_key
+
+
+def import_state(task: str, config: dict, hf_state: dict, context: str = "") -> dict[str, np.ndarray]:
+    """transformers' state dict (arrays or tensors) -> ours, strictly, for our `config`."""
+    arrays = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in hf_state.items()}
+    return strict_merge(arrays, target_shapes(task, config), import_rules(task, config), hf_only(task, config),
+                        context=context or f"{task} from transformers", key=torch_key)
+
+
+def convert_source(task: str, source: Source) -> tuple[str, dict, dict[str, np.ndarray]]:
+    """(architecture, our config, our state dict as arrays), strictly, from a read checkpoint."""
+    task_spec(task)  # an unknown task fails here with the same message as `convert`
+    architecture, config = from_hf(task, source.config)
+    return architecture, config, import_state(task, config, source.tensors, f"{task} from transformers {architecture}")
+
+
+def from_transformers(task: str, source: str | os.PathLike, output_path: str | os.PathLike,
+                      revision: str | None = None) -> Path:
+    """Convert a transformers Perceiver checkpoint (directory or Hub repo id) into `output_path`.
+
+    Nothing is written unless the config and every tensor convert; the file carries the task,
+    our full config, the source's sha256 and (for a Hub repo) its repo id and commit.
+    """
+    read = read_source(source, revision)
+    architecture, config, arrays = convert_source(task, read)
+    state_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    metadata = {
+        "source_sha256": read.sha256,
+        "source_name": read.weights_path.name,
+        "source_format": f"transformers:{architecture}",
+        "converter_version": CONVERTER_VERSION,
+    }
+    if read.repo_id:
+        metadata.update(source_repo=read.repo_id, source_revision=read.revision)
+    return save_checkpoint(state_dict, output_path, task, config, metadata)

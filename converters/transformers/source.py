@@ -1,0 +1,150 @@
+"""Read a transformers Perceiver checkpoint: config.json plus model.safetensors (or pytorch_model.bin).
+
+From a local directory, or from a Hub repository at a revision through huggingface_hub (the
+endpoint is read from HF_ENDPOINT at call time, as the zoo client does). A .bin is only ever
+opened with torch.load(weights_only=True), which refuses pickles that would run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from perceiver_torch.hashing import sha256_file
+from perceiver_torch.zoo.hub import cache_dir
+from perceiver_torch.zoo.schema import TRANSFORMERS_FILES
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = TRANSFORMERS_FILES  # preferred first
+MAX_CONFIG_BYTES = 1 << 20  # a Perceiver config.json is ~2 KB
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class TransformersSourceError(ValueError):
+    """A transformers checkpoint that cannot be read safely, or is not there."""
+
+
+@dataclass
+class Source:
+    config: dict
+    tensors: dict[str, np.ndarray]
+    weights_path: Path
+    sha256: str
+    repo_id: str | None = None
+    revision: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _read_config(path: Path) -> dict:
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise TransformersSourceError(f"{path} is {size} bytes; a Perceiver config.json is a few KB "
+                                      f"(limit {MAX_CONFIG_BYTES}).")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TransformersSourceError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise TransformersSourceError(f"{path} must hold a JSON object, found {type(value).__name__}.")
+    return value
+
+
+def _to_numpy(state: object, path: Path) -> dict[str, np.ndarray]:
+    if not isinstance(state, dict):
+        raise TransformersSourceError(f"{path} holds a {type(state).__name__}, not a state dict.")
+    bad = [f"{k!r} ({type(v).__name__})" for k, v in state.items()
+           if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TransformersSourceError(f"{path}: entries that are not named tensors: {', '.join(bad[:10])}")
+    wrong = [f"{k} ({v.dtype})" for k, v in state.items()
+             if v.dtype != torch.float32 and not k.endswith("num_batches_tracked")]
+    if wrong:
+        raise TransformersSourceError(f"{path}: expected float32 weights (as DeepMind's and transformers' Perceiver "
+                                      f"checkpoints are); found {', '.join(wrong[:10])}")
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def read_weights(path: Path) -> dict[str, np.ndarray]:
+    if path.name.endswith(".safetensors"):
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise TransformersSourceError(f"{path} is not a readable safetensors file: {exc}") from None
+    else:
+        try:
+            # weights_only: tensors and plain containers only; a pickle that names any other
+            # callable (os.system, eval, ...) is refused before anything runs.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, zip errors, ...
+            raise TransformersSourceError(
+                f"{path} was refused by torch.load(weights_only=True): {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return _to_numpy(state, path)
+
+
+def _local(directory: Path) -> tuple[Path, Path]:
+    config = directory / "config.json"
+    if not config.is_file():
+        raise TransformersSourceError(f"{directory} has no config.json (is it a transformers model directory?)")
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return config, directory / name
+    sharded = sorted(p.name for p in directory.glob("*.index.json"))
+    hint = f" (sharded checkpoints, {sharded}, are not supported)" if sharded else ""
+    raise TransformersSourceError(f"{directory} has none of {list(WEIGHT_FILES)}{hint}.")
+
+
+def _hub(repo_id: str, revision: str | None) -> tuple[Path, Path]:
+    # Read at call time (huggingface_hub reads its environment once, at import), as the zoo client does.
+    endpoint, cache = os.environ.get("HF_ENDPOINT") or None, cache_dir()
+
+    def get(filename: str) -> Path:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint, cache_dir=str(cache)))
+
+    try:
+        config = get("config.json")
+        for name in WEIGHT_FILES:
+            try:
+                return config, get(name)
+            except EntryNotFoundError:
+                continue
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise TransformersSourceError(f"{repo_id}@{revision or 'main'}: {type(exc).__name__}") from None
+    except EntryNotFoundError:
+        raise TransformersSourceError(f"{repo_id}@{revision or 'main'} has no config.json") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise TransformersSourceError(f"could not download {repo_id}@{revision or 'main'}: {exc}") from None
+    raise TransformersSourceError(f"{repo_id}@{revision or 'main'} has none of {list(WEIGHT_FILES)}")
+
+
+def read_source(source: str | os.PathLike, revision: str | None = None) -> Source:
+    """A local transformers model directory, or a Hub repo id (at `revision`)."""
+    path = Path(source)
+    repo_id = None
+    if path.is_dir():
+        if revision is not None:
+            raise TransformersSourceError(f"--revision applies to Hub repos; {path} is a local directory.")
+        config_path, weights_path = _local(path)
+    elif _REPO_ID.match(str(source)) and not path.exists():
+        repo_id = str(source)
+        config_path, weights_path = _hub(repo_id, revision)
+        # hf_hub_download returns <cache>/snapshots/<commit>/<file>: the commit it resolved to.
+        revision = weights_path.parent.name
+    else:
+        raise TransformersSourceError(f"{source} is neither a directory nor a Hub repo id (owner/name).")
+    config = _read_config(config_path)
+    log.info("reading %s", weights_path)
+    return Source(config=config, tensors=read_weights(weights_path), weights_path=weights_path,
+                  sha256=sha256_file(weights_path), repo_id=repo_id, revision=revision)

@@ -1,0 +1,42 @@
+"""The divergence report: each switch measured alone, 'none' agreeing with ours, as a table and JSON."""
+
+from __future__ import annotations
+
+import json
+
+from converters.transformers.divergence import main
+from parity_tests.conftest import golden_dir
+
+# float32 rounding of differently ordered sums (see test_transformers_roundtrip.AGREE_ATOL).
+AGREE_ATOL = 1e-5
+# The smallest effect a real divergence has on these fixtures' outputs (the GELU's is ~3e-4).
+VISIBLE = 1e-4
+
+
+def test_report_on_the_learned_classifier_fixture(tmp_path, capsys):
+    assert main(["--golden", str(golden_dir("imagenet_learned")), "--json", str(tmp_path / "r.json")]) == 0
+    table = capsys.readouterr().out
+    rows = {row["setting"]: row for row in json.loads((tmp_path / "r.json").read_text())}
+    assert list(rows) == ["none", "gelu", "query_residual", "all"]
+    assert rows["none"]["outputs"]["logits"]["max_abs"] <= AGREE_ATOL
+    assert rows["none"]["ours_vs_upstream"]["logits"]["max_abs"] <= AGREE_ATOL
+    for setting in ("gelu", "query_residual", "all"):
+        assert rows[setting]["outputs"]["logits"]["max_abs"] > VISIBLE, setting
+        assert f"| golden/imagenet_learned | {setting} | logits |" in table
+    assert rows["all"]["on"] == ["gelu", "query_residual"]
+
+
+def test_report_separates_padded_positions_for_language(tmp_path):
+    assert main(["--golden", str(golden_dir("language")), "--json", str(tmp_path / "r.json")]) == 0
+    rows = {row["setting"]: row for row in json.loads((tmp_path / "r.json").read_text())}
+    assert list(rows) == ["none", "gelu", "tokenizer", "all"]
+    none = rows["none"]["outputs"]
+    assert none["logits (real bytes)"]["max_abs"] <= AGREE_ATOL and none["logits (real bytes)"]["greedy_agree"] == 1
+    assert none["logits (padding: query_mask)"]["max_abs"] > VISIBLE  # transformers drops the decoder's query mask
+    assert rows["tokenizer"]["outputs"]["logits (real bytes)"]["greedy_agree"] < 1
+
+
+def test_bad_source_is_an_error_without_traceback(tmp_path, capsys):
+    assert main(["--golden", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("divergence: error:") and "not a golden fixture folder" in err

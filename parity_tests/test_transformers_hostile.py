@@ -1,0 +1,166 @@
+"""Hostile transformers checkpoints are refused with the offending paths named, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from converters import from_transformers, to_transformers
+from converters.cli import main as convert_main
+from converters.rules import ConversionError
+from converters.transformers.config_map import ConfigMismatchError
+from converters.transformers.export_cli import main as export_main
+from converters.transformers.exporter import ExportError
+from converters.transformers.source import TransformersSourceError
+from parity_tests.sandbox import run_isolated
+from parity_tests.transformers_support import save_small
+
+LEARNED = "PerceiverForImageClassificationLearned"
+
+
+@pytest.fixture
+def learned(tmp_path):
+    return save_small(LEARNED, tmp_path / "hf")
+
+
+def _edit_weights(directory, edit):
+    path = directory / "model.safetensors"
+    tensors = load_file(str(path))
+    edit(tensors)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _edit_config(directory, edit):
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+def _refused(tmp_path, directory, error, *needles, task="imagenet"):
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(error) as info:
+        from_transformers(task, directory, out)
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    return str(info.value)
+
+
+def test_unknown_tensor_is_named(tmp_path, learned):
+    _edit_weights(learned, lambda t: t.update({"perceiver.extra.weight": torch.zeros(3)}))
+    _refused(tmp_path, learned, ConversionError, "unused in checkpoint: perceiver.extra.weight (3,)")
+
+
+def test_missing_tensor_is_named_with_its_target(tmp_path, learned):
+    _edit_weights(learned, lambda t: t.pop("perceiver.decoder.decoder.final_layer.bias"))
+    _refused(tmp_path, learned, ConversionError,
+             "missing in checkpoint: perceiver.decoder.decoder.final_layer.bias (needed for decoder.output.bias)")
+
+
+def test_wrong_shape_names_both_sides(tmp_path, learned):
+    key = "perceiver.encoder.cross_attention.mlp.dense1.weight"
+    _edit_weights(learned, lambda t: t.update({key: torch.zeros(32, 31)}))
+    _refused(tmp_path, learned, ConversionError, f"shape mismatch: checkpoint {key}", "(32, 31)",
+             "encoder.cross_attend.mlp.dense1.weight", "model expects (32, 32)")
+
+
+def test_non_float32_weights_are_refused(tmp_path, learned):
+    key = "perceiver.embeddings.latents"
+    _edit_weights(learned, lambda t: t.update({key: t[key].half()}))
+    _refused(tmp_path, learned, TransformersSourceError, f"{key} (torch.float16)")
+
+
+@pytest.mark.parametrize(("edit", "error", "needle"), [
+    (lambda c: c.update(hidden_act="relu"), ConfigMismatchError, "hidden_act is 'relu'"),
+    (lambda c: c.update(architectures=["PerceiverForOpticalFlow"]), ConfigMismatchError,
+     "names PerceiverForOpticalFlow, a optical_flow model, not imagenet"),
+    (lambda c: c.update(model_type="bert"), ConfigMismatchError, "model_type is 'bert'"),
+    (lambda c: c.pop("num_latents"), ConfigMismatchError, "num_latents"),
+    # our own config under "perceiver_torch" that its transformers fields contradict
+    (lambda c: c.update(perceiver_torch={"task": "imagenet", "config": {**c["perceiver_torch"]["config"], "encoder": {
+        **c["perceiver_torch"]["config"]["encoder"], "z_index_dim": 99}}}), ConfigMismatchError,
+     "config.json num_latents is 8; PerceiverForImageClassificationLearned with this config has 99"),
+])
+def test_config_that_does_not_match_is_refused(tmp_path, learned, edit, error, needle):
+    converted = from_transformers("imagenet", learned, tmp_path / "first.safetensors")
+    exported = to_transformers(converted, tmp_path / "exported")
+    _edit_config(exported, edit)
+    _refused(tmp_path, exported, error, needle)
+
+
+def test_task_that_the_checkpoint_is_not(tmp_path, learned):
+    _refused(tmp_path, learned, ConfigMismatchError, "a imagenet model, not language", task="language")
+
+
+def test_missing_files_are_named(tmp_path, learned):
+    (learned / "model.safetensors").unlink()
+    _refused(tmp_path, learned, TransformersSourceError, "none of ['model.safetensors', 'pytorch_model.bin']")
+    _refused(tmp_path, tmp_path / "nowhere", TransformersSourceError, "neither a directory nor a Hub repo id")
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_bin_that_tries_to_run_code_is_refused_in_a_sandbox(tmp_path, learned):
+    """A pytorch_model.bin (torch zip) whose pickle REDUCEs os.system: torch.load(weights_only=True) refuses it."""
+    marker = tmp_path / "pwned"
+    (learned / "model.safetensors").unlink()
+    torch.save({"perceiver.embeddings.latents": _RunsCode(marker)}, learned / "pytorch_model.bin")
+    out = tmp_path / "out.safetensors"
+    result = run_isolated(f"""
+        from converters import from_transformers
+        from_transformers("imagenet", {str(learned)!r}, {str(out)!r})
+    """, timeout_s=120)
+    assert result.error_type == "converters.transformers.source.TransformersSourceError", result.describe()
+    assert "weights_only" in result.error_message and "pytorch_model.bin" in result.error_message
+    assert not marker.exists() and not out.exists()
+
+
+def test_plain_bin_checkpoint_imports_like_safetensors(tmp_path, learned):
+    reference = load_file(str(from_transformers("imagenet", learned, tmp_path / "a.safetensors")))
+    torch.save(load_file(str(learned / "model.safetensors")), learned / "pytorch_model.bin")
+    (learned / "model.safetensors").unlink()
+    again = load_file(str(from_transformers("imagenet", learned, tmp_path / "b.safetensors")))
+    assert reference.keys() == again.keys() and all(torch.equal(reference[k], again[k]) for k in reference)
+
+
+def test_export_refuses_a_non_empty_directory(tmp_path, learned):
+    converted = from_transformers("imagenet", learned, tmp_path / "ours.safetensors")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not an empty directory"):
+        to_transformers(converted, tmp_path / "taken")
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_clis_report_errors_without_traceback(tmp_path, learned, capsys):
+    _edit_weights(learned, lambda t: t.pop("perceiver.embeddings.latents"))
+    assert convert_main(["imagenet", "--from-transformers", str(learned), "-o", str(tmp_path / "o.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("perceiver-convert: error:") and "perceiver.embeddings.latents" in err
+    assert "Traceback" not in err and not (tmp_path / "o.safetensors").exists()
+    assert export_main([str(learned / "config.json"), "-o", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.startswith("perceiver-to-transformers: error:")
+    for argv in (["imagenet", "ckpt.pickle", "--from-transformers", str(learned), "-o", "o"],
+                 ["imagenet", "ckpt.pickle", "--preset", "imagenet_conv_preprocessing", "--revision", "r", "-o", "o"]):
+        with pytest.raises(SystemExit) as info:
+            convert_main(argv)
+        assert info.value.code == 2
+
+
+def test_clis_convert_and_export(tmp_path, learned, capsys):
+    assert convert_main(["imagenet", "--from-transformers", str(learned), "-o", str(tmp_path / "o.safetensors")]) == 0
+    assert export_main([str(tmp_path / "o.safetensors"), "-o", str(tmp_path / "exported")]) == 0
+    assert load_file(str(tmp_path / "exported" / "model.safetensors")).keys() == \
+        load_file(str(learned / "model.safetensors")).keys()

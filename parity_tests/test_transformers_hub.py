@@ -1,0 +1,53 @@
+"""Importing a transformers Perceiver from a Hub repository, through the local Hub stand-in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from converters import from_transformers
+from converters.cli import main as convert_main
+from converters.transformers.source import TransformersSourceError
+from parity_tests.transformers_support import save_small, standin_repo
+from parity_tests.zoo_support import hub_env
+from perceiver_torch.hashing import sha256_file
+from perceiver_torch.serialization import read_metadata
+
+REPO = "deepmind-test/language-perceiver"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    model = save_small("PerceiverForMaskedLM", tmp_path / "model")
+    commit = standin_repo(tmp_path / "hub", REPO, model)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache"):
+        yield model, commit
+
+
+def test_hub_repo_at_a_revision_imports_like_the_local_directory(hub, tmp_path):
+    model, commit = hub
+    local = load_file(str(from_transformers("language", model, tmp_path / "local.safetensors")))
+    path = from_transformers("language", REPO, tmp_path / "hub.safetensors", revision=commit)
+    remote = load_file(str(path))
+    assert local.keys() == remote.keys() and all(torch.equal(local[k], remote[k]) for k in local)
+    meta = read_metadata(path)
+    assert (meta["source_repo"], meta["source_revision"]) == (REPO, commit)
+    assert meta["source_sha256"] == sha256_file(model / "model.safetensors")
+
+
+def test_branch_name_resolves_to_the_commit(hub, tmp_path):
+    _, commit = hub
+    assert convert_main(["language", "--from-transformers", REPO, "--revision", "main",
+                         "-o", str(tmp_path / "o.safetensors")]) == 0
+    assert read_metadata(tmp_path / "o.safetensors")["source_revision"] == commit
+
+
+@pytest.mark.parametrize(("repo", "revision", "needle"), [
+    (REPO, "b" * 40, "RevisionNotFoundError"),
+    ("deepmind-test/absent", None, "RepositoryNotFoundError"),
+])
+def test_missing_repo_or_revision_is_a_clear_error(hub, tmp_path, repo, revision, needle):
+    with pytest.raises(TransformersSourceError, match=needle):
+        from_transformers("language", repo, tmp_path / "o.safetensors", revision=revision)
+    assert not (tmp_path / "o.safetensors").exists()
