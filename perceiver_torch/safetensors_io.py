@@ -23,6 +23,7 @@ import math
 import os
 import struct
 from collections.abc import Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,8 +213,20 @@ def write_safetensors(destination, tensors: Mapping, metadata: Mapping[str, str]
             write_safetensors(f, tensors, metadata, consume=consume)
         return
     destination.write(canonical_header(tensors, metadata))
-    for name in sorted(tensors):
-        value = tensors.pop(name) if consume and isinstance(tensors, MutableMapping) else tensors[name]
-        data = _as_bytes(value)
-        destination.write(data)
-        del value, data
+    consume = consume and isinstance(tensors, MutableMapping)
+
+    def laid_out(name: str) -> memoryview:
+        return _as_bytes(tensors.pop(name) if consume else tensors[name])
+
+    # Two-stage pipeline: the next tensor is laid out (a transpose is a strided copy) while the
+    # current one is written; both release the GIL. At most two laid-out tensors exist at once.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for name in sorted(tensors):
+            ready = pending.result() if pending is not None else None
+            pending = pool.submit(laid_out, name)
+            if ready is not None:
+                destination.write(ready)
+                del ready
+        if pending is not None:
+            destination.write(pending.result())

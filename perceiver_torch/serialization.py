@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch.overrides import TorchFunctionMode
 
 from .config_schema import ConfigError, check_parameter_count, parse_config_json, validate_config
 from .registry import build_model
@@ -97,6 +98,25 @@ def _checked_config(path: Path, meta: dict[str, str]) -> tuple[str, dict]:
     return meta["task"], config
 
 
+class _NoInitOnMeta(TorchFunctionMode):
+    """Skip `torch.nn.init`'s initialisers (and a tensor's own normal_/uniform_/fill_/zero_) on meta tensors.
+
+    They have no data to fill there; on the first call, torch would import its symbolic-shape
+    machinery (sympy) for their meta kernels: 1-3 s of a conversion's or a load's time.
+    """
+
+    _TENSOR_INITS = frozenset({"normal_", "uniform_", "fill_", "zero_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        target = args[0] if args else kwargs.get("tensor")
+        is_init = getattr(func, "__module__", None) == "torch.nn.init" or \
+            getattr(func, "__name__", None) in self._TENSOR_INITS
+        if is_init and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
+
+
 def build_on_meta(task: str, config: dict, source: str = "config") -> torch.nn.Module:
     """The model of a validated config on the meta device: its tensors' names, shapes and dtypes, no memory.
 
@@ -104,7 +124,7 @@ def build_on_meta(task: str, config: dict, source: str = "config") -> torch.nn.M
     model would have more parameters than any plausible config gives.
     """
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _NoInitOnMeta():
             model = build_model(task, config)
     except (ValueError, TypeError, NotImplementedError) as exc:
         raise ConfigError([f"(model): {exc}"], source) from None
