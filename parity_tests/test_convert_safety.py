@@ -141,6 +141,20 @@ def test_write_failures_give_one_clean_error_and_leave_nothing(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_is_found_before_any_data_is_written(tmp_path, monkeypatch):
+    """The output's blocks are reserved first: ENOSPC comes from there, cleanly, never as a SIGBUS later."""
+    from perceiver_torch import safetensors_io
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(safetensors_io.os, "posix_fallocate", full)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(ConversionError, match="No space left on device"):
+        converters.convert("language", SOURCE, golden_dir("language") / "config.json", out)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_read_only_directory_gives_one_clean_error(tmp_path, monkeypatch):
     """The temp file cannot be created (as a read-only mount refuses it even to root, who ignores modes)."""
     real_open = os.open

@@ -83,6 +83,29 @@ def test_streamed_files_are_standard_safetensors(tmp_path):
     assert header.metadata == {"k": "v"} and header.data_start % 8 == 0
 
 
+@pytest.mark.parametrize("reserve", ["fallocate", "unsupported"])
+def test_file_and_stream_writes_give_the_same_bytes(tmp_path, monkeypatch, reserve):
+    """To a path, tensors are copied into a mapping of the file (or written plainly where blocks cannot be
+    reserved); to an open file, written in turn. Same bytes either way."""
+    import errno
+
+    from perceiver_torch import safetensors_io
+
+    if reserve == "unsupported":
+        def unsupported(fd, offset, length):
+            raise OSError(errno.EOPNOTSUPP, "not supported")
+        monkeypatch.setattr(safetensors_io.os, "posix_fallocate", unsupported)
+    rng = np.random.default_rng(0)
+    tensors = {"t": rng.standard_normal((70, 3000)).astype(np.float32).T,  # crosses mapping granularity
+               "big_endian": rng.standard_normal(5).astype(">f4"), "half": torch.ones(3, dtype=torch.float16),
+               "bf16": torch.ones(2, 2, dtype=torch.bfloat16).T, "flags": np.array([True, False, True]),
+               "empty": np.zeros((0, 3), np.float32), "i64": torch.arange(7)}
+    stream = io.BytesIO()
+    write_safetensors(stream, tensors, {"k": "v"})
+    write_safetensors(tmp_path / "f.safetensors", tensors, {"k": "v"})
+    assert (tmp_path / "f.safetensors").read_bytes() == stream.getvalue()
+
+
 def test_save_checkpoint_consumes_what_it_writes(tmp_path):
     config = golden_config("language")
     state = {k: v.clone() for k, v in build_model("language", config).state_dict().items()}

@@ -18,12 +18,13 @@ then the data; offsets are relative to the data's start.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import mmap
 import os
 import struct
 from collections.abc import Mapping, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +43,14 @@ DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1),
 }
 CODES = {dtype: code for code, (dtype, _) in DTYPES.items()}
-_NUMPY_CODES = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
-                np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int16): "I16",
-                np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL"}
+_NUMPY_CODES: dict[np.dtype, str] = {
+    np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32", np.dtype(np.int16): "I16", np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
+}
+
+
+_NUMPY_DTYPES = {code: dtype.newbyteorder("<") for dtype, code in _NUMPY_CODES.items()}
 
 
 class CheckpointFormatError(ValueError):
@@ -204,29 +210,65 @@ def write_safetensors(destination, tensors: Mapping, metadata: Mapping[str, str]
                       consume: bool = False) -> None:
     """Write `tensors` ({name: tensor or array}, any device) to `destination` (a path or an open binary file).
 
-    Same input, same bytes. Each tensor is made contiguous, little-endian and host-resident on
-    its own as it is written. With `consume=True` (a mutable mapping) each entry is removed once
+    Same input, same bytes. With `consume=True` (a mutable mapping) each entry is removed once
     written, so that its memory can be freed before the next one is laid out.
+
+    To a path, the file's blocks are reserved first (a full disk fails here, cleanly) and each
+    tensor is copied straight into its place through a mapping of that stretch of the file: a
+    transposed array is laid out by that one copy, with no contiguous temporary and no second
+    copy through write(). Only one tensor's stretch is mapped at a time.
     """
-    if isinstance(destination, (str, os.PathLike)):
-        with open(destination, "wb") as f:
-            write_safetensors(f, tensors, metadata, consume=consume)
-        return
-    destination.write(canonical_header(tensors, metadata))
+    header = canonical_header(tensors, metadata)
     consume = consume and isinstance(tensors, MutableMapping)
 
-    def laid_out(name: str) -> memoryview:
-        return _as_bytes(tensors.pop(name) if consume else tensors[name])
+    def take(name: str):
+        return tensors.pop(name) if consume else tensors[name]
 
-    # Two-stage pipeline: the next tensor is laid out (a transpose is a strided copy) while the
-    # current one is written; both release the GIL. At most two laid-out tensors exist at once.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
+    if not isinstance(destination, (str, os.PathLike)):
+        destination.write(header)
         for name in sorted(tensors):
-            ready = pending.result() if pending is not None else None
-            pending = pool.submit(laid_out, name)
-            if ready is not None:
-                destination.write(ready)
-                del ready
-        if pending is not None:
-            destination.write(pending.result())
+            destination.write(_as_bytes(take(name)))
+        return
+    layout = [(name, *_describe(tensors[name])) for name in sorted(tensors)]
+    with open(destination, "wb+") as f:
+        if not _reserve(f.fileno(), len(header) + sum(nbytes for *_, nbytes in layout)):
+            f.write(header)
+            for name, *_ in layout:
+                f.write(_as_bytes(take(name)))
+            return
+        f.write(header)
+        f.flush()
+        position = len(header)
+        for name, code, shape, nbytes in layout:
+            if nbytes:
+                _copy_into(f.fileno(), position, nbytes, code, shape, take(name))
+            else:
+                take(name)
+            position += nbytes
+
+
+def _reserve(fd: int, size: int) -> bool:
+    """Allocate the file's blocks up front; False where the platform or file system cannot."""
+    if not hasattr(os, "posix_fallocate"):
+        return False
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return False
+        raise  # ENOSPC, EDQUOT, EFBIG: the disk cannot hold the file
+    return True
+
+
+def _copy_into(fd: int, position: int, nbytes: int, code: str, shape: tuple[int, ...], value) -> None:
+    start = position - position % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fd, position - start + nbytes, offset=start) as window:
+        if isinstance(value, torch.Tensor):
+            dst = torch.frombuffer(window, dtype=DTYPES[code][0], count=math.prod(shape),
+                                   offset=position - start).view(shape)
+            dst.copy_(value.detach())
+        else:
+            dst = np.frombuffer(window, dtype=_NUMPY_DTYPES[code], count=math.prod(shape),
+                                offset=position - start).reshape(shape)
+            np.copyto(dst, value, casting="equiv")  # "equiv": a big-endian source is byte-swapped, nothing else
+        del dst  # the mapping can only close once no view of it is left
