@@ -85,8 +85,8 @@ def test_streamed_files_are_standard_safetensors(tmp_path):
 
 @pytest.mark.parametrize("reserve", ["fallocate", "unsupported"])
 def test_file_and_stream_writes_give_the_same_bytes(tmp_path, monkeypatch, reserve):
-    """To a path, tensors are copied into a mapping of the file (or written plainly where blocks cannot be
-    reserved); to an open file, written in turn. Same bytes either way."""
+    """To a path the file's blocks are reserved first (skipped where the file system cannot); to an open
+    file the tensors are only written. Same bytes either way."""
     import errno
 
     from perceiver_torch import safetensors_io
@@ -96,7 +96,7 @@ def test_file_and_stream_writes_give_the_same_bytes(tmp_path, monkeypatch, reser
             raise OSError(errno.EOPNOTSUPP, "not supported")
         monkeypatch.setattr(safetensors_io.os, "posix_fallocate", unsupported)
     rng = np.random.default_rng(0)
-    tensors = {"t": rng.standard_normal((70, 3000)).astype(np.float32).T,  # crosses mapping granularity
+    tensors = {"t": rng.standard_normal((70, 3000)).astype(np.float32).T,  # laid out on write
                "big_endian": rng.standard_normal(5).astype(">f4"), "half": torch.ones(3, dtype=torch.float16),
                "bf16": torch.ones(2, 2, dtype=torch.bfloat16).T, "flags": np.array([True, False, True]),
                "empty": np.zeros((0, 3), np.float32), "i64": torch.arange(7)}

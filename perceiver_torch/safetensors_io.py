@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import mmap
 import os
 import struct
 from collections.abc import Mapping, MutableMapping
@@ -48,9 +47,6 @@ _NUMPY_CODES: dict[np.dtype, str] = {
     np.dtype(np.int32): "I32", np.dtype(np.int16): "I16", np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8",
     np.dtype(np.bool_): "BOOL",
 }
-
-
-_NUMPY_DTYPES = {code: dtype.newbyteorder("<") for dtype, code in _NUMPY_CODES.items()}
 
 
 class CheckpointFormatError(ValueError):
@@ -210,65 +206,31 @@ def write_safetensors(destination, tensors: Mapping, metadata: Mapping[str, str]
                       consume: bool = False) -> None:
     """Write `tensors` ({name: tensor or array}, any device) to `destination` (a path or an open binary file).
 
-    Same input, same bytes. With `consume=True` (a mutable mapping) each entry is removed once
-    written, so that its memory can be freed before the next one is laid out.
-
-    To a path, the file's blocks are reserved first (a full disk fails here, cleanly) and each
-    tensor is copied straight into its place through a mapping of that stretch of the file: a
-    transposed array is laid out by that one copy, with no contiguous temporary and no second
-    copy through write(). Only one tensor's stretch is mapped at a time.
+    Same input, same bytes. Tensors are laid out (made contiguous, little-endian, host-resident)
+    and written one at a time; with `consume=True` (a mutable mapping) each entry is removed once
+    written, so that its memory can be freed before the next one is laid out. To a path, the
+    file's blocks are reserved first, so that a full disk fails at once, before any data is
+    written.
     """
-    header = canonical_header(tensors, metadata)
-    consume = consume and isinstance(tensors, MutableMapping)
-
-    def take(name: str):
-        return tensors.pop(name) if consume else tensors[name]
-
-    if not isinstance(destination, (str, os.PathLike)):
-        destination.write(header)
-        for name in sorted(tensors):
-            destination.write(_as_bytes(take(name)))
+    if isinstance(destination, (str, os.PathLike)):
+        with open(destination, "wb") as f:
+            _reserve(f.fileno(), sum(nbytes for *_, nbytes in map(_describe, tensors.values())))
+            write_safetensors(f, tensors, metadata, consume=consume)
         return
-    layout = [(name, *_describe(tensors[name])) for name in sorted(tensors)]
-    with open(destination, "wb+") as f:
-        if not _reserve(f.fileno(), len(header) + sum(nbytes for *_, nbytes in layout)):
-            f.write(header)
-            for name, *_ in layout:
-                f.write(_as_bytes(take(name)))
-            return
-        f.write(header)
-        f.flush()
-        position = len(header)
-        for name, code, shape, nbytes in layout:
-            if nbytes:
-                _copy_into(f.fileno(), position, nbytes, code, shape, take(name))
-            else:
-                take(name)
-            position += nbytes
+    destination.write(canonical_header(tensors, metadata))
+    consume = consume and isinstance(tensors, MutableMapping)
+    for name in sorted(tensors):
+        data = _as_bytes(tensors.pop(name) if consume else tensors[name])
+        destination.write(data)
+        del data
 
 
-def _reserve(fd: int, size: int) -> bool:
-    """Allocate the file's blocks up front; False where the platform or file system cannot."""
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks up front where the platform and file system can (ENOSPC raised here)."""
     if not hasattr(os, "posix_fallocate"):
-        return False
+        return
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            return False
-        raise  # ENOSPC, EDQUOT, EFBIG: the disk cannot hold the file
-    return True
-
-
-def _copy_into(fd: int, position: int, nbytes: int, code: str, shape: tuple[int, ...], value) -> None:
-    start = position - position % mmap.ALLOCATIONGRANULARITY
-    with mmap.mmap(fd, position - start + nbytes, offset=start) as window:
-        if isinstance(value, torch.Tensor):
-            dst = torch.frombuffer(window, dtype=DTYPES[code][0], count=math.prod(shape),
-                                   offset=position - start).view(shape)
-            dst.copy_(value.detach())
-        else:
-            dst = np.frombuffer(window, dtype=_NUMPY_DTYPES[code], count=math.prod(shape),
-                                offset=position - start).reshape(shape)
-            np.copyto(dst, value, casting="equiv")  # "equiv": a big-endian source is byte-swapped, nothing else
-        del dst  # the mapping can only close once no view of it is left
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise  # ENOSPC, EDQUOT, EFBIG: the disk cannot hold the file
