@@ -1,5 +1,7 @@
 """Haiku checkpoint -> perceiver-torch converters: safe reading, strict declarative tables."""
 
+from perceiver_torch.config_schema import ConfigError  # raised by convert for bad configs
+
 from .checkpoint_reader import (
     CheckpointLimitError,
     CheckpointReadError,
@@ -12,7 +14,7 @@ from .rules import ConversionError
 from .transformers import from_transformers, to_transformers
 
 __all__ = [
-    "CONVERTER_VERSION", "CheckpointLimitError", "CheckpointReadError", "ConversionError", "HaikuCheckpoint",
-    "UnsafePickleError", "convert", "convert_tree", "from_transformers", "load_config", "load_haiku_checkpoint",
-    "to_transformers",
+    "CONVERTER_VERSION", "CheckpointLimitError", "CheckpointReadError", "ConfigError", "ConversionError",
+    "HaikuCheckpoint", "UnsafePickleError", "convert", "convert_tree", "from_transformers", "load_config",
+    "load_haiku_checkpoint", "to_transformers",
 ]

@@ -1,11 +1,18 @@
 """`perceiver-convert TASK CHECKPOINT (--config CONFIG.json | --preset NAME) -o OUT.safetensors`,
-or `perceiver-convert TASK --from-transformers DIR_OR_REPO [--revision R] -o OUT.safetensors`."""
+or `perceiver-convert TASK --from-transformers DIR_OR_REPO [--revision R] -o OUT.safetensors`.
+
+Bad input (a config, checkpoint or output path that cannot be used) is reported as
+`perceiver-convert: error: ...` with the list of problems and exit status 1, never a traceback;
+bad arguments exit 2 (argparse).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
+from perceiver_torch.config_schema import ConfigError
 from perceiver_torch.registry import TASKS, preset_names
 
 from .checkpoint_reader import CheckpointReadError
@@ -13,9 +20,11 @@ from .convert import convert, preset_config
 from .rules import ConversionError
 from .transformers import from_transformers
 
+PROG = "perceiver-convert"
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="perceiver-convert", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("checkpoint", nargs="?", help="upstream Haiku .pickle / .pystate file")
     parser.add_argument("--from-transformers", metavar="DIR_OR_REPO",
@@ -36,12 +45,17 @@ def main(argv: list[str] | None = None) -> int:
         preset_task, config = preset_config(args.preset)
         if preset_task != args.task:
             parser.error(f"preset {args.preset!r} is a {preset_task!r} model, not {args.task!r}.")
+    # The library logs what it changes (e.g. float16 arrays converted to float32); show it plainly.
+    logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
     try:
         out = (from_transformers(args.task, args.from_transformers, args.output, args.revision)
                if args.from_transformers else convert(args.task, args.checkpoint, config, args.output))
-    except (ConversionError, CheckpointReadError, ValueError, FileNotFoundError) as exc:
-        print(f"perceiver-convert: error: {exc}", file=sys.stderr)
+    except (ConfigError, ConversionError, CheckpointReadError, OSError, ValueError, MemoryError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written.", file=sys.stderr)
+        return 130
     print(f"wrote {out}")
     return 0
 

@@ -10,6 +10,7 @@ right shape.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ import numpy as np
 from perceiver_torch.layers.image import conv_stem_layers
 
 Transform = Callable[[np.ndarray], np.ndarray]
+
+logger = logging.getLogger(__name__)
 
 
 def identity(x: np.ndarray) -> np.ndarray:
@@ -149,6 +152,33 @@ class ConversionError(ValueError):
         super().__init__(head + "\n  " + "\n  ".join(problems))
 
 
+def as_parameter(src: str, value: np.ndarray, problems: list[str]) -> np.ndarray | None:
+    """`value` as the float32 parameter it becomes, or None with the reason added to `problems`.
+
+    Every parameter and buffer of the models is float32. Integer and bool arrays cannot be one
+    (an int32 weight would silently give logits around 1e11) and are refused; float16 and
+    float64 are converted, with a warning; NaN and Inf are refused, also where float64 values
+    overflow float32.
+    """
+    if value.dtype.kind in "iub":
+        problems.append(f"{src}: {value.dtype} values where the model holds float32 (integer and bool arrays are "
+                        "not parameters)")
+        return None
+    if value.dtype.kind != "f":
+        problems.append(f"{src}: unsupported dtype {value.dtype}; expected float32 (float16 and float64 are "
+                        "converted)")
+        return None
+    converted = value.dtype != np.float32
+    if converted:
+        logger.warning("%s: converting %s values to float32", src, value.dtype)
+        with np.errstate(over="ignore"):  # an overflow becomes Inf, refused just below
+            value = value.astype(np.float32)
+    if not np.isfinite(value).all():
+        problems.append(f"{src}: non-finite values (NaN or Inf){' after conversion to float32' if converted else ''}")
+        return None
+    return value
+
+
 def strict_merge(
     source: dict[str, np.ndarray],
     target_shapes: dict[str, tuple[int, ...]],
@@ -160,7 +190,9 @@ def strict_merge(
     """Map `source` ('params:module/name' -> array) onto `target_shapes` (torch key -> shape).
 
     Every source array must be used exactly once (or be listed in `ignored`),
-    every target filled once, every shape equal after its transform.
+    every target filled once, every shape equal after its transform, every value a finite
+    float (`as_parameter`). The arrays returned are the transforms' results, views of the
+    source's arrays where the transform allows (no copy is made here).
     `key(collection, module, name)` names a source leaf the way `source` does.
     """
     out: dict[str, np.ndarray] = {}
@@ -192,7 +224,9 @@ def strict_merge(
                     f"{tuple(value.shape)}, model expects {tuple(target_shapes[dst])}"
                 )
                 continue
-            out[dst] = value
+            value = as_parameter(src, value, problems)
+            if value is not None:
+                out[dst] = value
     for item in ignored:
         if item.key in source:
             used[item.key] = f"ignored: {item.reason}"

@@ -1,9 +1,10 @@
 """perceiver-torch: DeepMind's Perceiver IO in PyTorch, exact to upstream."""
 
+from .config_schema import ConfigError
 from .layers import Perceiver
 from .models import PerceiverForMaskedLM, PerceiverIO
 from .registry import build_model, build_preset, preset_names
-from .serialization import load_model
+from .serialization import CheckpointConfigError, CheckpointFormatError, load_model
 from .tokenizer import BytesTokenizer
 from .zoo import create_model
 
@@ -13,6 +14,7 @@ __all__ = [
     "BytesTokenizer", "Perceiver", "PerceiverForMaskedLM", "__version__", "build_model", "build_preset",
     "load_model", "preset_names",
 ]
+__all__ += ["CheckpointConfigError", "CheckpointFormatError", "ConfigError"]
 __all__ += ["PerceiverIO"]
 __all__ += ["create_model"]
 

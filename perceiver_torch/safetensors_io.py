@@ -1,29 +1,192 @@
-"""Write safetensors files byte-reproducibly, one tensor at a time.
+"""The safetensors container, read and written by the project itself: canonical, streamed and checked.
 
-safetensors' own writer emits its metadata map in hash order, so two writes of the same
-tensors differ in bytes; the zoo pins artifacts by sha256, so the header here is canonical:
-JSON with sorted keys and no spaces, tensors laid out in name order, padded with spaces to a
-multiple of 8 bytes (the format's alignment). Tensors are written one by one from their own
-storage, so no second copy of the whole state dict is ever held.
+Writing: `write_safetensors` lays tensors out in name order under a canonical header (JSON with
+sorted keys and no spaces, padded with spaces to a multiple of 8 bytes), so the same tensors and
+metadata always give the same bytes (the zoo pins artifacts by sha256; safetensors' own writer
+emits its metadata in hash order). Tensors are written one at a time from their own storage: a
+conversion never holds a second full copy of the weights, and with `consume=True` each is
+released once written.
+
+Reading: `read_header` parses and checks a file's header (length, JSON, dtypes, shapes and byte
+ranges, which must tile the data section exactly) before anything sized by the file is
+allocated; tensors are then taken from the file by `safetensors.safe_open` (memory-mapped).
+
+Layout (https://github.com/huggingface/safetensors): an 8-byte little-endian header length N,
+N bytes of JSON ({name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}),
+then the data; offsets are relative to the data's start.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import os
 import struct
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
-# torch dtype -> the format's dtype name.
-DTYPE_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
+# Ours hold a few hundred entries (tens of KB); safetensors itself stops at 100 MB. 16 MB keeps
+# the parsed JSON small even when every byte is a distinct number.
+MAX_HEADER_BYTES = 16 << 20
+MAX_RANK = 8
+
+# The format's dtype name -> (torch dtype, item size in bytes)
+DTYPES: dict[str, tuple[torch.dtype, int]] = {
+    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
+    "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2), "I8": (torch.int8, 1),
+    "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1),
+}
+CODES = {dtype: code for code, (dtype, _) in DTYPES.items()}
+_NUMPY_CODES: dict[np.dtype, str] = {
+    np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32", np.dtype(np.int16): "I16", np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
 }
 
 
-def canonical_header(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> bytes:
-    """The 8-byte length and JSON header for `tensors` laid out in name order."""
+class CheckpointFormatError(ValueError):
+    """A file is not a valid perceiver-torch checkpoint: its container, metadata, config or tensors."""
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    dtype: str  # safetensors code, e.g. "F32"
+    shape: tuple[int, ...]
+    begin: int  # byte offsets within the data section
+    end: int
+
+
+@dataclass(frozen=True)
+class Header:
+    metadata: dict[str, str]
+    tensors: dict[str, TensorEntry]
+    data_start: int  # absolute offset of the data section
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _entry(name: str, raw, problems: list[str]) -> TensorEntry | None:
+    where = f"tensor {name!r}"
+    if not isinstance(raw, dict) or set(raw) != {"dtype", "shape", "data_offsets"}:
+        problems.append(f"{where}: expected an object with exactly dtype, shape, data_offsets; found {raw!r:.120}")
+        return None
+    dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
+    if dtype not in DTYPES:
+        problems.append(f"{where}: unknown dtype {dtype!r:.40}; expected one of {list(DTYPES)}")
+        return None
+    if not isinstance(shape, list) or len(shape) > MAX_RANK or any(type(d) is not int or d < 0 for d in shape):
+        problems.append(f"{where}: shape {shape!r:.120} is not a list of at most {MAX_RANK} non-negative integers")
+        return None
+    if not isinstance(offsets, list) or len(offsets) != 2 or any(type(o) is not int or o < 0 for o in offsets) \
+            or offsets[0] > offsets[1]:
+        problems.append(f"{where}: data_offsets {offsets!r:.120} are not [begin, end] with 0 <= begin <= end")
+        return None
+    nbytes = math.prod(shape) * DTYPES[dtype][1]
+    if offsets[1] - offsets[0] != nbytes:
+        problems.append(f"{where}: {dtype} {shape} needs {nbytes} bytes; data_offsets {offsets} span "
+                        f"{offsets[1] - offsets[0]}")
+        return None
+    return TensorEntry(dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def read_header(path: str | os.PathLike) -> Header:
+    """Parse and check the header of the safetensors file at `path` (reads the header bytes only).
+
+    Raises `CheckpointFormatError` naming the file and every problem; `FileNotFoundError` when
+    there is no file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CheckpointFormatError(f"{path}: {size} bytes is too short for a safetensors file "
+                                            "(no 8-byte header length).")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > MAX_HEADER_BYTES or length > size - 8:
+                raise CheckpointFormatError(
+                    f"{path}: header length {length} is impossible (file of {size} bytes; at most "
+                    f"{MAX_HEADER_BYTES} allowed): not a safetensors file, or truncated.")
+            raw = f.read(length)
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise CheckpointFormatError(f"{path} is a directory, not a safetensors file.") from None
+    except OSError as exc:
+        raise CheckpointFormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        parsed = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointFormatError(f"{path}: the safetensors header is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise CheckpointFormatError(f"{path}: the safetensors header must be a JSON object; found "
+                                    f"{type(parsed).__name__}.")
+    problems: list[str] = []
+    metadata = parsed.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or any(type(v) is not str for v in metadata.values()):
+        problems.append("__metadata__ must map strings to strings")
+        metadata = {}
+    tensors = {name: entry for name, raw_entry in parsed.items() if (entry := _entry(name, raw_entry, problems))}
+    data_size = size - 8 - length
+    position = 0
+    for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.begin != position:
+            what = "overlaps the previous tensor" if entry.begin < position else f"leaves a gap at byte {position}"
+            problems.append(f"tensor {name!r}: data_offsets [{entry.begin}, {entry.end}] {what}")
+        position = max(position, entry.end)
+    if not problems and position != data_size:
+        problems.append(f"the tensors span {position} bytes of data; the file holds {data_size} "
+                        f"({'truncated' if position > data_size else 'trailing bytes'})")
+    if problems:
+        raise CheckpointFormatError(f"{path} is not a valid safetensors file: {len(problems)} problem(s)\n  "
+                                    + "\n  ".join(problems))
+    return Header(metadata, tensors, 8 + length)
+
+
+def _as_bytes(value) -> memoryview:
+    """The little-endian C-order bytes of a torch tensor (any device) or numpy array."""
+    if isinstance(value, torch.Tensor):
+        # Raw bytes in the tensor's own (little-endian) layout, not through numpy (no bfloat16 there).
+        value = value.detach().to("cpu").contiguous()
+        flat = value.reshape(-1).view(torch.uint8) if value.numel() else torch.empty(0, dtype=torch.uint8)
+        return memoryview(flat.numpy())
+    array = np.asarray(value)
+    little = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    return memoryview(np.ascontiguousarray(array, dtype=little).reshape(-1).view(np.uint8))
+
+
+def _describe(value) -> tuple[str, tuple[int, ...], int]:
+    if isinstance(value, torch.Tensor):
+        code = CODES.get(value.dtype)
+        shape = tuple(value.shape)
+    else:
+        dtype = np.dtype(value.dtype)
+        code = _NUMPY_CODES.get(dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype)
+        shape = tuple(value.shape)
+    if code is None:
+        raise TypeError(f"dtype {value.dtype} cannot be written to safetensors")
+    return code, shape, math.prod(shape) * DTYPES[code][1]
+
+
+def canonical_header(tensors: Mapping, metadata: Mapping[str, str] | None) -> bytes:
+    """The 8-byte length and JSON header for `tensors` (torch tensors or numpy arrays) laid out in name order."""
     header: dict[str, object] = {}
     if metadata:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
@@ -31,23 +194,43 @@ def canonical_header(tensors: dict[str, torch.Tensor], metadata: dict[str, str] 
         header["__metadata__"] = dict(sorted(metadata.items()))
     offset = 0
     for name in sorted(tensors):
-        t = tensors[name]
-        if t.dtype not in DTYPE_NAMES:
-            raise TypeError(f"tensor {name!r}: dtype {t.dtype} cannot be written to safetensors")
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
+        code, shape, nbytes = _describe(tensors[name])
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     return struct.pack("<Q", len(text)) + text
 
 
-def write_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write `tensors` (on any device) to `path` with a canonical header; same input, same bytes."""
-    with open(path, "wb") as f:
-        f.write(canonical_header(tensors, metadata))
-        for name in sorted(tensors):
-            t = tensors[name].detach().to("cpu").contiguous()
-            # Raw bytes in the tensor's own (little-endian) layout, without going through numpy
-            # (which has no bfloat16).
-            f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+def write_safetensors(destination, tensors: Mapping, metadata: Mapping[str, str] | None = None, *,
+                      consume: bool = False) -> None:
+    """Write `tensors` ({name: tensor or array}, any device) to `destination` (a path or an open binary file).
+
+    Same input, same bytes. Tensors are laid out (made contiguous, little-endian, host-resident)
+    and written one at a time; with `consume=True` (a mutable mapping) each entry is removed once
+    written, so that its memory can be freed before the next one is laid out. To a path, the
+    file's blocks are reserved first, so that a full disk fails at once, before any data is
+    written.
+    """
+    if isinstance(destination, (str, os.PathLike)):
+        with open(destination, "wb") as f:
+            _reserve(f.fileno(), sum(nbytes for *_, nbytes in map(_describe, tensors.values())))
+            write_safetensors(f, tensors, metadata, consume=consume)
+        return
+    destination.write(canonical_header(tensors, metadata))
+    consume = consume and isinstance(tensors, MutableMapping)
+    for name in sorted(tensors):
+        data = _as_bytes(tensors.pop(name) if consume else tensors[name])
+        destination.write(data)
+        del data
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks up front where the platform and file system can (ENOSPC raised here)."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise  # ENOSPC, EDQUOT, EFBIG: the disk cannot hold the file

@@ -1,0 +1,132 @@
+"""load_model builds on the meta device and assigns the file's tensors: the same model as building and copying.
+
+Before, load_model built a randomly initialised model and copied the weights into it. Now
+nothing is initialised: the model is built on the meta device and the memory-mapped tensors
+are assigned. Every task's outputs on its golden inputs must be bit-identical to the old way
+(a buffer the state dict does not hold would be left on meta, or recomputed differently).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import perceiver_torch as pt
+from converters.tasks import run_upstream_layout
+from perceiver_torch.registry import build_model
+from perceiver_torch.safetensors_io import read_header, write_safetensors
+from perceiver_torch.serialization import save_checkpoint
+
+from .conftest import convert_golden, golden_config, golden_io
+
+FAMILIES = {"language": "language", "imagenet_conv": "imagenet", "imagenet_fourier": "imagenet",
+            "imagenet_learned": "imagenet", "optical_flow": "optical_flow",
+            "video_autoencoding": "video_autoencoding"}
+
+
+def _outputs(task: str, model, family: str) -> dict[str, np.ndarray]:
+    inputs = {k.removeprefix("input/"): v for k, v in golden_io(family).items() if k.startswith("input/")}
+    with torch.no_grad():
+        return {k: np.asarray(v) for k, v in run_upstream_layout(task, model, inputs).items()}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_meta_built_model_is_bit_identical_to_an_initialised_one_loaded(tmp_path, family):
+    task = FAMILIES[family]
+    path = convert_golden(task, family, tmp_path)
+    loaded = pt.load_model(path)
+    reference = build_model(task, golden_config(family))
+    reference.load_state_dict(load_file(str(path)), strict=True)
+    reference.eval()
+    tensors = dict(loaded.named_parameters()) | dict(loaded.named_buffers())
+    assert not [name for name, t in tensors.items() if t.is_meta]
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in loaded.parameters())
+    new, old = _outputs(task, loaded, family), _outputs(task, reference, family)
+    assert sorted(new) == sorted(old)
+    for key in new:
+        assert np.array_equal(new[key], old[key]), f"{family} {key}: max difference {np.abs(new[key] - old[key]).max()}"
+
+
+def test_loaded_weights_can_be_trained_without_touching_the_file(tmp_path):
+    """The tensors are memory-mapped copy-on-write: updating them in place never writes to the file."""
+    path = convert_golden("language", "language", tmp_path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    model = pt.load_model(path).train()
+    ids = torch.randint(0, 262, (2, 16))
+    loss = model(ids, torch.ones_like(ids)).logsumexp(-1).mean()
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not torch.equal(model.state_dict()["encoder.latents.embeddings"],
+                           load_file(str(path))["encoder.latents.embeddings"])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_streamed_files_are_standard_safetensors(tmp_path):
+    """What the project writes itself, safetensors reads back exactly (dtypes, shapes, values, metadata)."""
+    tensors = {"b": torch.arange(6, dtype=torch.float32).reshape(2, 3).T,  # not contiguous: laid out on write
+               "a": torch.tensor([True, False]), "c": torch.zeros(0, 4, dtype=torch.bfloat16),
+               "d": np.arange(5, dtype=">f4")}  # big-endian numpy: written little-endian
+    buffer = io.BytesIO()
+    write_safetensors(buffer, tensors, {"k": "v"})
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(buffer.getvalue())
+    back = load_file(str(path))
+    assert torch.equal(back["b"], tensors["b"]) and torch.equal(back["a"], tensors["a"])
+    assert back["c"].dtype == torch.bfloat16 and back["c"].shape == (0, 4)
+    assert torch.equal(back["d"], torch.arange(5, dtype=torch.float32))
+    header = read_header(path)
+    assert header.metadata == {"k": "v"} and header.data_start % 8 == 0
+
+
+@pytest.mark.parametrize("reserve", ["fallocate", "unsupported"])
+def test_file_and_stream_writes_give_the_same_bytes(tmp_path, monkeypatch, reserve):
+    """To a path the file's blocks are reserved first (skipped where the file system cannot); to an open
+    file the tensors are only written. Same bytes either way."""
+    import errno
+
+    from perceiver_torch import safetensors_io
+
+    if reserve == "unsupported":
+        def unsupported(fd, offset, length):
+            raise OSError(errno.EOPNOTSUPP, "not supported")
+        monkeypatch.setattr(safetensors_io.os, "posix_fallocate", unsupported)
+    rng = np.random.default_rng(0)
+    tensors = {"t": rng.standard_normal((70, 3000)).astype(np.float32).T,  # laid out on write
+               "big_endian": rng.standard_normal(5).astype(">f4"), "half": torch.ones(3, dtype=torch.float16),
+               "bf16": torch.ones(2, 2, dtype=torch.bfloat16).T, "flags": np.array([True, False, True]),
+               "empty": np.zeros((0, 3), np.float32), "i64": torch.arange(7)}
+    stream = io.BytesIO()
+    write_safetensors(stream, tensors, {"k": "v"})
+    write_safetensors(tmp_path / "f.safetensors", tensors, {"k": "v"})
+    assert (tmp_path / "f.safetensors").read_bytes() == stream.getvalue()
+
+
+def test_save_checkpoint_consumes_what_it_writes(tmp_path):
+    config = golden_config("language")
+    state = {k: v.clone() for k, v in build_model("language", config).state_dict().items()}
+    names = sorted(state)
+    expected = {k: v.clone() for k, v in state.items()}
+    path = save_checkpoint(state, tmp_path / "m.safetensors", "language", config, consume=True)
+    assert state == {}, "each tensor is released once written"
+    back = load_file(str(path))
+    assert sorted(back) == names and all(torch.equal(back[k], expected[k]) for k in names)
+
+
+def test_save_checkpoint_refuses_an_invalid_config(tmp_path):
+    config = golden_config("language")
+    config["encoder"]["num_blocks"] = 0
+    with pytest.raises(pt.ConfigError, match="encoder.num_blocks"):
+        save_checkpoint({}, tmp_path / "m.safetensors", "language", config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        pt.load_model(tmp_path / "nope.safetensors")
+    with pytest.raises(pt.CheckpointFormatError, match="is a directory"):
+        pt.load_model(tmp_path)
