@@ -75,7 +75,7 @@ def hf_call(task: str, model, inputs: tuple):
 
 def jax_call(task: str, config: dict, inputs: tuple):
     """(callable, compile seconds) running the JAX reference under jit on the same inputs, or None."""
-    api = optional("converters.jax_reference") or optional("perceiver_torch.jax_reference")
+    api = optional("converters.jax_reference")
     if api is None or optional("jax") is None:
         return None
     import time

@@ -16,6 +16,7 @@ from perceiver_torch.flow_tiling import stitch_tiles
 from perceiver_torch.zoo.cli import main as zoo_cli
 
 from .conftest import golden_config
+from .zoo_support import TEST_HUB, TEST_MANIFEST, hub_env
 
 # A torch.export program runs the same ATen kernels as eager on the same shapes, so 1e-5 (the
 # issue's budget) is loose for it: it measures 0 here. onnxruntime has its own kernels (other
@@ -118,16 +119,11 @@ def test_export_refuses_bad_arguments(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _offline_zoo(monkeypatch):
-    # The tiny zoo entries are served from the bundled stand-in tree as a mirror: no network.
-    for key in ("HF_ENDPOINT", "PERCEIVER_ZOO_ENDPOINT", "PERCEIVER_ZOO_MIRROR"):
-        monkeypatch.delenv(key, raising=False)
-
-
 def test_cli_exports_a_zoo_model_by_name_and_verifies_it(tmp_path, monkeypatch, capsys):
-    _offline_zoo(monkeypatch)
     out = tmp_path / "lm.pt2"
-    assert zoo_cli(["export", "tiny-language-perceiver", "-o", str(out)]) == 0
+    # The tiny test entries, pulled by name from the Hub stand-in serving the bundled tree.
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        assert zoo_cli(["--manifest", str(TEST_MANIFEST), "export", "tiny-language-perceiver", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"tiny-language-perceiver: exported (pt2, dynamic batch) to {out}" in printed
     assert "max |exported - eager|: 0.00e+00 at batch 1, 0.00e+00 at batch 3" in printed
@@ -136,13 +132,16 @@ def test_cli_exports_a_zoo_model_by_name_and_verifies_it(tmp_path, monkeypatch, 
 
 
 def test_cli_export_errors_are_one_line(tmp_path, monkeypatch, capsys):
-    _offline_zoo(monkeypatch)
-    assert zoo_cli(["export", "tiny-language-perceiver", "-o", str(tmp_path)]) == 1
-    assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {tmp_path} is a directory; give the output " \
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    manifest = ["--manifest", str(TEST_MANIFEST)]
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        assert zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", str(out_dir)]) == 1
+    assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {out_dir} is a directory; give the output " \
                                               "file's path."
-    assert zoo_cli(["export", "no-such-model", "-o", str(tmp_path / "x.pt2")]) == 1
+    assert zoo_cli([*manifest, "export", "no-such-model", "-o", str(out_dir / "x.pt2")]) == 1
     assert capsys.readouterr().err.startswith("perceiver-zoo: error: no model 'no-such-model' in the zoo")
     with pytest.raises(SystemExit) as exit_info:
-        zoo_cli(["export", "tiny-language-perceiver", "-o", str(tmp_path / "x.pt2"), "--batch", "1"])
+        zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", str(out_dir / "x.pt2"), "--batch", "1"])
     assert exit_info.value.code == 2 and "--batch must be >= 2" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+    assert list(out_dir.iterdir()) == []
