@@ -49,11 +49,12 @@ PRESETS = {
     "video_autoencoding": "video_autoencoding",
     "flow_sintel": "optical_flow",
 }
-VARIANTS = ("ours fp32", "ours bf16 autocast", "ours bf16 weights", "ours compiled", "transformers fp32",
-            "transformers bf16 autocast", "jax jit fp32")
+VARIANTS = ("ours fp32", "ours bf16 autocast", "ours bf16 weights", "ours fp16 autocast", "ours compiled",
+            "transformers fp32", "transformers bf16 autocast", "jax jit fp32")  # fp16: CUDA only
 SINTEL = (436, 1024)
 GEMM = (2048, 1280, 1280)  # M, K, N: the language model's input projections (2048 bytes, 1280 channels)
 GEMM_REPEATS = 8
+SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def inputs_for(task: str, model, batch: int, device: torch.device) -> tuple:
@@ -100,6 +101,8 @@ def build_variants(task: str, batch: int, wanted: list[str], device: torch.devic
     calls["ours fp32"] = ours
     if "ours bf16 autocast" in wanted:
         calls["ours bf16 autocast"] = _under(autocast, ours)
+    if "ours fp16 autocast" in wanted and device.type == "cuda":
+        calls["ours fp16 autocast"] = _under(torch.autocast("cuda", dtype=torch.float16), ours)
     if "ours bf16 weights" in wanted:
         model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
         calls["ours bf16 weights"] = our_call(task, model_bf16, _bf16(inputs), args.tile_batch_size)
@@ -130,9 +133,9 @@ def build_variants(task: str, batch: int, wanted: list[str], device: torch.devic
                 calls["transformers bf16 autocast"] = _under(torch.autocast(device.type, dtype=torch.bfloat16),
                                                              hf_forward)
     if "jax jit fp32" in wanted and task != "flow_sintel":
-        peer = forward_peers.jax_call(task, model.config, inputs) if device.type == "cpu" else None
+        peer = forward_peers.jax_call(task, model.config, inputs, device, args.tf32 == "on")
         if peer is None:
-            notes["jax jit fp32"] = "not installed (or not on this device)"
+            notes["jax jit fp32"] = "not installed (or no GPU backend for a CUDA run)"
         else:
             calls["jax jit fp32"], compile_s = peer
             notes["jax jit fp32"] = f"jit compile + first call {compile_s:.1f} s"
@@ -156,7 +159,7 @@ def _sync(device: torch.device) -> None:
 def gemm_calls(device: torch.device) -> dict:
     m, k, n = GEMM
     calls = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16, *((torch.float16,) if device.type == "cuda" else ())):
         a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
 
         def run(a=a, b=b):
@@ -198,7 +201,7 @@ def bench(task: str, batch: int, args, device: torch.device) -> None:
             times[name].append(timed(call, device))
     m, k, n = GEMM
     gemm_flops = 2 * m * k * n * GEMM_REPEATS
-    peak = {dtype: gemm_flops / statistics.median(times[f"gemm {dtype}"]) for dtype in ("float32", "bfloat16")}
+    peak = {name.removeprefix("gemm "): gemm_flops / statistics.median(times[name]) for name in gemms}
     base = times["ours fp32"]
     what = f"{batch} x 1024x436 frame pair(s), estimate_flow" if task == "flow_sintel" else f"batch {batch}"
     print(f"\n### {task} ({PRESETS[task]}), {what}: {flops / 1e9:.1f} GFLOP per call (ours, counted)\n")
@@ -207,12 +210,11 @@ def bench(task: str, batch: int, args, device: torch.device) -> None:
     for name in calls:
         median = statistics.median(times[name])
         ratio = statistics.median(t / b for t, b in zip(times[name], base, strict=True))
-        reference = "float32" if "fp32" in name or "compiled" in name else "bfloat16"
+        reference = "float16" if "fp16" in name else "bfloat16" if "bf16" in name else "float32"
         rate = flops / median
         print(f"| {name} | {_fmt(median)} | {ratio:.2f} | {rate / 1e9:.0f} | {100 * rate / peak[reference]:.0f}% "
-              f"({reference[:4]}) | {memory[name]} |")
-    print(f"\nGEMM peak in the same rounds: fp32 {peak['float32'] / 1e9:.0f} GFLOP/s, bf16 "
-          f"{peak['bfloat16'] / 1e9:.0f} GFLOP/s.")
+              f"({SHORT[reference]}) | {memory[name]} |")
+    print("\nGEMM peak in the same rounds: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peak.items()) + ".")
     for pair in (("ours fp32", "transformers fp32"), ("ours bf16 autocast", "transformers bf16 autocast"),
                  ("ours fp32", "jax jit fp32"), ("ours compiled", "ours fp32")):
         if all(p in times for p in pair):

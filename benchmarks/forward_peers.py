@@ -73,14 +73,23 @@ def hf_call(task: str, model, inputs: tuple):
     return lambda: model(inputs=hf_inputs, subsampled_output_points=points).logits
 
 
-def jax_call(task: str, config: dict, inputs: tuple):
-    """(callable, compile seconds) running the JAX reference under jit on the same inputs, or None."""
+def jax_call(task: str, config: dict, inputs: tuple, device: torch.device, tf32: bool):
+    """(callable, compile seconds) running the JAX reference under jit on the same inputs, or None.
+
+    None too when the benchmark runs on CUDA and JAX has no GPU backend. On a GPU, fp32 matmuls use
+    TF32 only when `tf32` (JAX's default precision would use it regardless).
+    """
     api = optional("converters.jax_reference")
     if api is None or optional("jax") is None:
         return None
     import time
 
     import jax
+
+    if device.type == "cuda":
+        if jax.default_backend() != "gpu":
+            return None
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
 
     family = "imagenet" if task.startswith("imagenet") else task
     upstream = _upstream_layout(task, inputs)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .serialization import atomic_write
+from .zoo.hub import create_model
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,6 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give the output file's path.")
     if isinstance(model_or_name, str):
-        from .zoo import create_model
-
         model = create_model(model_or_name, **zoo_kwargs)
     else:
         model = model_or_name
