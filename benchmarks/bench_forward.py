@@ -93,11 +93,14 @@ def our_call(task: str, model, inputs: tuple, tile_batch_size: int):
 
 def build_variants(task: str, batch: int, wanted: list[str], device: torch.device, args) -> tuple[dict, dict, float]:
     """({name: no-arg callable}, {name: note}, ours' FLOPs per call)."""
-    model = build_preset(PRESETS[task]).to(device).eval()
+    # No parameter requires grad: inference only, and FlopCounterMode's module hooks need it so.
+    model = build_preset(PRESETS[task]).to(device).eval().requires_grad_(False)
     inputs = inputs_for(task, model, batch, device)
     calls, notes = {}, {}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
     ours = our_call(task, model, inputs, args.tile_batch_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        ours()
     calls["ours fp32"] = ours
     if "ours bf16 autocast" in wanted:
         calls["ours bf16 autocast"] = _under(autocast, ours)
@@ -110,14 +113,19 @@ def build_variants(task: str, batch: int, wanted: list[str], device: torch.devic
         compiled = torch.compile(model, dynamic=False)
         call = our_call(task, compiled, inputs, args.tile_batch_size)
         start = time.perf_counter()
-        with torch.no_grad():
-            call()
-        _sync(device)
-        notes["ours compiled"] = f"compile + first call {time.perf_counter() - start:.1f} s"
-        calls["ours compiled"] = call
+        try:
+            with torch.no_grad():
+                call()
+            _sync(device)
+            notes["ours compiled"] = f"compile + first call {time.perf_counter() - start:.1f} s"
+            calls["ours compiled"] = call
+        except Exception as exc:  # noqa: BLE001
+            notes["ours compiled"] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
     hf_task = "optical_flow" if task == "flow_sintel" else task
     if any(v.startswith("transformers") for v in wanted):
         hf = forward_peers.hf_model(hf_task, device)
+        if hf is not None:
+            hf.requires_grad_(False)
         if hf is None:
             notes["transformers"] = "not installed"
         else:
@@ -133,14 +141,15 @@ def build_variants(task: str, batch: int, wanted: list[str], device: torch.devic
                 calls["transformers bf16 autocast"] = _under(torch.autocast(device.type, dtype=torch.bfloat16),
                                                              hf_forward)
     if "jax jit fp32" in wanted and task != "flow_sintel":
-        peer = forward_peers.jax_call(task, model.config, inputs, device, args.tf32 == "on")
+        try:
+            peer = forward_peers.jax_call(task, model.config, inputs, device, args.tf32 == "on")
+        except Exception as exc:  # noqa: BLE001
+            peer, notes["jax jit fp32 error"] = None, f"{type(exc).__name__}: {str(exc)[:200]}"
         if peer is None:
             notes["jax jit fp32"] = "not installed (or no GPU backend for a CUDA run)"
         else:
             calls["jax jit fp32"], compile_s = peer
             notes["jax jit fp32"] = f"jit compile + first call {compile_s:.1f} s"
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        ours()
     return {k: calls[k] for k in VARIANTS if k in calls}, notes, counter.get_total_flops()
 
 
@@ -192,7 +201,13 @@ def peak_memory(call, device: torch.device) -> str:
 def bench(task: str, batch: int, args, device: torch.device) -> None:
     calls, notes, flops = build_variants(task, batch, args.variants, device, args)
     gemms = gemm_calls(device)
-    memory = {name: peak_memory(call, device) for name, call in calls.items()}
+    memory = {}
+    for name, call in list(calls.items()):
+        try:  # a variant that fails (a peer's bug, an unsupported dtype) is reported, not fatal
+            memory[name] = peak_memory(call, device)
+        except Exception as exc:  # noqa: BLE001
+            notes[name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            del calls[name]
     for call in gemms.values():
         timed(call, device)
     times = {name: [] for name in [*calls, *gemms]}
