@@ -26,3 +26,6 @@ from .models import PerceiverForImageClassification, PerceiverForMultimodalAutoe
 
 __all__ += ["PerceiverForImageClassification", "PerceiverForMultimodalAutoencoding", "imagenet_labels",
             "imagenet_transform"]
+from .export import export_model  # noqa: E402
+
+__all__ += ["export_model"]

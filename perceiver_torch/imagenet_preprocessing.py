@@ -59,6 +59,27 @@ def load_rgb(image) -> np.ndarray:
     return array
 
 
+def check_pixel_scale(pixels: np.ndarray) -> None:
+    """Refuse RGB values that are not 0-255: negatives or above 255, and floats all within [0, 1].
+
+    A [0, 1]-scaled float image would be normalised as if nearly black, which silently gives garbage;
+    an all-zero image is the same black on either scale and passes.
+    """
+    if pixels.dtype == np.uint8:
+        return
+    if not (np.issubdtype(pixels.dtype, np.floating) or np.issubdtype(pixels.dtype, np.integer)):
+        raise TypeError(f"expected an RGB image of 0-255 values (uint8, integer or float); got dtype {pixels.dtype}.")
+    if pixels.size == 0:
+        raise ValueError(f"expected an RGB image [H, W, 3]; got an empty array of shape {pixels.shape}.")
+    low, high = float(pixels.min()), float(pixels.max())
+    if not (0 <= low and high <= 255):  # written so that NaN fails
+        hint = " (already normalised? pass the [3, H, W] tensor to the model directly)" if low < 0 else ""
+        raise ValueError(f"expected RGB values in 0-255; got values in [{low:g}, {high:g}]{hint}.")
+    if np.issubdtype(pixels.dtype, np.floating) and 0 < high <= 1:
+        raise ValueError(f"this float image's values all lie in [{low:g}, {high:g}]: it looks scaled to [0, 1], "
+                         "but RGB values in 0-255 are expected; multiply by 255 (or pass uint8).")
+
+
 def center_crop_size(height: int, width: int, size: int = 224) -> int:
     """Side of the colab's centred square crop: size / (size + 32) of the shorter side, truncated."""
     ratio = np.float32(size / (size + CROP_MARGIN))
@@ -72,6 +93,7 @@ def imagenet_transform(image, size: tuple[int, int] | int = (224, 224)) -> torch
     """
     out_h, out_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     pixels = load_rgb(image)
+    check_pixel_scale(pixels)
     height, width = pixels.shape[:2]
     crop = center_crop_size(height, width, out_h)
     if crop < 1:

@@ -8,6 +8,12 @@ from ..imagenet_preprocessing import imagenet_labels, imagenet_transform
 from ..layers import Perceiver, PerceiverEncoder
 from ..layers.decoders import ClassificationDecoder
 from ..layers.image import ImagePreprocessor
+from .input_checks import check_batch, check_float, check_range
+
+# imagenet_transform's output lies in about [-2.12, 2.64] (0 and 255 through the ImageNet mean and
+# stddev), a little beyond after a float image's bicubic overshoot. Far outside means the normalisation
+# was skipped: 0-255 pixels reach 255.
+NORMALISED_LIMIT = 5.0
 
 
 class PerceiverForImageClassification(Perceiver):
@@ -43,15 +49,21 @@ class PerceiverForImageClassification(Perceiver):
 
     def _check(self, images: torch.Tensor) -> None:
         height, width = self.image_size
+        where = "PerceiverForImageClassification.forward"
         expected = f"channels-first images [B, 3, {height}, {width}]"
+        check_float(where, "images", images, f"a floating-point tensor of {expected}")
         if images.ndim != 4:
-            raise ValueError(f"expected {expected}; got a {images.ndim}-D tensor {tuple(images.shape)}.")
+            raise ValueError(f"{where}: expected {expected}; got a {images.ndim}-D tensor {tuple(images.shape)}.")
         if images.shape[1] != 3:
             hint = " (this looks channels-last: use images.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else ""
-            raise ValueError(f"expected {expected}; got {images.shape[1]} channels in {tuple(images.shape)}{hint}.")
+            raise ValueError(f"{where}: expected {expected}; got {images.shape[1]} channels in "
+                             f"{tuple(images.shape)}{hint}.")
         if tuple(images.shape[2:]) != (height, width):
-            raise ValueError(f"expected {expected}; got {tuple(images.shape)} (resize/crop first, e.g. with "
-                             "perceiver_torch.imagenet_preprocessing.imagenet_transform).")
+            raise ValueError(f"{where}: expected {expected}; got {tuple(images.shape)} (resize/crop first, e.g. "
+                             "with perceiver_torch.imagenet_preprocessing.imagenet_transform).")
+        check_batch(where, "images", images, expected)
+        check_range(where, "images", images, -NORMALISED_LIMIT, NORMALISED_LIMIT,
+                    "must be normalised as imagenet_transform does (about [-2.1, 2.6]; 0-255 pixels are not)")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] (normalised as `imagenet_transform` does) -> logits [B, num_classes]."""

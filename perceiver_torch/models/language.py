@@ -6,6 +6,7 @@ import torch
 
 from ..layers import BasicDecoder, EmbeddingDecoder, Perceiver, PerceiverEncoder, TextPreprocessor
 from ..tokenizer import BytesTokenizer
+from .input_checks import INDEX_DTYPES, check_range, describe, values_readable
 
 
 class PerceiverForMaskedLM(Perceiver):
@@ -42,12 +43,37 @@ class PerceiverForMaskedLM(Perceiver):
         upstream; logits at masked-out (padding) positions are those of a zero
         attention output, exactly as upstream computes them.
         """
+        self._check_inputs(input_ids, attention_mask)
         seq_len = input_ids.shape[1]
         z, _, inputs, _ = self.encode(input_ids, attention_mask)
         # Upstream queries all max_seq_len positions; the first T are the same.
         query = self.decoder.decoder_query(inputs)[:, :seq_len]
         outputs = self.decoder(query, z, attention_mask)
         return self.embedding_decoder(outputs, self.input_preprocessor.embed.weight)
+
+    def _check_inputs(self, input_ids, attention_mask) -> None:
+        """Refuse ids and masks of another layout; ids out of range only on CPU in eager (see input_checks)."""
+        where, vocab, max_len = "PerceiverForMaskedLM.forward", self.config["vocab_size"], self.config["max_seq_len"]
+        expected = (f"input_ids must be an integer tensor [B, T] (int64 or int32) with 0 <= id < {vocab}, "
+                    f"B >= 1, 1 <= T <= {max_len}")
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in INDEX_DTYPES:
+            raise TypeError(f"{where}: {expected}; got {describe(input_ids)}.")
+        if input_ids.ndim != 2 or input_ids.shape[0] < 1 or not 1 <= input_ids.shape[1] <= max_len:
+            too_long = input_ids.ndim == 2 and input_ids.shape[1] > max_len
+            reason = f" (longer than max_seq_len={max_len})" if too_long else ""
+            raise ValueError(f"{where}: {expected}; got {describe(input_ids)}{reason}.")
+        check_range(where, "input_ids", input_ids, 0, vocab - 1, f"must hold ids in [0, {vocab})")
+        if attention_mask is None:
+            return
+        expected = f"attention_mask must be a tensor of input_ids' shape {list(input_ids.shape)} holding 0/1"
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_complex():
+            raise TypeError(f"{where}: {expected}; got {describe(attention_mask)}.")
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"{where}: {expected}; got {describe(attention_mask)}.")
+        # Any non-zero counts as 1 downstream: a soft mask (e.g. 0.5) would be taken as fully valid.
+        if values_readable(attention_mask) and not ((attention_mask == 0) | (attention_mask == 1)).all():
+            raise ValueError(f"{where}: {expected}; got other values (the mask is binary: 1 = real token, "
+                             "0 = padding).")
 
     @torch.no_grad()
     def fill_masked(self, text: str, mask: str = "[MASK]") -> str:

@@ -9,6 +9,11 @@ from ..layers.encoder import PerceiverEncoder
 from ..layers.flow import FlowDecoder, patches_for_flow
 from ..layers.image import ImagePreprocessor
 from ..layers.perceiver import Perceiver
+from .input_checks import check_batch, check_range
+
+# The colab scales pixels to [-1, 1] (x / 255 * 2 - 1). A resampled frame can overshoot that a little;
+# values beyond +-1.5 mean the scaling was skipped (0-255 frames) and the flow would be garbage.
+PIXEL_LIMIT = 1.5
 
 PATCH_CHANNELS = 64  # upstream ImagePreprocessor's default num_channels for its patches_linear layer
 
@@ -57,25 +62,32 @@ class PerceiverForOpticalFlow(Perceiver):
         self.flow_scale_factor = float(config["flow_scale_factor"])
 
     def _check_frames(self, image1: torch.Tensor, image2: torch.Tensor, *, exact_size: bool) -> None:
+        """Layout always; pixel scale in eager on CPU, or on any device for `estimate_flow` (a helper)."""
+        where = f"PerceiverForOpticalFlow.{'forward' if exact_size else 'estimate_flow'}"
         for name, image in (("image1", image1), ("image2", image2)):
             if not isinstance(image, torch.Tensor) or not image.is_floating_point():
-                raise TypeError(f"{name} must be a floating-point tensor with pixels in [-1, 1]; got "
+                raise TypeError(f"{where}: {name} must be a floating-point tensor with pixels in [-1, 1]; got "
                                 f"{getattr(image, 'dtype', type(image).__name__)}.")
             if image.ndim != 4 or image.shape[1] != 3:
                 hint = " (it looks channels-last; permute to [B, 3, H, W])" if image.ndim == 4 and \
                     image.shape[-1] == 3 else ""
-                raise ValueError(f"{name} must be channels-first RGB [B, 3, H, W]; got shape "
+                raise ValueError(f"{where}: {name} must be channels-first RGB [B, 3, H, W]; got shape "
                                  f"{tuple(image.shape)}{hint}.")
         if image1.shape != image2.shape:
-            raise ValueError(f"image1 and image2 must have the same shape; got {tuple(image1.shape)} and "
+            raise ValueError(f"{where}: image1 and image2 must have the same shape; got {tuple(image1.shape)} and "
                              f"{tuple(image2.shape)}.")
+        check_batch(where, "image1", image1, "[B, 3, H, W]")
         size, (th, tw) = tuple(image1.shape[-2:]), self.train_size
         if exact_size and size != self.train_size:
-            raise ValueError(f"forward takes frames of the training size {th}x{tw}; got {size[0]}x{size[1]}. "
-                             "Use estimate_flow for larger frames.")
+            raise ValueError(f"{where}: forward takes frames of the training size {th}x{tw}; got "
+                             f"{size[0]}x{size[1]}. Use estimate_flow for larger frames.")
         if size[0] < th or size[1] < tw:
-            raise ValueError(f"frames of {size[0]}x{size[1]} are smaller than the training size {th}x{tw}; "
-                             "pad or resize them to at least that size.")
+            raise ValueError(f"{where}: frames of {size[0]}x{size[1]} are smaller than the training size "
+                             f"{th}x{tw}; pad or resize them to at least that size.")
+        for name, image in (("image1", image1), ("image2", image2)):
+            check_range(where, name, image, -PIXEL_LIMIT, PIXEL_LIMIT,
+                        "must hold pixels scaled to [-1, 1] as the colab does (x / 255 * 2 - 1)",
+                        any_device=not exact_size)
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
         """image1, image2 [B, 3, H, W] at train_size -> flow [B, 2, H, W] in pixels (upstream x flow_scale_factor)."""

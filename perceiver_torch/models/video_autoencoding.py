@@ -11,6 +11,7 @@ from ..layers.audio import AudioPreprocessor
 from ..layers.image import ImagePreprocessor
 from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocessor, QueryGenerator
 from ..layers.postprocessors import AudioPostprocessor, ClassificationPostprocessor, ProjectionPostprocessor
+from .input_checks import check_batch, check_float, check_range
 from .perceiver_io import PerceiverIO
 
 # The colab's fixed choices (see parity_tests/fixtures/golden/README.md).
@@ -18,6 +19,10 @@ IMAGE_DOWNSAMPLE = 4
 INPUT_PADDING = 4  # MultimodalPreprocessor(min_padding_size=4)
 QUERY_PADDING = 2  # MultimodalDecoder's default min_padding_size
 MASK_PROBS = {"image": 0.0, "audio": 0.0, "label": 1.0}
+# The colab feeds frames scaled to [0, 1] (x / 255) and audio in [-1, 1] (int16 / 2**15); the
+# golden fixture's random inputs span [-1, 1]. Beyond +-1.5 the scaling was skipped (0-255
+# pixels, int16 amplitudes) and the reconstructions would be garbage.
+VALUE_LIMIT = 1.5
 
 
 @cache
@@ -114,13 +119,24 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
     def num_audio_patches(self) -> int:
         return self.num_samples // self.samples_per_patch
 
-    def _inputs(self, images: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _check(self, where: str, images: torch.Tensor, audio: torch.Tensor, *, any_device: bool) -> None:
+        """Layout always; value scale in eager on CPU, or on any device for `autoencode` (a helper)."""
+        layout = f"[B, {self.num_frames}, 3, {self.image_size}, {self.image_size}] (channels-first frames)"
+        check_float(where, "images", images, f"a floating-point tensor {layout}")
+        check_float(where, "audio", audio, f"a floating-point tensor [B, {self.num_samples}, 1]")
         expected = (self.num_frames, 3, self.image_size, self.image_size)
         if images.ndim != 5 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] (channels-first frames); "
-                             f"got {tuple(images.shape)}.")
+            raise ValueError(f"{where}: images must be {layout}; got {tuple(images.shape)}.")
         if audio.ndim != 3 or tuple(audio.shape[1:]) != (self.num_samples, 1) or audio.shape[0] != images.shape[0]:
-            raise ValueError(f"audio must be [B={images.shape[0]}, {self.num_samples}, 1]; got {tuple(audio.shape)}.")
+            raise ValueError(f"{where}: audio must be [B={images.shape[0]}, {self.num_samples}, 1]; "
+                             f"got {tuple(audio.shape)}.")
+        check_batch(where, "images", images, layout)
+        check_range(where, "images", images, -VALUE_LIMIT, VALUE_LIMIT,
+                    "must hold pixels scaled as the colab does (x / 255, in [0, 1]), not 0-255", any_device=any_device)
+        check_range(where, "audio", audio, -VALUE_LIMIT, VALUE_LIMIT,
+                    "must hold samples in [-1, 1] (int16 audio / 2**15)", any_device=any_device)
+
+    def _inputs(self, images: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = images.shape[0]
         return {
             "image": images.permute(0, 1, 3, 4, 2),  # upstream's channels-last layout
@@ -142,11 +158,11 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
             idx = torch.as_tensor(idx)
             if idx.ndim != 1 or idx.dtype not in (torch.int32, torch.int64):
                 raise ValueError(f"subsample[{name!r}] must be a 1-D integer tensor of query indices.")
-            # Bounds are checked where the indices live on the host: on an accelerator the
-            # check would force a device-to-host sync on every call (an out-of-range index
-            # still fails there, in the gather).
-            if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limit):
-                raise ValueError(f"subsample[{name!r}] indices must lie in [0, {limit}).")
+            # Bounds are checked where the indices live on the host and only in eager mode: on an
+            # accelerator the check would force a device-to-host sync on every call, and traced
+            # code cannot branch on data (an out-of-range index still fails there, in the gather).
+            check_range("PerceiverForMultimodalAutoencoding.forward", f"subsample[{name!r}]", idx, 0, limit - 1,
+                        f"indices must lie in [0, {limit})")
             points[name] = idx.long()
         return points
 
@@ -166,6 +182,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         (image [B, F, 3, S, S], audio [B, N, 1]); `autoencode` does the same
         chunk by chunk.
         """
+        self._check("PerceiverForMultimodalAutoencoding.forward", images, audio, any_device=False)
         points = self._points(subsample)
         outputs = super().forward(self._inputs(images, audio), subsampled_output_points=points)
         if points is None:
@@ -183,10 +200,16 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         [B, num_classes] (of the last chunk, as upstream; they do not depend
         on the chunk).
         """
-        chunks = int(chunks or self.config.get("nchunks", 1))
-        if chunks < 1 or self.num_image_points % chunks or self.num_audio_patches % chunks:
-            raise ValueError(f"chunks={chunks} must divide both the {self.num_image_points} image points and "
-                             f"the {self.num_audio_patches} audio patches.")
+        where = "PerceiverForMultimodalAutoencoding.autoencode"
+        if chunks is None:
+            chunks = int(self.config.get("nchunks", 1))
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+            raise ValueError(f"{where}: chunks must be a positive integer (or None for the config's "
+                             f"nchunks={self.config.get('nchunks', 1)}); got {chunks!r}.")
+        if self.num_image_points % chunks or self.num_audio_patches % chunks:
+            raise ValueError(f"{where}: chunks={chunks} must divide both the {self.num_image_points} image points "
+                             f"and the {self.num_audio_patches} audio patches.")
+        self._check(where, images, audio, any_device=True)
         z, sizes, inputs, without_pos = self.encode(self._inputs(images, audio))
         image_step, audio_step = self.num_image_points // chunks, self.num_audio_patches // chunks
         device = images.device

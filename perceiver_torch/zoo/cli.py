@@ -1,4 +1,4 @@
-"""`perceiver-zoo list | info NAME | pull NAME`: the model zoo from the command line.
+"""`perceiver-zoo list | info NAME | pull NAME | export NAME -o FILE`: the model zoo from the command line.
 
 Maintainers produce and publish entries with `perceiver-zoo-admin` (the producer side, `converters.zoo`).
 """
@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
 import yaml
 
-from .hub import ZooError, fetch, how_to_get, location
+from ..export import export_model, max_errors, onnx_runner
+from .hub import ZooError, create_model, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
 from .schema import ManifestError
 
@@ -42,6 +44,17 @@ def _pull(name: str, endpoint: str | None, mirror: str | None, manifest) -> int:
     return 0
 
 
+def _export(args) -> int:
+    model = create_model(args.name, endpoint=args.endpoint, mirror=args.mirror, manifest=args.manifest)
+    path = export_model(model, args.output, batch=args.batch, format=args.format, chunks=args.chunks)
+    print(f"{args.name}: exported ({args.format}, dynamic batch) to {path}")
+    if args.verify:
+        run = torch.export.load(path).module() if args.format == "pt2" else onnx_runner(path)
+        errors = max_errors(model, run, chunks=args.chunks)
+        print("max |exported - eager|: " + ", ".join(f"{e:.2e} at batch {b}" for b, e in errors.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perceiver-zoo", description=__doc__)
     parser.add_argument("--manifest",
@@ -52,16 +65,30 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("name")
     pull = sub.add_parser("pull", help="download and verify a model into the Hub cache")
     pull.add_argument("name")
-    pull.add_argument("--endpoint", help="Hub-compatible endpoint (default: PERCEIVER_ZOO_ENDPOINT / HF_ENDPOINT)")
-    pull.add_argument("--mirror", help="local mirror directory <repo_id>/<revision>/<file>")
+    exp = sub.add_parser("export", help="export a model (torch.export .pt2 or ONNX) with a dynamic batch dimension")
+    exp.add_argument("name")
+    exp.add_argument("-o", "--output", required=True, help="output file")
+    exp.add_argument("--format", choices=("pt2", "onnx"), default="pt2")
+    exp.add_argument("--batch", type=int, default=2, help="tracing batch size (>= 2; the result takes any)")
+    exp.add_argument("--chunks", type=int, help="video autoencoder: decoding chunks per clip (default: nchunks)")
+    exp.add_argument("--no-verify", dest="verify", action="store_false",
+                     help="skip running the export against the eager model at batch sizes 1 and 3")
+    for command in (pull, exp):
+        command.add_argument("--endpoint", help="Hub-compatible endpoint (default: PERCEIVER_ZOO_ENDPOINT / "
+                             "HF_ENDPOINT)")
+        command.add_argument("--mirror", help="local mirror directory <repo_id>/<revision>/<file>")
     args = parser.parse_args(argv)
+    if args.command == "export" and args.batch < 2:  # refused before anything is pulled
+        parser.error(f"--batch must be >= 2 (torch.export specialises sizes 0 and 1); got {args.batch}")
     try:
         if args.command == "list":
             return _list(args.manifest)
         if args.command == "info":
             return _info(args.name, args.manifest)
+        if args.command == "export":
+            return _export(args)
         return _pull(args.name, args.endpoint, args.mirror, args.manifest)
-    except (ZooError, ManifestError, KeyError) as exc:
+    except (ZooError, ManifestError, KeyError, ValueError, ImportError, OSError) as exc:
         print(f"perceiver-zoo: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,147 @@
+"""torch.export and ONNX export of every task model, with a dynamic batch dimension, against eager.
+
+Golden configurations with random weights (seeded): export equivalence does not depend on the
+weights. Each export is traced at batch 2 and run at batch sizes 1 and 3. The cheap cases (one
+.pt2 per task, ONNX for the flow model) run by default; the rest under `slow`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perceiver_torch import build_model, export_model
+from perceiver_torch.export import chunk_points, max_errors, onnx_runner
+from perceiver_torch.flow_tiling import stitch_tiles
+from perceiver_torch.zoo.cli import main as zoo_cli
+
+from .conftest import golden_config
+from .zoo_support import TEST_HUB, TEST_MANIFEST, hub_env
+
+# A torch.export program runs the same ATen kernels as eager on the same shapes, so 1e-5 (the
+# issue's budget) is loose for it: it measures 0 here. onnxruntime has its own kernels (other
+# summation orders, fused attention), measured at about 2e-6 on these outputs: 1e-5 still holds.
+TOLERANCE = 1e-5
+
+FAMILIES = {"language": "language", "imagenet_conv": "imagenet", "imagenet_fourier": "imagenet",
+            "imagenet_learned": "imagenet", "optical_flow": "optical_flow",
+            "video_autoencoding": "video_autoencoding"}
+CHEAP = ("language", "imagenet_conv", "optical_flow", "video_autoencoding")
+
+
+def _model(family: str):
+    torch.manual_seed(0)
+    return build_model(FAMILIES[family], golden_config(family))
+
+
+def _slow_unless(cheap: bool, family: str):
+    return pytest.param(family, marks=()) if cheap else pytest.param(family, marks=pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """family -> (model, the program saved by export_model and loaded back); each family exported once."""
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            model, directory = _model(family).eval(), tmp_path_factory.mktemp(family)
+            path = export_model(model, directory / "model.pt2")
+            assert sorted(p.name for p in directory.iterdir()) == ["model.pt2"]  # no temp file left
+            cache[family] = model, torch.export.load(path).module()
+        return cache[family]
+
+    return get
+
+
+@pytest.mark.parametrize("family", [_slow_unless(f in CHEAP, f) for f in FAMILIES])
+def test_torch_export_matches_eager_at_two_batch_sizes(family, exported):
+    model, program = exported(family)
+    errors = max_errors(model, program, batches=(1, 3))
+    assert max(errors.values()) <= TOLERANCE, errors
+
+
+@pytest.mark.parametrize("family", [_slow_unless(f == "optical_flow", f) for f in FAMILIES])
+def test_onnx_export_matches_eager_in_onnxruntime(family, tmp_path):
+    model = _model(family)
+    path = export_model(model, tmp_path / "model.onnx", format="onnx")
+    errors = max_errors(model, onnx_runner(path), batches=(1, 3))
+    assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_language_export_takes_any_length_up_to_max_seq_len(exported):
+    model, program = exported("language")
+    with torch.no_grad():
+        for length in (1, 5, model.config["max_seq_len"]):
+            ids = torch.randint(0, 262, (2, length))
+            mask = torch.ones_like(ids)
+            mask[1, length // 2:] = 0
+            torch.testing.assert_close(program(ids, mask), model(ids, mask), rtol=0, atol=TOLERANCE)
+
+
+def test_exported_flow_tile_model_drives_the_tiling_as_estimate_flow_does(exported):
+    model, program = exported("optical_flow")
+    image1, image2 = (torch.rand(2, 3, 30, 41) * 2 - 1 for _ in range(2))
+    with torch.no_grad():
+        expected = model.estimate_flow(image1, image2, min_overlap=4, tile_batch_size=3)
+        actual = stitch_tiles(image1, image2, program, model.train_size, 4, 3)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=TOLERANCE)
+
+
+def test_exported_video_chunks_rebuild_autoencode(exported):
+    model, program = exported("video_autoencoding")
+    chunks = model.config["nchunks"]  # what the export's chunk size defaults to
+    images = torch.rand(3, model.num_frames, 3, model.image_size, model.image_size)
+    audio = torch.rand(3, model.num_samples, 1) * 2 - 1
+    with torch.no_grad():
+        expected = model.autoencode(images, audio, chunks=chunks)
+        parts = [program(images, audio, *chunk_points(model, chunks, i)) for i in range(chunks)]
+    image = torch.cat([p[0] for p in parts], dim=1).reshape(3, model.num_frames, model.image_size,
+                                                             model.image_size, 3).permute(0, 1, 4, 2, 3)
+    torch.testing.assert_close(image, expected["image"], rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(torch.cat([p[1] for p in parts], dim=1)[..., None], expected["audio"], rtol=0,
+                               atol=TOLERANCE)
+    torch.testing.assert_close(parts[-1][2], expected["label"], rtol=0, atol=TOLERANCE)
+
+
+def test_export_refuses_bad_arguments(tmp_path):
+    model = _model("optical_flow")
+    with pytest.raises(ValueError, match="batch must be >= 2 for tracing"):
+        export_model(model, tmp_path / "m.pt2", batch=1)
+    with pytest.raises(ValueError, match=r"format must be one of \('pt2', 'onnx'\)"):
+        export_model(model, tmp_path / "m.pt2", format="tflite")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        export_model(model, tmp_path)
+    with pytest.raises(ValueError, match="cannot export a Linear"):
+        export_model(torch.nn.Linear(2, 2), tmp_path / "m.pt2")
+    with pytest.raises(ValueError, match="chunks=3 must divide"):
+        export_model(_model("video_autoencoding"), tmp_path / "m.pt2", chunks=3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_exports_a_zoo_model_by_name_and_verifies_it(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "lm.pt2"
+    # The tiny test entries, pulled by name from the Hub stand-in serving the bundled tree.
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        assert zoo_cli(["--manifest", str(TEST_MANIFEST), "export", "tiny-language-perceiver", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"tiny-language-perceiver: exported (pt2, dynamic batch) to {out}" in printed
+    assert "max |exported - eager|: 0.00e+00 at batch 1, 0.00e+00 at batch 3" in printed
+    ids = torch.randint(0, 262, (4, 9))
+    assert torch.export.load(out).module()(ids, torch.ones_like(ids)).shape == (4, 9, 262)
+
+
+def test_cli_export_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    manifest = ["--manifest", str(TEST_MANIFEST)]
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        assert zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", str(out_dir)]) == 1
+    assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {out_dir} is a directory; give the output " \
+                                              "file's path."
+    assert zoo_cli([*manifest, "export", "no-such-model", "-o", str(out_dir / "x.pt2")]) == 1
+    assert capsys.readouterr().err.startswith("perceiver-zoo: error: no model 'no-such-model' in the zoo")
+    with pytest.raises(SystemExit) as exit_info:
+        zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", str(out_dir / "x.pt2"), "--batch", "1"])
+    assert exit_info.value.code == 2 and "--batch must be >= 2" in capsys.readouterr().err
+    assert list(out_dir.iterdir()) == []

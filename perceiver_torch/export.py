@@ -1,0 +1,203 @@
+"""Export a task model as a `torch.export` program (.pt2) or an ONNX graph, with a dynamic batch dimension.
+
+What is exported is each model's `forward` in float32, eval mode:
+
+- language: `(input_ids [B, T], attention_mask [B, T]) -> logits [B, T, vocab]`, B and T dynamic
+  (1 <= T <= max_seq_len);
+- imagenet: `images [B, 3, H, W] -> logits [B, num_classes]`;
+- optical_flow: the per-tile model `(image1, image2 [B, 3, h, w]) -> flow [B, 2, h, w]` at the training
+  size; B counts tiles. `estimate_flow`'s tiling stays in Python: `flow_tiling.stitch_tiles(image1, image2,
+  program.module(), train_size)` drives an exported program exactly as it drives the model;
+- video_autoencoding: one decoding chunk, `(images, audio, image_points [n], audio_points [m]) ->
+  (image [B, n, 3], audio [B, m * samples_per_patch], label [B, num_classes])` (`VideoChunk`), the chunk's
+  query indices as inputs of a fixed length (`chunks` per clip); a loop over the chunks rebuilds the clip
+  as `autoencode` does.
+
+ONNX goes through torch's exporter (`torch.onnx.export(..., dynamo=True)`), which needs the `onnx` extra.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .serialization import atomic_write
+from .zoo.hub import create_model
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("pt2", "onnx")
+MAX_BATCH = 4096  # the dynamic batch's upper bound in the exported program's range constraints
+
+
+class VideoChunk(nn.Module):
+    """The video autoencoder on one decoding chunk, with tensor-only inputs and outputs (for export).
+
+    `forward(images, audio, image_points, audio_points)` is the model's forward with
+    `subsample={"image": image_points, "audio": audio_points}`, returning (image, audio, label).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, audio, image_points, audio_points):
+        out = self.model(images, audio, {"image": image_points, "audio": audio_points})
+        return out["image"], out["audio"], out["label"]
+
+
+def chunk_points(model: nn.Module, chunks: int, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image and audio query indices of decoding chunk `index` of `chunks`, as `autoencode` takes them."""
+    if chunks < 1 or model.num_image_points % chunks or model.num_audio_patches % chunks:
+        raise ValueError(f"chunks={chunks} must divide both the {model.num_image_points} image points and the "
+                         f"{model.num_audio_patches} audio patches.")
+    image_step, audio_step = model.num_image_points // chunks, model.num_audio_patches // chunks
+    return (torch.arange(index * image_step, (index + 1) * image_step),
+            torch.arange(index * audio_step, (index + 1) * audio_step))
+
+
+def example_inputs(model: nn.Module, batch: int = 2, *, chunks: int | None = None, seed: int = 0) -> tuple:
+    """Random valid inputs of `model`'s task and sizes (float32, CPU): what export traces with."""
+    generator = torch.Generator().manual_seed(seed)
+    task = getattr(model, "task", None)
+    if task == "language":
+        seq_len = max(2, model.config["max_seq_len"] // 2)  # any T <= max_seq_len works once exported
+        ids = torch.randint(0, model.config["vocab_size"], (batch, seq_len), generator=generator)
+        return ids, torch.ones_like(ids)
+    if task == "imagenet":
+        return (torch.randn(batch, 3, *model.image_size, generator=generator),)
+    if task == "optical_flow":
+        return tuple(torch.rand(batch, 3, *model.train_size, generator=generator) * 2 - 1 for _ in range(2))
+    if task == "video_autoencoding":
+        size = model.image_size
+        images = torch.rand(batch, model.num_frames, 3, size, size, generator=generator)
+        audio = torch.rand(batch, model.num_samples, 1, generator=generator) * 2 - 1
+        return (images, audio, *chunk_points(model, chunks or int(model.config.get("nchunks", 1))))
+    raise ValueError(f"cannot export a {type(model).__name__} (task {task!r}): expected one of the task models "
+                     "(language, imagenet, optical_flow, video_autoencoding).")
+
+
+def _signature(model: nn.Module) -> tuple[list[str], list[str], tuple]:
+    """(input names, output names, dynamic shapes) of the exported forward."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    if model.task == "language":
+        seq = torch.export.Dim("seq", min=1, max=model.config["max_seq_len"])
+        return ["input_ids", "attention_mask"], ["logits"], ({0: batch, 1: seq}, {0: batch, 1: seq})
+    if model.task == "imagenet":
+        return ["images"], ["logits"], ({0: batch},)
+    if model.task == "optical_flow":
+        return ["image1", "image2"], ["flow"], ({0: batch}, {0: batch})
+    outputs = ["reconstructed_image", "reconstructed_audio", "label_logits"]  # ONNX names must differ from inputs'
+    return ["images", "audio", "image_points", "audio_points"], outputs, ({0: batch}, {0: batch}, None, None)
+
+
+def _exportable(model: nn.Module) -> nn.Module:
+    return VideoChunk(model) if model.task == "video_autoencoding" else model
+
+
+def export_program(model: nn.Module, batch: int = 2, *, chunks: int | None = None) -> torch.export.ExportedProgram:
+    """`torch.export.export` of `model`'s forward (see the module docstring), any batch size from 1 up."""
+    if batch < 2:
+        raise ValueError(f"batch must be >= 2 for tracing (torch.export specialises sizes 0 and 1); got {batch}. "
+                         "The exported program takes any batch size from 1 up.")
+    device = next(model.parameters()).device
+    inputs = tuple(x.to(device) for x in example_inputs(model, batch, chunks=chunks))
+    _, _, dynamic = _signature(model)
+    with _eval(model):
+        return torch.export.export(_exportable(model), inputs, dynamic_shapes=dynamic)
+
+
+def export_onnx(model: nn.Module, batch: int = 2, *, chunks: int | None = None):
+    """`torch.onnx.export(..., dynamo=True)` of the same forward: an `ONNXProgram` (needs onnx, onnxscript)."""
+    try:
+        import onnxscript  # noqa: F401  (torch's exporter needs it; fail with the fix, not deep inside)
+    except ImportError:
+        raise ImportError('ONNX export needs onnx and onnxscript: pip install "perceiver-torch[onnx]"') from None
+    program = export_program(model, batch, chunks=chunks)
+    names, outputs, _ = _signature(model)
+    return torch.onnx.export(program, input_names=names, output_names=outputs, dynamo=True, verbose=False)
+
+
+def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, batch: int = 2,
+                 format: str = "pt2", chunks: int | None = None, **zoo_kwargs) -> Path:
+    """Export a model (or a zoo model, pulled by name with `create_model(name, **zoo_kwargs)`) to `path`.
+
+    `format` 'pt2' writes `torch.export.save`'s archive (load it with `torch.export.load(path).module()`),
+    'onnx' an ONNX model. `batch` is only the tracing batch (>= 2): the result takes any batch size.
+    `chunks` sets the video model's chunk size (default: its config's nchunks). Written atomically.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give the output file's path.")
+    if isinstance(model_or_name, str):
+        model = create_model(model_or_name, **zoo_kwargs)
+    else:
+        model = model_or_name
+    if format == "pt2":
+        program = export_program(model, batch, chunks=chunks)
+        written = atomic_write(path, lambda tmp: _save_pt2(program, tmp))
+    else:
+        onnx_program = export_onnx(model, batch, chunks=chunks)
+        written = atomic_write(path, lambda tmp: onnx_program.save(tmp))
+    log.info("exported %s (%s) to %s", type(model).__name__, format, written)
+    return written
+
+
+def _save_pt2(program: torch.export.ExportedProgram, tmp: str) -> None:
+    # A file object: given a path, torch.export.save warns unless the name ends in .pt2 (a temp name does not).
+    with open(tmp, "wb") as f:
+        torch.export.save(program, f)
+
+
+def onnx_runner(path: str | os.PathLike):
+    """A callable running the ONNX file at `path` with onnxruntime on CPU: tensors in, tensors out."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError('running ONNX models needs onnxruntime: pip install "perceiver-torch[onnx]"') from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*inputs: torch.Tensor):
+        outputs = session.run(None, {n: x.detach().cpu().numpy() for n, x in zip(names, inputs, strict=True)})
+        outputs = tuple(torch.from_numpy(o) for o in outputs)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    return run
+
+
+@torch.no_grad()
+def max_errors(model: nn.Module, run, batches=(1, 3), *, chunks: int | None = None) -> dict[int, float]:
+    """{batch: max |run - eager|} over every output, on fresh example inputs of each batch size (CPU)."""
+    errors = {}
+    with _eval(model):
+        reference_model = _exportable(model)
+        for batch in batches:
+            inputs = example_inputs(model, batch, chunks=chunks, seed=batch)
+            expected, actual = reference_model(*inputs), run(*inputs)
+            pairs = zip(_as_tuple(expected), _as_tuple(actual), strict=True)
+            errors[batch] = max(float((a.to(e.dtype) - e).abs().max()) for e, a in pairs)
+    return errors
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+class _eval:
+    """Put a module in eval mode for the duration, restoring its mode after."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self):
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)

@@ -1,0 +1,55 @@
+"""Checks of the task models' inputs: refuse what would otherwise give silent garbage, naming the layout.
+
+Shape and dtype checks read metadata only, so they run everywhere, traced
+code included (a fixed size becomes a static check; the batch stays free).
+Value checks (id ranges, pixel scales) need the data: they run only in eager
+mode on CPU tensors, where reading a min/max costs no device sync and
+traces nothing. `forward` on an accelerator, under `torch.compile` or being
+exported never reads values; the `torch.no_grad` helpers (`classify`,
+`estimate_flow`, `autoencode`) check values on any device, once per call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+INDEX_DTYPES = (torch.int32, torch.int64)  # what nn.Embedding and gathers take
+
+
+def describe(value) -> str:
+    """'float32 [2, 7]' for a tensor, else the type's name: what the error messages show as 'got'."""
+    if isinstance(value, torch.Tensor):
+        return f"{str(value.dtype).removeprefix('torch.')} {list(value.shape)}"
+    return type(value).__name__
+
+
+def tracing() -> bool:
+    """Whether torch.compile or torch.export is tracing this call (data must not be read then)."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def values_readable(tensor: torch.Tensor, *, any_device: bool = False) -> bool:
+    """Whether a value check may read `tensor`: eager, and on CPU unless `any_device` (helpers only)."""
+    return not tracing() and (any_device or tensor.device.type == "cpu") and tensor.numel() > 0
+
+
+def check_range(where: str, name: str, tensor: torch.Tensor, low: float, high: float, expected: str,
+                *, any_device: bool = False) -> None:
+    """Refuse values outside [low, high] (NaN included) where values may be read; `expected` says why."""
+    if not values_readable(tensor, any_device=any_device):
+        return
+    lowest, highest = (float(v) for v in torch.aminmax(tensor.detach()))
+    if not (low <= lowest and highest <= high):  # written so that NaN fails
+        raise ValueError(f"{where}: {name} {expected}; got values in [{lowest:g}, {highest:g}].")
+
+
+def check_batch(where: str, name: str, tensor: torch.Tensor, expected: str) -> None:
+    """Refuse an empty batch (it reaches torch internals as an unrelated message otherwise)."""
+    if tensor.shape[0] < 1:
+        raise ValueError(f"{where}: {name} must be {expected} with B >= 1; got an empty batch {describe(tensor)}.")
+
+
+def check_float(where: str, name: str, value, expected: str) -> None:
+    """Refuse a non-tensor or a tensor whose dtype is not floating point."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise TypeError(f"{where}: {name} must be {expected}; got {describe(value)}.")
