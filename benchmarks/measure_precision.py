@@ -186,7 +186,7 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() and args.only else {}
     cases = [("golden/" + f, lambda f=f: golden_case(f), True, True) for f in GOLDEN_CASES]
     if args.released:
-        cases += [("released/" + n, lambda n=n, b=b: released_case(n, b), n.startswith(("language", "imagenet_f")),
+        cases += [("released/" + n, lambda n=n, b=b: released_case(n, b), n.startswith("language"),
                    False) for n, b in RELEASED_CASES.items()]
     for case, make, ablate, fp16 in cases:
         if args.only and case.split("/", 1)[1] not in args.only:

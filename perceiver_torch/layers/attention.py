@@ -32,6 +32,32 @@ def make_cross_attention_mask(query_mask: torch.Tensor, kv_mask: torch.Tensor) -
     return query_mask.bool()[:, :, None] & kv_mask.bool()[:, None, :]
 
 
+# Zero-pad the narrower of the query/key and value head widths to the wider one, so that SDPA can take
+# its fused kernels (CPU flash, CUDA flash need equal widths; otherwise it falls back to the unfused math
+# path: the [B, H, Tq, Tkv] logits materialised, several passes over them, a copy of the output). Zeros
+# add nothing to q.k and the padded value columns are sliced off, so the result is the same attention.
+# Measured on the released language model (q/k heads 32 wide, v heads 160 and 96): README, "Precision".
+PAD_HEAD_DIMS = True
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+           dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d_qk)) v for [B, H, T, D] heads through SDPA: [B, H, Tq, D_v]."""
+    d_qk, d_v = q.shape[-1], v.shape[-1]
+    scale = d_qk ** -0.5
+    if PAD_HEAD_DIMS and d_qk < d_v:
+        q, k = F.pad(q, (0, d_v - d_qk)), F.pad(k, (0, d_v - d_qk))
+    elif PAD_HEAD_DIMS and d_v < d_qk:
+        v = F.pad(v, (0, d_qk - d_v))
+    if ISLANDS.attention and q.dtype in REDUCED:
+        with torch.autocast(q.device.type, enabled=False):  # autocast would cast SDPA back down
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                 dropout_p=dropout, scale=scale).to(q.dtype)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+    return out[..., :d_v] if out.shape[-1] != d_v else out
+
+
 class MultiHeadAttention(nn.Module):
     """Separate query/key/value/output projections around SDPA.
 
@@ -87,15 +113,9 @@ class MultiHeadAttention(nn.Module):
             attention_mask = attention_mask.bool()
             if attention_mask.shape[-1] != 1:
                 sdpa_mask = attention_mask.unsqueeze(-3)  # a heads axis: [B, 1, Tq or 1, Tkv]
-        dropout = self.dropout_prob if self.training else 0.0
-        if ISLANDS.attention and q.dtype in REDUCED:
-            with torch.autocast(q.device.type, enabled=False):  # autocast would cast SDPA back down
-                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=sdpa_mask,
-                                                     dropout_p=dropout).to(q.dtype)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout)
+        out = attend(q, k, v, sdpa_mask, self.dropout_prob if self.training else 0.0)
         b, _, t, _ = out.shape
-        # SDPA lays its output out as [B, T, H, D]: this transpose and reshape are views, not copies.
+        # The fused kernels lay their output out as [B, T, H, D]: this transpose and reshape are views.
         out = out.transpose(1, 2).reshape(b, t, -1)
         if attention_mask is not None:
             fully_masked = ~attention_mask.any(dim=-1, keepdim=True)
