@@ -175,13 +175,40 @@ def derive_budgets(results: dict) -> dict:
     return out
 
 
+def _fmt(metrics: dict, digits: str) -> str:
+    return ", ".join(f"{k} {v:{digits}}" for k, v in metrics.items())
+
+
+def markdown_tables(results: dict) -> str:
+    """The README's tables: every case and precision, then the island ablations."""
+    lines = ["| case | precision | max abs error / max abs reference | max abs error | task-level agreement |",
+             "|---|---|---|---|---|"]
+    ablations = ["| case | run | " + " | ".join(["all islands", *ABLATIONS]) + " |",
+                 "|---|---|" + "---|" * (len(ABLATIONS) + 1)]
+    for case, result in results.items():
+        for key, run in result["runs"].items():
+            if key.count("/") == 1:
+                lines.append(f"| {case} | {key} | {_fmt(run['error'], '.2e')} | {_fmt(run['max_abs'], '.2e')} | "
+                             f"{_fmt(run['agreement'], '.4g')} |")
+            if key.count("/") == 1 and f"{key}/{next(iter(ABLATIONS))}" in result["runs"]:
+                cells = [result["runs"][key]] + [result["runs"][f"{key}/{name}"] for name in ABLATIONS]
+                ablations.append(f"| {case} | {key} | " + " | ".join(
+                    ", ".join(f"{v:.2e}" for v in cell["error"].values()) for cell in cells) + " |")
+    return "\n".join(lines) + "\n\nNormalised error with each float32 island off (or attention on):\n\n" + \
+        "\n".join(ablations)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--released", action="store_true", help="also the released configurations (random weights)")
     p.add_argument("--only", nargs="*", help="restrict to these golden families / preset names")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "precision_results.json")
     p.add_argument("--write-budgets", action="store_true", help=f"write {BUDGETS.relative_to(ROOT)}")
+    p.add_argument("--table", action="store_true", help="print the README tables from --out and stop")
     args = p.parse_args()
+    if args.table:
+        print(markdown_tables(json.loads(args.out.read_text())))
+        return
     torch.manual_seed(0)
     results = json.loads(args.out.read_text()) if args.out.exists() and args.only else {}
     cases = [("golden/" + f, lambda f=f: golden_case(f), True, True) for f in GOLDEN_CASES]
