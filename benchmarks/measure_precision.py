@@ -12,7 +12,7 @@ float32) the Torch model runs in float32, bfloat16 and float16, cast
 fp16 cast). Prints per case and precision the normalised error
 max|torch - ref| / max|ref| per output and the task-level agreement, writes
 every figure to --out (JSON), and with --write-budgets turns them into
-`perceiver_torch/parity/budgets.json`: per task, precision and mode, the
+`converters/parity/budgets.json`: per task, precision and mode, the
 largest normalised error over all cases times MARGIN, and agreement allowed
 MARGIN times the largest measured shortfall. float16 runs on the CPU only for
 the golden fixtures (CPU float16 matmuls run at ~1 GFLOP/s here); its budgets
@@ -32,24 +32,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converters import convert_tree, load_config, load_haiku_checkpoint
+from converters import convert_tree, jax_reference, load_config, load_haiku_checkpoint
 from converters.checkpoint_reader import checkpoint_from_tree
-from perceiver_torch import jax_reference
-from perceiver_torch.layers.precision import fp32_islands
-from perceiver_torch.parity.harness import load_inputs
-from perceiver_torch.parity.precision import (
+from converters.parity.harness import load_inputs
+from converters.parity.precision import (
     agreement,
     higher_is_better,
     model_dtype,
     normalised_error,
     precision_context,
 )
+from converters.tasks import run_upstream_layout
+from perceiver_torch.layers.precision import fp32_islands
 from perceiver_torch.registry import build_model, preset
-from perceiver_torch.upstream_io import run_upstream_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "parity_tests" / "fixtures" / "golden"
-BUDGETS = ROOT / "perceiver_torch" / "parity" / "budgets.json"
+BUDGETS = ROOT / "converters" / "parity" / "budgets.json"
 MARGIN = 2.0
 
 GOLDEN_CASES = {"language": "language", "imagenet_learned": "imagenet", "imagenet_fourier": "imagenet",

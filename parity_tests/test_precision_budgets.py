@@ -1,6 +1,6 @@
 """Reduced-precision error budgets: Torch in bfloat16 / float16 / TF32 against JAX in float32, golden fixtures.
 
-The budgets (perceiver_torch/parity/budgets.json) are measured figures times a
+The budgets (converters/parity/budgets.json) are measured figures times a
 margin (benchmarks/measure_precision.py); these tests check that every task
 stays within them, that they are tight enough to catch a real precision bug
 (Fourier features computed in bfloat16), and that the harness reports them.
@@ -15,11 +15,11 @@ import json
 import numpy as np
 import pytest
 
+from converters.parity import run_parity
+from converters.parity.budgets import all_budgets, budget
+from converters.parity.cli import main as parity_main
+from converters.parity.precision import agreement, normalised_error
 from perceiver_torch.layers.precision import fp32_islands
-from perceiver_torch.parity import run_parity
-from perceiver_torch.parity.budgets import all_budgets, budget
-from perceiver_torch.parity.cli import main as parity_main
-from perceiver_torch.parity.precision import agreement, normalised_error
 
 from .conftest import golden_config, golden_dir
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from converters import convert_tree, load_haiku_checkpoint
+from converters.tasks import run_upstream_layout
 from perceiver_torch.layers import FourierPositionEncoding, MultiHeadAttention
 from perceiver_torch.layers.precision import ISLANDS, fp32_islands
 from perceiver_torch.registry import build_model
-from perceiver_torch.upstream_io import run_upstream_layout
 
 from .conftest import golden_config, golden_dir, golden_io
 

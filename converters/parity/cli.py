@@ -9,7 +9,7 @@ exits 0 when every output agrees within the tolerance, 1 when one does not,
 float32 model under torch.autocast instead of model.to(dtype)) and `--dtype
 tf32` a float32 Torch model with TF32 matmuls (CUDA only), all against JAX in
 float32; the tolerance is then the task's measured error budget
-(perceiver_torch/parity/budgets.json), which the report names.
+(converters/parity/budgets.json), which the report names.
 """
 
 from __future__ import annotations
