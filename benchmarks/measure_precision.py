@@ -178,23 +178,44 @@ def _fmt(metrics: dict, digits: str) -> str:
     return ", ".join(f"{k} {v:{digits}}" for k, v in metrics.items())
 
 
-def markdown_tables(results: dict) -> str:
-    """The README's tables: every case and precision, then the island ablations."""
-    lines = ["| case | precision | max abs error / max abs reference | max abs error | task-level agreement |",
+PAIRS = {"language": "language_perceiver_io_bytes", "imagenet_learned": "imagenet_learned_position_encoding",
+         "imagenet_fourier": "imagenet_fourier_position_encoding", "imagenet_conv": "imagenet_conv_preprocessing",
+         "optical_flow": "optical_flow", "video_autoencoding": "video_autoencoding"}
+
+
+def _pair(results: dict, family: str, key: str, field: str, digits: str) -> str:
+    cells = []
+    for case in (f"golden/{family}", f"released/{PAIRS[family]}"):
+        run = results.get(case, {}).get("runs", {}).get(key)
+        cells.append(_fmt(run[field], digits) if run else "not run")
+    return " / ".join(cells)
+
+
+def markdown_tables(results: dict, budgets: dict) -> str:
+    """The README's tables: measured figures (golden / released), the budgets, and the island ablations."""
+    lines = ["| model | precision | max abs error / max abs reference | max abs error | task-level agreement |",
              "|---|---|---|---|---|"]
+    for family in PAIRS:
+        for key in ("float32/cast", *(f"{p}/{m}" for p, m in RUNS if p != "float32")):
+            lines.append(f"| {family} | {key} | {_pair(results, family, key, 'error', '.1e')} | "
+                         f"{_pair(results, family, key, 'max_abs', '.1e')} | "
+                         f"{_pair(results, family, key, 'agreement', '.3g')} |")
+    budget_lines = ["| task | precision | budget: max abs error / max abs reference | budget: agreement |",
+                    "|---|---|---|---|"]
+    for task, per_key in budgets.items():
+        for key, entry in sorted(per_key.items()):
+            bounds = ", ".join(f"{k} {'>=' if higher_is_better(k) else '<='} {v:.3g}"
+                               for k, v in entry["agreement"].items())
+            budget_lines.append(f"| {task} | {key} | {_fmt(entry['error'], '.2e')} | {bounds} |")
     ablations = ["| case | run | " + " | ".join(["all islands", *ABLATIONS]) + " |",
                  "|---|---|" + "---|" * (len(ABLATIONS) + 1)]
     for case, result in results.items():
-        for key, run in result["runs"].items():
-            if key.count("/") == 1:
-                lines.append(f"| {case} | {key} | {_fmt(run['error'], '.2e')} | {_fmt(run['max_abs'], '.2e')} | "
-                             f"{_fmt(run['agreement'], '.4g')} |")
+        for key in result["runs"]:
             if key.count("/") == 1 and f"{key}/{next(iter(ABLATIONS))}" in result["runs"]:
                 cells = [result["runs"][key]] + [result["runs"][f"{key}/{name}"] for name in ABLATIONS]
                 ablations.append(f"| {case} | {key} | " + " | ".join(
                     ", ".join(f"{v:.2e}" for v in cell["error"].values()) for cell in cells) + " |")
-    return "\n".join(lines) + "\n\nNormalised error with each float32 island off (or attention on):\n\n" + \
-        "\n".join(ablations)
+    return "\n\n".join("\n".join(t) for t in (lines, budget_lines, ablations))
 
 
 def main() -> None:
@@ -206,7 +227,7 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="print the README tables from --out and stop")
     args = p.parse_args()
     if args.table:
-        print(markdown_tables(json.loads(args.out.read_text())))
+        print(markdown_tables(json.loads(args.out.read_text()), json.loads(BUDGETS.read_text())))
         return
     torch.manual_seed(0)
     results = json.loads(args.out.read_text()) if args.out.exists() and args.only else {}
