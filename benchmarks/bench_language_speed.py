@@ -7,9 +7,12 @@ Each checkout runs in its own worker process with the model built once
 (random weights); the rounds interleave the workers, the precisions (float32,
 bfloat16 cast, bfloat16 autocast) and a GEMM-peak probe (a 2048x1280 by
 1280x1280 matmul in float32 and bfloat16, measured in the same process at the
-same moment), so load from other processes hits all alike. Prints per-setting
-medians, the median of per-round ratios (this / other), the model's GFLOP
-(torch.utils.flop_counter) and the achieved fraction of the GEMM peak. Weights are random: speed only.
+same moment), so load from other processes hits all alike. Each timing is
+taken as wall time and as the process's CPU time (both threads; less
+sensitive to other processes taking the cores, which on a shared machine
+inflate wall time many times over). Prints per-setting medians, the median
+of per-round ratios (this / other), the model's GFLOP (torch.utils.flop_counter)
+and the achieved fraction of the GEMM peak. Weights are random: speed only.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ def _worker(checkout: str) -> None:
             a, b = operands[setting]
             a @ b
             return
+        if setting == "bfloat16_no_islands":  # what the float32 islands cost (this checkout only)
+            from perceiver_torch.layers.precision import fp32_islands
+
+            with fp32_islands(residual=False, layer_norm=False, final_projection=False):
+                models["bfloat16"](ids)
+            return
         model = models["float32" if setting == "autocast" else setting]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting == "autocast"):
             model(ids)
@@ -60,13 +69,17 @@ def _worker(checkout: str) -> None:
     with torch.no_grad():
         for setting in (*SETTINGS, *operands):
             run(setting)  # warm-up
-        print("ready", flush=True)
+        extra = []
+        if Path(checkout, "perceiver_torch", "layers", "precision.py").exists():
+            run("bfloat16_no_islands")
+            extra = ["bfloat16_no_islands"]
+        print("ready", *extra, flush=True)
         for line in sys.stdin:
             setting, repeats = line.split()
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in range(int(repeats)):
                 run(setting)
-            print((time.perf_counter() - start) / int(repeats), flush=True)
+            print((time.perf_counter() - start) / int(repeats), (time.process_time() - cpu) / int(repeats), flush=True)
 
 
 def model_gflop() -> float:
@@ -97,13 +110,17 @@ class Worker:
         env = dict(os.environ, PYTHONPATH=str(checkout))
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", str(checkout)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
-        if self.proc.stdout.readline().strip() != "ready":
+        ready = self.proc.stdout.readline().split()
+        if not ready or ready[0] != "ready":
             raise SystemExit(f"worker for {checkout} failed to start")
+        self.extra = ready[1:]
 
-    def time(self, setting: str, repeats: int) -> float:
+    def time(self, setting: str, repeats: int) -> tuple[float, float]:
+        """(wall seconds, CPU seconds) per run."""
         self.proc.stdin.write(f"{setting} {repeats}\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        wall, cpu = self.proc.stdout.readline().split()
+        return float(wall), float(cpu)
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -123,10 +140,13 @@ def main() -> None:
     workers = {"this": Worker(ROOT)}
     if args.against:
         workers["other"] = Worker(args.against)
-    times: dict = {(w, s): [] for w in workers for s in (*SETTINGS, "gemm_float32", "gemm_bfloat16")}
+    settings = (*SETTINGS, *workers["this"].extra)
+    times: dict = {(w, s): [] for w in workers for s in (*settings, "gemm_float32", "gemm_bfloat16")}
     for r in range(args.rounds):
-        for setting in SETTINGS:
+        for setting in settings:
             for name, worker in workers.items():
+                if setting not in SETTINGS and setting not in worker.extra:
+                    continue
                 times[(name, setting)].append(worker.time(setting, 1))
                 gemm = "gemm_float32" if setting == "float32" else "gemm_bfloat16"
                 times[(name, gemm)].append(worker.time(gemm, 5))
@@ -136,23 +156,30 @@ def main() -> None:
     gemm_gflop = 2 * PEAK_SHAPE[0] * PEAK_SHAPE[1] * PEAK_SHAPE[2] / 1e9
     print(f"model: {gflop:.1f} GFLOP per forward")
     results = {"gflop": gflop, "rounds": args.rounds, "settings": {}}
-    for setting in SETTINGS:
+    for setting in settings:
         gemm = "gemm_float32" if setting == "float32" else "gemm_bfloat16"
         row = {}
         for name in workers:
-            t = statistics.median(times[(name, setting)])
-            peak = gemm_gflop / statistics.median(times[(name, gemm)])
-            row[name] = {"median_s": t, "gflops": gflop / t, "gemm_peak_gflops": peak,
-                         "fraction_of_peak": gflop / t / peak}
-        line = (f"{setting:9s} this {row['this']['median_s'] * 1e3:8.1f} ms  {row['this']['gflops']:6.1f} GFLOP/s  "
-                f"{row['this']['fraction_of_peak']:.0%} of the {row['this']['gemm_peak_gflops']:.0f} GFLOP/s GEMM peak")
-        if "other" in workers:
-            ratios = [a / b for a, b in zip(times[("this", setting)], times[("other", setting)], strict=True)]
-            row["ratio_this_over_other"] = statistics.median(ratios)
-            line += (f" | other {row['other']['median_s'] * 1e3:8.1f} ms ({row['other']['fraction_of_peak']:.0%})"
-                     f" | this/other {row['ratio_this_over_other']:.3f}")
+            if not times[(name, setting)]:
+                continue
+            row[name] = {}
+            for clock, i in (("wall", 0), ("cpu", 1)):
+                t = statistics.median(x[i] for x in times[(name, setting)])
+                peak = gemm_gflop / statistics.median(x[i] for x in times[(name, gemm)])
+                row[name][clock] = {"median_s": t, "gflops": gflop / t, "gemm_peak_gflops": peak,
+                                    "fraction_of_peak": gflop / t / peak}
+        for clock, i in (("wall", 0), ("cpu", 1)):
+            this = row["this"][clock]
+            line = (f"{setting:19s} {clock:4s} this {this['median_s'] * 1e3:8.1f} ms {this['gflops']:6.1f} GFLOP/s "
+                    f"{this['fraction_of_peak']:4.0%} of the {this['gemm_peak_gflops']:.0f} GFLOP/s GEMM peak")
+            if "other" in row:
+                ratios = [a[i] / b[i] for a, b in zip(times[("this", setting)], times[("other", setting)], strict=True)]
+                row[f"ratio_this_over_other_{clock}"] = statistics.median(ratios)
+                other = row["other"][clock]
+                line += (f" | other {other['median_s'] * 1e3:8.1f} ms ({other['fraction_of_peak']:.0%})"
+                         f" | this/other {statistics.median(ratios):.3f}")
+            print(line)
         results["settings"][setting] = row
-        print(line)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 
