@@ -32,11 +32,13 @@ def make_cross_attention_mask(query_mask: torch.Tensor, kv_mask: torch.Tensor) -
     return query_mask.bool()[:, :, None] & kv_mask.bool()[:, None, :]
 
 
-# Zero-pad the narrower of the query/key and value head widths to the wider one, so that SDPA can take
-# its fused kernels (CPU flash, CUDA flash need equal widths; otherwise it falls back to the unfused math
-# path: the [B, H, Tq, Tkv] logits materialised, several passes over them, a copy of the output). Zeros
-# add nothing to q.k and the padded value columns are sliced off, so the result is the same attention.
-# Measured on the released language model (q/k heads 32 wide, v heads 160 and 96): README, "Precision".
+# In bfloat16 / float16, zero-pad the narrower of the query/key and value head widths to the wider one,
+# so that SDPA can take its fused kernels (CPU flash, CUDA flash need equal widths; otherwise it falls back
+# to the unfused math path: the [B, H, Tq, Tkv] logits materialised, several passes over them, a copy of
+# the output). Zeros add nothing to q.k and the padded value columns are sliced off: the same attention.
+# Measured on the released language model's attentions (q/k heads 32 wide, v heads 160 and 96; README,
+# "Attention speed"): bfloat16 CPU time x0.64 to x1.01, float32 x0.93 to x1.08, so float32 and float64
+# keep the math path (CUDA's memory-efficient kernel takes unequal widths in float32 anyway).
 PAD_HEAD_DIMS = True
 
 
@@ -45,9 +47,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """softmax(q k^T / sqrt(d_qk)) v for [B, H, T, D] heads through SDPA: [B, H, Tq, D_v]."""
     d_qk, d_v = q.shape[-1], v.shape[-1]
     scale = d_qk ** -0.5
-    if PAD_HEAD_DIMS and d_qk < d_v:
+    pad = PAD_HEAD_DIMS and q.dtype in REDUCED
+    if pad and d_qk < d_v:
         q, k = F.pad(q, (0, d_v - d_qk)), F.pad(k, (0, d_v - d_qk))
-    elif PAD_HEAD_DIMS and d_v < d_qk:
+    elif pad and d_v < d_qk:
         v = F.pad(v, (0, d_qk - d_v))
     if ISLANDS.attention and q.dtype in REDUCED:
         with torch.autocast(q.device.type, enabled=False):  # autocast would cast SDPA back down
