@@ -19,6 +19,9 @@ def _tensor(x: np.ndarray, device, dtype=None) -> torch.Tensor:
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
+    # numpy has no bfloat16: reduced-precision outputs are widened (exactly) to float32.
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()
     return t.detach().cpu().numpy()
 
 

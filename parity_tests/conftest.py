@@ -88,10 +88,20 @@ def _cuda_missing() -> str | None:
     return None
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def device(request) -> str:
-    if request.param == "cuda" and (missing := _cuda_missing()):
+def _usable(device: str) -> str:
+    if device == "cuda" and (missing := _cuda_missing()):
         if os.environ.get("PERCEIVER_REQUIRE_CUDA") == "1":
             pytest.fail(f"PERCEIVER_REQUIRE_CUDA=1 but no usable CUDA device: {missing}")
         pytest.skip(f"no CUDA device: {missing}")
-    return request.param
+    return device
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request) -> str:
+    return _usable(request.param)
+
+
+# For checks that only exist on a GPU (float16 and TF32 budgets): the same skip/fail rule.
+@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.cuda)])
+def cuda_device(request) -> str:
+    return _usable(request.param)

@@ -43,7 +43,7 @@ def test_impossible_tolerance_exits_non_zero(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--dtype", "float16"], "invalid choice: 'float16'"),
+    (["--dtype", "float8_e4m3"], "invalid choice: 'float8_e4m3'"),  # float16 is a checked precision now
     (["--device", "tpu"], "invalid choice: 'tpu'"),
     (["--atol", "-1"], "non-negative"),
     (["--reference", "upstream"], "needs --upstream-path"),

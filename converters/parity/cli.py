@@ -4,6 +4,12 @@ Runs the JAX reference and the converted Torch model on the same inputs,
 prints a per-output error table, optionally writes the report as JSON, and
 exits 0 when every output agrees within the tolerance, 1 when one does not,
 2 for bad arguments or inputs.
+
+`--dtype bfloat16|float16` runs Torch in that precision (`--autocast`: a
+float32 model under torch.autocast instead of model.to(dtype)) and `--dtype
+tf32` a float32 Torch model with TF32 matmuls (CUDA only), all against JAX in
+float32; the tolerance is then the task's measured error budget
+(converters/parity/budgets.json), which the report names.
 """
 
 from __future__ import annotations
@@ -48,12 +54,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the example inputs when --inputs is not given")
     p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
-                   help="float64 runs JAX with x64 and Torch in double")
+                   help="float64 runs JAX with x64 and Torch in double; bfloat16 / float16 / tf32 run Torch in "
+                        "that precision against JAX in float32, checked against the measured budget")
+    p.add_argument("--autocast", action="store_true",
+                   help="with --dtype bfloat16/float16: a float32 model under torch.autocast, not model.to(dtype)")
     p.add_argument("--reference", choices=REFERENCES, default="ours",
                    help="'ours' (converters.jax_reference) or 'upstream' (DeepMind's code, --upstream-path)")
     p.add_argument("--upstream-path", type=Path, help="directory holding DeepMind's perceiver package")
-    p.add_argument("--atol", type=_tolerance, default=None, help="default 1e-4 (float32) / 1e-9 (float64)")
-    p.add_argument("--rtol", type=_tolerance, default=None, help="default 1e-4 (float32) / 1e-9 (float64)")
+    p.add_argument("--atol", type=_tolerance, default=None,
+                   help="default 1e-4 (float32) / 1e-9 (float64) / the measured budget (reduced precisions)")
+    p.add_argument("--rtol", type=_tolerance, default=None,
+                   help="default 1e-4 (float32) / 1e-9 (float64) / the measured budget (reduced precisions)")
     p.add_argument("--json", type=Path, help="write the report here (atomically)")
     return p
 
@@ -70,13 +81,22 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--upstream-path is only used with --reference upstream.")
     if args.upstream_path is not None and not args.upstream_path.is_dir():
         p.error(f"--upstream-path {args.upstream_path} is not a directory.")
-    tolerance = DEFAULT_TOLERANCE[args.dtype]
-    atol = tolerance if args.atol is None else args.atol
-    rtol = tolerance if args.rtol is None else args.rtol
+    if args.autocast and args.dtype not in ("bfloat16", "float16"):
+        p.error(f"--autocast needs --dtype bfloat16 or float16, not {args.dtype}.")
+    if args.dtype == "tf32" and args.device != "cuda":
+        p.error("--dtype tf32 (float32 with TF32 matmuls) needs --device cuda.")
+    atol, rtol = args.atol, args.rtol
+    if args.dtype in DEFAULT_TOLERANCE:
+        tolerance = DEFAULT_TOLERANCE[args.dtype]
+        atol = tolerance if atol is None else atol
+        rtol = tolerance if rtol is None else rtol
+    elif (atol is None) != (rtol is None):
+        p.error("give both --atol and --rtol to replace the measured budget of a reduced precision, or neither.")
     try:
         report = run_parity(args.task, args.config, checkpoint=args.checkpoint, inputs=args.inputs, seed=args.seed,
                             device=args.device, dtype=args.dtype, reference=args.reference,
-                            upstream_path=args.upstream_path, atol=atol, rtol=rtol)
+                            upstream_path=args.upstream_path, atol=atol, rtol=rtol,
+                            mode="autocast" if args.autocast else "cast")
     except (ImportError, RuntimeError, ValueError, FileNotFoundError) as exc:
         # ConversionError, CheckpointReadError and UnsupportedTaskError are ValueErrors.
         print(f"perceiver-parity: error: {exc}", file=sys.stderr)

@@ -21,9 +21,13 @@ from perceiver_torch.registry import build_model
 from ..checkpoint_reader import HaikuCheckpoint, checkpoint_from_tree, load_haiku_checkpoint
 from ..convert import convert_tree, load_config
 from ..tasks import run_upstream_layout
+from .budgets import budget as precision_budget
+from .precision import MODES, PRECISIONS, agreement, higher_is_better, model_dtype, precision_context
 from .report import OutputError, ParityReport, compare
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# float32 / float64: both frameworks in that dtype. The reduced precisions run Torch in them (cast or
+# under autocast, see parity.precision) against JAX in float32, with the measured budget as tolerance.
+DTYPES = {"float32": torch.float32, "float64": torch.float64, **PRECISIONS}
 DEVICES = ("cpu", "cuda")
 REFERENCES = ("ours", "upstream")
 
@@ -142,11 +146,17 @@ def _jax_context(stack: contextlib.ExitStack, device: str, dtype: str):
     stack.enter_context(jax.default_matmul_precision("highest"))
 
 
-def _check_arguments(device, dtype, reference, upstream_path, atol, rtol):
+def _check_arguments(device, dtype, reference, upstream_path, atol, rtol, mode="cast"):
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}.")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}.")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    if mode == "autocast" and dtype not in ("bfloat16", "float16"):
+        raise ValueError(f"mode='autocast' needs dtype 'bfloat16' or 'float16', got {dtype!r}.")
+    if dtype == "tf32" and device != "cuda":
+        raise ValueError("dtype='tf32' (float32 with TF32 matmuls) only exists on CUDA: pass device='cuda'.")
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}.")
     if reference == "upstream" and upstream_path is None:
@@ -154,7 +164,7 @@ def _check_arguments(device, dtype, reference, upstream_path, atol, rtol):
     if reference == "ours" and upstream_path is not None:
         raise ValueError("upstream_path is only used with reference='upstream'.")
     for name, value in (("atol", atol), ("rtol", rtol)):
-        if not (isinstance(value, (int, float)) and value >= 0):
+        if value is not None and not (isinstance(value, (int, float)) and value >= 0):
             raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' but torch.cuda.is_available() is False.")
@@ -162,7 +172,8 @@ def _check_arguments(device, dtype, reference, upstream_path, atol, rtol):
 
 def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, device: str = "cpu",
                dtype: str = "float32", reference: str = "ours", upstream_path=None,
-               torch_model: torch.nn.Module | None = None, atol: float = 1e-4, rtol: float = 1e-4) -> ParityReport:
+               torch_model: torch.nn.Module | None = None, atol: float | None = None, rtol: float | None = None,
+               mode: str = "cast") -> ParityReport:
     """Compare the JAX reference with the Torch model of `task`, output by output.
 
     config: dict or config.json path (golden layout). checkpoint: a Haiku pickle
@@ -174,12 +185,25 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
     place), else built from `config` and loaded with `converters.convert_tree`.
     float64 runs JAX with x64 and Torch in double; on CUDA, TF32 is off and
     JAX matmuls use the highest precision, both frameworks on the GPU.
+
+    dtype 'bfloat16' / 'float16' runs Torch in that precision (mode 'cast':
+    `model.to(dtype)` and inputs cast; 'autocast': the float32 model under
+    `torch.autocast`), 'tf32' a float32 Torch model with TF32 matmuls (CUDA);
+    JAX runs in float32. Without atol/rtol the tolerance is then the measured
+    budget (`parity.budgets`): per output, budget x max|jax output| (rtol 0),
+    and the task-level agreement must stay within its bound; the report says
+    where the budget comes from. atol/rtol default to 1e-4 otherwise.
     """
 
-    _check_arguments(device, dtype, reference, upstream_path, atol, rtol)
+    _check_arguments(device, dtype, reference, upstream_path, atol, rtol, mode)
     ref = _jax_reference()
     config = load_config(config)
     np_dtype = np.float64 if dtype == "float64" else np.float32
+    reduced = dtype in PRECISIONS
+    budget = precision_budget(task, dtype, mode) if reduced and atol is None and rtol is None else None
+    atol = 1e-4 if atol is None else atol
+    rtol = 1e-4 if rtol is None else rtol
+    torch_dtype = model_dtype(dtype, mode) if reduced else DTYPES[dtype]
     if inputs is None:
         inputs, expected = ref.example_inputs(task, config, seed=seed), {}
     else:
@@ -197,17 +221,24 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
         arrays = convert_tree(task, haiku, config)
         torch_model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
                                     strict=True)
-    torch_model = torch_model.to(device=device, dtype=DTYPES[dtype]).eval()
+    torch_model = torch_model.to(device=device, dtype=torch_dtype).eval()
 
     run_inputs = _cast_inputs(inputs, np_dtype)
     with contextlib.ExitStack() as stack:
-        _jax_context(stack, device, dtype)
+        _jax_context(stack, device, "float32" if reduced else dtype)
         jax_out = ref.apply(task, config, _cast_tree(haiku.params, np_dtype), _cast_tree(haiku.state, np_dtype),
                             run_inputs, modules=modules)
-    with _exact_torch_matmuls(device):
-        torch_out = run_upstream_layout(task, torch_model, run_inputs, device, DTYPES[dtype])
+    with _exact_torch_matmuls(device), \
+            (precision_context(dtype, mode, device) if reduced else contextlib.nullcontext()):
+        torch_out = run_upstream_layout(task, torch_model, run_inputs, device, torch_dtype)
 
-    outputs = {name: compare(torch_out[name], jax_out[name], atol, rtol) for name in jax_out if name in torch_out}
+    both = [name for name in jax_out if name in torch_out]
+    if budget is not None:
+        tolerances = {name: budget["error"][name] * float(np.abs(jax_out[name]).max()) for name in both}
+        atol, rtol = max(tolerances.values(), default=0.0), 0.0
+        outputs = {name: compare(torch_out[name], jax_out[name], tolerances[name], 0.0) for name in both}
+    else:
+        outputs = {name: compare(torch_out[name], jax_out[name], atol, rtol) for name in both}
     for name in sorted(set(jax_out) ^ set(torch_out)):
         side = "Torch" if name not in torch_out else "JAX"
         outputs[name] = OutputError(math.inf, math.inf, (), False, (), f"{side} gave no output {name!r}")
@@ -219,5 +250,21 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
         name: {"jax": compare(jax_out[name], want, atol, rtol), "torch": compare(torch_out[name], want, atol, rtol)}
         for name, want in expected.items()
     }
+    budget_report = None
+    if budget is not None:
+        budget_report = _budget_report(task, budget, torch_out, jax_out, run_inputs, both, mode)
     return ParityReport(task=task, outputs=outputs, device=device, dtype=dtype, atol=float(atol), rtol=float(rtol),
-                        reference=reference, versions=versions(), expected=expected_errors)
+                        reference=reference, versions=versions(), expected=expected_errors, budget=budget_report)
+
+
+def _budget_report(task, budget, torch_out, jax_out, inputs, names, mode) -> dict:
+    """Measured figures against the budget: normalised errors per output and the task-level agreement."""
+    measured = agreement(task, {n: torch_out[n] for n in names}, {n: jax_out[n] for n in names}, inputs)
+    checks = {}
+    for metric, bound in budget["agreement"].items():
+        value = measured[metric]
+        ok = value >= bound if higher_is_better(metric) else value <= bound
+        checks[metric] = {"measured": value, "bound": bound, "passed": bool(ok),
+                          "direction": ">=" if higher_is_better(metric) else "<="}
+    return {"mode": mode, "source": budget["source"], "normalised_error": dict(budget["error"]),
+            "agreement": checks}

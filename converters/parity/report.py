@@ -66,14 +66,20 @@ class ParityReport:
     versions: dict[str, str] = field(default_factory=dict)
     # Against the `output/...` arrays of an io.npz: {name: {"jax": OutputError, "torch": OutputError}}.
     expected: dict[str, dict[str, OutputError]] = field(default_factory=dict)
+    # A reduced-precision run checked against its measured budget (parity.budgets): the mode, where the
+    # budget comes from, the per-output normalised-error budgets (the outputs' tolerances are
+    # budget x max|reference|, rtol 0) and the task-level agreement checks. None otherwise.
+    budget: dict | None = None
 
     @property
     def passed(self) -> bool:
         """Torch matches the JAX reference on every output (the expected-output figures are informational)."""
-        return bool(self.outputs) and all(e.within_tolerance for e in self.outputs.values())
+        within = bool(self.outputs) and all(e.within_tolerance for e in self.outputs.values())
+        return within and all(c["passed"] for c in (self.budget or {}).get("agreement", {}).values())
 
     def failures(self) -> list[str]:
-        return [name for name, e in self.outputs.items() if not e.within_tolerance]
+        failed = [name for name, e in self.outputs.items() if not e.within_tolerance]
+        return failed + [m for m, c in (self.budget or {}).get("agreement", {}).items() if not c["passed"]]
 
     def to_json(self) -> dict:
         out = {
@@ -92,6 +98,8 @@ class ParityReport:
             "rtol": self.rtol,
             "versions": dict(self.versions),
         }
+        if self.budget is not None:
+            out["budget"] = self.budget
         if self.expected:
             out["expected"] = {
                 name: {"jax_max_abs": _number(pair["jax"].max_abs), "torch_max_abs": _number(pair["torch"].max_abs),
@@ -117,6 +125,17 @@ class ParityReport:
             lines.append("against the expected outputs in the inputs file (max_abs):")
             for name, pair in self.expected.items():
                 lines.append(f"  {name}: jax {pair['jax'].max_abs:.3e}  torch {pair['torch'].max_abs:.3e}")
+        if self.budget is not None:
+            lines.append("")
+            lines.append(f"budget ({self.budget['mode']}): {self.budget['source']}")
+            for name, bound in self.budget["normalised_error"].items():
+                if name in self.outputs:
+                    e = self.outputs[name]
+                    lines.append(f"  {name}: max_abs {e.max_abs:.3e} within budget {bound:.3e} x max|reference|: "
+                                 f"{'ok' if e.within_tolerance else 'FAIL'}")
+            for metric, c in self.budget["agreement"].items():
+                lines.append(f"  {metric}: {c['measured']:.4g} {c['direction']} {c['bound']:.4g}: "
+                             f"{'ok' if c['passed'] else 'FAIL'}")
         verdict = "PASSED" if self.passed else f"FAILED ({', '.join(self.failures()) or 'no outputs'})"
         lines.append(f"{self.task} torch vs jax-{self.reference} on {self.device} {self.dtype}, "
                      f"atol={self.atol:g} rtol={self.rtol:g}: {verdict}")

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadAttention
+from .precision import LayerNorm, residual_stream
 
 # Haiku's hk.LayerNorm default.
 LAYER_NORM_EPS = 1e-5
@@ -39,7 +40,7 @@ class SelfAttention(nn.Module):
         dropout_attn_prob: float = 0.0,
     ):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm = LayerNorm(dim, eps=LAYER_NORM_EPS)
         # Upstream leaves output_channels to default to v_channels; the
         # residual then requires it to equal the latent width.
         self.attention = MultiHeadAttention(
@@ -52,10 +53,11 @@ class SelfAttention(nn.Module):
                 "for the residual connection, as upstream."
             )
         self.dropout = nn.Dropout(dropout_prob)
-        self.mlp_norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp_norm = LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = MLP(dim, widening_factor, dropout_prob)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = residual_stream(x)
         normed = self.norm(x)
         x = x + self.dropout(self.attention(normed, normed, attention_mask))
         return x + self.mlp(self.mlp_norm(x))
@@ -87,14 +89,14 @@ class CrossAttention(nn.Module):
         if qk_channels is None:
             qk_channels = kv_dim if shape_for_attn == "kv" else q_dim
         self.use_query_residual = use_query_residual
-        self.query_norm = nn.LayerNorm(q_dim, eps=LAYER_NORM_EPS)
-        self.kv_norm = nn.LayerNorm(kv_dim, eps=LAYER_NORM_EPS)
+        self.query_norm = LayerNorm(q_dim, eps=LAYER_NORM_EPS)
+        self.kv_norm = LayerNorm(kv_dim, eps=LAYER_NORM_EPS)
         self.attention = MultiHeadAttention(
             q_dim, kv_dim, num_heads=num_heads, qk_channels=qk_channels,
             v_channels=v_channels, output_channels=q_dim, dropout_prob=dropout_attn_prob,
         )
         self.dropout = nn.Dropout(dropout_prob)
-        self.mlp_norm = nn.LayerNorm(q_dim, eps=LAYER_NORM_EPS)
+        self.mlp_norm = LayerNorm(q_dim, eps=LAYER_NORM_EPS)
         self.mlp = MLP(q_dim, widening_factor, dropout_prob)
 
     def forward(
@@ -106,5 +108,5 @@ class CrossAttention(nn.Module):
         attended = self.dropout(
             self.attention(self.query_norm(inputs_q), self.kv_norm(inputs_kv), attention_mask)
         )
-        x = inputs_q + attended if self.use_query_residual else attended
+        x = residual_stream(inputs_q + attended if self.use_query_residual else attended)
         return x + self.mlp(self.mlp_norm(x))

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .attention import make_cross_attention_mask
 from .blocks import CrossAttention
 from .position_encoding import build_position_encoding
+from .precision import FinalLinear, final_linear, position_dtype
 
 
 class BasicDecoder(nn.Module):
@@ -67,7 +67,7 @@ class BasicDecoder(nn.Module):
             use_query_residual=use_query_residual, qk_channels=qk_channels, v_channels=v_channels,
         )
         # Haiku creates the final layer lazily: it has no parameters when unused.
-        self.output = nn.Linear(query_channels, output_num_channels) if final_project else None
+        self.output = FinalLinear(query_channels, output_num_channels) if final_project else None
 
     @property
     def num_output_channels(self) -> int:
@@ -93,9 +93,11 @@ class BasicDecoder(nn.Module):
         if subsampled_points is None:
             queries = self.output_queries(batch_size, **kwargs)
         else:
+            # Positions in float32 (or wider) even for a reduced-precision model: see precision.py.
+            pos_dtype = position_dtype(like.dtype)
             pos = unravel_index(subsampled_points, self.output_index_dims)
-            dims = torch.tensor(self.output_index_dims, dtype=like.dtype, device=like.device)
-            pos = -1 + 2 * pos.to(like.dtype) / dims
+            dims = torch.tensor(self.output_index_dims, dtype=pos_dtype, device=like.device)
+            pos = -1 + 2 * pos.to(pos_dtype) / dims
             queries = self.output_queries(batch_size, pos.expand(batch_size, -1, -1), **kwargs)
         if self.concat_preprocessed_input:
             if inputs_without_pos is None:
@@ -110,10 +112,9 @@ class BasicDecoder(nn.Module):
     def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.cross_attend is None:
             raise RuntimeError("this decoder was built with queries_only=True: it only provides decoder_query.")
-        attention_mask = None
-        if query_mask is not None:
-            ones = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
-            attention_mask = make_cross_attention_mask(query_mask, ones)
+        # A query mask [B, M, 1] (upstream's all-ones key mask): masked queries' outputs are zeroed, and
+        # SDPA itself runs unmasked.
+        attention_mask = None if query_mask is None else query_mask.bool()[:, :, None]
         output = self.cross_attend(query, z, attention_mask)
         if self.output is not None:
             output = self.output(output)
@@ -137,7 +138,7 @@ class EmbeddingDecoder(nn.Module):
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, embeddings: torch.Tensor, embedding_matrix: torch.Tensor) -> torch.Tensor:
-        return embeddings @ embedding_matrix.T + self.bias
+        return final_linear(embeddings, embedding_matrix, self.bias)
 
 
 class ClassificationDecoder(BasicDecoder):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import make_cross_attention_mask
 from .blocks import CrossAttention, SelfAttention
 from .position_encoding import TrainablePositionEncoding
+from .precision import residual_stream
 
 
 class PerceiverEncoder(nn.Module):
@@ -58,11 +58,10 @@ class PerceiverEncoder(nn.Module):
 
     def forward(self, inputs: torch.Tensor, input_mask: torch.Tensor | None = None) -> torch.Tensor:
         """inputs [B, N, C_in], input_mask [B, N] (true/1 = valid) -> latents [B, Z, C_z]."""
-        z = self.latents(inputs.shape[0])
-        attention_mask = None
-        if input_mask is not None:
-            ones = torch.ones(z.shape[:2], dtype=torch.bool, device=inputs.device)
-            attention_mask = make_cross_attention_mask(ones, input_mask)
+        # The latents start the residual stream (float32 in a reduced-precision model, see precision.py).
+        z = residual_stream(self.latents(inputs.shape[0]))
+        # A key mask [B, 1, N]: every latent sees the same inputs (upstream's all-ones query mask).
+        attention_mask = None if input_mask is None else input_mask.bool()[:, None, :]
         z = self.cross_attend(z, inputs, attention_mask)
         for _ in range(self.num_blocks):
             for self_attend in self.self_attends:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .position_encoding import build_position_encoding
+from .precision import InputLinear
 
 PREP_TYPES = ("conv", "conv1x1", "pixels", "patches")
 
@@ -126,6 +127,13 @@ def _channels_first_2d(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(*lead, *out.shape[1:])
 
 
+def _to_weight_dtype(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` in the dtype of `module`'s parameters (an input meeting the first layer: float32 pixels into a
+    bfloat16 model); unchanged for a module without parameters."""
+    weight = next(module.parameters(), None)
+    return x if weight is None else x.to(weight.dtype)
+
+
 class ImagePreprocessor(nn.Module):
     """Upstream `ImagePreprocessor`: featurise images or videos, flatten, add position features.
 
@@ -197,7 +205,7 @@ class ImagePreprocessor(nn.Module):
             time_block = temporal_downsample if self.input_shape is None or len(self.input_shape) == 4 else 1
             feature_channels = time_block * spatial_downsample ** 2 * in_channels
             if conv_after_patching:
-                self.patches_linear = nn.Linear(feature_channels, num_channels)
+                self.patches_linear = InputLinear(feature_channels, num_channels)
                 feature_channels = num_channels
         else:  # pixels
             feature_channels = in_channels
@@ -257,9 +265,9 @@ class ImagePreprocessor(nn.Module):
                              f"videos; got {tuple(inputs.shape)}.")
         s, t = self.spatial_downsample, self.temporal_downsample
         if self.prep_type == "conv":
-            return _channels_first_2d(self.convnet, inputs)
+            return _channels_first_2d(self.convnet, _to_weight_dtype(self.convnet, inputs))
         if self.prep_type == "conv1x1":
-            return _channels_first_2d(self.convnet_1x1, inputs)
+            return _channels_first_2d(self.convnet_1x1, _to_weight_dtype(self.convnet_1x1, inputs))
         if self.prep_type == "patches":
             x = space_to_depth(inputs, temporal_block_size=t, spatial_block_size=s)
             if x.ndim == 5 and x.shape[1] == 1:

@@ -1,7 +1,9 @@
 """Position encodings: trainable tables and Fourier features, as upstream.
 
 Fourier features are computed in `forward` on the input's device (no host
-round-trip, no stale cached buffers across dtypes/devices).
+round-trip, no stale cached buffers across dtypes/devices), from float32 (or
+wider) positions whatever the model's dtype, and only then cast to it: see
+`precision.py`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from .precision import position_dtype
 
 
 def linspace(start: float, stop: float, num: int, *, dtype=None, device=None) -> torch.Tensor:
@@ -110,12 +114,18 @@ class FourierPositionEncoding(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | None = None,
     ) -> torch.Tensor:
-        if pos is None:
-            grid = build_linear_positions(self.index_dims, dtype=dtype, device=device)
-            pos = grid.reshape(1, -1, len(self.index_dims)).expand(batch_size, -1, -1)
-        elif pos.shape[-1] != len(self.index_dims):
+        """Features [batch_size, N, num_channels] in `dtype` (default: `pos`'s, else the default dtype)."""
+        if pos is not None and pos.shape[-1] != len(self.index_dims):
             raise ValueError(f"positions have {pos.shape[-1]} coordinates; expected {len(self.index_dims)}.")
-        return fourier_features(pos, self.num_bands, self.max_resolution, self.concat_pos, self.sine_only)
+        if dtype is None:
+            dtype = pos.dtype if pos is not None else torch.get_default_dtype()
+        compute = position_dtype(dtype)
+        if pos is None:
+            grid = build_linear_positions(self.index_dims, dtype=compute, device=device)
+            pos = grid.reshape(1, -1, len(self.index_dims)).expand(batch_size, -1, -1)
+        features = fourier_features(pos.to(compute), self.num_bands, self.max_resolution, self.concat_pos,
+                                    self.sine_only)
+        return features.to(dtype)
 
 
 class PositionEncodingProjector(nn.Module):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .multimodal import restructure
+from .precision import FinalLinear
 
 
 class IdentityPostprocessor(nn.Module):
@@ -27,7 +28,7 @@ class ProjectionPostprocessor(nn.Module):
 
     def __init__(self, in_channels: int, num_outputs: int):
         super().__init__()
-        self.linear = nn.Linear(in_channels, num_outputs)
+        self.linear = FinalLinear(in_channels, num_outputs)
 
     def forward(self, inputs: torch.Tensor, modality_sizes=None) -> torch.Tensor:
         return self.linear(inputs)
@@ -38,7 +39,7 @@ class ClassificationPostprocessor(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int):
         super().__init__()
-        self.linear = nn.Linear(in_channels, num_classes)
+        self.linear = FinalLinear(in_channels, num_classes)
 
     def forward(self, inputs: torch.Tensor, modality_sizes=None) -> torch.Tensor:
         return self.linear(inputs)[:, 0, :]
@@ -52,7 +53,7 @@ class AudioPostprocessor(nn.Module):
         if postproc_type != "patches":
             raise ValueError(f"Invalid postproc_type {postproc_type!r}: only 'patches' is supported, as upstream.")
         self.samples_per_patch = samples_per_patch
-        self.linear = nn.Linear(in_channels, samples_per_patch)
+        self.linear = FinalLinear(in_channels, samples_per_patch)
 
     def forward(self, inputs: torch.Tensor, modality_sizes=None) -> torch.Tensor:
         return self.linear(inputs).reshape(inputs.shape[0], -1)

@@ -86,7 +86,7 @@ class PerceiverForMaskedLM(Perceiver):
             return text
         device = self.embedding_decoder.bias.device
         input_ids = torch.tensor([ids], device=device)
-        logits = self(input_ids, torch.ones_like(input_ids))
+        logits = self(input_ids)  # no padding: no mask (an all-ones one would only cost time)
         predictions = logits.argmax(-1)[0]
         is_mask = input_ids[0] == self.tokenizer.mask_token
         filled = torch.where(is_mask, predictions, input_ids[0])

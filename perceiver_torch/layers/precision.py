@@ -1,0 +1,129 @@
+"""Float32 islands of a reduced-precision model, and the layers that implement them.
+
+A model in bfloat16 or float16 (through `model.to(dtype)` or under
+`torch.autocast`) still computes a few things at float32 or wider, because
+measurement showed they need it (README, "Precision"; the figures with and
+without each island come from `benchmarks/measure_precision.py`):
+
+- `position_features`: Fourier position features are computed from float32
+  positions (sin(pi * x * f) with f up to res/2 = 112 loses all its digits in
+  bfloat16) and only then cast to the model's dtype.
+- `layer_norm`: layer norms take their input widened to float32 (the residual
+  stream may already be float32) and return the dtype of their parameters, so
+  the layer after them sees the model's dtype whatever the input dtype.
+- `residual`: the residual stream (the latents, the decoder's queries) is
+  carried in float32; only the attention and MLP branches run in the model's
+  dtype. This is what autocast does by construction (its latents stay float32);
+  it is what makes `model.to(torch.bfloat16)` as accurate as autocast.
+- `final_projection`: the last linear layer of every task (logits, flow,
+  reconstructions) runs in float32, with autocast disabled for it, and returns
+  float32.
+- `attention` (off by default): q, k and v widened to float32 for SDPA.
+  Measured to change nothing worth its cost: SDPA already accumulates and
+  takes its softmax in float32 for bfloat16/float16 inputs on CPU and CUDA.
+
+Float32 and float64 models are untouched: "widened" means at least float32.
+`fp32_islands(...)` switches islands off (or `attention` on) for one block of
+code, which is how the effect of each is measured; it is a diagnostic, not a
+tuning knob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REDUCED = (torch.bfloat16, torch.float16)
+
+
+def wide(dtype: torch.dtype) -> torch.dtype:
+    """float32 for a reduced-precision dtype, the dtype itself otherwise (float32, float64)."""
+    return torch.float32 if dtype in REDUCED else dtype
+
+
+@dataclasses.dataclass
+class Fp32Islands:
+    position_features: bool = True
+    layer_norm: bool = True
+    residual: bool = True
+    final_projection: bool = True
+    attention: bool = False
+
+
+ISLANDS = Fp32Islands()
+
+
+@contextlib.contextmanager
+def fp32_islands(**flags: bool):
+    """Set islands on/off inside the block (e.g. `fp32_islands(residual=False)`), restored afterwards."""
+    unknown = sorted(set(flags) - {f.name for f in dataclasses.fields(Fp32Islands)})
+    if unknown:
+        raise ValueError(f"unknown fp32 islands {unknown}; known: {[f.name for f in dataclasses.fields(Fp32Islands)]}.")
+    saved = dataclasses.asdict(ISLANDS)
+    for name, value in flags.items():
+        setattr(ISLANDS, name, bool(value))
+    try:
+        yield ISLANDS
+    finally:
+        for name, value in saved.items():
+            setattr(ISLANDS, name, value)
+
+
+def residual_stream(x: torch.Tensor) -> torch.Tensor:
+    """The residual stream's dtype for `x`: widened to float32 under the `residual` island."""
+    return x.to(wide(x.dtype)) if ISLANDS.residual else x
+
+
+def position_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype position features are computed in for a model running in `dtype`."""
+    return wide(dtype) if ISLANDS.position_features else dtype
+
+
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` (same parameters and state-dict names) that accepts any floating input dtype.
+
+    It normalises in float32 or wider (the `layer_norm` island) and returns
+    the dtype of its own parameters: bfloat16 after `model.to(torch.bfloat16)`,
+    float32 under autocast (the next linear layer casts), whatever the
+    residual stream's dtype.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_dtype = self.weight.dtype
+        if not ISLANDS.layer_norm:
+            return super().forward(x.to(out_dtype))
+        dtype = wide(out_dtype)
+        out = F.layer_norm(x.to(dtype), self.normalized_shape, self.weight.to(dtype), self.bias.to(dtype), self.eps)
+        return out.to(out_dtype)
+
+
+def final_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias for a task's last layer: at float32 or wider under the `final_projection` island.
+
+    Autocast is switched off for it (it would cast back to its low dtype), and
+    the result stays wide: reduced-precision models return float32 outputs.
+    Without the island it runs in the parameters' dtype.
+    """
+    if not ISLANDS.final_projection:
+        return F.linear(x.to(weight.dtype), weight, bias)
+    dtype = torch.promote_types(wide(weight.dtype), wide(x.dtype))
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+
+
+class FinalLinear(nn.Linear):
+    """`nn.Linear` (same parameters and names) computed by `final_linear`: a task's last projection."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return final_linear(x, self.weight, self.bias)
+
+
+class InputLinear(nn.Linear):
+    """`nn.Linear` that first casts its input to its weight's dtype (a model input meeting the first layer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype))
