@@ -60,6 +60,28 @@ def test_correct_conversion_passes():
     assert report.expected["logits"]["torch"].max_abs < 1e-4
 
 
+def test_atol_per_unit_range_scales_the_tolerance_by_each_outputs_range():
+    kwargs = dict(checkpoint=golden_dir("language") / "checkpoint.pickle", inputs=golden_dir("language") / "io.npz",
+                  torch_model=_golden_language_model(), rtol=0.0)
+    scale = max(1.0, float(np.abs(golden_io("language")["output/logits"]).max()))  # logits reach ~22 here
+    assert scale > 10
+    # 1e-6 absolute is below float32 rounding on these logits; 1e-6 per unit of their range is above it.
+    plain = run_parity("language", golden_config("language"), atol=1e-6, **kwargs)
+    scaled = run_parity("language", golden_config("language"), atol=1e-6, atol_per_unit_range=True, **kwargs)
+    assert not plain.passed and scaled.passed, (plain.table(), scaled.table())
+    # The tolerance is the JAX reference's range (within float32 of the stored upstream outputs) times atol.
+    assert scaled.atol == pytest.approx(1e-6 * scale, rel=1e-4)
+    assert scaled.to_json()["atol_per_unit_range"] is True and "atol_per_unit_range" not in plain.to_json()
+
+
+@pytest.mark.parametrize("mutate", [_drop_transpose, _swap_query_key], ids=["missing_transpose", "swapped_q_k"])
+def test_broken_conversion_is_still_caught_with_the_scaled_tolerance(mutate):
+    model = _golden_language_model(mutate)
+    report = run_parity("language", golden_config("language"), checkpoint=golden_dir("language") / "checkpoint.pickle",
+                        inputs=golden_dir("language") / "io.npz", torch_model=model, atol_per_unit_range=True)
+    assert not report.passed
+
+
 @pytest.mark.parametrize("mutate", [_drop_transpose, _swap_query_key], ids=["missing_transpose", "swapped_q_k"])
 def test_broken_conversion_is_reported(mutate):
     report = _run_golden(_golden_language_model(mutate))

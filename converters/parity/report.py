@@ -70,6 +70,8 @@ class ParityReport:
     # budget comes from, the per-output normalised-error budgets (the outputs' tolerances are
     # budget x max|reference|, rtol 0) and the task-level agreement checks. None otherwise.
     budget: dict | None = None
+    # atol was scaled per output by max(1, max|reference|) (the largest such atol is `atol`).
+    atol_per_unit_range: bool = False
 
     @property
     def passed(self) -> bool:
@@ -100,6 +102,8 @@ class ParityReport:
         }
         if self.budget is not None:
             out["budget"] = self.budget
+        if self.atol_per_unit_range:
+            out["atol_per_unit_range"] = True
         if self.expected:
             out["expected"] = {
                 name: {"jax_max_abs": _number(pair["jax"].max_abs), "torch_max_abs": _number(pair["torch"].max_abs),
