@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import ISLANDS, REDUCED
+from .precision import ISLANDS, REDUCED, autocast_off
 
 
 def make_cross_attention_mask(query_mask: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
@@ -53,7 +53,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     elif pad and d_v < d_qk:
         v = F.pad(v, (0, d_qk - d_v))
     if ISLANDS.attention and q.dtype in REDUCED:
-        with torch.autocast(q.device.type, enabled=False):  # autocast would cast SDPA back down
+        with autocast_off(q.device.type):  # autocast would cast SDPA back down
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                                  dropout_p=dropout, scale=scale).to(q.dtype)
     else:

@@ -101,6 +101,13 @@ class LayerNorm(nn.LayerNorm):
         return out.to(out_dtype)
 
 
+def autocast_off(device_type: str):
+    """Autocast disabled on `device_type`; nothing to disable where autocast does not exist (e.g. meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def final_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ weight.T + bias for a task's last layer: at float32 or wider under the `final_projection` island.
 
@@ -111,7 +118,7 @@ def final_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if not ISLANDS.final_projection:
         return F.linear(x.to(weight.dtype), weight, bias)
     dtype = torch.promote_types(wide(weight.dtype), wide(x.dtype))
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device.type):
         return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
