@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from converters import from_transformers, to_transformers
@@ -18,6 +19,7 @@ from converters.transformers.exporter import ExportError
 from converters.transformers.source import TransformersSourceError
 from parity_tests.sandbox import run_isolated
 from parity_tests.transformers_support import save_small
+from perceiver_torch import CheckpointFormatError
 
 LEARNED = "PerceiverForImageClassificationLearned"
 
@@ -164,3 +166,18 @@ def test_clis_convert_and_export(tmp_path, learned, capsys):
     assert export_main([str(tmp_path / "o.safetensors"), "-o", str(tmp_path / "exported")]) == 0
     assert load_file(str(tmp_path / "exported" / "model.safetensors")).keys() == \
         load_file(str(learned / "model.safetensors")).keys()
+
+
+def test_export_checks_the_converted_file_like_load_model(tmp_path, learned):
+    # A converted file whose weights were tampered with (NaN) is refused before anything is written.
+    converted = tmp_path / "ours.safetensors"
+    from_transformers("imagenet", learned, converted)
+    with safe_open(str(converted), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(converted)
+    name = sorted(tensors)[0]
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(converted), metadata=metadata)
+    with pytest.raises(CheckpointFormatError, match=name):
+        to_transformers(converted, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

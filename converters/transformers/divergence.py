@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from perceiver_torch.layers.flow import patches_for_flow
 from perceiver_torch.registry import build_model, preset
-from perceiver_torch.serialization import CheckpointFormatError, read_metadata
+from perceiver_torch.serialization import CheckpointFormatError, load_model, read_metadata
 
 from ..checkpoint_reader import CheckpointReadError, load_haiku_checkpoint
 from ..convert import convert_tree, load_config
@@ -270,9 +269,10 @@ def golden_case(family_dir: Path) -> Case:
 
 
 def converted_case(path: Path, batch: int, seed: int) -> Case:
+    state = load_model(path).state_dict()  # the file is checked as any converted file is
     meta = read_metadata(path)
     task, config = meta["task"], json.loads(meta["config"])
-    return Case(str(path), task, config, load_file(str(path)), random_inputs(task, config, batch, seed))
+    return Case(str(path), task, config, state, random_inputs(task, config, batch, seed))
 
 
 def preset_case(name: str, batch: int, seed: int) -> Case:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from perceiver_torch.serialization import read_metadata
+from perceiver_torch.serialization import load_model, read_metadata
 
 from ..rules import strict_merge
 from .card import model_card
@@ -70,9 +70,10 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
     GELU plus our own config under "perceiver_torch" (so that importing it back is exact); the
     README.md lists what transformers still computes differently.
     """
+    # load_model's checks first (header, schema, names, shapes, dtypes, finite values): the file is input.
+    state = load_model(converted_path).state_dict()
     meta = read_metadata(converted_path)
     task, config = meta["task"], json.loads(meta["config"])
-    state = load_file(str(converted_path))
     architecture, hf, tensors = export_state(task, config, state)
     out_dir = Path(out_dir)
     tmp = _prepare_dir(out_dir)
