@@ -113,13 +113,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--preset", default="language_perceiver_io_bytes")
+    parser.add_argument("--out-dir", type=Path, default=CACHE,
+                        help="where the converted file is written (e.g. a tmpfs such as /dev/shm, to take the "
+                             "disk's write-back speed out of the conversion's time)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from perceiver_torch.registry import preset
 
     entry = preset(args.preset)
     CACHE.mkdir(parents=True, exist_ok=True)
-    source, output = CACHE / f"{args.preset}.pickle", CACHE / f"{args.preset}.safetensors"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    source, output = CACHE / f"{args.preset}.pickle", args.out_dir / f"{args.preset}.safetensors"
     if not source.exists():
         print(f"making {source} ...", flush=True)
         make_checkpoint(args.preset, source)
@@ -145,7 +149,8 @@ def main() -> None:
 
     ratio_time = statistics.median(c["seconds"] / u["seconds"] for c, u in zip(results["convert"], results["unpickle"],
                                                                                strict=True))
-    print(f"\n{args.preset}: pickle {pickle_mb:.0f} MiB, safetensors {st_mb:.0f} MiB, {args.rounds} rounds (medians)")
+    print(f"\n{args.preset}: pickle {pickle_mb:.0f} MiB, safetensors {st_mb:.0f} MiB written to {args.out_dir}, "
+          f"{args.rounds} rounds (medians)")
     print("| operation | time | peak RSS above baseline | / file size | target |")
     print("|---|---|---|---|---|")
     print(f"| unpickle (load_haiku_checkpoint) | {median('unpickle', 'seconds'):.2f} s | "

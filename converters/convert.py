@@ -39,9 +39,11 @@ def target_shapes(task: str, config: dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in build_on_meta(task, config).state_dict().items()}
 
 
-def _merge(task: str, source: dict[str, np.ndarray], config: dict) -> dict[str, np.ndarray]:
+def _merge(task: str, source: dict[str, np.ndarray], config: dict,
+           shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     table = task_spec(task).table
-    return strict_merge(source, target_shapes(task, config), table.rules(config), table.IGNORED, context=task)
+    shapes = target_shapes(task, config) if shapes is None else shapes
+    return strict_merge(source, shapes, table.rules(config), table.IGNORED, context=task)
 
 
 def convert_tree(task: str, checkpoint: HaikuCheckpoint, config: dict) -> dict[str, np.ndarray]:
@@ -83,11 +85,11 @@ def convert(task: str, checkpoint_path: str | Path, config: Mapping | str | Path
     source = f"{task} config" if isinstance(config, Mapping) else str(config)
     config = validate_config(task, load_config(config), source=source)
     out = check_output(checkpoint_path, output_path)
-    target_shapes(task, config)  # a config the constructors refuse fails before the checkpoint is read
+    shapes = target_shapes(task, config)  # a config the constructors refuse fails before the checkpoint is read
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(sha256_file, checkpoint_path)
         source = load_haiku_checkpoint(checkpoint_path).flat()
-        arrays = _merge(task, source, config)
+        arrays = _merge(task, source, config, shapes)
         source.clear()  # the state dict's views now hold the only references
         source_sha256 = digest.result()
     metadata = {
