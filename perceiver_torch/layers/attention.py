@@ -41,12 +41,31 @@ def make_cross_attention_mask(query_mask: torch.Tensor, kv_mask: torch.Tensor) -
 # keep the math path (CUDA's memory-efficient kernel takes unequal widths in float32 anyway).
 PAD_HEAD_DIMS = True
 
+# On the CPU, float32/float64 heads of unequal widths leave SDPA its unfused math path, which also scans
+# the logits for fully masked rows (isneginf, all, where: 7% of the released language model's float32
+# forward, measured). Masked rows are zeroed by MultiHeadAttention anyway, so `attend` computes such heads
+# itself as upstream does: logits, times the scale, -1e30 where masked, softmax, times v (README,
+# "Attention speed"). CUDA's memory-efficient kernel takes unequal widths, so CUDA keeps SDPA.
+EXPLICIT_UNEQUAL_HEADS = True
+MASKED_LOGIT = -1e30  # upstream's fill for masked logits in float32 and wider
+
+
+def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                        scale: float) -> torch.Tensor:
+    logits = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
+    if mask is not None:
+        logits = logits.masked_fill_(~mask, MASKED_LOGIT)
+    return torch.matmul(torch.softmax(logits, dim=-1), v)
+
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
            dropout: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(d_qk)) v for [B, H, T, D] heads through SDPA: [B, H, Tq, D_v]."""
     d_qk, d_v = q.shape[-1], v.shape[-1]
     scale = d_qk ** -0.5
+    if (EXPLICIT_UNEQUAL_HEADS and d_qk != d_v and not dropout and q.device.type == "cpu"
+            and q.dtype not in REDUCED):
+        return _explicit_attention(q, k, v, mask, scale)
     pad = PAD_HEAD_DIMS and q.dtype in REDUCED
     if pad and d_qk < d_v:
         q, k = F.pad(q, (0, d_v - d_qk)), F.pad(k, (0, d_v - d_qk))
