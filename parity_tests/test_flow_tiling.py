@@ -89,6 +89,26 @@ def test_blend_is_a_weighted_mean_of_tile_predictions():
     assert row[2].item() == pytest.approx(4 / 3)
 
 
+def test_reduced_precision_frames_are_blended_in_float32():
+    """bfloat16 frames: the tiles' float32 flow is blended in float32 (not rounded to bfloat16 on the way)."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 6, 11, generator=g).to(torch.bfloat16)
+    predictions = torch.randn(8, 2, 4, 6, generator=g) * 100  # float32, as a model with its float32 islands gives
+    served = iter(predictions)
+
+    def model(first, second):
+        assert first.dtype == torch.bfloat16
+        return torch.stack([next(served) for _ in range(first.shape[0])])
+
+    flow = stitch_tiles(image, image, model, (4, 6), 2, tile_batch_size=1)
+    served = iter(predictions.double())
+    want = stitch_tiles(image.double(), image.double(), lambda a, b: torch.stack([next(served) for _ in a]),
+                        (4, 6), 2, tile_batch_size=1)
+    assert flow.dtype == torch.float32
+    # float32 rounding of a weighted mean of values ~100 (a bfloat16 sum would be off by ~0.5)
+    torch.testing.assert_close(flow.double(), want, atol=1e-4, rtol=0)
+
+
 def read_png(data: bytes):
     assert data[:8] == PNG_SIGNATURE
     pos, chunks = 8, []

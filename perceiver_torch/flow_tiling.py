@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .layers.precision import wide
+
 COLAB_MIN_OVERLAP = 20
 
 
@@ -100,8 +102,11 @@ def stitch_tiles(
     tile_h, tile_w = tile_size
     multiplicity = Counter(tile_origins((height, width), tile_size, min_overlap))  # keeps first-seen order
     origins = list(multiplicity)
-    weights = blend_weights(tile_size, dtype=image1.dtype, device=image1.device)
-    flows = image1.new_zeros(batch, 2, height, width)
+    # Blended in float32 or wider whatever the frames' dtype: a reduced-precision model returns float32
+    # flow (its final projection is a float32 island), which a bfloat16 sum would round again.
+    dtype = wide(image1.dtype)
+    weights = blend_weights(tile_size, dtype=dtype, device=image1.device)
+    flows = image1.new_zeros(batch, 2, height, width, dtype=dtype)
     for start in range(0, len(origins), tile_batch_size):
         chunk = origins[start:start + tile_batch_size]
         first = torch.cat([image1[..., y:y + tile_h, x:x + tile_w] for y, x in chunk])
@@ -109,4 +114,4 @@ def stitch_tiles(
         pieces = flow_fn(first, second).reshape(len(chunk), batch, 2, tile_h, tile_w)
         for (y, x), piece in zip(chunk, pieces, strict=True):
             flows[..., y:y + tile_h, x:x + tile_w] += piece * (weights * multiplicity[y, x])
-    return flows / weight_map((height, width), tile_size, min_overlap, dtype=image1.dtype, device=image1.device)
+    return flows / weight_map((height, width), tile_size, min_overlap, dtype=dtype, device=image1.device)
