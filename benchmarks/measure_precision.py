@@ -9,16 +9,19 @@ configuration with perturbed random weights, run through the JAX reference in
 float32) the Torch model runs in float32, bfloat16 and float16, cast
 (`model.to(dtype)`) and under autocast, and with each float32 island of
 `perceiver_torch.layers.precision` switched off in turn (the ablations, bf16 and
-fp16 cast). Prints per case and precision the normalised error
+fp16 cast); and in TF32 emulated on the CPU: the float32 model with its matmul
+and convolution inputs rounded to TF32 (`converters.parity.tf32_emulation`),
+once to nearest and once truncated, recorded as "tf32/cast/nearest" and
+"tf32/cast/truncate", and "tf32/cast" the worse of the two per output and per
+agreement measure (cuBLAS does not document its rounding). Prints per case and precision the normalised error
 max|torch - ref| / max|ref| per output and the task-level agreement, writes
 every figure to --out (JSON), and with --write-budgets turns them into
 `converters/parity/budgets.json`: per task, precision and mode, the
 largest normalised error over all cases times MARGIN, and agreement allowed
 MARGIN times the largest measured shortfall. float16 runs on the CPU only for
 the golden fixtures (CPU float16 matmuls run at ~1 GFLOP/s here); its budgets
-therefore come from the small models alone. TF32 is not measurable without a
-GPU: its budget is float16's (TF32 rounds matmul inputs to float16's 10-bit
-mantissa and keeps everything else in float32).
+therefore come from the small models alone. `--runs tf32/cast` measures only
+the runs named and merges them into the cases already in --out.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from converters.parity.precision import (
     normalised_error,
     precision_context,
 )
+from converters.parity.tf32_emulation import ROUNDINGS
 from converters.tasks import run_upstream_layout
 from perceiver_torch.layers.precision import fp32_islands
 from perceiver_torch.registry import build_model, preset
@@ -58,7 +62,8 @@ RELEASED_CASES = {"language_perceiver_io_bytes": 1, "imagenet_learned_position_e
                   "imagenet_fourier_position_encoding": 2, "imagenet_conv_preprocessing": 2,
                   "optical_flow": 1, "video_autoencoding": 1}  # preset -> batch
 RUNS = [("float32", "cast"), ("bfloat16", "cast"), ("bfloat16", "autocast"), ("float16", "cast"),
-        ("float16", "autocast")]
+        ("float16", "autocast"), ("tf32", "cast")]
+TF32_SOURCE = "emulated on CPU (matmul/conv inputs rounded to TF32, both roundings, worst kept)"
 ABLATIONS = {"no_position_features": {"position_features": False}, "no_layer_norm": {"layer_norm": False},
              "no_residual": {"residual": False}, "no_final_projection": {"final_projection": False},
              "attention_fp32": {"attention": True}}
@@ -94,7 +99,7 @@ def released_case(name: str, batch: int):
     return task, _torch_model(task, config, haiku), inputs, reference, jax_s
 
 
-def run_torch(task, model, inputs, precision, mode, islands=None):
+def run_torch(task, model, inputs, precision, mode, islands=None, tf32_rounding=None):
     dtype = model_dtype(precision, mode) if precision != "float32" else torch.float32
     m = copy.deepcopy(model).to(dtype) if dtype != torch.float32 else model
     start = time.perf_counter()
@@ -102,7 +107,7 @@ def run_torch(task, model, inputs, precision, mode, islands=None):
         if precision == "float32":
             out = run_upstream_layout(task, m, inputs, "cpu", torch.float32)
         else:
-            with precision_context(precision, mode, "cpu"):
+            with precision_context(precision, mode, "cpu", tf32_rounding):
                 out = run_upstream_layout(task, m, inputs, "cpu", dtype)
     return out, time.perf_counter() - start
 
@@ -114,15 +119,34 @@ def figures(task, out, reference, inputs) -> dict:
             "agreement": agreement(task, out, reference, inputs)}
 
 
-def measure(case: str, task, model, inputs, reference, ablate: bool, fp16: bool) -> dict:
+def worst_of(runs: dict) -> dict:
+    """Per output and per agreement measure, the worse figure of `runs` ({name: figures})."""
+    first = next(iter(runs.values()))
+    worst = {"error": {}, "max_abs": {}, "agreement": {}, "worst_of": sorted(runs),
+             "seconds": sum(r["seconds"] for r in runs.values())}
+    for field in ("error", "max_abs"):
+        worst[field] = {name: max(r[field][name] for r in runs.values()) for name in first[field]}
+    for metric in first["agreement"]:
+        pick = min if higher_is_better(metric) else max
+        worst["agreement"][metric] = pick(r["agreement"][metric] for r in runs.values())
+    return worst
+
+
+def measure(case: str, task, model, inputs, reference, ablate: bool, fp16: bool, runs=None) -> dict:
     result = {"task": task, "runs": {}}
     for precision, mode in RUNS:
-        if precision == "float16" and not fp16:
-            continue
-        out, seconds = run_torch(task, model, inputs, precision, mode)
         key = f"{precision}/{mode}"
-        result["runs"][key] = {**figures(task, out, reference, inputs), "seconds": seconds}
-        if ablate and precision != "float32" and mode == "cast":
+        if (precision == "float16" and not fp16) or (runs is not None and key not in runs):
+            continue
+        if precision == "tf32":
+            for rounding in ROUNDINGS:
+                out, seconds = run_torch(task, model, inputs, precision, mode, tf32_rounding=rounding)
+                result["runs"][f"{key}/{rounding}"] = {**figures(task, out, reference, inputs), "seconds": seconds}
+            result["runs"][key] = worst_of({r: result["runs"][f"{key}/{r}"] for r in ROUNDINGS})
+        else:
+            out, seconds = run_torch(task, model, inputs, precision, mode)
+            result["runs"][key] = {**figures(task, out, reference, inputs), "seconds": seconds}
+        if ablate and precision not in ("float32", "tf32") and mode == "cast":
             for name, islands in ABLATIONS.items():
                 out, seconds = run_torch(task, model, inputs, precision, mode, islands)
                 result["runs"][f"{key}/{name}"] = {**figures(task, out, reference, inputs), "seconds": seconds}
@@ -161,16 +185,12 @@ def derive_budgets(results: dict) -> dict:
                 else:
                     worst[name] = max(values)
                     agree[metric] = MARGIN * max(values)
-            out.setdefault(task, {})[key] = {
-                "error": error, "agreement": agree, "measured_worst": worst,
-                "source": f"{MARGIN:g} x the worst of {len(entry['cases'])} measured cases "
-                          f"({', '.join(sorted(entry['cases']))}), benchmarks/measure_precision.py on CPU",
-            }
-        if "float16/cast" in out.get(task, {}):
-            tf32 = copy.deepcopy(out[task]["float16/cast"])
-            tf32["source"] = ("not measured (no GPU): float16/cast's budget, since TF32 rounds matmul inputs to "
-                              "float16's 10-bit mantissa and keeps the rest in float32; " + tf32["source"])
-            out[task]["tf32/cast"] = tf32
+            source = (f"{MARGIN:g} x the worst of {len(entry['cases'])} measured cases "
+                      f"({', '.join(sorted(entry['cases']))}), benchmarks/measure_precision.py on CPU")
+            if key.startswith("tf32/"):
+                source = f"{TF32_SOURCE}; {source}"
+            out.setdefault(task, {})[key] = {"error": error, "agreement": agree, "measured_worst": worst,
+                                             "source": source}
     return out
 
 
@@ -192,11 +212,15 @@ def _pair(results: dict, family: str, key: str, field: str, digits: str) -> str:
 
 
 def markdown_tables(results: dict, budgets: dict) -> str:
-    """The README's tables: measured figures (golden / released), the budgets, and the island ablations."""
+    """The README's tables: measured figures (golden / released), the budgets, and the island ablations.
+
+    TF32 appears once per rounding in the measured table; its budget is the worse of the two.
+    """
     lines = ["| model | precision | max abs error / max abs reference | max abs error | task-level agreement |",
              "|---|---|---|---|---|"]
     for family in PAIRS:
-        for key in ("float32/cast", *(f"{p}/{m}" for p, m in RUNS if p != "float32")):
+        for key in ("float32/cast", *(f"{p}/{m}" for p, m in RUNS if p not in ("float32", "tf32")),
+                    *(f"tf32/cast/{rounding}" for rounding in ROUNDINGS)):
             lines.append(f"| {family} | {key} | {_pair(results, family, key, 'error', '.1e')} | "
                          f"{_pair(results, family, key, 'max_abs', '.1e')} | "
                          f"{_pair(results, family, key, 'agreement', '.3g')} |")
@@ -222,6 +246,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--released", action="store_true", help="also the released configurations (random weights)")
     p.add_argument("--only", nargs="*", help="restrict to these golden families / preset names")
+    p.add_argument("--runs", nargs="*", choices=[f"{p}/{m}" for p, m in RUNS],
+                   help="measure only these precision/mode runs, merged into each case's runs already in --out")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "precision_results.json")
     p.add_argument("--write-budgets", action="store_true", help=f"write {BUDGETS.relative_to(ROOT)}")
     p.add_argument("--table", action="store_true", help="print the README tables from --out and stop")
@@ -230,7 +256,8 @@ def main() -> None:
         print(markdown_tables(json.loads(args.out.read_text()), json.loads(BUDGETS.read_text())))
         return
     torch.manual_seed(0)
-    results = json.loads(args.out.read_text()) if args.out.exists() and args.only else {}
+    merge = bool(args.only or args.runs)
+    results = json.loads(args.out.read_text()) if args.out.exists() and merge else {}
     cases = [("golden/" + f, lambda f=f: golden_case(f), True, True) for f in GOLDEN_CASES]
     if args.released:
         cases += [("released/" + n, lambda n=n, b=b: released_case(n, b), n.startswith("language"),
@@ -240,10 +267,13 @@ def main() -> None:
             continue
         start = time.perf_counter()
         task, model, inputs, reference, jax_s = make()
-        results[case] = measure(case, task, model, inputs, reference, ablate, fp16)
-        results[case]["jax_seconds"] = jax_s
-        results[case]["total_seconds"] = time.perf_counter() - start
-        print(f"{case}: {results[case]['total_seconds']:.0f}s in all (JAX apply {jax_s:.1f}s)", flush=True)
+        measured = measure(case, task, model, inputs, reference, ablate, fp16, args.runs)
+        total_s = time.perf_counter() - start
+        if args.runs and case in results:  # the other runs' figures and timings stay as they were measured
+            results[case]["runs"].update(measured["runs"])
+        else:
+            results[case] = {**measured, "jax_seconds": jax_s, "total_seconds": total_s}
+        print(f"{case}: {total_s:.0f}s in all (JAX apply {jax_s:.1f}s)", flush=True)
         del model
     args.out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     print(f"wrote {args.out}")

@@ -4,7 +4,8 @@ The budgets (converters/parity/budgets.json) are measured figures times a
 margin (benchmarks/measure_precision.py); these tests check that every task
 stays within them, that they are tight enough to catch a real precision bug
 (Fourier features computed in bfloat16), and that the harness reports them.
-bfloat16 runs on the CPU in the default run; float16 and TF32 only exist
+bfloat16 and emulated TF32 (converters.parity.tf32_emulation, both
+roundings) run on the CPU in the default run; float16 and real TF32 only exist
 usefully on a GPU and run under the `cuda` marker.
 """
 
@@ -19,6 +20,7 @@ from converters.parity import run_parity
 from converters.parity.budgets import all_budgets, budget
 from converters.parity.cli import main as parity_main
 from converters.parity.precision import agreement, normalised_error
+from converters.parity.tf32_emulation import ROUNDINGS
 from perceiver_torch.layers.precision import fp32_islands
 
 from .conftest import golden_config, golden_dir
@@ -27,9 +29,9 @@ FAMILIES = {"language": "language", "imagenet_learned": "imagenet", "imagenet_fo
             "imagenet_conv": "imagenet", "optical_flow": "optical_flow", "video_autoencoding": "video_autoencoding"}
 
 
-def _run(family: str, device: str, dtype: str, mode: str = "cast"):
+def _run(family: str, device: str, dtype: str, mode: str = "cast", **kwargs):
     return run_parity(FAMILIES[family], golden_config(family), checkpoint=golden_dir(family) / "checkpoint.pickle",
-                      inputs=golden_dir(family) / "io.npz", device=device, dtype=dtype, mode=mode)
+                      inputs=golden_dir(family) / "io.npz", device=device, dtype=dtype, mode=mode, **kwargs)
 
 
 def _assert_within_budget(report, dtype: str, mode: str) -> None:
@@ -54,7 +56,25 @@ def test_float16_within_budget(family, mode, cuda_device):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_tf32_within_budget(family, cuda_device):
-    _assert_within_budget(_run(family, cuda_device, "tf32"), "tf32", "cast")
+    report = _run(family, cuda_device, "tf32")
+    assert report.tf32.startswith("real TF32")
+    _assert_within_budget(report, "tf32", "cast")
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_tf32_emulated_within_budget(family, rounding):
+    """Emulated TF32 on the CPU (the budget is the worse of both roundings, measured, times 2)."""
+    report = _run(family, "cpu", "tf32", tf32_rounding=rounding)
+    assert report.tf32.startswith("TF32 emulated on cpu") and f"rounding {rounding}" in report.tf32
+    assert "emulated on CPU" in report.budget["source"]
+    _assert_within_budget(report, "tf32", "cast")
+    if rounding == "nearest":
+        # The emulation was in force: every output is >10x further from JAX than plain float32 (measured: TF32
+        # 0.8e-3 to 5e-3 of the peak, float32 3e-7 to 3e-6).
+        plain = _run(family, "cpu", "float32")
+        for name, error in report.outputs.items():
+            assert error.max_abs > 10 * plain.outputs[name].max_abs, (name, error, plain.outputs[name])
 
 
 def test_budget_catches_fourier_features_in_bfloat16():
@@ -101,7 +121,9 @@ def test_budget_unknown_key_is_a_clear_error():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(dtype="float32", mode="autocast"), "mode='autocast' needs dtype 'bfloat16' or 'float16'"),
-    (dict(dtype="tf32"), "only exists on CUDA"),
+    (dict(dtype="bfloat16", tf32_rounding="nearest"), "tf32_rounding is only used with precision 'tf32'"),
+    (dict(dtype="tf32", tf32_rounding="up"), "tf32_rounding must be one of"),
+    (dict(dtype="tf32", device="cuda", tf32_rounding="nearest"), "on CUDA, cuBLAS and cuDNN round"),
     (dict(dtype="bfloat16", mode="fast"), "mode must be one of"),
 ])
 def test_run_parity_rejects_bad_precision_arguments(kwargs, match):
@@ -125,9 +147,24 @@ def test_cli_bfloat16_reports_the_budget(tmp_path, capsys):
     assert {"passed", "task", "reference", "outputs", "device", "dtype", "atol", "rtol", "versions"} <= set(report)
 
 
+def test_cli_tf32_on_the_cpu_is_emulated(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    family = golden_dir("language")
+    code = parity_main(["language", "--checkpoint", str(family / "checkpoint.pickle"),
+                        "--config", str(family / "config.json"), "--inputs", str(family / "io.npz"),
+                        "--dtype", "tf32", "--tf32-rounding", "truncate", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "tf32: TF32 emulated on cpu (matmul/conv inputs rounded to TF32, rounding truncate" in printed
+    assert "budget (cast): emulated on CPU (matmul/conv inputs rounded to TF32, both roundings, worst kept)" in printed
+    report = json.loads(out.read_text())
+    assert report["dtype"] == "tf32" and report["passed"] is True and "rounding truncate" in report["tf32"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--dtype", "float32", "--autocast"], "--autocast needs --dtype bfloat16 or float16"),
-    (["--dtype", "tf32"], "--dtype tf32 (float32 with TF32 matmuls) needs --device cuda"),
+    (["--dtype", "float32", "--tf32-rounding", "truncate"], "--tf32-rounding is for emulated TF32"),
+    (["--dtype", "tf32", "--device", "cuda", "--tf32-rounding", "nearest"], "--tf32-rounding is for emulated TF32"),
     (["--dtype", "bfloat16", "--atol", "0.1"], "give both --atol and --rtol"),
 ])
 def test_cli_rejects_bad_precision_flags(argv, message, capsys):

@@ -7,8 +7,10 @@ exits 0 when every output agrees within the tolerance, 1 when one does not,
 
 `--dtype bfloat16|float16` runs Torch in that precision (`--autocast`: a
 float32 model under torch.autocast instead of model.to(dtype)) and `--dtype
-tf32` a float32 Torch model with TF32 matmuls (CUDA only), all against JAX in
-float32; the tolerance is then the task's measured error budget
+tf32` a float32 Torch model with TF32 matmuls and convolutions (real on
+`--device cuda`; emulated on the CPU by rounding their inputs to TF32,
+`--tf32-rounding nearest|truncate`), all against JAX in float32; the
+tolerance is then the task's measured error budget
 (converters/parity/budgets.json), which the report names.
 """
 
@@ -23,6 +25,7 @@ from perceiver_torch.registry import TASKS
 from perceiver_torch.serialization import atomic_write
 
 from .harness import DEVICES, DTYPES, REFERENCES, run_parity
+from .tf32_emulation import ROUNDINGS
 
 
 def _tolerance(text: str) -> float:
@@ -58,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
                         "that precision against JAX in float32, checked against the measured budget")
     p.add_argument("--autocast", action="store_true",
                    help="with --dtype bfloat16/float16: a float32 model under torch.autocast, not model.to(dtype)")
+    p.add_argument("--tf32-rounding", choices=ROUNDINGS, default=None,
+                   help="with --dtype tf32 on the CPU (emulated TF32): how matmul/conv inputs are rounded to TF32; "
+                        "default nearest (ties to even). Real TF32 on CUDA rounds as cuBLAS/cuDNN do.")
     p.add_argument("--reference", choices=REFERENCES, default="ours",
                    help="'ours' (converters.jax_reference) or 'upstream' (DeepMind's code, --upstream-path)")
     p.add_argument("--upstream-path", type=Path, help="directory holding DeepMind's perceiver package")
@@ -83,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--upstream-path {args.upstream_path} is not a directory.")
     if args.autocast and args.dtype not in ("bfloat16", "float16"):
         p.error(f"--autocast needs --dtype bfloat16 or float16, not {args.dtype}.")
-    if args.dtype == "tf32" and args.device != "cuda":
-        p.error("--dtype tf32 (float32 with TF32 matmuls) needs --device cuda.")
+    if args.tf32_rounding is not None and (args.dtype != "tf32" or args.device == "cuda"):
+        p.error("--tf32-rounding is for emulated TF32: --dtype tf32 on --device cpu.")
     atol, rtol = args.atol, args.rtol
     if args.dtype in DEFAULT_TOLERANCE:
         tolerance = DEFAULT_TOLERANCE[args.dtype]
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_parity(args.task, args.config, checkpoint=args.checkpoint, inputs=args.inputs, seed=args.seed,
                             device=args.device, dtype=args.dtype, reference=args.reference,
                             upstream_path=args.upstream_path, atol=atol, rtol=rtol,
-                            mode="autocast" if args.autocast else "cast")
+                            mode="autocast" if args.autocast else "cast", tf32_rounding=args.tf32_rounding)
     except (ImportError, RuntimeError, ValueError, FileNotFoundError) as exc:
         # ConversionError, CheckpointReadError and UnsupportedTaskError are ValueErrors.
         print(f"perceiver-parity: error: {exc}", file=sys.stderr)

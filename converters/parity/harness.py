@@ -22,7 +22,16 @@ from ..checkpoint_reader import HaikuCheckpoint, checkpoint_from_tree, load_haik
 from ..convert import convert_tree, load_config
 from ..tasks import run_upstream_layout
 from .budgets import budget as precision_budget
-from .precision import MODES, PRECISIONS, agreement, higher_is_better, model_dtype, precision_context
+from .precision import (
+    MODES,
+    PRECISIONS,
+    agreement,
+    check_tf32_rounding,
+    higher_is_better,
+    model_dtype,
+    precision_context,
+    tf32_kind,
+)
 from .report import OutputError, ParityReport, compare
 
 # float32 / float64: both frameworks in that dtype. The reduced precisions run Torch in them (cast or
@@ -146,7 +155,7 @@ def _jax_context(stack: contextlib.ExitStack, device: str, dtype: str):
     stack.enter_context(jax.default_matmul_precision("highest"))
 
 
-def _check_arguments(device, dtype, reference, upstream_path, atol, rtol, mode="cast"):
+def _check_arguments(device, dtype, reference, upstream_path, atol, rtol, mode="cast", tf32_rounding=None):
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}.")
     if dtype not in DTYPES:
@@ -155,8 +164,7 @@ def _check_arguments(device, dtype, reference, upstream_path, atol, rtol, mode="
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     if mode == "autocast" and dtype not in ("bfloat16", "float16"):
         raise ValueError(f"mode='autocast' needs dtype 'bfloat16' or 'float16', got {dtype!r}.")
-    if dtype == "tf32" and device != "cuda":
-        raise ValueError("dtype='tf32' (float32 with TF32 matmuls) only exists on CUDA: pass device='cuda'.")
+    check_tf32_rounding(dtype, device, tf32_rounding)
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}.")
     if reference == "upstream" and upstream_path is None:
@@ -173,7 +181,8 @@ def _check_arguments(device, dtype, reference, upstream_path, atol, rtol, mode="
 def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, device: str = "cpu",
                dtype: str = "float32", reference: str = "ours", upstream_path=None,
                torch_model: torch.nn.Module | None = None, atol: float | None = None, rtol: float | None = None,
-               mode: str = "cast", atol_per_unit_range: bool = False) -> ParityReport:
+               mode: str = "cast", atol_per_unit_range: bool = False,
+               tf32_rounding: str | None = None) -> ParityReport:
     """Compare the JAX reference with the Torch model of `task`, output by output.
 
     config: dict or config.json path (golden layout). checkpoint: a Haiku pickle
@@ -188,11 +197,14 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
 
     dtype 'bfloat16' / 'float16' runs Torch in that precision (mode 'cast':
     `model.to(dtype)` and inputs cast; 'autocast': the float32 model under
-    `torch.autocast`), 'tf32' a float32 Torch model with TF32 matmuls (CUDA);
-    JAX runs in float32. Without atol/rtol the tolerance is then the measured
-    budget (`parity.budgets`): per output, budget x max|jax output| (rtol 0),
-    and the task-level agreement must stay within its bound; the report says
-    where the budget comes from. atol/rtol default to 1e-4 otherwise.
+    `torch.autocast`), 'tf32' a float32 Torch model with TF32 matmuls: real
+    ones on CUDA, emulated on the CPU (`parity.tf32_emulation`: matmul and
+    convolution inputs rounded to TF32, `tf32_rounding` 'nearest' by default
+    or 'truncate'; the report's `tf32` says which). JAX runs in float32.
+    Without atol/rtol the tolerance is then the measured budget
+    (`parity.budgets`): per output, budget x max|jax output| (rtol 0), and the
+    task-level agreement must stay within its bound; the report says where the
+    budget comes from. atol/rtol default to 1e-4 otherwise.
 
     atol_per_unit_range=True scales atol per output by max(1, max|jax output|): float32 rounding
     grows with the activations' scale (a released-size language model with large weights gives logits
@@ -200,7 +212,7 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
     difference is 2e-12), so an absolute 1e-4 only fits outputs of order one.
     """
 
-    _check_arguments(device, dtype, reference, upstream_path, atol, rtol, mode)
+    _check_arguments(device, dtype, reference, upstream_path, atol, rtol, mode, tf32_rounding)
     ref = _jax_reference()
     config = load_config(config)
     np_dtype = np.float64 if dtype == "float64" else np.float32
@@ -234,7 +246,7 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
         jax_out = ref.apply(task, config, _cast_tree(haiku.params, np_dtype), _cast_tree(haiku.state, np_dtype),
                             run_inputs, modules=modules)
     with _exact_torch_matmuls(device), \
-            (precision_context(dtype, mode, device) if reduced else contextlib.nullcontext()):
+            (precision_context(dtype, mode, device, tf32_rounding) if reduced else contextlib.nullcontext()):
         torch_out = run_upstream_layout(task, torch_model, run_inputs, device, torch_dtype)
 
     both = [name for name in jax_out if name in torch_out]
@@ -264,7 +276,8 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
         budget_report = _budget_report(task, budget, torch_out, jax_out, run_inputs, both, mode)
     return ParityReport(task=task, outputs=outputs, device=device, dtype=dtype, atol=float(atol), rtol=float(rtol),
                         reference=reference, versions=versions(), expected=expected_errors, budget=budget_report,
-                        atol_per_unit_range=atol_per_unit_range)
+                        atol_per_unit_range=atol_per_unit_range,
+                        tf32=tf32_kind(device, tf32_rounding) if dtype == "tf32" else None)
 
 
 def _budget_report(task, budget, torch_out, jax_out, inputs, names, mode) -> dict:

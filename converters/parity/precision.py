@@ -3,7 +3,9 @@
 A precision is how Torch runs while the JAX reference stays in float32:
 'bfloat16' / 'float16' with mode 'cast' (`model.to(dtype)`, inputs cast too)
 or 'autocast' (a float32 model under `torch.autocast(dtype)`), and 'tf32'
-(a float32 model with TF32 matmuls and convolutions, CUDA only).
+(a float32 model with TF32 matmuls and convolutions: real ones on CUDA,
+emulated elsewhere by `parity.tf32_emulation`, rounding 'nearest' or
+'truncate').
 
 The figures: per output, the normalised error max|torch - ref| / max|ref|
 (rounding errors of a low precision scale with the activations, so a budget
@@ -20,6 +22,8 @@ import contextlib
 import numpy as np
 import torch
 
+from .tf32_emulation import ROUNDINGS, emulate_tf32
+
 PRECISIONS = {"bfloat16": torch.bfloat16, "float16": torch.float16, "tf32": torch.float32}
 MODES = ("cast", "autocast")
 
@@ -30,20 +34,47 @@ def model_dtype(precision: str, mode: str) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def precision_context(precision: str, mode: str, device: str):
-    """Autocast for mode 'autocast'; TF32 matmuls and convolutions for 'tf32'; restored afterwards."""
+def precision_context(precision: str, mode: str, device: str, tf32_rounding: str | None = None):
+    """Autocast for mode 'autocast'; TF32 matmuls and convolutions for 'tf32'; restored afterwards.
+
+    TF32 is real on CUDA (`allow_tf32`, cuBLAS / cuDNN choose the rounding: `tf32_rounding` must be None)
+    and emulated on other devices (`emulate_tf32`, `tf32_rounding` 'nearest' by default, or 'truncate').
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}.")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    check_tf32_rounding(precision, device, tf32_rounding)
     with contextlib.ExitStack() as stack:
-        if precision == "tf32":
+        if precision == "tf32" and device == "cuda":
             saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
             stack.callback(_restore_tf32, saved)
+        elif precision == "tf32":
+            stack.enter_context(emulate_tf32(tf32_rounding or "nearest"))
         elif mode == "autocast":
             stack.enter_context(torch.autocast(device, dtype=PRECISIONS[precision]))
         yield
+
+
+def check_tf32_rounding(precision: str, device: str, tf32_rounding: str | None) -> None:
+    """A TF32 rounding is only chosen for emulated TF32 (precision 'tf32' off CUDA)."""
+    if tf32_rounding is None:
+        return
+    if precision != "tf32":
+        raise ValueError(f"tf32_rounding is only used with precision 'tf32', not {precision!r}.")
+    if device == "cuda":
+        raise ValueError("tf32_rounding is for emulated TF32 (device 'cpu'); on CUDA, cuBLAS and cuDNN round.")
+    if tf32_rounding not in ROUNDINGS:
+        raise ValueError(f"tf32_rounding must be one of {ROUNDINGS}, got {tf32_rounding!r}.")
+
+
+def tf32_kind(device: str, tf32_rounding: str | None) -> str:
+    """How a 'tf32' run on `device` gets its TF32, in words (reports print it)."""
+    if device == "cuda":
+        return "real TF32 (CUDA, torch.backends.cuda.matmul.allow_tf32 / cudnn.allow_tf32)"
+    return (f"TF32 emulated on {device} (matmul/conv inputs rounded to TF32, "
+            f"rounding {tf32_rounding or 'nearest'}; converters.parity.tf32_emulation)")
 
 
 def _restore_tf32(saved) -> None:

@@ -72,6 +72,8 @@ class ParityReport:
     budget: dict | None = None
     # atol was scaled per output by max(1, max|reference|) (the largest such atol is `atol`).
     atol_per_unit_range: bool = False
+    # dtype 'tf32': where its TF32 comes from (real on CUDA, or emulated on the CPU and with which rounding).
+    tf32: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -104,6 +106,8 @@ class ParityReport:
             out["budget"] = self.budget
         if self.atol_per_unit_range:
             out["atol_per_unit_range"] = True
+        if self.tf32 is not None:
+            out["tf32"] = self.tf32
         if self.expected:
             out["expected"] = {
                 name: {"jax_max_abs": _number(pair["jax"].max_abs), "torch_max_abs": _number(pair["torch"].max_abs),
@@ -140,6 +144,8 @@ class ParityReport:
             for metric, c in self.budget["agreement"].items():
                 lines.append(f"  {metric}: {c['measured']:.4g} {c['direction']} {c['bound']:.4g}: "
                              f"{'ok' if c['passed'] else 'FAIL'}")
+        if self.tf32 is not None:
+            lines.append(f"tf32: {self.tf32}")
         verdict = "PASSED" if self.passed else f"FAILED ({', '.join(self.failures()) or 'no outputs'})"
         lines.append(f"{self.task} torch vs jax-{self.reference} on {self.device} {self.dtype}, "
                      f"atol={self.atol:g} rtol={self.rtol:g}: {verdict}")
