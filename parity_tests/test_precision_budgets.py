@@ -4,9 +4,10 @@ The budgets (converters/parity/budgets.json) are measured figures times a
 margin (benchmarks/measure_precision.py); these tests check that every task
 stays within them, that they are tight enough to catch a real precision bug
 (Fourier features computed in bfloat16), and that the harness reports them.
-bfloat16 and emulated TF32 (converters.parity.tf32_emulation, both
-roundings) run on the CPU in the default run; float16 and real TF32 only exist
-usefully on a GPU and run under the `cuda` marker.
+bfloat16, float16 and emulated TF32 (converters.parity.tf32_emulation, both
+roundings) run on the CPU in the default run (the golden models are small, so
+float16 is quick even where the CPU has no native float16 arithmetic); float16
+and real TF32 run again on a GPU under the `cuda` marker.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def test_bfloat16_within_budget(family, mode, device):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_float16_within_budget(family, mode, cuda_device):
     _assert_within_budget(_run(family, cuda_device, "float16", mode), "float16", mode)
+
+
+@pytest.mark.parametrize("mode", ["cast", "autocast"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_float16_within_budget_on_cpu(family, mode):
+    """The float16 budgets were measured on the CPU, whose float16 matmuls accumulate in float32 as CUDA's do."""
+    _assert_within_budget(_run(family, "cpu", "float16", mode), "float16", mode)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
