@@ -39,6 +39,7 @@ import forward_peers  # noqa: E402
 from perceiver_torch import build_preset  # noqa: E402
 from perceiver_torch.export import chunk_points  # noqa: E402
 from perceiver_torch.flow_tiling import stitch_tiles  # noqa: E402
+from perceiver_torch.imagenet_preprocessing import MEAN_RGB, STDDEV_RGB  # noqa: E402
 
 PRESETS = {
     "language": "language_perceiver_io_bytes",
@@ -63,8 +64,10 @@ def inputs_for(task: str, model, batch: int, device: torch.device) -> tuple:
     if task == "language":
         ids = torch.randint(6, 262, (batch, model.config["max_seq_len"]), generator=g)
         return ids.to(device), torch.ones_like(ids, device=device)
-    if task.startswith("imagenet"):
-        return (torch.randn(batch, 3, *model.image_size, generator=g).to(device),)
+    if task.startswith("imagenet"):  # random 0-255 pixels, normalised as imagenet_transform does
+        pixels = torch.rand(batch, 3, *model.image_size, generator=g) * 255
+        mean, std = torch.tensor(MEAN_RGB)[:, None, None], torch.tensor(STDDEV_RGB)[:, None, None]
+        return ((pixels - mean) / std).to(device),
     if task == "optical_flow":
         return tuple((torch.rand(batch, 3, *model.train_size, generator=g) * 2 - 1).to(device) for _ in range(2))
     if task == "flow_sintel":
