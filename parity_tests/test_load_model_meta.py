@@ -116,7 +116,8 @@ def test_strided_arrays_are_laid_out_in_slices_through_the_staging_buffer(monkey
     rng = np.random.default_rng(1)
     tensors = {"t": rng.standard_normal((13, 37)).astype(np.float32).T, "conv": rng.standard_normal(
         (3, 3, 4, 5)).astype(np.float32).transpose(3, 2, 0, 1), "every_other": np.arange(40, dtype=np.int64)[::2],
-        "flags": np.array([[True, False], [False, False]]).T, "half": np.ones((6, 3), np.float16).T}
+        "flags": np.array([[True, False], [False, False]]).T, "half": np.ones((6, 3), np.float16).T,
+        "flipped": np.arange(12, dtype=np.float32).reshape(3, 4)[::-1, ::2]}  # negative strides: laid out whole
     assert not any(v.flags.c_contiguous for v in tensors.values())
     expected = io.BytesIO()
     expected.write(safetensors_io.canonical_header(tensors, None))

@@ -222,7 +222,7 @@ def write_safetensors(destination, tensors: Mapping, metadata: Mapping[str, str]
     staging = _Staging()
     for name in sorted(tensors):
         value = tensors.pop(name) if consume else tensors[name]
-        if isinstance(value, np.ndarray) and not value.flags.c_contiguous and value.dtype.isnative and value.size:
+        if _stageable(value):
             staging.write(destination, value)
         else:
             destination.write(_as_bytes(value))
@@ -233,6 +233,12 @@ def write_safetensors(destination, tensors: Mapping, metadata: Mapping[str, str]
 # Laying them out through one reused buffer with torch's strided copy (blocked; ~3x numpy's
 # ascontiguousarray on 1280x1280 transposes here) costs no fresh allocation per tensor.
 STAGING_BYTES = 32 << 20
+
+
+def _stageable(value) -> bool:
+    """A non-contiguous numpy array torch can view as it is (native byte order, no negative strides)."""
+    return (isinstance(value, np.ndarray) and not value.flags.c_contiguous and value.dtype.isnative
+            and value.size > 0 and min(value.strides) >= 0)
 
 
 class _Staging:
