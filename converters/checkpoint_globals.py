@@ -90,6 +90,10 @@ class DtypeStub:
         if type(state) is not tuple or len(state) not in (8, 9):
             vm.fail(CheckpointReadError, f"a numpy dtype's state is a {type_name(state)}, not the 8- or 9-tuple "
                                          "numpy writes")
+        # numpy writes version 3 (8 fields) or, with metadata, 4 (9 fields), and refuses other versions.
+        if type(state[0]) is not int or state[0] != len(state) - 5:
+            vm.fail(CheckpointReadError, f"a numpy dtype's state has version {clip(repr(state[0]), 40)} with "
+                                         f"{len(state)} fields; numpy writes version 3 (8 fields) or 4 (9 fields)")
         byteorder, subarray, names, fields = state[1:5]
         if type(byteorder) is not str or byteorder not in ("<", ">", "|", "="):
             vm.fail(CheckpointReadError, "a numpy dtype's byte order is not one of '<', '>', '|', '='")

@@ -184,3 +184,16 @@ def test_payloads_larger_than_a_frame_read_back(protocol):
     read = loads_haiku_checkpoint(pickle.dumps(tree, protocol=protocol)).params["m"]
     np.testing.assert_array_equal(read["w"], tree["m"]["w"])
     np.testing.assert_array_equal(read["b"], tree["m"]["b"])
+
+
+@pytest.mark.parametrize("version", [7, 4, 2])
+def test_dtype_state_of_another_version_is_refused(version):
+    """numpy writes a dtype's state as version 3 (8 fields) or 4 (9 fields, with metadata); the reader
+    accepts only those (`-m slow` fuzzing found version 7 accepted here, which numpy's unpickling refuses)."""
+    data = (GOLDEN / "language" / "checkpoint.pickle").read_bytes()
+    marker = b"(K\x03\x8c\x01<"  # a dtype state: MARK, version 3, byte order '<'
+    assert marker in data
+    mutated = data.replace(marker, b"(K" + bytes([version]) + b"\x8c\x01<", 1)
+    with pytest.raises(CheckpointReadError, match=f"version {version} with 8 fields"):
+        loads_haiku_checkpoint(mutated, "mutated.pickle")
+    assert loads_haiku_checkpoint(data, "golden.pickle").flat()  # the unmutated file still reads
