@@ -194,9 +194,13 @@ def _arity(vm, name: str, args: tuple, counts: tuple[int, ...]) -> None:
 def _reconstruct(vm, args: tuple) -> ArrayStub:
     # numpy writes _reconstruct(ndarray, (0,), b'b') and sends shape, dtype and data through BUILD.
     _arity(vm, "numpy.core.multiarray._reconstruct", args, (3,))
-    subtype, _, typecode = args
+    subtype, shape, typecode = args
     if subtype is not NDARRAY:
         vm.fail(UnsafePickleError, f"_reconstruct of {type_name(subtype)} is refused: only numpy.ndarray")
+    # numpy would allocate an array of this placeholder shape (and refuses one that is not integers).
+    if type(shape) is not tuple or len(shape) != 1 or type(shape[0]) is not int or shape[0] != 0:
+        vm.fail(CheckpointReadError, f"_reconstruct's placeholder shape is {clip(repr(shape), 40)}, not the (0,) "
+                                     "numpy writes")
     if not isinstance(typecode, Payload) or typecode.data.tobytes() != b"b":
         vm.fail(CheckpointReadError, "_reconstruct's type code is not the b'b' numpy writes")
     return ArrayStub()

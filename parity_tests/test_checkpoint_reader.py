@@ -197,3 +197,16 @@ def test_dtype_state_of_another_version_is_refused(version):
     with pytest.raises(CheckpointReadError, match=f"version {version} with 8 fields"):
         loads_haiku_checkpoint(mutated, "mutated.pickle")
     assert loads_haiku_checkpoint(data, "golden.pickle").flat()  # the unmutated file still reads
+
+
+@pytest.mark.parametrize("replacement", [b"C\x00", b"K\x05", b"J\x00\xca\x9a\x3b"])
+def test_reconstruct_placeholder_shape_other_than_numpys_is_refused(replacement):
+    """numpy writes `_reconstruct(ndarray, (0,), b'b')`; another placeholder shape (bytes, which numpy's
+    unpickling refuses; or a size numpy would allocate) is refused (found by `-m slow` fuzzing)."""
+    data = (GOLDEN / "imagenet_conv" / "checkpoint.pickle").read_bytes()
+    marker = b"h\x0eK\x00\x85\x94"  # the memoised ndarray, then the placeholder shape (0,)
+    assert marker in data
+    mutated = data.replace(marker, b"h\x0e" + replacement + b"\x85\x94", 1)
+    with pytest.raises(CheckpointReadError, match="placeholder shape .* not the \\(0,\\) numpy writes"):
+        loads_haiku_checkpoint(mutated, "mutated.pickle")
+    assert loads_haiku_checkpoint(data, "golden.pickle").flat()
