@@ -97,10 +97,18 @@ class DtypeStub:
         byteorder, subarray, names, fields = state[1:5]
         if type(byteorder) is not str or byteorder not in ("<", ">", "|", "="):
             vm.fail(CheckpointReadError, "a numpy dtype's byte order is not one of '<', '>', '|', '='")
+        layout = state[5:8]  # elsize, alignment, flags: integers for numpy, (-1, -1, 0) for every numeric type
+        if any(type(value) is not int for value in layout) or (len(state) == 9 and state[8] is not None
+                                                                and type(state[8]) is not dict):
+            vm.fail(CheckpointReadError, f"a numpy dtype's state has elsize, alignment, flags {clip(repr(layout), 60)} "
+                                         "and metadata that are not the integers and dict numpy writes")
         if names is not None or fields is not None:
             self.refusal = f"structured data (dtype {self.descr!r} with named fields)"
         elif subarray is not None and self.refusal is None:
             self.refusal = f"subarray data (dtype {self.descr!r})"
+        elif self.refusal is None and layout != (-1, -1, 0):
+            vm.fail(CheckpointReadError, f"a numpy {self.descr!r} dtype's elsize, alignment, flags are {layout}, not "
+                                         "the (-1, -1, 0) numpy writes for numeric types")
         self.byteorder = byteorder
 
     def numpy(self) -> np.dtype:

@@ -210,3 +210,18 @@ def test_reconstruct_placeholder_shape_other_than_numpys_is_refused(replacement)
     with pytest.raises(CheckpointReadError, match="placeholder shape .* not the \\(0,\\) numpy writes"):
         loads_haiku_checkpoint(mutated, "mutated.pickle")
     assert loads_haiku_checkpoint(data, "golden.pickle").flat()
+
+
+@pytest.mark.parametrize("replacement, message", [
+    (b"C\x00", "not the integers and dict numpy writes"),  # bytes for flags: numpy's unpickling refuses it
+    (b"K\x07", "not the \\(-1, -1, 0\\) numpy writes"),
+])
+def test_dtype_layout_fields_other_than_numpys_are_refused(replacement, message):
+    """A numeric dtype's elsize, alignment and flags are (-1, -1, 0) as numpy writes them (found by `-m slow`
+    fuzzing: bytes in the flags field were accepted here)."""
+    data = (GOLDEN / "language" / "checkpoint.pickle").read_bytes()
+    marker = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"  # elsize -1, alignment -1, flags 0, TUPLE
+    assert marker in data
+    mutated = data.replace(marker, b"J\xff\xff\xff\xffJ\xff\xff\xff\xff" + replacement + b"t", 1)
+    with pytest.raises(CheckpointReadError, match=message):
+        loads_haiku_checkpoint(mutated, "mutated.pickle")
