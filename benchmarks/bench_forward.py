@@ -67,7 +67,7 @@ def inputs_for(task: str, model, batch: int, device: torch.device) -> tuple:
     if task.startswith("imagenet"):  # random 0-255 pixels, normalised as imagenet_transform does
         pixels = torch.rand(batch, 3, *model.image_size, generator=g) * 255
         mean, std = torch.tensor(MEAN_RGB)[:, None, None], torch.tensor(STDDEV_RGB)[:, None, None]
-        return ((pixels - mean) / std).to(device),
+        return (((pixels - mean) / std).to(device),)
     if task == "optical_flow":
         return tuple((torch.rand(batch, 3, *model.train_size, generator=g) * 2 - 1).to(device) for _ in range(2))
     if task == "flow_sintel":

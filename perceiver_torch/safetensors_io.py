@@ -258,9 +258,9 @@ class _Staging:
         source = torch.from_numpy(array)
         for start in range(0, source.shape[0], rows):
             part = source[start:start + rows]
-            staged = self._buffer[:part.numel() * array.itemsize].view(part.dtype).view(part.shape)
-            staged.copy_(part)
-            destination.write(memoryview(self._buffer[:staged.numel() * array.itemsize].numpy()))
+            staged = self._buffer[:part.numel() * array.itemsize]
+            staged.view(part.dtype).view(part.shape).copy_(part)
+            destination.write(memoryview(staged.numpy()))
 
 
 def _reserve(fd: int, size: int) -> None:

@@ -38,7 +38,8 @@ def make_cross_attention_mask(query_mask: torch.Tensor, kv_mask: torch.Tensor) -
 # the output). Zeros add nothing to q.k and the padded value columns are sliced off: the same attention.
 # Measured on the released language model's attentions (q/k heads 32 wide, v heads 160 and 96; README,
 # "Attention speed"): bfloat16 CPU time x0.64 to x1.01, float32 x0.93 to x1.08, so float32 and float64
-# keep the math path (CUDA's memory-efficient kernel takes unequal widths in float32 anyway).
+# are not padded (on the CPU they take `_explicit_attention` below; CUDA's memory-efficient kernel takes
+# unequal widths in float32).
 PAD_HEAD_DIMS = True
 
 # On the CPU, float32/float64 heads of unequal widths leave SDPA its unfused math path, which also scans
@@ -54,13 +55,16 @@ def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
                         scale: float) -> torch.Tensor:
     logits = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
     if mask is not None:
-        logits = logits.masked_fill_(~mask, MASKED_LOGIT)
+        logits.masked_fill_(~mask, MASKED_LOGIT)
     return torch.matmul(torch.softmax(logits, dim=-1), v)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
            dropout: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d_qk)) v for [B, H, T, D] heads through SDPA: [B, H, Tq, D_v]."""
+    """softmax(q k^T / sqrt(d_qk)) v for [B, H, T, D] heads: [B, H, Tq, D_v].
+
+    Through SDPA, except float32/float64 heads of unequal widths on the CPU (`_explicit_attention`).
+    """
     d_qk, d_v = q.shape[-1], v.shape[-1]
     scale = d_qk ** -0.5
     if (EXPLICIT_UNEQUAL_HEADS and d_qk != d_v and not dropout and q.device.type == "cpu"
