@@ -8,6 +8,7 @@ from .checkpoint_reader import (
     HaikuCheckpoint,
     UnsafePickleError,
     load_haiku_checkpoint,
+    open_haiku_checkpoint,
 )
 from .convert import CONVERTER_VERSION, convert, convert_tree, load_config
 from .rules import ConversionError
@@ -16,5 +17,5 @@ from .transformers import from_transformers, to_transformers
 __all__ = [
     "CONVERTER_VERSION", "CheckpointLimitError", "CheckpointReadError", "ConfigError", "ConversionError",
     "HaikuCheckpoint", "UnsafePickleError", "convert", "convert_tree", "from_transformers", "load_config",
-    "load_haiku_checkpoint", "to_transformers",
+    "load_haiku_checkpoint", "open_haiku_checkpoint", "to_transformers",
 ]

@@ -3,9 +3,10 @@
 Release files (and numpy / jax / Haiku re-exports of them) name a handful of globals: numpy's
 array and scalar reconstructors and its dtype, Haiku's mapping types, jax's array wrapper. None
 of the real objects is ever called. Each name resolves to a `StandIn` whose `call` checks its
-arguments and builds a numpy *view* of bytes already read from the file: nothing is allocated
-because the file claims a size, no array is left uninitialised, no strides are taken from the
-file, and no code of the pickle's choosing runs. Non-numeric data (complex, strings, bytes,
+arguments and builds a numpy *view* of bytes already read from the file (or, for payloads that
+`open_haiku_checkpoint` leaves in the file, a `StoredArray` naming their checked byte range):
+nothing is allocated because the file claims a size, no array is left uninitialised, no strides
+are taken from the file, and no code of the pickle's choosing runs. Non-numeric data (complex, strings, bytes,
 void, structured, object) is never built; it becomes a refusal that the tree check reports with
 the parameter's path.
 """
@@ -19,6 +20,7 @@ import re
 import numpy as np
 
 from .reader_errors import CheckpointReadError, UnsafePickleError
+from .stored_arrays import StoredArray, StoredFile
 
 MAX_NDIM = 32  # numpy's own limit is 64; no parameter has more than a handful of axes
 
@@ -37,7 +39,8 @@ def type_name(obj) -> str:
     """What `obj` is, for a message; never its repr (a hostile object's repr can recurse or be huge)."""
     if isinstance(obj, StandIn):
         return f"the global '{obj.name}'"
-    return {Payload: "bytes", ArrayStub: "numpy array", DtypeStub: "numpy dtype"}.get(type(obj), type(obj).__name__)
+    return {Payload: "bytes", FilePayload: "bytes", ArrayStub: "numpy array",
+            DtypeStub: "numpy dtype"}.get(type(obj), type(obj).__name__)
 
 
 class Payload:
@@ -59,6 +62,15 @@ class Payload:
             return self.data
         vm.charge(self.data.nbytes, "a second array from the same bytes")
         return self.data.copy()
+
+
+class FilePayload:
+    """The bytes of one BINBYTES-family opcode left in the file (`open_haiku_checkpoint`): where they are."""
+
+    __slots__ = ("file", "offset", "nbytes")
+
+    def __init__(self, file: StoredFile, offset: int, nbytes: int):
+        self.file, self.offset, self.nbytes = file, offset, nbytes
 
 
 class DtypeStub:
@@ -152,13 +164,17 @@ class ArrayStub:
             self.refusal = dtype.refusal  # reported by the tree check, with the parameter's path
             return
         shape = _shape(vm, shape)
-        if not isinstance(raw, Payload):
+        if not isinstance(raw, (Payload, FilePayload)):
             vm.fail(CheckpointReadError, f"an array's data is {type_name(raw)}, not bytes stored in the file")
         np_dtype = dtype.numpy()
         need = math.prod(shape) * np_dtype.itemsize
-        if raw.data.nbytes != need:
+        held = raw.nbytes if isinstance(raw, FilePayload) else raw.data.nbytes
+        if held != need:
             vm.fail(CheckpointReadError, f"an array of shape {shape} and dtype {np_dtype} needs {need:,} bytes, "
-                                         f"but its data holds {raw.data.nbytes:,}")
+                                         f"but its data holds {held:,}")
+        if isinstance(raw, FilePayload):  # read when it is written (stored_arrays)
+            self.array = StoredArray(raw.file, raw.offset, raw.nbytes, np_dtype, shape, fortran)
+            return
         flat = raw.adopt(vm)
         if not np_dtype.isnative:  # swap in place, so callers always get native byte order
             flat.view(np_dtype).byteswap(inplace=True)

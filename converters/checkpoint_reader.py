@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +23,11 @@ import numpy as np
 from .checkpoint_globals import ArrayStub, clip, type_name
 from .reader_errors import CheckpointLimitError, CheckpointReadError, UnsafePickleError
 from .restricted_unpickler import RestrictedUnpickler
+from .stored_arrays import StoredArray, StoredFile
 
 __all__ = [
-    "CheckpointLimitError", "CheckpointReadError", "HaikuCheckpoint", "UnsafePickleError", "checkpoint_from_tree",
-    "load_haiku_checkpoint", "loads_haiku_checkpoint",
+    "CheckpointLimitError", "CheckpointReadError", "HaikuCheckpoint", "StoredArray", "UnsafePickleError",
+    "checkpoint_from_tree", "load_haiku_checkpoint", "loads_haiku_checkpoint", "open_haiku_checkpoint",
 ]
 
 _NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floating point
@@ -36,6 +39,8 @@ class HaikuCheckpoint:
 
     params: dict[str, dict[str, np.ndarray]]
     state: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # From `open_haiku_checkpoint`: the file its `StoredArray` leaves read from, and what was found in them.
+    stored: StoredFile | None = field(default=None, repr=False, compare=False)
 
     def flat(self) -> dict[str, np.ndarray]:
         """{'params:module/path/name': array, 'state:module/path/name': array}."""
@@ -55,6 +60,32 @@ def loads_haiku_checkpoint(data: bytes, source: str = "<bytes>") -> HaikuCheckpo
 def load_haiku_checkpoint(path: str | Path) -> HaikuCheckpoint:
     """Read an upstream `.pickle` / `.pystate` file; returns params and state (possibly empty)."""
     path = Path(path)
+    fd, size = _open(path)
+    with open(fd, "rb") as stream:
+        return _read_file(stream, size, path)
+
+
+@contextmanager
+def open_haiku_checkpoint(path: str | Path) -> Iterator[HaikuCheckpoint]:
+    """Like `load_haiku_checkpoint`, but arrays of `stored_arrays.DEFER_BYTES` or more stay in the file.
+
+    Those leaves are `StoredArray`s, read one at a time when used (`np.asarray`), while the
+    block lasts; the whole file is parsed and checked before the block starts. What reading
+    their data finds wrong (non-finite values) is listed in the checkpoint's `stored.problems`.
+    """
+    path = Path(path)
+    fd, size = _open(path)
+    stored = StoredFile(fd, str(path))  # owns the descriptor: the arrays read from it after parsing
+    try:
+        with open(fd, "rb", closefd=False) as stream:
+            checkpoint = _read_file(stream, size, path, stored)
+        checkpoint.stored = stored
+        yield checkpoint
+    finally:
+        stored.close()
+
+
+def _open(path: Path) -> tuple[int, int]:
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a regular file).
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -64,11 +95,14 @@ def load_haiku_checkpoint(path: str | Path) -> HaikuCheckpoint:
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise CheckpointReadError(f"{path}: not a regular file; a checkpoint is a .pickle / .pystate file.")
-    with open(fd, "rb") as stream:
-        try:
-            return _read(stream, info.st_size, str(path))
-        except OSError as exc:
-            raise CheckpointReadError(f"{path}: reading the checkpoint failed: {exc.strerror or exc}.") from None
+    return fd, info.st_size
+
+
+def _read_file(stream, size: int, path: Path, stored: StoredFile | None = None) -> HaikuCheckpoint:
+    try:
+        return _read(stream, size, str(path), stored)
+    except OSError as exc:
+        raise CheckpointReadError(f"{path}: reading the checkpoint failed: {exc.strerror or exc}.") from None
 
 
 def checkpoint_from_tree(tree, source: str = "<tree>") -> HaikuCheckpoint:
@@ -76,9 +110,9 @@ def checkpoint_from_tree(tree, source: str = "<tree>") -> HaikuCheckpoint:
     return _split_tree(tree, source)
 
 
-def _read(stream, size: int, source: str) -> HaikuCheckpoint:
+def _read(stream, size: int, source: str, stored: StoredFile | None = None) -> HaikuCheckpoint:
     try:
-        tree = RestrictedUnpickler(stream, size, source).load()
+        tree = RestrictedUnpickler(stream, size, source, stored=stored).load()
         return _split_tree(tree, source)
     except (CheckpointReadError, OSError):
         raise
@@ -122,7 +156,7 @@ def _check_tree(tree, source: str, kind: str) -> dict[str, dict[str, np.ndarray]
     return out
 
 
-def _leaf(value, source: str, path: str) -> np.ndarray:
+def _leaf(value, source: str, path: str) -> np.ndarray | StoredArray:
     if isinstance(value, ArrayStub):
         if value.refusal is not None:
             raise CheckpointReadError(f"{source}: {path} holds {value.refusal}; parameters must be floating, "

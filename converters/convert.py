@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,11 +16,14 @@ from perceiver_torch.hashing import sha256_file
 from perceiver_torch.registry import preset
 from perceiver_torch.serialization import build_on_meta, save_checkpoint
 
-from .checkpoint_reader import HaikuCheckpoint, load_haiku_checkpoint
+from .checkpoint_reader import HaikuCheckpoint, open_haiku_checkpoint
 from .rules import ConversionError, strict_merge
 from .tasks import task_spec
 
 CONVERTER_VERSION = "1"
+# The header (first in the file) names the source's sha256, which is computed while the data is
+# written: it is written with this placeholder, of the same length, and filled in at the end.
+PENDING_SHA256 = "0" * 64
 
 
 def load_config(config: Mapping | str | Path) -> dict:
@@ -76,31 +81,52 @@ def convert(task: str, checkpoint_path: str | Path, config: Mapping | str | Path
     ours beside it, removed on any failure), with the task, full config, source sha256 and
     converter version in its metadata.
 
-    Memory: the model exists only on the meta device; the checkpoint's arrays are the only full
-    copy of the weights. They are mapped to state-dict names as views, and each is laid out,
-    written and released in turn. The source's sha256 is computed on a second thread while the
-    pickle is read.
+    Memory and time: the model exists only on the meta device, and the checkpoint's arrays stay
+    in the file (`open_haiku_checkpoint`) until the writer asks for each in turn: it is read,
+    laid out, checked finite and written, and only then is the next one read. The whole
+    pickle is parsed and every name and shape matched before the output is created. The
+    source's sha256 is computed on a second thread meanwhile.
     """
     task_spec(task)  # an unknown task is named as such, before its config is judged
     source = f"{task} config" if isinstance(config, Mapping) else str(config)
     config = validate_config(task, load_config(config), source=source)
     out = check_output(checkpoint_path, output_path)
     shapes = target_shapes(task, config)  # a config the constructors refuse fails before the checkpoint is read
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool, open_haiku_checkpoint(checkpoint_path) as checkpoint:
         digest = pool.submit(sha256_file, checkpoint_path)
-        source = load_haiku_checkpoint(checkpoint_path).flat()
-        arrays = _merge(task, source, config, shapes)
-        source.clear()  # the state dict's views now hold the only references
-        source_sha256 = digest.result()
-    metadata = {
-        "source_sha256": source_sha256,
-        "source_name": Path(checkpoint_path).name,
-        "converter_version": CONVERTER_VERSION,
-    }
-    try:
-        return save_checkpoint(arrays, out, task, config, metadata, consume=True)
-    except OSError as exc:
-        raise ConversionError([f"cannot write {out}: {exc.strerror or exc}"], "output") from None
+        arrays = _merge(task, checkpoint.flat(), config, shapes)
+        metadata = {
+            "source_sha256": PENDING_SHA256,
+            "source_name": Path(checkpoint_path).name,
+            "converter_version": CONVERTER_VERSION,
+        }
+
+        def finish(tmp: str) -> None:
+            if checkpoint.stored.problems:  # found while writing (non-finite values): the file is not committed
+                raise ConversionError(checkpoint.stored.problems, task)
+            _fill_header(tmp, "source_sha256", PENDING_SHA256, digest.result())
+
+        try:
+            return save_checkpoint(arrays, out, task, config, metadata, consume=True, finish=finish)
+        except OSError as exc:
+            raise ConversionError([f"cannot write {out}: {exc.strerror or exc}"], "output") from None
+
+
+def _fill_header(path: str, key: str, pending: str, value: str) -> None:
+    """Replace metadata `key`'s `pending` value in the safetensors header at `path` with `value`, of equal length.
+
+    The file's bytes end as if `value` had been written in the first place: header and data stay put.
+    """
+    old, new = (json.dumps({key: v}, separators=(",", ":"))[1:-1].encode() for v in (pending, value))
+    if len(old) != len(new):
+        raise ValueError(f"{key}: {value!r} is not as long as its placeholder")
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = f.read(length)
+        if header.count(old) != 1:
+            raise ValueError(f"{path}: the header holds {header.count(old)} placeholders for {key}, not one")
+        f.seek(8 + header.index(old))
+        f.write(new)
 
 
 def preset_config(name: str) -> tuple[str, dict]:

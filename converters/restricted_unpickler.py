@@ -20,19 +20,23 @@ before it allocates or hashes:
   after it was put into another one (so no cycles, and recorded depths stay true).
 
 Array payloads are read with one `readinto` each straight into the array's own buffer, so the
-per-opcode Python loop never touches the bulk of the file.
+per-opcode Python loop never touches the bulk of the file. Given a `StoredFile`, payloads of
+`DEFER_BYTES` or more are not read at all: the stream skips them and the array records where
+they are (`stored_arrays`), for a conversion to read one at a time.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import pickletools
 import struct
 
 import numpy as np
 
-from .checkpoint_globals import ArrayStub, DtypeStub, Payload, StandIn, resolve_global, type_name
+from .checkpoint_globals import ArrayStub, DtypeStub, FilePayload, Payload, StandIn, resolve_global, type_name
 from .reader_errors import CheckpointLimitError, CheckpointReadError, UnsafePickleError
+from .stored_arrays import DEFER_BYTES, StoredFile
 
 MAX_DEPTH = 32  # a release tree nests about 5 deep (mapping, mapping, array state, shape)
 BUDGET_FACTOR = 2
@@ -95,8 +99,9 @@ class RestrictedUnpickler:
     gives the byte offset of the opcode that was refused.
     """
 
-    def __init__(self, stream, size: int, source: str, *, max_depth: int = MAX_DEPTH, budget: int | None = None):
-        self._stream = stream
+    def __init__(self, stream, size: int, source: str, *, max_depth: int = MAX_DEPTH, budget: int | None = None,
+                 stored: StoredFile | None = None):
+        self._stream, self._stored = stream, stored
         self._stream_read, self._readinto, self._readline = stream.read, stream.readinto, stream.readline
         self._foreign_head = None  # what the file looks like, when it does not start with PROTO
         self._frame_end: int | None = None  # where the current FRAME ends
@@ -305,6 +310,13 @@ class RestrictedUnpickler:
         self._push(text)
 
     def _payload(self, n: int):
+        if self._stored is not None and n >= DEFER_BYTES:
+            self.charge(_OBJECT, "a stored array")  # its n bytes stay in the file (_length checked they are there)
+            self._framed(n)
+            self._stream.seek(n, io.SEEK_CUR)
+            self._push(FilePayload(self._stored, self.pos, n))
+            self.pos += n
+            return
         self.charge(n + _OBJECT, f"{n:,} bytes of data")
         self._framed(n)
         # A bytearray (malloc'd, 16-byte aligned), not np.empty: numpy asks for transparent huge pages,

@@ -18,6 +18,8 @@ import numpy as np
 
 from perceiver_torch.layers.image import conv_stem_layers
 
+from .stored_arrays import StoredArray
+
 Transform = Callable[[np.ndarray], np.ndarray]
 
 logger = logging.getLogger(__name__)
@@ -171,6 +173,9 @@ def as_parameter(src: str, value: np.ndarray, problems: list[str]) -> np.ndarray
     converted = value.dtype != np.float32
     if converted:
         logger.warning("%s: converting %s values to float32", src, value.dtype)
+    if isinstance(value, StoredArray):
+        return value.checked(src)  # converted and checked finite as it is read (its file lists what is not)
+    if converted:
         with np.errstate(over="ignore"):  # an overflow becomes Inf, refused just below
             value = value.astype(np.float32)
     if not np.isfinite(value).all():
@@ -192,7 +197,8 @@ def strict_merge(
     Every source array must be used exactly once (or be listed in `ignored`),
     every target filled once, every shape equal after its transform, every value a finite
     float (`as_parameter`). The arrays returned are the transforms' results, views of the
-    source's arrays where the transform allows (no copy is made here).
+    source's arrays where the transform allows (no copy is made here); a `StoredArray` source
+    gives a `StoredArray` with the transform and the float32 check planned, done when it is read.
     `key(collection, module, name)` names a source leaf the way `source` does.
     """
     out: dict[str, np.ndarray] = {}
@@ -217,7 +223,8 @@ def strict_merge(
             if dst not in target_shapes:
                 problems.append(f"checkpoint {src} maps to {dst}, which the model does not have")
                 continue
-            value = leaf.transform(source[src])
+            value = source[src].then(leaf.transform) if isinstance(source[src], StoredArray) \
+                else leaf.transform(source[src])
             if tuple(value.shape) != tuple(target_shapes[dst]):
                 problems.append(
                     f"shape mismatch: checkpoint {src} {tuple(source[src].shape)} -> {dst} "

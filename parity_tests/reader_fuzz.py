@@ -3,7 +3,10 @@
 The property, for every input: the reader returns a checkpoint that a trusted unpickler reads
 identically (same names, shapes and bytes; numeric, native-order arrays no larger in total than the
 file), or it raises a `CheckpointReadError` naming the input; nothing else, and never a crash
-(the child is capped, and the parent names the example it was reading when it died).
+(the child is capped, and the parent names the example it was reading when it died). And the
+same file through `open_haiku_checkpoint`, with every payload of 2 bytes or more left in the
+file, gives the same arrays when read, and refuses what the reader refuses (except a refusal for
+the memory budget: payloads left in the file are not held).
 
 Three sources of inputs: golden pickles with bytes flipped, cut, inserted or deleted (often at
 opcode boundaries, where a change alters structure rather than values); random opcode streams mixing
@@ -26,8 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from converters.checkpoint_reader import checkpoint_from_tree, loads_haiku_checkpoint
-from converters.reader_errors import CheckpointReadError
+from converters import restricted_unpickler
+from converters.checkpoint_reader import checkpoint_from_tree, loads_haiku_checkpoint, open_haiku_checkpoint
+from converters.reader_errors import CheckpointLimitError, CheckpointReadError
 
 from . import hostile_pickles as hp
 
@@ -56,7 +60,15 @@ def check(data: bytes, example_path: str) -> tuple[str, str | None]:
         ours = loads_haiku_checkpoint(data, SOURCE).flat()
     except CheckpointReadError as exc:
         assert str(exc).startswith(SOURCE), f"the refusal does not name the input: {exc}"
+        stored = _read_stored(example_path)
+        assert isinstance(stored, CheckpointReadError) or isinstance(exc, CheckpointLimitError), \
+            f"refused ({exc}) but read with its arrays left in the file"
         return "refused", type(exc).__name__ + re.sub(r"\d[\d,]*|'[^']*'", "_", str(exc))
+    stored = _read_stored(example_path)
+    assert not isinstance(stored, Exception), f"read, but refused with its arrays left in the file: {stored}"
+    assert stored.keys() == ours.keys()
+    for key, array in ours.items():
+        assert stored[key].dtype == array.dtype and stored[key].tobytes() == array.tobytes(), key
     total = 0
     for key, array in ours.items():
         assert type(array) is np.ndarray and array.dtype.kind in "biuf" and array.dtype.isnative, key
@@ -69,6 +81,15 @@ def check(data: bytes, example_path: str) -> tuple[str, str | None]:
         assert array.shape == other.shape and array.dtype == other.dtype.newbyteorder("="), key
         assert array.tobytes() == other.astype(array.dtype).tobytes(), key
     return "accepted", None
+
+
+def _read_stored(path: str) -> dict[str, np.ndarray] | CheckpointReadError:
+    restricted_unpickler.DEFER_BYTES = 2  # every payload but the 1-byte type codes stays in the file (this child only)
+    try:
+        with open_haiku_checkpoint(path) as checkpoint:
+            return {key: np.asarray(value) for key, value in checkpoint.flat().items()}
+    except CheckpointReadError as exc:
+        return exc
 
 
 # ---- mutated golden pickles -----------------------------------------------------------------------

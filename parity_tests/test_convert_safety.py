@@ -15,7 +15,7 @@ import torch
 
 import converters
 import perceiver_torch as pt
-from converters import ConfigError, ConversionError, load_haiku_checkpoint
+from converters import ConfigError, ConversionError, load_haiku_checkpoint, restricted_unpickler
 from converters.rules import as_parameter
 from perceiver_torch import serialization
 
@@ -45,6 +45,13 @@ def _refused(tmp_path, value_of, *parts):
     _convert_expecting_failure(tmp_path, _replacing(value_of), *parts)
 
 
+@pytest.fixture(params=["read_while_parsing", "left_in_the_file"])
+def reader_mode(request, monkeypatch):
+    """Both ways the converter meets an array: read with the pickle, or read from the file when written."""
+    if request.param == "left_in_the_file":
+        monkeypatch.setattr(restricted_unpickler, "DEFER_BYTES", 2)  # golden arrays are below the real threshold
+
+
 def _with_nan(w):
     w = w.copy()
     w[3, 1] = np.nan
@@ -64,12 +71,12 @@ def _with_inf(w):
     (lambda w: w > 0, [SRC_NAME, "bool values where the model holds float32"]),
     (lambda w: np.full(w.shape, 1e300), [SRC_NAME, "non-finite values (NaN or Inf) after conversion to float32"]),
 ], ids=["nan", "inf", "int32", "bool", "float64_overflowing_float32"])
-def test_unusable_parameter_values_are_refused_naming_the_leaf(tmp_path, value_of, parts):
+def test_unusable_parameter_values_are_refused_naming_the_leaf(tmp_path, value_of, parts, reader_mode):
     _refused(tmp_path, value_of, *parts)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
-def test_float16_and_float64_are_converted_to_float32_and_logged(tmp_path, caplog, dtype):
+def test_float16_and_float64_are_converted_to_float32_and_logged(tmp_path, caplog, dtype, reader_mode):
     src = _variant(tmp_path, lambda w: w.astype(dtype))
     out = tmp_path / "out.safetensors"
     with caplog.at_level(logging.WARNING, logger="converters.rules"):

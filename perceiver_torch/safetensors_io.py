@@ -204,10 +204,11 @@ def canonical_header(tensors: Mapping, metadata: Mapping[str, str] | None) -> by
 
 def write_safetensors(destination, tensors: Mapping, metadata: Mapping[str, str] | None = None, *,
                       consume: bool = False) -> None:
-    """Write `tensors` ({name: tensor or array}, any device) to `destination` (a path or an open binary file).
+    """Write `tensors` ({name: tensor, array or array-like}, any device) to `destination` (a path or binary file).
 
     Same input, same bytes. Tensors are laid out (made contiguous, little-endian, host-resident)
-    and written one at a time; with `consume=True` (a mutable mapping) each entry is removed once
+    and written one at a time (an array-like with `dtype` and `shape` is turned into an array
+    only then); with `consume=True` (a mutable mapping) each entry is removed once
     written, so that its memory can be freed before the next one is laid out. To a path, the
     file's blocks are reserved first, so that a full disk fails at once, before any data is
     written.
@@ -222,6 +223,12 @@ def write_safetensors(destination, tensors: Mapping, metadata: Mapping[str, str]
     staging = _Staging()
     for name in sorted(tensors):
         value = tensors.pop(name) if consume else tensors[name]
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
+            promised = _describe(value)  # what the header says of it
+            value = np.asarray(value)  # an array-like made when its turn comes (a conversion reads it from its source)
+            if _describe(value) != promised:
+                raise ValueError(f"{name!r} became {_describe(value)[:2]} when read, not the {promised[:2]} written "
+                                 "in the header")
         if _stageable(value):
             staging.write(destination, value)
         else:

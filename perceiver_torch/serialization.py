@@ -6,7 +6,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -56,20 +56,27 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
 
 
 def save_checkpoint(state_dict: Mapping, path, task: str, config: dict,
-                    metadata: dict[str, str] | None = None, *, consume: bool = False) -> Path:
+                    metadata: dict[str, str] | None = None, *, consume: bool = False,
+                    finish: Callable[[str], None] | None = None) -> Path:
     """Write `state_dict` (tensors or numpy arrays) atomically with the task and full config in the metadata.
 
     Same input, same bytes (a canonical header).
     The config is validated first (a file `load_model` would refuse is never written). Tensors
     are streamed into the file one at a time; with `consume=True` each entry is dropped from
     `state_dict` once written, so a caller handing over its only references frees memory as
-    the file grows.
+    the file grows. `finish(temp_path)`, if given, runs once everything is written and before
+    the file is moved into place: what it raises leaves nothing at `path`.
     """
     validate_config(task, config, source=f"config for {path}")
     meta = {"format": FORMAT, "task": task, "config": json.dumps(config, sort_keys=True)}
     meta.update(metadata or {})
 
-    return atomic_write(path, lambda tmp: write_safetensors(tmp, state_dict, meta, consume=consume))
+    def write(tmp: str) -> None:
+        write_safetensors(tmp, state_dict, meta, consume=consume)
+        if finish is not None:
+            finish(tmp)
+
+    return atomic_write(path, write)
 
 
 def _metadata(path: Path, header: Header) -> dict[str, str]:
