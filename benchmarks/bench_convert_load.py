@@ -12,9 +12,10 @@ in interleaved rounds, each in a fresh child process:
 Each child reports the operation's wall time and its peak RSS (VmHWM, reset just before the
 operation; it counts the touched pages of memory-mapped files too) less the RSS it had before
 starting it (Python, torch and the project imported). ru_maxrss is not used: Linux carries it
-over from the parent through fork and exec. Prints medians over the rounds and the ratios the targets name:
-conversion time / unpickling time <= 1.5, conversion peak / pickle size <= 1.3, load peak /
-safetensors size <= 1.2.
+over from the parent through fork and exec. Before each operation the page cache's dirty pages
+are written out (`os.sync`, untimed), and before each conversion its previous output is removed.
+Prints medians over the rounds and the ratios the targets name: conversion time / unpickling
+time <= 1.5, conversion peak / pickle size <= 1.3, load peak / safetensors size <= 1.2.
 
     python benchmarks/bench_convert_load.py [--rounds 3] [--preset language_perceiver_io_bytes]
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import statistics
 import subprocess
@@ -134,6 +136,12 @@ def main() -> None:
     results: dict[str, list[dict]] = {"unpickle": [], "convert": [], "load": []}
     for r in range(args.rounds):
         for op in results:  # interleaved: each round runs every operation once, in turn
+            if op == "convert":
+                output.unlink(missing_ok=True)  # a first conversion: freeing an old file's blocks is not its work
+            # Each operation starts with nothing dirty in the page cache: else the kernel's write-back of the
+            # previous round's 767 MiB lands in whichever operation comes next (measured 0.8-2.3 s for the same
+            # conversion on this machine's disk).
+            os.sync()
             results[op].append(run_child(op, child_args))
             last = results[op][-1]
             extra = (last["peak_kb"] - last["baseline_kb"]) / 1024
