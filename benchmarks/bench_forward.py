@@ -126,7 +126,7 @@ def build_variants(task: str, batch: int, wanted: list[str], device: torch.devic
             notes["ours compiled"] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
     hf_task = "optical_flow" if task == "flow_sintel" else task
     if any(v.startswith("transformers") for v in wanted):
-        hf = forward_peers.hf_model(hf_task, device)
+        hf = forward_peers.hf_model(hf_task, model.config, device)
         if hf is not None:
             hf.requires_grad_(False)
         if hf is None:

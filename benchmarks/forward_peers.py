@@ -3,9 +3,9 @@
 Both are optional imports: a peer that is not installed is reported and skipped. Each builder
 returns a callable running one forward on the benchmark's inputs (same sizes as ours), or None.
 
-transformers' models are built from `PerceiverConfig` with random weights at the configurations its
-old Haiku converter set for the released checkpoints (/work/shared/transformers_divergences.md);
-nothing is downloaded.
+transformers' models are built from `PerceiverConfig` with random weights at the config ours runs,
+mapped by the exporter's `converters.transformers.config_map.to_hf` (at the released presets, the
+sizes of the deepmind/* checkpoints), with the erf GELU those checkpoints name; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -14,25 +14,17 @@ import importlib
 
 import torch
 
+from converters.transformers.config_map import to_hf
 from perceiver_torch.layers.flow import patches_for_flow
 
-# transformers' PerceiverConfig for each released checkpoint (see the module docstring).
-_IMAGE = dict(num_latents=512, d_latents=1024, num_blocks=8, num_self_attends_per_block=6,
-              num_cross_attention_heads=1, num_self_attention_heads=8, qk_channels=None, v_channels=None,
-              num_labels=1000, image_size=224)
-HF_CONFIGS = {
-    "language": ("PerceiverForMaskedLM", dict(qk_channels=256, v_channels=1280)),
-    "imagenet_learned": ("PerceiverForImageClassificationLearned", dict(_IMAGE, d_model=512)),
-    "imagenet_fourier": ("PerceiverForImageClassificationFourier", dict(_IMAGE, d_model=261)),
-    "imagenet_conv": ("PerceiverForImageClassificationConvProcessing", dict(_IMAGE, d_model=322)),
-    "optical_flow": ("PerceiverForOpticalFlow", dict(
-        num_latents=2048, d_latents=512, d_model=322, num_blocks=1, num_self_attends_per_block=24,
-        num_self_attention_heads=16, num_cross_attention_heads=1, train_size=[368, 496])),
-    "video_autoencoding": ("PerceiverForMultimodalAutoencoding", dict(
-        num_latents=784, d_latents=512, d_model=704, num_blocks=1, num_self_attends_per_block=8,
-        num_self_attention_heads=8, num_cross_attention_heads=1, num_labels=700, image_size=56,
-        num_frames=16, audio_samples_per_frame=1920, samples_per_patch=16, output_shape=[1, 16, 224, 224])),
-}
+
+def hf_config(task: str, config: dict) -> tuple[str, dict]:
+    """(transformers class name, PerceiverConfig kwargs) for our `config`, mapped as the exporter maps it."""
+    family = "imagenet" if task.startswith("imagenet") else task
+    architecture, fields = to_hf(family, config)
+    # Exports set the tanh GELU upstream trained with (catalog: "gelu"); the deepmind/* configs on the Hub
+    # say "gelu" (erf), and that is the model transformers' users run, so that is the one timed.
+    return architecture, {**fields, "hidden_act": "gelu"}
 
 
 def optional(module: str):
@@ -42,14 +34,14 @@ def optional(module: str):
         return None
 
 
-def hf_model(task: str, device: torch.device):
-    """transformers' model for `task` (random weights, eval mode), or None when transformers is missing."""
+def hf_model(task: str, config: dict, device: torch.device):
+    """transformers' model for our `task` `config` (random weights, eval mode), or None when transformers is missing."""
     transformers = optional("transformers")
     if transformers is None:
         return None
-    class_name, config = HF_CONFIGS[task]
+    class_name, fields = hf_config(task, config)
     torch.manual_seed(0)
-    return getattr(transformers, class_name)(transformers.PerceiverConfig(**config)).to(device).eval()
+    return getattr(transformers, class_name)(transformers.PerceiverConfig(**fields)).to(device).eval()
 
 
 def hf_call(task: str, model, inputs: tuple):

@@ -16,6 +16,7 @@ from perceiver_torch.config_schema import ConfigError
 from perceiver_torch.registry import TASKS, preset_names
 
 from .checkpoint_reader import CheckpointReadError
+from .cli_support import write_or_report
 from .convert import convert, preset_config
 from .rules import ConversionError
 from .transformers import from_transformers
@@ -47,17 +48,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"preset {args.preset!r} is a {preset_task!r} model, not {args.task!r}.")
     # The library logs what it changes (e.g. float16 arrays converted to float32); show it plainly.
     logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
+
+    def write():
+        if args.from_transformers:
+            return from_transformers(args.task, args.from_transformers, args.output, args.revision)
+        return convert(args.task, args.checkpoint, config, args.output)
+
     try:
-        out = (from_transformers(args.task, args.from_transformers, args.output, args.revision)
-               if args.from_transformers else convert(args.task, args.checkpoint, config, args.output))
-    except (ConfigError, ConversionError, CheckpointReadError, OSError, ValueError, MemoryError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        return write_or_report(PROG, write,
+                               (ConfigError, ConversionError, CheckpointReadError, OSError, ValueError, MemoryError))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written.", file=sys.stderr)
         return 130
-    print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

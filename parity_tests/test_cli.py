@@ -54,3 +54,15 @@ def test_missing_checkpoint_file_is_reported(tmp_path, capsys):
                "--config", str(golden_dir("language") / "config.json"), "-o", str(tmp_path / "o")])
     assert rc == 1
     assert "nope.pickle" in capsys.readouterr().err
+
+
+def test_interrupted_conversion_says_nothing_was_written(tmp_path, capsys, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("converters.cli.convert", interrupted)
+    out = tmp_path / "lm.safetensors"
+    rc = main(["language", str(golden_dir("language") / "checkpoint.pickle"),
+               "--config", str(golden_dir("language") / "config.json"), "-o", str(out)])
+    assert rc == 130 and not out.exists()
+    assert capsys.readouterr().err.splitlines()[-1] == "perceiver-convert: interrupted; nothing was written."

@@ -164,6 +164,8 @@ def test_clis_report_errors_without_traceback(tmp_path, learned, capsys):
 def test_clis_convert_and_export(tmp_path, learned, capsys):
     assert convert_main(["imagenet", "--from-transformers", str(learned), "-o", str(tmp_path / "o.safetensors")]) == 0
     assert export_main([str(tmp_path / "o.safetensors"), "-o", str(tmp_path / "exported")]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == [f"wrote {tmp_path / 'o.safetensors'}",
+                                                          f"wrote {tmp_path / 'exported'}"]
     assert load_file(str(tmp_path / "exported" / "model.safetensors")).keys() == \
         load_file(str(learned / "model.safetensors")).keys()
 

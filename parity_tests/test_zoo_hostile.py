@@ -11,6 +11,7 @@ import yaml
 
 from converters.zoo.manifest_edit import save_manifest
 from parity_tests.zoo_support import GOLDEN_ENTRY, hub_env, produce_and_publish
+from perceiver_torch import serialization
 from perceiver_torch.zoo import IntegrityError, ManifestError, ZooError, create_model, fetch, get_entry, load_manifest
 from perceiver_torch.zoo import hub as zoo_hub
 
@@ -117,3 +118,28 @@ def test_a_file_changed_between_hash_and_load_is_refused(published, tmp_path, mo
         with pytest.raises(IntegrityError, match="changed between its sha256 check and its load"):
             create_model(GOLDEN_ENTRY, manifest=manifest)
     assert get_entry(GOLDEN_ENTRY, manifest)["status"] == "published"
+
+
+def test_create_model_parses_the_header_once(published, monkeypatch):
+    manifest, tree, _ = published
+    calls = []
+    real_read_header = serialization.read_header
+
+    def counting_read_header(path):
+        calls.append(path)
+        return real_read_header(path)
+
+    monkeypatch.setattr(serialization, "read_header", counting_read_header)
+    create_model(GOLDEN_ENTRY, mirror=tree, manifest=manifest)
+    assert len(calls) == 1, calls
+
+
+def test_an_artifact_converted_with_another_config_is_refused(published, tmp_path):
+    manifest, tree, _ = published
+    data = load_manifest(manifest)
+    # Same artifact (its hash still matches), but the entry now describes a deeper encoder.
+    data["models"][GOLDEN_ENTRY]["config"]["encoder"]["num_self_attends_per_block"] += 1
+    edited = tmp_path / "zoo_manifest.yaml"
+    save_manifest(data, edited)
+    with pytest.raises(ZooError, match="with a different config than the manifest entry"):
+        create_model(GOLDEN_ENTRY, mirror=tree, manifest=edited)

@@ -165,7 +165,8 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
-def load_model(path, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_model(path, device: str | torch.device = "cpu", *,
+               check_metadata: Callable[[dict[str, str]], None] | None = None) -> torch.nn.Module:
     """Rebuild the model from a converted file's metadata and take its weights from the file, in eval mode.
 
     Nothing sized by the file is allocated before it is checked: the header is parsed and
@@ -178,10 +179,18 @@ def load_model(path, device: str | torch.device = "cpu") -> torch.nn.Module:
     On the CPU the weights stay mapped copy-on-write: training the model never writes to the
     file, but a file rewritten in place (rather than replaced, as `atomic_write` does) while the
     model lives would show through in pages the model has not written.
+
+    `check_metadata`, if given, is called with the file's metadata once the header is parsed,
+    before the config is validated or anything is built; what it raises propagates. A caller
+    that must refuse some files (the zoo: one converted for another entry) checks the header
+    this call reads instead of parsing it a second time.
     """
     path = Path(path)
     header = read_header(path)
-    task, config = _checked_config(path, _metadata(path, header))
+    meta = _metadata(path, header)
+    if check_metadata is not None:
+        check_metadata(meta)
+    task, config = _checked_config(path, meta)
     try:
         model = build_on_meta(task, config, source=f"{path} (metadata config)")
     except ConfigError as exc:

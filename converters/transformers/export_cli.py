@@ -11,6 +11,7 @@ import sys
 
 from perceiver_torch.serialization import CheckpointFormatError
 
+from ..cli_support import write_or_report
 from ..rules import ConversionError
 from .config_map import ConfigMismatchError
 from .exporter import ExportError, to_transformers
@@ -21,13 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("converted", help="a perceiver-torch .safetensors (from perceiver-convert)")
     parser.add_argument("-o", "--output", required=True, help="new (or empty) output directory")
     args = parser.parse_args(argv)
-    try:
-        out = to_transformers(args.converted, args.output)
-    except (ConfigMismatchError, ConversionError, CheckpointFormatError, ExportError, FileNotFoundError) as exc:
-        print(f"perceiver-to-transformers: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return write_or_report(
+        "perceiver-to-transformers", lambda: to_transformers(args.converted, args.output),
+        (ConfigMismatchError, ConversionError, CheckpointFormatError, ExportError, FileNotFoundError))
 
 
 if __name__ == "__main__":

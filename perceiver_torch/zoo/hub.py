@@ -27,7 +27,7 @@ from huggingface_hub import constants, hf_hub_download
 
 from ..hashing import sha256_stream
 from ..registry import build_model, preset
-from ..serialization import load_model, read_metadata
+from ..serialization import load_model
 from .manifest import get_entry
 
 _TRUE = {"1", "on", "yes", "true"}
@@ -214,11 +214,13 @@ def create_model(name: str, pretrained: bool = True, *, device: str | torch.devi
         return build_model(entry["task"], config).to(device).eval()
     artifact = _published(name, entry)
     path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir)
-    meta = read_metadata(path)
-    if meta["task"] != entry["task"] or json.loads(meta["config"]) != config:
-        raise ZooError(f"zoo model {name!r}: {path} was converted for task {meta['task']!r} with a different "
-                       "config than the manifest entry")
-    model = load_model(path, device=device)
+
+    def converted_for_this_entry(meta: dict[str, str]) -> None:
+        if meta["task"] != entry["task"] or json.loads(meta["config"]) != config:
+            raise ZooError(f"zoo model {name!r}: {path} was converted for task {meta['task']!r} with a different "
+                           "config than the manifest entry")
+
+    model = load_model(path, device=device, check_metadata=converted_for_this_entry)
     # What was loaded must be the very bytes that were hashed: same inode, size and mtime after the load.
     try:
         unchanged = _same_file(hashed, os.stat(path))

@@ -1,0 +1,21 @@
+"""What perceiver-convert and perceiver-to-transformers share: how a run and its expected failures are reported."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+def write_or_report(prog: str, write: Callable[[], object], errors: tuple[type[BaseException], ...]) -> int:
+    """Run `write` and print `wrote <what it returned>`: exit status 0.
+
+    One of `errors` (bad input, not a bug) becomes the one line `PROG: error: ...` on stderr and
+    exit status 1, never a traceback; anything else propagates.
+    """
+    try:
+        out = write()
+    except errors as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
