@@ -1,5 +1,9 @@
 """Forward speed at released size: ours (fp32, bf16 autocast, bf16 weights, compiled) beside transformers and JAX.
 
+Compiled variants: `ours compiled` (torch.compile, fp32) and, with Inductor's weight freezing (the CPU
+inference setting: weights become constants, prepacked for oneDNN), `ours compiled frozen` (fp32) and
+`ours bf16 compiled frozen` (the model in bfloat16).
+
     PYTHONPATH=$PWD python benchmarks/bench_forward.py [--tasks language optical_flow ...] [--batch-sizes 1 8 32]
         [--rounds 3] [--variants ...] [--device cuda] [--tf32 off|on] [--threads N]
 
@@ -31,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -51,7 +56,8 @@ PRESETS = {
     "flow_sintel": "optical_flow",
 }
 VARIANTS = ("ours fp32", "ours bf16 autocast", "ours bf16 weights", "ours fp16 autocast", "ours compiled",
-            "transformers fp32", "transformers bf16 autocast", "jax jit fp32")  # fp16: CUDA only
+            "ours compiled frozen", "ours bf16 compiled frozen", "transformers fp32", "transformers bf16 autocast",
+            "jax jit fp32")  # fp16: CUDA only
 SINTEL = (436, 1024)
 GEMM = (2048, 1280, 1280)  # M, K, N: the language model's input projections (2048 bytes, 1280 channels)
 GEMM_REPEATS = 8
@@ -109,21 +115,15 @@ def build_variants(task: str, batch: int, wanted: list[str], device: torch.devic
         calls["ours bf16 autocast"] = _under(autocast, ours)
     if "ours fp16 autocast" in wanted and device.type == "cuda":
         calls["ours fp16 autocast"] = _under(torch.autocast("cuda", dtype=torch.float16), ours)
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16) if {"ours bf16 weights", "ours bf16 compiled frozen"} \
+        & set(wanted) else None
     if "ours bf16 weights" in wanted:
-        model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
         calls["ours bf16 weights"] = our_call(task, model_bf16, _bf16(inputs), args.tile_batch_size)
-    if "ours compiled" in wanted:
-        compiled = torch.compile(model, dynamic=False)
-        call = our_call(task, compiled, inputs, args.tile_batch_size)
-        start = time.perf_counter()
-        try:
-            with torch.no_grad():
-                call()
-            _sync(device)
-            notes["ours compiled"] = f"compile + first call {time.perf_counter() - start:.1f} s"
-            calls["ours compiled"] = call
-        except Exception as exc:  # noqa: BLE001
-            notes["ours compiled"] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+    for name, variant_model, variant_inputs, frozen in (
+            ("ours compiled", model, inputs, False), ("ours compiled frozen", model, inputs, True),
+            ("ours bf16 compiled frozen", model_bf16, _bf16(inputs), True)):
+        if name in wanted:
+            _compile(name, task, variant_model, variant_inputs, frozen, device, args, calls, notes)
     hf_task = "optical_flow" if task == "flow_sintel" else task
     if any(v.startswith("transformers") for v in wanted):
         hf = forward_peers.hf_model(hf_task, model.config, device)
@@ -154,6 +154,27 @@ def build_variants(task: str, batch: int, wanted: list[str], device: torch.devic
             calls["jax jit fp32"], compile_s = peer
             notes["jax jit fp32"] = f"jit compile + first call {compile_s:.1f} s"
     return {k: calls[k] for k in VARIANTS if k in calls}, notes, counter.get_total_flops()
+
+
+def _compile(name: str, task: str, model, inputs: tuple, frozen: bool, device: torch.device, args, calls: dict,
+             notes: dict) -> None:
+    """Add `name`: `model` under torch.compile, compiled by its first call (timed); `frozen`: Inductor's freezing.
+
+    Freezing folds the weights into the compiled graph as constants (later changes to them are not
+    seen), which lets Inductor's CPU backend prepack them for oneDNN and fuse bias and pointwise
+    work into the matmuls.
+    """
+    compiled = torch.compile(model, dynamic=False)
+    call = our_call(task, compiled, inputs, args.tile_batch_size)
+    start = time.perf_counter()
+    try:
+        with torch.no_grad(), inductor_config.patch(freezing=frozen):
+            call()
+        _sync(device)
+        notes[name] = f"compile + first call {time.perf_counter() - start:.1f} s"
+        calls[name] = call
+    except Exception as exc:  # noqa: BLE001
+        notes[name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _under(context, call):
@@ -234,7 +255,9 @@ def bench(task: str, batch: int, args, device: torch.device) -> None:
               f"({SHORT[reference]}) | {memory[name]} |")
     print("\nGEMM peak in the same rounds: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peak.items()) + ".")
     for pair in (("ours fp32", "transformers fp32"), ("ours bf16 autocast", "transformers bf16 autocast"),
-                 ("ours fp32", "jax jit fp32"), ("ours compiled", "ours fp32")):
+                 ("ours fp32", "jax jit fp32"), ("ours compiled", "ours fp32"), ("ours compiled frozen", "ours fp32"),
+                 ("ours bf16 compiled frozen", "transformers bf16 autocast"),
+                 ("ours bf16 weights", "transformers bf16 autocast")):
         if all(p in times for p in pair):
             ratio = statistics.median(a / b for a, b in zip(times[pair[0]], times[pair[1]], strict=True))
             print(f"{pair[0]} / {pair[1]}: {ratio:.2f} (median of per-round ratios)")

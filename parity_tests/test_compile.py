@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 
 from perceiver_torch import build_model
 from perceiver_torch.export import example_inputs
@@ -33,8 +34,11 @@ def _inputs(model, family: str):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("frozen", [False, True], ids=["compiled", "compiled_frozen"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_compiled_forward_is_one_graph_matching_eager(family):
+def test_compiled_forward_is_one_graph_matching_eager(family, frozen):
+    # frozen: Inductor's weight freezing, the README's CPU inference setting (weights folded in as
+    # constants and prepacked for oneDNN's matmuls, bias and pointwise work fused into them).
     torch.manual_seed(0)
     model = build_model(FAMILIES[family], golden_config(family)).eval()
     inputs = _inputs(model, family)
@@ -43,7 +47,7 @@ def test_compiled_forward_is_one_graph_matching_eager(family):
         inputs = (images, audio, {"image": image_points, "audio": audio_points})
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
-    with torch.no_grad():
+    with torch.no_grad(), inductor_config.patch(freezing=frozen):
         expected, actual = model(*inputs), compiled(*inputs)
     if isinstance(expected, dict):
         assert expected.keys() == actual.keys()
