@@ -177,7 +177,8 @@ def _compile(name: str, task: str, model, inputs: tuple, frozen: bool, device: t
     seen), which lets Inductor's CPU backend prepack them for oneDNN and fuse bias and pointwise
     work into the matmuls.
     """
-    compiled = torch.compile(model, dynamic=False)
+    # A copy to freeze: compiling the same module again would reuse Dynamo's cached (unfrozen) graph.
+    compiled = torch.compile(copy.deepcopy(model) if frozen else model, dynamic=False)
     call = our_call(task, compiled, inputs, args.tile_batch_size)
     start = time.perf_counter()
     try:
