@@ -159,3 +159,15 @@ def test_conversion_fails_cleanly_on_a_refused_stored_array(tmp_path, left_in_th
         params[module]["w"] = (params[module]["w"] * 100).astype(np.int32)
     error = _convert_expecting_failure(tmp_path, int_weights, "int32 values where the model holds float32")
     assert isinstance(error, ConversionError)
+
+
+def test_only_payloads_of_defer_bytes_or_more_stay_in_the_file(tmp_path):
+    # The real threshold (no fixture): weight matrices stay in the file, biases are read while parsing.
+    from converters.stored_arrays import DEFER_BYTES
+    values = {"big": np.ones(DEFER_BYTES // 4, "<f4"), "small": np.ones(DEFER_BYTES // 4 - 1, "<f4")}
+    path = tmp_path / "sizes.pickle"
+    path.write_bytes(pickle.dumps({"m": values}, protocol=4))
+    with open_haiku_checkpoint(path) as checkpoint:
+        leaves = checkpoint.params["m"]
+        assert isinstance(leaves["big"], StoredArray) and isinstance(leaves["small"], np.ndarray)
+        np.testing.assert_array_equal(np.asarray(leaves["big"]), values["big"])
