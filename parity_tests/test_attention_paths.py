@@ -66,3 +66,44 @@ def test_upstream_fill_for_masked_logits():
     none_valid = torch.zeros(2, 1, 1, 7, dtype=torch.bool)
     out = attention.attend(q, k, v, none_valid)
     torch.testing.assert_close(out, v.mean(dim=-2, keepdim=True).expand_as(out), atol=1e-12, rtol=1e-12)
+
+
+def _counting_casts(monkeypatch) -> list:
+    """Calls of Tensor.to made inside `_autocast_once` (the casts it does itself)."""
+    casts = []
+    original = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        casts.append(tuple(self.shape))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    return casts
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["self_attention", "cross_attention"])
+def test_autocast_inputs_are_cast_once_and_give_the_same_output(shared, monkeypatch):
+    # Under autocast the layer norms hand float32 to the projections; casting it once for key and value
+    # (and the query, in self-attention) is the cast autocast makes for each: bit-identical outputs.
+    torch.manual_seed(0)
+    mha = attention.MultiHeadAttention(16, 16, num_heads=2).eval()
+    q_in = torch.randn(2, 5, 16)
+    kv_in = q_in if shared else torch.randn(2, 7, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mha(q_in, kv_in)
+        monkeypatch.setattr(attention, "_autocast_once", lambda q, kv: (q, kv))
+        want = mha(q_in, kv_in)
+    assert got.dtype == want.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+def test_autocast_once_casts_each_distinct_float32_input_once_and_nothing_outside_autocast(monkeypatch):
+    x, y = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    assert attention._autocast_once(x, y) == (x, y)  # no autocast: the very same tensors
+    casts = _counting_casts(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q, kv = attention._autocast_once(x, x)
+        assert q is kv and q.dtype == torch.bfloat16 and casts == [(2, 3, 4)]
+        q, kv = attention._autocast_once(x, y)
+        assert (q.dtype, kv.dtype) == (torch.bfloat16, torch.bfloat16) and len(casts) == 3
+        wide = torch.randn(2, 3, 4, dtype=torch.float64)  # autocast leaves float64 alone: so do we
+        assert attention._autocast_once(wide, wide)[0] is wide and len(casts) == 3

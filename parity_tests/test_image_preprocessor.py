@@ -127,3 +127,19 @@ def test_image_preprocessor_rules_cover_every_parameter(kwargs, haiku_leaves):
     merged = strict_merge(HaikuCheckpoint(tree["params"], tree["state"]).flat(), targets,
                           image_preprocessor_rules("p", "pre", kwargs))
     assert set(merged) == set(targets)
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 7, 3), (2, 3, 9, 7, 3)], ids=["images", "videos"])
+def test_conv1x1_applied_channels_last_equals_the_strided_convolution(shape):
+    # The 1x1 convolution runs as a linear map on the kept pixels, channels-last (no permute back): the
+    # same as nn.Conv2d on channels-first frames, to float64 rounding.
+    torch.manual_seed(0)
+    pre = ImagePreprocessor("conv1x1", spatial_downsample=2, num_channels=5, position_encoding_type="trainable",
+                            trainable_position_encoding_kwargs=dict(num_channels=4),
+                            input_shape=shape[1:]).double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    frames = x.reshape(-1, *shape[-3:]).permute(0, 3, 1, 2)
+    want = pre.convnet_1x1(frames).permute(0, 2, 3, 1).reshape(*shape[:-3], 5, 4, 5)
+    got = pre.featurize(x)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)

@@ -84,6 +84,23 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return out[..., :d_v] if out.shape[-1] != d_v else out
 
 
+def _autocast_once(inputs_q: torch.Tensor, inputs_kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projections' inputs cast once to autocast's dtype, where autocast would cast them for each projection.
+
+    The layer norms before attention return float32 under autocast; key and value (and in self-attention the
+    query too) read the same tensor, and autocast casts it afresh for each of them. The cast is the one autocast
+    makes (float32 only, to its dtype), done once: the same values, one or two fewer passes.
+    """
+    device = inputs_kv.device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return inputs_q, inputs_kv
+    dtype = torch.get_autocast_dtype(device)
+    kv = inputs_kv.to(dtype) if inputs_kv.dtype == torch.float32 else inputs_kv
+    if inputs_q is inputs_kv:
+        return kv, kv
+    return (inputs_q.to(dtype) if inputs_q.dtype == torch.float32 else inputs_q), kv
+
+
 class MultiHeadAttention(nn.Module):
     """Separate query/key/value/output projections around SDPA.
 
@@ -131,6 +148,7 @@ class MultiHeadAttention(nn.Module):
 
         None means no mask (nothing is materialised for it).
         """
+        inputs_q, inputs_kv = _autocast_once(inputs_q, inputs_kv)
         q = self._split_heads(self.query(inputs_q))
         k = self._split_heads(self.key(inputs_kv))
         v = self._split_heads(self.value(inputs_kv))
