@@ -23,6 +23,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 ATOL = RTOL = 1e-4
 
 
+# Golden fixture family -> the task its model is (the three ImageNet variants share one task).
+GOLDEN_TASKS = {"language": "language", "imagenet_learned": "imagenet", "imagenet_fourier": "imagenet",
+                "imagenet_conv": "imagenet", "optical_flow": "optical_flow", "video_autoencoding": "video_autoencoding"}
+
+
 def golden_dir(family: str) -> Path:
     return GOLDEN / family
 

@@ -14,6 +14,7 @@ import torch._inductor.config as inductor_config
 from perceiver_torch import build_model
 from perceiver_torch.export import example_inputs
 
+from .conftest import GOLDEN_TASKS as FAMILIES
 from .conftest import golden_config
 
 # Inductor fuses the pointwise work (GELU, layer norm, the attention softmax) into its own kernels
@@ -21,9 +22,6 @@ from .conftest import golden_config
 # issue's budget) bounds that on these O(1) outputs; a wrong graph is O(1e-1).
 TOLERANCE = 1e-5
 
-FAMILIES = {"language": "language", "imagenet_conv": "imagenet", "imagenet_fourier": "imagenet",
-            "imagenet_learned": "imagenet", "optical_flow": "optical_flow",
-            "video_autoencoding": "video_autoencoding"}
 
 
 def _inputs(model, family: str):

@@ -15,6 +15,7 @@ from perceiver_torch.export import chunk_points, max_errors, onnx_runner
 from perceiver_torch.flow_tiling import stitch_tiles
 from perceiver_torch.zoo.cli import main as zoo_cli
 
+from .conftest import GOLDEN_TASKS as FAMILIES
 from .conftest import golden_config
 from .zoo_support import TEST_HUB, TEST_MANIFEST, hub_env
 
@@ -23,9 +24,6 @@ from .zoo_support import TEST_HUB, TEST_MANIFEST, hub_env
 # summation orders, fused attention), measured at about 2e-6 on these outputs: 1e-5 still holds.
 TOLERANCE = 1e-5
 
-FAMILIES = {"language": "language", "imagenet_conv": "imagenet", "imagenet_fourier": "imagenet",
-            "imagenet_learned": "imagenet", "optical_flow": "optical_flow",
-            "video_autoencoding": "video_autoencoding"}
 CHEAP = ("language", "imagenet_conv", "optical_flow", "video_autoencoding")
 
 

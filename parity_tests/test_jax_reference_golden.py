@@ -24,17 +24,9 @@ import converters  # noqa: E402
 from converters import jax_reference  # noqa: E402
 from converters.checkpoint_reader import loads_haiku_checkpoint  # noqa: E402
 
+from .conftest import GOLDEN_TASKS as FAMILIES  # noqa: E402
 from .conftest import assert_close, golden_config, golden_dir, golden_io, released_shapes  # noqa: E402
 
-# Fixture family -> task.
-FAMILIES = {
-    "language": "language",
-    "imagenet_learned": "imagenet",
-    "imagenet_fourier": "imagenet",
-    "imagenet_conv": "imagenet",
-    "optical_flow": "optical_flow",
-    "video_autoencoding": "video_autoencoding",
-}
 RELEASED = {
     "language_perceiver_io_bytes": "language",
     "imagenet_learned_position_encoding": "imagenet",

@@ -22,11 +22,8 @@ from perceiver_torch.registry import build_model
 from perceiver_torch.safetensors_io import read_header, write_safetensors
 from perceiver_torch.serialization import save_checkpoint
 
+from .conftest import GOLDEN_TASKS as FAMILIES
 from .conftest import convert_golden, golden_config, golden_io
-
-FAMILIES = {"language": "language", "imagenet_conv": "imagenet", "imagenet_fourier": "imagenet",
-            "imagenet_learned": "imagenet", "optical_flow": "optical_flow",
-            "video_autoencoding": "video_autoencoding"}
 
 
 def _outputs(task: str, model, family: str) -> dict[str, np.ndarray]:

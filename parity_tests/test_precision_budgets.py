@@ -24,10 +24,8 @@ from converters.parity.precision import agreement, normalised_error
 from converters.parity.tf32_emulation import ROUNDINGS
 from perceiver_torch.layers.precision import fp32_islands
 
+from .conftest import GOLDEN_TASKS as FAMILIES
 from .conftest import golden_config, golden_dir
-
-FAMILIES = {"language": "language", "imagenet_learned": "imagenet", "imagenet_fourier": "imagenet",
-            "imagenet_conv": "imagenet", "optical_flow": "optical_flow", "video_autoencoding": "video_autoencoding"}
 
 
 def _run(family: str, device: str, dtype: str, mode: str = "cast", **kwargs):

@@ -12,10 +12,10 @@ from perceiver_torch.layers import FourierPositionEncoding, MultiHeadAttention
 from perceiver_torch.layers.precision import ISLANDS, fp32_islands
 from perceiver_torch.registry import build_model
 
-from .conftest import golden_config, golden_dir, golden_io
+from .conftest import GOLDEN_TASKS, golden_config, golden_dir, golden_io
 
-FAMILIES = {"language": "language", "imagenet_fourier": "imagenet", "imagenet_conv": "imagenet",
-            "optical_flow": "optical_flow", "video_autoencoding": "video_autoencoding"}
+FAMILIES = {family: GOLDEN_TASKS[family] for family in
+            ("language", "imagenet_fourier", "imagenet_conv", "optical_flow", "video_autoencoding")}
 
 
 def _golden_model(family: str) -> torch.nn.Module:

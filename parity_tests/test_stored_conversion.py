@@ -21,8 +21,8 @@ from converters.convert import PENDING_SHA256
 from perceiver_torch.hashing import sha256_file
 from perceiver_torch.serialization import read_metadata, save_checkpoint
 
+from .conftest import GOLDEN_TASKS as FAMILIES
 from .conftest import golden_config, golden_dir
-from .test_precision_budgets import FAMILIES
 from .test_strict_conversion import _convert_expecting_failure
 
 

@@ -18,12 +18,16 @@ from converters.jax_reference import example_inputs
 from converters.tasks import TASKS, run_upstream_layout, task_spec
 from perceiver_torch.registry import TASK_MODELS, UnsupportedTaskError, build_model, model_class, preset, preset_names
 
-from .conftest import GOLDEN, golden_config
+from .conftest import GOLDEN, GOLDEN_TASKS, golden_config
 
 TESTS = Path(__file__).parent
 # The golden fixture family each task's golden tests use (more than one for ImageNet's three variants).
-GOLDEN_FAMILIES = {"language": ["language"], "imagenet": ["imagenet_learned", "imagenet_fourier", "imagenet_conv"],
-                   "optical_flow": ["optical_flow"], "video_autoencoding": ["video_autoencoding"]}
+GOLDEN_FAMILIES = {task: [f for f, t in GOLDEN_TASKS.items() if t == task] for task in GOLDEN_TASKS.values()}
+
+
+def test_every_golden_fixture_family_is_mapped_to_its_task():
+    # Tests parametrized over GOLDEN_TASKS cover every fixture directory, none silently left out.
+    assert set(GOLDEN_TASKS) == {p.name for p in GOLDEN.iterdir() if p.is_dir()}
 
 
 def test_both_sides_register_the_same_tasks():
