@@ -56,6 +56,10 @@ class Payload:
         self.data = data
         self.adopted = False
 
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
     def adopt(self, vm) -> np.ndarray:
         if not self.adopted:
             self.adopted = True
@@ -168,10 +172,9 @@ class ArrayStub:
             vm.fail(CheckpointReadError, f"an array's data is {type_name(raw)}, not bytes stored in the file")
         np_dtype = dtype.numpy()
         need = math.prod(shape) * np_dtype.itemsize
-        held = raw.nbytes if isinstance(raw, FilePayload) else raw.data.nbytes
-        if held != need:
+        if raw.nbytes != need:
             vm.fail(CheckpointReadError, f"an array of shape {shape} and dtype {np_dtype} needs {need:,} bytes, "
-                                         f"but its data holds {held:,}")
+                                         f"but its data holds {raw.nbytes:,}")
         if isinstance(raw, FilePayload):  # read when it is written (stored_arrays)
             self.array = StoredArray(raw.file, raw.offset, raw.nbytes, np_dtype, shape, fortran)
             return

@@ -10,6 +10,7 @@ right shape.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -173,8 +174,14 @@ def as_parameter(src: str, value: np.ndarray, problems: list[str]) -> np.ndarray
     converted = value.dtype != np.float32
     if converted:
         logger.warning("%s: converting %s values to float32", src, value.dtype)
-    if isinstance(value, StoredArray):
-        return value.checked(src)  # converted and checked finite as it is read (its file lists what is not)
+    if isinstance(value, StoredArray):  # the same check, made as it is read (its file collects what is refused)
+        return value.checked(functools.partial(finite_float32, src))
+    return finite_float32(src, value, problems)
+
+
+def finite_float32(src: str, value: np.ndarray, problems: list[str]) -> np.ndarray | None:
+    """Floating `value` as float32, or None with the reason added to `problems` where a value is NaN or Inf."""
+    converted = value.dtype != np.float32
     if converted:
         with np.errstate(over="ignore"):  # an overflow becomes Inf, refused just below
             value = value.astype(np.float32)

@@ -14,6 +14,7 @@ file that changed since it was parsed (shorter now) is refused at once.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 # Payloads this size or larger stay in the file; smaller ones (biases, layer norms, the reader's own
 # b'b' type codes) are read while parsing, as load_haiku_checkpoint reads everything.
 DEFER_BYTES = 1 << 16
+
+# check(array, problems): the parameter `array` becomes, or None with the reason added to `problems`.
+Check = Callable[[np.ndarray, list[str]], np.ndarray | None]
 
 
 class StoredFile:
@@ -75,7 +79,7 @@ class StoredArray:
         self.stored_dtype, self.stored_shape, self.fortran = dtype, shape, fortran
         self.transforms: tuple[Callable[[np.ndarray], np.ndarray], ...] = ()
         self.shape = shape
-        self.check: str | None = None  # the source name, once planned as a float32 parameter
+        self.check: Check | None = None  # once planned as a float32 parameter (`checked`)
 
     @property
     def dtype(self) -> np.dtype:
@@ -86,26 +90,22 @@ class StoredArray:
     def ndim(self) -> int:
         return len(self.shape)
 
-    def _copy(self) -> StoredArray:
-        other = object.__new__(StoredArray)
-        for name in StoredArray.__slots__:
-            setattr(other, name, getattr(self, name))
-        return other
-
     def then(self, transform: Callable[[np.ndarray], np.ndarray]) -> StoredArray:
         """This array with `transform` (a view such as a transpose) applied when it is read."""
         template = np.broadcast_to(np.zeros((), self.stored_dtype), self.shape)  # zero strides: no data
-        other = self._copy()
+        other = copy.copy(self)
         other.transforms = (*self.transforms, transform)
         other.shape = tuple(transform(template).shape)
         return other
 
-    def checked(self, source_key: str) -> StoredArray:
-        """This array, to be converted to float32 and checked finite when read (`source_key` names it then)."""
+    def checked(self, check: Check) -> StoredArray:
+        """This array, passed through `check(array, problems)` when read: the float32 parameter it becomes, or
+        None with the reason added to `problems` (`rules.finite_float32`). A refused array is still handed to
+        the writer, as float32, and its reason kept in the file's `problems`: the converter commits nothing then."""
         if self.stored_dtype.kind != "f":
-            raise ValueError(f"{source_key}: {self.stored_dtype} is not floating point")
-        other = self._copy()
-        other.check = source_key
+            raise ValueError(f"{self.stored_dtype} is not floating point")
+        other = copy.copy(self)
+        other.check = check
         return other
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
@@ -118,15 +118,9 @@ class StoredArray:
         for transform in self.transforms:
             array = transform(array)
         if self.check is not None:
-            array = self._as_float32(array)
+            checked = self.check(array, self.file.problems)
+            if checked is None:
+                with np.errstate(over="ignore"):
+                    checked = array.astype(np.float32, copy=False)
+            array = checked
         return array if dtype is None else array.astype(dtype, copy=False)
-
-    def _as_float32(self, array: np.ndarray) -> np.ndarray:
-        converted = array.dtype != np.float32
-        if converted:
-            with np.errstate(over="ignore"):  # an overflow becomes Inf, reported just below
-                array = array.astype(np.float32)
-        if not np.isfinite(array).all():
-            self.file.problems.append(f"{self.check}: non-finite values (NaN or Inf)"
-                                      f"{' after conversion to float32' if converted else ''}")
-        return array

@@ -6,6 +6,7 @@ to 2 bytes so that every array but the reader's 1-byte type codes takes the stor
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pickle
@@ -18,6 +19,7 @@ import converters
 from converters import CheckpointReadError, ConversionError, load_haiku_checkpoint, restricted_unpickler
 from converters.checkpoint_reader import StoredArray, open_haiku_checkpoint
 from converters.convert import PENDING_SHA256
+from converters.rules import finite_float32
 from perceiver_torch.hashing import sha256_file
 from perceiver_torch.serialization import read_metadata, save_checkpoint
 
@@ -80,7 +82,8 @@ def test_a_planned_transpose_and_float32_check_apply_when_read(tmp_path, left_in
     path = tmp_path / "w.pickle"
     path.write_bytes(pickle.dumps({"m": {"w": w}}))
     with open_haiku_checkpoint(path) as checkpoint:
-        planned = checkpoint.params["m"]["w"].then(lambda x: x.T).checked("params:m/w")
+        planned = checkpoint.params["m"]["w"].then(lambda x: x.T).checked(functools.partial(finite_float32,
+                                                                                             "params:m/w"))
         assert planned.shape == (3, 2) and planned.dtype == np.float32  # known before any byte is read
         read = np.asarray(planned)
         assert checkpoint.stored.problems == []

@@ -95,10 +95,12 @@ def _autocast_once(inputs_q: torch.Tensor, inputs_kv: torch.Tensor) -> tuple[tor
     if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
         return inputs_q, inputs_kv
     dtype = torch.get_autocast_dtype(device)
-    kv = inputs_kv.to(dtype) if inputs_kv.dtype == torch.float32 else inputs_kv
-    if inputs_q is inputs_kv:
-        return kv, kv
-    return (inputs_q.to(dtype) if inputs_q.dtype == torch.float32 else inputs_q), kv
+
+    def cast(x: torch.Tensor) -> torch.Tensor:
+        return x.to(dtype) if x.dtype == torch.float32 else x
+
+    kv = cast(inputs_kv)
+    return (kv if inputs_q is inputs_kv else cast(inputs_q)), kv
 
 
 class MultiHeadAttention(nn.Module):
