@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from .blocks import CrossAttention, SelfAttention
 from .position_encoding import TrainablePositionEncoding
-from .precision import residual_stream
+from .precision import autocast_weights, residual_stream
+
+
+class SelfAttentionStack(nn.ModuleList):
+    """The latent self-attention layers (an `nn.ModuleList`: state-dict names `N.`), applied `repeats` times."""
+
+    def forward(self, z: torch.Tensor, repeats: int) -> torch.Tensor:
+        for _ in range(repeats):
+            for layer in self:
+                z = layer(z)
+        return z
 
 
 class PerceiverEncoder(nn.Module):
@@ -48,7 +59,7 @@ class PerceiverEncoder(nn.Module):
             use_query_residual=use_query_residual, qk_channels=qk_channels, v_channels=v_channels,
             dropout_prob=dropout_prob,
         )
-        self.self_attends = nn.ModuleList(
+        self.self_attends = SelfAttentionStack(
             SelfAttention(
                 num_z_channels, num_heads=num_self_attend_heads, widening_factor=self_attend_widening_factor,
                 qk_channels=qk_channels, v_channels=v_channels, dropout_prob=dropout_prob,
@@ -63,7 +74,9 @@ class PerceiverEncoder(nn.Module):
         # A key mask [B, 1, N]: every latent sees the same inputs (upstream's all-ones query mask).
         attention_mask = None if input_mask is None else input_mask.bool()[:, None, :]
         z = self.cross_attend(z, inputs, attention_mask)
-        for _ in range(self.num_blocks):
-            for self_attend in self.self_attends:
-                z = self_attend(z)
-        return z
+        # Under autocast, weights shared by the repeated blocks are cast once per forward, not at each use
+        # (ImageNet: 8 uses; the same casts, so the same outputs).
+        cast = autocast_weights(self.self_attends) if self.num_blocks > 1 else None
+        if cast:
+            return functional_call(self.self_attends, cast, (z, self.num_blocks), strict=False)
+        return self.self_attends(z, self.num_blocks)

@@ -101,6 +101,23 @@ class LayerNorm(nn.LayerNorm):
         return out.to(out_dtype)
 
 
+def autocast_weights(module: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Under autocast: the float32 weights and biases of `module`'s linear layers, cast to autocast's dtype.
+
+    The cast autocast would make at each call of those layers, made once: for weights applied more than once
+    in a forward (a block repeated with shared weights), passed in with `torch.func.functional_call`.
+    Autocast caches such casts itself only for parameters that require grad, so after
+    `requires_grad_(False)` it casts them again at every use. None outside autocast.
+    """
+    device = next(module.parameters()).device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return None
+    dtype = torch.get_autocast_dtype(device)
+    return {f"{prefix}.{name}" if prefix else name: p.to(dtype)
+            for prefix, layer in module.named_modules() if isinstance(layer, nn.Linear)
+            for name, p in layer.named_parameters(recurse=False) if p.dtype == torch.float32}
+
+
 def autocast_off(device_type: str):
     """Autocast disabled on `device_type`; nothing to disable where autocast does not exist (e.g. meta)."""
     if torch.amp.is_autocast_available(device_type):
