@@ -35,13 +35,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch._inductor.config as inductor_config
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).parent))
 import forward_peers  # noqa: E402
 
-from perceiver_torch import build_preset  # noqa: E402
+from perceiver_torch import build_preset, compile_frozen  # noqa: E402
 from perceiver_torch.export import chunk_points  # noqa: E402
 from perceiver_torch.flow_tiling import stitch_tiles  # noqa: E402
 from perceiver_torch.imagenet_preprocessing import MEAN_RGB, STDDEV_RGB  # noqa: E402
@@ -93,9 +92,10 @@ def _bf16(inputs):
     return inputs.to(torch.bfloat16) if inputs.is_floating_point() else inputs
 
 
-def our_call(task: str, model, inputs: tuple, tile_batch_size: int):
+def our_call(task: str, model, inputs: tuple, tile_batch_size: int, module=None):
+    """`model(*inputs)`; `module`: the nn.Module `model` compiles, where `model` is not itself one."""
     if task == "flow_sintel":  # estimate_flow's tiling, driving `model` (compiled or not) per tile batch
-        train_size = getattr(model, "_orig_mod", model).train_size
+        train_size = (module or model).train_size
         return lambda: stitch_tiles(*inputs, model, train_size, 20, tile_batch_size)
     return lambda: model(*inputs)
 
@@ -170,19 +170,17 @@ def _compile(name: str, task: str, model, inputs: tuple, frozen: bool, device: t
              notes: dict) -> None:
     """Add `name`: `model` under torch.compile, compiled by its first call (timed); `frozen`: Inductor's freezing.
 
-    Freezing folds the weights into the compiled graph as constants (later changes to them are not
-    seen), which lets Inductor's CPU backend prepack them for oneDNN and fuse bias and pointwise
+    Freezing folds the weights into the compiled graph as constants (they must not change afterwards),
+    which lets Inductor's CPU backend prepack them for oneDNN and fuse bias and pointwise
     work into the matmuls.
     """
-    # Both are needed (measured, torch 2.13): the config patched around the compiling call is what makes
-    # freezing take effect (the option alone compiled an unfrozen graph), and the option makes a distinct
-    # backend, so that Dynamo does not hand back the unfrozen graph of a model already compiled (the patch
-    # alone did: a deep copy of the model did not help either).
-    compiled = torch.compile(model, dynamic=False, options={"freezing": True} if frozen else None)
-    call = our_call(task, compiled, inputs, args.tile_batch_size)
+    # compile_frozen keeps freezing in force for every call and distinct from the plain compile of the same model
+    # (README, "torch.compile and export").
+    compiled = compile_frozen(model) if frozen else torch.compile(model, dynamic=False)
+    call = our_call(task, compiled, inputs, args.tile_batch_size, model)
     start = time.perf_counter()
     try:
-        with torch.no_grad(), inductor_config.patch(freezing=frozen):
+        with torch.no_grad():
             call()
         _sync(device)
         notes[name] = f"compile + first call {time.perf_counter() - start:.1f} s"

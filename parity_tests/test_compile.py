@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch._inductor.config as inductor_config
 
-from perceiver_torch import build_model
+from perceiver_torch import build_model, compile_frozen
 from perceiver_torch.export import example_inputs
 
 from .conftest import GOLDEN_TASKS as FAMILIES
@@ -35,8 +34,8 @@ def _inputs(model, family: str):
 @pytest.mark.parametrize("frozen", [False, True], ids=["compiled", "compiled_frozen"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_compiled_forward_is_one_graph_matching_eager(family, frozen):
-    # frozen: Inductor's weight freezing, the README's CPU inference setting (weights folded in as
-    # constants and prepacked for oneDNN's matmuls, bias and pointwise work fused into them).
+    # frozen: compile_frozen, Inductor's weight freezing, the README's CPU inference setting (weights folded
+    # in as constants and prepacked for oneDNN's matmuls, bias and pointwise work fused into them).
     torch.manual_seed(0)
     model = build_model(FAMILIES[family], golden_config(family)).eval()
     inputs = _inputs(model, family)
@@ -44,8 +43,8 @@ def test_compiled_forward_is_one_graph_matching_eager(family, frozen):
         images, audio, image_points, audio_points = inputs
         inputs = (images, audio, {"image": image_points, "audio": audio_points})
     torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, dynamic=False)
-    with torch.no_grad(), inductor_config.patch(freezing=frozen):
+    compiled = (compile_frozen if frozen else torch.compile)(model, fullgraph=True, dynamic=False)
+    with torch.no_grad():
         expected, actual = model(*inputs), compiled(*inputs)
     if isinstance(expected, dict):
         assert expected.keys() == actual.keys()

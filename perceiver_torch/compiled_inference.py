@@ -1,0 +1,32 @@
+"""torch.compile with Inductor's weight freezing, set up so that it stays frozen: the CPU inference path."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+import torch._inductor.config as inductor_config
+from torch import nn
+
+
+def compile_frozen(model: nn.Module, *, dynamic: bool | None = False, fullgraph: bool = False) -> Callable:
+    """`model` (put in eval mode) compiled for inference with weight freezing: call it as the model.
+
+    The weights are folded into the compiled graph as constants, prepacked for oneDNN's matmuls with biases
+    and pointwise work fused into them. Do not change the model's weights afterwards: some are folded copies
+    and some are read live, so the compiled model would compute with a mix of old and new weights; compile
+    it again instead. Every call runs under `torch.no_grad` with Inductor's `freezing` set, so a
+    recompilation (a new input shape) is frozen too; the `freezing` option also makes the backend distinct
+    from a plain `torch.compile` of the same model, whose unfrozen graph Dynamo would otherwise hand back.
+    Both were needed (measured, torch 2.13; README, "torch.compile and export"). The first call compiles
+    (20-45 s at released size on 2 CPU cores). `dynamic` and `fullgraph` are torch.compile's.
+    """
+    compiled = torch.compile(model.eval(), dynamic=dynamic, fullgraph=fullgraph, options={"freezing": True})
+
+    @functools.wraps(model.forward)
+    def frozen(*args, **kwargs):
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            return compiled(*args, **kwargs)
+
+    return frozen
