@@ -95,7 +95,7 @@ def _bf16(inputs):
 def our_call(task: str, model, inputs: tuple, tile_batch_size: int, module=None):
     """`model(*inputs)`; `module`: the nn.Module `model` compiles, where `model` is not itself one."""
     if task == "flow_sintel":  # estimate_flow's tiling, driving `model` (compiled or not) per tile batch
-        train_size = (module or model).train_size
+        train_size = (model if module is None else module).train_size
         return lambda: stitch_tiles(*inputs, model, train_size, 20, tile_batch_size)
     return lambda: model(*inputs)
 
