@@ -6,7 +6,6 @@ import functools
 from collections.abc import Callable
 
 import torch
-import torch._inductor.config as inductor_config
 from torch import nn
 
 
@@ -22,6 +21,10 @@ def compile_frozen(model: nn.Module, *, dynamic: bool | None = False, fullgraph:
     Both were needed (measured, torch 2.13; README, "torch.compile and export"). The first call compiles
     (20-45 s at released size on 2 CPU cores). `dynamic` and `fullgraph` are torch.compile's.
     """
+    # Imported here, not at the top: Inductor takes ~1.2 s to import, which `import perceiver_torch` need not pay
+    # (torch.compile imports it anyway once called).
+    import torch._inductor.config as inductor_config
+
     compiled = torch.compile(model.eval(), dynamic=dynamic, fullgraph=fullgraph, options={"freezing": True})
 
     @functools.wraps(model.forward)
