@@ -60,6 +60,7 @@ VARIANTS = ("ours fp32", "ours bf16 autocast", "ours bf16 weights", "ours fp16 a
 SINTEL = (436, 1024)
 GEMM = (2048, 1280, 1280)  # M, K, N: the language model's input projections (2048 bytes, 1280 channels)
 GEMM_REPEATS = 8
+GEMM_FLOPS = 2 * GEMM[0] * GEMM[1] * GEMM[2] * GEMM_REPEATS  # one call of a gemm_calls entry
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
@@ -250,9 +251,7 @@ def bench(task: str, batch: int, args, device: torch.device) -> None:
     for _ in range(args.rounds):
         for name, call in [*calls.items(), *gemms.items()]:
             times[name].append(timed(call, device))
-    m, k, n = GEMM
-    gemm_flops = 2 * m * k * n * GEMM_REPEATS
-    peak = {name.removeprefix("gemm "): gemm_flops / statistics.median(times[name]) for name in gemms}
+    peak = {name.removeprefix("gemm "): GEMM_FLOPS / statistics.median(times[name]) for name in gemms}
     base = times["ours fp32"]
     what = f"{batch} x 1024x436 frame pair(s), estimate_flow" if task == "flow_sintel" else f"batch {batch}"
     print(f"\n### {task} ({PRESETS[task]}), {what}: {flops / 1e9:.1f} GFLOP per call (ours, counted)\n")

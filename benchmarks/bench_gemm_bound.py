@@ -117,12 +117,10 @@ def bench(task: str, batch: int, dtype: torch.dtype, rounds: int) -> None:
         raise SystemExit(f"{task}: the replayed ops carry {replay_flops:.4g} of the forward's {flops:.4g} FLOPs")
     gemm_name = f"gemm {str(dtype).removeprefix('torch.')}"
     gemm = bench_forward.gemm_calls(device)[gemm_name]
-    m, k, n = bench_forward.GEMM
-    gemm_flops = 2 * m * k * n * bench_forward.GEMM_REPEATS
 
     def against_peak(run, per_forward: float) -> tuple[float, float]:
         """(seconds per forward, the same as FLOPs the peak GEMM does in that time, timed just before it)."""
-        peak = gemm_flops / bench_forward.timed(gemm, device)
+        peak = bench_forward.GEMM_FLOPS / bench_forward.timed(gemm, device)
         seconds = bench_forward.timed(run, device) * per_forward
         return seconds, seconds * peak
 
