@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from perceiver_torch.layers import attention
+from perceiver_torch.layers.precision import fp32_islands
 
 
 def _heads(d_qk: int, d_v: int, dtype=torch.float64, tq: int = 5, tkv: int = 7):
@@ -50,14 +51,49 @@ def _sdpa_calls(monkeypatch, q, k, v, mask=None, dropout=0.0) -> int:
 
 
 def test_kernel_choice(monkeypatch):
-    """Own path only for float32/float64 heads of unequal widths on the CPU without dropout; SDPA otherwise."""
+    """Own paths only on the CPU without dropout: float32/float64 heads of unequal widths, and reduced-precision
+    heads with narrower q/k and at most NARROW_KEY_LOGITS_MAX logits a sequence; SDPA otherwise."""
     assert _sdpa_calls(monkeypatch, *_heads(4, 6, torch.float32)) == 0
     assert _sdpa_calls(monkeypatch, *_heads(4, 6, torch.float64), mask=MASKS["keys"]) == 0
     assert _sdpa_calls(monkeypatch, *_heads(6, 6, torch.float32)) == 1  # equal widths: SDPA's fused kernel
-    assert _sdpa_calls(monkeypatch, *_heads(4, 6, torch.bfloat16)) == 1  # reduced: padded for SDPA
+    assert _sdpa_calls(monkeypatch, *_heads(4, 6, torch.bfloat16)) == 0  # reduced, narrow q/k, small logits
+    assert _sdpa_calls(monkeypatch, *_heads(6, 4, torch.bfloat16)) == 1  # reduced, narrow v: padded for SDPA
+    big = attention.NARROW_KEY_LOGITS_MAX // (3 * 5) + 1  # 3 heads x 5 queries x `big` keys: one over the limit
+    assert _sdpa_calls(monkeypatch, *_heads(4, 6, torch.bfloat16, tkv=big)) == 1
+    assert _sdpa_calls(monkeypatch, *_heads(4, 6, torch.bfloat16, tkv=big - 1)) == 0
+    with fp32_islands(attention=True):  # the widened-SDPA diagnostic keeps SDPA
+        assert _sdpa_calls(monkeypatch, *_heads(4, 6, torch.bfloat16)) == 1
     assert _sdpa_calls(monkeypatch, *_heads(4, 6, torch.float32), dropout=0.1) == 1
+    assert _sdpa_calls(monkeypatch, *_heads(4, 6, torch.bfloat16), dropout=0.1) == 1
     monkeypatch.setattr(attention, "EXPLICIT_UNEQUAL_HEADS", False)
     assert _sdpa_calls(monkeypatch, *_heads(4, 6, torch.float32)) == 1
+    assert _sdpa_calls(monkeypatch, *_heads(4, 6, torch.bfloat16)) == 1
+
+
+@pytest.mark.parametrize("mask", ["none", "keys", "full"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_narrow_key_path_errs_below_one_ulp_like_the_padded_kernel(dtype, mask, monkeypatch):
+    """Reduced heads with q/k 32 wide and v 160 (the language model's): against float64 on the same rounded
+    inputs, the own path and the padded SDPA kernel both err by less than one unit in the last place of the
+    largest output (both round the probabilities and the output to `dtype`; measured 0.33-0.65 of it for the own
+    path, 0.26-0.41 for the kernel; the model-level budgets, test_precision_budgets, check the rest), and
+    autocast, which must not cast its float32 logits back down, changes nothing."""
+    q, k, v = (t.to(dtype) for t in _heads(32, 160, torch.float64, tq=64, tkv=96))
+    g = torch.Generator().manual_seed(2)
+    m = {"none": None, "keys": torch.rand(2, 1, 1, 96, generator=g) > 0.3,
+         "full": torch.rand(2, 1, 64, 96, generator=g) > 0.3}[mask]
+    if m is not None:
+        m[..., 0] = True  # every query keeps a valid key: the fully masked case is zeroed by the caller
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=m)
+    own = attention.attend(q, k, v, m)
+    with torch.autocast("cpu", dtype=dtype):
+        assert torch.equal(attention.attend(q, k, v, m), own)
+    monkeypatch.setattr(attention, "NARROW_KEY_LOGITS_MAX", 0)  # the padded flash kernel instead
+    padded = attention.attend(q, k, v, m)
+    assert own.dtype == padded.dtype == dtype
+    ulp = torch.finfo(dtype).eps * want.abs().max().item()
+    own_err, padded_err = ((x.double() - want).abs().max().item() for x in (own, padded))
+    assert own_err < ulp and padded_err < ulp, (own_err / ulp, padded_err / ulp)
 
 
 def test_upstream_fill_for_masked_logits():

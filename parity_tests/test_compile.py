@@ -7,11 +7,14 @@ seconds per model on two cores, so the compiled comparisons run under `slow`; th
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from perceiver_torch import build_model, compile_frozen
 from perceiver_torch.export import example_inputs
+from perceiver_torch.layers import attention
 
 from .conftest import GOLDEN_TASKS as FAMILIES
 from .conftest import golden_config
@@ -70,4 +73,26 @@ def test_forward_traces_without_graph_breaks(family, call):
         inputs = inputs[:2]
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(model)(*inputs)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+
+
+@pytest.mark.parametrize("mode", ["cast", "autocast"])
+def test_bfloat16_language_traces_without_graph_breaks(mode, monkeypatch):
+    # The reduced-precision attention path (float32 logits with autocast switched off inside it) stays in the
+    # graph; counted in eager first, so that the trace is known to go through it.
+    torch.manual_seed(0)
+    model = build_model(FAMILIES["language"], golden_config("language")).eval()
+    inputs = example_inputs(model, batch=2)
+    if mode == "cast":
+        model = model.to(torch.bfloat16)
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "autocast" else contextlib.nullcontext()
+    calls = []
+    narrow = attention._narrow_key_attention
+    monkeypatch.setattr(attention, "_narrow_key_attention", lambda *a: calls.append(1) or narrow(*a))
+    with torch.no_grad(), context:
+        model(*inputs)
+        assert calls, "the golden language model's bfloat16 forward does not take the narrow-key path"
+        monkeypatch.setattr(attention, "_narrow_key_attention", narrow)
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(model)(*inputs)
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons

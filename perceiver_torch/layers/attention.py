@@ -50,26 +50,53 @@ PAD_HEAD_DIMS = True
 EXPLICIT_UNEQUAL_HEADS = True
 MASKED_LOGIT = -1e30  # upstream's fill for masked logits in float32 and wider
 
+# bfloat16 / float16 on the CPU with q/k heads narrower than the v heads and a small [H, Tq, Tkv] per sequence
+# (the language model's 26 latent self-attentions: 8 x 256 x 256): the logits from q and k widened to float32
+# (the padded flash kernel computes them in float32 too), a float32 softmax, then the probabilities in the
+# model's dtype times v. The padded flash kernel multiplies the q/k padding zeros and runs its small blocks at a
+# third of the bf16 GEMM rate; this path took 1.41 against 2.78 ms per latent layer at batch 1 and 10.1 against
+# 18.6 ms at batch 8 (AMD EPYC, 2 cores; README, "Attention speed"). Where the per-sequence logits are larger
+# (the cross-attentions, 8 x 256 x 2048) they leave the cache at batch 8 and the flash kernel wins (154 against
+# 182 ms), so they stay with it. A per-sequence size keeps the choice independent of the (dynamic) batch size.
+NARROW_KEY_LOGITS_MAX = 1 << 20
 
-def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                        scale: float) -> torch.Tensor:
+
+def _probabilities(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     logits = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
     if mask is not None:
         logits.masked_fill_(~mask, MASKED_LOGIT)
-    return torch.matmul(torch.softmax(logits, dim=-1), v)
+    return torch.softmax(logits, dim=-1)
+
+
+def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                        scale: float) -> torch.Tensor:
+    return torch.matmul(_probabilities(q, k, mask, scale), v)
+
+
+def _narrow_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                          scale: float) -> torch.Tensor:
+    """Reduced-precision heads: float32 logits and softmax (autocast off: it would cast them back down), then
+    the probabilities in v's dtype times v, as the fused kernels do."""
+    with autocast_off(q.device.type):
+        probs = _probabilities(q.float(), k.float(), mask, scale)
+        return torch.matmul(probs.to(v.dtype), v)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
            dropout: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(d_qk)) v for [B, H, T, D] heads: [B, H, Tq, D_v].
 
-    Through SDPA, except float32/float64 heads of unequal widths on the CPU (`_explicit_attention`).
+    Through SDPA, except on the CPU: float32/float64 heads of unequal widths (`_explicit_attention`) and
+    bfloat16/float16 ones with narrower q/k heads and small logits (`_narrow_key_attention`).
     """
     d_qk, d_v = q.shape[-1], v.shape[-1]
     scale = d_qk ** -0.5
-    if (EXPLICIT_UNEQUAL_HEADS and d_qk != d_v and not dropout and q.device.type == "cpu"
-            and q.dtype not in REDUCED):
+    own_path = EXPLICIT_UNEQUAL_HEADS and not dropout and q.device.type == "cpu"
+    if own_path and d_qk != d_v and q.dtype not in REDUCED:
         return _explicit_attention(q, k, v, mask, scale)
+    if (own_path and d_qk < d_v and q.dtype in REDUCED and not ISLANDS.attention
+            and q.shape[-3] * q.shape[-2] * k.shape[-2] <= NARROW_KEY_LOGITS_MAX):
+        return _narrow_key_attention(q, k, v, mask, scale)
     pad = PAD_HEAD_DIMS and q.dtype in REDUCED
     if pad and d_qk < d_v:
         q, k = F.pad(q, (0, d_v - d_qk)), F.pad(k, (0, d_v - d_qk))
