@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import numpy as np
 import pytest
@@ -101,6 +102,30 @@ def test_file_and_stream_writes_give_the_same_bytes(tmp_path, monkeypatch, reser
     write_safetensors(stream, tensors, {"k": "v"})
     write_safetensors(tmp_path / "f.safetensors", tensors, {"k": "v"})
     assert (tmp_path / "f.safetensors").read_bytes() == stream.getvalue()
+
+
+def test_path_writes_replace_a_longer_file_exactly_without_truncating_it_to_zero(tmp_path, monkeypatch):
+    """An existing, longer file at the path ends up holding exactly the new bytes (its tail cut at the end),
+    and it is never opened with O_TRUNC: on ext4 a truncation to zero makes close() write the file back
+    (measured 0.23 s of a released-size conversion)."""
+    from perceiver_torch import safetensors_io
+
+    tensors = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4).T}
+    stream = io.BytesIO()
+    write_safetensors(stream, tensors, {"k": "v"})
+    path = tmp_path / "f.safetensors"
+    path.write_bytes(b"x" * (3 * len(stream.getvalue())))
+    flags = []
+    original = safetensors_io.os.open
+
+    def recording(file, flag, *args, **kwargs):
+        flags.append(flag)
+        return original(file, flag, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors_io.os, "open", recording)
+    write_safetensors(path, tensors, {"k": "v"})
+    assert path.read_bytes() == stream.getvalue()
+    assert flags and not any(flag & os.O_TRUNC for flag in flags)
 
 
 @pytest.mark.parametrize("staging_bytes", [64, 1000, 32 << 20])
