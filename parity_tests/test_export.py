@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from perceiver_torch import build_model, export_model
-from perceiver_torch.export import chunk_points, max_errors, onnx_runner
+from perceiver_torch.export import chunk_points, export_program, max_errors, onnx_runner
 from perceiver_torch.flow_tiling import stitch_tiles
+from perceiver_torch.layers import attention
 from perceiver_torch.zoo.cli import main as zoo_cli
 
 from .conftest import GOLDEN_TASKS as FAMILIES
@@ -75,6 +76,25 @@ def test_language_export_takes_any_length_up_to_max_seq_len(exported):
             mask = torch.ones_like(ids)
             mask[1, length // 2:] = 0
             torch.testing.assert_close(program(ids, mask), model(ids, mask), rtol=0, atol=TOLERANCE)
+
+
+def test_bfloat16_language_exports_with_a_dynamic_length_across_the_narrow_key_limit(monkeypatch):
+    """The bf16 attention path for narrow q/k heads is chosen by the per-sequence logits' size. With the limit
+    set between the encoder's logits at the traced length and at max_seq_len, export must not guard on the
+    length (it would refuse the dynamic range): sizes known only at run time keep the flash kernel. Against
+    eager, which takes the other path where the size allows, within 2% of the logits' range (bf16 rounding of
+    two kernels; measured 0.4%)."""
+    model = _model("language").eval().to(torch.bfloat16)
+    heads, latents = model.config["encoder"]["num_cross_attend_heads"], model.config["encoder"]["z_index_dim"]
+    traced = max(2, model.config["max_seq_len"] // 2)  # what export_program traces with
+    limit = heads * latents * (traced + model.config["max_seq_len"]) // 2
+    monkeypatch.setattr(attention, "NARROW_KEY_LOGITS_MAX", limit)
+    program = export_program(model).module()
+    with torch.no_grad():
+        for batch, length in ((1, 5), (3, model.config["max_seq_len"])):
+            ids = torch.randint(0, 262, (batch, length))
+            expected, actual = model(ids, torch.ones_like(ids)), program(ids, torch.ones_like(ids))
+            assert ((actual - expected).abs().max() / expected.abs().max()) < 2e-2
 
 
 def test_exported_flow_tile_model_drives_the_tiling_as_estimate_flow_does(exported):

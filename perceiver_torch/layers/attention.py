@@ -57,7 +57,9 @@ MASKED_LOGIT = -1e30  # upstream's fill for masked logits in float32 and wider
 # third of the bf16 GEMM rate; this path took 1.41 against 2.78 ms per latent layer at batch 1 and 10.1 against
 # 18.6 ms at batch 8 (AMD EPYC, 2 cores; README, "Attention speed"). Where the per-sequence logits are larger
 # (the cross-attentions, 8 x 256 x 2048) they leave the cache at batch 8 and the flash kernel wins (154 against
-# 182 ms), so they stay with it. A per-sequence size keeps the choice independent of the (dynamic) batch size.
+# 182 ms), so they stay with it. A per-sequence size keeps the choice independent of the (dynamic) batch size,
+# and sizes known only at run time (a dynamic sequence length in export) keep the kernel: comparing them
+# with the limit would make export guard on them and refuse the dynamic range.
 NARROW_KEY_LOGITS_MAX = 1 << 20
 
 
@@ -94,8 +96,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     own_path = EXPLICIT_UNEQUAL_HEADS and not dropout and q.device.type == "cpu"
     if own_path and d_qk != d_v and q.dtype not in REDUCED:
         return _explicit_attention(q, k, v, mask, scale)
+    logits = q.shape[-3] * q.shape[-2] * k.shape[-2]  # a symbolic size where a dimension is dynamic (export)
     if (own_path and d_qk < d_v and q.dtype in REDUCED and not ISLANDS.attention
-            and q.shape[-3] * q.shape[-2] * k.shape[-2] <= NARROW_KEY_LOGITS_MAX):
+            and isinstance(logits, int) and logits <= NARROW_KEY_LOGITS_MAX):
         return _narrow_key_attention(q, k, v, mask, scale)
     pad = PAD_HEAD_DIMS and q.dtype in REDUCED
     if pad and d_qk < d_v:
