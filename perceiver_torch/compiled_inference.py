@@ -19,7 +19,9 @@ def compile_frozen(model: nn.Module, *, dynamic: bool | None = False, fullgraph:
     recompilation (a new input shape) is frozen too; the `freezing` option also makes the backend distinct
     from a plain `torch.compile` of the same model, whose unfrozen graph Dynamo would otherwise hand back.
     Both were needed (measured, torch 2.13; README, "torch.compile and export"). The first call compiles
-    (20-45 s at released size on 2 CPU cores). `dynamic` and `fullgraph` are torch.compile's.
+    (20-45 s at released size on 2 CPU cores). `dynamic` and `fullgraph` are torch.compile's. Freezing pays in
+    bf16 everywhere measured, and in fp32 on CPUs with AMX; on an AMD EPYC without it plain `torch.compile` was
+    the faster fp32 path (README, "Speed").
     """
     # Imported here, not at the top: Inductor takes ~1.2 s to import, which `import perceiver_torch` need not pay
     # (torch.compile imports it anyway once called).
