@@ -102,8 +102,8 @@ def test_bfloat16_language_traces_without_graph_breaks(mode, monkeypatch):
 def test_bfloat16_language_compiled_frozen_matches_eager():
     # The bf16 inference setting of the README (bf16 weights, compile_frozen), through the narrow-key attention.
     # Inductor fuses the casts and the softmax and may keep intermediates in float32, so it rounds differently
-    # from eager: 2% of the logits' range bounds that (measured 0.6%; the released-size bf16 cast budget is 6%); a wrong
-    # graph is O(1).
+    # from eager: 2% of the logits' range bounds that (measured 0.6%; the released-size bf16 cast budget is
+    # 6%); a wrong graph is O(1).
     torch.manual_seed(0)
     model = build_model(FAMILIES["language"], golden_config("language")).eval().to(torch.bfloat16)
     inputs = _inputs(model, "language")

@@ -96,9 +96,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     own_path = EXPLICIT_UNEQUAL_HEADS and not dropout and q.device.type == "cpu"
     if own_path and d_qk != d_v and q.dtype not in REDUCED:
         return _explicit_attention(q, k, v, mask, scale)
-    logits = q.shape[-3] * q.shape[-2] * k.shape[-2]  # a symbolic size where a dimension is dynamic (export)
+    n_logits = q.shape[-3] * q.shape[-2] * k.shape[-2]  # per sequence; symbolic where a dimension is dynamic
     if (own_path and d_qk < d_v and q.dtype in REDUCED and not ISLANDS.attention
-            and isinstance(logits, int) and logits <= NARROW_KEY_LOGITS_MAX):
+            and isinstance(n_logits, int) and n_logits <= NARROW_KEY_LOGITS_MAX):
         return _narrow_key_attention(q, k, v, mask, scale)
     pad = PAD_HEAD_DIMS and q.dtype in REDUCED
     if pad and d_qk < d_v:
