@@ -163,3 +163,19 @@ def test_cli_export_errors_are_one_line(tmp_path, monkeypatch, capsys):
         zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", str(out_dir / "x.pt2"), "--batch", "1"])
     assert exit_info.value.code == 2 and "--batch must be >= 2" in capsys.readouterr().err
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("shift", [10**6, -10**3])
+def test_exported_video_refuses_out_of_range_points(exported, shift):
+    # Points become query positions by arithmetic, so nothing downstream would fail: the program checks them
+    # itself (torch._assert_async, no host sync) instead of decoding garbage.
+    model, program = exported("video_autoencoding")
+    images = torch.rand(2, model.num_frames, 3, model.image_size, model.image_size)
+    audio = torch.rand(2, model.num_samples, 1) * 2 - 1
+    image_points, audio_points = chunk_points(model, model.config["nchunks"], 0)
+    with torch.no_grad():
+        program(images, audio, image_points, audio_points)  # in range: runs
+        with pytest.raises(RuntimeError, match=r"subsample\['image'\] indices must lie in \[0, "):
+            program(images, audio, image_points + shift, audio_points)
+        with pytest.raises(RuntimeError, match=r"subsample\['audio'\] indices must lie in \[0, "):
+            program(images, audio, image_points, audio_points + shift)

@@ -163,3 +163,41 @@ def test_clear_errors():
         PerceiverIO(input_channels=3)
     with pytest.raises(TypeError, match="pass a dict"):
         model(torch.randn(1, 32, 1))
+
+
+def test_inputs_and_masks_are_checked_before_they_reach_torch_internals():
+    torch.manual_seed(0)
+    model, points = point_cloud_classifier().eval(), torch.randn(2, 64, 3)
+    with pytest.raises(ValueError, match=r"PerceiverIO.forward: inputs must have B >= 1; got an empty batch"):
+        model(torch.randn(0, 64, 3))
+    with pytest.raises(TypeError, match=r"inputs must be a tensor \[B, \.\.\.\]; got list"):
+        model([[0.0, 1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"input_mask must be \[B, N\] = \[2, 64\], one flag per input position"):
+        model(points, input_mask=torch.ones(2, 63))
+    with pytest.raises(ValueError, match=r"input_mask must be a tensor \[B=2, L\] of 0/1 .* got float32 \[3, 64\]"):
+        model(points, input_mask=torch.ones(3, 64))
+    with pytest.raises(ValueError, match=r"got other values \(the mask is binary"):
+        model(points, input_mask=torch.full((2, 64), 0.5))
+    with pytest.raises(TypeError, match=r"query_mask must be a tensor .* got list"):
+        model(points, query_mask=[[1]])
+    with pytest.raises(ValueError, match=r"query_mask must be \[B, M\] = \[2, 1\], one flag per output query"):
+        model(points, query_mask=torch.ones(2, 2))
+    with torch.no_grad():  # a valid mask of each dtype gives the same result
+        expected = model(points, input_mask=torch.ones(2, 64))
+        for mask in (torch.ones(2, 64, dtype=torch.bool), torch.ones(2, 64, dtype=torch.long)):
+            torch.testing.assert_close(model(points, input_mask=mask, query_mask=mask[:, :1]), expected,
+                                       rtol=0, atol=0)
+    multimodal = multimodal_model()
+    with pytest.raises(ValueError, match=r"same batch size; got inputs\['audio'\] 2, inputs\['label'\] 1, "
+                                         r"inputs\['tokens'\] 2"):
+        multimodal({**multimodal_inputs(2), "label": torch.randn(1, 5)})
+
+
+def test_subsampled_points_on_the_host_reach_a_model_on_another_device():
+    # meta stands in for an accelerator: indices made on the host are moved to the model's device.
+    torch.manual_seed(0)
+    model = multimodal_model().eval().to("meta")
+    inputs = {k: v.to("meta") for k, v in multimodal_inputs(2).items()}
+    with torch.no_grad():
+        out = model(inputs, subsampled_output_points={"audio": torch.tensor([1, 5])})
+    assert out["audio"].device.type == "meta" and out["audio"].shape == (2, 8)

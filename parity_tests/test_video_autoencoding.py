@@ -1,5 +1,7 @@
 """Video autoencoding reproduces the upstream golden chunk; autoencode equals per-chunk forward calls."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,22 @@ def test_bad_subsample_indices_are_refused(golden_model, subsample, message):
     images, audio, _ = _public_inputs(golden_io("video_autoencoding"))
     with pytest.raises(ValueError, match=message):
         golden_model(images, audio, subsample)
+
+
+def test_host_or_list_indices_reach_a_model_on_another_device(golden_model):
+    # Indices are checked on the host and moved to the model's device (meta stands in for an accelerator).
+    images, audio, subsample = _public_inputs(golden_io("video_autoencoding"))
+    with torch.no_grad():
+        expected = golden_model(images, audio, subsample)
+        model = copy.deepcopy(golden_model).to("meta")
+        out = model(images.to("meta"), audio.to("meta"),
+                    {"image": subsample["image"], "audio": subsample["audio"].tolist()})
+    assert {k: v.device.type for k, v in out.items()} == dict.fromkeys(OUTPUTS, "meta")
+    assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in expected.items()}
+
+
+def test_subsample_that_is_not_a_dict_is_refused_briefly(golden_model):
+    images, audio, _ = _public_inputs(golden_io("video_autoencoding"))
+    with pytest.raises(TypeError, match=r"subsample must be a dict .* got int64 \[6272\]") as caught:
+        golden_model(images, audio, torch.arange(6272))
+    assert len(str(caught.value)) < 300

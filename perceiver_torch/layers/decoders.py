@@ -95,7 +95,7 @@ class BasicDecoder(nn.Module):
         else:
             # Positions in float32 (or wider) even for a reduced-precision model: see precision.py.
             pos_dtype = position_dtype(like.dtype)
-            pos = unravel_index(subsampled_points, self.output_index_dims)
+            pos = unravel_index(subsampled_points.to(like.device), self.output_index_dims)  # indices may be on the host
             dims = torch.tensor(self.output_index_dims, dtype=pos_dtype, device=like.device)
             pos = -1 + 2 * pos.to(pos_dtype) / dims
             queries = self.output_queries(batch_size, pos.expand(batch_size, -1, -1), **kwargs)
@@ -114,6 +114,9 @@ class BasicDecoder(nn.Module):
             raise RuntimeError("this decoder was built with queries_only=True: it only provides decoder_query.")
         # A query mask [B, M, 1] (upstream's all-ones key mask): masked queries' outputs are zeroed, and
         # SDPA itself runs unmasked.
+        if query_mask is not None and tuple(query_mask.shape) != tuple(query.shape[:2]):
+            raise ValueError(f"query_mask must be [B, M] = {list(query.shape[:2])}, one flag per output query; "
+                             f"got {list(query_mask.shape)}.")
         attention_mask = None if query_mask is None else query_mask.bool()[:, :, None]
         output = self.cross_attend(query, z, attention_mask)
         if self.output is not None:

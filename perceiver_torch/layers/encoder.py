@@ -70,6 +70,9 @@ class PerceiverEncoder(nn.Module):
     def forward(self, inputs: torch.Tensor, input_mask: torch.Tensor | None = None) -> torch.Tensor:
         """inputs [B, N, C_in], input_mask [B, N] (true/1 = valid) -> latents [B, Z, C_z]."""
         # The latents start the residual stream (float32 in a reduced-precision model, see precision.py).
+        if input_mask is not None and tuple(input_mask.shape) != tuple(inputs.shape[:2]):
+            raise ValueError(f"input_mask must be [B, N] = {list(inputs.shape[:2])}, one flag per input position "
+                             f"(after preprocessing); got {list(input_mask.shape)}.")
         z = residual_stream(self.latents(inputs.shape[0]))
         # A key mask [B, 1, N]: every latent sees the same inputs (upstream's all-ones query mask).
         attention_mask = None if input_mask is None else input_mask.bool()[:, None, :]

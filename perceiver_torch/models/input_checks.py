@@ -5,8 +5,10 @@ code included (a fixed size becomes a static check; the batch stays free).
 Value checks (id ranges, pixel scales) need the data: they run only in eager
 mode on CPU tensors, where reading a min/max costs no device sync and
 traces nothing. `forward` on an accelerator, under `torch.compile` or being
-exported never reads values; the `torch.no_grad` helpers (`classify`,
-`estimate_flow`, `autoencode`) check values on any device, once per call.
+exported never reads values on the host (the one exception, the video's
+subsample indices, is checked there by `torch._assert_async`, which needs no
+sync); the `torch.no_grad` helpers (`classify`, `estimate_flow`,
+`autoencode`) check values on any device, once per call.
 """
 
 from __future__ import annotations

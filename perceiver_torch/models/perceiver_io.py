@@ -18,8 +18,21 @@ from ..layers.encoder import PerceiverEncoder
 from ..layers.multimodal import IdentityPreprocessor, MultimodalDecoder, MultimodalPreprocessor
 from ..layers.perceiver import Perceiver
 from ..layers.postprocessors import IdentityPostprocessor, MultimodalPostprocessor
+from .input_checks import describe, values_readable
 
 DEFAULT = "default"  # the modality name used when a single module/tensor is given
+
+
+def _check_mask(where: str, name: str, mask, batch: int) -> None:
+    """A [B, L] mask of 0/1 flags (bool, integer or float); values read only where that is free (input_checks)."""
+    expected = f"{name} must be a tensor [B={batch}, L] of 0/1 flags (1 = valid)"
+    if not isinstance(mask, torch.Tensor) or mask.is_complex():
+        raise TypeError(f"{where}: {expected}; got {describe(mask)}.")
+    if mask.ndim != 2 or mask.shape[0] != batch:
+        raise ValueError(f"{where}: {expected}; got {describe(mask)}.")
+    # Any non-zero counts as 1 downstream: a soft mask (e.g. 0.5) would be taken as fully valid.
+    if values_readable(mask) and not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"{where}: {expected}; got other values (the mask is binary, not a weighting).")
 
 
 def _as_dict(value, what: str) -> tuple[dict, bool]:
@@ -157,7 +170,32 @@ class PerceiverIO(Perceiver):
 
     def forward(self, inputs, input_mask: torch.Tensor | None = None, query_mask: torch.Tensor | None = None,
                 subsampled_output_points=None):
-        """inputs: tensor or dict; subsampled_output_points: index tensor or dict per output modality."""
+        """inputs: tensor or dict; subsampled_output_points: index tensor or dict per output modality.
+
+        input_mask [B, N] (one 0/1 per preprocessed input position, 1 = valid) and query_mask [B, M] (one per
+        output query) are optional.
+        """
+        where = f"{type(self).__name__}.forward"
         inputs = self._wrap(inputs, self._single_input, "inputs")
+        batch = self._check_batch(where, inputs)
+        for name, mask in (("input_mask", input_mask), ("query_mask", query_mask)):
+            if mask is not None:
+                _check_mask(where, name, mask, batch)
         points = self._wrap(subsampled_output_points, self._single_output, "subsampled_output_points")
         return self._unwrap(super().forward(inputs, input_mask, query_mask, points))
+
+    def _check_batch(self, where: str, inputs: Mapping) -> int:
+        """The batch size the input tensors share (>= 1), refusing non-tensors and mixed batch sizes by modality."""
+        sizes = {}
+        for name, value in inputs.items():
+            shown = "inputs" if self._single_input else f"inputs[{name!r}]"
+            if not isinstance(value, torch.Tensor) or value.ndim < 1:
+                raise TypeError(f"{where}: {shown} must be a tensor [B, ...]; got {describe(value)}.")
+            sizes[shown] = value.shape[0]
+        first = next(iter(sizes.values()), 1)
+        if any(size != first for size in sizes.values()):  # compared, not hashed: traced sizes are symbolic
+            raise ValueError(f"{where}: every input modality must have the same batch size; got "
+                             + ", ".join(f"{k} {v}" for k, v in sizes.items()) + ".")
+        if first < 1:
+            raise ValueError(f"{where}: inputs must have B >= 1; got an empty batch.")
+        return first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 
 import torch
@@ -11,7 +12,7 @@ from ..layers.audio import AudioPreprocessor
 from ..layers.image import ImagePreprocessor
 from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocessor, QueryGenerator
 from ..layers.postprocessors import AudioPostprocessor, ClassificationPostprocessor, ProjectionPostprocessor
-from .input_checks import check_batch, check_float, check_range
+from .input_checks import check_batch, check_float, check_range, describe, values_readable
 from .perceiver_io import PerceiverIO
 
 # The colab's fixed choices (see parity_tests/fixtures/golden/README.md).
@@ -144,12 +145,18 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
             "label": torch.zeros(batch, self.num_classes, dtype=images.dtype, device=images.device),
         }
 
-    def _points(self, subsample: dict | None) -> dict | None:
+    def _points(self, subsample: Mapping | None, device: torch.device) -> dict | None:
+        """Validated query indices on the model's `device` (indices given on the host or as lists are moved)."""
         if subsample is None:
             return None
-        unknown = sorted(set(subsample) - {"image", "audio"})
+        where = "PerceiverForMultimodalAutoencoding.forward"
+        if not isinstance(subsample, Mapping):
+            raise TypeError(f"{where}: subsample must be a dict {{'image': idx, 'audio': idx}} of 1-D integer "
+                            f"tensors of query indices (or None); got {describe(subsample)}.")
+        unknown = sorted(map(repr, set(subsample) - {"image", "audio"}))
         if unknown:
-            raise ValueError(f"subsample keys must be 'image' and/or 'audio'; got unexpected {unknown}.")
+            raise ValueError(f"{where}: subsample keys must be 'image' and/or 'audio'; got unexpected "
+                             f"[{', '.join(unknown)[:200]}].")
         points = {}
         for name, limit in (("image", self.num_image_points), ("audio", self.num_audio_patches)):
             idx = subsample.get(name)
@@ -157,13 +164,16 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
                 continue
             idx = torch.as_tensor(idx)
             if idx.ndim != 1 or idx.dtype not in (torch.int32, torch.int64):
-                raise ValueError(f"subsample[{name!r}] must be a 1-D integer tensor of query indices.")
-            # Bounds are checked where the indices live on the host and only in eager mode: on an
-            # accelerator the check would force a device-to-host sync on every call, and traced
-            # code cannot branch on data (an out-of-range index still fails there, in the gather).
-            check_range("PerceiverForMultimodalAutoencoding.forward", f"subsample[{name!r}]", idx, 0, limit - 1,
-                        f"indices must lie in [0, {limit})")
-            points[name] = idx.long()
+                raise ValueError(f"{where}: subsample[{name!r}] must be a 1-D integer tensor of query indices; "
+                                 f"got {describe(idx)}.")
+            expected = f"indices must lie in [0, {limit})"
+            if values_readable(idx):  # eager, on the host: a clear error before anything runs
+                check_range(where, f"subsample[{name!r}]", idx, 0, limit - 1, expected)
+            else:
+                # On an accelerator or traced: checked without a host sync (an index turns into a query position
+                # arithmetically, so nothing else would fail: an out-of-range one would decode garbage).
+                torch._assert_async(((idx >= 0) & (idx < limit)).all(), f"{where}: subsample[{name!r}] {expected}.")
+            points[name] = idx.to(device=device, dtype=torch.long)
         return points
 
     def _to_clip(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,11 +189,14 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         have upstream's shapes: image [B, n_image, 3], audio
         [B, n_audio * samples_per_patch], label [B, num_classes]. Without it
         every point is decoded at once and returned in the input layout
-        (image [B, F, 3, S, S], audio [B, N, 1]); `autoencode` does the same
-        chunk by chunk.
+        (image [B, F, 3, S, S], audio [B, N, 1]), its queries on upstream's
+        unsubsampled grid (`linspace(-1, 1, n)`). `autoencode` decodes chunks
+        of subsampled points, which upstream places at `-1 + 2 * i / n`, as the
+        colab does: its reconstructions are the colab's, not this call's.
+        Indices may be given on the host; they are moved to the model's device.
         """
         self._check("PerceiverForMultimodalAutoencoding.forward", images, audio, any_device=False)
-        points = self._points(subsample)
+        points = self._points(subsample, images.device)
         outputs = super().forward(self._inputs(images, audio), subsampled_output_points=points)
         if points is None:
             outputs["image"], outputs["audio"] = self._to_clip(outputs["image"], outputs["audio"])
