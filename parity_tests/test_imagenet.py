@@ -117,6 +117,13 @@ def test_transform_rejects_non_rgb_arrays():
         imagenet_transform(np.zeros((3, 32, 32), np.uint8))
 
 
+@pytest.mark.parametrize("size", [(16,), (16, 16, 3), 0, (16, -1), 16.0, True, "16"])
+def test_transform_rejects_a_size_that_is_not_one_or_two_positive_ints(size):
+    with pytest.raises(ValueError, match=r"size must be a positive int or a \(height, width\) pair of them"):
+        imagenet_transform(np.zeros((32, 32, 3), np.uint8), size)
+    assert imagenet_transform(np.zeros((32, 32, 3), np.uint8), [np.int64(8), 8]).shape == (3, 8, 8)
+
+
 def test_classify_returns_top_k_of_the_models_probabilities():
     model = _model()
     image = np.random.default_rng(1).integers(0, 256, size=(20, 24, 3), dtype=np.uint8)

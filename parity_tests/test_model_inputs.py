@@ -162,5 +162,7 @@ def test_autoencode_default_is_the_config_nchunks(models):
     images, audio = _clip(model)
     with torch.no_grad():
         default, four = model.autoencode(images, audio), model.autoencode(images, audio, chunks=4)
+        numpy_four = model.autoencode(images, audio, chunks=np.int64(4))  # any integer type is a count
     for name in ("image", "audio", "label"):
         torch.testing.assert_close(default[name], four[name], rtol=0, atol=0)
+        torch.testing.assert_close(numpy_four[name], four[name], rtol=0, atol=0)

@@ -162,3 +162,24 @@ def test_bad_tiling_arguments_are_rejected(flow_model):
 def test_subsampled_queries_are_refused(flow_model):
     with pytest.raises(ValueError, match="subsampled output points are not supported"):
         flow_model.decoder.decoder_query(torch.zeros(1, 4, 8), subsampled_points=torch.arange(2))
+
+
+def test_estimate_flow_argument_errors_name_the_layout(flow_model):
+    a, b = frames(1, TRAIN_H, TRAIN_W)
+    with pytest.raises(ValueError, match=r"must both be channels-first RGB \[B, 3, H, W\] \(or both \[3, H, W\]\)"):
+        flow_model.estimate_flow(a[0], b)
+    with pytest.raises(TypeError, match=r"image1 must be a floating-point tensor .* got list"):
+        flow_model.estimate_flow([1], [2])
+
+
+def test_estimate_flow_of_a_float64_model_is_float64(flow_model):
+    # The blend is as wide as the model's flow: float32 frames into a float64 model give float64 flow.
+    model = flow_model.double()
+    try:
+        a, b = frames(1, TRAIN_H, TRAIN_W)
+        with torch.no_grad():
+            flow, direct = model.estimate_flow(a, b), model(a.double(), b.double())
+        assert flow.dtype == direct.dtype == torch.float64
+        torch.testing.assert_close(flow, direct, rtol=1e-12, atol=1e-12)
+    finally:
+        flow_model.float()

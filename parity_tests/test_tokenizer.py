@@ -28,3 +28,22 @@ def test_encode_with_masks_matches_colab_masking():
     ids[51:60] = [tok.mask_token] * 9
     assert tok.encode_with_masks(text[:51] + "[MASK]" * 9) == ids
     assert tok.vocab_size == 262
+
+
+def test_decode_and_pad_take_tensors_and_arrays_and_refuse_batches_and_bad_ids():
+    import numpy as np
+    import torch
+
+    ids = tok.encode("no")
+    assert tok.decode(torch.tensor(ids)) == tok.decode(np.array(ids)) == tok.decode(list(np.array(ids))) == "no"
+    assert tok.pad(torch.tensor(ids), 4) == (ids + [0, 0], [1, 1, 0, 0])
+    with pytest.raises(ValueError, match=r"expected one sequence of ids \(1-D\); got shape \[1, 2\].*row by row"):
+        tok.decode(torch.tensor([ids]))  # e.g. logits.argmax(-1) of one example
+    with pytest.raises(ValueError, match=r"got shape \[\]"):
+        tok.decode(torch.tensor(110))
+    with pytest.raises(ValueError, match=r"ids must be integers in \[0, 262\); got \[262, -1\]"):
+        tok.decode([110, 262, -1])
+    with pytest.raises(ValueError, match=r"got \[1.5, True\]"):
+        tok.pad([1.5, True], 4)
+    with pytest.raises(TypeError, match="use encode for text"):
+        tok.decode("hi")

@@ -8,6 +8,8 @@ import torch
 
 import perceiver_torch as pt
 from converters.tasks import run_upstream_layout
+from perceiver_torch import build_model
+from perceiver_torch.models.video_autoencoding import kinetics700_labels
 from perceiver_torch.registry import preset
 
 from .conftest import assert_close, convert_golden, golden_config, golden_io
@@ -130,3 +132,21 @@ def test_subsample_that_is_not_a_dict_is_refused_briefly(golden_model):
     with pytest.raises(TypeError, match=r"subsample must be a dict .* got int64 \[6272\]") as caught:
         golden_model(images, audio, torch.arange(6272))
     assert len(str(caught.value)) < 300
+
+
+def test_top_labels_names_this_models_classes_and_checks_its_arguments(golden_model):
+    # The golden model has 7 classes: Kinetics-700 names would be wrong for it, so its labels are indices.
+    assert golden_model.labels == tuple(str(i) for i in range(7))
+    logits = torch.tensor([[0.0, 3, 1, 0, 0, 0, 2], [5.0, 4, 0, 0, 0, 0, 3]])
+    top = golden_model.top_labels(logits, k=3)
+    assert [[name for name, _ in row] for row in top] == [["1", "6", "2"], ["0", "1", "6"]]
+    torch.testing.assert_close(torch.tensor([p for _, p in top[0]]), logits[0].softmax(-1)[[1, 6, 2]])
+    for bad, message in ((torch.randn(1, 700), r"logits must be a tensor \[B, 7\]"), (torch.randn(7), r"\[B, 7\]"),
+                         ([0.0] * 7, r"got list")):
+        with pytest.raises(ValueError, match=message):
+            golden_model.top_labels(bad)
+    for k in (0, 8, 2.0, True):
+        with pytest.raises(ValueError, match=r"k must be an integer in \[1, 7\]"):
+            golden_model.top_labels(logits, k=k)
+    kinetics = build_model("video_autoencoding", {**golden_config("video_autoencoding"), "num_classes": 700})
+    assert kinetics.labels == kinetics700_labels() and len(kinetics.labels) == 700

@@ -102,16 +102,19 @@ def stitch_tiles(
     tile_h, tile_w = tile_size
     multiplicity = Counter(tile_origins((height, width), tile_size, min_overlap))  # keeps first-seen order
     origins = list(multiplicity)
-    # Blended in float32 or wider whatever the frames' dtype: a reduced-precision model returns float32
-    # flow (its final projection is a float32 island), which a bfloat16 sum would round again.
-    dtype = wide(image1.dtype)
-    weights = blend_weights(tile_size, dtype=dtype, device=image1.device)
-    flows = image1.new_zeros(batch, 2, height, width, dtype=dtype)
+    flows = weights = None
     for start in range(0, len(origins), tile_batch_size):
         chunk = origins[start:start + tile_batch_size]
         first = torch.cat([image1[..., y:y + tile_h, x:x + tile_w] for y, x in chunk])
         second = torch.cat([image2[..., y:y + tile_h, x:x + tile_w] for y, x in chunk])
         pieces = flow_fn(first, second).reshape(len(chunk), batch, 2, tile_h, tile_w)
+        if flows is None:
+            # Blended in float32 or wider whatever the frames' dtype: a reduced-precision model returns float32
+            # flow (its final projection is a float32 island), which a bfloat16 sum would round again; and
+            # as wide as the model's flow (a float64 model's, from float32 frames).
+            dtype = torch.promote_types(wide(image1.dtype), wide(pieces.dtype))
+            weights = blend_weights(tile_size, dtype=dtype, device=image1.device)
+            flows = image1.new_zeros(batch, 2, height, width, dtype=dtype)
         for (y, x), piece in zip(chunk, pieces, strict=True):
             flows[..., y:y + tile_h, x:x + tile_w] += piece * (weights * multiplicity[y, x])
-    return flows / weight_map((height, width), tile_size, min_overlap, dtype=dtype, device=image1.device)
+    return flows / weight_map((height, width), tile_size, min_overlap, dtype=flows.dtype, device=image1.device)

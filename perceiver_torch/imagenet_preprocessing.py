@@ -86,12 +86,21 @@ def center_crop_size(height: int, width: int, size: int = 224) -> int:
     return int(ratio * np.float32(min(height, width)))
 
 
+def _output_size(size) -> tuple[int, int]:
+    """(height, width) >= 1 from an int or a pair of ints; a clear error for anything else."""
+    pair = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in pair):
+        raise ValueError(f"imagenet_transform: size must be a positive int or a (height, width) pair of them; "
+                         f"got {size!r}.")
+    return int(pair[0]), int(pair[1])
+
+
 def imagenet_transform(image, size: tuple[int, int] | int = (224, 224)) -> torch.Tensor:
     """Colab preprocessing: centre crop, bicubic resize to `size`, normalise -> float32 [3, H, W].
 
     `image` is a path, a PIL image, or an RGB array [H, W, 3] of 0-255 values.
     """
-    out_h, out_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    out_h, out_w = _output_size(size)
     pixels = load_rgb(image)
     check_pixel_scale(pixels)
     height, width = pixels.shape[:2]

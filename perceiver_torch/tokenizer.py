@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
+
+
+def _as_id(value) -> int | None:
+    """An integer id (int, NumPy integer, 0-d integer tensor) as a Python int; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 class BytesTokenizer:
@@ -24,18 +35,36 @@ class BytesTokenizer:
         return [b + self.num_reserved_tokens for b in data]
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """Special ids are dropped; invalid UTF-8 becomes U+FFFD, as upstream."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        data = bytes(i - self.num_reserved_tokens for i in ids if i >= self.num_reserved_tokens)
+        """One sequence of ids (a list, or a 1-D tensor or array) -> text.
+
+        Special ids are dropped; invalid UTF-8 becomes U+FFFD, as upstream.
+        """
+        data = bytes(i - self.num_reserved_tokens for i in self._ids("decode", ids) if i >= self.num_reserved_tokens)
         return data.decode("utf-8", errors="replace")
 
-    def pad(self, ids: Sequence[int], length: int) -> tuple[list[int], list[int]]:
+    def pad(self, ids: Sequence[int] | torch.Tensor, length: int) -> tuple[list[int], list[int]]:
         """Pad with PAD to `length`; returns (ids, attention mask of 1 on real tokens)."""
+        ids = self._ids("pad", ids)
         if len(ids) > length:
             raise ValueError(f"{len(ids)} tokens do not fit in a length of {length}.")
         padding = length - len(ids)
-        return list(ids) + [self.pad_token] * padding, [1] * len(ids) + [0] * padding
+        return ids + [self.pad_token] * padding, [1] * len(ids) + [0] * padding
+
+    def _ids(self, where: str, ids) -> list[int]:
+        """`ids` as a list of Python ints in [0, vocab_size), refusing batches, scalars and other values."""
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"BytesTokenizer.{where}: expected ids, got {type(ids).__name__} (use encode for text).")
+        if hasattr(ids, "ndim") and hasattr(ids, "tolist"):  # a tensor or an array
+            if ids.ndim != 1:
+                raise ValueError(f"BytesTokenizer.{where}: expected one sequence of ids (1-D); got shape "
+                                 f"{list(ids.shape)} (decode a batch row by row: [tok.{where}(row) for row in ids]).")
+            ids = ids.tolist()
+        given, ids = list(ids), [_as_id(i) for i in ids]
+        bad = [g for g, i in zip(given, ids, strict=True) if i is None or not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"BytesTokenizer.{where}: ids must be integers in [0, {self.vocab_size}); got "
+                             f"{bad[:5]!r}{' ...' if len(bad) > 5 else ''}.")
+        return ids
 
     def encode_with_masks(self, text: str, mask: str = "[MASK]") -> list[int]:
         """Encode `text`, turning every occurrence of `mask` into one MASK id (one byte to predict)."""

@@ -107,7 +107,12 @@ class PerceiverForOpticalFlow(Perceiver):
         through the model `tile_batch_size` at a time. `min_overlap` defaults
         to the colab's 20 pixels (a quarter of the tile for tiles of 20 or less).
         """
-        unbatched = image1.ndim == 3 and image2.ndim == 3
+        ranks = tuple(getattr(image, "ndim", None) for image in (image1, image2))
+        if ranks in ((3, 4), (4, 3)):
+            raise ValueError(f"PerceiverForOpticalFlow.estimate_flow: image1 and image2 must both be channels-first "
+                             f"RGB [B, 3, H, W] (or both [3, H, W]); got shapes {tuple(image1.shape)} and "
+                             f"{tuple(image2.shape)}.")
+        unbatched = ranks == (3, 3)
         if unbatched:
             image1, image2 = image1[None], image2[None]
         self._check_frames(image1, image2, exact_size=False)

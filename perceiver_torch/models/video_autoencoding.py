@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from functools import cache
 
@@ -216,6 +217,8 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         where = "PerceiverForMultimodalAutoencoding.autoencode"
         if chunks is None:
             chunks = int(self.config.get("nchunks", 1))
+        elif not isinstance(chunks, bool) and isinstance(chunks, numbers.Integral):
+            chunks = int(chunks)  # a NumPy integer, say
         if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
             raise ValueError(f"{where}: chunks must be a positive integer (or None for the config's "
                              f"nchunks={self.config.get('nchunks', 1)}); got {chunks!r}.")
@@ -239,9 +242,20 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         image, audio_out = self._to_clip(torch.cat(image_parts, dim=1), torch.cat(audio_parts, dim=1))
         return {"image": image, "audio": audio_out, "label": label}
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class names in logit order: the Kinetics-700 names for 700 classes, else the class indices."""
+        return kinetics700_labels() if self.num_classes == 700 else tuple(str(i) for i in range(self.num_classes))
+
     def top_labels(self, logits: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
-        """Per example, the k most probable Kinetics-700 classes with their softmax probabilities."""
-        names = kinetics700_labels()
+        """Per example of the label logits [B, num_classes], the k most probable classes with their probabilities."""
+        where = "PerceiverForMultimodalAutoencoding.top_labels"
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"{where}: logits must be a tensor [B, {self.num_classes}] (the 'label' output); "
+                             f"got {describe(logits)}.")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_classes:
+            raise ValueError(f"{where}: k must be an integer in [1, {self.num_classes}]; got {k!r}.")
+        names = self.labels
         probs, idx = logits.softmax(-1).topk(k, dim=-1)
         return [[(names[j], float(p)) for p, j in zip(row_p, row_i, strict=True)]
                 for row_p, row_i in zip(probs.tolist(), idx.tolist(), strict=True)]
