@@ -5,15 +5,17 @@ Where files come from, first match wins:
 1. ``mirror=`` / ``endpoint=`` arguments;
 2. ``PERCEIVER_ZOO_MIRROR=/path``: a plain directory laid out ``<repo_id>/<revision>/<filename>``
    (no HTTP, files are verified and loaded in place);
-3. ``PERCEIVER_ZOO_ENDPOINT`` or ``HF_ENDPOINT``: a Hub-compatible endpoint, used through
-   ``huggingface_hub.hf_hub_download`` (pinned revision, the Hub cache, resumable download);
+3. ``PERCEIVER_ZOO_ENDPOINT`` or ``HF_ENDPOINT``: a Hub-compatible endpoint, downloaded from
+   with huggingface_hub's HTTP client into the Hub cache (pinned revision, resumable; see
+   `download`: names in the cache come from the manifest, never from the server);
 4. the Hugging Face Hub.
 
 The environment is read at call time (``huggingface_hub`` reads ``HF_ENDPOINT``,
-``HF_HUB_OFFLINE`` and ``HF_HOME`` once at import), and passed to it explicitly:
-``HF_HUB_OFFLINE=1`` means cached files only. A downloaded file whose size or sha256
-differs from the manifest is removed from the cache (snapshot link and blob, never anything
-outside the cache) before the error is raised, so it can never be loaded later.
+``HF_HUB_OFFLINE`` and ``HF_HOME`` once at import): ``HF_HUB_OFFLINE=1`` means cached files
+only. A download is checked before it enters the cache (the server's commit, size and ETag,
+then the bytes' size and sha256); a cached file whose size or sha256 differs from the manifest
+is removed from the cache (snapshot link and blob, never anything outside the cache) before
+the error is raised, so it can never be loaded later.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import os
 from pathlib import Path
 
 import torch
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import constants
 
 from ..hashing import sha256_stream
 from ..registry import build_model, preset
 from ..serialization import load_model
+from .download import RefusedAnswer, download, repo_cache_dir, snapshot_path
 from .manifest import get_entry
 
 _TRUE = {"1", "on", "yes", "true"}
@@ -167,28 +170,51 @@ def fetch(name: str, *, endpoint: str | None = None, mirror=None, cache: str | o
 
 
 def _fetch_verified(name: str, artifact: dict, kind: str, where: str, cache) -> tuple[Path, os.stat_result]:
-    repo_id, revision, filename = artifact["repo_id"], artifact["revision"], artifact["filename"]
     if kind == "mirror":
-        root = Path(where)
-        path = root / repo_id / revision / filename
-        # The schema already refuses '..' and absolute names; a link inside the mirror may still point out.
-        if not _inside(path, root):
-            raise ZooError(f"zoo model {name!r}: {path} resolves outside the mirror {root}; refused")
-        if not path.is_file():
-            raise ZooError(f"zoo model {name!r}: mirror {where} has no {repo_id}/{revision}/{filename}")
-        return path, verify_file(path, artifact, f"zoo model {name!r} (mirror)")
+        return _from_mirror(name, artifact, Path(where))
+    return _from_endpoint(name, artifact, where, Path(cache) if cache else cache_dir())
 
-    cache = Path(cache) if cache else cache_dir()
-    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
-    offline = is_offline()
+
+def _from_mirror(name: str, artifact: dict, root: Path) -> tuple[Path, os.stat_result]:
+    repo_id, revision, filename = artifact["repo_id"], artifact["revision"], artifact["filename"]
+    path = root / repo_id / revision / filename
+    # The schema already refuses '..' and absolute names; a link inside the mirror may still point out.
+    if not _inside(path, root):
+        raise ZooError(f"zoo model {name!r}: {path} resolves outside the mirror {root}; refused")
+    if not path.is_file():
+        raise ZooError(f"zoo model {name!r}: mirror {root} has no {repo_id}/{revision}/{filename}")
+    return path, verify_file(path, artifact, f"zoo model {name!r} (mirror)")
+
+
+def _from_endpoint(name: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result]:
+    """The cached snapshot file, verified; downloaded first (verified before it enters the cache) if absent."""
+    pointer = snapshot_path(cache, artifact)
+    if not (pointer.is_symlink() or pointer.exists()):
+        pointer, hashed = _download(name, artifact, where, cache)
+        if hashed is not None:
+            return pointer, hashed
+    return _verified_cached(name, pointer, artifact, repo_cache_dir(cache, artifact["repo_id"]))
+
+
+def _download(name: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result | None]:
+    what = f"zoo model {name!r}"
+    source = f"{artifact['repo_id']}@{artifact['revision']}/{artifact['filename']} from {where}"
+    repo_dir = repo_cache_dir(cache, artifact["repo_id"])
+    if is_offline():
+        _remove_incomplete(repo_dir)
+        raise ZooError(f"{what}: download of {source} failed (HF_HUB_OFFLINE is set and the file is not in the "
+                       "cache)")
     try:
-        local = Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=where, cache_dir=str(cache),
-                                     local_files_only=offline))
+        return download(artifact, where, cache, lambda f: _check_open_file(f, source, artifact, what))
+    except (IntegrityError, RefusedAnswer) as exc:
+        _remove_incomplete(repo_dir)
+        raise IntegrityError(f"{what}: download of {source} refused: {exc}; nothing was kept in the cache") from None
     except Exception as exc:
         _remove_incomplete(repo_dir)
-        hint = " (HF_HUB_OFFLINE is set and the file is not in the cache)" if offline else ""
-        raise ZooError(f"zoo model {name!r}: download of {repo_id}@{revision}/{filename} from {where} "
-                       f"failed{hint}: {type(exc).__name__}: {exc}") from exc
+        raise ZooError(f"{what}: download of {source} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _verified_cached(name: str, local: Path, artifact: dict, repo_dir: Path) -> tuple[Path, os.stat_result]:
     if not _inside(local, repo_dir):
         raise ZooError(f"zoo model {name!r}: the cached file {local} resolves outside the cache folder {repo_dir}; "
                        "refused (remove it and pull again)")
