@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import try_to_load_from_cache
 
 from parity_tests.zoo_support import TEST_HUB, TEST_MANIFEST, answering_server, cached_files
-from perceiver_torch.zoo import IntegrityError, fetch, get_entry
+from perceiver_torch.zoo import IntegrityError, ZooError, fetch, get_entry
 
 NAME = "tiny-language-perceiver"
 ARTIFACT = get_entry(NAME, TEST_MANIFEST)["artifact"]
@@ -121,3 +121,19 @@ def test_a_redirect_to_a_cdn_downloads_from_it_without_the_token(tmp_path, monke
     assert endpoint.requests[0][2].get("authorization") == "Bearer hf_secret"
     assert [(m, p) for m, p, _ in cdn.requests] == [("GET", "/signed/blob")]
     assert "authorization" not in {k.lower() for k in cdn.requests[0][2]}
+
+
+@pytest.mark.parametrize("failure", ["offline", "refused", "http-error"])
+def test_a_failed_pull_leaves_other_downloads_in_progress_alone(tmp_path, monkeypatch, failure):
+    cache = tmp_path / "cache"
+    blobs = cache / f"models--{ARTIFACT['repo_id'].replace('/', '--')}" / "blobs"
+    blobs.mkdir(parents=True)
+    theirs = blobs / f"{'a' * 64}.0123abcd.incomplete"  # another process's download, half written
+    theirs.write_bytes(b"partial")
+    if failure == "offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    answer = honest(etag="0" * 64) if failure == "refused" else lambda m, p, n: (500, {}, b"")
+    with answering_server(answer) as server, pytest.raises(ZooError):
+        pull(server.endpoint, cache)
+    assert theirs.read_bytes() == b"partial"
+    assert sorted(p.name for p in blobs.iterdir()) == [theirs.name]

@@ -129,12 +129,6 @@ def _remove_from_cache(path: Path, repo_dir: Path) -> list[str]:
     return removed
 
 
-def _remove_incomplete(repo_dir: Path) -> None:
-    blobs = repo_dir / "blobs"
-    for p in blobs.glob("*.incomplete") if blobs.is_dir() else ():
-        p.unlink(missing_ok=True)
-
-
 def _check_open_file(f, path: Path, artifact: dict, what: str) -> None:
     size = os.fstat(f.fileno()).st_size
     if size != artifact["size"]:
@@ -199,18 +193,14 @@ def _from_endpoint(name: str, artifact: dict, where: str, cache: Path) -> tuple[
 def _download(name: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result | None]:
     what = f"zoo model {name!r}"
     source = f"{artifact['repo_id']}@{artifact['revision']}/{artifact['filename']} from {where}"
-    repo_dir = repo_cache_dir(cache, artifact["repo_id"])
     if is_offline():
-        _remove_incomplete(repo_dir)
         raise ZooError(f"{what}: download of {source} failed (HF_HUB_OFFLINE is set and the file is not in the "
                        "cache)")
     try:
         return download(artifact, where, cache, lambda f: _check_open_file(f, source, artifact, what))
-    except (IntegrityError, RefusedAnswer) as exc:
-        _remove_incomplete(repo_dir)
+    except (IntegrityError, RefusedAnswer) as exc:  # `download` removed its own temp file; no other is touched
         raise IntegrityError(f"{what}: download of {source} refused: {exc}; nothing was kept in the cache") from None
     except Exception as exc:
-        _remove_incomplete(repo_dir)
         raise ZooError(f"{what}: download of {source} failed: {type(exc).__name__}: {exc}") from exc
 
 
