@@ -27,11 +27,13 @@ from pathlib import Path
 import torch
 from huggingface_hub import constants
 
+from ..config_schema import ConfigError
 from ..hashing import sha256_stream
 from ..registry import build_model, preset
-from ..serialization import load_model
+from ..serialization import build_on_meta, load_model
 from .download import RefusedAnswer, download, repo_cache_dir, snapshot_path
-from .manifest import get_entry
+from .manifest import get_entry, manifest_path
+from .schema import ManifestError
 
 _TRUE = {"1", "on", "yes", "true"}
 HUB_ENDPOINT = "https://huggingface.co"
@@ -216,6 +218,17 @@ def _verified_cached(name: str, local: Path, artifact: dict, repo_dir: Path) -> 
                              "The server or mirror holds a corrupt or different file.") from None
 
 
+def _untrained(name: str, task: str, config: dict, manifest) -> torch.nn.Module:
+    """The architecture, built for real only once its meta-device twin shows the constructors accept it
+    and the parameter count is bounded (the schema checked each field at load)."""
+    try:
+        build_on_meta(task, config, source="config")
+    except ConfigError as exc:
+        raise ManifestError(f"{manifest_path(manifest)}: zoo manifest: entry {name!r}, field 'config': "
+                            f"{'; '.join(exc.problems)}") from None
+    return build_model(task, config)
+
+
 def create_model(name: str, pretrained: bool = True, *, device: str | torch.device = "cpu",
                  endpoint: str | None = None, mirror=None, cache_dir=None, manifest=None) -> torch.nn.Module:
     """A zoo model by name, in eval mode.
@@ -227,7 +240,7 @@ def create_model(name: str, pretrained: bool = True, *, device: str | torch.devi
     entry = get_entry(name, manifest)
     config = entry_config(entry)
     if not pretrained:
-        return build_model(entry["task"], config).to(device).eval()
+        return _untrained(name, entry["task"], config, manifest).to(device).eval()
     artifact = _published(name, entry)
     path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir)
 
