@@ -16,6 +16,7 @@ from parity_tests.conftest import released_shapes
 from parity_tests.zoo_support import TEST_MANIFEST, golden_language_entry
 from perceiver_torch.registry import COLAB_CONSTANTS, build_model, preset
 from perceiver_torch.zoo import ManifestError, create_model, entries, load_manifest
+from perceiver_torch.zoo.cli import main as zoo_cli
 from perceiver_torch.zoo.hub import entry_config
 from perceiver_torch.zoo.manifest import manifest_path
 from perceiver_torch.zoo.schema import validate_entry
@@ -155,3 +156,27 @@ def test_an_untrained_model_is_built_through_the_checked_path(tmp_path):
         create_model("tiny-language-perceiver", pretrained=False, manifest=path)
     model = create_model("tiny-language-perceiver", pretrained=False, manifest=TEST_MANIFEST)
     assert not model.training and sum(p.numel() for p in model.parameters()) > 0
+
+
+_HOSTILE_YAML = {
+    "list-key": ("schema_version: 1\nmodels:\n  ? [a, b]\n  : 1\n",
+                 r"a mapping key must be a plain value.*list.*line 3"),
+    "dict-key": ("schema_version: 1\nmodels:\n  x: {kind: test}\n  ? {a: 1}\n  : 1\n",
+                 r"a mapping key must be a plain value.*dict.*line 4"),
+    "deep": ("schema_version: 1\nmodels: " + "[" * 100_000 + "]" * 100_000 + "\n", "nests deeper than 32 levels"),
+    "merge": ("base: &b {kind: test}\nschema_version: 1\nmodels:\n  x:\n    <<: *b\n",
+              r"merge keys \('<<'\) are not supported \(line 5\)"),
+    "bool-version": ("schema_version: true\nmodels: {}\n", "field 'schema_version' must be 1, found True"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_HOSTILE_YAML))
+def test_malformed_yaml_is_a_manifest_error_naming_the_file(tmp_path, capsys, case):
+    text, refusal = _HOSTILE_YAML[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    with pytest.raises(ManifestError, match=refusal) as err:
+        load_manifest(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert zoo_cli(["--manifest", str(path), "list"]) == 1  # one line, no traceback
+    assert capsys.readouterr().err.startswith(f"perceiver-zoo: error: {path}: ")

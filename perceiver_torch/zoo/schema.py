@@ -244,7 +244,7 @@ def validate_manifest(data) -> dict:
     """Validate a loaded manifest; returns its ``models`` mapping."""
     if not isinstance(data, dict):
         raise ManifestError("zoo manifest: top level must be a mapping with 'schema_version' and 'models'")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    if type(data.get("schema_version")) is not int or data["schema_version"] != SCHEMA_VERSION:  # True == 1
         raise ManifestError(
             f"zoo manifest: field 'schema_version' must be {SCHEMA_VERSION}, found {data.get('schema_version')!r}"
         )
