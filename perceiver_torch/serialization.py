@@ -180,17 +180,18 @@ def load_model(path, device: str | torch.device = "cpu", *,
     file, but a file rewritten in place (rather than replaced, as `atomic_write` does) while the
     model lives would show through in pages the model has not written.
 
-    `check_metadata`, if given, is called with the file's metadata once the header is parsed,
-    before the config is validated or anything is built; what it raises propagates. A caller
-    that must refuse some files (the zoo: one converted for another entry) checks the header
-    this call reads instead of parsing it a second time.
+    `check_metadata`, if given, is called with the file's metadata once the header is parsed
+    and its config checked (so `parse_config_json(meta["config"])` cannot fail), before
+    anything is built; what it raises propagates. A caller that must refuse some files (the
+    zoo: one converted for another entry) checks the header this call reads instead of
+    reading it a second time.
     """
     path = Path(path)
     header = read_header(path)
     meta = _metadata(path, header)
+    task, config = _checked_config(path, meta)
     if check_metadata is not None:
         check_metadata(meta)
-    task, config = _checked_config(path, meta)
     try:
         model = build_on_meta(task, config, source=f"{path} (metadata config)")
     except ConfigError as exc:

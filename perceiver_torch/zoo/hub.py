@@ -20,14 +20,13 @@ the error is raised, so it can never be loaded later.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 from huggingface_hub import constants
 
-from ..config_schema import ConfigError
+from ..config_schema import ConfigError, parse_config_json
 from ..hashing import sha256_stream
 from ..registry import build_model, preset
 from ..serialization import build_on_meta, load_model
@@ -245,7 +244,8 @@ def create_model(name: str, pretrained: bool = True, *, device: str | torch.devi
     path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir)
 
     def converted_for_this_entry(meta: dict[str, str]) -> None:
-        if meta["task"] != entry["task"] or json.loads(meta["config"]) != config:
+        # load_model has already refused a config that is not valid, bounded JSON; this parse cannot fail.
+        if meta["task"] != entry["task"] or parse_config_json(meta["config"], f"{path} (metadata config)") != config:
             raise ZooError(f"zoo model {name!r}: {path} was converted for task {meta['task']!r} with a different "
                            "config than the manifest entry")
 
