@@ -77,8 +77,9 @@ def test_cached_file_corrupted_later_is_refused(published, tmp_path, monkeypatch
     with hub_env(monkeypatch, tree, cache):
         path = fetch(GOLDEN_ENTRY, manifest=manifest)
         path.resolve().write_bytes(b"\0" * 64)
-        with pytest.raises(IntegrityError):
+        with pytest.raises(IntegrityError, match="already in the cache, not just downloaded") as err:
             fetch(GOLDEN_ENTRY, manifest=manifest)
+        assert "server" not in str(err.value)  # the server sent the right file; the cache changed it
         assert cached_files(cache) == []
         _check_logits(create_model(GOLDEN_ENTRY, manifest=manifest))  # downloads afresh
 

@@ -29,7 +29,7 @@ from huggingface_hub import constants
 from ..config_schema import ConfigError, parse_config_json
 from ..hashing import sha256_stream
 from ..registry import build_model, preset
-from ..serialization import build_on_meta, load_model
+from ..serialization import build_on_meta, load_model, usable_device
 from .download import RefusedAnswer, download, repo_cache_dir, snapshot_path
 from .manifest import get_entry, manifest_path
 from .schema import ManifestError
@@ -213,8 +213,10 @@ def _verified_cached(name: str, local: Path, artifact: dict, repo_dir: Path) -> 
         return local, verify_file(local, artifact, f"zoo model {name!r}")
     except IntegrityError as exc:
         removed = _remove_from_cache(local, repo_dir)
+        # Downloads are verified before they enter the cache, so this file changed there afterwards.
         raise IntegrityError(f"{exc} and removed from the cache ({', '.join(removed) or 'already gone'}). "
-                             "The server or mirror holds a corrupt or different file.") from None
+                             "It was already in the cache, not just downloaded: it was changed or corrupted "
+                             "there; pulling again downloads it afresh.") from None
 
 
 def _untrained(name: str, task: str, config: dict, manifest) -> torch.nn.Module:
@@ -236,6 +238,7 @@ def create_model(name: str, pretrained: bool = True, *, device: str | torch.devi
     before loading, and loads it strictly; ``pretrained=False`` builds the untrained
     architecture (its configuration from the manifest entry).
     """
+    device = usable_device(device)  # before anything is downloaded or built
     entry = get_entry(name, manifest)
     config = entry_config(entry)
     if not pretrained:
