@@ -85,11 +85,18 @@ def manifest_path(path=None) -> Path:
     return Path(str(resources.files("perceiver_torch").joinpath(PACKAGED_MANIFEST)))
 
 
+def _not_a_file(path: Path) -> str:
+    if path.is_dir():
+        return "is a directory, not a manifest file"
+    return "is not a regular file" if path.exists() else "not found"
+
+
 def load_manifest(path=None) -> dict:
     """The validated manifest ``{"schema_version", "models"}``."""
     path = manifest_path(path)
     if not path.is_file():
-        raise ManifestError(f"zoo manifest {path} not found (PERCEIVER_ZOO_MANIFEST or manifest= names another)")
+        raise ManifestError(f"zoo manifest {path} {_not_a_file(path)} (PERCEIVER_ZOO_MANIFEST or manifest= names "
+                            "another)")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise ManifestError(f"zoo manifest {path} is {path.stat().st_size} bytes, more than the "
                             f"{MAX_MANIFEST_BYTES} a manifest may have")
