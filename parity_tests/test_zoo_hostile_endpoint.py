@@ -137,3 +137,13 @@ def test_a_failed_pull_leaves_other_downloads_in_progress_alone(tmp_path, monkey
         pull(server.endpoint, cache)
     assert theirs.read_bytes() == b"partial"
     assert sorted(p.name for p in blobs.iterdir()) == [theirs.name]
+
+
+def test_a_snapshot_link_whose_blob_is_gone_is_downloaded_again(tmp_path):
+    cache = tmp_path / "cache"
+    with answering_server(honest()) as server:
+        path = pull(server.endpoint, cache)
+        path.resolve().unlink()  # e.g. a cache cleaner removed blobs only
+        assert path.is_symlink() and not path.exists()
+        assert pull(server.endpoint, cache) == path and path.read_bytes() == BODY
+    assert [method for method, _, _ in server.requests] == ["HEAD", "GET", "HEAD", "GET"]

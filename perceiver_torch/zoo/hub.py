@@ -184,7 +184,7 @@ def _from_mirror(name: str, artifact: dict, root: Path) -> tuple[Path, os.stat_r
 def _from_endpoint(name: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result]:
     """The cached snapshot file, verified; downloaded first (verified before it enters the cache) if absent."""
     pointer = snapshot_path(cache, artifact)
-    if not (pointer.is_symlink() or pointer.exists()):
+    if not pointer.exists():  # also a link whose blob is gone: the download replaces the link itself
         pointer, hashed = _download(name, artifact, where, cache)
         if hashed is not None:
             return pointer, hashed
