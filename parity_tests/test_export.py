@@ -179,3 +179,20 @@ def test_exported_video_refuses_out_of_range_points(exported, shift):
             program(images, audio, image_points + shift, audio_points)
         with pytest.raises(RuntimeError, match=r"subsample\['audio'\] indices must lie in \[0, "):
             program(images, audio, image_points, audio_points + shift)
+
+
+@pytest.mark.parametrize("task, chunks, refusal", [
+    ("video_autoencoding", 0, "chunks must be a positive integer; got 0"),  # was taken as "the default"
+    ("language", 2, "chunks applies only to the video autoencoder"),  # was ignored
+])
+def test_export_model_refuses_chunks_that_cannot_apply(tmp_path, task, chunks, refusal):
+    with pytest.raises(ValueError, match=refusal):
+        export_model(_model(task), tmp_path / "m.pt2", chunks=chunks)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_model_refuses_an_output_below_a_file_before_tracing(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setattr("perceiver_torch.export.export_program", lambda *a, **k: pytest.fail("traced"))
+    with pytest.raises(NotADirectoryError, match=f"cannot write {tmp_path}/f/m.pt2: {tmp_path}/f is not a dir"):
+        export_model(_model("language"), tmp_path / "f" / "m.pt2")

@@ -8,14 +8,18 @@ import threading
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from converters.zoo.manifest_edit import save_manifest
-from parity_tests.zoo_support import GOLDEN_ENTRY, hub_env, produce_and_publish
-from perceiver_torch import serialization
+from parity_tests.zoo_support import GOLDEN_ENTRY, TEST_HUB, TEST_MANIFEST, hub_env, produce_and_publish
+from perceiver_torch import CheckpointConfigError, CheckpointFormatError, load_model, serialization
+from perceiver_torch.hashing import sha256_file
+from perceiver_torch.safetensors_io import read_header, write_safetensors
 from perceiver_torch.zoo import IntegrityError, ManifestError, ZooError, create_model, fetch, get_entry, load_manifest
 from perceiver_torch.zoo import hub as zoo_hub
 
 REPO = "tests/golden-language"
+TINY = "tiny-language-perceiver"
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +147,46 @@ def test_an_artifact_converted_with_another_config_is_refused(published, tmp_pat
     save_manifest(data, edited)
     with pytest.raises(ZooError, match="with a different config than the manifest entry"):
         create_model(GOLDEN_ENTRY, mirror=tree, manifest=edited)
+
+
+def _mirror_with_metadata_config(tmp_path, config_text):
+    """A mirror holding the tiny language artifact rewritten with `config_text` as its metadata config,
+    and a manifest pinning exactly that file."""
+    data = load_manifest(TEST_MANIFEST)
+    artifact = data["models"][TINY]["artifact"]
+    source = TEST_HUB / artifact["repo_id"] / artifact["revision"] / artifact["filename"]
+    path = tmp_path / "mirror" / artifact["repo_id"] / artifact["revision"] / artifact["filename"]
+    path.parent.mkdir(parents=True)
+    write_safetensors(path, load_file(source), {**read_header(source).metadata, "config": config_text})
+    artifact.update(sha256=sha256_file(path), size=path.stat().st_size)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    return tmp_path / "mirror", manifest, path
+
+
+@pytest.mark.parametrize("config_text", ["{not json", "[" * 200_000 + "]" * 200_000])
+def test_a_metadata_config_that_is_not_json_is_refused_by_the_checked_parser(tmp_path, config_text):
+    mirror, manifest, path = _mirror_with_metadata_config(tmp_path, config_text)
+    with pytest.raises(CheckpointConfigError) as err:
+        create_model(TINY, mirror=mirror, manifest=manifest)
+    assert str(err.value).startswith(f"{path} (metadata config) is not a valid config")
+    assert err.value.problems[0].startswith("(file): not valid JSON")
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "tpu0"])  # no machine has a 100th GPU
+def test_an_unusable_device_is_named_as_such_not_blamed_on_the_file(tmp_path, device):
+    artifact = get_entry(TINY, TEST_MANIFEST)["artifact"]
+    path = TEST_HUB / artifact["repo_id"] / artifact["revision"] / artifact["filename"]
+    for load in (lambda: load_model(path, device=device),
+                 lambda: create_model(TINY, mirror=TEST_HUB, manifest=TEST_MANIFEST, device=device),
+                 lambda: create_model(TINY, pretrained=False, manifest=TEST_MANIFEST, device=device)):
+        with pytest.raises(ValueError, match=rf"device {device!r} cannot be used here") as err:
+            load()
+        assert not isinstance(err.value, CheckpointFormatError) and str(path) not in str(err.value)
+
+
+def test_create_model_checks_the_device_before_downloading(tmp_path, monkeypatch):
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache") as hub:
+        with pytest.raises(ValueError, match="device 'cuda:99' cannot be used here"):
+            create_model(TINY, manifest=TEST_MANIFEST, device="cuda:99")
+        assert hub.requests == 0

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from converters.zoo.manifest_edit import save_manifest
 from parity_tests.conftest import released_shapes
 from parity_tests.zoo_support import TEST_MANIFEST, golden_language_entry
 from perceiver_torch.registry import COLAB_CONSTANTS, build_model, preset
-from perceiver_torch.zoo import ManifestError, entries, load_manifest
+from perceiver_torch.zoo import ManifestError, create_model, entries, load_manifest
+from perceiver_torch.zoo.cli import main as zoo_cli
 from perceiver_torch.zoo.hub import entry_config
 from perceiver_torch.zoo.manifest import manifest_path
 from perceiver_torch.zoo.schema import validate_entry
@@ -118,3 +120,63 @@ def test_every_released_entry_builds_with_the_released_parameter_count(name):
     expected = {**golden["config"], **COLAB_CONSTANTS.get(entry["preset"], {})}
     assert entry_config(entry) == expected == preset(entry["preset"])["config"]
     assert count == golden["num_params"], f"{name}: {count:,} parameters, the release has {golden['num_params']:,}"
+
+
+def _with_test_config(tmp_path, change):
+    data = load_manifest(TEST_MANIFEST)
+    change(data["models"]["tiny-language-perceiver"]["config"])
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # by hand: save_manifest would refuse it
+    return path
+
+
+@pytest.mark.parametrize("change, field, expected", [
+    (lambda c: c.update(d_model=200_000), "config.d_model", "<= 8192"),  # would build ~160 GB
+    (lambda c: c.update(d_model="32"), "config.d_model", "(str)"),  # was a TypeError inside the model
+    (lambda c: c.pop("encoder"), "config.encoder", "missing"),  # was a KeyError
+    (lambda c: c.update(colour="blue"), "config.colour", "unknown"),
+])
+def test_an_entry_config_is_checked_by_the_config_schema_at_load(tmp_path, change, field, expected):
+    path = _with_test_config(tmp_path, change)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "entry 'tiny-language-perceiver'" in message, message
+    assert f"field {field!r}" in message and expected in message, message
+    with pytest.raises(ManifestError, match="entry 'tiny-language-perceiver'"):  # before anything is built
+        create_model("tiny-language-perceiver", pretrained=False, manifest=path)
+
+
+def test_an_untrained_model_is_built_through_the_checked_path(tmp_path):
+    # Valid field by field, but the constructors refuse the combination (heads must divide the width):
+    # found by building on the meta device, before anything is allocated.
+    path = _with_test_config(tmp_path, lambda c: c["encoder"].update(num_self_attend_heads=5))
+    load_manifest(path)  # the schema alone accepts it
+    with pytest.raises(ManifestError, match=rf"{path}: .*entry 'tiny-language-perceiver', field 'config'"):
+        create_model("tiny-language-perceiver", pretrained=False, manifest=path)
+    model = create_model("tiny-language-perceiver", pretrained=False, manifest=TEST_MANIFEST)
+    assert not model.training and sum(p.numel() for p in model.parameters()) > 0
+
+
+_HOSTILE_YAML = {
+    "list-key": ("schema_version: 1\nmodels:\n  ? [a, b]\n  : 1\n",
+                 r"a mapping key must be a plain value.*list.*line 3"),
+    "dict-key": ("schema_version: 1\nmodels:\n  x: {kind: test}\n  ? {a: 1}\n  : 1\n",
+                 r"a mapping key must be a plain value.*dict.*line 4"),
+    "deep": ("schema_version: 1\nmodels: " + "[" * 100_000 + "]" * 100_000 + "\n", "nests deeper than 32 levels"),
+    "merge": ("base: &b {kind: test}\nschema_version: 1\nmodels:\n  x:\n    <<: *b\n",
+              r"merge keys \('<<'\) are not supported \(line 5\)"),
+    "bool-version": ("schema_version: true\nmodels: {}\n", "field 'schema_version' must be 1, found True"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_HOSTILE_YAML))
+def test_malformed_yaml_is_a_manifest_error_naming_the_file(tmp_path, capsys, case):
+    text, refusal = _HOSTILE_YAML[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    with pytest.raises(ManifestError, match=refusal) as err:
+        load_manifest(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert zoo_cli(["--manifest", str(path), "list"]) == 1  # one line, no traceback
+    assert capsys.readouterr().err.startswith(f"perceiver-zoo: error: {path}: ")

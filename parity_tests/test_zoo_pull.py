@@ -40,12 +40,12 @@ def _check_logits(model):
     assert_close(logits.numpy(), io["output/logits"], what="pulled logits")
 
 
-def test_corrupted_download_is_refused_and_removed_from_cache(published, tmp_path, monkeypatch):
+def test_corrupted_file_on_server_is_refused_and_never_cached(published, tmp_path, monkeypatch):
     manifest, tree, revision = published
     flipped = _tampered_tree(tree, tmp_path, revision, lambda b: b[:-5] + bytes([b[-5] ^ 1]) + b[-4:])
     cache = tmp_path / "cache"
     with hub_env(monkeypatch, flipped, cache):
-        with pytest.raises(IntegrityError, match="removed from the cache") as err:
+        with pytest.raises(IntegrityError, match="ETag .* is not the manifest's sha256.*nothing was kept") as err:
             create_model(GOLDEN_ENTRY, manifest=manifest)
     assert get_entry(GOLDEN_ENTRY, manifest)["artifact"]["sha256"] in str(err.value)
     assert cached_files(cache) == []
@@ -56,7 +56,7 @@ def test_truncated_file_on_server_is_refused_and_removed(published, tmp_path, mo
     short = _tampered_tree(tree, tmp_path, revision, lambda b: b[: len(b) // 2])
     cache = tmp_path / "cache"
     with hub_env(monkeypatch, short, cache):
-        with pytest.raises(IntegrityError, match="has size"):
+        with pytest.raises(IntegrityError, match="the server announces .* bytes, but the manifest pins size"):
             fetch(GOLDEN_ENTRY, manifest=manifest)
     assert cached_files(cache) == []
 
@@ -77,8 +77,9 @@ def test_cached_file_corrupted_later_is_refused(published, tmp_path, monkeypatch
     with hub_env(monkeypatch, tree, cache):
         path = fetch(GOLDEN_ENTRY, manifest=manifest)
         path.resolve().write_bytes(b"\0" * 64)
-        with pytest.raises(IntegrityError):
+        with pytest.raises(IntegrityError, match="already in the cache, not just downloaded") as err:
             fetch(GOLDEN_ENTRY, manifest=manifest)
+        assert "server" not in str(err.value)  # the server sent the right file; the cache changed it
         assert cached_files(cache) == []
         _check_logits(create_model(GOLDEN_ENTRY, manifest=manifest))  # downloads afresh
 

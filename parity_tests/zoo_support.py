@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import shutil
+import threading
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from converters import load_config
@@ -86,3 +88,42 @@ def produce_and_publish(root: Path, token: str = "test-write-token") -> tuple[Pa
         revision = publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token=token, work_dir=root / "work",
                            manifest=manifest)["revision"]
     return manifest, root / "hub", revision
+
+
+class _Answering(BaseHTTPRequestHandler):
+    def _answer(self):
+        self.server.requests.append((self.command, self.path, dict(self.headers)))
+        status, headers, body = self.server.answer(self.command, self.path, len(self.server.requests))
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command == "GET":
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: what a refusal does
+                pass
+
+    do_HEAD = do_GET = _answer
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@contextmanager
+def answering_server(answer):
+    """An HTTP server on 127.0.0.1 whose every reply is `answer(method, path, request_number)`.
+
+    `answer` returns (status, headers, body); the server's `requests` lists (method, path, headers).
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
+    server.answer, server.requests, server.daemon_threads = answer, [], True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        server.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

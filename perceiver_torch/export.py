@@ -52,7 +52,9 @@ class VideoChunk(nn.Module):
 
 def chunk_points(model: nn.Module, chunks: int, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The image and audio query indices of decoding chunk `index` of `chunks`, as `autoencode` takes them."""
-    if chunks < 1 or model.num_image_points % chunks or model.num_audio_patches % chunks:
+    if type(chunks) is not int or chunks < 1:
+        raise ValueError(f"chunks must be a positive integer; got {chunks!r}.")
+    if model.num_image_points % chunks or model.num_audio_patches % chunks:
         raise ValueError(f"chunks={chunks} must divide both the {model.num_image_points} image points and the "
                          f"{model.num_audio_patches} audio patches.")
     image_step, audio_step = model.num_image_points // chunks, model.num_audio_patches // chunks
@@ -76,7 +78,8 @@ def example_inputs(model: nn.Module, batch: int = 2, *, chunks: int | None = Non
         size = model.image_size
         images = torch.rand(batch, model.num_frames, 3, size, size, generator=generator)
         audio = torch.rand(batch, model.num_samples, 1, generator=generator) * 2 - 1
-        return (images, audio, *chunk_points(model, chunks or int(model.config.get("nchunks", 1))))
+        chunks = int(model.config.get("nchunks", 1)) if chunks is None else chunks  # 0 is refused, not "default"
+        return (images, audio, *chunk_points(model, chunks))
     raise ValueError(f"cannot export a {type(model).__name__} (task {task!r}): expected one of the task models "
                      "(language, imagenet, optical_flow, video_autoencoding).")
 
@@ -122,6 +125,34 @@ def export_onnx(model: nn.Module, batch: int = 2, *, chunks: int | None = None):
     return torch.onnx.export(program, input_names=names, output_names=outputs, dynamo=True, verbose=False)
 
 
+def check_chunks(model: nn.Module, chunks: int | None) -> None:
+    """Refuse `chunks` unless it is None or a chunk count of this video model (a meta-device model will do)."""
+    if chunks is None:
+        return
+    if getattr(model, "task", None) != "video_autoencoding":
+        raise ValueError(f"chunks applies only to the video autoencoder (task video_autoencoding); this model's "
+                         f"task is {getattr(model, 'task', None)!r}.")
+    chunk_points(model, chunks)
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path if a file can be written there (missing folders are created), else an OSError saying why.
+
+    Checked before a model is pulled or traced, so a bad location costs nothing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give the output file's path.")
+    folder = path.absolute().parent
+    while not folder.exists():  # atomic_write creates the missing folders below the nearest one that exists
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {folder} is not a directory.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: the folder {folder} is not writable.")
+    return path
+
+
 def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, batch: int = 2,
                  format: str = "pt2", chunks: int | None = None, **zoo_kwargs) -> Path:
     """Export a model (or a zoo model, pulled by name with `create_model(name, **zoo_kwargs)`) to `path`.
@@ -132,13 +163,12 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give the output file's path.")
+    path = check_output_path(path)
     if isinstance(model_or_name, str):
         model = create_model(model_or_name, **zoo_kwargs)
     else:
         model = model_or_name
+    check_chunks(model, chunks)
     if format == "pt2":
         program = export_program(model, batch, chunks=chunks)
         written = atomic_write(path, lambda tmp: _save_pt2(program, tmp))

@@ -165,6 +165,19 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, checked to work here (an empty tensor on it), else a ValueError naming it.
+
+    Checked before any file is read, so that a missing GPU is never reported as a problem of the file.
+    """
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError) as exc:  # torch without CUDA asserts
+        raise ValueError(f"device {str(device)!r} cannot be used here: {exc}") from None
+    return device
+
+
 def load_model(path, device: str | torch.device = "cpu", *,
                check_metadata: Callable[[dict[str, str]], None] | None = None) -> torch.nn.Module:
     """Rebuild the model from a converted file's metadata and take its weights from the file, in eval mode.
@@ -174,23 +187,26 @@ def load_model(path, device: str | torch.device = "cpu", *,
     sizes), the model is built on the meta device and every tensor's name, shape and dtype is
     compared with the header. Tensors are then memory-mapped from the file, checked to be
     finite and assigned to the model (no randomly initialised copy is ever made). Every
-    refusal is a `CheckpointFormatError` naming the file; a missing file is `FileNotFoundError`.
+    refusal is a `CheckpointFormatError` naming the file; a missing file is `FileNotFoundError`; a
+    device that cannot be used here (no CUDA) is a `ValueError` naming the device, before the file is read.
 
     On the CPU the weights stay mapped copy-on-write: training the model never writes to the
     file, but a file rewritten in place (rather than replaced, as `atomic_write` does) while the
     model lives would show through in pages the model has not written.
 
-    `check_metadata`, if given, is called with the file's metadata once the header is parsed,
-    before the config is validated or anything is built; what it raises propagates. A caller
-    that must refuse some files (the zoo: one converted for another entry) checks the header
-    this call reads instead of parsing it a second time.
+    `check_metadata`, if given, is called with the file's metadata once the header is parsed
+    and its config checked (so `parse_config_json(meta["config"])` cannot fail), before
+    anything is built; what it raises propagates. A caller that must refuse some files (the
+    zoo: one converted for another entry) checks the header this call reads instead of
+    reading it a second time.
     """
+    device = usable_device(device)
     path = Path(path)
     header = read_header(path)
     meta = _metadata(path, header)
+    task, config = _checked_config(path, meta)
     if check_metadata is not None:
         check_metadata(meta)
-    task, config = _checked_config(path, meta)
     try:
         model = build_on_meta(task, config, source=f"{path} (metadata config)")
     except ConfigError as exc:
@@ -199,7 +215,6 @@ def load_model(path, device: str | torch.device = "cpu", *,
     if problems:
         raise CheckpointFormatError(f"{path} does not match its {task} model: {len(problems)} problem(s)\n  "
                                     + "\n  ".join(problems))
-    device = torch.device(device)
     state: dict[str, torch.Tensor] = {}
     bad: list[str] = []
     try:

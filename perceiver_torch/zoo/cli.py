@@ -11,8 +11,9 @@ import sys
 import torch
 import yaml
 
-from ..export import export_model, max_errors, onnx_runner
-from .hub import ZooError, create_model, fetch, how_to_get, location
+from ..export import check_chunks, check_output_path, export_model, max_errors, onnx_runner
+from ..serialization import build_on_meta
+from .hub import ZooError, create_model, entry_config, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
 from .schema import ManifestError
 
@@ -44,7 +45,16 @@ def _pull(name: str, endpoint: str | None, mirror: str | None, manifest) -> int:
     return 0
 
 
+def _check_export_args(args) -> None:
+    """What `export` can refuse before pulling or tracing: the output location, and --chunks for this entry."""
+    check_output_path(args.output)
+    if args.chunks is not None:
+        entry = get_entry(args.name, args.manifest)
+        check_chunks(build_on_meta(entry["task"], entry_config(entry)), args.chunks)  # sizes only, no memory
+
+
 def _export(args) -> int:
+    _check_export_args(args)
     model = create_model(args.name, endpoint=args.endpoint, mirror=args.mirror, manifest=args.manifest)
     path = export_model(model, args.output, batch=args.batch, format=args.format, chunks=args.chunks)
     print(f"{args.name}: exported ({args.format}, dynamic batch) to {path}")
@@ -80,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "export" and args.batch < 2:  # refused before anything is pulled
         parser.error(f"--batch must be >= 2 (torch.export specialises sizes 0 and 1); got {args.batch}")
+    if args.command == "export" and args.chunks is not None and args.chunks < 1:
+        parser.error(f"--chunks must be >= 1 (decoding chunks per clip); got {args.chunks}")
     try:
         if args.command == "list":
             return _list(args.manifest)

@@ -5,30 +5,34 @@ Where files come from, first match wins:
 1. ``mirror=`` / ``endpoint=`` arguments;
 2. ``PERCEIVER_ZOO_MIRROR=/path``: a plain directory laid out ``<repo_id>/<revision>/<filename>``
    (no HTTP, files are verified and loaded in place);
-3. ``PERCEIVER_ZOO_ENDPOINT`` or ``HF_ENDPOINT``: a Hub-compatible endpoint, used through
-   ``huggingface_hub.hf_hub_download`` (pinned revision, the Hub cache, resumable download);
+3. ``PERCEIVER_ZOO_ENDPOINT`` or ``HF_ENDPOINT``: a Hub-compatible endpoint, downloaded from
+   with huggingface_hub's HTTP client into the Hub cache (pinned revision, resumable; see
+   `download`: names in the cache come from the manifest, never from the server);
 4. the Hugging Face Hub.
 
 The environment is read at call time (``huggingface_hub`` reads ``HF_ENDPOINT``,
-``HF_HUB_OFFLINE`` and ``HF_HOME`` once at import), and passed to it explicitly:
-``HF_HUB_OFFLINE=1`` means cached files only. A downloaded file whose size or sha256
-differs from the manifest is removed from the cache (snapshot link and blob, never anything
-outside the cache) before the error is raised, so it can never be loaded later.
+``HF_HUB_OFFLINE`` and ``HF_HOME`` once at import): ``HF_HUB_OFFLINE=1`` means cached files
+only. A download is checked before it enters the cache (the server's commit, size and ETag,
+then the bytes' size and sha256); a cached file whose size or sha256 differs from the manifest
+is removed from the cache (snapshot link and blob, never anything outside the cache) before
+the error is raised, so it can never be loaded later.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import constants
 
+from ..config_schema import ConfigError, parse_config_json
 from ..hashing import sha256_stream
 from ..registry import build_model, preset
-from ..serialization import load_model
-from .manifest import get_entry
+from ..serialization import build_on_meta, load_model, usable_device
+from .download import RefusedAnswer, download, repo_cache_dir, snapshot_path
+from .manifest import get_entry, manifest_path
+from .schema import ManifestError
 
 _TRUE = {"1", "on", "yes", "true"}
 HUB_ENDPOINT = "https://huggingface.co"
@@ -126,12 +130,6 @@ def _remove_from_cache(path: Path, repo_dir: Path) -> list[str]:
     return removed
 
 
-def _remove_incomplete(repo_dir: Path) -> None:
-    blobs = repo_dir / "blobs"
-    for p in blobs.glob("*.incomplete") if blobs.is_dir() else ():
-        p.unlink(missing_ok=True)
-
-
 def _check_open_file(f, path: Path, artifact: dict, what: str) -> None:
     size = os.fstat(f.fileno()).st_size
     if size != artifact["size"]:
@@ -167,28 +165,47 @@ def fetch(name: str, *, endpoint: str | None = None, mirror=None, cache: str | o
 
 
 def _fetch_verified(name: str, artifact: dict, kind: str, where: str, cache) -> tuple[Path, os.stat_result]:
-    repo_id, revision, filename = artifact["repo_id"], artifact["revision"], artifact["filename"]
     if kind == "mirror":
-        root = Path(where)
-        path = root / repo_id / revision / filename
-        # The schema already refuses '..' and absolute names; a link inside the mirror may still point out.
-        if not _inside(path, root):
-            raise ZooError(f"zoo model {name!r}: {path} resolves outside the mirror {root}; refused")
-        if not path.is_file():
-            raise ZooError(f"zoo model {name!r}: mirror {where} has no {repo_id}/{revision}/{filename}")
-        return path, verify_file(path, artifact, f"zoo model {name!r} (mirror)")
+        return _from_mirror(name, artifact, Path(where))
+    return _from_endpoint(name, artifact, where, Path(cache) if cache else cache_dir())
 
-    cache = Path(cache) if cache else cache_dir()
-    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
-    offline = is_offline()
+
+def _from_mirror(name: str, artifact: dict, root: Path) -> tuple[Path, os.stat_result]:
+    repo_id, revision, filename = artifact["repo_id"], artifact["revision"], artifact["filename"]
+    path = root / repo_id / revision / filename
+    # The schema already refuses '..' and absolute names; a link inside the mirror may still point out.
+    if not _inside(path, root):
+        raise ZooError(f"zoo model {name!r}: {path} resolves outside the mirror {root}; refused")
+    if not path.is_file():
+        raise ZooError(f"zoo model {name!r}: mirror {root} has no {repo_id}/{revision}/{filename}")
+    return path, verify_file(path, artifact, f"zoo model {name!r} (mirror)")
+
+
+def _from_endpoint(name: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result]:
+    """The cached snapshot file, verified; downloaded first (verified before it enters the cache) if absent."""
+    pointer = snapshot_path(cache, artifact)
+    if not pointer.exists():  # also a link whose blob is gone: the download replaces the link itself
+        pointer, hashed = _download(name, artifact, where, cache)
+        if hashed is not None:
+            return pointer, hashed
+    return _verified_cached(name, pointer, artifact, repo_cache_dir(cache, artifact["repo_id"]))
+
+
+def _download(name: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result | None]:
+    what = f"zoo model {name!r}"
+    source = f"{artifact['repo_id']}@{artifact['revision']}/{artifact['filename']} from {where}"
+    if is_offline():
+        raise ZooError(f"{what}: download of {source} failed (HF_HUB_OFFLINE is set and the file is not in the "
+                       "cache)")
     try:
-        local = Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=where, cache_dir=str(cache),
-                                     local_files_only=offline))
+        return download(artifact, where, cache, lambda f: _check_open_file(f, source, artifact, what))
+    except (IntegrityError, RefusedAnswer) as exc:  # `download` removed its own temp file; no other is touched
+        raise IntegrityError(f"{what}: download of {source} refused: {exc}; nothing was kept in the cache") from None
     except Exception as exc:
-        _remove_incomplete(repo_dir)
-        hint = " (HF_HUB_OFFLINE is set and the file is not in the cache)" if offline else ""
-        raise ZooError(f"zoo model {name!r}: download of {repo_id}@{revision}/{filename} from {where} "
-                       f"failed{hint}: {type(exc).__name__}: {exc}") from exc
+        raise ZooError(f"{what}: download of {source} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _verified_cached(name: str, local: Path, artifact: dict, repo_dir: Path) -> tuple[Path, os.stat_result]:
     if not _inside(local, repo_dir):
         raise ZooError(f"zoo model {name!r}: the cached file {local} resolves outside the cache folder {repo_dir}; "
                        "refused (remove it and pull again)")
@@ -196,8 +213,21 @@ def _fetch_verified(name: str, artifact: dict, kind: str, where: str, cache) -> 
         return local, verify_file(local, artifact, f"zoo model {name!r}")
     except IntegrityError as exc:
         removed = _remove_from_cache(local, repo_dir)
+        # Downloads are verified before they enter the cache, so this file changed there afterwards.
         raise IntegrityError(f"{exc} and removed from the cache ({', '.join(removed) or 'already gone'}). "
-                             "The server or mirror holds a corrupt or different file.") from None
+                             "It was already in the cache, not just downloaded: it was changed or corrupted "
+                             "there; pulling again downloads it afresh.") from None
+
+
+def _untrained(name: str, task: str, config: dict, manifest) -> torch.nn.Module:
+    """The architecture, built for real only once its meta-device twin shows the constructors accept it
+    and the parameter count is bounded (the schema checked each field at load)."""
+    try:
+        build_on_meta(task, config, source="config")
+    except ConfigError as exc:
+        raise ManifestError(f"{manifest_path(manifest)}: zoo manifest: entry {name!r}, field 'config': "
+                            f"{'; '.join(exc.problems)}") from None
+    return build_model(task, config)
 
 
 def create_model(name: str, pretrained: bool = True, *, device: str | torch.device = "cpu",
@@ -208,15 +238,17 @@ def create_model(name: str, pretrained: bool = True, *, device: str | torch.devi
     before loading, and loads it strictly; ``pretrained=False`` builds the untrained
     architecture (its configuration from the manifest entry).
     """
+    device = usable_device(device)  # before anything is downloaded or built
     entry = get_entry(name, manifest)
     config = entry_config(entry)
     if not pretrained:
-        return build_model(entry["task"], config).to(device).eval()
+        return _untrained(name, entry["task"], config, manifest).to(device).eval()
     artifact = _published(name, entry)
     path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir)
 
     def converted_for_this_entry(meta: dict[str, str]) -> None:
-        if meta["task"] != entry["task"] or json.loads(meta["config"]) != config:
+        # load_model has already refused a config that is not valid, bounded JSON; this parse cannot fail.
+        if meta["task"] != entry["task"] or parse_config_json(meta["config"], f"{path} (metadata config)") != config:
             raise ZooError(f"zoo model {name!r}: {path} was converted for task {meta['task']!r} with a different "
                            "config than the manifest entry")
 

@@ -23,22 +23,59 @@ PACKAGED_MANIFEST = "zoo_manifest.yaml"
 MAX_MANIFEST_BYTES = 8 << 20
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one)."""
+# Far deeper than the manifest's own nesting (about 8); PyYAML composes nodes recursively, so an
+# unbounded depth would end in a RecursionError rather than an error naming the file.
+MAX_DEPTH = 32
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _line(node) -> int:
+    return node.start_mark.line + 1
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate or unhashable keys, merge keys and nesting deeper than MAX_DEPTH."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ManifestError(f"zoo manifest: nests deeper than {MAX_DEPTH} levels "
+                                    f"(line {self.peek_event().start_mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _checked_key(loader, key_node, deep):
+    if key_node.tag == _MERGE_TAG:  # refused rather than half-supported: override order is easy to misread
+        raise ManifestError(f"zoo manifest: merge keys ('<<') are not supported (line {_line(key_node)}); "
+                            "write the fields out in full")
+    key = loader.construct_object(key_node, deep=deep)
+    try:
+        hash(key)
+    except TypeError:
+        raise ManifestError(f"zoo manifest: a mapping key must be a plain value (a name), found a "
+                            f"{type(key).__name__} (line {_line(key_node)})") from None
+    return key
 
 
 def _construct_mapping(loader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
+        key = _checked_key(loader, key_node, deep)
         if key in seen:
-            raise ManifestError(f"zoo manifest: duplicate key {key!r} (line {key_node.start_mark.line + 1}); "
+            raise ManifestError(f"zoo manifest: duplicate key {key!r} (line {_line(key_node)}); "
                                 "entry names must be unique")
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_ManifestLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def manifest_path(path=None) -> Path:
@@ -48,21 +85,27 @@ def manifest_path(path=None) -> Path:
     return Path(str(resources.files("perceiver_torch").joinpath(PACKAGED_MANIFEST)))
 
 
+def _not_a_file(path: Path) -> str:
+    if path.is_dir():
+        return "is a directory, not a manifest file"
+    return "is not a regular file" if path.exists() else "not found"
+
+
 def load_manifest(path=None) -> dict:
     """The validated manifest ``{"schema_version", "models"}``."""
     path = manifest_path(path)
     if not path.is_file():
-        raise ManifestError(f"zoo manifest {path} not found (PERCEIVER_ZOO_MANIFEST or manifest= names another)")
+        raise ManifestError(f"zoo manifest {path} {_not_a_file(path)} (PERCEIVER_ZOO_MANIFEST or manifest= names "
+                            "another)")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise ManifestError(f"zoo manifest {path} is {path.stat().st_size} bytes, more than the "
                             f"{MAX_MANIFEST_BYTES} a manifest may have")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_ManifestLoader)  # noqa: S506 - SafeLoader
+        validate_manifest(data)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ManifestError(f"zoo manifest {path} is not valid YAML: {exc}") from None
-    try:
-        validate_manifest(data)
-    except ManifestError as exc:
+    except ManifestError as exc:  # the loader's refusals and the schema's
         raise ManifestError(f"{path}: {exc}") from None
     return data
 

@@ -9,8 +9,9 @@ Each ENTRY has these fields (``?`` = may be null):
                     in the packaged manifest).
 ``task``            one of ``perceiver_torch.registry.TASKS``.
 ``preset``?         a released configuration in ``perceiver_torch/data/presets.json``.
-``config``?         the model config itself (golden ``config.json`` layout); exactly one of
-                    ``preset`` and ``config`` is set.
+``config``?         the model config itself (golden ``config.json`` layout), checked against
+                    the task's config schema with its size caps; exactly one of ``preset``
+                    and ``config`` is set.
 ``status``          ``not-produced`` (no converted artifact exists yet: ``artifact`` and
                     ``parity`` are null, pulling fails and says how to regenerate),
                     ``produced`` (artifact written and verified locally, not published) or
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import re
 
+from ..config_schema import config_problems
 from ..registry import TASKS, preset_names
 
 SCHEMA_VERSION = 1
@@ -141,6 +143,15 @@ def _check_transformers_source(name: str, value) -> None:
     _check_sha(name, "source.transformers.sha256", value["sha256"])
 
 
+def _check_config(name: str, task: str, config: dict) -> None:
+    """The task's config schema, size caps included: a manifest's config is as untrusted as a file's."""
+    problems = config_problems(task, config)
+    if problems:
+        path, _, detail = problems[0].partition(": ")
+        also = "".join(f"; also config.{p}" for p in problems[1:])
+        _fail(name, "config" + (f".{path}" if path else ""), detail + also)
+
+
 def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
     """Raise ManifestError naming `name` and the field at the first problem."""
     presets = preset_names() if presets is None else presets
@@ -157,6 +168,8 @@ def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
     if has_config and not isinstance(entry["config"], dict):
         _fail(name, "config", f"must be a mapping (the golden config.json layout), found "
                               f"{type(entry['config']).__name__}")
+    if has_config:
+        _check_config(name, entry["task"], entry["config"])
     if has_preset and entry["preset"] not in presets:
         _fail(name, "preset", f"unknown preset {entry['preset']!r}; known: {list(presets)}")
     if entry["status"] not in STATUSES:
@@ -231,7 +244,7 @@ def validate_manifest(data) -> dict:
     """Validate a loaded manifest; returns its ``models`` mapping."""
     if not isinstance(data, dict):
         raise ManifestError("zoo manifest: top level must be a mapping with 'schema_version' and 'models'")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    if type(data.get("schema_version")) is not int or data["schema_version"] != SCHEMA_VERSION:  # True == 1
         raise ManifestError(
             f"zoo manifest: field 'schema_version' must be {SCHEMA_VERSION}, found {data.get('schema_version')!r}"
         )

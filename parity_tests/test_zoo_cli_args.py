@@ -1,0 +1,69 @@
+"""`perceiver-zoo` refuses a bad manifest path, output location or --chunks up front: one error line,
+nothing pulled, traced or left behind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from parity_tests.zoo_support import TEST_HUB, TEST_MANIFEST, cached_files, hub_env
+from perceiver_torch.zoo.cli import main as zoo_cli
+
+MANIFEST = ["--manifest", str(TEST_MANIFEST)]
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache") as served:
+        yield served
+
+
+def _refused(capsys, hub, tmp_path, argv, code, message):
+    if code == 2:  # argparse's usage error
+        with pytest.raises(SystemExit) as exit_info:
+            zoo_cli(argv)
+        assert exit_info.value.code == 2
+    else:
+        assert zoo_cli(argv) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert hub.requests == 0 and cached_files(tmp_path / "cache") == []  # refused before the pull
+
+
+def test_a_manifest_that_is_a_directory_is_named_as_such(tmp_path, capsys, hub):
+    _refused(capsys, hub, tmp_path, ["--manifest", str(tmp_path), "list"], 1,
+             f"perceiver-zoo: error: zoo manifest {tmp_path} is a directory, not a manifest file")
+
+
+def test_an_output_below_a_file_is_refused_before_the_pull(tmp_path, capsys, hub):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / "sub" / "lm.pt2"
+    _refused(capsys, hub, tmp_path, [*MANIFEST, "export", "tiny-language-perceiver", "-o", str(out)], 1,
+             f"perceiver-zoo: error: cannot write {out}: {blocker} is not a directory.")
+    assert blocker.read_text() == "x"
+
+
+def test_an_output_in_an_unwritable_folder_is_refused_before_the_pull(tmp_path, capsys, hub, monkeypatch):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    real_access = os.access
+    # As root, mode bits do not stop writes; what access(2) says for this folder is what is checked.
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(folder) else real_access(p, mode))
+    out = folder / "new" / "lm.pt2"
+    _refused(capsys, hub, tmp_path, [*MANIFEST, "export", "tiny-language-perceiver", "-o", str(out)], 1,
+             f"perceiver-zoo: error: cannot write {out}: the folder {folder} is not writable.")
+    assert list(folder.iterdir()) == []  # no folder made for it
+
+
+@pytest.mark.parametrize("name, chunks, code, message", [
+    ("tiny-multimodal-perceiver", "0", 2, "--chunks must be >= 1 (decoding chunks per clip); got 0"),
+    ("tiny-multimodal-perceiver", "-3", 2, "--chunks must be >= 1 (decoding chunks per clip); got -3"),
+    ("tiny-multimodal-perceiver", "3", 1, "chunks=3 must divide both the 512 image points and the 8 audio patches"),
+    ("tiny-language-perceiver", "2", 1, "chunks applies only to the video autoencoder"),
+])
+def test_bad_chunks_are_refused_before_the_pull(tmp_path, capsys, hub, name, chunks, code, message):
+    out = tmp_path / "out" / "m.pt2"
+    _refused(capsys, hub, tmp_path, [*MANIFEST, "export", name, "-o", str(out), "--chunks", chunks], code, message)
+    assert not out.parent.exists()

@@ -1,0 +1,155 @@
+"""Download one pinned artifact into the Hub cache, under names built from the manifest alone.
+
+`hf_hub_download` names the blob after the server's ETag header, unchecked, so a hostile
+endpoint could make it write outside the cache. Here the server's answer is only compared
+with the manifest: one HEAD request (huggingface_hub's `get_hf_file_metadata`) must give the
+pinned commit, the manifest's size and its sha256 as ETag (what the Hub sends for an LFS file)
+before anything is written; the body is then streamed into a temp file of ours beside
+``blobs/<manifest sha256>``, cut off at the pinned size, checked, and renamed into place. The
+layout is the Hub cache's own (``snapshots/<revision>/<filename>`` links to the blob), so
+huggingface_hub and other tools find the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import reprlib
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from huggingface_hub import get_hf_file_metadata, hf_hub_url
+from huggingface_hub.file_download import http_get
+from huggingface_hub.utils import WeakFileLock, build_hf_headers
+
+log = logging.getLogger(__name__)
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = 80  # a header value from the server is shown cut short
+
+
+class RefusedAnswer(ValueError):
+    """The endpoint's answer (headers or body) disagrees with the manifest; nothing was kept."""
+
+
+class _Capped:
+    """A writable file that refuses to grow past `limit` bytes (a server may send more than it announced)."""
+
+    def __init__(self, f, limit: int):
+        self._f, self._limit = f, limit
+
+    def write(self, data) -> int:
+        if self._f.tell() + len(data) > self._limit:
+            raise RefusedAnswer(f"the server sent more than the {self._limit} bytes the manifest pins; "
+                                "the download was stopped")
+        return self._f.write(data)
+
+    def __getattr__(self, name):  # seek, tell, truncate: http_get rewinds when a resumed request restarts
+        return getattr(self._f, name)
+
+
+def repo_cache_dir(cache: Path, repo_id: str) -> Path:
+    return cache / ("models--" + repo_id.replace("/", "--"))
+
+
+def snapshot_path(cache: Path, artifact: dict) -> Path:
+    return repo_cache_dir(cache, artifact["repo_id"]) / "snapshots" / artifact["revision"] / artifact["filename"]
+
+
+def check_answer(meta, artifact: dict) -> None:
+    """Refuse a HEAD answer that is not the manifest's file at the pinned revision."""
+    if meta.commit_hash != artifact["revision"]:
+        raise RefusedAnswer(f"the server answered for commit {_SHOWN.repr(meta.commit_hash)}, not the pinned "
+                            f"revision {artifact['revision']}")
+    if meta.size != artifact["size"]:
+        raise RefusedAnswer(f"the server announces {meta.size} bytes, but the manifest pins size {artifact['size']}")
+    if meta.etag != artifact["sha256"]:
+        raise RefusedAnswer(f"the server's ETag {_SHOWN.repr(meta.etag)} is not the manifest's sha256 "
+                            f"{artifact['sha256']} (the Hub's ETag of an LFS file is its sha256)")
+
+
+def _download_url(url: str, meta, headers: dict) -> str:
+    """Where to GET: the HEAD's final location; a token is never sent to another origin (a CDN's signed URL)."""
+    location = meta.location or url
+    if urlsplit(location)[:2] != urlsplit(url)[:2]:
+        headers.pop("authorization", None)
+    return location
+
+
+def _mkdirs(path: Path) -> list[Path]:
+    """mkdir -p, returning the folders it created (innermost last), so that a failure can take them back."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for p in reversed(missing):
+        p.mkdir(exist_ok=True)
+    return missing[::-1]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for p in reversed(folders):
+        try:
+            p.rmdir()
+        except OSError:  # not empty (a lock file, another download's files): kept
+            continue
+
+
+def _stream_blob(url: str, headers: dict, blob: Path, artifact: dict, verify) -> os.stat_result:
+    """GET into a temp file of ours beside `blob`; `verify(open_file)` decides before it is renamed."""
+    tmp = blob.with_name(f"{blob.name}.{secrets.token_hex(8)}.incomplete")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 less the umask, as a plain open()
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            http_get(url, _Capped(f, artifact["size"]), headers=headers, expected_size=artifact["size"],
+                     displayed_filename=artifact["filename"])
+            f.flush()
+            f.seek(0)
+            verify(f)
+            stat = os.fstat(f.fileno())
+        os.replace(tmp, blob)  # same inode: `stat` stays the identity of the bytes verified
+        return stat
+    finally:
+        tmp.unlink(missing_ok=True)  # a no-op once renamed
+
+
+def _link(pointer: Path, blob: Path) -> None:
+    """snapshots/<rev>/<filename> -> the blob, relative as huggingface_hub makes it, replaced atomically."""
+    tmp = pointer.with_name(f".{pointer.name}.{secrets.token_hex(8)}.link")
+    os.symlink(os.path.relpath(blob, pointer.parent), tmp)
+    try:
+        os.replace(tmp, pointer)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def download(artifact: dict, endpoint: str, cache: Path, verify) -> tuple[Path, os.stat_result | None]:
+    """Download `artifact` into `cache`; returns its snapshot path and the stat of the bytes verified.
+
+    The stat is None when the blob was already there (put by another pull): the caller verifies it.
+    Raises `RefusedAnswer` (nothing written) or what huggingface_hub raises for HTTP errors.
+    """
+    url = hf_hub_url(artifact["repo_id"], artifact["filename"], revision=artifact["revision"], endpoint=endpoint)
+    headers = build_hf_headers()
+    meta = get_hf_file_metadata(url, headers=dict(headers), endpoint=endpoint)
+    check_answer(meta, artifact)
+    repo_dir = repo_cache_dir(cache, artifact["repo_id"])
+    blob = repo_dir / "blobs" / artifact["sha256"]
+    pointer = snapshot_path(cache, artifact)
+    made = _mkdirs(blob.parent)
+    stat = None
+    try:
+        # The lock huggingface_hub takes for this blob (its ETag is the sha256), so the two never race.
+        lock = cache / ".locks" / repo_dir.name / f"{artifact['sha256']}.lock"
+        made += _mkdirs(lock.parent)
+        with WeakFileLock(lock):
+            if not blob.is_file():
+                log.info("downloading %s to %s", url, blob)
+                stat = _stream_blob(_download_url(url, meta, headers), headers, blob, artifact, verify)
+        made += _mkdirs(pointer.parent)
+        _link(pointer, blob)
+    except BaseException:
+        _remove_empty(made)
+        raise
+    return pointer, stat
