@@ -183,3 +183,17 @@ def test_export_checks_the_converted_file_like_load_model(tmp_path, learned):
     with pytest.raises(CheckpointFormatError, match=name):
         to_transformers(converted, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "config.json", "link"])
+def test_output_that_is_the_source_is_refused(tmp_path, learned, capsys, target):
+    # `-o DIR/model.safetensors` used to replace the very weights it was converting (config.json likewise).
+    before = {p.name: p.read_bytes() for p in learned.iterdir()}
+    out = learned / target
+    if target == "link":
+        out = tmp_path / "link.safetensors"
+        out.symlink_to(learned / "model.safetensors")
+    assert convert_main(["imagenet", "--from-transformers", str(learned), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"output {out} is the input" in err, err
+    assert {p.name: p.read_bytes() for p in learned.iterdir()} == before

@@ -10,7 +10,7 @@ import torch
 
 from perceiver_torch.serialization import save_checkpoint
 
-from ..convert import CONVERTER_VERSION, target_shapes
+from ..convert import CONVERTER_VERSION, check_output, target_shapes
 from ..rules import strict_merge
 from ..tasks import task_spec
 from .config_map import from_hf
@@ -40,6 +40,9 @@ def from_transformers(task: str, source: str | os.PathLike, output_path: str | o
     our full config, the source's sha256 and (for a Hub repo) its repo id and commit.
     """
     read = read_source(source, revision)
+    for path in (read.weights_path, read.config_path):  # writing over either would destroy the source
+        if path is not None:
+            check_output(path, output_path)
     architecture, config, arrays = convert_source(task, read)
     state_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     metadata = {

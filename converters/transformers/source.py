@@ -45,6 +45,7 @@ class Source:
     repo_id: str | None = None
     revision: str | None = None
     extra: dict = field(default_factory=dict)
+    config_path: Path | None = None
 
 
 def _read_config(path: Path) -> dict:
@@ -147,4 +148,4 @@ def read_source(source: str | os.PathLike, revision: str | None = None) -> Sourc
     config = _read_config(config_path)
     log.info("reading %s", weights_path)
     return Source(config=config, tensors=read_weights(weights_path), weights_path=weights_path,
-                  sha256=sha256_file(weights_path), repo_id=repo_id, revision=revision)
+                  sha256=sha256_file(weights_path), repo_id=repo_id, revision=revision, config_path=config_path)
