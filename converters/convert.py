@@ -45,10 +45,11 @@ def target_shapes(task: str, config: dict) -> dict[str, tuple[int, ...]]:
 
 
 def _merge(task: str, source: dict[str, np.ndarray], config: dict,
-           shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+           shapes: dict[str, tuple[int, ...]] | None = None, origin: str = "") -> dict[str, np.ndarray]:
     table = task_spec(task).table
     shapes = target_shapes(task, config) if shapes is None else shapes
-    return strict_merge(source, shapes, table.rules(config), table.IGNORED, context=task)
+    return strict_merge(source, shapes, table.rules(config), table.IGNORED,
+                        context=f"{task}, {origin}" if origin else task)
 
 
 def convert_tree(task: str, checkpoint: HaikuCheckpoint, config: dict) -> dict[str, np.ndarray]:
@@ -94,7 +95,7 @@ def convert(task: str, checkpoint_path: str | Path, config: Mapping | str | Path
     shapes = target_shapes(task, config)  # a config the constructors refuse fails before the checkpoint is read
     with ThreadPoolExecutor(max_workers=1) as pool, open_haiku_checkpoint(checkpoint_path) as checkpoint:
         digest = pool.submit(sha256_file, checkpoint_path)
-        arrays = _merge(task, checkpoint.flat(), config, shapes)
+        arrays = _merge(task, checkpoint.flat(), config, shapes, origin=str(checkpoint_path))
         metadata = {
             "source_sha256": PENDING_SHA256,
             "source_name": Path(checkpoint_path).name,
