@@ -20,6 +20,7 @@ from converters.transformers.source import TransformersSourceError
 from parity_tests.sandbox import run_isolated
 from parity_tests.transformers_support import save_small
 from perceiver_torch import CheckpointFormatError
+from perceiver_torch.config_schema import ConfigError
 
 LEARNED = "PerceiverForImageClassificationLearned"
 
@@ -197,3 +198,42 @@ def test_output_that_is_the_source_is_refused(tmp_path, learned, capsys, target)
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"output {out} is the input" in err, err
     assert {p.name: p.read_bytes() for p in learned.iterdir()} == before
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("d_model", "32", "d_model: found '32' (str); expected a positive integer"),
+    ("num_labels", [3], "num_labels: found [3] (list); expected a positive integer"),
+    ("num_labels", "abc", "num_labels: found 'abc' (str); expected a positive integer"),
+    ("num_latents", 8.0, "num_latents: found 8.0 (float); expected a positive integer"),
+    ("image_size", None, "image_size: found None (NoneType); expected a positive integer"),
+    ("train_size", 5, "train_size: found 5 (int); expected a list of 2 positive integers"),
+    ("output_shape", 7, "output_shape: found 7 (int); expected a list of 4 positive integers"),
+    ("use_query_residual", 1, "use_query_residual: found 1 (int); expected true or false"),
+])
+def test_config_fields_of_the_wrong_type_are_named_with_the_file(tmp_path, learned, capsys, field, value, expected):
+    # Each used to be a traceback (TypeError, AttributeError) or a path-less "invalid literal for int()".
+    _edit_config(learned, lambda c: c.update({field: value}))
+    message = _refused(tmp_path, learned, ConfigError, expected)
+    assert message.startswith(f"{learned / 'config.json'} is not a valid config"), message
+    assert convert_main(["imagenet", "--from-transformers", str(learned), "-o", str(tmp_path / "o.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and expected in err
+
+
+def test_own_config_in_an_export_is_checked_against_the_schema(tmp_path, learned):
+    converted = from_transformers("imagenet", learned, tmp_path / "first.safetensors")
+    exported = to_transformers(converted, tmp_path / "exported")
+    _edit_config(exported, lambda c: c["perceiver_torch"]["config"].pop("encoder"))  # was KeyError 'encoder'
+    message = _refused(tmp_path, exported, ConfigError, "encoder: missing")
+    assert message.startswith(f"{exported / 'config.json'} perceiver_torch.config is not a valid config"), message
+
+
+def test_mismatches_name_the_config_file(tmp_path, learned):
+    _edit_config(learned, lambda c: c.update(model_type="bert"))
+    message = _refused(tmp_path, learned, ConfigMismatchError, "model_type is 'bert'")
+    assert message.startswith(f"{learned / 'config.json'}: cannot import"), message
+
+
+def test_config_nested_too_deep_to_parse_is_refused(tmp_path, learned):
+    (learned / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError traceback before
+    _refused(tmp_path, learned, TransformersSourceError, "config.json is not valid JSON")

@@ -28,7 +28,7 @@ def import_state(task: str, config: dict, hf_state: dict, context: str = "") -> 
 def convert_source(task: str, source: Source) -> tuple[str, dict, dict[str, np.ndarray]]:
     """(architecture, our config, our state dict as arrays), strictly, from a read checkpoint."""
     task_spec(task)  # an unknown task fails here with the same message as `convert`
-    architecture, config = from_hf(task, source.config)
+    architecture, config = from_hf(task, source.config, str(source.config_path or "config.json"))
     return architecture, config, import_state(task, config, source.tensors, f"{task} from transformers {architecture}")
 
 

@@ -55,7 +55,7 @@ def _read_config(path: Path) -> dict:
                                       f"(limit {MAX_CONFIG_BYTES}).")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting too deep to parse
         raise TransformersSourceError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise TransformersSourceError(f"{path} must hold a JSON object, found {type(value).__name__}.")
