@@ -237,3 +237,19 @@ def test_mismatches_name_the_config_file(tmp_path, learned):
 def test_config_nested_too_deep_to_parse_is_refused(tmp_path, learned):
     (learned / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError traceback before
     _refused(tmp_path, learned, TransformersSourceError, "config.json is not valid JSON")
+
+
+@pytest.mark.parametrize("case", ["under_a_file", "symlink_to_empty_dir"])
+def test_export_to_an_unusable_path_is_reported_without_traceback(tmp_path, learned, capsys, case):
+    # FileExistsError / NotADirectoryError tracebacks before.
+    converted = from_transformers("imagenet", learned, tmp_path / "ours.safetensors")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    out, expected = {"under_a_file": (tmp_path / "a_file" / "sub" / "dir", f"{tmp_path / 'a_file'} is not a directory"),
+                     "symlink_to_empty_dir": (tmp_path / "link", "is a symbolic link")}[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert export_main([str(converted), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("perceiver-to-transformers: error:") and expected in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not any((tmp_path / "empty").iterdir())

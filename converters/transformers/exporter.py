@@ -55,11 +55,19 @@ def export_state(task: str, config: dict, state: dict[str, torch.Tensor], strict
 
 
 def _prepare_dir(out_dir: Path) -> Path:
+    if out_dir.is_symlink():  # renaming the finished directory onto it would fail (or replace the link)
+        raise ExportError(f"{out_dir} is a symbolic link; give the directory itself ({out_dir.resolve()}).")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"{out_dir} exists and is not an empty directory; refusing to overwrite it.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(8)}.tmp"
-    tmp.mkdir()
+    ancestor = next(p for p in out_dir.absolute().parents if p.exists() or p.is_symlink())
+    if not ancestor.is_dir():
+        raise ExportError(f"cannot create {out_dir}: {ancestor} is not a directory.")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(8)}.tmp"
+        tmp.mkdir()
+    except OSError as exc:  # a parent that is a file, no permission, ...
+        raise ExportError(f"cannot create {out_dir}: {exc.strerror or exc} ({exc.filename or out_dir}).") from None
     return tmp
 
 
@@ -84,6 +92,9 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(tmp, out_dir)
+    except OSError as exc:  # a full disk, a directory that appeared meanwhile, ...
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"cannot write {out_dir}: {exc.strerror or exc}.") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
