@@ -15,7 +15,7 @@ def write_or_report(prog: str, write: Callable[[], object], errors: tuple[type[B
     try:
         out = write()
     except errors as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {str(exc) or type(exc).__name__}", file=sys.stderr)  # MemoryError() has no message
         return 1
     print(f"wrote {out}")
     return 0

@@ -18,6 +18,7 @@ from perceiver_torch.serialization import build_on_meta, save_checkpoint
 
 from .checkpoint_reader import HaikuCheckpoint, open_haiku_checkpoint
 from .rules import ConversionError, strict_merge
+from .small_files import MAX_CONFIG_BYTES, NotASmallFile, read_small_file
 from .tasks import task_spec
 
 CONVERTER_VERSION = "1"
@@ -32,7 +33,9 @@ def load_config(config: Mapping | str | Path) -> dict:
         return dict(config)
     path = Path(config)
     try:
-        text = path.read_bytes()
+        text = read_small_file(path, MAX_CONFIG_BYTES)
+    except NotASmallFile as exc:
+        raise ConfigError([f"(file): {exc}; expected a config.json of a few KB"], str(path)) from None
     except OSError as exc:
         raise ConfigError([f"(file): cannot read: {exc.strerror or exc}"], str(path)) from None
     return parse_config_json(text, str(path))

@@ -25,10 +25,11 @@ from perceiver_torch.hashing import sha256_file
 from perceiver_torch.zoo.hub import cache_dir
 from perceiver_torch.zoo.schema import TRANSFORMERS_FILES
 
+from ..small_files import MAX_CONFIG_BYTES, NotASmallFile, read_small_file
+
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = TRANSFORMERS_FILES  # preferred first
-MAX_CONFIG_BYTES = 1 << 20  # a Perceiver config.json is ~2 KB
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -49,12 +50,14 @@ class Source:
 
 
 def _read_config(path: Path) -> dict:
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise TransformersSourceError(f"{path} is {size} bytes; a Perceiver config.json is a few KB "
-                                      f"(limit {MAX_CONFIG_BYTES}).")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        text = read_small_file(path, MAX_CONFIG_BYTES)
+    except NotASmallFile as exc:
+        raise TransformersSourceError(f"{path}: {exc}; a Perceiver config.json is a few KB.") from None
+    except OSError as exc:
+        raise TransformersSourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        value = json.loads(text.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting too deep to parse
         raise TransformersSourceError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
