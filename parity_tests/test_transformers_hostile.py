@@ -253,3 +253,16 @@ def test_export_to_an_unusable_path_is_reported_without_traceback(tmp_path, lear
     err = capsys.readouterr().err
     assert err.startswith("perceiver-to-transformers: error:") and expected in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before and not any((tmp_path / "empty").iterdir())
+
+
+def test_failed_export_removes_the_parent_directories_it_created(tmp_path, learned, monkeypatch):
+    import converters.transformers.exporter as exporter
+
+    converted = from_transformers("imagenet", learned, tmp_path / "ours.safetensors")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(exporter, "save_file", full_disk)
+    with pytest.raises(ExportError, match="No space left on device"):
+        to_transformers(converted, tmp_path / "new" / "a" / "exported")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "ours.safetensors"]
