@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -113,8 +119,14 @@ def _local(directory: Path) -> tuple[Path, Path]:
 def _hub(repo_id: str, revision: str | None) -> tuple[Path, Path]:
     # Read at call time (huggingface_hub reads its environment once, at import), as the zoo client does.
     endpoint, cache = os.environ.get("HF_ENDPOINT") or None, cache_dir()
+    where = f"{repo_id}@{revision or 'main'}"
+    # Every Hub repo id also reads as a relative path: a mistyped local directory lands here.
+    hint = f" (and there is no local directory {repo_id})"
+    wanted = "config.json"
 
     def get(filename: str) -> Path:
+        nonlocal wanted
+        wanted = filename
         return Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint, cache_dir=str(cache)))
 
     try:
@@ -122,15 +134,21 @@ def _hub(repo_id: str, revision: str | None) -> tuple[Path, Path]:
         for name in WEIGHT_FILES:
             try:
                 return config, get(name)
+            except LocalEntryNotFoundError:
+                raise  # offline or unreachable: not a missing file (it subclasses EntryNotFoundError)
             except EntryNotFoundError:
                 continue
+    except LocalEntryNotFoundError:
+        raise TransformersSourceError(f"{where}: the Hub could not be reached (offline, HF_HUB_OFFLINE, or "
+                                      f"{endpoint or 'huggingface.co'} unreachable) and {wanted} is not in the "
+                                      f"cache {cache}{hint}") from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise TransformersSourceError(f"{repo_id}@{revision or 'main'}: {type(exc).__name__}") from None
+        raise TransformersSourceError(f"{where}: {type(exc).__name__}{hint}") from None
     except EntryNotFoundError:
-        raise TransformersSourceError(f"{repo_id}@{revision or 'main'} has no config.json") from None
+        raise TransformersSourceError(f"{where} has no config.json{hint}") from None
     except (HfHubHTTPError, OSError) as exc:
-        raise TransformersSourceError(f"could not download {repo_id}@{revision or 'main'}: {exc}") from None
-    raise TransformersSourceError(f"{repo_id}@{revision or 'main'} has none of {list(WEIGHT_FILES)}")
+        raise TransformersSourceError(f"could not download {where}: {exc}") from None
+    raise TransformersSourceError(f"{where} has none of {list(WEIGHT_FILES)}")
 
 
 def read_source(source: str | os.PathLike, revision: str | None = None) -> Source:
