@@ -98,10 +98,25 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
             # callable (os.system, eval, ...) is refused before anything runs.
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError, zip errors, ...
-            raise TransformersSourceError(
-                f"{path} was refused by torch.load(weights_only=True): {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise TransformersSourceError(f"{path} was refused by torch.load(weights_only=True): "
+                                          f"{type(exc).__name__}: {_torch_reason(str(exc))}") from None
     return _to_numpy(state, path)
+
+
+# What torch wraps around the reason for a weights_only refusal: its advice (load with weights_only=False,
+# allow-list the global) is the wrong advice for a file from anywhere, and its preamble says nothing.
+_TORCH_PREAMBLE = ("Weights only load failed", "Check the documentation of torch.load")
+_TORCH_ADVICE = (" Please use `torch.serialization.add_safe_globals", " Re-running `torch.load`")
+
+
+def _torch_reason(message: str) -> str:
+    """The lines of torch's message that say what was refused (e.g. 'unsupported GLOBAL posix.system')."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reason = [line for line in lines if not line.startswith(_TORCH_PREAMBLE)] or lines[:1]
+    text = " ".join(reason)
+    for advice in _TORCH_ADVICE:
+        text = text.split(advice)[0]
+    return text[:300]
 
 
 def _local(directory: Path) -> tuple[Path, Path]:
