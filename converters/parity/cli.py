@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 from perceiver_torch.registry import TASKS
 from perceiver_torch.serialization import atomic_write
 
+from ..cli_support import unwritable_output
 from .harness import DEVICES, DTYPES, REFERENCES, run_parity
 from .tf32_emulation import ROUNDINGS
 
@@ -80,18 +80,6 @@ def parser() -> argparse.ArgumentParser:
 DEFAULT_TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
 
 
-def _json_path_problem(path: Path) -> str | None:
-    """Why the report could not be written at `path` (checked before the run, which takes minutes), or None."""
-    if path.is_dir():
-        return f"--json {path} is a directory; expected a file path"
-    ancestor = next(p for p in path.absolute().parents if p.exists())  # atomic_write creates the rest
-    if not ancestor.is_dir():
-        return f"--json {path}: {ancestor} is not a directory"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"--json {path}: {ancestor} is not writable"
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -112,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         rtol = tolerance if rtol is None else rtol
     elif (atol is None) != (rtol is None):
         p.error("give both --atol and --rtol to replace the measured budget of a reduced precision, or neither.")
-    if args.json is not None and (problem := _json_path_problem(args.json)):
-        p.error(problem)
+    if args.json is not None and (problem := unwritable_output(args.json)):
+        p.error(f"--json {problem}")
     try:
         report = run_parity(args.task, args.config, checkpoint=args.checkpoint, inputs=args.inputs, seed=args.seed,
                             device=args.device, dtype=args.dtype, reference=args.reference,
