@@ -44,12 +44,25 @@ class HaikuCheckpoint:
 
     def flat(self) -> dict[str, np.ndarray]:
         """{'params:module/path/name': array, 'state:module/path/name': array}."""
-        out = {}
-        for kind, tree in (("params", self.params), ("state", self.state)):
-            for module, leaves in tree.items():
-                for name, array in leaves.items():
-                    out[f"{kind}:{module}/{name}"] = array
-        return out
+        return _flatten(self.params, self.state, self.stored.source if self.stored is not None else "<checkpoint>")
+
+
+def _flatten(params: dict, state: dict, source: str) -> dict[str, np.ndarray]:
+    """The flat view; two leaves that flatten to one key (module 'a' holding 'b/c', module 'a/b' holding 'c')
+    are refused: one would silently replace the other."""
+    out, origin = {}, {}
+    for kind, tree in (("params", params), ("state", state)):
+        for module, leaves in tree.items():
+            for name, array in leaves.items():
+                key = f"{kind}:{module}/{name}"
+                if key in out:
+                    first = origin[key]
+                    raise CheckpointReadError(
+                        f"{source}: {kind} module {clip(first[0])!r} parameter {clip(first[1])!r} and module "
+                        f"{clip(module)!r} parameter {clip(name)!r} both flatten to {clip(key)}; each parameter "
+                        "path must be unique.")
+                out[key], origin[key] = array, (module, name)
+    return out
 
 
 def loads_haiku_checkpoint(data: bytes, source: str = "<bytes>") -> HaikuCheckpoint:
@@ -133,7 +146,9 @@ def _split_tree(tree, source: str) -> HaikuCheckpoint:
         params, state = tree["params"], tree.get("state") or {}
     else:
         params, state = tree, {}
-    return HaikuCheckpoint(_check_tree(params, source, "params"), _check_tree(state, source, "state"))
+    params, state = _check_tree(params, source, "params"), _check_tree(state, source, "state")
+    _flatten(params, state, source)  # refuses two paths that flatten to one key, naming the file
+    return HaikuCheckpoint(params, state)
 
 
 def _check_tree(tree, source: str, kind: str) -> dict[str, dict[str, np.ndarray]]:

@@ -18,6 +18,7 @@ from perceiver_torch.serialization import build_on_meta, save_checkpoint
 
 from .checkpoint_reader import HaikuCheckpoint, open_haiku_checkpoint
 from .rules import ConversionError, strict_merge
+from .small_files import MAX_CONFIG_BYTES, NotASmallFile, read_small_file
 from .tasks import task_spec
 
 CONVERTER_VERSION = "1"
@@ -32,7 +33,9 @@ def load_config(config: Mapping | str | Path) -> dict:
         return dict(config)
     path = Path(config)
     try:
-        text = path.read_bytes()
+        text = read_small_file(path, MAX_CONFIG_BYTES)
+    except NotASmallFile as exc:
+        raise ConfigError([f"(file): {exc}; expected a config.json of a few KB"], str(path)) from None
     except OSError as exc:
         raise ConfigError([f"(file): cannot read: {exc.strerror or exc}"], str(path)) from None
     return parse_config_json(text, str(path))
@@ -45,10 +48,11 @@ def target_shapes(task: str, config: dict) -> dict[str, tuple[int, ...]]:
 
 
 def _merge(task: str, source: dict[str, np.ndarray], config: dict,
-           shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+           shapes: dict[str, tuple[int, ...]] | None = None, origin: str = "") -> dict[str, np.ndarray]:
     table = task_spec(task).table
     shapes = target_shapes(task, config) if shapes is None else shapes
-    return strict_merge(source, shapes, table.rules(config), table.IGNORED, context=task)
+    return strict_merge(source, shapes, table.rules(config), table.IGNORED,
+                        context=f"{task}, {origin}" if origin else task)
 
 
 def convert_tree(task: str, checkpoint: HaikuCheckpoint, config: dict) -> dict[str, np.ndarray]:
@@ -94,7 +98,7 @@ def convert(task: str, checkpoint_path: str | Path, config: Mapping | str | Path
     shapes = target_shapes(task, config)  # a config the constructors refuse fails before the checkpoint is read
     with ThreadPoolExecutor(max_workers=1) as pool, open_haiku_checkpoint(checkpoint_path) as checkpoint:
         digest = pool.submit(sha256_file, checkpoint_path)
-        arrays = _merge(task, checkpoint.flat(), config, shapes)
+        arrays = _merge(task, checkpoint.flat(), config, shapes, origin=str(checkpoint_path))
         metadata = {
             "source_sha256": PENDING_SHA256,
             "source_name": Path(checkpoint_path).name,

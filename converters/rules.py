@@ -26,21 +26,33 @@ Transform = Callable[[np.ndarray], np.ndarray]
 logger = logging.getLogger(__name__)
 
 
+def takes(expects: str, accepts: Callable[[tuple[int, ...]], bool]):
+    """Declare the source shapes a transform lays out (checked before it runs: a malformed leaf is a
+    reported mismatch, not an IndexError from inside numpy) and how a message describes them."""
+    def mark(transform: Transform) -> Transform:
+        transform.expects, transform.accepts = expects, accepts
+        return transform
+    return mark
+
+
 def identity(x: np.ndarray) -> np.ndarray:
     return x
 
 
+@takes("[in, out] (rank 2)", lambda shape: len(shape) == 2)
 def transpose_linear(w: np.ndarray) -> np.ndarray:
     """Haiku Linear w [in, out] -> torch weight [out, in]."""
     return w.T
 
 
+@takes("[*spatial, in, out] (rank 3 or more)", lambda shape: len(shape) >= 3)
 def conv_hwio_to_oihw(w: np.ndarray) -> np.ndarray:
     """Haiku ConvND kernel [*spatial, in, out] -> torch [out, in, *spatial]."""
     nd = w.ndim - 2
     return w.transpose(nd + 1, nd, *range(nd))
 
 
+@takes("[1, ..., 1, C]", lambda shape: len(shape) >= 1 and all(d == 1 for d in shape[:-1]))
 def squeeze_to_channels(x: np.ndarray) -> np.ndarray:
     """Batch-norm statistics [1, 1, 1, C] -> [C]."""
     return x.reshape(x.shape[-1])
@@ -191,6 +203,23 @@ def finite_float32(src: str, value: np.ndarray, problems: list[str]) -> np.ndarr
     return value
 
 
+def laid_out(src: str, value, transform: Transform, dst: str, expected: tuple[int, ...],
+             problems: list[str]):
+    """`transform(value)` (planned, for a `StoredArray`), or None with a shape mismatch added to `problems`
+    where `value`'s shape is not one the transform takes."""
+    shape = tuple(value.shape)
+    accepts = getattr(transform, "accepts", None)
+    if accepts is None or accepts(shape):
+        try:
+            return value.then(transform) if isinstance(value, StoredArray) else transform(value)
+        except (ValueError, IndexError):  # a transform without a declared shape: still a reported mismatch
+            pass
+    takes_ = getattr(transform, "expects", "another shape")
+    problems.append(f"shape mismatch: checkpoint {src} {shape} -> {dst}: {transform.__name__} takes {takes_}, "
+                    f"model expects {tuple(expected)}")
+    return None
+
+
 def strict_merge(
     source: dict[str, np.ndarray],
     target_shapes: dict[str, tuple[int, ...]],
@@ -230,8 +259,9 @@ def strict_merge(
             if dst not in target_shapes:
                 problems.append(f"checkpoint {src} maps to {dst}, which the model does not have")
                 continue
-            value = source[src].then(leaf.transform) if isinstance(source[src], StoredArray) \
-                else leaf.transform(source[src])
+            value = laid_out(src, source[src], leaf.transform, dst, target_shapes[dst], problems)
+            if value is None:
+                continue
             if tuple(value.shape) != tuple(target_shapes[dst]):
                 problems.append(
                     f"shape mismatch: checkpoint {src} {tuple(source[src].shape)} -> {dst} "

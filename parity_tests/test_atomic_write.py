@@ -43,3 +43,27 @@ def test_existing_file_is_replaced_only_on_success(tmp_path):
     assert target.read_bytes() == b"old"
     atomic_write(target, _write_bytes(b"new"))
     assert target.read_bytes() == b"new"
+
+
+def test_failed_write_removes_the_parent_directories_it_created(tmp_path):
+    # -o new/a/b/x.safetensors with a NaN found mid-write used to leave new/a/b/ behind.
+    (tmp_path / "kept").mkdir()
+
+    def failing(tmp):
+        _write_bytes(b"partial")(tmp)
+        raise RuntimeError("non-finite values")
+
+    for target in (tmp_path / "new" / "a" / "b" / "x.bin", tmp_path / "kept" / "c" / "x.bin"):
+        with pytest.raises(RuntimeError, match="non-finite"):
+            atomic_write(target, failing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+
+def test_a_created_directory_that_another_writer_used_meanwhile_is_kept(tmp_path):
+    def failing(tmp):
+        (tmp_path / "new" / "other.bin").write_bytes(b"not ours")
+        raise RuntimeError("failed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "new" / "a" / "x.bin", failing)
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["other.bin"]

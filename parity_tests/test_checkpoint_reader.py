@@ -8,7 +8,13 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from converters import CheckpointLimitError, CheckpointReadError, UnsafePickleError, load_haiku_checkpoint
+from converters import (
+    CheckpointLimitError,
+    CheckpointReadError,
+    HaikuCheckpoint,
+    UnsafePickleError,
+    load_haiku_checkpoint,
+)
 from converters.checkpoint_globals import ALLOWED_GLOBALS
 from converters.checkpoint_reader import loads_haiku_checkpoint
 from converters.restricted_unpickler import RestrictedUnpickler
@@ -225,3 +231,27 @@ def test_dtype_layout_fields_other_than_numpys_are_refused(replacement, message)
     mutated = data.replace(marker, b"J\xff\xff\xff\xffJ\xff\xff\xff\xff" + replacement + b"t", 1)
     with pytest.raises(CheckpointReadError, match=message):
         loads_haiku_checkpoint(mutated, "mutated.pickle")
+
+
+@pytest.mark.parametrize("order", ["nested_first", "nested_last"])
+def test_two_paths_flattening_to_one_key_are_refused_naming_both(tmp_path, order):
+    # Module 'a' with parameter 'b/c' and module 'a/b' with 'c' are both 'params:a/b/c': the later array
+    # used to win silently (a crafted file swapped a weight and converted cleanly).
+    modules = [("a", {"b/c": np.zeros(2, np.float32)}), ("a/b", {"c": np.ones(2, np.float32)})]
+    if order == "nested_last":
+        modules.reverse()
+    path = tmp_path / "collide.pickle"
+    path.write_bytes(pickle.dumps({"params": dict(modules)}, protocol=4))
+    for read in (load_haiku_checkpoint, lambda p: loads_haiku_checkpoint(p.read_bytes(), str(p))):
+        with pytest.raises(CheckpointReadError, match=r"collide\.pickle: params module .* both flatten to "
+                                                      r"params:a/b/c") as info:
+            read(path)
+        assert "'a'" in str(info.value) and "'b/c'" in str(info.value) and "'a/b'" in str(info.value)
+
+
+def test_flat_refuses_a_colliding_tree_built_in_memory():
+    checkpoint = HaikuCheckpoint({"a": {"b/c": np.zeros(1)}, "a/b": {"c": np.ones(1)}})
+    with pytest.raises(CheckpointReadError, match="both flatten to params:a/b/c"):
+        checkpoint.flat()
+    # params and state are separate namespaces: the same module path in both is not a collision
+    assert len(HaikuCheckpoint({"m": {"w": np.zeros(1)}}, {"m": {"w": np.ones(1)}}).flat()) == 2

@@ -6,6 +6,7 @@ Bad arguments are argparse's business: exit 2.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,31 @@ def test_float16_conversion_is_reported_on_stderr(tmp_path):
                   "-o", str(tmp_path / "lm.safetensors"))
     assert result.returncode == 0, result.stderr
     assert "params:embedding_decoder/bias: converting float16 values to float32" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["too_large", "device", "fifo"])
+def test_config_that_is_not_a_small_regular_file_is_refused_unread(tmp_path, capsys, kind):
+    # 300 MB of spaces took 817 MB RSS; /dev/zero was read until memory ran out.
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    config, expected = tmp_path / "config.json", "not a regular file"
+    if kind == "too_large":
+        with open(config, "wb") as f:
+            f.truncate((1 << 20) + 1)  # sparse: the size is what is refused
+        expected = "1,048,577 bytes; at most 1,048,576"
+    elif kind == "device":
+        config = Path("/dev/zero")
+    else:
+        os.mkfifo(config)  # opening it must not wait for a writer
+    rc = main(["language", str(golden_dir("language") / "checkpoint.pickle"), "--config", str(config),
+               "-o", str(out_dir / "x.st")])
+    _assert_clean_failure(rc, capsys.readouterr().err, out_dir, str(config), expected)
+
+
+def test_an_error_without_a_message_is_named_by_its_type(capsys):
+    from converters.cli_support import write_or_report
+
+    def out_of_memory():
+        raise MemoryError
+    assert write_or_report("perceiver-convert", out_of_memory, (MemoryError,)) == 1
+    assert capsys.readouterr().err == "perceiver-convert: error: MemoryError\n"  # was "error: " and nothing

@@ -42,3 +42,24 @@ def test_layout_table_names_existing_paths():
            and p.suffix not in (".md", ".txt", ".toml") and not p.name.endswith(".egg-info")}
     named = {p.split("/")[0] for p in paths}
     assert top <= named, f"top-level paths missing from the README layout: {sorted(top - named)}"
+
+
+def test_zoo_commands_name_models_of_the_manifest_they_run_with():
+    # `perceiver-zoo export tiny-language-perceiver` was shown without the test manifest it lives in: it failed.
+    import yaml
+
+    def names(manifest: Path) -> set[str]:
+        return set(yaml.safe_load(manifest.read_text())["models"])
+
+    shipped = names(REPO / "zoo_manifest.yaml")
+    checked = 0
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        manifest = re.search(r"PERCEIVER_ZOO_MANIFEST=(\S+)", block)
+        known = shipped | (names(REPO / manifest.group(1)) if manifest else set())
+        if manifest:
+            mirror = re.search(r"PERCEIVER_ZOO_MIRROR=(\S+)", block)
+            assert mirror and (REPO / mirror.group(1)).is_dir(), block
+        for name in re.findall(r"^perceiver-zoo (?:export|pull|info) ([a-z][\w-]*)", block, re.M):
+            assert name in known, f"README runs perceiver-zoo on {name!r}, not in the manifest it uses"
+            checked += 1
+    assert checked >= 3

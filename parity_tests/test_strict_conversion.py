@@ -82,3 +82,48 @@ def test_unsupported_or_unknown_task_is_named(tmp_path):
 
     with pytest.raises(UnsupportedTaskError, match="unknown task 'speech'"):
         converters.convert("speech", golden_dir("language") / "checkpoint.pickle", {}, tmp_path / "x")
+
+
+def test_malformed_layout_leaves_are_listed_together_with_path_shape_and_expectation(tmp_path):
+    # Each used to stop the merge with numpy's words only: an IndexError (0-d scale), "cannot reshape array
+    # of size 6 into shape (3,)", "axes don't match array" (1-d kernel). The 1-d kernel here is larger than
+    # DEFER_BYTES, so it takes the StoredArray path (the layout planned on the file's array).
+    ckpt = load_haiku_checkpoint(golden_dir("imagenet_conv") / "checkpoint.pickle")
+    stem = "image_preprocessor/~/conv2_d_downsample/~"
+    params = {m: dict(leaves) for m, leaves in ckpt.params.items()}
+    state = {m: dict(leaves) for m, leaves in ckpt.state.items()}
+    params[f"{stem}/batchnorm"].update(scale=np.float32(1.0).reshape(()), offset=np.zeros((2, 3), np.float32))
+    params[f"{stem}/conv"]["w"] = np.zeros(20_000, np.float32)
+    state[f"{stem}/batchnorm/~/mean_ema"]["average"] = np.zeros((1, 64, 1, 1), np.float32)
+    src = tmp_path / "malformed.pickle"
+    src.write_bytes(pickle.dumps({"params": params, "state": state}))
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(ConversionError) as info:
+        converters.convert("imagenet", src, golden_dir("imagenet_conv") / "config.json", out)
+    message = str(info.value)
+    assert str(src) in message.splitlines()[0]
+    for expected in (
+        f"checkpoint params:{stem}/batchnorm/scale () -> input_preprocessor.convnet.batchnorms.0.weight: "
+        "squeeze_to_channels takes [1, ..., 1, C], model expects (64,)",
+        f"checkpoint params:{stem}/batchnorm/offset (2, 3) -> input_preprocessor.convnet.batchnorms.0.bias",
+        f"checkpoint params:{stem}/conv/w (20000,) -> input_preprocessor.convnet.convs.0.weight: conv_hwio_to_oihw "
+        "takes [*spatial, in, out] (rank 3 or more), model expects (64, 3, 7, 7)",
+        f"checkpoint state:{stem}/batchnorm/~/mean_ema/average (1, 64, 1, 1) -> "
+        "input_preprocessor.convnet.batchnorms.0.running_mean",
+    ):
+        assert expected in message, message
+    assert len(info.value.problems) == 4, message
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_a_transform_without_a_declared_shape_still_reports_a_mismatch():
+    from converters.rules import Leaf, ModuleRule, strict_merge
+
+    def swap_last_axes(w):
+        return w.swapaxes(2, 3)  # AxisError (a ValueError) on fewer than 4 axes
+
+    rule = ModuleRule("conv", "conv", (Leaf("weight", "weight", swap_last_axes),))
+    with pytest.raises(ConversionError, match=r"checkpoint conv.weight \(3,\) -> conv.weight: swap_last_axes takes "
+                                              r"another shape, model expects \(2, 2, 3, 3\)"):
+        strict_merge({"conv.weight": np.zeros(3, np.float32)}, {"conv.weight": (2, 2, 3, 3)}, [rule],
+                     key=lambda collection, module, name: f"{module}.{name}")

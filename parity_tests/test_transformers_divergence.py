@@ -41,3 +41,23 @@ def test_bad_source_is_an_error_without_traceback(tmp_path, capsys):
     assert main(["--golden", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("divergence: error:") and "not a golden fixture folder" in err
+
+
+def test_json_path_is_checked_first_and_written_atomically(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    import converters.transformers.divergence as divergence
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit) as info:  # was a traceback after the whole run
+        main(["--golden", str(golden_dir("imagenet_learned")), "--json", str(tmp_path / "a_file" / "r.json")])
+    assert info.value.code == 2 and f"{tmp_path / 'a_file'} is not a directory" in capsys.readouterr().err
+    writes = []
+
+    def refuse(path, write):
+        writes.append(path)
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(divergence, "atomic_write", refuse)  # was a plain write_text: half a file on failure
+    assert main(["--golden", str(golden_dir("imagenet_learned")), "--json", str(tmp_path / "r.json")]) == 1
+    err = capsys.readouterr().err
+    assert writes == [tmp_path / "r.json"] and f"cannot write {tmp_path / 'r.json'}: Permission denied" in err

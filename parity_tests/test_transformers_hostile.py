@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from converters.transformers.source import TransformersSourceError
 from parity_tests.sandbox import run_isolated
 from parity_tests.transformers_support import save_small
 from perceiver_torch import CheckpointFormatError
+from perceiver_torch.config_schema import ConfigError
 
 LEARNED = "PerceiverForImageClassificationLearned"
 
@@ -125,6 +127,9 @@ def test_bin_that_tries_to_run_code_is_refused_in_a_sandbox(tmp_path, learned):
     """, timeout_s=120)
     assert result.error_type == "converters.transformers.source.TransformersSourceError", result.describe()
     assert "weights_only" in result.error_message and "pytorch_model.bin" in result.error_message
+    # torch's reason is kept (the global it refused), its advice to load with weights_only=False dropped
+    assert re.search(r"GLOBAL (posix|nt|os)\.system", result.error_message), result.error_message
+    assert "set to `False`" not in result.error_message and "add_safe_globals" not in result.error_message
     assert not marker.exists() and not out.exists()
 
 
@@ -183,3 +188,85 @@ def test_export_checks_the_converted_file_like_load_model(tmp_path, learned):
     with pytest.raises(CheckpointFormatError, match=name):
         to_transformers(converted, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "config.json", "link"])
+def test_output_that_is_the_source_is_refused(tmp_path, learned, capsys, target):
+    # `-o DIR/model.safetensors` used to replace the very weights it was converting (config.json likewise).
+    before = {p.name: p.read_bytes() for p in learned.iterdir()}
+    out = learned / target
+    if target == "link":
+        out = tmp_path / "link.safetensors"
+        out.symlink_to(learned / "model.safetensors")
+    assert convert_main(["imagenet", "--from-transformers", str(learned), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"output {out} is the input" in err, err
+    assert {p.name: p.read_bytes() for p in learned.iterdir()} == before
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("d_model", "32", "d_model: found '32' (str); expected a positive integer"),
+    ("num_labels", [3], "num_labels: found [3] (list); expected a positive integer"),
+    ("num_labels", "abc", "num_labels: found 'abc' (str); expected a positive integer"),
+    ("num_latents", 8.0, "num_latents: found 8.0 (float); expected a positive integer"),
+    ("image_size", None, "image_size: found None (NoneType); expected a positive integer"),
+    ("train_size", 5, "train_size: found 5 (int); expected a list of 2 positive integers"),
+    ("output_shape", 7, "output_shape: found 7 (int); expected a list of 4 positive integers"),
+    ("use_query_residual", 1, "use_query_residual: found 1 (int); expected true or false"),
+])
+def test_config_fields_of_the_wrong_type_are_named_with_the_file(tmp_path, learned, capsys, field, value, expected):
+    # Each used to be a traceback (TypeError, AttributeError) or a path-less "invalid literal for int()".
+    _edit_config(learned, lambda c: c.update({field: value}))
+    message = _refused(tmp_path, learned, ConfigError, expected)
+    assert message.startswith(f"{learned / 'config.json'} is not a valid config"), message
+    assert convert_main(["imagenet", "--from-transformers", str(learned), "-o", str(tmp_path / "o.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and expected in err
+
+
+def test_own_config_in_an_export_is_checked_against_the_schema(tmp_path, learned):
+    converted = from_transformers("imagenet", learned, tmp_path / "first.safetensors")
+    exported = to_transformers(converted, tmp_path / "exported")
+    _edit_config(exported, lambda c: c["perceiver_torch"]["config"].pop("encoder"))  # was KeyError 'encoder'
+    message = _refused(tmp_path, exported, ConfigError, "encoder: missing")
+    assert message.startswith(f"{exported / 'config.json'} perceiver_torch.config is not a valid config"), message
+
+
+def test_mismatches_name_the_config_file(tmp_path, learned):
+    _edit_config(learned, lambda c: c.update(model_type="bert"))
+    message = _refused(tmp_path, learned, ConfigMismatchError, "model_type is 'bert'")
+    assert message.startswith(f"{learned / 'config.json'}: cannot import"), message
+
+
+def test_config_nested_too_deep_to_parse_is_refused(tmp_path, learned):
+    (learned / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError traceback before
+    _refused(tmp_path, learned, TransformersSourceError, "config.json is not valid JSON")
+
+
+@pytest.mark.parametrize("case", ["under_a_file", "symlink_to_empty_dir"])
+def test_export_to_an_unusable_path_is_reported_without_traceback(tmp_path, learned, capsys, case):
+    # FileExistsError / NotADirectoryError tracebacks before.
+    converted = from_transformers("imagenet", learned, tmp_path / "ours.safetensors")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    out, expected = {"under_a_file": (tmp_path / "a_file" / "sub" / "dir", f"{tmp_path / 'a_file'} is not a directory"),
+                     "symlink_to_empty_dir": (tmp_path / "link", "is a symbolic link")}[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert export_main([str(converted), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("perceiver-to-transformers: error:") and expected in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not any((tmp_path / "empty").iterdir())
+
+
+def test_failed_export_removes_the_parent_directories_it_created(tmp_path, learned, monkeypatch):
+    import converters.transformers.exporter as exporter
+
+    converted = from_transformers("imagenet", learned, tmp_path / "ours.safetensors")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(exporter, "save_file", full_disk)
+    with pytest.raises(ExportError, match="No space left on device"):
+        to_transformers(converted, tmp_path / "new" / "a" / "exported")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "ours.safetensors"]

@@ -51,3 +51,17 @@ def test_missing_repo_or_revision_is_a_clear_error(hub, tmp_path, repo, revision
     with pytest.raises(TransformersSourceError, match=needle):
         from_transformers("language", repo, tmp_path / "o.safetensors", revision=revision)
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_an_unreachable_hub_is_not_reported_as_a_missing_file(tmp_path, monkeypatch):
+    # LocalEntryNotFoundError (offline, unreachable) subclasses EntryNotFoundError: it read "has no config.json".
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets at import
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(TransformersSourceError) as info:
+        from_transformers("language", "models/lm", tmp_path / "o.safetensors")
+    message = str(info.value)
+    assert "the Hub could not be reached" in message and "config.json is not in the cache" in message, message
+    assert "there is no local directory models/lm" in message and "has no config.json" not in message
+    assert not (tmp_path / "o.safetensors").exists()

@@ -34,15 +34,20 @@ class CheckpointConfigError(CheckpointFormatError):
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call write(tmp_path) on a temp file beside `path`, then rename it into place.
 
-    A failure leaves nothing at `path` (and no temp file behind).
+    A failure leaves nothing at `path` (and no temp file behind, nor a parent directory it created).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
-    # Created with 0666 less the umask, the mode a plain open() gives (mkstemp's is owner-only 0600).
-    # The kernel applies the umask, so the process-wide umask is never toggled to read it (other
-    # threads may be creating files meanwhile).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    created = [p for p in path.absolute().parents if not p.exists()]  # deepest first, removed in that order
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+        # Created with 0666 less the umask, the mode a plain open() gives (mkstemp's is owner-only 0600).
+        # The kernel applies the umask, so the process-wide umask is never toggled to read it (other
+        # threads may be creating files meanwhile).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except BaseException:
+        _remove_empty(created)
+        raise
     mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
@@ -51,8 +56,18 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        _remove_empty(created)
         raise
     return path
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove `directories` (deepest first) where still empty: another writer may have used one meanwhile."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def save_checkpoint(state_dict: Mapping, path, task: str, config: dict,

@@ -3,7 +3,7 @@
 Runs the JAX reference and the converted Torch model on the same inputs,
 prints a per-output error table, optionally writes the report as JSON, and
 exits 0 when every output agrees within the tolerance, 1 when one does not,
-2 for bad arguments or inputs.
+2 for bad arguments or inputs, 3 for an internal error (with its traceback).
 
 `--dtype bfloat16|float16` runs Torch in that precision (`--autocast`: a
 float32 model under torch.autocast instead of model.to(dtype)) and `--dtype
@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from perceiver_torch.registry import TASKS
 from perceiver_torch.serialization import atomic_write
 
+from ..cli_support import unwritable_output
 from .harness import DEVICES, DTYPES, REFERENCES, run_parity
 from .tf32_emulation import ROUNDINGS
 
@@ -98,19 +100,29 @@ def main(argv: list[str] | None = None) -> int:
         rtol = tolerance if rtol is None else rtol
     elif (atol is None) != (rtol is None):
         p.error("give both --atol and --rtol to replace the measured budget of a reduced precision, or neither.")
+    if args.json is not None and (problem := unwritable_output(args.json)):
+        p.error(f"--json {problem}")
     try:
         report = run_parity(args.task, args.config, checkpoint=args.checkpoint, inputs=args.inputs, seed=args.seed,
                             device=args.device, dtype=args.dtype, reference=args.reference,
                             upstream_path=args.upstream_path, atol=atol, rtol=rtol,
                             mode="autocast" if args.autocast else "cast", tf32_rounding=args.tf32_rounding)
-    except (ImportError, RuntimeError, ValueError, FileNotFoundError) as exc:
-        # ConversionError, CheckpointReadError and UnsupportedTaskError are ValueErrors.
+    except (ImportError, RuntimeError, ValueError, OSError) as exc:
+        # ConfigError, InputsError, ConversionError, CheckpointReadError and UnsupportedTaskError are ValueErrors.
         print(f"perceiver-parity: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # a bug, not bad input: exit 1 would read as "Torch and JAX disagree"
+        traceback.print_exc()
+        print("perceiver-parity: internal error (above); please report it", file=sys.stderr)
+        return 3
     print(report.table())
     if args.json is not None:
         text = json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n"
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        try:
+            atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        except OSError as exc:
+            print(f"perceiver-parity: error: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         print(f"wrote {args.json}")
     return 0 if report.passed else 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import platform
+import zipfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -16,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perceiver_torch.config_schema import validate_config
 from perceiver_torch.registry import build_model
 
 from ..checkpoint_reader import HaikuCheckpoint, checkpoint_from_tree, load_haiku_checkpoint
-from ..convert import convert_tree, load_config
-from ..tasks import run_upstream_layout
+from ..convert import convert_tree, load_config, target_shapes
+from ..tasks import run_upstream_layout, task_spec
+from . import inputs as parity_inputs
 from .budgets import budget as precision_budget
 from .precision import (
     MODES,
@@ -49,35 +52,43 @@ def _jax_reference():
     return jax_reference
 
 
-def load_inputs(inputs) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def load_inputs(inputs, task: str | None = None, config: dict | None = None
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(inputs, expected outputs) from an io.npz path or a dict in its layout.
 
     Keys `input/NAME` / `output/NAME` as in the golden io.npz; a dict with no
-    prefixed keys at all is taken to be inputs only.
+    prefixed keys at all is taken to be inputs only. With `task` and its validated `config`,
+    every input is checked against the task (names, shapes, dtypes, id ranges), an io.npz's from
+    its headers before any array is read; a file's arrays are capped in total size either way.
     """
+    source = "inputs"
     if isinstance(inputs, (str, Path)):
-        path = Path(inputs)
+        path = source = Path(inputs)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
+            arrays = parity_inputs.read_npz(path, task, config)
         except FileNotFoundError:
             raise FileNotFoundError(f"inputs file {path} does not exist") from None
-        except (ValueError, OSError) as exc:
+        except parity_inputs.InputsError:
+            raise
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
             raise ValueError(f"inputs file {path} is not a readable .npz of arrays: {exc}") from None
     elif isinstance(inputs, Mapping):
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
     else:
         raise TypeError(f"inputs must be an io.npz path, a dict of arrays or None; got {type(inputs).__name__}.")
     if not any(k.startswith(("input/", "output/")) for k in arrays):
-        return arrays, {}
-    unknown = [k for k in arrays if not k.startswith(("input/", "output/"))]
-    if unknown:
-        raise ValueError(f"inputs keys must all start with 'input/' or 'output/' (the golden io.npz layout); "
-                         f"found {unknown}.")
-    found = {k.removeprefix("input/"): v for k, v in arrays.items() if k.startswith("input/")}
-    if not found:
-        raise ValueError(f"no 'input/...' arrays among {sorted(arrays)}.")
-    expected = {k.removeprefix("output/"): v for k, v in arrays.items() if k.startswith("output/")}
+        found, expected = arrays, {}
+    else:
+        unknown = [k for k in arrays if not k.startswith(("input/", "output/"))]
+        if unknown:
+            raise ValueError(f"inputs keys must all start with 'input/' or 'output/' (the golden io.npz layout); "
+                             f"found {unknown}.")
+        found = {k.removeprefix("input/"): v for k, v in arrays.items() if k.startswith("input/")}
+        if not found:
+            raise ValueError(f"no 'input/...' arrays among {sorted(arrays)}.")
+        expected = {k.removeprefix("output/"): v for k, v in arrays.items() if k.startswith("output/")}
+    if task is not None:
+        parity_inputs.check(task, config, found, expected, str(source))
     return found, expected
 
 
@@ -213,8 +224,13 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
     """
 
     _check_arguments(device, dtype, reference, upstream_path, atol, rtol, mode, tf32_rounding)
+    task_spec(task)
+    # Validated and built on the meta device (sizes and parameter count bounded) before anything real is
+    # built, as perceiver-convert does.
+    source = str(config) if isinstance(config, (str, Path)) else f"{task} config"
+    config = validate_config(task, load_config(config), source=source)
+    target_shapes(task, config)
     ref = _jax_reference()
-    config = load_config(config)
     np_dtype = np.float64 if dtype == "float64" else np.float32
     reduced = dtype in PRECISIONS
     budget = precision_budget(task, dtype, mode) if reduced and atol is None and rtol is None else None
@@ -224,7 +240,7 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
     if inputs is None:
         inputs, expected = ref.example_inputs(task, config, seed=seed), {}
     else:
-        inputs, expected = load_inputs(inputs)
+        inputs, expected = load_inputs(inputs, task, config)
     modules = ref.upstream_modules(upstream_path) if reference == "upstream" else None
 
     if checkpoint is None:

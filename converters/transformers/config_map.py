@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import reprlib
 
+from perceiver_torch.config_schema import ConfigError, validate_config
 from perceiver_torch.layers.encoder import PerceiverEncoder
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ class ConfigMismatchError(ValueError):
     """A config that the other side cannot represent; lists every difference."""
 
     def __init__(self, problems: list[str], context: str):
-        self.problems = problems
+        self.problems, self.context = problems, context
         super().__init__(f"{context}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
 
 
@@ -280,6 +282,43 @@ def _num_labels(hf: dict) -> int:
     return len(labels)
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _positive_ints(n: int):
+    return lambda value: isinstance(value, list) and len(value) == n and all(map(_positive_int, value))
+
+
+_POSITIVE = (_positive_int, "a positive integer")
+_OPTIONAL_POSITIVE = (lambda v: v is None or _positive_int(v), "a positive integer or null")
+# The PerceiverConfig fields from_hf reads, with the JSON type each must have where present: checked
+# before any is used, so a wrong type is named here, not met as a TypeError inside the mapping.
+_HF_FIELD_TYPES = {
+    **{field: _POSITIVE for field in (
+        "num_latents", "d_latents", "d_model", "num_blocks", "num_self_attends_per_block",
+        "num_self_attention_heads", "num_cross_attention_heads", "self_attention_widening_factor",
+        "cross_attention_widening_factor", "vocab_size", "max_position_embeddings", "image_size", "num_labels",
+        "num_frames", "audio_samples_per_frame", "samples_per_patch", "output_num_channels",
+        "_label_trainable_num_channels")},
+    "qk_channels": _OPTIONAL_POSITIVE, "v_channels": _OPTIONAL_POSITIVE,
+    "use_query_residual": (lambda v: isinstance(v, bool), "true or false"),
+    "cross_attention_shape_for_attention": (lambda v: isinstance(v, str), "a string"),
+    "train_size": (_positive_ints(2), "a list of 2 positive integers"),
+    "output_shape": (_positive_ints(4), "a list of 4 positive integers"),
+    "id2label": (lambda v: isinstance(v, dict), "an object"),
+}
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60  # a hostile value is shown cut short
+
+
+def _check_field_types(hf: dict, source: str) -> None:
+    problems = [f"{field}: found {_SHOWN.repr(hf[field])} ({type(hf[field]).__name__}); expected {what}"
+                for field, (ok, what) in _HF_FIELD_TYPES.items() if field in hf and not ok(hf[field])]
+    if problems:
+        raise ConfigError(problems, source)
+
+
 def architecture_of(hf: dict, task: str) -> str:
     """The class a transformers config.json names, checked against `task`."""
     names = hf.get("architectures")
@@ -295,8 +334,17 @@ def architecture_of(hf: dict, task: str) -> str:
     return names[0]
 
 
-def from_hf(task: str, hf: dict) -> tuple[str, dict]:
-    """(architecture, our config) for a transformers config.json; refuses what our model cannot represent."""
+def from_hf(task: str, hf: dict, source: str = "config.json") -> tuple[str, dict]:
+    """(architecture, our config) for a transformers config.json (named `source` in errors); refuses what
+    our model cannot represent (`ConfigMismatchError`) and fields of the wrong type (`ConfigError`)."""
+    _check_field_types(hf, source)
+    try:
+        return _from_hf(task, hf, source)
+    except ConfigMismatchError as exc:
+        raise ConfigMismatchError(exc.problems, f"{source}: {exc.context}") from None
+
+
+def _from_hf(task: str, hf: dict, source: str) -> tuple[str, dict]:
     architecture = architecture_of(hf, task)
     if hf.get("model_type") != "perceiver":
         raise ConfigMismatchError([f"model_type is {hf.get('model_type')!r}, not 'perceiver'"], "cannot import")
@@ -307,16 +355,19 @@ def from_hf(task: str, hf: dict) -> tuple[str, dict]:
     variant = ARCHITECTURES[architecture][1]
     try:
         if OWN_KEY in hf:
-            config = _own_config(hf, task)
+            config = _own_config(hf, task, source)
         elif task == "imagenet":
             config = _from_imagenet(hf, variant)
         else:
             config = {"language": _from_language, "optical_flow": _from_optical_flow,
                       "video_autoencoding": _from_video}[task](hf)
+        # Whatever the route, the config must be one transformers' class builds with these fields.
+        exported_arch, fields = to_hf(task, config)
     except KeyError as exc:
         raise ConfigMismatchError([f"config.json lacks {exc.args[0]!r}"], f"cannot import a {task} model") from None
-    # Whatever the route, the config must be one transformers' class builds with these fields.
-    exported_arch, fields = to_hf(task, config)
+    except (TypeError, AttributeError) as exc:  # a gap in the type checks above: still named, never a traceback
+        raise ConfigMismatchError([f"a field has an unusable value ({type(exc).__name__}: {exc})"],
+                                  f"cannot import a {task} model") from None
     view = dict(hf)
     if "num_labels" in fields:
         view["num_labels"] = _num_labels(hf)
@@ -335,12 +386,13 @@ def from_hf(task: str, hf: dict) -> tuple[str, dict]:
     return architecture, config
 
 
-def _own_config(hf: dict, task: str) -> dict:
+def _own_config(hf: dict, task: str, source: str) -> dict:
     own = hf[OWN_KEY]
     if not isinstance(own, dict) or own.get("task") != task or not isinstance(own.get("config"), dict):
         raise ConfigMismatchError([f"config.json {OWN_KEY} must be {{'task': {task!r}, 'config': {{...}}}}; "
-                                   f"got {str(own)[:200]}"], "cannot import")
-    return own["config"]
+                                   f"got {_SHOWN.repr(own)}"], "cannot import")
+    # Checked against our schema before to_hf reads it (a missing or mistyped key is named by its path).
+    return validate_config(task, own["config"], source=f"{source} {OWN_KEY}.config")
 
 
 def _hf_default(key: str):

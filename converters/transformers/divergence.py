@@ -24,9 +24,10 @@ import torch
 
 from perceiver_torch.layers.flow import patches_for_flow
 from perceiver_torch.registry import build_model, preset
-from perceiver_torch.serialization import CheckpointFormatError, load_model, read_metadata
+from perceiver_torch.serialization import CheckpointFormatError, atomic_write, load_model, read_metadata
 
 from ..checkpoint_reader import CheckpointReadError, load_haiku_checkpoint
+from ..cli_support import unwritable_output
 from ..convert import convert_tree, load_config
 from ..rules import ConversionError
 from . import hf_model
@@ -315,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error("--batch must be at least 1.")
+    if args.json is not None and (problem := unwritable_output(args.json)):
+        parser.error(f"--json {problem}")
     rows = []
     try:
         if args.golden:
@@ -331,7 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(table(rows))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        text = json.dumps(rows, indent=1)
+        try:
+            atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        except OSError as exc:
+            print(f"divergence: error: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.json}")
     return 0
 

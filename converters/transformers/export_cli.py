@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     return write_or_report(
         "perceiver-to-transformers", lambda: to_transformers(args.converted, args.output),
-        (ConfigMismatchError, ConversionError, CheckpointFormatError, ExportError, FileNotFoundError))
+        (ConfigMismatchError, ConversionError, CheckpointFormatError, ExportError, OSError))
 
 
 if __name__ == "__main__":

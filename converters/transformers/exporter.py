@@ -54,13 +54,32 @@ def export_state(task: str, config: dict, state: dict[str, torch.Tensor], strict
     return architecture, hf, out
 
 
-def _prepare_dir(out_dir: Path) -> Path:
+def _prepare_dir(out_dir: Path) -> tuple[Path, list[Path]]:
+    """(the temp directory to fill, the parent directories made for it: removed again on failure)."""
+    if out_dir.is_symlink():  # renaming the finished directory onto it would fail (or replace the link)
+        raise ExportError(f"{out_dir} is a symbolic link; give the directory itself ({out_dir.resolve()}).")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"{out_dir} exists and is not an empty directory; refusing to overwrite it.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(8)}.tmp"
-    tmp.mkdir()
-    return tmp
+    ancestor = next(p for p in out_dir.absolute().parents if p.exists() or p.is_symlink())
+    if not ancestor.is_dir():
+        raise ExportError(f"cannot create {out_dir}: {ancestor} is not a directory.")
+    created = [p for p in out_dir.absolute().parents if not p.exists()]  # deepest first
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(8)}.tmp"
+        tmp.mkdir()
+    except OSError as exc:  # no permission, ...
+        _remove_empty(created)
+        raise ExportError(f"cannot create {out_dir}: {exc.strerror or exc} ({exc.filename or out_dir}).") from None
+    return tmp, created
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    for directory in directories:  # deepest first; one another writer has used meanwhile stays
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -76,7 +95,7 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
     task, config = meta["task"], json.loads(meta["config"])
     architecture, hf, tensors = export_state(task, config, state)
     out_dir = Path(out_dir)
-    tmp = _prepare_dir(out_dir)
+    tmp, created = _prepare_dir(out_dir)
     try:
         hf.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -84,7 +103,12 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(tmp, out_dir)
+    except OSError as exc:  # a full disk, a directory that appeared meanwhile, ...
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
+        raise ExportError(f"cannot write {out_dir}: {exc.strerror or exc}.") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
     return out_dir

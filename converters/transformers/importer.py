@@ -10,7 +10,7 @@ import torch
 
 from perceiver_torch.serialization import save_checkpoint
 
-from ..convert import CONVERTER_VERSION, target_shapes
+from ..convert import CONVERTER_VERSION, check_output, target_shapes
 from ..rules import strict_merge
 from ..tasks import task_spec
 from .config_map import from_hf
@@ -28,7 +28,7 @@ def import_state(task: str, config: dict, hf_state: dict, context: str = "") -> 
 def convert_source(task: str, source: Source) -> tuple[str, dict, dict[str, np.ndarray]]:
     """(architecture, our config, our state dict as arrays), strictly, from a read checkpoint."""
     task_spec(task)  # an unknown task fails here with the same message as `convert`
-    architecture, config = from_hf(task, source.config)
+    architecture, config = from_hf(task, source.config, str(source.config_path or "config.json"))
     return architecture, config, import_state(task, config, source.tensors, f"{task} from transformers {architecture}")
 
 
@@ -40,6 +40,9 @@ def from_transformers(task: str, source: str | os.PathLike, output_path: str | o
     our full config, the source's sha256 and (for a Hub repo) its repo id and commit.
     """
     read = read_source(source, revision)
+    for path in (read.weights_path, read.config_path):  # writing over either would destroy the source
+        if path is not None:
+            check_output(path, output_path)
     architecture, config, arrays = convert_source(task, read)
     state_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     metadata = {

@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -25,10 +31,11 @@ from perceiver_torch.hashing import sha256_file
 from perceiver_torch.zoo.hub import cache_dir
 from perceiver_torch.zoo.schema import TRANSFORMERS_FILES
 
+from ..small_files import MAX_CONFIG_BYTES, NotASmallFile, read_small_file
+
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = TRANSFORMERS_FILES  # preferred first
-MAX_CONFIG_BYTES = 1 << 20  # a Perceiver config.json is ~2 KB
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -45,16 +52,19 @@ class Source:
     repo_id: str | None = None
     revision: str | None = None
     extra: dict = field(default_factory=dict)
+    config_path: Path | None = None
 
 
 def _read_config(path: Path) -> dict:
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise TransformersSourceError(f"{path} is {size} bytes; a Perceiver config.json is a few KB "
-                                      f"(limit {MAX_CONFIG_BYTES}).")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = read_small_file(path, MAX_CONFIG_BYTES)
+    except NotASmallFile as exc:
+        raise TransformersSourceError(f"{path}: {exc}; a Perceiver config.json is a few KB.") from None
+    except OSError as exc:
+        raise TransformersSourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        value = json.loads(text.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting too deep to parse
         raise TransformersSourceError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise TransformersSourceError(f"{path} must hold a JSON object, found {type(value).__name__}.")
@@ -88,10 +98,25 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
             # callable (os.system, eval, ...) is refused before anything runs.
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError, zip errors, ...
-            raise TransformersSourceError(
-                f"{path} was refused by torch.load(weights_only=True): {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise TransformersSourceError(f"{path} was refused by torch.load(weights_only=True): "
+                                          f"{type(exc).__name__}: {_torch_reason(str(exc))}") from None
     return _to_numpy(state, path)
+
+
+# What torch wraps around the reason for a weights_only refusal: its advice (load with weights_only=False,
+# allow-list the global) is the wrong advice for a file from anywhere, and its preamble says nothing.
+_TORCH_PREAMBLE = ("Weights only load failed", "Check the documentation of torch.load")
+_TORCH_ADVICE = (" Please use `torch.serialization.add_safe_globals", " Re-running `torch.load`")
+
+
+def _torch_reason(message: str) -> str:
+    """The lines of torch's message that say what was refused (e.g. 'unsupported GLOBAL posix.system')."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reason = [line for line in lines if not line.startswith(_TORCH_PREAMBLE)] or lines[:1]
+    text = " ".join(reason)
+    for advice in _TORCH_ADVICE:
+        text = text.split(advice)[0]
+    return text[:300]
 
 
 def _local(directory: Path) -> tuple[Path, Path]:
@@ -109,8 +134,14 @@ def _local(directory: Path) -> tuple[Path, Path]:
 def _hub(repo_id: str, revision: str | None) -> tuple[Path, Path]:
     # Read at call time (huggingface_hub reads its environment once, at import), as the zoo client does.
     endpoint, cache = os.environ.get("HF_ENDPOINT") or None, cache_dir()
+    where = f"{repo_id}@{revision or 'main'}"
+    # Every Hub repo id also reads as a relative path: a mistyped local directory lands here.
+    hint = f" (and there is no local directory {repo_id})"
+    wanted = "config.json"
 
     def get(filename: str) -> Path:
+        nonlocal wanted
+        wanted = filename
         return Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint, cache_dir=str(cache)))
 
     try:
@@ -118,15 +149,21 @@ def _hub(repo_id: str, revision: str | None) -> tuple[Path, Path]:
         for name in WEIGHT_FILES:
             try:
                 return config, get(name)
+            except LocalEntryNotFoundError:
+                raise  # offline or unreachable: not a missing file (it subclasses EntryNotFoundError)
             except EntryNotFoundError:
                 continue
+    except LocalEntryNotFoundError:
+        raise TransformersSourceError(f"{where}: the Hub could not be reached (offline, HF_HUB_OFFLINE, or "
+                                      f"{endpoint or 'huggingface.co'} unreachable) and {wanted} is not in the "
+                                      f"cache {cache}{hint}") from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise TransformersSourceError(f"{repo_id}@{revision or 'main'}: {type(exc).__name__}") from None
+        raise TransformersSourceError(f"{where}: {type(exc).__name__}{hint}") from None
     except EntryNotFoundError:
-        raise TransformersSourceError(f"{repo_id}@{revision or 'main'} has no config.json") from None
+        raise TransformersSourceError(f"{where} has no config.json{hint}") from None
     except (HfHubHTTPError, OSError) as exc:
-        raise TransformersSourceError(f"could not download {repo_id}@{revision or 'main'}: {exc}") from None
-    raise TransformersSourceError(f"{repo_id}@{revision or 'main'} has none of {list(WEIGHT_FILES)}")
+        raise TransformersSourceError(f"could not download {where}: {exc}") from None
+    raise TransformersSourceError(f"{where} has none of {list(WEIGHT_FILES)}")
 
 
 def read_source(source: str | os.PathLike, revision: str | None = None) -> Source:
@@ -147,4 +184,4 @@ def read_source(source: str | os.PathLike, revision: str | None = None) -> Sourc
     config = _read_config(config_path)
     log.info("reading %s", weights_path)
     return Source(config=config, tensors=read_weights(weights_path), weights_path=weights_path,
-                  sha256=sha256_file(weights_path), repo_id=repo_id, revision=revision)
+                  sha256=sha256_file(weights_path), repo_id=repo_id, revision=revision, config_path=config_path)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..rules import Ignored, Leaf, ModuleRule, identity
+from ..rules import Ignored, Leaf, ModuleRule, identity, takes
 
 
+@takes("[O, I, A, B] (rank 4)", lambda shape: len(shape) == 4)
 def swap_kernel_axes(w: np.ndarray) -> np.ndarray:
     """Conv kernel [O, I, A, B] -> [O, I, B, A].
 
