@@ -82,14 +82,16 @@ def jax_call(task: str, config: dict, inputs: tuple, device: torch.device, tf32:
         if jax.default_backend() != "gpu":
             return None
         jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+    # Committed to the device ours runs on: a CPU benchmark on a GPU machine would otherwise time JAX on the GPU.
+    target = jax.devices("gpu" if device.type == "cuda" else "cpu")[0]
 
     family = "imagenet" if task.startswith("imagenet") else task
     upstream = _upstream_layout(task, inputs)
     params, state = api.init(family, config, upstream, seed=0, perturb=False)
-    params, state = jax.device_put(params), jax.device_put(state or {})
+    params, state = jax.device_put(params, target), jax.device_put(state or {}, target)
     forward = jax.jit(api.build(family, config).apply)
-    rng = jax.random.PRNGKey(0)
-    jax_inputs = {k: jax.numpy.asarray(v) for k, v in upstream.items()}
+    rng = jax.device_put(jax.random.PRNGKey(0), target)
+    jax_inputs = {k: jax.device_put(v, target) for k, v in upstream.items()}
     start = time.perf_counter()
     jax.block_until_ready(forward(params, state, rng, jax_inputs))
     compile_s = time.perf_counter() - start

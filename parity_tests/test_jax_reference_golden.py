@@ -234,3 +234,25 @@ def test_numpy_sampler_matches_haiku_initializer_distributions(initializer):
     assert abs(np.std(ours) - scale) < 0.02 * scale
     q = [0.01, 0.1, 0.5, 0.9, 0.99]
     np.testing.assert_allclose(np.quantile(ours, q), np.quantile(theirs, q), atol=0.05 * scale)
+
+
+def test_apply_runs_at_highest_matmul_precision_unless_the_caller_chose_one(monkeypatch):
+    # JAX's default float32 matmul on a GPU is TF32 (~1e-3 off): every reference call outside the parity
+    # harness (tests, tiny-source generation) would inherit it. Recorded from inside the compiled call.
+    from converters.jax_reference import api
+
+    seen = []
+
+    def fake(task, config, modules, kind):
+        def call(params, state, rng, inputs):
+            seen.append(jax.config.jax_default_matmul_precision)
+            return {}, state
+        return call
+
+    monkeypatch.setattr(api, "_compiled", fake)
+    config = golden_config("language")
+    api.apply("language", config, {}, {}, {})
+    with jax.default_matmul_precision("tensorfloat32"):
+        api.apply("language", config, {}, {}, {})
+    assert seen == ["highest", "tensorfloat32"]
+    assert jax.config.jax_default_matmul_precision is None  # nothing left set

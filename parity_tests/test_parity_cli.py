@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from converters.parity.cli import main
 
@@ -180,3 +181,23 @@ def test_failures_writing_the_report_exit_2_and_internal_errors_exit_3(tmp_path,
     monkeypatch.setattr(cli, "run_parity", bug)
     assert main(ARGS) == 3  # never 1, which means "Torch and JAX disagree"
     assert "internal error" in capsys.readouterr().err
+
+
+def test_an_unusable_device_exits_2_but_a_failure_while_running_exits_3(capsys, monkeypatch):
+    # CUDA out of memory and XLA runtime errors are RuntimeErrors: failures of the run (exit 3, with the
+    # traceback), not bad input (exit 2, one line) as "no GPU here" is.
+    import converters.parity.cli as cli
+    from converters.parity.harness import DeviceUnavailable
+
+    def no_gpu(*args, **kwargs):
+        raise DeviceUnavailable("device='cuda' but torch.cuda.is_available() is False.")
+    monkeypatch.setattr(cli, "run_parity", no_gpu)
+    assert main(ARGS) == 2
+    assert "is_available() is False" in capsys.readouterr().err
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(cli, "run_parity", out_of_memory)
+    assert main(ARGS) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "CUDA out of memory" in err and "the run failed (above)" in err

@@ -212,3 +212,29 @@ def test_language_colab_check_builds_the_colab_input():
     (check,) = known_checks(released, _ColabOracle([38] * 9))
     assert not check["passed"]
     assert known_checks({"kind": "test", "task": "language"}, _ColabOracle(COLAB_GREEDY_IDS)) == []
+
+
+def test_stored_output_check_runs_cuda_with_tf32_off_and_restores_it(tmp_path, monkeypatch):
+    # cuDNN's TF32 is on by default, which put float32 convolutions ~4e-4 off the stored outputs (tolerance
+    # 1e-4): the CUDA run must see it off, and the settings are restored. No GPU is needed: the call is recorded.
+    from converters.zoo import verify
+
+    np.savez(tmp_path / "io.npz", **{"input/x": np.zeros(2, np.float32), "output/y": np.ones(2, np.float32)})
+    seen = []
+
+    def run(task, model, inputs, device):
+        seen.append((device, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                     torch.get_float32_matmul_precision()))
+        return {"y": np.ones(2, np.float32)}
+
+    class Placed:
+        def to(self, device):
+            return self
+
+    monkeypatch.setattr(verify, "devices", lambda: ["cpu", "cuda"])
+    monkeypatch.setattr(verify, "run_upstream_layout", run)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default (monkeypatch restores it)
+    runs = verify.stored_io_runs("language", Placed(), tmp_path / "io.npz", "test")
+    assert [r["passed"] for r in runs] == [True, True]
+    assert seen[0][:2] == ("cpu", True) and seen[1] == ("cuda", False, False, "highest")
+    assert torch.backends.cudnn.allow_tf32 is True  # restored

@@ -6,6 +6,7 @@ for a float64 run (nothing here pins float32).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import OrderedDict
 
@@ -132,11 +133,15 @@ def apply(task: str, config: dict, params, state, inputs: dict, modules=None, ji
     """Outputs (numpy, golden names) of the task model at `params`/`state` on `inputs` (upstream layout).
 
     Compiled once per (task, config, modules, input shapes and dtypes): repeated calls are cheap.
+    float32 matmuls run at JAX's "highest" precision unless the caller chose one (`jax.default_matmul_precision`):
+    JAX's default on a GPU is TF32, which would make the reference ~1e-3 off.
     """
     _check_task(task)
     state = state or {}
     fn = _compiled(task, config, modules, "apply") if jit else build(task, config, modules).apply
-    outputs, _ = fn(params, state, jax.random.PRNGKey(_RNG_SEED), _as_jax_inputs(inputs))
+    chosen = jax.config.jax_default_matmul_precision is not None
+    with contextlib.nullcontext() if chosen else jax.default_matmul_precision("highest"):
+        outputs, _ = fn(params, state, jax.random.PRNGKey(_RNG_SEED), _as_jax_inputs(inputs))
     return {name: np.asarray(value) for name, value in outputs.items()}
 
 

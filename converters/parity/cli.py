@@ -26,7 +26,7 @@ from perceiver_torch.registry import TASKS
 from perceiver_torch.serialization import atomic_write
 
 from ..cli_support import unwritable_output
-from .harness import DEVICES, DTYPES, REFERENCES, run_parity
+from .harness import DEVICES, DTYPES, REFERENCES, DeviceUnavailable, run_parity
 from .tf32_emulation import ROUNDINGS
 
 
@@ -107,10 +107,15 @@ def main(argv: list[str] | None = None) -> int:
                             device=args.device, dtype=args.dtype, reference=args.reference,
                             upstream_path=args.upstream_path, atol=atol, rtol=rtol,
                             mode="autocast" if args.autocast else "cast", tf32_rounding=args.tf32_rounding)
-    except (ImportError, RuntimeError, ValueError, OSError) as exc:
-        # ConfigError, InputsError, ConversionError, CheckpointReadError and UnsupportedTaskError are ValueErrors.
+    except (ImportError, DeviceUnavailable, ValueError, OSError) as exc:
+        # ConfigError, InputsError, ConversionError, CheckpointReadError and UnsupportedTaskError are ValueErrors;
+        # other RuntimeErrors (CUDA out of memory, XLA runtime errors) are failures of the run: exit 3 below.
         print(f"perceiver-parity: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError:  # met while running (out of memory, XLA): not bad input, nor "Torch and JAX disagree"
+        traceback.print_exc()
+        print("perceiver-parity: the run failed (above)", file=sys.stderr)
+        return 3
     except Exception:  # a bug, not bad input: exit 1 would read as "Torch and JAX disagree"
         traceback.print_exc()
         print("perceiver-parity: internal error (above); please report it", file=sys.stderr)

@@ -30,6 +30,7 @@ from .precision import (
     PRECISIONS,
     agreement,
     check_tf32_rounding,
+    exact_torch_matmuls,
     higher_is_better,
     model_dtype,
     precision_context,
@@ -131,20 +132,9 @@ def versions() -> dict[str, str]:
     return out
 
 
-@contextlib.contextmanager
-def _exact_torch_matmuls(device: str):
-    """TF32 off for this run (it would make CUDA float32 matmuls ~1e-3 off), restored afterwards."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.get_float32_matmul_precision())
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
-        torch.set_float32_matmul_precision(saved[2])
+class DeviceUnavailable(RuntimeError):
+    """The device asked for is not usable here (no CUDA for torch, no GPU backend for JAX): a bad invocation,
+    unlike a RuntimeError met while running (CUDA out of memory, an XLA runtime error)."""
 
 
 def _jax_context(stack: contextlib.ExitStack, device: str, dtype: str):
@@ -157,7 +147,7 @@ def _jax_context(stack: contextlib.ExitStack, device: str, dtype: str):
         except RuntimeError:
             gpus = []
         if not gpus:
-            raise RuntimeError("device='cuda' but JAX has no GPU backend (install jax with CUDA support, "
+            raise DeviceUnavailable("device='cuda' but JAX has no GPU backend (install jax with CUDA support, "
                                "e.g. pip install 'jax[cuda12]').")
         stack.enter_context(jax.default_device(gpus[0]))
     else:
@@ -186,7 +176,7 @@ def _check_arguments(device, dtype, reference, upstream_path, atol, rtol, mode="
         if value is not None and not (isinstance(value, (int, float)) and value >= 0):
             raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but torch.cuda.is_available() is False.")
+        raise DeviceUnavailable("device='cuda' but torch.cuda.is_available() is False.")
 
 
 def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, device: str = "cpu",
@@ -261,7 +251,7 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
         _jax_context(stack, device, "float32" if reduced else dtype)
         jax_out = ref.apply(task, config, _cast_tree(haiku.params, np_dtype), _cast_tree(haiku.state, np_dtype),
                             run_inputs, modules=modules)
-    with _exact_torch_matmuls(device), \
+    with exact_torch_matmuls(device), \
             (precision_context(dtype, mode, device, tf32_rounding) if reduced else contextlib.nullcontext()):
         torch_out = run_upstream_layout(task, torch_model, run_inputs, device, torch_dtype)
 

@@ -57,6 +57,23 @@ def precision_context(precision: str, mode: str, device: str, tf32_rounding: str
         yield
 
 
+@contextlib.contextmanager
+def exact_torch_matmuls(device: str):
+    """TF32 off for this run (torch's cuDNN default is on: CUDA float32 convolutions ~1e-3 off, matmuls too where
+    enabled), restored afterwards. A no-op off CUDA."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
+
+
 def check_tf32_rounding(precision: str, device: str, tf32_rounding: str | None) -> None:
     """A TF32 rounding is only chosen for emulated TF32 (precision 'tf32' off CUDA)."""
     if tf32_rounding is None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..parity import compare, load_inputs, run_parity
+from ..parity.precision import exact_torch_matmuls
 from ..tasks import run_upstream_layout
 
 log = logging.getLogger(__name__)
@@ -56,18 +57,21 @@ def stored_io_runs(task: str, model: torch.nn.Module, io_path, label: str) -> li
     """The model against the outputs stored in `io_path`, on each available device (no JAX needed)."""
     inputs, expected = load_io(io_path)
     runs = []
-    for device in devices():
-        got = run_upstream_layout(task, model.to(device), inputs, device=device)
-        missing = sorted(set(expected) - set(got))
-        if missing:
-            raise ValueError(f"the {task!r} model gave no output {missing} (it gave {sorted(got)})")
-        errors = {name: compare(got[name], want, ATOL, RTOL) for name, want in expected.items()}
-        runs.append({"reference": f"stored outputs ({label})", "device": device, "dtype": "float32",
-                     "passed": all(e.within_tolerance for e in errors.values()), "atol": ATOL, "rtol": RTOL,
-                     "outputs": {name: {"max_abs": e.max_abs, "max_rel": e.max_rel,
-                                        **({"problem": e.problem} if e.problem else {})}
-                                 for name, e in errors.items()}})
-    model.to("cpu")
+    try:
+        for device in devices():
+            with exact_torch_matmuls(device):  # float32 means float32 on CUDA too (cuDNN's TF32 is on by default)
+                got = run_upstream_layout(task, model.to(device), inputs, device=device)
+            missing = sorted(set(expected) - set(got))
+            if missing:
+                raise ValueError(f"the {task!r} model gave no output {missing} (it gave {sorted(got)})")
+            errors = {name: compare(got[name], want, ATOL, RTOL) for name, want in expected.items()}
+            runs.append({"reference": f"stored outputs ({label})", "device": device, "dtype": "float32",
+                         "passed": all(e.within_tolerance for e in errors.values()), "atol": ATOL, "rtol": RTOL,
+                         "outputs": {name: {"max_abs": e.max_abs, "max_rel": e.max_rel,
+                                            **({"problem": e.problem} if e.problem else {})}
+                                     for name, e in errors.items()}})
+    finally:
+        model.to("cpu")
     return runs
 
 
