@@ -91,3 +91,13 @@ def test_corpus_matches_its_generator():
     for name, (task, text, contains) in configs.items():
         assert (HOSTILE / "configs" / f"{name}.json").read_bytes() == text.encode("utf-8", "surrogateescape"), name
         assert CONFIG_CASES[f"{name}.json"]["contains"] == contains and CONFIG_CASES[f"{name}.json"]["task"] == task
+
+
+def test_corpus_script_answers_help_without_rewriting_the_fixtures(monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("corpus", REPO / "scripts" / "make_hostile_loader_corpus.py")
+    corpus = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(corpus)
+    monkeypatch.setattr(corpus, "ROOT", Path("/nonexistent-never-written"))  # a write would fail loudly
+    with pytest.raises(SystemExit) as info:
+        corpus.main(["--help"])
+    assert info.value.code == 0 and "usage: " in capsys.readouterr().out

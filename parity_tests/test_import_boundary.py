@@ -120,3 +120,9 @@ def test_import_graph_flags_nested_and_dynamic_runtime_imports_of_the_producer(p
                    ("perceiver_torch/layers.py", 6, "jax.numpy")}
     assert import_graph.main(["--root", str(planted)]) == 1
     assert "runtime -> producer edges: 2" in capsys.readouterr().out
+
+
+def test_import_graph_refuses_a_root_without_the_runtime_package(tmp_path, capsys):
+    # A mistyped --root found no edges and passed: a boundary gate must not pass vacuously.
+    assert import_graph.main(["--root", str(tmp_path)]) == 1
+    assert f"{tmp_path} holds no perceiver_torch/ package" in capsys.readouterr().err

@@ -44,3 +44,10 @@ def test_main_job_with_the_parity_harness(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "JAX reference (ours modules), converters.parity.run_parity, cpu: logits" in done.stdout
     assert done.stdout.rstrip().endswith("[done] PASS")
+
+
+def test_an_unusable_out_directory_is_one_line_not_a_traceback(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = _run(["scripts/main_job.py", "--out", str(tmp_path / "file")], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("main_job.py: error: ") and str(tmp_path / "file") in result.stderr

@@ -150,3 +150,14 @@ def test_top_labels_names_this_models_classes_and_checks_its_arguments(golden_mo
             golden_model.top_labels(logits, k=k)
     kinetics = build_model("video_autoencoding", {**golden_config("video_autoencoding"), "num_classes": 700})
     assert kinetics.labels == kinetics700_labels() and len(kinetics.labels) == 700
+
+
+def test_unsubsampled_forward_is_not_autoencode_but_their_labels_agree(golden_model):
+    # Upstream's unsubsampled query grid is linspace(-1, 1, n), its subsampled points -1 + 2i/n (README, video
+    # section: 0.25 / 0.34 apart on this clip); the label does not depend on the output queries.
+    images, audio, _ = _public_inputs(golden_io("video_autoencoding"))
+    with torch.no_grad():
+        full, chunked = golden_model(images, audio), golden_model.autoencode(images, audio)
+    assert (full["image"] - chunked["image"]).abs().max() > 0.1
+    assert (full["audio"] - chunked["audio"]).abs().max() > 0.1
+    torch.testing.assert_close(full["label"], chunked["label"], rtol=0, atol=1e-5)

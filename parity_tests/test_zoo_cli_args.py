@@ -67,3 +67,20 @@ def test_bad_chunks_are_refused_before_the_pull(tmp_path, capsys, hub, name, chu
     out = tmp_path / "out" / "m.pt2"
     _refused(capsys, hub, tmp_path, [*MANIFEST, "export", name, "-o", str(out), "--chunks", chunks], code, message)
     assert not out.parent.exists()
+
+
+def test_admin_serve_standin_takes_the_stand_ins_options():
+    # `perceiver-zoo-admin serve-standin --root DIR` as the README gives it (the options were swallowed before).
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "converters.zoo", "serve-standin", "--root", str(TEST_HUB),
+                             "--idle-timeout", "0.5"], capture_output=True, text=True, timeout=60, cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    assert result.returncode == 0, result.stderr
+    assert f"serving {TEST_HUB.resolve()} at http://127.0.0.1:" in result.stdout and "(read-only)" in result.stdout
+    missing = subprocess.run([sys.executable, "-m", "converters.zoo", "serve-standin"], capture_output=True,
+                             text=True, timeout=60, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert missing.returncode == 2 and "the following arguments are required: --root" in missing.stderr

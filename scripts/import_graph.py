@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="import_graph", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=REPO, help="repository root (default: this checkout)")
     args = parser.parse_args(argv)
+    if not (args.root / "perceiver_torch").is_dir():  # a mistyped root would find no edges and pass
+        print(f"import_graph: error: {args.root} holds no perceiver_torch/ package", file=sys.stderr)
+        return 1
     try:
         found = edges(args.root)
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as exc:

@@ -16,12 +16,14 @@ Runs offline on a fresh machine with only `pip install -e .`.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
 import converters
 import perceiver_torch as pt
+from converters.rules import ConversionError
 from converters.zoo.manifest_edit import entry_file
 from converters.zoo.standin import serve
 from converters.zoo.verify import harness_missing, harness_runs, stored_io_runs
@@ -82,8 +84,12 @@ def main() -> int:
     args = parser.parse_args()
     out_dir = Path(args.out)
     torch.manual_seed(0)
-    ok = convert_and_verify(out_dir)
-    ok &= pull_and_run(out_dir / "hf-cache")
+    try:
+        ok = convert_and_verify(out_dir)
+        ok &= pull_and_run(out_dir / "hf-cache")
+    except (ConversionError, OSError) as exc:  # an unusable --out: one line, no traceback
+        print(f"main_job.py: error: {exc}", file=sys.stderr)
+        return 2
     print(f"[done] {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

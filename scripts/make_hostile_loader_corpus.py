@@ -16,6 +16,7 @@ process. The output is deterministic (numpy's seeded generator, sorted JSON).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import io
 import json
@@ -284,7 +285,9 @@ def config_cases() -> dict[str, tuple[str, str, list[str]]]:
     return cases
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # No options: parsing still answers --help (and refuses stray arguments) instead of rewriting the fixtures.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     st_dir, cfg_dir = ROOT / "safetensors", ROOT / "configs"
     for folder in (st_dir, cfg_dir):
         folder.mkdir(parents=True, exist_ok=True)

@@ -87,14 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--stand-in", dest="stand_in", help="publish into this stand-in tree, served on 127.0.0.1")
     pub.add_argument("--work-dir", default=str(WORK_DIR), help="where `regenerate` wrote the artifacts")
     serve = sub.add_parser("serve-standin", help="serve a repository tree as a Hub stand-in on 127.0.0.1")
-    serve.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the stand-in (--root DIR ...)")
+    standin.add_arguments(serve)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.command == "regenerate":
         return _regenerate(args)
     if args.command == "publish":
         return _publish(args)
-    return standin.main(args.rest)
+    return standin.serve_from_args(args)
 
 
 if __name__ == "__main__":

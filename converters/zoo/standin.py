@@ -395,14 +395,16 @@ def serve(root, **kwargs):
         hub.stop()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Serve a zoo repository tree as a Hub stand-in on 127.0.0.1.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The stand-in's options, on its own parser or on `perceiver-zoo-admin serve-standin`'s."""
     parser.add_argument("--root", required=True, help="the tree <repo_id>/<revision>/<file> to serve")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--idle-timeout", type=float, default=600.0)
     parser.add_argument("--writable", action="store_true",
                         help="accept uploads, with a random write token printed at start (default: read-only)")
-    args = parser.parse_args(argv)
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
     token = secrets.token_hex(16) if args.writable else None
     hub = StandInHub(args.root, port=args.port, idle_timeout=args.idle_timeout, token=token, verbose=True)
     print(f"serving {hub.root} at {hub.endpoint} (stops after {args.idle_timeout:.0f}s idle); "
@@ -412,6 +414,12 @@ def main(argv=None) -> int:
     finally:
         hub.server_close()
     return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Serve a zoo repository tree as a Hub stand-in on 127.0.0.1.")
+    add_arguments(parser)
+    return serve_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
