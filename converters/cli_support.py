@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from perceiver_torch.serialization import check_output_path
 
 
 def write_or_report(prog: str, write: Callable[[], object], errors: tuple[type[BaseException], ...]) -> int:
@@ -25,11 +26,8 @@ def write_or_report(prog: str, write: Callable[[], object], errors: tuple[type[B
 
 def unwritable_output(path: Path) -> str | None:
     """Why a report could not be written at `path` (checked before a long run), or None."""
-    if path.is_dir():
-        return f"{path} is a directory; expected a file path"
-    ancestor = next(p for p in path.absolute().parents if p.exists())  # atomic_write creates the rest
-    if not ancestor.is_dir():
-        return f"{path}: {ancestor} is not a directory"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"{path}: {ancestor} is not writable"
+    try:
+        check_output_path(path)
+    except OSError as exc:
+        return str(exc)
     return None

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .serialization import atomic_write
+from .serialization import atomic_write, check_output_path
 from .zoo.hub import create_model
 
 log = logging.getLogger(__name__)
@@ -133,24 +133,6 @@ def check_chunks(model: nn.Module, chunks: int | None) -> None:
         raise ValueError(f"chunks applies only to the video autoencoder (task video_autoencoding); this model's "
                          f"task is {getattr(model, 'task', None)!r}.")
     chunk_points(model, chunks)
-
-
-def check_output_path(path: str | os.PathLike) -> Path:
-    """`path` as a Path if a file can be written there (missing folders are created), else an OSError saying why.
-
-    Checked before a model is pulled or traced, so a bad location costs nothing.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give the output file's path.")
-    folder = path.absolute().parent
-    while not folder.exists():  # atomic_write creates the missing folders below the nearest one that exists
-        folder = folder.parent
-    if not folder.is_dir():
-        raise NotADirectoryError(f"cannot write {path}: {folder} is not a directory.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {path}: the folder {folder} is not writable.")
-    return path
 
 
 def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, batch: int = 2,

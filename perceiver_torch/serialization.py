@@ -31,6 +31,24 @@ class CheckpointConfigError(CheckpointFormatError):
         super().__init__(message)
 
 
+def check_output_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path if `atomic_write` can write a file there (it creates missing folders), else an OSError
+    saying why. For checking an output before a long run (a pull, a trace, a parity run), so a bad location
+    costs nothing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give the output file's path.")
+    folder = path.absolute().parent
+    while not folder.exists():  # atomic_write creates the missing folders below the nearest one that exists
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {folder} is not a directory.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: the folder {folder} is not writable.")
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call write(tmp_path) on a temp file beside `path`, then rename it into place.
 

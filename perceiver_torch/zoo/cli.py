@@ -11,8 +11,8 @@ import sys
 import torch
 import yaml
 
-from ..export import check_chunks, check_output_path, export_model, max_errors, onnx_runner
-from ..serialization import build_on_meta
+from ..export import check_chunks, export_model, max_errors, onnx_runner
+from ..serialization import build_on_meta, check_output_path
 from .hub import ZooError, create_model, entry_config, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
 from .schema import ManifestError
