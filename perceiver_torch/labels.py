@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 
 
@@ -12,3 +13,9 @@ def packaged_labels(filename: str, expected: int) -> tuple[str, ...]:
     if len(labels) != expected:
         raise RuntimeError(f"{filename} holds {len(labels)} names; expected {expected}.")
     return labels
+
+
+def names_or_indices(names: Callable[[], tuple[str, ...]], released: int, num_classes: int) -> tuple[str, ...]:
+    """A model's class names in logit order: the released dataset's `names()` when it has their `released`
+    count, else the class indices as strings (a model trained on other classes)."""
+    return names() if num_classes == released else tuple(str(i) for i in range(num_classes))

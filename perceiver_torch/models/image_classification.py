@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..imagenet_preprocessing import imagenet_labels, imagenet_transform
+from ..labels import names_or_indices
 from ..layers import Perceiver, PerceiverEncoder
 from ..layers.decoders import ClassificationDecoder
 from ..layers.image import ImagePreprocessor
@@ -45,7 +46,7 @@ class PerceiverForImageClassification(Perceiver):
     @property
     def labels(self) -> tuple[str, ...]:
         """Class names in logit order: the ImageNet names for 1000 classes, else the class indices."""
-        return imagenet_labels() if self.num_classes == 1000 else tuple(str(i) for i in range(self.num_classes))
+        return names_or_indices(imagenet_labels, 1000, self.num_classes)
 
     def _check(self, images: torch.Tensor) -> None:
         height, width = self.image_size

@@ -55,3 +55,12 @@ def check_float(where: str, name: str, value, expected: str) -> None:
     """Refuse a non-tensor or a tensor whose dtype is not floating point."""
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         raise TypeError(f"{where}: {name} must be {expected}; got {describe(value)}.")
+
+
+def check_binary(where: str, expected: str, mask: torch.Tensor, meaning: str) -> None:
+    """Refuse mask values other than 0 and 1 where values may be read; `meaning` says what 1 and 0 are.
+
+    Any non-zero counts as 1 downstream: a soft mask (e.g. 0.5) would be taken as fully valid.
+    """
+    if values_readable(mask) and not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"{where}: {expected}; got other values (the mask is binary: {meaning}).")

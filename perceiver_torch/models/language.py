@@ -6,7 +6,7 @@ import torch
 
 from ..layers import BasicDecoder, EmbeddingDecoder, Perceiver, PerceiverEncoder, TextPreprocessor
 from ..tokenizer import BytesTokenizer
-from .input_checks import INDEX_DTYPES, check_range, describe, values_readable
+from .input_checks import INDEX_DTYPES, check_binary, check_range, describe
 
 
 class PerceiverForMaskedLM(Perceiver):
@@ -70,10 +70,7 @@ class PerceiverForMaskedLM(Perceiver):
             raise TypeError(f"{where}: {expected}; got {describe(attention_mask)}.")
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"{where}: {expected}; got {describe(attention_mask)}.")
-        # Any non-zero counts as 1 downstream: a soft mask (e.g. 0.5) would be taken as fully valid.
-        if values_readable(attention_mask) and not ((attention_mask == 0) | (attention_mask == 1)).all():
-            raise ValueError(f"{where}: {expected}; got other values (the mask is binary: 1 = real token, "
-                             "0 = padding).")
+        check_binary(where, expected, attention_mask, "1 = real token, 0 = padding")
 
     @torch.no_grad()
     def fill_masked(self, text: str, mask: str = "[MASK]") -> str:

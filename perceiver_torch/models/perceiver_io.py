@@ -18,7 +18,7 @@ from ..layers.encoder import PerceiverEncoder
 from ..layers.multimodal import IdentityPreprocessor, MultimodalDecoder, MultimodalPreprocessor
 from ..layers.perceiver import Perceiver
 from ..layers.postprocessors import IdentityPostprocessor, MultimodalPostprocessor
-from .input_checks import describe, values_readable
+from .input_checks import check_binary, describe
 
 DEFAULT = "default"  # the modality name used when a single module/tensor is given
 
@@ -30,9 +30,7 @@ def _check_mask(where: str, name: str, mask, batch: int) -> None:
         raise TypeError(f"{where}: {expected}; got {describe(mask)}.")
     if mask.ndim != 2 or mask.shape[0] != batch:
         raise ValueError(f"{where}: {expected}; got {describe(mask)}.")
-    # Any non-zero counts as 1 downstream: a soft mask (e.g. 0.5) would be taken as fully valid.
-    if values_readable(mask) and not ((mask == 0) | (mask == 1)).all():
-        raise ValueError(f"{where}: {expected}; got other values (the mask is binary, not a weighting).")
+    check_binary(where, expected, mask, "1 = valid, 0 = masked, not a weighting")
 
 
 def _as_dict(value, what: str) -> tuple[dict, bool]:

@@ -8,7 +8,7 @@ from functools import cache
 
 import torch
 
-from ..labels import packaged_labels
+from ..labels import names_or_indices, packaged_labels
 from ..layers.audio import AudioPreprocessor
 from ..layers.image import ImagePreprocessor
 from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocessor, QueryGenerator
@@ -245,7 +245,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
     @property
     def labels(self) -> tuple[str, ...]:
         """Class names in logit order: the Kinetics-700 names for 700 classes, else the class indices."""
-        return kinetics700_labels() if self.num_classes == 700 else tuple(str(i) for i in range(self.num_classes))
+        return names_or_indices(kinetics700_labels, 700, self.num_classes)
 
     def top_labels(self, logits: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """Per example of the label logits [B, num_classes], the k most probable classes with their probabilities."""
