@@ -64,7 +64,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         # threads may be creating files meanwhile).
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except BaseException:
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise
     mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
@@ -74,18 +74,31 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise
     return path
 
 
-def _remove_empty(directories: list[Path]) -> None:
-    """Remove `directories` (deepest first) where still empty: another writer may have used one meanwhile."""
-    for directory in directories:
+def make_folders(folder: Path) -> list[Path]:
+    """mkdir -p `folder`: the folders it created, deepest first, for `remove_empty_folders` after a failure
+    (one that fails partway takes back what it made)."""
+    folder = Path(folder).absolute()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+    return created
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) where still empty: another writer may have used one meanwhile."""
+    for folder in folders:
         try:
-            directory.rmdir()
-        except OSError:
-            return
+            folder.rmdir()
+        except OSError:  # not empty: kept (and so are the folders holding it)
+            continue
 
 
 def save_checkpoint(state_dict: Mapping, path, task: str, config: dict,

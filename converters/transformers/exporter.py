@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from perceiver_torch.serialization import load_model, read_metadata
+from perceiver_torch.serialization import load_model, read_metadata, remove_empty_folders
 
 from ..rules import strict_merge
 from .card import model_card
@@ -69,17 +69,9 @@ def _prepare_dir(out_dir: Path) -> tuple[Path, list[Path]]:
         tmp = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(8)}.tmp"
         tmp.mkdir()
     except OSError as exc:  # no permission, ...
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise ExportError(f"cannot create {out_dir}: {exc.strerror or exc} ({exc.filename or out_dir}).") from None
     return tmp, created
-
-
-def _remove_empty(directories: list[Path]) -> None:
-    for directory in directories:  # deepest first; one another writer has used meanwhile stays
-        try:
-            directory.rmdir()
-        except OSError:
-            return
 
 
 def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -105,10 +97,10 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
         os.replace(tmp, out_dir)
     except OSError as exc:  # a full disk, a directory that appeared meanwhile, ...
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise ExportError(f"cannot write {out_dir}: {exc.strerror or exc}.") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise
     return out_dir

@@ -23,6 +23,8 @@ from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
+from ..serialization import make_folders, remove_empty_folders
+
 log = logging.getLogger(__name__)
 _SHOWN = reprlib.Repr()
 _SHOWN.maxstring = 80  # a header value from the server is shown cut short
@@ -76,25 +78,6 @@ def _download_url(url: str, meta, headers: dict) -> str:
     return location
 
 
-def _mkdirs(path: Path) -> list[Path]:
-    """mkdir -p, returning the folders it created (innermost last), so that a failure can take them back."""
-    missing = []
-    while not path.is_dir():
-        missing.append(path)
-        path = path.parent
-    for p in reversed(missing):
-        p.mkdir(exist_ok=True)
-    return missing[::-1]
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for p in reversed(folders):
-        try:
-            p.rmdir()
-        except OSError:  # not empty (a lock file, another download's files): kept
-            continue
-
-
 def _stream_blob(url: str, headers: dict, blob: Path, artifact: dict, verify) -> os.stat_result:
     """GET into a temp file of ours beside `blob`; `verify(open_file)` decides before it is renamed."""
     tmp = blob.with_name(f"{blob.name}.{secrets.token_hex(8)}.incomplete")
@@ -137,19 +120,19 @@ def download(artifact: dict, endpoint: str, cache: Path, verify) -> tuple[Path, 
     repo_dir = repo_cache_dir(cache, artifact["repo_id"])
     blob = repo_dir / "blobs" / artifact["sha256"]
     pointer = snapshot_path(cache, artifact)
-    made = _mkdirs(blob.parent)
+    made = [make_folders(blob.parent)]  # one list per branch of the tree, each deepest first
     stat = None
     try:
         # The lock huggingface_hub takes for this blob (its ETag is the sha256), so the two never race.
         lock = cache / ".locks" / repo_dir.name / f"{artifact['sha256']}.lock"
-        made += _mkdirs(lock.parent)
+        made.append(make_folders(lock.parent))
         with WeakFileLock(lock):
             if not blob.is_file():
                 log.info("downloading %s to %s", url, blob)
                 stat = _stream_blob(_download_url(url, meta, headers), headers, blob, artifact, verify)
-        made += _mkdirs(pointer.parent)
+        made.append(make_folders(pointer.parent))
         _link(pointer, blob)
     except BaseException:
-        _remove_empty(made)
+        remove_empty_folders([folder for branch in reversed(made) for folder in branch])  # last made, first gone
         raise
     return pointer, stat
