@@ -143,7 +143,7 @@ def test_cli_exports_a_zoo_model_by_name_and_verifies_it(tmp_path, monkeypatch, 
     with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
         assert zoo_cli(["--manifest", str(TEST_MANIFEST), "export", "tiny-language-perceiver", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert f"tiny-language-perceiver: exported (pt2, dynamic batch) to {out}" in printed
+    assert f"tiny-language-perceiver: exported (pt2, float32, dynamic batch) to {out}" in printed
     assert "max |exported - eager|: 0.00e+00 at batch 1, 0.00e+00 at batch 3" in printed
     ids = torch.randint(0, 262, (4, 9))
     assert torch.export.load(out).module()(ids, torch.ones_like(ids)).shape == (4, 9, 262)

@@ -1,6 +1,7 @@
 """Export a task model as a `torch.export` program (.pt2) or an ONNX graph, with a dynamic batch dimension.
 
-What is exported is each model's `forward` in float32, eval mode:
+What is exported is each model's `forward` in the model's dtype (float32 unless it was cast; a zoo model
+by name takes `dtype=`), eval mode:
 
 - language: `(input_ids [B, T], attention_mask [B, T]) -> logits [B, T, vocab]`, B and T dynamic
   (1 <= T <= max_seq_len);
@@ -185,8 +186,14 @@ def onnx_runner(path: str | os.PathLike):
 
 
 @torch.no_grad()
-def max_errors(model: nn.Module, run, batches=(1, 3), *, chunks: int | None = None) -> dict[int, float]:
-    """{batch: max |run - eager|} over every output, on fresh example inputs of each batch size (CPU)."""
+def max_errors(model: nn.Module, run, batches=(1, 3), *, chunks: int | None = None,
+               relative: bool = False) -> dict[int, float]:
+    """{batch: max |run - eager|} over every output, on fresh example inputs of each batch size (CPU).
+
+    `relative` divides each output's error by its max |eager|: the measure of a reduced-precision export,
+    whose program may take other kernels than eager (the bf16 language model's attention: sizes known only at
+    run time keep SDPA's flash kernel, where eager takes the narrow-key path for short sequences).
+    """
     errors = {}
     with _eval(model):
         reference_model = _exportable(model)
@@ -194,8 +201,14 @@ def max_errors(model: nn.Module, run, batches=(1, 3), *, chunks: int | None = No
             inputs = example_inputs(model, batch, chunks=chunks, seed=batch)
             expected, actual = reference_model(*inputs), run(*inputs)
             pairs = zip(_as_tuple(expected), _as_tuple(actual), strict=True)
-            errors[batch] = max(float((a.to(e.dtype) - e).abs().max()) for e, a in pairs)
+            errors[batch] = max(float((a.to(e.dtype) - e).abs().max() / (_scale(e) if relative else 1))
+                                for e, a in pairs)
     return errors
+
+
+def _scale(output: torch.Tensor) -> float:
+    largest = float(output.abs().max()) if output.numel() else 0.0
+    return largest if largest > 0 else 1.0  # an all-zero output: its error is absolute
 
 
 def _as_tuple(value) -> tuple:

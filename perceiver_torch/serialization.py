@@ -19,8 +19,8 @@ from .safetensors_io import CODES, CheckpointFormatError, Header, read_header, w
 
 FORMAT = "perceiver-torch"
 
-__all__ = ["FORMAT", "CheckpointConfigError", "CheckpointFormatError", "atomic_write", "load_model",
-           "read_metadata", "save_checkpoint"]
+__all__ = ["FORMAT", "MODEL_DTYPES", "CheckpointConfigError", "CheckpointFormatError", "atomic_write",
+           "load_model", "model_dtype", "read_metadata", "save_checkpoint"]
 
 
 class CheckpointConfigError(CheckpointFormatError):
@@ -224,7 +224,23 @@ def usable_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def load_model(path, device: str | torch.device = "cpu", *,
+# The floating dtypes a model runs in (README, "Precision"), by the names perceiver-parity --dtype uses.
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64}
+
+
+def model_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """`dtype` (a torch dtype or its name, e.g. 'bfloat16') as one of MODEL_DTYPES, else a ValueError naming it."""
+    if dtype is None:
+        return None
+    found = MODEL_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if found not in MODEL_DTYPES.values():
+        raise ValueError(f"dtype must be one of {', '.join(MODEL_DTYPES)} (a name or the torch dtype); "
+                         f"got {dtype!r}.")
+    return found
+
+
+def load_model(path, device: str | torch.device = "cpu", *, dtype: str | torch.dtype | None = None,
                check_metadata: Callable[[dict[str, str]], None] | None = None) -> torch.nn.Module:
     """Rebuild the model from a converted file's metadata and take its weights from the file, in eval mode.
 
@@ -236,6 +252,9 @@ def load_model(path, device: str | torch.device = "cpu", *,
     refusal is a `CheckpointFormatError` naming the file; a missing file is `FileNotFoundError`; a
     device that cannot be used here (no CUDA) is a `ValueError` naming the device, before the file is read.
 
+    `dtype` (e.g. `torch.bfloat16` or 'bfloat16') gives the model `model.to(dtype)` would, each
+    floating tensor cast as it is read: the float32 weights are never all held at once.
+
     On the CPU the weights stay mapped copy-on-write: training the model never writes to the
     file, but a file rewritten in place (rather than replaced, as `atomic_write` does) while the
     model lives would show through in pages the model has not written.
@@ -246,7 +265,7 @@ def load_model(path, device: str | torch.device = "cpu", *,
     zoo: one converted for another entry) checks the header this call reads instead of
     reading it a second time.
     """
-    device = usable_device(device)
+    device, dtype = usable_device(device), model_dtype(dtype)
     path = Path(path)
     header = read_header(path)
     meta = _metadata(path, header)
@@ -271,7 +290,7 @@ def load_model(path, device: str | torch.device = "cpu", *,
                     raise CheckpointFormatError(f"{path} changed while it was being read (tensor {name}).")
                 if tensor.is_floating_point() and not _all_finite(tensor):
                     bad.append(name)
-                state[name] = tensor
+                state[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
     except CheckpointFormatError:
         raise
     except Exception as exc:  # safetensors' own error types

@@ -29,7 +29,7 @@ from huggingface_hub import constants
 from ..config_schema import ConfigError, parse_config_json
 from ..hashing import sha256_stream
 from ..registry import build_model, preset
-from ..serialization import build_on_meta, load_model, usable_device
+from ..serialization import build_on_meta, load_model, model_dtype, usable_device
 from .download import RefusedAnswer, download, repo_cache_dir, snapshot_path
 from .manifest import get_entry, manifest_path
 from .schema import ManifestError
@@ -231,18 +231,20 @@ def _untrained(name: str, task: str, config: dict, manifest) -> torch.nn.Module:
 
 
 def create_model(name: str, pretrained: bool = True, *, device: str | torch.device = "cpu",
-                 endpoint: str | None = None, mirror=None, cache_dir=None, manifest=None) -> torch.nn.Module:
+                 dtype: str | torch.dtype | None = None, endpoint: str | None = None, mirror=None, cache_dir=None,
+                 manifest=None) -> torch.nn.Module:
     """A zoo model by name, in eval mode.
 
     ``pretrained=True`` downloads the manifest-pinned artifact, verifies its sha256
     before loading, and loads it strictly; ``pretrained=False`` builds the untrained
-    architecture (its configuration from the manifest entry).
+    architecture (its configuration from the manifest entry). ``dtype`` ('bfloat16',
+    ``torch.float16``, ...) gives the model ``.to(dtype)`` would, cast as the weights are read.
     """
-    device = usable_device(device)  # before anything is downloaded or built
+    device, dtype = usable_device(device), model_dtype(dtype)  # before anything is downloaded or built
     entry = get_entry(name, manifest)
     config = entry_config(entry)
     if not pretrained:
-        return _untrained(name, entry["task"], config, manifest).to(device).eval()
+        return _untrained(name, entry["task"], config, manifest).to(device=device, dtype=dtype).eval()
     artifact = _published(name, entry)
     path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir)
 
@@ -252,7 +254,7 @@ def create_model(name: str, pretrained: bool = True, *, device: str | torch.devi
             raise ZooError(f"zoo model {name!r}: {path} was converted for task {meta['task']!r} with a different "
                            "config than the manifest entry")
 
-    model = load_model(path, device=device, check_metadata=converted_for_this_entry)
+    model = load_model(path, device=device, dtype=dtype, check_metadata=converted_for_this_entry)
     # What was loaded must be the very bytes that were hashed: same inode, size and mtime after the load.
     try:
         unchanged = _same_file(hashed, os.stat(path))
