@@ -253,7 +253,8 @@ def load_model(path, device: str | torch.device = "cpu", *, dtype: str | torch.d
     device that cannot be used here (no CUDA) is a `ValueError` naming the device, before the file is read.
 
     `dtype` (e.g. `torch.bfloat16` or 'bfloat16') gives the model `model.to(dtype)` would, each
-    floating tensor cast as it is read: the float32 weights are never all held at once.
+    floating tensor cast as it is read: on a GPU the file's float32 tensors are never all there at once
+    (on the CPU they are pages of the file's memory map either way).
 
     On the CPU the weights stay mapped copy-on-write: training the model never writes to the
     file, but a file rewritten in place (rather than replaced, as `atomic_write` does) while the
