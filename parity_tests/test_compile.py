@@ -98,6 +98,21 @@ def test_bfloat16_language_traces_without_graph_breaks(mode, monkeypatch):
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
 
 
+def test_autocast_availability_is_a_constant_to_dynamo(monkeypatch):
+    # Before torch 2.12 Dynamo cannot trace torch.amp.is_autocast_available (a graph break at every attention
+    # layer, which also left torch 2.11's plain compile reading compile_frozen's folded weights). The layers ask
+    # precision.autocast_available, a constant to Dynamo. Emulated on the tested torch: the function made opaque
+    # to Dynamo breaks the graph wherever a layer calls it directly.
+    monkeypatch.setattr(torch.amp, "is_autocast_available", torch._dynamo.disable(torch.amp.is_autocast_available))
+    torch.manual_seed(0)
+    model = build_model(FAMILIES["language"], golden_config("language")).eval()
+    inputs = example_inputs(model, batch=2)
+    torch._dynamo.reset()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # every check's autocast branch taken
+        explanation = torch._dynamo.explain(model)(*inputs)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+
+
 @pytest.mark.slow
 def test_bfloat16_language_compiled_frozen_matches_eager():
     # The bf16 inference setting of the README (bf16 weights, compile_frozen), through the narrow-key attention.

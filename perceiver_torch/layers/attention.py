@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import ISLANDS, REDUCED, autocast_off
+from .precision import ISLANDS, REDUCED, autocast_available, autocast_off
 
 
 def make_cross_attention_mask(query_mask: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
@@ -122,7 +122,7 @@ def _autocast_once(inputs_q: torch.Tensor, inputs_kv: torch.Tensor) -> tuple[tor
     makes (float32 only, to its dtype), done once: the same values, one or two fewer passes.
     """
     device = inputs_kv.device.type
-    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+    if not (autocast_available(device) and torch.is_autocast_enabled(device)):
         return inputs_q, inputs_kv
     dtype = torch.get_autocast_dtype(device)
 

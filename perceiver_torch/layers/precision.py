@@ -101,6 +101,16 @@ class LayerNorm(nn.LayerNorm):
         return out.to(out_dtype)
 
 
+@torch.compiler.assume_constant_result
+def autocast_available(device_type: str) -> bool:
+    """`torch.amp.is_autocast_available`, taken by Dynamo as a constant of the graph.
+
+    Dynamo folds the torch function itself only from torch 2.12 on; before, it is a graph break at every call.
+    The answer depends on the device type alone, which the graph's tensor guards already fix.
+    """
+    return torch.amp.is_autocast_available(device_type)
+
+
 def autocast_weights(module: nn.Module) -> dict[str, torch.Tensor] | None:
     """Under autocast: the float32 weights and biases of `module`'s linear layers, cast to autocast's dtype.
 
@@ -110,7 +120,7 @@ def autocast_weights(module: nn.Module) -> dict[str, torch.Tensor] | None:
     `requires_grad_(False)` it casts them again at every use. None outside autocast.
     """
     device = next(module.parameters()).device.type
-    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+    if not (autocast_available(device) and torch.is_autocast_enabled(device)):
         return None
     dtype = torch.get_autocast_dtype(device)
     return {f"{prefix}.{name}" if prefix else name: p.to(dtype)
@@ -120,7 +130,7 @@ def autocast_weights(module: nn.Module) -> dict[str, torch.Tensor] | None:
 
 def autocast_off(device_type: str):
     """Autocast disabled on `device_type`; nothing to disable where autocast does not exist (e.g. meta)."""
-    if torch.amp.is_autocast_available(device_type):
+    if autocast_available(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
