@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list the zoo's models")
     info = sub.add_parser("info", help="show one entry of the manifest")
     info.add_argument("name")
-    pull = sub.add_parser("pull", help="download and verify a model into the Hub cache")
+    pull = sub.add_parser("pull", help="download and verify a model into the Hub cache "
+                          "(from a mirror: verify it in place)")
     pull.add_argument("name")
     exp = sub.add_parser("export", help="export a model (torch.export .pt2 or ONNX) with a dynamic batch dimension")
     exp.add_argument("name")
