@@ -62,6 +62,14 @@ MASKED_LOGIT = -1e30  # upstream's fill for masked logits in float32 and wider
 # with the limit would make export guard on them and refuse the dynamic range.
 NARROW_KEY_LOGITS_MAX = 1 << 20
 
+# The two paths above materialise the [B, H, Tq, Tkv] logits. At large batches these leave the cache and the
+# scale, mask and softmax passes over them run at memory speed, so eager calls take a few sequences at a time,
+# keeping each group's logits within this many bytes: the same values (every sequence's matmuls and softmax are
+# computed independently either way). Released language model, float32, batch 32: 0.89x the forward's time,
+# batch 8 unchanged (AMD EPYC, 2 cores; benchmarks/README.md, "Attention speed"). Traced calls (compile,
+# export, whose batch may be dynamic) keep the single batched call.
+LOGITS_GROUP_BYTES = 8 << 20
+
 
 def _probabilities(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     logits = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
@@ -70,18 +78,52 @@ def _probabilities(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, 
     return torch.softmax(logits, dim=-1)
 
 
+def _sequence_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     logit_bytes: int) -> int:
+    """How many sequences one group takes so that its logits fit LOGITS_GROUP_BYTES; 0: all in one call."""
+    batch = q.shape[0]
+    if (q.dim() != 4 or not isinstance(batch, int) or batch < 2 or k.shape[0] != batch or v.shape[0] != batch
+            or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        return 0
+    if mask is not None and (mask.dim() != 4 or mask.shape[0] not in (1, batch)):
+        return 0
+    per_sequence = q.shape[1] * q.shape[2] * k.shape[2] * logit_bytes
+    group = max(1, LOGITS_GROUP_BYTES // per_sequence)
+    return group if group < batch else 0
+
+
+def _in_groups(attention_fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               scale: float, group: int) -> torch.Tensor:
+    """`attention_fn` on `group` sequences at a time, written into one output (no concatenation copy)."""
+    out = v.new_empty(q.shape[:-1] + v.shape[-1:])
+    for start in range(0, q.shape[0], group):
+        rows = slice(start, start + group)
+        part_mask = mask if mask is None or mask.shape[0] == 1 else mask[rows]
+        attention_fn(q[rows], k[rows], v[rows], part_mask, scale, out=out[rows])
+    return out
+
+
 def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                        scale: float) -> torch.Tensor:
-    return torch.matmul(_probabilities(q, k, mask, scale), v)
+                        scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    # Not under autocast: given out=, matmul skips autocast's cast, which would change the values.
+    device = q.device.type
+    autocast_on = autocast_available(device) and torch.is_autocast_enabled(device)
+    group = 0 if out is not None or autocast_on else _sequence_groups(q, k, v, mask, q.element_size())
+    if group:
+        return _in_groups(_explicit_attention, q, k, v, mask, scale, group)
+    return torch.matmul(_probabilities(q, k, mask, scale), v, out=out)
 
 
 def _narrow_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                          scale: float) -> torch.Tensor:
+                          scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """Reduced-precision heads: float32 logits and softmax (autocast off: it would cast them back down), then
     the probabilities in v's dtype times v, as the fused kernels do."""
+    group = 0 if out is not None else _sequence_groups(q, k, v, mask, 4)
+    if group:
+        return _in_groups(_narrow_key_attention, q, k, v, mask, scale, group)
     with autocast_off(q.device.type):
         probs = _probabilities(q.float(), k.float(), mask, scale)
-        return torch.matmul(probs.to(v.dtype), v)
+        return torch.matmul(probs.to(v.dtype), v, out=out)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
