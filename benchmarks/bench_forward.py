@@ -2,7 +2,9 @@
 
 Compiled variants: `ours compiled` (torch.compile, fp32) and, with Inductor's weight freezing (the CPU
 inference setting: weights become constants, prepacked for oneDNN), `ours compiled frozen` (fp32) and
-`ours bf16 compiled frozen` (the model in bfloat16).
+`ours bf16 compiled frozen` (the model in bfloat16). Opt-in (`--variants`, not run by default: they compile
+for minutes): `ours compiled autotuned` and `ours bf16 compiled autotuned`, frozen and with Inductor's
+`max_autotune` choosing per matmul between its own C++ GEMM templates and the library kernels.
 
     PYTHONPATH=$PWD python benchmarks/bench_forward.py [--tasks language optical_flow ...] [--batch-sizes 1 8 32]
         [--rounds 3] [--variants ...] [--device cuda] [--tf32 off|on] [--threads N]
@@ -63,6 +65,9 @@ PRESETS = {
 VARIANTS = ("ours fp32", "ours bf16 autocast", "ours bf16 weights", "ours fp16 autocast", "ours compiled",
             "ours compiled frozen", "ours bf16 compiled frozen", "transformers fp32", "transformers bf16 autocast",
             "jax jit fp32")  # fp16: CUDA only
+OPT_IN = ("ours compiled autotuned", "ours bf16 compiled autotuned")
+# Inductor's C++ GEMM templates, which autotuning times against the library's (ATen: MKL, oneDNN) kernels.
+AUTOTUNE = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 SINTEL = (436, 1024)
 GEMM = (2048, 1280, 1280)  # M, K, N: the language model's input projections (2048 bytes, 1280 channels)
 GEMM_REPEATS = 8
@@ -132,13 +137,15 @@ def build_variants(task: str, batch: int, wanted: list[str], device: torch.devic
         calls["ours bf16 autocast"] = _under(autocast, ours)
     if "ours fp16 autocast" in wanted and device.type == "cuda":
         calls["ours fp16 autocast"] = _under(torch.autocast("cuda", dtype=torch.float16), ours)
-    model_bf16 = copy.deepcopy(model).to(torch.bfloat16) if {"ours bf16 weights", "ours bf16 compiled frozen"} \
-        & set(wanted) else None
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16) if {"ours bf16 weights", "ours bf16 compiled frozen",
+                                                             "ours bf16 compiled autotuned"} & set(wanted) else None
     if "ours bf16 weights" in wanted:
         calls["ours bf16 weights"] = our_call(task, model_bf16, _bf16(inputs), args.tile_batch_size)
     for name, variant_model, variant_inputs, frozen in (
             ("ours compiled", model, inputs, False), ("ours compiled frozen", model, inputs, True),
-            ("ours bf16 compiled frozen", model_bf16, _bf16(inputs), True)):
+            ("ours bf16 compiled frozen", model_bf16, _bf16(inputs), True),
+            ("ours compiled autotuned", model, inputs, AUTOTUNE),
+            ("ours bf16 compiled autotuned", model_bf16, _bf16(inputs), AUTOTUNE)):
         if name in wanted:
             _compile(name, task, variant_model, variant_inputs, frozen, device, args, calls, notes)
     hf_task = "optical_flow" if task == "flow_sintel" else task
@@ -170,12 +177,13 @@ def build_variants(task: str, batch: int, wanted: list[str], device: torch.devic
         else:
             calls["jax jit fp32"], compile_s = peer
             notes["jax jit fp32"] = f"jit compile + first call {compile_s:.1f} s"
-    return {k: calls[k] for k in VARIANTS if k in calls}, notes, counter.get_total_flops()
+    return {k: calls[k] for k in VARIANTS + OPT_IN if k in calls}, notes, counter.get_total_flops()
 
 
-def _compile(name: str, task: str, model, inputs: tuple, frozen: bool, device: torch.device, args, calls: dict,
-             notes: dict) -> None:
-    """Add `name`: `model` under torch.compile, compiled by its first call (timed); `frozen`: Inductor's freezing.
+def _compile(name: str, task: str, model, inputs: tuple, frozen: bool | dict, device: torch.device, args,
+             calls: dict, notes: dict) -> None:
+    """Add `name`: `model` under torch.compile, compiled by its first call (timed); `frozen`: Inductor's freezing,
+    a dict: freezing and these Inductor options too.
 
     Freezing folds the weights into the compiled graph as constants (they must not change afterwards),
     which lets Inductor's CPU backend prepack them for oneDNN and fuse bias and pointwise
@@ -183,7 +191,10 @@ def _compile(name: str, task: str, model, inputs: tuple, frozen: bool, device: t
     """
     # compile_frozen keeps freezing in force for every call and distinct from the plain compile of the same model
     # (README, "torch.compile and export").
-    compiled = compile_frozen(model) if frozen else torch.compile(model, dynamic=False)
+    if isinstance(frozen, dict):
+        compiled = compile_frozen(model, options=frozen)
+    else:
+        compiled = compile_frozen(model) if frozen else torch.compile(model, dynamic=False)
     call = our_call(task, compiled, inputs, args.tile_batch_size, model)
     start = time.perf_counter()
     try:
@@ -313,7 +324,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", choices=list(PRESETS), default=list(PRESETS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS + OPT_IN, default=list(VARIANTS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tf32", choices=("off", "on"), default="off", help="CUDA: TF32 matmuls and convolutions")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads on CPU")

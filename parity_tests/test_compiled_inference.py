@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import perceiver_torch as pt
@@ -50,3 +51,24 @@ def test_calls_need_no_grad_context_and_return_no_graph():
     torch._dynamo.reset()
     out = pt.compile_frozen(model)(*example_inputs(model, batch=2))
     assert not out.requires_grad and out.grad_fn is None
+
+
+def test_further_inductor_options_are_passed_with_freezing(monkeypatch):
+    seen = {}
+
+    def fake_compile(model, **kwargs):
+        seen.update(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = _model("imagenet_learned")
+    pt.compile_frozen(model, options={"max_autotune": True})
+    assert seen["options"] == {"max_autotune": True, "freezing": True}
+    pt.compile_frozen(model)
+    assert seen["options"] == {"freezing": True}
+
+
+def test_options_cannot_turn_freezing_off():
+    model = _model("imagenet_learned")
+    with pytest.raises(ValueError, match="must not set 'freezing'"):
+        pt.compile_frozen(model, options={"freezing": False})

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
 
-def compile_frozen(model: nn.Module, *, dynamic: bool | None = False, fullgraph: bool = False) -> Callable:
+def compile_frozen(model: nn.Module, *, dynamic: bool | None = False, fullgraph: bool = False,
+                   options: Mapping[str, object] | None = None) -> Callable:
     """`model` (put in eval mode) compiled for inference with weight freezing: call it as the model.
 
     The weights are folded into the compiled graph as constants, prepacked for oneDNN's matmuls with biases
@@ -21,13 +22,18 @@ def compile_frozen(model: nn.Module, *, dynamic: bool | None = False, fullgraph:
     Both were needed (measured, torch 2.13; README, "torch.compile and export"). The first call compiles
     (20-45 s at released size on 2 CPU cores). `dynamic` and `fullgraph` are torch.compile's. Freezing pays in
     bf16 everywhere measured, and in fp32 on CPUs with AMX; on an AMD EPYC without it plain `torch.compile` was
-    the faster fp32 path (README, "Speed").
+    the faster fp32 path (README, "Speed"). `options`: further Inductor options (torch.compile's), e.g.
+    `{"max_autotune": True}`; `freezing` is this function's own and cannot be among them.
     """
+    options = dict(options or {})
+    if "freezing" in options:
+        raise ValueError("compile_frozen: options must not set 'freezing' (compile_frozen always freezes; use "
+                         "torch.compile for an unfrozen model).")
     # Imported here, not at the top: Inductor takes ~1.2 s to import, which `import perceiver_torch` need not pay
     # (torch.compile imports it anyway once called).
     import torch._inductor.config as inductor_config
 
-    compiled = torch.compile(model.eval(), dynamic=dynamic, fullgraph=fullgraph, options={"freezing": True})
+    compiled = torch.compile(model.eval(), dynamic=dynamic, fullgraph=fullgraph, options={**options, "freezing": True})
 
     @functools.wraps(model.forward)
     def frozen(*args, **kwargs):
