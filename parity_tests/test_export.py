@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceiver_torch import build_model, export_model
+from perceiver_torch import build_model, create_model, export_model
 from perceiver_torch.export import chunk_points, export_program, max_errors, onnx_runner
 from perceiver_torch.flow_tiling import stitch_tiles
 from perceiver_torch.layers import attention
@@ -124,8 +124,9 @@ def test_exported_video_chunks_rebuild_autoencode(exported):
 
 def test_export_refuses_bad_arguments(tmp_path):
     model = _model("optical_flow")
-    with pytest.raises(ValueError, match="batch must be >= 2 for tracing"):
-        export_model(model, tmp_path / "m.pt2", batch=1)
+    for batch in (1, 65, 2.5, "3", None, True):  # the tracing batch: an integer from 2 to MAX_TRACE_BATCH
+        with pytest.raises(ValueError, match=r"batch \(the tracing batch size\) must be an integer from 2 to 64"):
+            export_model(model, tmp_path / "m.pt2", batch=batch)
     with pytest.raises(ValueError, match=r"format must be one of \('pt2', 'onnx'\)"):
         export_model(model, tmp_path / "m.pt2", format="tflite")
     with pytest.raises(IsADirectoryError, match="is a directory"):
@@ -161,7 +162,13 @@ def test_cli_export_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.startswith("perceiver-zoo: error: no model 'no-such-model' in the zoo")
     with pytest.raises(SystemExit) as exit_info:
         zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", str(out_dir / "x.pt2"), "--batch", "1"])
-    assert exit_info.value.code == 2 and "--batch must be >= 2" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--batch must be from 2 to 64" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # would have allocated example inputs of that batch
+        zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", str(out_dir / "x.pt2"), "--batch", "5000"])
+    assert exit_info.value.code == 2 and "--batch must be from 2 to 64" in capsys.readouterr().err
+    assert zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", f"{out_dir}/new/"]) == 1
+    assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {out_dir}/new/ ends in a path separator, " \
+                                              "naming a directory; give the output file's path."
     assert list(out_dir.iterdir()) == []
 
 
@@ -196,3 +203,67 @@ def test_export_model_refuses_an_output_below_a_file_before_tracing(tmp_path, mo
     monkeypatch.setattr("perceiver_torch.export.export_program", lambda *a, **k: pytest.fail("traced"))
     with pytest.raises(NotADirectoryError, match=f"cannot write {tmp_path}/f/m.pt2: {tmp_path}/f is not a dir"):
         export_model(_model("language"), tmp_path / "f" / "m.pt2")
+
+
+def test_exported_program_takes_batches_beyond_any_cap(exported):
+    # stitch_tiles passes tile_batch_size x B tiles in one call: the program's batch has no upper bound.
+    model, program = exported("language")
+    ids = torch.randint(0, 262, (5000, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(program(ids, torch.ones_like(ids)), model(ids, torch.ones_like(ids)), rtol=0,
+                                   atol=TOLERANCE)
+
+
+def test_export_model_refuses_arguments_it_would_ignore_or_could_not_honour(tmp_path):
+    model = _model("imagenet_conv")
+    with pytest.raises(TypeError, match="dtype apply only to a zoo model given by name"):
+        export_model(model, tmp_path / "m.pt2", dtype="bfloat16")
+    with pytest.raises(ValueError, match="ONNX export takes a float32 model; this one is bfloat16"):
+        export_model(model.to(torch.bfloat16), tmp_path / "m.onnx", format="onnx")
+    with pytest.raises(ValueError, match=r"names a \.onnx file but format is 'pt2'"):
+        export_model(model, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match=r"names a \.pt2 file but format is 'onnx'"):
+        export_model(model, tmp_path / "m.pt2", format="onnx")
+    with pytest.raises(IsADirectoryError, match="ends in a path separator"):
+        export_model(model, f"{tmp_path}/sub/")
+    with pytest.raises(ValueError, match="chunks applies only to the video autoencoder"):
+        export_program(model, chunks=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_takes_the_format_from_an_onnx_suffix(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "flow.onnx"
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        assert zoo_cli(["--manifest", str(TEST_MANIFEST), "export", "tiny-optical-flow-perceiver", "-o", str(out)]) == 0
+    assert f"exported (onnx, float32, dynamic batch) to {out}" in capsys.readouterr().out
+    run, (height, width) = onnx_runner(out), create_model("tiny-optical-flow-perceiver", mirror=TEST_HUB,
+                                                          manifest=TEST_MANIFEST).train_size
+    assert run(*(torch.rand(2, 3, height, width) for _ in range(2))).shape == (2, 2, height, width)
+    with pytest.raises(TypeError, match=r"takes 2 inputs \(image1, image2\); got 1"):
+        run(torch.rand(2, 3, height, width))
+
+
+def test_cli_fails_when_the_export_does_not_match_eager(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("perceiver_torch.zoo.cli.max_errors", lambda *a, **k: {1: 0.0, 3: 3e-3})
+    out = tmp_path / "lm.pt2"
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        assert zoo_cli(["--manifest", str(TEST_MANIFEST), "export", "tiny-language-perceiver", "-o", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {out} does not match the eager model within 1e-05"
+
+
+@pytest.mark.parametrize("shift", [10**6, 1, -1, -10**3])
+def test_onnx_video_chunk_refuses_out_of_range_points(tmp_path, shift):
+    # torch's ONNX exporter drops _assert_async: the exported graph's own gathers refuse such points instead.
+    model = _model("video_autoencoding")
+    run = onnx_runner(export_model(model, tmp_path / "video.onnx", format="onnx"))
+    images = torch.rand(2, model.num_frames, 3, model.image_size, model.image_size)
+    audio = torch.rand(2, model.num_samples, 1) * 2 - 1
+    image_points, audio_points = chunk_points(model, model.config["nchunks"], 0)
+    last_image, last_audio = chunk_points(model, model.config["nchunks"], model.config["nchunks"] - 1)
+    run(images, audio, image_points, audio_points)  # in range: runs
+    out_of_range = (last_image + shift, audio_points) if shift > 0 else (image_points + shift, audio_points)
+    with pytest.raises(Exception, match="invalid index"):
+        run(images, audio, *out_of_range)
+    out_of_range = (image_points, last_audio + shift) if shift > 0 else (image_points, audio_points + shift)
+    with pytest.raises(Exception, match="invalid index"):
+        run(images, audio, *out_of_range)

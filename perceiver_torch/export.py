@@ -32,7 +32,9 @@ from .zoo.hub import create_model
 log = logging.getLogger(__name__)
 
 FORMATS = ("pt2", "onnx")
-MAX_BATCH = 4096  # the dynamic batch's upper bound in the exported program's range constraints
+# The tracing batch only has to be >= 2 (torch.export specialises 0 and 1): the program takes any batch from 1
+# up. A cap keeps a mistyped batch from allocating example inputs of that size.
+MAX_TRACE_BATCH = 64
 
 
 class VideoChunk(nn.Module):
@@ -87,7 +89,7 @@ def example_inputs(model: nn.Module, batch: int = 2, *, chunks: int | None = Non
 
 def _signature(model: nn.Module) -> tuple[list[str], list[str], tuple]:
     """(input names, output names, dynamic shapes) of the exported forward."""
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    batch = torch.export.Dim("batch", min=1)  # no upper bound: stitch_tiles may pass thousands of tiles at once
     if model.task == "language":
         seq = torch.export.Dim("seq", min=1, max=model.config["max_seq_len"])
         return ["input_ids", "attention_mask"], ["logits"], ({0: batch, 1: seq}, {0: batch, 1: seq})
@@ -105,9 +107,8 @@ def _exportable(model: nn.Module) -> nn.Module:
 
 def export_program(model: nn.Module, batch: int = 2, *, chunks: int | None = None) -> torch.export.ExportedProgram:
     """`torch.export.export` of `model`'s forward (see the module docstring), any batch size from 1 up."""
-    if batch < 2:
-        raise ValueError(f"batch must be >= 2 for tracing (torch.export specialises sizes 0 and 1); got {batch}. "
-                         "The exported program takes any batch size from 1 up.")
+    check_trace_batch(batch)
+    check_chunks(model, chunks)
     device = next(model.parameters()).device
     inputs = tuple(x.to(device) for x in example_inputs(model, batch, chunks=chunks))
     _, _, dynamic = _signature(model)
@@ -115,8 +116,24 @@ def export_program(model: nn.Module, batch: int = 2, *, chunks: int | None = Non
         return torch.export.export(_exportable(model), inputs, dynamic_shapes=dynamic)
 
 
+def check_trace_batch(batch: int) -> None:
+    """Refuse a tracing batch that is not an integer in [2, MAX_TRACE_BATCH]."""
+    if type(batch) is not int or not 2 <= batch <= MAX_TRACE_BATCH:
+        raise ValueError(f"batch (the tracing batch size) must be an integer from 2 to {MAX_TRACE_BATCH} "
+                         f"(torch.export specialises sizes 0 and 1); got {batch!r}. The exported program takes any "
+                         "batch size from 1 up.")
+
+
 def export_onnx(model: nn.Module, batch: int = 2, *, chunks: int | None = None):
-    """`torch.onnx.export(..., dynamo=True)` of the same forward: an `ONNXProgram` (needs onnx, onnxscript)."""
+    """`torch.onnx.export(..., dynamo=True)` of the same forward: an `ONNXProgram` (needs onnx, onnxscript).
+
+    Float32 models only: onnxruntime's CPU kernels refuse a bfloat16 convolution (measured), so a reduced-precision
+    graph could not be checked or run where the others are.
+    """
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:
+        raise ValueError(f"ONNX export takes a float32 model; this one is {str(dtype).removeprefix('torch.')}. "
+                         "Export reduced precision as pt2, or cast the model with .float() first.")
     try:
         import onnxscript  # noqa: F401  (torch's exporter needs it; fail with the fix, not deep inside)
     except ImportError:
@@ -141,14 +158,23 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
     """Export a model (or a zoo model, pulled by name with `create_model(name, **zoo_kwargs)`) to `path`.
 
     `format` 'pt2' writes `torch.export.save`'s archive (load it with `torch.export.load(path).module()`),
-    'onnx' an ONNX model. `batch` is only the tracing batch (>= 2): the result takes any batch size.
+    'onnx' an ONNX model (float32 only); a `path` ending in .pt2 or .onnx must agree with `format`. `batch` is
+    only the tracing batch (2 to MAX_TRACE_BATCH): the result takes any batch size.
     `chunks` sets the video model's chunk size (default: its config's nchunks). Written atomically.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
     path = check_output_path(path)
+    suffix = path.suffix.lower().removeprefix(".")
+    if suffix in FORMATS and suffix != format:
+        raise ValueError(f"{path} names a .{suffix} file but format is {format!r}: pass format={suffix!r} or name "
+                         f"the file .{format}.")
+    check_trace_batch(batch)
     if isinstance(model_or_name, str):
         model = create_model(model_or_name, **zoo_kwargs)
+    elif zoo_kwargs:
+        raise TypeError(f"export_model: {', '.join(sorted(zoo_kwargs))} apply only to a zoo model given by name "
+                        "(create_model's arguments); for a module, set them on the module before exporting.")
     else:
         model = model_or_name
     check_chunks(model, chunks)
@@ -178,6 +204,8 @@ def onnx_runner(path: str | os.PathLike):
     names = [i.name for i in session.get_inputs()]
 
     def run(*inputs: torch.Tensor):
+        if len(inputs) != len(names):
+            raise TypeError(f"{path} takes {len(names)} inputs ({', '.join(names)}); got {len(inputs)}.")
         outputs = session.run(None, {n: x.detach().cpu().numpy() for n, x in zip(names, inputs, strict=True)})
         outputs = tuple(torch.from_numpy(o) for o in outputs)
         return outputs[0] if len(outputs) == 1 else outputs

@@ -36,9 +36,12 @@ def check_output_path(path: str | os.PathLike) -> Path:
     saying why. For checking an output before a long run (a pull, a trace, a parity run), so a bad location
     costs nothing.
     """
+    text = os.fspath(path)
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give the output file's path.")
+    if text.endswith((os.sep, "/")):  # Path() drops the separator, which would write a file named as the folder
+        raise IsADirectoryError(f"{text} ends in a path separator, naming a directory; give the output file's path.")
     folder = path.absolute().parent
     while not folder.exists():  # atomic_write creates the missing folders below the nearest one that exists
         folder = folder.parent

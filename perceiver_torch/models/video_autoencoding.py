@@ -45,6 +45,19 @@ def _image_preprocessor(num_frames: int, image_size: int, fourier: dict) -> Imag
     )
 
 
+
+def _gather_checked(idx: torch.Tensor, limit: int) -> torch.Tensor:
+    """`idx`, read through two gathers that fail on an index outside [0, limit): a check that survives ONNX.
+
+    torch's ONNX exporter drops `_assert_async`, so an exported chunk would decode out-of-range points
+    silently; onnxruntime's Gather refuses indices outside [-limit, limit). `positions[idx]` catches those
+    >= limit, `positions[mirrored]` (mirrored = limit - 1 - idx) the negative ones, which Gather would wrap;
+    in range the second gather returns `mirrored` itself, so the result is `idx`, and both gathers stay in the
+    graph.
+    """
+    positions, mirrored = torch.arange(limit, device=idx.device), limit - 1 - idx
+    return positions[idx] + (positions[mirrored] - mirrored)
+
 class PerceiverForMultimodalAutoencoding(PerceiverIO):
     """Video [B, F, 3, S, S] + audio [B, F * samples_per_frame, 1] (+ a masked label) -> reconstructions + logits.
 
@@ -174,7 +187,8 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
                 # On an accelerator or traced: checked without a host sync (an index turns into a query position
                 # arithmetically, so nothing else would fail: an out-of-range one would decode garbage).
                 torch._assert_async(((idx >= 0) & (idx < limit)).all(), f"{where}: subsample[{name!r}] {expected}.")
-            points[name] = idx.to(device=device, dtype=torch.long)
+            idx = idx.to(device=device, dtype=torch.long)
+            points[name] = _gather_checked(idx, limit) if torch.compiler.is_exporting() else idx
         return points
 
     def _to_clip(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

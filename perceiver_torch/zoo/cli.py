@@ -11,7 +11,7 @@ import sys
 import torch
 import yaml
 
-from ..export import check_chunks, export_model, max_errors, onnx_runner
+from ..export import MAX_TRACE_BATCH, check_chunks, export_model, max_errors, onnx_runner
 from ..serialization import MODEL_DTYPES, build_on_meta, check_output_path
 from .hub import ZooError, create_model, entry_config, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
@@ -45,6 +45,12 @@ def _pull(name: str, endpoint: str | None, mirror: str | None, manifest) -> int:
     return 0
 
 
+# What `export`'s check accepts. Float32/64: 1e-5, the export tests' bound (the programs run eager's kernels,
+# measured 0-2e-7; onnxruntime 2.4e-6). Reduced precision, relative to the output's largest value: 2e-2, as
+# test_export's bf16 language check (two kernels' bf16 rounding; measured 0.4-0.7%).
+VERIFY_TOLERANCE = {True: 1e-5, False: 2e-2}
+
+
 def _check_export_args(args) -> None:
     """What `export` can refuse before pulling or tracing: the output location, and --chunks for this entry."""
     check_output_path(args.output)
@@ -60,12 +66,23 @@ def _export(args) -> int:
     path = export_model(model, args.output, batch=args.batch, format=args.format, chunks=args.chunks)
     print(f"{args.name}: exported ({args.format}, {args.dtype}, dynamic batch) to {path}")
     if args.verify:
-        run = torch.export.load(path).module() if args.format == "pt2" else onnx_runner(path)
+        run = _load_pt2(path) if args.format == "pt2" else onnx_runner(path)
         exact = args.dtype in ("float32", "float64")  # reduced precision: program and eager may differ in kernels
         errors = max_errors(model, run, chunks=args.chunks, relative=not exact)
         what = "max |exported - eager|" if exact else "max |exported - eager| / max |eager|"
         print(f"{what}: " + ", ".join(f"{e:.2e} at batch {b}" for b, e in errors.items()))
+        tolerance = VERIFY_TOLERANCE[exact]
+        if not max(errors.values()) <= tolerance:  # NaN fails too
+            print(f"perceiver-zoo: error: {path} does not match the eager model within {tolerance:.0e}",
+                  file=sys.stderr)
+            return 1
     return 0
+
+
+def _load_pt2(path):
+    # Through a file object: given a path, torch.export.load warns unless the name ends in .pt2.
+    with open(path, "rb") as f:
+        return torch.export.load(f).module()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     exp = sub.add_parser("export", help="export a model (torch.export .pt2 or ONNX) with a dynamic batch dimension")
     exp.add_argument("name")
     exp.add_argument("-o", "--output", required=True, help="output file")
-    exp.add_argument("--format", choices=("pt2", "onnx"), default="pt2")
-    exp.add_argument("--batch", type=int, default=2, help="tracing batch size (>= 2; the result takes any)")
+    exp.add_argument("--format", choices=("pt2", "onnx"),
+                     help="default: onnx for an output ending in .onnx, else pt2")
+    exp.add_argument("--batch", type=int, default=2,
+                     help=f"tracing batch size (2 to {MAX_TRACE_BATCH}; the result takes any)")
     exp.add_argument("--chunks", type=int, help="video autoencoder: decoding chunks per clip (default: nchunks)")
     exp.add_argument("--dtype", choices=tuple(MODEL_DTYPES), default="float32",
                      help="the model's dtype, as model.to(dtype) (pt2 only; ONNX is exported in float32)")
@@ -94,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
                              "HF_ENDPOINT)")
         command.add_argument("--mirror", help="local mirror directory <repo_id>/<revision>/<file>")
     args = parser.parse_args(argv)
-    if args.command == "export" and args.batch < 2:  # refused before anything is pulled
-        parser.error(f"--batch must be >= 2 (torch.export specialises sizes 0 and 1); got {args.batch}")
+    if args.command == "export" and args.format is None:
+        args.format = "onnx" if args.output.lower().endswith(".onnx") else "pt2"
+    if args.command == "export" and not 2 <= args.batch <= MAX_TRACE_BATCH:  # refused before anything is pulled
+        parser.error(f"--batch must be from 2 to {MAX_TRACE_BATCH} (torch.export specialises sizes 0 and 1; the "
+                     f"exported program takes any batch); got {args.batch}")
     if args.command == "export" and args.format == "onnx" and args.dtype != "float32":
         # onnxruntime's CPU kernels refuse a bfloat16 convolution (measured): nothing it could verify.
         parser.error(f"--dtype {args.dtype} applies to pt2 exports; ONNX is exported in float32")
