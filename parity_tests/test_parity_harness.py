@@ -126,6 +126,18 @@ def test_report_json_layout():
     assert (data["device"], data["dtype"], data["atol"], data["rtol"]) == ("cpu", "float32", 1e-4, 1e-4)
 
 
+def test_report_json_stays_json_when_a_budget_figure_overflows():
+    # A float16 run that overflows measures NaN / inf agreement figures: strict JSON has no such numbers.
+    report = _run_golden(_golden_language_model())
+    report.budget = {"mode": "cast", "source": "test", "normalised_error": {"logits": 1e-2},
+                     "agreement": {"greedy_byte_agreement": {"measured": float("nan"), "bound": 0.9, "passed": False},
+                                   "max_epe": {"measured": float("inf"), "bound": 2e-3, "passed": False}}}
+    data = json.loads(json.dumps(report.to_json(), allow_nan=False))
+    agreement = data["budget"]["agreement"]
+    assert agreement["greedy_byte_agreement"] == {"measured": "nan", "bound": 0.9, "passed": False}
+    assert agreement["max_epe"]["measured"] == "inf" and data["budget"]["normalised_error"] == {"logits": 1e-2}
+
+
 def test_compare_figures_and_worst_index():
     reference = np.array([[1.0, 2.0], [0.0, -4.0]])
     actual = reference + np.array([[0.0, 0.1], [0.0, -1.0]])

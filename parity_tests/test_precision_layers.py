@@ -109,6 +109,13 @@ def test_masks_reach_attention_unmaterialised(monkeypatch):
     assert seen and all(m is None for m in seen)
 
 
+def test_fp32_islands_takes_only_booleans():
+    with pytest.raises(ValueError, match=r"take True or False; got final_projection='off', residual='false'"):
+        with fp32_islands(residual="false", final_projection="off", layer_norm=False):
+            pass
+    assert ISLANDS.residual and ISLANDS.final_projection and ISLANDS.layer_norm  # nothing was set
+
+
 def test_fp32_islands_restores_and_rejects_unknown_names():
     with fp32_islands(residual=False, attention=True):
         assert not ISLANDS.residual and ISLANDS.attention

@@ -52,6 +52,17 @@ def _number(x: float):
     return x if math.isfinite(x) else str(x)
 
 
+def _numbers(value):
+    """`value` with every float in it passed through `_number`, in nested dicts and lists."""
+    if isinstance(value, float):
+        return _number(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_numbers(v) for v in value]
+    return value
+
+
 @dataclass
 class ParityReport:
     """JAX reference vs Torch model on the same inputs, per output."""
@@ -103,7 +114,7 @@ class ParityReport:
             "versions": dict(self.versions),
         }
         if self.budget is not None:
-            out["budget"] = self.budget
+            out["budget"] = _numbers(self.budget)  # an overflowing run's agreement figures are NaN or inf
         if self.atol_per_unit_range:
             out["atol_per_unit_range"] = True
         if self.tf32 is not None:
