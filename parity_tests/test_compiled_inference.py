@@ -68,6 +68,20 @@ def test_further_inductor_options_are_passed_with_freezing(monkeypatch):
     assert seen["options"] == {"freezing": True}
 
 
+@pytest.mark.parametrize("kwargs, refusal", [
+    ({"options": "max_autotune"}, "options must be a mapping"),
+    ({"options": {1: True}}, "options must be a mapping"),
+    ({"dynamic": "yes"}, "dynamic must be True, False or None"),
+    ({"fullgraph": None}, "dynamic must be True, False or None and fullgraph True or False; got dynamic=False, "
+                          "fullgraph=None"),
+])
+def test_arguments_are_checked_before_compiling(kwargs, refusal):
+    with pytest.raises(TypeError, match=f"compile_frozen: {refusal}"):
+        pt.compile_frozen(_model("imagenet_learned"), **kwargs)
+    with pytest.raises(TypeError, match="compile_frozen: model must be an nn.Module"):
+        pt.compile_frozen(lambda x: x)
+
+
 def test_options_cannot_turn_freezing_off():
     model = _model("imagenet_learned")
     with pytest.raises(ValueError, match="must not set 'freezing'"):

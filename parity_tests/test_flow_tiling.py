@@ -162,3 +162,41 @@ def test_flow_colours_follow_the_colab_colour_model(tmp_path):
 def test_flow_to_rgb_wants_channels_first_flow():
     with pytest.raises(ValueError, match="flow must be \\[2, H, W\\]"):
         flow_to_rgb(np.zeros((4, 5, 2)))
+
+
+def _shift_model(a, b):
+    return (a[:, :2] - b[:, :2]) * 2
+
+
+def test_stitch_tiles_records_no_graph():
+    # The README drives exported or plain tile models with it directly, where estimate_flow's no_grad is absent.
+    weight = torch.ones(1, requires_grad=True)
+    image = torch.rand(1, 3, 10, 13)
+    flow = stitch_tiles(image, image, lambda a, b: _shift_model(a, b) * weight, (4, 6), 2)
+    assert flow.shape == (1, 2, 10, 13) and not flow.requires_grad
+
+
+@pytest.mark.parametrize("kwargs, error, refusal", [
+    ({"tile_batch_size": 2.5}, TypeError, r"tile_batch_size must be an integer >= 1; got 2.5"),
+    ({"tile_batch_size": None}, TypeError, r"tile_batch_size must be an integer >= 1; got None"),
+    ({"tile_batch_size": 0}, ValueError, r"tile_batch_size must be >= 1; got 0"),
+    ({"min_overlap": 2.0}, TypeError, r"min_overlap must be an integer from 0 to 3, or None; got 2.0"),
+    ({"tile_size": (-4, 6)}, ValueError, r"tile_size must be two positive integers"),
+    ({"tile_size": (4, 6, 1)}, ValueError, r"tile_size must be two positive integers"),
+    ({"image1": torch.rand(3, 10, 13)}, ValueError, r"image1 must be a channels-first tensor \[B, 3, H, W\]; got \(3,"),
+    ({"image2": torch.rand(1, 10, 13, 3)}, ValueError, r"image2 must be a channels-first tensor"),
+    ({"image2": torch.rand(1, 3, 10, 14)}, ValueError, r"image1 and image2 must have the same shape"),
+])
+def test_stitch_tiles_checks_its_arguments(kwargs, error, refusal):
+    image = torch.rand(1, 3, 10, 13)
+    args = {"image1": image, "image2": image, "flow_fn": _shift_model, "tile_size": (4, 6), "min_overlap": 2,
+            "tile_batch_size": 2, **kwargs}
+    with pytest.raises(error, match=refusal):
+        stitch_tiles(**args)
+
+
+def test_stitch_tiles_takes_numpy_integers():
+    image = torch.rand(1, 3, 10, 13)
+    expected = stitch_tiles(image, image, _shift_model, (4, 6), 2, 2)
+    got = stitch_tiles(image, image, _shift_model, (np.int64(4), np.int64(6)), np.int64(2), np.int64(2))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

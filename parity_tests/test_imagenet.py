@@ -135,6 +135,15 @@ def test_classify_returns_top_k_of_the_models_probabilities():
     np.testing.assert_allclose([p for _, p in top], best.values.numpy(), rtol=1e-6)
 
 
+def test_classify_takes_k_as_an_integer_in_range():
+    model = _model()
+    image = np.full((16, 16, 3), 128, np.uint8)
+    for k in (0, model.num_classes + 1, 2.5, True, None, "3"):
+        with pytest.raises(ValueError, match=r"PerceiverForImageClassification.classify: k must be an integer in "):
+            model.classify(image, k=k)
+    assert len(model.classify(image, k=np.int64(2))) == 2
+
+
 def test_classify_names_imagenet_classes_for_1000_logits():
     model = _model(num_classes=1000)
     top = model.classify(np.full((16, 16, 3), 128, np.uint8))

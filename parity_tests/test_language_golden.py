@@ -56,6 +56,18 @@ def test_fill_masked_keeps_unmasked_bytes_and_fills_masks(converted):
     assert filled.startswith("Perceiver") and filled.endswith(" IO")
 
 
+def test_fill_masked_refuses_what_is_not_text_or_too_long(converted):
+    model = pt.load_model(converted("language", "language"))
+    where = "PerceiverForMaskedLM.fill_masked"
+    for text, mask in ((b"ab[MASK]", "[MASK]"), (None, "[MASK]"), ("ab[MASK]", b"[MASK]")):
+        with pytest.raises(TypeError, match=f"{where}: (text|mask) must be a str; got (bytes|NoneType)"):
+            model.fill_masked(text, mask)
+    with pytest.raises(ValueError, match=f"{where}: text is 65 bytes with each mask counted as one; the model "
+                                         "takes at most 64"):
+        model.fill_masked("x" * 59 + "[MASK]" * 6)
+    assert len(model.fill_masked("x" * 58 + "[MASK]" * 6)) == 64  # exactly max_seq_len: runs
+
+
 def test_golden_language_converts_and_runs_without_jax_or_haiku(tmp_path):
     """Conversion and inference must not need JAX or Haiku: block their import entirely."""
     repo = Path(__file__).resolve().parents[1]

@@ -141,13 +141,14 @@ def test_top_labels_names_this_models_classes_and_checks_its_arguments(golden_mo
     top = golden_model.top_labels(logits, k=3)
     assert [[name for name, _ in row] for row in top] == [["1", "6", "2"], ["0", "1", "6"]]
     torch.testing.assert_close(torch.tensor([p for _, p in top[0]]), logits[0].softmax(-1)[[1, 6, 2]])
-    for bad, message in ((torch.randn(1, 700), r"logits must be a tensor \[B, 7\]"), (torch.randn(7), r"\[B, 7\]"),
-                         ([0.0] * 7, r"got list")):
+    for bad, message in ((torch.randn(1, 700), r"logits must be a floating-point tensor \[B, 7\]"),
+                         (torch.randn(7), r"\[B, 7\]"), ([0.0] * 7, r"got list"), (logits.long(), r"int64")):
         with pytest.raises(ValueError, match=message):
             golden_model.top_labels(bad)
     for k in (0, 8, 2.0, True):
         with pytest.raises(ValueError, match=r"k must be an integer in \[1, 7\]"):
             golden_model.top_labels(logits, k=k)
+    assert golden_model.top_labels(logits, k=np.int64(3)) == top  # NumPy integers are integers
     kinetics = build_model("video_autoencoding", {**golden_config("video_autoencoding"), "num_classes": 700})
     assert kinetics.labels == kinetics700_labels() and len(kinetics.labels) == 700
 

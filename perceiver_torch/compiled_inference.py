@@ -25,6 +25,15 @@ def compile_frozen(model: nn.Module, *, dynamic: bool | None = False, fullgraph:
     the faster fp32 path (README, "Speed"). `options`: further Inductor options (torch.compile's), e.g.
     `{"max_autotune": True}`; `freezing` is this function's own and cannot be among them.
     """
+    where = "compile_frozen"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where}: model must be an nn.Module (its weights are what freezing folds in); got "
+                        f"{type(model).__name__}.")
+    if (dynamic is not None and not isinstance(dynamic, bool)) or not isinstance(fullgraph, bool):
+        raise TypeError(f"{where}: dynamic must be True, False or None and fullgraph True or False; got "
+                        f"dynamic={dynamic!r}, fullgraph={fullgraph!r}.")
+    if options is not None and (not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options)):
+        raise TypeError(f"{where}: options must be a mapping of Inductor option names to values; got {options!r}.")
     options = dict(options or {})
     if "freezing" in options:
         raise ValueError("compile_frozen: options must not set 'freezing' (compile_frozen always freezes; use "

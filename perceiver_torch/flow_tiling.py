@@ -16,6 +16,7 @@ multiplicity: the colab's blend without the repeated model calls.
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -36,11 +37,28 @@ def default_min_overlap(tile_size: Sequence[int]) -> int:
     return COLAB_MIN_OVERLAP if smaller > COLAB_MIN_OVERLAP else smaller // 4
 
 
+def _check_int(name: str, value, allowed: str) -> int:
+    """`value` as an int if it is an integer (NumPy's included, bool not), else a TypeError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer {allowed}; got {value!r}.")
+    return int(value)
+
+
+def _check_tile_size(tile_size) -> tuple[int, int]:
+    if (not isinstance(tile_size, Sequence) or len(tile_size) != 2
+            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in tile_size)):
+        raise ValueError(f"tile_size must be two positive integers (height, width): the model's training size; "
+                         f"got {tile_size!r}.")
+    return int(tile_size[0]), int(tile_size[1])
+
+
 def tile_origins(frame_size: Sequence[int], tile_size: Sequence[int],
                  min_overlap: int | None = None) -> list[tuple[int, int]]:
     """Top-left (y, x) of every tile, in the colab's order (rows, then columns), repeats included."""
-    (height, width), (tile_h, tile_w) = frame_size, tile_size
-    min_overlap = default_min_overlap(tile_size) if min_overlap is None else min_overlap
+    (height, width), (tile_h, tile_w) = frame_size, _check_tile_size(tile_size)
+    if min_overlap is None:
+        min_overlap = default_min_overlap(tile_size)
+    min_overlap = _check_int("min_overlap", min_overlap, f"from 0 to {min(tile_h, tile_w) - 1}, or None")
     if min_overlap >= tile_h or min_overlap >= tile_w:
         raise ValueError(f"min_overlap ({min_overlap}) must be smaller than the tile size {tuple(tile_size)}: pass "
                          f"0 <= min_overlap < {min(tile_h, tile_w)} (the default for these tiles is "
@@ -80,6 +98,17 @@ def weight_map(frame_size: Sequence[int], tile_size: Sequence[int], min_overlap:
     return total
 
 
+def _check_frame_pair(image1, image2) -> None:
+    for name, image in (("image1", image1), ("image2", image2)):
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"stitch_tiles: {name} must be a channels-first tensor [B, 3, H, W]; got "
+                             f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}.")
+    if image1.shape != image2.shape:
+        raise ValueError(f"stitch_tiles: image1 and image2 must have the same shape; got {tuple(image1.shape)} and "
+                         f"{tuple(image2.shape)}.")
+
+
+@torch.no_grad()
 def stitch_tiles(
     image1: torch.Tensor,
     image2: torch.Tensor,
@@ -94,10 +123,13 @@ def stitch_tiles(
     run through `flow_fn` in chunks of `tile_batch_size` tiles (each chunk
     holding tile_batch_size * B pairs); the predictions are accumulated with
     `blend_weights` times the tile's multiplicity in the colab's grid, then
-    divided by the total weight, as the colab does.
+    divided by the total weight, as the colab does. Runs under `torch.no_grad`.
     """
-    if tile_batch_size < 1:
+    if _check_int("tile_batch_size", tile_batch_size, ">= 1") < 1:
         raise ValueError(f"tile_batch_size must be >= 1; got {tile_batch_size}.")
+    tile_batch_size = int(tile_batch_size)
+    _check_frame_pair(image1, image2)
+    tile_size = _check_tile_size(tile_size)
     batch, _, height, width = image1.shape
     tile_h, tile_w = tile_size
     multiplicity = Counter(tile_origins((height, width), tile_size, min_overlap))  # keeps first-seen order

@@ -9,7 +9,7 @@ from ..labels import names_or_indices
 from ..layers import Perceiver, PerceiverEncoder
 from ..layers.decoders import ClassificationDecoder
 from ..layers.image import ImagePreprocessor
-from .input_checks import check_batch, check_float, check_range
+from .input_checks import check_batch, check_float, check_range, check_top_k
 
 # imagenet_transform's output lies in about [-2.12, 2.64] (0 and 255 through the ImageNet mean and
 # stddev), a little beyond after a float image's bicubic overshoot. Far outside means the normalisation
@@ -78,8 +78,7 @@ class PerceiverForImageClassification(Perceiver):
     @torch.no_grad()
     def classify(self, image, k: int = 5) -> list[tuple[str, float]]:
         """Top-k (label, probability) for one image: a path, a PIL image or an RGB array [H, W, 3] (0-255)."""
-        if not 1 <= k <= self.num_classes:
-            raise ValueError(f"k must be in [1, {self.num_classes}]; got {k}.")
+        k = check_top_k("PerceiverForImageClassification.classify", k, self.num_classes)
         weight = next(self.parameters())
         x = self.transform(image)[None].to(device=weight.device, dtype=weight.dtype)
         probs, idx = self(x)[0].softmax(-1).topk(k)

@@ -78,9 +78,16 @@ class PerceiverForMaskedLM(Perceiver):
 
         >>> model.fill_masked("This is an incomplete sentence where some words are" + "[MASK]" * 9)
         """
+        where = "PerceiverForMaskedLM.fill_masked"
+        for name, value in (("text", text), ("mask", mask)):
+            if not isinstance(value, str):
+                raise TypeError(f"{where}: {name} must be a str; got {type(value).__name__}.")
         ids = self.tokenizer.encode_with_masks(text, mask)
         if not ids:
             return text
+        if len(ids) > self.config["max_seq_len"]:
+            raise ValueError(f"{where}: text is {len(ids)} bytes with each mask counted as one; the model takes "
+                             f"at most {self.config['max_seq_len']}.")
         device = self.embedding_decoder.bias.device
         input_ids = torch.tensor([ids], device=device)
         logits = self(input_ids)  # no padding: no mask (an all-ones one would only cost time)

@@ -13,7 +13,7 @@ from ..layers.audio import AudioPreprocessor
 from ..layers.image import ImagePreprocessor
 from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocessor, QueryGenerator
 from ..layers.postprocessors import AudioPostprocessor, ClassificationPostprocessor, ProjectionPostprocessor
-from .input_checks import check_batch, check_float, check_range, describe, values_readable
+from .input_checks import check_batch, check_float, check_range, check_top_k, describe, values_readable
 from .perceiver_io import PerceiverIO
 
 # The colab's fixed choices (see parity_tests/fixtures/golden/README.md).
@@ -264,11 +264,11 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
     def top_labels(self, logits: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """Per example of the label logits [B, num_classes], the k most probable classes with their probabilities."""
         where = "PerceiverForMultimodalAutoencoding.top_labels"
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"{where}: logits must be a tensor [B, {self.num_classes}] (the 'label' output); "
-                             f"got {describe(logits)}.")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_classes:
-            raise ValueError(f"{where}: k must be an integer in [1, {self.num_classes}]; got {k!r}.")
+        if (not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] != self.num_classes
+                or not logits.is_floating_point()):
+            raise ValueError(f"{where}: logits must be a floating-point tensor [B, {self.num_classes}] (the 'label' "
+                             f"output); got {describe(logits)}.")
+        k = check_top_k(where, k, self.num_classes)
         names = self.labels
         probs, idx = logits.softmax(-1).topk(k, dim=-1)
         return [[(names[j], float(p)) for p, j in zip(row_p, row_i, strict=True)]
