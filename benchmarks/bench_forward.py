@@ -191,10 +191,8 @@ def _compile(name: str, task: str, model, inputs: tuple, frozen: bool | dict, de
     """
     # compile_frozen keeps freezing in force for every call and distinct from the plain compile of the same model
     # (README, "torch.compile and export").
-    if isinstance(frozen, dict):
-        compiled = compile_frozen(model, options=frozen)
-    else:
-        compiled = compile_frozen(model) if frozen else torch.compile(model, dynamic=False)
+    options = frozen if isinstance(frozen, dict) else None
+    compiled = compile_frozen(model, options=options) if frozen else torch.compile(model, dynamic=False)
     call = our_call(task, compiled, inputs, args.tile_batch_size, model)
     start = time.perf_counter()
     try:

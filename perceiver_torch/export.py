@@ -177,7 +177,6 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
                         "(create_model's arguments); for a module, set them on the module before exporting.")
     else:
         model = model_or_name
-    check_chunks(model, chunks)
     if format == "pt2":
         program = export_program(model, batch, chunks=chunks)
         written = atomic_write(path, lambda tmp: _save_pt2(program, tmp))

@@ -37,16 +37,21 @@ def default_min_overlap(tile_size: Sequence[int]) -> int:
     return COLAB_MIN_OVERLAP if smaller > COLAB_MIN_OVERLAP else smaller // 4
 
 
+def _is_int(value) -> bool:
+    """An integer, NumPy's included; not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_int(name: str, value, allowed: str) -> int:
-    """`value` as an int if it is an integer (NumPy's included, bool not), else a TypeError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    """`value` as an int if `_is_int`, else a TypeError naming `name`."""
+    if not _is_int(value):
         raise TypeError(f"{name} must be an integer {allowed}; got {value!r}.")
     return int(value)
 
 
 def _check_tile_size(tile_size) -> tuple[int, int]:
     if (not isinstance(tile_size, Sequence) or len(tile_size) != 2
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in tile_size)):
+            or not all(_is_int(v) and v >= 1 for v in tile_size)):
         raise ValueError(f"tile_size must be two positive integers (height, width): the model's training size; "
                          f"got {tile_size!r}.")
     return int(tile_size[0]), int(tile_size[1])
@@ -125,9 +130,9 @@ def stitch_tiles(
     `blend_weights` times the tile's multiplicity in the colab's grid, then
     divided by the total weight, as the colab does. Runs under `torch.no_grad`.
     """
-    if _check_int("tile_batch_size", tile_batch_size, ">= 1") < 1:
+    tile_batch_size = _check_int("tile_batch_size", tile_batch_size, ">= 1")
+    if tile_batch_size < 1:
         raise ValueError(f"tile_batch_size must be >= 1; got {tile_batch_size}.")
-    tile_batch_size = int(tile_batch_size)
     _check_frame_pair(image1, image2)
     tile_size = _check_tile_size(tile_size)
     batch, _, height, width = image1.shape

@@ -45,7 +45,6 @@ def _image_preprocessor(num_frames: int, image_size: int, fourier: dict) -> Imag
     )
 
 
-
 def _gather_checked(idx: torch.Tensor, limit: int) -> torch.Tensor:
     """`idx`, read through two gathers that fail on an index outside [0, limit): a check that survives ONNX.
 
@@ -57,6 +56,7 @@ def _gather_checked(idx: torch.Tensor, limit: int) -> torch.Tensor:
     """
     positions, mirrored = torch.arange(limit, device=idx.device), limit - 1 - idx
     return positions[idx] + (positions[mirrored] - mirrored)
+
 
 class PerceiverForMultimodalAutoencoding(PerceiverIO):
     """Video [B, F, 3, S, S] + audio [B, F * samples_per_frame, 1] (+ a masked label) -> reconstructions + logits.
