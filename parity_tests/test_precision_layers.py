@@ -9,6 +9,7 @@ import torch
 from converters import convert_tree, load_haiku_checkpoint
 from converters.tasks import run_upstream_layout
 from perceiver_torch.layers import FourierPositionEncoding, MultiHeadAttention
+from perceiver_torch.layers.blocks import CrossAttention
 from perceiver_torch.layers.precision import ISLANDS, fp32_islands
 from perceiver_torch.registry import build_model
 
@@ -66,6 +67,35 @@ def test_fourier_features_are_computed_in_float32_then_cast():
         rounded = encoding(1, dtype=torch.bfloat16)
     # sin(pi * x * f) with f up to 112 from bfloat16 positions is off by O(1): what the island prevents.
     assert (rounded.float() - wide).abs().max() > 0.5
+
+
+class _Constant(torch.nn.Module):
+    """Stands in for a branch: returns `value` in the model's dtype, whatever it is given."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x, *args):
+        return torch.full_like(x, self.value)
+
+
+@pytest.mark.parametrize("use_query_residual", [True, False])
+def test_cross_attention_sums_its_query_residual_in_float32(use_query_residual):
+    """After a cast, the query (an encoder's latents, a decoder's query) is widened before the residual sum.
+
+    256 + 0.5 needs 9 significant bits; bfloat16 has 8, so a sum in bfloat16 gives 256.
+    """
+    block = CrossAttention(4, 4, num_heads=1, use_query_residual=use_query_residual).to(torch.bfloat16)
+    block.attention, block.mlp = _Constant(0.5), _Constant(0.0)
+    query, kv = torch.full((1, 2, 4), 256.0, dtype=torch.bfloat16), torch.zeros(1, 3, 4, dtype=torch.bfloat16)
+    out = block(query, kv)
+    assert out.dtype == torch.float32  # the residual stream from here on
+    expected = 256.5 if use_query_residual else 0.5
+    assert torch.equal(out, torch.full((1, 2, 4), expected))
+    if use_query_residual:
+        with fp32_islands(residual=False):  # the ablation: the sum stays in bfloat16
+            assert torch.equal(block(query, kv), torch.full((1, 2, 4), 256.0, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])

@@ -108,5 +108,6 @@ class CrossAttention(nn.Module):
         attended = self.dropout(
             self.attention(self.query_norm(inputs_q), self.kv_norm(inputs_kv), attention_mask)
         )
-        x = residual_stream(inputs_q + attended if self.use_query_residual else attended)
+        # Widen the query before the sum: after a cast, query + attended in bfloat16 loses the query's digits.
+        x = residual_stream(inputs_q) + attended if self.use_query_residual else residual_stream(attended)
         return x + self.mlp(self.mlp_norm(x))

@@ -15,12 +15,11 @@ without each island come from `benchmarks/measure_precision.py`):
   carried in float32 from the first residual sum on; only the attention and
   MLP branches run in the model's dtype. This is what autocast does by
   construction (its latents stay float32); it is what brings
-  `model.to(torch.bfloat16)` close to autocast. A cross-attention's query
-  residual (the encoder's learned latents, ImageNet's learned decoder query)
-  is added in the dtype the query comes in: float32 under autocast, the
-  model's after a cast (widening it first measured 1.28e-2 -> 1.14e-2 on the
-  golden ImageNet Fourier model in bfloat16; not done: the budgets would need
-  re-measuring at released size).
+  `model.to(torch.bfloat16)` close to autocast. The encoder widens its
+  learned latents before they enter the cross-attention, and a
+  cross-attention widens its query before adding the query residual (the
+  ImageNet Fourier and conv decoders'): summed in bfloat16 instead, golden
+  ImageNet Fourier measured 1.14e-2 -> 1.28e-2.
 - `final_projection`: the last linear layer of every task (logits, flow,
   reconstructions) runs in float32, with autocast disabled for it, and returns
   float32.
