@@ -16,12 +16,12 @@ multiplicity: the colab's blend without the repeated model calls.
 from __future__ import annotations
 
 import itertools
-import numbers
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 import torch
 
+from .integers import is_int
 from .layers.precision import wide
 
 COLAB_MIN_OVERLAP = 20
@@ -37,21 +37,16 @@ def default_min_overlap(tile_size: Sequence[int]) -> int:
     return COLAB_MIN_OVERLAP if smaller > COLAB_MIN_OVERLAP else smaller // 4
 
 
-def _is_int(value) -> bool:
-    """An integer, NumPy's included; not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_int(name: str, value, allowed: str) -> int:
-    """`value` as an int if `_is_int`, else a TypeError naming `name`."""
-    if not _is_int(value):
+    """`value` as an int if it `is_int`, else a TypeError naming `name`."""
+    if not is_int(value):
         raise TypeError(f"{name} must be an integer {allowed}; got {value!r}.")
     return int(value)
 
 
 def _check_tile_size(tile_size) -> tuple[int, int]:
     if (not isinstance(tile_size, Sequence) or len(tile_size) != 2
-            or not all(_is_int(v) and v >= 1 for v in tile_size)):
+            or not all(is_int(v) and v >= 1 for v in tile_size)):
         raise ValueError(f"tile_size must be two positive integers (height, width): the model's training size; "
                          f"got {tile_size!r}.")
     return int(tile_size[0]), int(tile_size[1])

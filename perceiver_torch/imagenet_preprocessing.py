@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .integers import is_int
 from .labels import packaged_labels
 
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -89,7 +90,7 @@ def center_crop_size(height: int, width: int, size: int = 224) -> int:
 def _output_size(size) -> tuple[int, int]:
     """(height, width) >= 1 from an int or a pair of ints; a clear error for anything else."""
     pair = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in pair):
+    if len(pair) != 2 or any(not is_int(v) or v < 1 for v in pair):
         raise ValueError(f"imagenet_transform: size must be a positive int or a (height, width) pair of them; "
                          f"got {size!r}.")
     return int(pair[0]), int(pair[1])

@@ -13,16 +13,16 @@ sync); the `torch.no_grad` helpers (`classify`, `estimate_flow`,
 
 from __future__ import annotations
 
-import numbers
-
 import torch
+
+from ..integers import is_int
 
 INDEX_DTYPES = (torch.int32, torch.int64)  # what nn.Embedding and gathers take
 
 
 def check_top_k(where: str, k, num_classes: int) -> int:
     """`k` as an int if it is an integer (NumPy's included, bool not) in [1, num_classes], else a named error."""
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_classes:
+    if not is_int(k) or not 1 <= k <= num_classes:
         raise ValueError(f"{where}: k must be an integer in [1, {num_classes}]; got {k!r}.")
     return int(k)
 

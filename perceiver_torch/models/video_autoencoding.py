@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 from functools import cache
 
 import torch
 
+from ..integers import is_int
 from ..labels import names_or_indices, packaged_labels
 from ..layers.audio import AudioPreprocessor
 from ..layers.image import ImagePreprocessor
@@ -231,11 +231,10 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         where = "PerceiverForMultimodalAutoencoding.autoencode"
         if chunks is None:
             chunks = int(self.config.get("nchunks", 1))
-        elif not isinstance(chunks, bool) and isinstance(chunks, numbers.Integral):
-            chunks = int(chunks)  # a NumPy integer, say
-        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        if not is_int(chunks) or chunks < 1:
             raise ValueError(f"{where}: chunks must be a positive integer (or None for the config's "
                              f"nchunks={self.config.get('nchunks', 1)}); got {chunks!r}.")
+        chunks = int(chunks)  # a NumPy integer, say
         if self.num_image_points % chunks or self.num_audio_patches % chunks:
             raise ValueError(f"{where}: chunks={chunks} must divide both the {self.num_image_points} image points "
                              f"and the {self.num_audio_patches} audio patches.")
