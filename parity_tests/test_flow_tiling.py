@@ -200,3 +200,21 @@ def test_stitch_tiles_takes_numpy_integers():
     expected = stitch_tiles(image, image, _shift_model, (4, 6), 2, 2)
     got = stitch_tiles(image, image, _shift_model, (np.int64(4), np.int64(6)), np.int64(2), np.int64(2))
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("frame_size", [(10,), (10, 13, 3), (0, 13), (10, 13.0), "ab", (True, 13), 1e12])
+def test_grid_helpers_check_the_frame_size(frame_size, monkeypatch):
+    """tile_origins and weight_map are public: a bad frame size is named, and weight_map allocates nothing first."""
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("weight_map allocated before checking the frame size")
+
+    for helper in (tile_origins, weight_map):
+        with pytest.raises(ValueError, match=r"frame_size must be two positive integers \(height, width\)"):
+            with monkeypatch.context() as patch:
+                patch.setattr(torch, "zeros", no_allocation)
+                helper(frame_size, (4, 6), 2)
+
+
+def test_blend_weights_checks_the_tile_size():
+    with pytest.raises(ValueError, match=r"tile_size must be two positive integers"):
+        blend_weights((4.5, 6))

@@ -52,10 +52,17 @@ def _check_tile_size(tile_size) -> tuple[int, int]:
     return int(tile_size[0]), int(tile_size[1])
 
 
+def _check_frame_size(frame_size) -> tuple[int, int]:
+    if (not isinstance(frame_size, Sequence) or len(frame_size) != 2
+            or not all(is_int(v) and v >= 1 for v in frame_size)):
+        raise ValueError(f"frame_size must be two positive integers (height, width); got {frame_size!r}.")
+    return int(frame_size[0]), int(frame_size[1])
+
+
 def tile_origins(frame_size: Sequence[int], tile_size: Sequence[int],
                  min_overlap: int | None = None) -> list[tuple[int, int]]:
     """Top-left (y, x) of every tile, in the colab's order (rows, then columns), repeats included."""
-    (height, width), (tile_h, tile_w) = frame_size, _check_tile_size(tile_size)
+    (height, width), (tile_h, tile_w) = _check_frame_size(frame_size), _check_tile_size(tile_size)
     if min_overlap is None:
         min_overlap = default_min_overlap(tile_size)
     min_overlap = _check_int("min_overlap", min_overlap, f"from 0 to {min(tile_h, tile_w) - 1}, or None")
@@ -79,7 +86,7 @@ def tile_origins(frame_size: Sequence[int], tile_size: Sequence[int],
 
 def blend_weights(tile_size: Sequence[int], *, dtype=torch.float32, device=None) -> torch.Tensor:
     """[h, w] weights: distance in pixels to the nearest tile edge, counting the edge pixel as 1."""
-    tile_h, tile_w = tile_size
+    tile_h, tile_w = _check_tile_size(tile_size)
     y = torch.arange(tile_h, device=device)
     x = torch.arange(tile_w, device=device)
     wy = torch.minimum(y + 1, tile_h - y)
@@ -90,10 +97,11 @@ def blend_weights(tile_size: Sequence[int], *, dtype=torch.float32, device=None)
 def weight_map(frame_size: Sequence[int], tile_size: Sequence[int], min_overlap: int | None = None,
                *, dtype=torch.float32, device=None) -> torch.Tensor:
     """[H, W] sum of every tile's blend weights: the colab's normaliser (positive everywhere)."""
-    total = torch.zeros(tuple(frame_size), dtype=dtype, device=device)
+    origins = tile_origins(frame_size, tile_size, min_overlap)  # checks the sizes before anything is allocated
+    total = torch.zeros(_check_frame_size(frame_size), dtype=dtype, device=device)
     weights = blend_weights(tile_size, dtype=dtype, device=device)
-    tile_h, tile_w = tile_size
-    for y, x in tile_origins(frame_size, tile_size, min_overlap):
+    tile_h, tile_w = weights.shape
+    for y, x in origins:
         total[y:y + tile_h, x:x + tile_w] += weights
     return total
 
