@@ -13,6 +13,7 @@ from .models import (
     PerceiverIO,
 )
 from .registry import build_model, build_preset, preset_names
+from .saving import save_model
 from .serialization import CheckpointConfigError, CheckpointFormatError, load_model
 from .tokenizer import BytesTokenizer
 from .zoo import create_model
@@ -24,4 +25,5 @@ __all__ = [
     "PerceiverForImageClassification", "PerceiverForMaskedLM", "PerceiverForMultimodalAutoencoding",
     "PerceiverForOpticalFlow", "PerceiverIO", "__version__", "build_model", "build_preset", "compile_frozen",
     "create_model", "export_model", "imagenet_labels", "imagenet_transform", "load_model", "preset_names",
+    "save_model",
 ]

@@ -188,25 +188,29 @@ def build_on_meta(task: str, config: dict, source: str = "config") -> torch.nn.M
     return model
 
 
-def _tensor_problems(model: torch.nn.Module, header: Header) -> list[str]:
+def tensor_problems(model: torch.nn.Module, found: Mapping[str, tuple[tuple[int, ...], str]]) -> list[str]:
+    """Every difference between `model`'s state dict and `found` ({name: (shape, safetensors dtype code)}).
+
+    Both sides are named: tensors missing or unexpected, shapes and dtypes that differ (no implicit casts).
+    """
     expected = {name: (tuple(t.shape), t.dtype) for name, t in model.state_dict().items()}
     problems = [f"missing tensor {name} {list(shape)} {CODES.get(dtype, dtype)}"
-                for name, (shape, dtype) in sorted(expected.items()) if name not in header.tensors]
-    problems += [f"unexpected tensor {name} {list(entry.shape)} {entry.dtype}"
-                 for name, entry in sorted(header.tensors.items()) if name not in expected]
-    for name, entry in sorted(header.tensors.items()):
+                for name, (shape, dtype) in sorted(expected.items()) if name not in found]
+    problems += [f"unexpected tensor {name} {list(shape)} {code}"
+                 for name, (shape, code) in sorted(found.items()) if name not in expected]
+    for name, (shape, code) in sorted(found.items()):
         if name not in expected:
             continue
-        shape, dtype = expected[name]
-        if entry.shape != shape:
-            problems.append(f"tensor {name}: shape {list(entry.shape)}; the model expects {list(shape)}")
-        if entry.dtype != CODES.get(dtype):
-            problems.append(f"tensor {name}: dtype {entry.dtype}; the model holds {CODES.get(dtype, dtype)} "
+        want_shape, want_dtype = expected[name]
+        if shape != want_shape:
+            problems.append(f"tensor {name}: shape {list(shape)}; the model expects {list(want_shape)}")
+        if code != CODES.get(want_dtype):
+            problems.append(f"tensor {name}: dtype {code}; the model holds {CODES.get(want_dtype, want_dtype)} "
                             "(no implicit casts)")
     return problems
 
 
-def _all_finite(tensor: torch.Tensor) -> bool:
+def all_finite(tensor: torch.Tensor) -> bool:
     # A sum is finite only if every element is (one NaN or Inf makes it NaN or Inf): one pass, no
     # temporary. Only when it is not (a real NaN/Inf, or large finite values overflowing) does the
     # exact elementwise check decide. isfinite().all() alone is 3-6x slower here, and a float64 sum
@@ -280,7 +284,7 @@ def load_model(path, device: str | torch.device = "cpu", *, dtype: str | torch.d
         model = build_on_meta(task, config, source=f"{path} (metadata config)")
     except ConfigError as exc:
         raise CheckpointConfigError(str(exc), exc.problems) from None
-    problems = _tensor_problems(model, header)
+    problems = tensor_problems(model, {name: (entry.shape, entry.dtype) for name, entry in header.tensors.items()})
     if problems:
         raise CheckpointFormatError(f"{path} does not match its {task} model: {len(problems)} problem(s)\n  "
                                     + "\n  ".join(problems))
@@ -292,7 +296,7 @@ def load_model(path, device: str | torch.device = "cpu", *, dtype: str | torch.d
                 tensor = f.get_tensor(name)
                 if tuple(tensor.shape) != entry.shape or CODES.get(tensor.dtype) != entry.dtype:
                     raise CheckpointFormatError(f"{path} changed while it was being read (tensor {name}).")
-                if tensor.is_floating_point() and not _all_finite(tensor):
+                if tensor.is_floating_point() and not all_finite(tensor):
                     bad.append(name)
                 state[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
     except CheckpointFormatError:

@@ -1,0 +1,104 @@
+"""save_model: a task model's weights and config, written to the file `load_model` rebuilds it from."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config_schema import validate_config
+from .registry import TASK_MODELS
+from .safetensors_io import CODES
+from .serialization import (
+    all_finite,
+    build_on_meta,
+    check_output_path,
+    save_checkpoint,
+    tensor_problems,
+)
+
+# Floating weights are written as float32, the dtype load_model builds in: exact from these three (every
+# bfloat16 and float16 value is a float32 value); float64 would be rounded, so it is refused instead.
+EXACT_IN_FLOAT32 = (torch.float32, torch.bfloat16, torch.float16)
+RESERVED_METADATA = ("format", "task", "config")  # what load_model rebuilds the model from
+
+
+def task_of(model: nn.Module) -> str:
+    """The registered task whose model class `model` is (or derives from), else a TypeError."""
+    for task, cls in TASK_MODELS.items():
+        if isinstance(model, cls):
+            return task
+    classes = ", ".join(cls.__name__ for cls in TASK_MODELS.values())
+    raise TypeError(f"save_model writes the task models ({classes}); got {type(model).__name__}. For a PerceiverIO "
+                    "or any other module, save its state_dict (e.g. safetensors.torch.save_file(model.state_dict(), "
+                    "path)) and rebuild it in code.")
+
+
+def _checked_metadata(metadata) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in metadata.items()):
+        raise TypeError(f"metadata must map str to str; got {metadata!r}.")
+    reserved = sorted(set(metadata) & set(RESERVED_METADATA))
+    if reserved:
+        raise ValueError(f"metadata keys {reserved} are written by save_model itself (from the model); "
+                         f"choose other names.")
+    return dict(metadata)
+
+
+def _float32_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with floating tensors in float32; float64 and non-finite tensors refused, all named."""
+    state, wide, bad = {}, [], []
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        if tensor.is_floating_point():
+            if tensor.dtype not in EXACT_IN_FLOAT32:
+                wide.append(f"{name} ({str(tensor.dtype).removeprefix('torch.')})")
+                continue
+            tensor = tensor.float()
+            if not all_finite(tensor):
+                bad.append(name)
+        state[name] = tensor
+    if wide:
+        more = f" and {len(wide) - 3} more" if len(wide) > 3 else ""
+        raise ValueError(f"save_model writes float32, which would round {len(wide)} tensor(s) ({', '.join(wide[:3])}"
+                         f"{more}). Cast the model first (model.float()) if that is meant.")
+    if bad:
+        raise ValueError(f"non-finite values (NaN or Inf) in {len(bad)} tensor(s): {', '.join(bad)}; load_model "
+                         "would refuse the file.")
+    return state
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, *, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a task model to `path` (safetensors), so that `load_model(path)` gives it back; returns the path.
+
+    The file is what `perceiver-convert` writes: the weights, and the task and config in the
+    metadata (plus `metadata`, str to str). Everything `load_model` would refuse is refused
+    here first, naming what is wrong, and nothing is written: a model that its own config no
+    longer describes (a replaced head: both sides of each mismatch are listed), float64 or
+    non-finite weights, an unusable path. Weights held in bfloat16 or float16 are written as
+    float32 (exactly), so `load_model(path, dtype=...)` gives the same tensors back, bit for
+    bit. The write is atomic: a failure leaves nothing at `path`.
+    """
+    task = task_of(model)
+    extra = _checked_metadata(metadata)
+    path = check_output_path(path)
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        raise TypeError(f"{type(model).__name__}.config must be the dict the model was built from; got "
+                        f"{type(config).__name__}.")
+    source = f"{type(model).__name__}.config"
+    validate_config(task, config, source=source)  # a ConfigError listing each problem
+    rebuilt = build_on_meta(task, config, source=source)
+    state = _float32_state(model)
+    problems = tensor_problems(rebuilt, {name: (tuple(t.shape), CODES.get(t.dtype, str(t.dtype)))
+                                         for name, t in state.items()})
+    if problems:
+        raise ValueError(f"the model's weights do not match the {task} model its config builds "
+                         f"({len(problems)} problem(s)); load_model could not rebuild it:\n  "
+                         + "\n  ".join(problems))
+    return save_checkpoint(state, path, task, config, extra, consume=True)
