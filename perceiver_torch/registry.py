@@ -14,6 +14,7 @@ from importlib import resources
 
 from torch import nn
 
+from .config_schema import SCHEMAS
 from .models import (
     PerceiverForImageClassification,
     PerceiverForMaskedLM,
@@ -29,6 +30,8 @@ TASK_MODELS: dict[str, type[nn.Module]] = {
 }
 
 TASKS: tuple[str, ...] = tuple(TASK_MODELS)
+if set(SCHEMAS) != set(TASKS):  # pragma: no cover - a task registered without its config schema
+    raise ImportError(f"config schemas for {sorted(SCHEMAS)} but the registry has {sorted(TASKS)}")
 
 
 class UnsupportedTaskError(ValueError):

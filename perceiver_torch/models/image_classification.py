@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
+from ..config_schema import validate_config
 from ..imagenet_preprocessing import imagenet_labels, imagenet_transform
+from ..integers import is_int
 from ..labels import names_or_indices
 from ..layers import Perceiver, PerceiverEncoder
 from ..layers.decoders import ClassificationDecoder
 from ..layers.image import ImagePreprocessor
+from ..layers.precision import FinalLinear
 from .input_checks import check_batch, check_float, check_range, check_top_k
 
 # imagenet_transform's output lies in about [-2.12, 2.64] (0 and 255 through the ImageNet mean and
@@ -42,6 +47,28 @@ class PerceiverForImageClassification(Perceiver):
         self.config = config
         self.image_size = (height, width)
         self.num_classes = num_classes
+
+    def get_classifier(self) -> FinalLinear:
+        """The layer that gives the logits: [B, query channels] -> [B, num_classes] (timm's name)."""
+        return self.decoder.output
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a freshly initialised one with `num_classes` outputs (timm's name).
+
+        For fine-tuning on other classes: everything else keeps its weights, `config["num_classes"]`
+        follows (so `save_model` writes a file `load_model` rebuilds), and the new layer has the old
+        one's device and dtype. `labels` become the class indices unless `num_classes` is 1000.
+        """
+        if is_int(num_classes):
+            num_classes = int(num_classes)  # a NumPy integer, say; anything else the schema names
+        config = copy.deepcopy(self.config)
+        config["num_classes"] = num_classes
+        validate_config(self.task, config, source=f"reset_classifier({num_classes!r}): the model's config with it")
+        old = self.get_classifier()
+        self.decoder.output = FinalLinear(old.in_features, num_classes, device=old.weight.device,
+                                          dtype=old.weight.dtype)
+        self.decoder.num_classes = self.num_classes = num_classes
+        self.config = config
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from huggingface_hub import constants
 
-from ..config_schema import ConfigError, parse_config_json
+from ..config_schema import ConfigError, parse_config_json, validate_config
 from ..hashing import sha256_stream
+from ..integers import is_int
 from ..registry import build_model, preset
 from ..serialization import build_on_meta, load_model, model_dtype, usable_device
 from .download import RefusedAnswer, download, repo_cache_dir, snapshot_path
@@ -230,21 +231,25 @@ def _untrained(name: str, task: str, config: dict, manifest) -> torch.nn.Module:
     return build_model(task, config)
 
 
-def create_model(name: str, pretrained: bool = True, *, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype | None = None, endpoint: str | None = None, mirror=None, cache_dir=None,
-                 manifest=None) -> torch.nn.Module:
+def create_model(name: str, pretrained: bool = True, *, num_classes: int | None = None,
+                 device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
+                 endpoint: str | None = None, mirror=None, cache_dir=None, manifest=None) -> torch.nn.Module:
     """A zoo model by name, in eval mode.
 
     ``pretrained=True`` downloads the manifest-pinned artifact, verifies its sha256
     before loading, and loads it strictly; ``pretrained=False`` builds the untrained
     architecture (its configuration from the manifest entry). ``dtype`` ('bfloat16',
     ``torch.float16``, ...) gives the model ``.to(dtype)`` would, cast as the weights are read.
+    ``num_classes`` (ImageNet classifiers) replaces the classifier by a fresh one with that many
+    outputs unless it already has them (``reset_classifier``): the start of a fine-tune.
     """
     device, dtype = usable_device(device), model_dtype(dtype)  # before anything is downloaded or built
     entry = get_entry(name, manifest)
     config = entry_config(entry)
+    num_classes = _checked_num_classes(name, entry["task"], config, num_classes)
     if not pretrained:
-        return _untrained(name, entry["task"], config, manifest).to(device=device, dtype=dtype).eval()
+        model = _untrained(name, entry["task"], config, manifest).to(device=device, dtype=dtype).eval()
+        return _with_classes(model, num_classes)
     artifact = _published(name, entry)
     path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir)
 
@@ -262,4 +267,22 @@ def create_model(name: str, pretrained: bool = True, *, device: str | torch.devi
         unchanged = False
     if not unchanged:
         raise IntegrityError(f"zoo model {name!r}: {path} changed between its sha256 check and its load; refused")
+    return _with_classes(model, num_classes)
+
+
+def _checked_num_classes(name: str, task: str, config: dict, num_classes) -> int | None:
+    """`num_classes` as an int the entry's model can take, or None; checked before anything is fetched."""
+    if num_classes is None:
+        return None
+    if task != "imagenet":
+        raise ValueError(f"zoo model {name!r} is a {task} model; num_classes applies to the ImageNet classifiers.")
+    if is_int(num_classes):
+        num_classes = int(num_classes)
+    validate_config(task, {**config, "num_classes": num_classes}, source=f"zoo model {name!r} with num_classes")
+    return num_classes
+
+
+def _with_classes(model: torch.nn.Module, num_classes: int | None) -> torch.nn.Module:
+    if num_classes is not None and num_classes != model.num_classes:
+        model.reset_classifier(num_classes)
     return model

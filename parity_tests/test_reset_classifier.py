@@ -1,0 +1,96 @@
+"""New classes for a pretrained classifier: reset_classifier, create_model(num_classes=), then save_model/load_model."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import perceiver_torch as pt
+from perceiver_torch.registry import build_model
+
+from .conftest import golden_config
+from .zoo_support import TEST_HUB, TEST_MANIFEST, hub_env
+
+TINY = "tiny-vision-perceiver-conv"
+
+
+def _classifier() -> pt.PerceiverForImageClassification:
+    torch.manual_seed(0)
+    return build_model("imagenet", golden_config("imagenet_conv")).eval()
+
+
+def _images(model) -> torch.Tensor:
+    return torch.rand(2, 3, *model.image_size) * 2 - 1
+
+
+def test_reset_classifier_replaces_only_the_classifier(tmp_path):
+    model = _classifier()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    in_features = model.get_classifier().in_features
+    model.reset_classifier(3)
+    head = model.get_classifier()
+    assert (head.in_features, head.out_features) == (in_features, 3)
+    assert model.num_classes == model.decoder.num_classes == model.config["num_classes"] == 3
+    assert model.labels == ("0", "1", "2")
+    after = model.state_dict()
+    changed = sorted(name for name in after if name not in before or not torch.equal(after[name], before[name]))
+    assert changed == ["decoder.output.bias", "decoder.output.weight"]
+    logits = model(_images(model))
+    assert logits.shape == (2, 3)
+    assert len(model.classify(np.zeros((40, 40, 3), np.uint8), k=3)) == 3
+    # The config follows the new head, so the model saves and loads back as it is.
+    loaded = pt.load_model(pt.save_model(model, tmp_path / "three.safetensors"))
+    images = _images(model)
+    torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+
+
+def test_reset_classifier_keeps_the_device_and_dtype():
+    model = _classifier().to(torch.bfloat16)
+    model.reset_classifier(np.int64(7))  # NumPy integers are integers
+    head = model.get_classifier()
+    assert head.weight.dtype == torch.bfloat16 and head.out_features == 7 and model.config["num_classes"] == 7
+    assert type(model.config["num_classes"]) is int
+    assert model(_images(model)).dtype == torch.float32  # the final projection island still holds
+
+
+@pytest.mark.parametrize("num_classes, found", [(0, "0 (int)"), (True, "True (bool)"), (2.0, "2.0 (float)"),
+                                                (10**9, "1000000000 (int)"), ("10", "'10' (str)")])
+def test_reset_classifier_refuses_what_the_config_schema_refuses(num_classes, found):
+    model = _classifier()
+    head = model.get_classifier()
+    with pytest.raises(pt.ConfigError, match=rf"num_classes: found {re.escape(found)}; expected an integer >= 1"):
+        model.reset_classifier(num_classes)
+    assert model.get_classifier() is head and model.config["num_classes"] == 10  # nothing changed
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_create_model_with_num_classes_is_the_zoo_model_reset(tmp_path, monkeypatch, pretrained):
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        torch.manual_seed(0)
+        plain = pt.create_model(TINY, pretrained, manifest=TEST_MANIFEST)
+        torch.manual_seed(0)
+        same = pt.create_model(TINY, pretrained, num_classes=plain.num_classes, manifest=TEST_MANIFEST)
+        torch.manual_seed(0)
+        reset = pt.create_model(TINY, pretrained, num_classes=plain.num_classes + 2, manifest=TEST_MANIFEST)
+    for name, tensor in plain.state_dict().items():  # the same count keeps the classifier it has
+        assert torch.equal(same.state_dict()[name], tensor), name
+    assert reset.get_classifier().out_features == reset.config["num_classes"] == plain.num_classes + 2
+    assert not reset.training
+    kept = [name for name in plain.state_dict() if not name.startswith("decoder.output.")]
+    assert len(kept) == len(plain.state_dict()) - 2
+    for name in kept:  # everything but the classifier is the zoo model's
+        assert torch.equal(reset.state_dict()[name], plain.state_dict()[name]), name
+
+
+def test_create_model_refuses_num_classes_before_fetching_anything(tmp_path, monkeypatch):
+    with hub_env(monkeypatch, tmp_path / "no-hub", tmp_path / "cache"):
+        with pytest.raises(ValueError, match=r"'tiny-language-perceiver' is a language model; num_classes applies "
+                                             r"to the ImageNet classifiers"):
+            pt.create_model("tiny-language-perceiver", num_classes=5, manifest=TEST_MANIFEST)
+        with pytest.raises(pt.ConfigError, match=r"(?s)zoo model 'tiny-vision-perceiver-conv' with num_classes is not "
+                                                 r"a valid config.*num_classes: found 0 \(int\)"):
+            pt.create_model(TINY, num_classes=0, manifest=TEST_MANIFEST)
+    assert not (tmp_path / "cache").exists()  # refused before the cache was made
