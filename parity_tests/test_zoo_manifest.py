@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import perceiver_torch as pt
 from converters.zoo.manifest_edit import save_manifest
 from parity_tests.conftest import released_shapes
 from parity_tests.zoo_support import TEST_MANIFEST, golden_language_entry
@@ -42,6 +43,14 @@ def test_product_manifest_lists_exactly_the_six_released_checkpoints():
     for name, entry in data["models"].items():
         assert entry["kind"] == "released" and entry["source"]["licence"] == "CC BY 4.0", name
         assert entry["preset"] == RELEASED[name], name
+
+
+def test_list_models_names_what_create_model_takes():
+    assert pt.list_models() == sorted(RELEASED)  # the packaged manifest, sorted
+    tiny = pt.list_models(TEST_MANIFEST)
+    assert tiny == sorted(load_manifest(TEST_MANIFEST)["models"]) and "tiny-vision-perceiver-conv" in tiny
+    for name in tiny:
+        assert isinstance(create_model(name, pretrained=False, manifest=TEST_MANIFEST), torch.nn.Module), name
 
 
 def test_test_entries_live_only_in_the_test_manifest():

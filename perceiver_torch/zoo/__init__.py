@@ -5,8 +5,9 @@ from .manifest import entries, get_entry, load_manifest
 from .schema import ManifestError
 
 
-def list_models() -> list[str]:
-    return sorted(entries())
+def list_models(manifest=None) -> list[str]:
+    """The zoo's model names, sorted: what `create_model` takes (the packaged manifest, or `manifest`)."""
+    return sorted(entries(manifest))
 
 
 __all__ = [
