@@ -122,3 +122,17 @@ def test_an_invalid_config_is_refused_before_anything_is_written(tmp_path):
 def test_a_directory_is_not_a_file_name(tmp_path):
     with pytest.raises(IsADirectoryError):
         pt.save_model(_trained("language"), tmp_path)
+
+
+def test_saving_over_the_file_a_model_was_loaded_from(tmp_path):
+    """The fine-tune-in-place case: load_model maps the file, save_model replaces it (a new file, renamed in)."""
+    path = pt.save_model(_trained("language"), tmp_path / "lm.safetensors")
+    model = pt.load_model(path)
+    original = {name: t.clone() for name, t in model.state_dict().items()}
+    with torch.no_grad():
+        for tensor in model.parameters():
+            tensor.mul_(2)
+    pt.save_model(model, path)
+    for name, tensor in pt.load_model(path).state_dict().items():
+        assert torch.equal(tensor, 2 * original[name]), name
+    assert [p.name for p in tmp_path.iterdir()] == ["lm.safetensors"]  # no temp file left
