@@ -94,3 +94,13 @@ def test_create_model_refuses_num_classes_before_fetching_anything(tmp_path, mon
                                                  r"a valid config.*num_classes: found 0 \(int\)"):
             pt.create_model(TINY, num_classes=0, manifest=TEST_MANIFEST)
     assert not (tmp_path / "cache").exists()  # refused before the cache was made
+
+
+def test_a_classifier_without_a_final_projection_has_nothing_to_reset():
+    config = golden_config("imagenet_conv")
+    config["decoder"]["final_project"] = False  # the schema allows it: the logits are the query's channels
+    model = build_model("imagenet", config)
+    assert model.get_classifier() is None
+    with pytest.raises(ValueError, match=r"no classifier to replace \(its config's decoder.final_project is false"):
+        model.reset_classifier(3)
+    assert model.config["num_classes"] == 10

@@ -48,7 +48,7 @@ class PerceiverForImageClassification(Perceiver):
         self.image_size = (height, width)
         self.num_classes = num_classes
 
-    def get_classifier(self) -> FinalLinear:
+    def get_classifier(self) -> FinalLinear | None:
         """The layer that gives the logits: [B, query channels] -> [B, num_classes] (timm's name)."""
         return self.decoder.output
 
@@ -65,6 +65,9 @@ class PerceiverForImageClassification(Perceiver):
         config["num_classes"] = num_classes
         validate_config(self.task, config, source=f"reset_classifier({num_classes!r}): the model's config with it")
         old = self.get_classifier()
+        if old is None:  # decoder.final_project false: the logits are the decoder query's channels
+            raise ValueError("reset_classifier: this model has no classifier to replace (its config's "
+                             "decoder.final_project is false).")
         self.decoder.output = FinalLinear(old.in_features, num_classes, device=old.weight.device,
                                           dtype=old.weight.dtype)
         self.decoder.num_classes = self.num_classes = num_classes
