@@ -123,3 +123,13 @@ def test_constructor_refusals_become_config_errors():
     """What no single key shows (a width the heads do not divide) is refused when the model is built on meta."""
     with pytest.raises(ConfigError, match=r"\(model\): num_z_channels \(48\) must be divisible"):
         build_on_meta("language", _language(encoder__num_self_attend_heads=5))
+
+
+def test_an_imagenet_classifier_must_project_to_its_classes():
+    config = golden_config("imagenet_conv")
+    config["decoder"]["final_project"] = False
+    problems = config_problems("imagenet", config)
+    assert problems == ["decoder.final_project: found false; expected true (or left out): without the final "
+                        "projection the logits would be the decoder query's channels, not num_classes"]
+    config["decoder"]["final_project"] = True
+    assert config_problems("imagenet", config) == []

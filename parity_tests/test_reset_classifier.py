@@ -7,9 +7,11 @@ import re
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import perceiver_torch as pt
 from perceiver_torch.registry import build_model
+from perceiver_torch.serialization import build_on_meta
 
 from .conftest import golden_config
 from .zoo_support import TEST_HUB, TEST_MANIFEST, hub_env
@@ -96,11 +98,44 @@ def test_create_model_refuses_num_classes_before_fetching_anything(tmp_path, mon
     assert not (tmp_path / "cache").exists()  # refused before the cache was made
 
 
-def test_a_classifier_without_a_final_projection_has_nothing_to_reset():
+def test_a_classifier_without_a_final_projection_is_refused():
     config = golden_config("imagenet_conv")
-    config["decoder"]["final_project"] = False  # the schema allows it: the logits are the query's channels
+    config["decoder"]["final_project"] = False  # build_model does not validate; the schema refuses it
     model = build_model("imagenet", config)
-    assert model.get_classifier() is None
-    with pytest.raises(ValueError, match=r"no classifier to replace \(its config's decoder.final_project is false"):
+    with pytest.raises(pt.ConfigError, match=r"decoder.final_project: found false; expected true"):
         model.reset_classifier(3)
     assert model.config["num_classes"] == 10
+
+
+def test_reset_classifier_keeps_the_train_or_eval_mode():
+    model = _classifier()  # eval
+    model.reset_classifier(3)
+    assert not any(module.training for module in model.modules())
+    model.train()
+    model.reset_classifier(4)
+    assert all(module.training for module in model.modules())
+
+
+def _wide_query_config() -> dict:
+    config = golden_config("imagenet_fourier")
+    config["decoder"]["trainable_position_encoding_kwargs"]["num_channels"] = 8192  # a 8192-wide classifier input
+    return config
+
+
+def test_reset_classifier_checks_the_parameter_bound_before_allocating():
+    model = build_on_meta("imagenet", _wide_query_config())  # 135M parameters, allowed; on meta, no memory
+    with pytest.raises(pt.ConfigError, match=r"\(whole model\): found 1,2\d\d,\d{3},\d{3} parameters; expected at "
+                                             r"most 1,000,000,000"):
+        model.reset_classifier(1 << 17)  # the schema allows 131072 classes, but 8193 x 131072 more parameters
+    assert model.num_classes == 10
+
+
+def test_create_model_checks_the_parameter_bound_before_fetching(tmp_path, monkeypatch):
+    manifest = yaml.safe_load(TEST_MANIFEST.read_text())
+    manifest["models"][TINY]["config"]["decoder"]["trainable_position_encoding_kwargs"]["num_channels"] = 8192
+    edited = tmp_path / "manifest.yaml"
+    edited.write_text(yaml.safe_dump(manifest))
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        with pytest.raises(pt.ConfigError, match=r"\(whole model\): found 1,2\d\d,\d{3},\d{3} parameters"):
+            pt.create_model(TINY, num_classes=1 << 17, manifest=edited)
+    assert not (tmp_path / "cache").exists()

@@ -103,7 +103,9 @@ def test_modules_that_are_not_task_models_are_refused():
 @pytest.mark.parametrize("metadata, error, message", [
     ({"task": "imagenet"}, ValueError, r"metadata keys \['task'\] are written by save_model itself"),
     ({"step": 3}, TypeError, r"metadata must map str to str"),
-    ("note", TypeError, r"metadata must map str to str"),
+    ("note", TypeError, r"metadata must be a mapping of str to str; got str"),
+    ({"n": "caf\udce9"}, ValueError, r"metadata key 'n': not encodable as UTF-8 \(surrogates not allowed\)"),
+    ({"big": "a" * (17 << 20)}, ValueError, r"the safetensors header would be \d+ bytes, past the 16777216 a reader"),
 ])
 def test_bad_metadata_is_refused(metadata, error, message, tmp_path):
     with pytest.raises(error, match=message):
@@ -112,11 +114,48 @@ def test_bad_metadata_is_refused(metadata, error, message, tmp_path):
 
 
 def test_an_invalid_config_is_refused_before_anything_is_written(tmp_path):
+    config = golden_config("language")
+    config["comment"] = "fine-tuned"  # not a key of the schema; the constructor never looks at it
+    with pytest.raises(pt.ConfigError, match=r"(?s)PerceiverForMaskedLM\.config is not a valid config.*comment"):
+        pt.save_model(pt.PerceiverForMaskedLM(config), tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("change, listed", [
+    (lambda c: c["encoder"].update(num_blocks=3), r"encoder\.num_blocks: 1 -> 3"),  # shared weights: no new shape
+    (lambda c: c["encoder"].update(num_self_attend_heads=8), r"encoder\.num_self_attend_heads: 4 -> 8"),
+    (lambda c: c["encoder"].update(use_query_residual=False), r"encoder\.use_query_residual: True -> False"),
+    (lambda c: c["decoder"].pop("num_heads"), r"decoder\.num_heads: removed \(was 4\)"),
+])
+def test_a_config_changed_after_the_build_is_refused_with_each_change(change, listed, tmp_path):
+    """Settings that change no tensor's shape would load back as another model: the config must be the built one."""
     model = _trained("language")
-    model.config["encoder"]["z_index_dim"] = -1
-    with pytest.raises(pt.ConfigError, match=r"PerceiverForMaskedLM\.config is not a valid config"):
+    change(model.config)
+    with pytest.raises(ValueError, match=rf"(?s)PerceiverForMaskedLM\.config was changed after the model was built "
+                                         rf"\(1 change\(s\)\).*{listed}"):
         pt.save_model(model, tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_callers_config_dict_can_be_reused(tmp_path):
+    """A model keeps its own copy of the config it was built from: editing the caller's dict changes nothing."""
+    config = golden_config("language")
+    model = pt.PerceiverForMaskedLM(config)
+    config["encoder"]["num_blocks"] = 4
+    assert model.config["encoder"]["num_blocks"] == 1
+    assert pt.load_model(pt.save_model(model, tmp_path / "m.safetensors")).config == model.config
+
+
+def test_meta_tensors_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"tensor\(s\) are on the meta device, with no values to write"):
+        pt.save_model(_trained("language").to("meta"), tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_compiled_model_is_saved_as_the_model_it_wraps(tmp_path):
+    model = _trained("language")
+    loaded = pt.load_model(pt.save_model(torch.compile(model), tmp_path / "m.safetensors"))  # nothing compiles
+    assert all(torch.equal(t, model.state_dict()[n]) for n, t in loaded.state_dict().items())
 
 
 def test_a_directory_is_not_a_file_name(tmp_path):

@@ -53,6 +53,20 @@ def test_list_models_names_what_create_model_takes():
         assert isinstance(create_model(name, pretrained=False, manifest=TEST_MANIFEST), torch.nn.Module), name
 
 
+@pytest.mark.parametrize("manifest, error, message", [
+    ("", ManifestError, r"zoo manifest \. is a directory"),  # a path, not a request for the packaged manifest
+    (123, TypeError, r"manifest must be a path \(str or os.PathLike\); got int"),
+])
+def test_list_models_refuses_a_manifest_that_is_not_a_path(manifest, error, message):
+    with pytest.raises(error, match=message):
+        pt.list_models(manifest)
+
+
+def test_pretrained_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"pretrained must be True or False; got 'False'"):
+        create_model("language-perceiver", "False")  # truthy: it used to mean "download"
+
+
 def test_test_entries_live_only_in_the_test_manifest():
     assert TEST_MODELS and all(e["kind"] == "test" for e in TEST_MODELS.values())
     assert not set(TEST_MODELS) & set(MODELS)

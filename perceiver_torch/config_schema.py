@@ -221,6 +221,14 @@ def _same_latent_width(config: Mapping, path: str, problems: list[str]) -> None:
                         f"{encoder['num_z_channels']}, the encoder's num_z_channels (the latents it decodes)")
 
 
+def _classifier_projects(config: Mapping, path: str, problems: list[str]) -> None:
+    """An ImageNet classifier's logits are its decoder's final projection, num_classes wide."""
+    decoder = config.get("decoder")
+    if isinstance(decoder, Mapping) and decoder.get("final_project") is False:
+        problems.append("decoder.final_project: found false; expected true (or left out): without the final "
+                        "projection the logits would be the decoder query's channels, not num_classes")
+
+
 # Caps are about 8x the largest released value (more where released values are small).
 WIDTH = 8192
 HEADS = Int(1, 256)
@@ -324,7 +332,7 @@ IMAGENET = Section(
         "decoder": Section(QUERY_FIELDS, frozenset({"use_query_residual"}), (_needs_kwargs(),)),
     },
     frozenset({"image_size", "num_classes", "input_preprocessor", "encoder", "decoder"}),
-    (_same_latent_width,),
+    (_same_latent_width, _classifier_projects),
 )
 
 OPTICAL_FLOW = Section(

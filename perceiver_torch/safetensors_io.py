@@ -199,6 +199,10 @@ def canonical_header(tensors: Mapping, metadata: Mapping[str, str] | None) -> by
         offset += nbytes
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    if len(text) > MAX_HEADER_BYTES:  # read_header would refuse the file: never write one
+        raise ValueError(f"the safetensors header would be {len(text)} bytes, past the {MAX_HEADER_BYTES} a reader "
+                         f"takes; its metadata is {sum(len(k) + len(v) for k, v in (metadata or {}).items())} "
+                         "characters.")
     return struct.pack("<Q", len(text)) + text
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .config_schema import validate_config
+from .models.owned_config import config_changes
 from .registry import TASK_MODELS
 from .safetensors_io import CODES
 from .serialization import (
@@ -40,9 +41,16 @@ def task_of(model: nn.Module) -> str:
 def _checked_metadata(metadata) -> dict[str, str]:
     if metadata is None:
         return {}
-    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
-                                                    for k, v in metadata.items()):
-        raise TypeError(f"metadata must map str to str; got {metadata!r}.")
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping of str to str; got {type(metadata).__name__}.")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"metadata must map str to str; key {_short(key)} holds a {type(value).__name__}"
+                            f"{'' if isinstance(key, str) else f' (the key is a {type(key).__name__})'}.")
+        try:
+            key.encode("utf-8"), value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from os.fsdecode of a non-UTF-8 name
+            raise ValueError(f"metadata key {_short(key)}: not encodable as UTF-8 ({exc.reason}).") from None
     reserved = sorted(set(metadata) & set(RESERVED_METADATA))
     if reserved:
         raise ValueError(f"metadata keys {reserved} are written by save_model itself (from the model); "
@@ -50,8 +58,18 @@ def _checked_metadata(metadata) -> dict[str, str]:
     return dict(metadata)
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _float32_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with floating tensors in float32; float64 and non-finite tensors refused, all named."""
+    on_meta = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if on_meta:
+        names = ", ".join(on_meta[:3]) + (" ..." if len(on_meta) > 3 else "")
+        raise ValueError(f"{len(on_meta)} tensor(s) are on the meta device, with no values to write ({names}); "
+                         "load or initialise them first.")
     state, wide, bad = {}, [], []
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach()
@@ -84,6 +102,9 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, metadata: Mapping[s
     float32 (exactly), so `load_model(path, dtype=...)` gives the same tensors back, bit for
     bit. The write is atomic: a failure leaves nothing at `path`.
     """
+    inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper holds the model it compiled there
+    if isinstance(inner, nn.Module) and not isinstance(model, tuple(TASK_MODELS.values())):
+        model = inner
     task = task_of(model)
     extra = _checked_metadata(metadata)
     path = check_output_path(path)
@@ -92,6 +113,11 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, metadata: Mapping[s
         raise TypeError(f"{type(model).__name__}.config must be the dict the model was built from; got "
                         f"{type(config).__name__}.")
     source = f"{type(model).__name__}.config"
+    changed = config_changes(model)
+    if changed:  # settings that change no shape (blocks, heads, residuals) would rebuild another model
+        raise ValueError(f"{source} was changed after the model was built ({len(changed)} change(s)); its modules "
+                         "and weights follow the config it was built with, and load_model would rebuild a "
+                         "different model:\n  " + "\n  ".join(changed))
     validate_config(task, config, source=source)  # a ConfigError listing each problem
     rebuilt = build_on_meta(task, config, source=source)
     state = _float32_state(model)

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from ..config_schema import validate_config
+from ..config_schema import check_parameter_count, validate_config
 from ..imagenet_preprocessing import imagenet_labels, imagenet_transform
 from ..integers import is_int
 from ..labels import names_or_indices
@@ -15,6 +15,7 @@ from ..layers.decoders import ClassificationDecoder
 from ..layers.image import ImagePreprocessor
 from ..layers.precision import FinalLinear
 from .input_checks import check_batch, check_float, check_range, check_top_k
+from .owned_config import own_config
 
 # imagenet_transform's output lies in about [-2.12, 2.64] (0 and 255 through the ImageNet mean and
 # stddev), a little beyond after a float image's bicubic overshoot. Far outside means the normalisation
@@ -44,11 +45,11 @@ class PerceiverForImageClassification(Perceiver):
             encoder=PerceiverEncoder(input_channels=preprocessor.num_channels, **config["encoder"]),
             decoder=ClassificationDecoder(num_classes, **config["decoder"]),
         )
-        self.config = config
+        own_config(self, config)
         self.image_size = (height, width)
         self.num_classes = num_classes
 
-    def get_classifier(self) -> FinalLinear | None:
+    def get_classifier(self) -> FinalLinear:
         """The layer that gives the logits: [B, query channels] -> [B, num_classes] (timm's name)."""
         return self.decoder.output
 
@@ -61,17 +62,18 @@ class PerceiverForImageClassification(Perceiver):
         """
         if is_int(num_classes):
             num_classes = int(num_classes)  # a NumPy integer, say; anything else the schema names
+        source = f"reset_classifier({num_classes!r}): the model's config with it"
         config = copy.deepcopy(self.config)
         config["num_classes"] = num_classes
-        validate_config(self.task, config, source=f"reset_classifier({num_classes!r}): the model's config with it")
-        old = self.get_classifier()
-        if old is None:  # decoder.final_project false: the logits are the decoder query's channels
-            raise ValueError("reset_classifier: this model has no classifier to replace (its config's "
-                             "decoder.final_project is false).")
-        self.decoder.output = FinalLinear(old.in_features, num_classes, device=old.weight.device,
-                                          dtype=old.weight.dtype)
+        validate_config(self.task, config, source=source)
+        old = self.get_classifier()  # the schema has refused a config without one (decoder.final_project false)
+        # The bound load_model applies, checked before the new layer is allocated.
+        others = sum(p.numel() for p in self.parameters()) - sum(p.numel() for p in old.parameters())
+        check_parameter_count(others + (old.in_features + 1) * num_classes, source)
+        new = FinalLinear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+        self.decoder.output = new.train(old.training)
         self.decoder.num_classes = self.num_classes = num_classes
-        self.config = config
+        own_config(self, config)
 
     @property
     def labels(self) -> tuple[str, ...]:

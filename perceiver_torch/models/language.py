@@ -7,6 +7,7 @@ import torch
 from ..layers import BasicDecoder, EmbeddingDecoder, Perceiver, PerceiverEncoder, TextPreprocessor
 from ..tokenizer import BytesTokenizer
 from .input_checks import INDEX_DTYPES, check_binary, check_range, describe
+from .owned_config import own_config
 
 
 class PerceiverForMaskedLM(Perceiver):
@@ -32,7 +33,7 @@ class PerceiverForMaskedLM(Perceiver):
                 f"decoder outputs {self.decoder.num_output_channels} channels; the tied embedding "
                 f"decoder needs d_model={d_model}."
             )
-        self.config = config
+        own_config(self, config)
         self.embedding_decoder = EmbeddingDecoder(vocab_size)
         self.tokenizer = BytesTokenizer()
 

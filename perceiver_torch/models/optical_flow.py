@@ -10,6 +10,7 @@ from ..layers.flow import FlowDecoder, patches_for_flow
 from ..layers.image import ImagePreprocessor
 from ..layers.perceiver import Perceiver
 from .input_checks import check_batch, check_range
+from .owned_config import own_config
 
 # The colab scales pixels to [-1, 1] (x / 255 * 2 - 1). A resampled frame can overshoot that a little;
 # values beyond +-1.5 mean the scaling was skipped (0-255 frames) and the flow would be garbage.
@@ -57,7 +58,7 @@ class PerceiverForOpticalFlow(Perceiver):
                 **config.get("decoder", {}),
             ),
         )
-        self.config = config
+        own_config(self, config)
         self.train_size = train_size
         self.flow_scale_factor = float(config["flow_scale_factor"])
 

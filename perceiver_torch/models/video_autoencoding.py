@@ -14,6 +14,7 @@ from ..layers.image import ImagePreprocessor
 from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocessor, QueryGenerator
 from ..layers.postprocessors import AudioPostprocessor, ClassificationPostprocessor, ProjectionPostprocessor
 from .input_checks import check_batch, check_float, check_range, check_top_k, describe, values_readable
+from .owned_config import own_config
 from .perceiver_io import PerceiverIO
 
 # The colab's fixed choices (see parity_tests/fixtures/golden/README.md).
@@ -122,7 +123,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
             input_padding_channels=INPUT_PADDING,
             input_mask_probs=MASK_PROBS,
         )
-        self.config = config
+        own_config(self, config)
         self.num_frames, self.image_size, self.num_samples = frames, size, num_samples
         self.samples_per_patch, self.num_classes = spp, num_classes
 

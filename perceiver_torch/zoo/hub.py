@@ -243,6 +243,8 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
     ``num_classes`` (ImageNet classifiers) replaces the classifier by a fresh one with that many
     outputs unless it already has them (``reset_classifier``): the start of a fine-tune.
     """
+    if not isinstance(pretrained, bool):  # "False" is truthy: it would download
+        raise TypeError(f"pretrained must be True or False; got {pretrained!r}.")
     device, dtype = usable_device(device), model_dtype(dtype)  # before anything is downloaded or built
     entry = get_entry(name, manifest)
     config = entry_config(entry)
@@ -279,6 +281,8 @@ def _checked_num_classes(name: str, task: str, config: dict, num_classes) -> int
     if is_int(num_classes):
         num_classes = int(num_classes)
     validate_config(task, {**config, "num_classes": num_classes}, source=f"zoo model {name!r} with num_classes")
+    # Every check reset_classifier makes (the parameter bound too), on the meta device.
+    build_on_meta(task, config, source=f"zoo model {name!r}").reset_classifier(num_classes)
     return num_classes
 
 

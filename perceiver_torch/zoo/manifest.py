@@ -80,8 +80,12 @@ _ManifestLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, 
 
 def manifest_path(path=None) -> Path:
     """The manifest in use: `path`, else $PERCEIVER_ZOO_MANIFEST, else the packaged one."""
-    if path or os.environ.get("PERCEIVER_ZOO_MANIFEST"):
-        return Path(path or os.environ["PERCEIVER_ZOO_MANIFEST"])
+    if path is not None:  # "" is a path (the current folder, refused as one), not a request for the default
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"manifest must be a path (str or os.PathLike); got {type(path).__name__}.")
+        return Path(path)
+    if os.environ.get("PERCEIVER_ZOO_MANIFEST"):
+        return Path(os.environ["PERCEIVER_ZOO_MANIFEST"])
     return Path(str(resources.files("perceiver_torch").joinpath(PACKAGED_MANIFEST)))
 
 

@@ -1,0 +1,40 @@
+"""A task model's config: its own copy, and a snapshot of what it was built from, for save_model to compare."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+
+def own_config(model: nn.Module, config: dict) -> None:
+    """Give `model` its own copy of `config` (the caller's dict may be reused) and the snapshot it was built from."""
+    model.config = copy.deepcopy(config)
+    model._built_config = copy.deepcopy(config)  # what the modules and weights follow
+
+
+def config_changes(model: nn.Module) -> list[str]:
+    """Each dotted key where `model.config` differs from what the model was built from, as "key: old -> new"."""
+    built = getattr(model, "_built_config", None)
+    return [] if built is None else _differences(built, model.config, "")
+
+
+def _differences(old, new, path: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in new:
+                found.append(f"{where}: removed (was {_short(old[key])})")
+            elif key not in old:
+                found.append(f"{where}: added ({_short(new[key])})")
+            else:
+                found += _differences(old[key], new[key], where)
+        return found
+    same = type(old) is type(new) and old == new  # True and 1 are different settings in a config
+    return [] if same else [f"{path or '(config)'}: {_short(old)} -> {_short(new)}"]
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
