@@ -95,12 +95,15 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, metadata: Mapping[s
     """Write a task model to `path` (safetensors), so that `load_model(path)` gives it back; returns the path.
 
     The file is what `perceiver-convert` writes: the weights, and the task and config in the
-    metadata (plus `metadata`, str to str). Everything `load_model` would refuse is refused
-    here first, naming what is wrong, and nothing is written: a model that its own config no
-    longer describes (a replaced head: both sides of each mismatch are listed), float64 or
-    non-finite weights, an unusable path. Weights held in bfloat16 or float16 are written as
-    float32 (exactly), so `load_model(path, dtype=...)` gives the same tensors back, bit for
-    bit. The write is atomic: a failure leaves nothing at `path`.
+    metadata (plus `metadata`, str to str). Everything `load_model` would refuse, or would
+    rebuild as another model, is refused here first, naming what is wrong, and nothing is
+    written: a model that its own config no longer describes (a replaced head: both sides of
+    each mismatch are listed), a `model.config` edited after the build (each changed key),
+    float64, non-finite or meta-device weights, metadata a reader would refuse, an unusable
+    path. Weights held in bfloat16 or float16 are written as float32 (exactly), so
+    `load_model(path, dtype=...)` gives the same tensors back, bit for bit. A subclass of a task
+    model is saved as, and loads back as, its task's model; a `torch.compile` wrapper as the
+    model it wraps. The write is atomic: a failure leaves nothing at `path`.
     """
     inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper holds the model it compiled there
     if isinstance(inner, nn.Module) and not isinstance(model, tuple(TASK_MODELS.values())):
