@@ -139,3 +139,25 @@ def test_create_model_checks_the_parameter_bound_before_fetching(tmp_path, monke
         with pytest.raises(pt.ConfigError, match=r"\(whole model\): found 1,2\d\d,\d{3},\d{3} parameters"):
             pt.create_model(TINY, num_classes=1 << 17, manifest=edited)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_reset_classifier_fine_tunes_and_saves(tmp_path):
+    """The fine-tuning story end to end: every parameter gets a gradient, the loss falls, the result saves."""
+    model = _classifier()
+    model.reset_classifier(4)
+    model.train()
+    torch.manual_seed(0)
+    images, labels = torch.rand(8, 3, *model.image_size) * 2 - 1, torch.arange(8) % 4
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for step in range(15):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        if step == 0:
+            assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses  # measured 1.40 -> 0.05 on 8 random images
+    loaded = pt.load_model(pt.save_model(model.eval(), tmp_path / "tuned.safetensors"))
+    torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
