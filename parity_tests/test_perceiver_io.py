@@ -18,6 +18,8 @@ from perceiver_torch.layers import (
     restructure,
 )
 
+from .training import train_classifier
+
 
 def point_cloud_classifier(num_classes=4):
     # The README's custom-task example.
@@ -37,15 +39,7 @@ def test_readme_point_cloud_example_trains():
     labels = torch.arange(32) % 4
     centres = torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]])
     points = 0.3 * torch.randn(32, 64, 3) + centres[labels][:, None]
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss = torch.nn.functional.cross_entropy(model(points), labels)
-        optimiser.zero_grad()
-        loss.backward()
-        assert all(p.grad is not None for p in model.parameters())
-        optimiser.step()
-        losses.append(loss.item())
+    losses = train_classifier(model, points, labels, steps=30, lr=3e-3)
     assert losses[-1] < 0.1 * losses[0]
 
 
