@@ -104,6 +104,19 @@ def test_file_and_stream_writes_give_the_same_bytes(tmp_path, monkeypatch, reser
     assert (tmp_path / "f.safetensors").read_bytes() == stream.getvalue()
 
 
+@pytest.mark.parametrize("metadata", [{"k": "x" * (16 << 20)}, {"k": 1}])
+def test_a_refused_header_leaves_the_path_untouched(tmp_path, metadata):
+    """A header a reader would refuse (too large), or metadata that is not str to str, is refused before the
+    path is opened: an existing file keeps its bytes, and no new file is made."""
+    old, new = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
+    write_safetensors(old, {"a": torch.ones(3)}, {"k": "v"})
+    before = old.read_bytes()
+    for path in (old, new):
+        with pytest.raises((ValueError, TypeError), match=r"header would be \d+ bytes|must map str to str"):
+            write_safetensors(path, {"a": torch.zeros(1 << 20)}, metadata)
+    assert old.read_bytes() == before and not new.exists()
+
+
 def test_path_writes_replace_a_longer_file_exactly_without_truncating_it_to_zero(tmp_path, monkeypatch):
     """An existing, longer file at the path ends up holding exactly the new bytes (its tail cut at the end),
     and it is never opened with O_TRUNC: on ext4 a truncation to zero makes close() write the file back

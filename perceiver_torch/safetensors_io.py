@@ -217,6 +217,7 @@ def write_safetensors(destination, tensors: Mapping, metadata: Mapping[str, str]
     file's blocks are reserved first, so that a full disk fails at once, before any data is
     written.
     """
+    header = canonical_header(tensors, metadata)  # what it refuses, it refuses before a path is touched
     if isinstance(destination, (str, os.PathLike)):
         # Opened without O_TRUNC, an old file's tail cut off at the end instead: on ext4 a truncation to zero
         # makes close() start writing the whole file back (auto_da_alloc: 0.23 s of a 0.9 s conversion of the
@@ -224,10 +225,14 @@ def write_safetensors(destination, tensors: Mapping, metadata: Mapping[str, str]
         fd = os.open(destination, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
         with open(fd, "wb") as f:
             _reserve(f.fileno(), sum(nbytes for *_, nbytes in map(_describe, tensors.values())))
-            write_safetensors(f, tensors, metadata, consume=consume)
+            _write_tensors(f, header, tensors, consume)
             f.truncate()
         return
-    destination.write(canonical_header(tensors, metadata))
+    _write_tensors(destination, header, tensors, consume)
+
+
+def _write_tensors(destination, header: bytes, tensors: Mapping, consume: bool) -> None:
+    destination.write(header)
     consume = consume and isinstance(tensors, MutableMapping)
     staging = _Staging()
     for name in sorted(tensors):
