@@ -6,7 +6,8 @@ from .schema import ManifestError
 
 
 def list_models(manifest=None) -> list[str]:
-    """The zoo's model names, sorted: what `create_model` takes (the packaged manifest, or `manifest`)."""
+    """The zoo's model names, sorted: what `create_model` takes from the same manifest (`manifest`, else
+    $PERCEIVER_ZOO_MANIFEST, else the packaged one)."""
     return sorted(entries(manifest))
 
 
