@@ -44,25 +44,21 @@ def _check_int(name: str, value, allowed: str) -> int:
     return int(value)
 
 
+def _check_size(name: str, size, what: str = "") -> tuple[int, int]:
+    """`size` as (height, width) if it is two positive integers, else a ValueError naming `name` (and `what`)."""
+    if not isinstance(size, Sequence) or len(size) != 2 or not all(is_int(v) and v >= 1 for v in size):
+        raise ValueError(f"{name} must be two positive integers (height, width){what}; got {size!r}.")
+    return int(size[0]), int(size[1])
+
+
 def _check_tile_size(tile_size) -> tuple[int, int]:
-    if (not isinstance(tile_size, Sequence) or len(tile_size) != 2
-            or not all(is_int(v) and v >= 1 for v in tile_size)):
-        raise ValueError(f"tile_size must be two positive integers (height, width): the model's training size; "
-                         f"got {tile_size!r}.")
-    return int(tile_size[0]), int(tile_size[1])
-
-
-def _check_frame_size(frame_size) -> tuple[int, int]:
-    if (not isinstance(frame_size, Sequence) or len(frame_size) != 2
-            or not all(is_int(v) and v >= 1 for v in frame_size)):
-        raise ValueError(f"frame_size must be two positive integers (height, width); got {frame_size!r}.")
-    return int(frame_size[0]), int(frame_size[1])
+    return _check_size("tile_size", tile_size, ": the model's training size")
 
 
 def tile_origins(frame_size: Sequence[int], tile_size: Sequence[int],
                  min_overlap: int | None = None) -> list[tuple[int, int]]:
     """Top-left (y, x) of every tile, in the colab's order (rows, then columns), repeats included."""
-    (height, width), (tile_h, tile_w) = _check_frame_size(frame_size), _check_tile_size(tile_size)
+    (height, width), (tile_h, tile_w) = _check_size("frame_size", frame_size), _check_tile_size(tile_size)
     if min_overlap is None:
         min_overlap = default_min_overlap(tile_size)
     min_overlap = _check_int("min_overlap", min_overlap, f"from 0 to {min(tile_h, tile_w) - 1}, or None")
@@ -98,7 +94,7 @@ def weight_map(frame_size: Sequence[int], tile_size: Sequence[int], min_overlap:
                *, dtype=torch.float32, device=None) -> torch.Tensor:
     """[H, W] sum of every tile's blend weights: the colab's normaliser (positive everywhere)."""
     origins = tile_origins(frame_size, tile_size, min_overlap)  # checks the sizes before anything is allocated
-    total = torch.zeros(_check_frame_size(frame_size), dtype=dtype, device=device)
+    total = torch.zeros(_check_size("frame_size", frame_size), dtype=dtype, device=device)
     weights = blend_weights(tile_size, dtype=dtype, device=device)
     tile_h, tile_w = weights.shape
     for y, x in origins:
