@@ -52,8 +52,13 @@ _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 60  # a hostile value is shown cut short, never in full
 
 
+def short_repr(value) -> str:
+    """`repr(value)`, cut short past 60 characters: how an error message shows a value it did not choose."""
+    return _REPR.repr(value)
+
+
 def _shown(value) -> str:
-    return f"{_REPR.repr(value)} ({type(value).__name__})"
+    return f"{short_repr(value)} ({type(value).__name__})"
 
 
 def _join(path: str, key: str) -> str:

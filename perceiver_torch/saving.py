@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config_schema import validate_config
+from .config_schema import short_repr, validate_config
 from .models.owned_config import config_changes
 from .registry import TASK_MODELS
 from .safetensors_io import CODES
@@ -46,22 +46,17 @@ def _checked_metadata(metadata) -> dict[str, str]:
         raise TypeError(f"metadata must be a mapping of str to str; got {type(metadata).__name__}.")
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"metadata must map str to str; key {_short(key)} holds a {type(value).__name__}"
+            raise TypeError(f"metadata must map str to str; key {short_repr(key)} holds a {type(value).__name__}"
                             f"{'' if isinstance(key, str) else f' (the key is a {type(key).__name__})'}.")
         try:
             key.encode("utf-8"), value.encode("utf-8")
         except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from os.fsdecode of a non-UTF-8 name
-            raise ValueError(f"metadata key {_short(key)}: not encodable as UTF-8 ({exc.reason}).") from None
+            raise ValueError(f"metadata key {short_repr(key)}: not encodable as UTF-8 ({exc.reason}).") from None
     reserved = sorted(set(metadata) & set(RESERVED_METADATA))
     if reserved:
         raise ValueError(f"metadata keys {reserved} are written by save_model itself (from the model); "
                          f"choose other names.")
     return dict(metadata)
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class _Float32Later:
@@ -83,13 +78,14 @@ class _Float32Later:
 
 def _float32_state(model: nn.Module) -> dict:
     """The state dict with floating tensors as float32; float64 and non-finite tensors refused, all named."""
-    on_meta = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    tensors = model.state_dict()
+    on_meta = [name for name, tensor in tensors.items() if tensor.is_meta]
     if on_meta:
         names = ", ".join(on_meta[:3]) + (" ..." if len(on_meta) > 3 else "")
         raise ValueError(f"{len(on_meta)} tensor(s) are on the meta device, with no values to write ({names}); "
                          "load or initialise them first.")
     state, wide, bad = {}, [], []
-    for name, tensor in model.state_dict().items():
+    for name, tensor in tensors.items():
         tensor = tensor.detach()
         if tensor.is_floating_point():
             if tensor.dtype not in EXACT_IN_FLOAT32:

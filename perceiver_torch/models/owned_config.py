@@ -6,6 +6,8 @@ import copy
 
 from torch import nn
 
+from ..config_schema import short_repr
+
 
 def own_config(model: nn.Module, config: dict) -> None:
     """Give `model` its own copy of `config` (the caller's dict may be reused) and the snapshot it was built from."""
@@ -25,16 +27,11 @@ def _differences(old, new, path: str) -> list[str]:
         for key in sorted(set(old) | set(new), key=str):
             where = f"{path}.{key}" if path else str(key)
             if key not in new:
-                found.append(f"{where}: removed (was {_short(old[key])})")
+                found.append(f"{where}: removed (was {short_repr(old[key])})")
             elif key not in old:
-                found.append(f"{where}: added ({_short(new[key])})")
+                found.append(f"{where}: added ({short_repr(new[key])})")
             else:
                 found += _differences(old[key], new[key], where)
         return found
     same = type(old) is type(new) and old == new  # True and 1 are different settings in a config
-    return [] if same else [f"{path or '(config)'}: {_short(old)} -> {_short(new)}"]
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return [] if same else [f"{path or '(config)'}: {short_repr(old)} -> {short_repr(new)}"]
