@@ -3,6 +3,7 @@
 from .attention import MultiHeadAttention, make_cross_attention_mask
 from .audio import AudioPreprocessor
 from .blocks import MLP, CrossAttention, SelfAttention
+from .checkpointing import CheckpointableBlock
 from .decoders import BasicDecoder, EmbeddingDecoder
 from .encoder import PerceiverEncoder
 from .multimodal import (
@@ -33,7 +34,7 @@ from .postprocessors import (
 from .text import TextPreprocessor
 
 __all__ = [
-    "BasicDecoder", "CrossAttention", "EmbeddingDecoder", "FourierPositionEncoding", "MLP",
+    "BasicDecoder", "CheckpointableBlock", "CrossAttention", "EmbeddingDecoder", "FourierPositionEncoding", "MLP",
     "MultiHeadAttention", "Perceiver", "PerceiverEncoder", "PositionEncodingProjector", "SelfAttention",
     "TextPreprocessor", "TrainablePositionEncoding", "build_linear_positions", "build_position_encoding",
     "fourier_features", "make_cross_attention_mask",

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadAttention
+from .checkpointing import CheckpointableBlock
 from .precision import LayerNorm, residual_stream
 
 # Haiku's hk.LayerNorm default.
@@ -26,7 +27,7 @@ class MLP(nn.Module):
         return self.dropout(self.dense2(F.gelu(self.dense1(x), approximate="tanh")))
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(CheckpointableBlock):
     """x + attn(LN(x)); then x + MLP(LN(x))."""
 
     def __init__(
@@ -56,14 +57,14 @@ class SelfAttention(nn.Module):
         self.mlp_norm = LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = MLP(dim, widening_factor, dropout_prob)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def block_forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = residual_stream(x)
         normed = self.norm(x)
         x = x + self.dropout(self.attention(normed, normed, attention_mask))
         return x + self.mlp(self.mlp_norm(x))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(CheckpointableBlock):
     """Queries attend to key/values; optional query residual; then MLP.
 
     `shape_for_attn` picks the default qk width: the key/value input's ('kv')
@@ -99,7 +100,7 @@ class CrossAttention(nn.Module):
         self.mlp_norm = LayerNorm(q_dim, eps=LAYER_NORM_EPS)
         self.mlp = MLP(q_dim, widening_factor, dropout_prob)
 
-    def forward(
+    def block_forward(
         self,
         inputs_q: torch.Tensor,
         inputs_kv: torch.Tensor,

@@ -78,8 +78,10 @@ class PerceiverEncoder(nn.Module):
         attention_mask = None if input_mask is None else input_mask.bool()[:, None, :]
         z = self.cross_attend(z, inputs, attention_mask)
         # Under autocast, weights shared by the repeated blocks are cast once per forward, not at each use
-        # (ImageNet: 8 uses; the same casts, so the same outputs).
-        cast = autocast_weights(self.self_attends) if self.num_blocks > 1 else None
+        # (ImageNet: 8 uses; the same casts, so the same outputs). Not for checkpointed layers: their
+        # recomputation in backward runs after functional_call has put the module's own weights back.
+        checkpointed = any(layer.grad_checkpointing for layer in self.self_attends)
+        cast = autocast_weights(self.self_attends) if self.num_blocks > 1 and not checkpointed else None
         if cast:
             return functional_call(self.self_attends, cast, (z, self.num_blocks), strict=False)
         return self.self_attends(z, self.num_blocks)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .checkpointing import set_grad_checkpointing
+
 
 class Perceiver(nn.Module):
     """Upstream's `Perceiver` composition of parts.
@@ -26,6 +28,15 @@ class Perceiver(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.output_postprocessor = output_postprocessor
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each attention block's activations in backward instead of keeping them (timm's name).
+
+        Trades training memory for one more forward of each block: the encoder's cross-attention, every
+        latent self-attention layer and the decoder's cross-attention. Gradients are the same, dropout
+        included. It acts only while autograd records; inference, export and compiled inference are unchanged.
+        """
+        set_grad_checkpointing(self, enable)
 
     def encode(self, inputs, input_mask: torch.Tensor | None = None):
         """Preprocess and encode: returns (z, modality_sizes, preprocessed inputs, inputs_without_pos)."""
