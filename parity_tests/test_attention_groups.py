@@ -111,3 +111,33 @@ def test_compile_keeps_one_batched_call(monkeypatch):
     assert len(graphs) == 1
     targets = [str(node.target) for node in graphs[0].graph.nodes if node.op == "call_function"]
     assert sum("matmul" in t for t in targets) == 2, targets
+
+
+@pytest.mark.parametrize("dtype", sorted(PATHS))
+def test_calls_autograd_records_keep_the_single_call(dtype, monkeypatch):
+    """matmul's out= has no backward: inputs that require grad take the single call, and gradients flow. Without
+    autograd recording, the same tensors are taken in groups again."""
+    q, k, v = (x.requires_grad_() for x in _heads(4, 6, PATHS[dtype][0]))
+    out, calls = _attend_counting(monkeypatch, q, k, v, _masks()["keys"], 1)
+    assert calls == 1
+    out.float().square().sum().backward()
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in (q, k, v))
+    with torch.no_grad():
+        _, calls = _attend_counting(monkeypatch, q, k, v, _masks()["keys"], 1)
+    assert calls == BATCH
+
+
+def test_a_model_trains_where_its_logits_exceed_the_group_budget(monkeypatch):
+    """The released language model's cross-attention logits (16 MiB a sequence) exceed LOGITS_GROUP_BYTES at
+    any batch: a training step at batch 3 of the golden model, with the budget below one sequence."""
+    from perceiver_torch import build_model
+    from perceiver_torch.export import example_inputs
+
+    from .conftest import golden_config
+
+    monkeypatch.setattr(attention, "LOGITS_GROUP_BYTES", 1)
+    torch.manual_seed(0)
+    model = build_model("language", golden_config("language")).train()
+    ids, mask = example_inputs(model, batch=3)
+    model(ids, mask).float().square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())

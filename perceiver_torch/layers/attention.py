@@ -67,7 +67,7 @@ NARROW_KEY_LOGITS_MAX = 1 << 20
 # keeping each group's logits within this many bytes: the same values (every sequence's matmuls and softmax are
 # computed independently either way). Released language model, float32, batch 32: 0.89x the forward's time,
 # batch 8 unchanged (AMD EPYC, 2 cores; benchmarks/README.md, "Attention speed"). Traced calls (compile,
-# export, whose batch may be dynamic) keep the single batched call.
+# export, whose batch may be dynamic) and calls autograd records keep the single batched call.
 LOGITS_GROUP_BYTES = 8 << 20
 
 
@@ -85,6 +85,8 @@ def _sequence_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     if (q.dim() != 4 or not isinstance(batch, int) or batch < 2 or k.shape[0] != batch or v.shape[0] != batch
             or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
         return 0
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return 0  # training: matmul's out= has no backward, and the probabilities are kept for backward anyway
     if mask is not None and (mask.dim() != 4 or mask.shape[0] not in (1, batch)):
         return 0
     per_sequence = q.shape[1] * q.shape[2] * k.shape[2] * logit_bytes
