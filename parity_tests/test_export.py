@@ -7,11 +7,19 @@ weights. Each export is traced at batch 2 and run at batch sizes 1 and 3. The ch
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from perceiver_torch import build_model, create_model, export_model
-from perceiver_torch.export import chunk_points, export_program, max_errors, onnx_runner
+from perceiver_torch.export import (
+    check_chunks,
+    check_trace_batch,
+    chunk_points,
+    export_program,
+    max_errors,
+    onnx_runner,
+)
 from perceiver_torch.flow_tiling import stitch_tiles
 from perceiver_torch.layers import attention
 from perceiver_torch.zoo.cli import main as zoo_cli
@@ -267,3 +275,19 @@ def test_onnx_video_chunk_refuses_out_of_range_points(tmp_path, shift):
     out_of_range = (image_points, last_audio + shift) if shift > 0 else (image_points, audio_points + shift)
     with pytest.raises(Exception, match="invalid index"):
         run(images, audio, *out_of_range)
+
+
+def test_tracing_batch_and_chunks_take_numpy_integers_as_the_rest_of_the_package_does():
+    # perceiver_torch.integers.is_int: an int or a NumPy integer (converted to int), never a bool.
+    assert check_trace_batch(np.int64(3)) == 3 and type(check_trace_batch(np.int32(3))) is int
+    for batch in (True, np.float64(2.0), np.int64(1)):
+        with pytest.raises(ValueError, match=r"batch \(the tracing batch size\) must be an integer from 2 to 64"):
+            check_trace_batch(batch)
+    model = _model("video_autoencoding")
+    chunks = model.config["nchunks"]
+    for got, want in zip(chunk_points(model, np.int64(chunks), 1), chunk_points(model, chunks, 1), strict=True):
+        assert torch.equal(got, want)
+    check_chunks(model, np.int32(chunks))
+    with pytest.raises(ValueError, match="chunks must be a positive integer; got True"):
+        check_chunks(model, True)
+

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .integers import is_int
 from .serialization import atomic_write, check_output_path
 from .zoo.hub import create_model
 
@@ -55,8 +56,9 @@ class VideoChunk(nn.Module):
 
 def chunk_points(model: nn.Module, chunks: int, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The image and audio query indices of decoding chunk `index` of `chunks`, as `autoencode` takes them."""
-    if type(chunks) is not int or chunks < 1:
+    if not is_int(chunks) or chunks < 1:
         raise ValueError(f"chunks must be a positive integer; got {chunks!r}.")
+    chunks = int(chunks)  # a NumPy integer, say
     if model.num_image_points % chunks or model.num_audio_patches % chunks:
         raise ValueError(f"chunks={chunks} must divide both the {model.num_image_points} image points and the "
                          f"{model.num_audio_patches} audio patches.")
@@ -107,7 +109,7 @@ def _exportable(model: nn.Module) -> nn.Module:
 
 def export_program(model: nn.Module, batch: int = 2, *, chunks: int | None = None) -> torch.export.ExportedProgram:
     """`torch.export.export` of `model`'s forward (see the module docstring), any batch size from 1 up."""
-    check_trace_batch(batch)
+    batch = check_trace_batch(batch)
     check_chunks(model, chunks)
     device = next(model.parameters()).device
     inputs = tuple(x.to(device) for x in example_inputs(model, batch, chunks=chunks))
@@ -116,12 +118,14 @@ def export_program(model: nn.Module, batch: int = 2, *, chunks: int | None = Non
         return torch.export.export(_exportable(model), inputs, dynamic_shapes=dynamic)
 
 
-def check_trace_batch(batch: int) -> None:
-    """Refuse a tracing batch that is not an integer in [2, MAX_TRACE_BATCH]."""
-    if type(batch) is not int or not 2 <= batch <= MAX_TRACE_BATCH:
+def check_trace_batch(batch: int) -> int:
+    """`batch` as an int if it is an integer (a NumPy one too, not a bool) in [2, MAX_TRACE_BATCH], else a
+    ValueError."""
+    if not is_int(batch) or not 2 <= batch <= MAX_TRACE_BATCH:
         raise ValueError(f"batch (the tracing batch size) must be an integer from 2 to {MAX_TRACE_BATCH} "
                          f"(torch.export specialises sizes 0 and 1); got {batch!r}. The exported program takes any "
                          "batch size from 1 up.")
+    return int(batch)
 
 
 def export_onnx(model: nn.Module, batch: int = 2, *, chunks: int | None = None):
@@ -169,7 +173,7 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
     if suffix in FORMATS and suffix != format:
         raise ValueError(f"{path} names a .{suffix} file but format is {format!r}: pass format={suffix!r} or name "
                          f"the file .{format}.")
-    check_trace_batch(batch)
+    batch = check_trace_batch(batch)
     if isinstance(model_or_name, str):
         model = create_model(model_or_name, **zoo_kwargs)
     elif zoo_kwargs:
