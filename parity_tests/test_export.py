@@ -291,3 +291,13 @@ def test_tracing_batch_and_chunks_take_numpy_integers_as_the_rest_of_the_package
     with pytest.raises(ValueError, match="chunks must be a positive integer; got True"):
         check_chunks(model, True)
 
+
+@pytest.mark.parametrize("format", ["pt2", "onnx"])
+def test_export_refuses_weights_on_the_meta_device(tmp_path, format):
+    # Traced on fake tensors, a meta model exported without complaint into a program holding no weights.
+    model = _model("imagenet_conv").to("meta")
+    with pytest.raises(ValueError, match=r"cannot export PerceiverForImageClassification: \d+ tensor\(s\) are on "
+                                         "the meta device, with no values to export"):
+        export_model(model, tmp_path / f"m.{format}", format=format)
+    assert list(tmp_path.iterdir()) == []
+
