@@ -301,3 +301,10 @@ def test_export_refuses_weights_on_the_meta_device(tmp_path, format):
         export_model(model, tmp_path / f"m.{format}", format=format)
     assert list(tmp_path.iterdir()) == []
 
+
+def test_a_torch_compile_wrapper_is_exported_as_the_model_it_wraps():
+    # torch.export of the wrapper itself failed with a dynamic_shapes structure error.
+    model = _model("imagenet_conv").eval()
+    program = export_program(torch.compile(model)).module()
+    errors = max_errors(model, program, batches=(1, 3))
+    assert max(errors.values()) <= TOLERANCE, errors

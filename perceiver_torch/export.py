@@ -110,9 +110,13 @@ def _exportable(model: nn.Module) -> nn.Module:
 def export_program(model: nn.Module, batch: int = 2, *, chunks: int | None = None) -> torch.export.ExportedProgram:
     """`torch.export.export` of `model`'s forward (see the module docstring), any batch size from 1 up.
 
-    Weights on the meta device are refused (the program would hold no values).
+    A `torch.compile` wrapper is exported as the model it wraps. Weights on the meta device are refused (the
+    program would hold no values).
     """
     batch = check_trace_batch(batch)
+    inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper holds the model it compiled there
+    if isinstance(inner, nn.Module):  # exporting the wrapper fails inside torch.export (torch 2.13)
+        model = inner
     check_chunks(model, chunks)
     on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if on_meta:
@@ -172,8 +176,8 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
     `format` 'pt2' writes `torch.export.save`'s archive (load it with `torch.export.load(path).module()`),
     'onnx' an ONNX model (float32 only); a `path` ending in .pt2 or .onnx must agree with `format`. `batch` is
     only the tracing batch (2 to MAX_TRACE_BATCH): the result takes any batch size.
-    `chunks` sets the video model's chunk size (default: its config's nchunks). Weights on the meta
-    device are refused. Written atomically.
+    `chunks` sets the video model's chunk size (default: its config's nchunks). A `torch.compile` wrapper is
+    exported as the model it wraps; weights on the meta device are refused. Written atomically.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
