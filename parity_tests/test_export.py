@@ -308,3 +308,14 @@ def test_a_torch_compile_wrapper_is_exported_as_the_model_it_wraps():
     program = export_program(torch.compile(model)).module()
     errors = max_errors(model, program, batches=(1, 3))
     assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_cli_refuses_a_file_name_contradicting_the_format_before_pulling(tmp_path, monkeypatch, capsys):
+    # Was refused by export_model only after create_model had pulled (and verified) the model.
+    monkeypatch.setattr("perceiver_torch.zoo.cli.create_model", lambda *a, **k: pytest.fail("pulled"))
+    manifest = ["--manifest", str(TEST_MANIFEST)]
+    assert zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", str(tmp_path / "lm.pt2"), "--format",
+                    "onnx"]) == 1
+    assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {tmp_path}/lm.pt2 names a .pt2 file but " \
+                                              "format is 'onnx': pass format='pt2' or name the file .onnx."
+    assert list(tmp_path.iterdir()) == []

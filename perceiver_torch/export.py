@@ -179,13 +179,7 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
     `chunks` sets the video model's chunk size (default: its config's nchunks). A `torch.compile` wrapper is
     exported as the model it wraps; weights on the meta device are refused. Written atomically.
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
-    path = check_output_path(path)
-    suffix = path.suffix.lower().removeprefix(".")
-    if suffix in FORMATS and suffix != format:
-        raise ValueError(f"{path} names a .{suffix} file but format is {format!r}: pass format={suffix!r} or name "
-                         f"the file .{format}.")
+    path = check_output(path, format)
     batch = check_trace_batch(batch)
     if isinstance(model_or_name, str):
         model = create_model(model_or_name, **zoo_kwargs)
@@ -202,6 +196,19 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
         written = atomic_write(path, lambda tmp: onnx_program.save(tmp))
     log.info("exported %s (%s) to %s", type(model).__name__, format, written)
     return written
+
+
+def check_output(path: str | os.PathLike, format: str) -> Path:
+    """`path` as a Path if an export in `format` can be written there (`check_output_path`) and a .pt2 or .onnx
+    name agrees with `format`, else the error saying why: what can be refused before a model is pulled or traced."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
+    path = check_output_path(path)
+    suffix = path.suffix.lower().removeprefix(".")
+    if suffix in FORMATS and suffix != format:
+        raise ValueError(f"{path} names a .{suffix} file but format is {format!r}: pass format={suffix!r} or name "
+                         f"the file .{format}.")
+    return path
 
 
 def _save_pt2(program: torch.export.ExportedProgram, tmp: str) -> None:
