@@ -59,14 +59,23 @@ def entry_config(entry: dict) -> dict:
 
 
 def is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", os.environ.get("TRANSFORMERS_OFFLINE", "")).strip().lower() in _TRUE
+    # As huggingface_hub reads it: an empty HF_HUB_OFFLINE leaves TRANSFORMERS_OFFLINE in charge.
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in _TRUE
+
+
+def _expanded(value: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(value)))  # '~' and $VARS, as huggingface_hub expands them
 
 
 def cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
+    """The Hub cache huggingface_hub would use, from the environment as it is now: HF_HUB_CACHE, else the
+    legacy HUGGINGFACE_HUB_CACHE, else HF_HOME/hub, else huggingface_hub's default."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return _expanded(os.environ[var])
     if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
+        return _expanded(os.environ["HF_HOME"]) / "hub"
     return Path(constants.HF_HUB_CACHE)
 
 
