@@ -127,17 +127,25 @@ def _inside(path: Path, root: Path) -> bool:
     return os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) == os.path.realpath(root)
 
 
-def _remove_from_cache(path: Path, repo_dir: Path) -> list[str]:
-    """Remove a cached snapshot file and the blob it points to, both only inside `repo_dir`."""
-    removed = []
+def _remove_from_cache(path: Path, repo_dir: Path) -> tuple[list[str], list[str]]:
+    """Remove a cached snapshot file and the blob it points to, both only inside `repo_dir`.
+
+    Returns (removed, kept): what could not be removed (a shared cache this user cannot write to) is
+    named in `kept` with the reason, for the caller's refusal to say.
+    """
+    removed, kept = [], []
     blob = Path(os.path.realpath(path))
     # The snapshot entry itself is a link (or a file) under the repo's cache folder; the blob it
     # points to is removed only when it, too, lies there: a link out of the cache is never followed.
     for p, allowed in ((path, _inside(path.parent, repo_dir)), (blob, _inside(blob, repo_dir))):
         if allowed and (p.is_symlink() or p.exists()):
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as exc:
+                kept.append(f"{p}: {exc.strerror or exc}")
+                continue
             removed.append(str(p))
-    return removed
+    return removed, kept
 
 
 def _check_open_file(f, path: Path, artifact: dict, what: str) -> None:
@@ -222,11 +230,15 @@ def _verified_cached(name: str, local: Path, artifact: dict, repo_dir: Path) -> 
     try:
         return local, verify_file(local, artifact, f"zoo model {name!r}")
     except IntegrityError as exc:
-        removed = _remove_from_cache(local, repo_dir)
+        removed, kept = _remove_from_cache(local, repo_dir)
         # Downloads are verified before they enter the cache, so this file changed there afterwards.
+        cause = "It was already in the cache, not just downloaded: it was changed or corrupted there"
+        if kept:  # e.g. a shared cache this user may only read: the refusal stands, naming what is left
+            raise IntegrityError(f"{exc}, but could not be removed from the cache ({'; '.join(kept)}). {cause}; "
+                                 "once someone who may write to the cache removes it, pulling again downloads "
+                                 "it afresh.") from None
         raise IntegrityError(f"{exc} and removed from the cache ({', '.join(removed) or 'already gone'}). "
-                             "It was already in the cache, not just downloaded: it was changed or corrupted "
-                             "there; pulling again downloads it afresh.") from None
+                             f"{cause}; pulling again downloads it afresh.") from None
 
 
 def _untrained(name: str, task: str, config: dict, manifest) -> torch.nn.Module:
