@@ -7,11 +7,19 @@ weights. Each export is traced at batch 2 and run at batch sizes 1 and 3. The ch
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from perceiver_torch import build_model, create_model, export_model
-from perceiver_torch.export import chunk_points, export_program, max_errors, onnx_runner
+from perceiver_torch.export import (
+    check_chunks,
+    check_trace_batch,
+    chunk_points,
+    export_program,
+    max_errors,
+    onnx_runner,
+)
 from perceiver_torch.flow_tiling import stitch_tiles
 from perceiver_torch.layers import attention
 from perceiver_torch.zoo.cli import main as zoo_cli
@@ -267,3 +275,47 @@ def test_onnx_video_chunk_refuses_out_of_range_points(tmp_path, shift):
     out_of_range = (image_points, last_audio + shift) if shift > 0 else (image_points, audio_points + shift)
     with pytest.raises(Exception, match="invalid index"):
         run(images, audio, *out_of_range)
+
+
+def test_tracing_batch_and_chunks_take_numpy_integers_as_the_rest_of_the_package_does():
+    # perceiver_torch.integers.is_int: an int or a NumPy integer (converted to int), never a bool.
+    assert check_trace_batch(np.int64(3)) == 3 and type(check_trace_batch(np.int32(3))) is int
+    for batch in (True, np.float64(2.0), np.int64(1)):
+        with pytest.raises(ValueError, match=r"batch \(the tracing batch size\) must be an integer from 2 to 64"):
+            check_trace_batch(batch)
+    model = _model("video_autoencoding")
+    chunks = model.config["nchunks"]
+    for got, want in zip(chunk_points(model, np.int64(chunks), 1), chunk_points(model, chunks, 1), strict=True):
+        assert torch.equal(got, want)
+    check_chunks(model, np.int32(chunks))
+    with pytest.raises(ValueError, match="chunks must be a positive integer; got True"):
+        check_chunks(model, True)
+
+
+@pytest.mark.parametrize("format", ["pt2", "onnx"])
+def test_export_refuses_weights_on_the_meta_device(tmp_path, format):
+    # Traced on fake tensors, a meta model exported without complaint into a program holding no weights.
+    model = _model("imagenet_conv").to("meta")
+    with pytest.raises(ValueError, match=r"cannot export PerceiverForImageClassification: \d+ tensor\(s\) are on "
+                                         "the meta device, with no values to export"):
+        export_model(model, tmp_path / f"m.{format}", format=format)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_torch_compile_wrapper_is_exported_as_the_model_it_wraps():
+    # torch.export of the wrapper itself failed with a dynamic_shapes structure error.
+    model = _model("imagenet_conv").eval()
+    program = export_program(torch.compile(model)).module()
+    errors = max_errors(model, program, batches=(1, 3))
+    assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_cli_refuses_a_file_name_contradicting_the_format_before_pulling(tmp_path, monkeypatch, capsys):
+    # Was refused by export_model only after create_model had pulled (and verified) the model.
+    monkeypatch.setattr("perceiver_torch.zoo.cli.create_model", lambda *a, **k: pytest.fail("pulled"))
+    manifest = ["--manifest", str(TEST_MANIFEST)]
+    assert zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", str(tmp_path / "lm.pt2"), "--format",
+                    "onnx"]) == 1
+    assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {tmp_path}/lm.pt2 names a .pt2 file but " \
+                                              "format is 'onnx': pass format='pt2' or name the file .onnx."
+    assert list(tmp_path.iterdir()) == []

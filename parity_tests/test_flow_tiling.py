@@ -164,6 +164,20 @@ def test_flow_to_rgb_wants_channels_first_flow():
         flow_to_rgb(np.zeros((4, 5, 2)))
 
 
+def test_flow_to_rgb_takes_a_bfloat16_flow_and_refuses_complex_flow_and_bad_max_flow():
+    flow = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(0)) * 30
+    half = flow.bfloat16()  # has no NumPy dtype: failed with "Got unsupported ScalarType BFloat16"
+    np.testing.assert_array_equal(flow_to_rgb(half), flow_to_rgb(half.float()))
+    for complex_flow in (flow.to(torch.complex64), flow.numpy().astype(np.complex64)):  # imaginary part was dropped
+        with pytest.raises(TypeError, match="flow must hold real displacements; got .*complex64"):
+            flow_to_rgb(complex_flow)
+    # NaN passed `max_flow <= 0` and drew every pixel white; the others failed inside NumPy or torch.
+    for max_flow in (float("nan"), float("inf"), 0, -1.0, "24", None, True, torch.tensor(24.0)):
+        with pytest.raises(ValueError, match=r"max_flow must be a positive finite number .*; got "):
+            flow_to_rgb(flow, max_flow)
+    np.testing.assert_array_equal(flow_to_rgb(flow, np.float32(12)), flow_to_rgb(flow, 12))
+
+
 def _shift_model(a, b):
     return (a[:, :2] - b[:, :2]) * 2
 

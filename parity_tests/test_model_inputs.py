@@ -166,3 +166,15 @@ def test_autoencode_default_is_the_config_nchunks(models):
     for name in ("image", "audio", "label"):
         torch.testing.assert_close(default[name], four[name], rtol=0, atol=0)
         torch.testing.assert_close(numpy_four[name], four[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("idx, got", [("abc", "str"), ([[1, 2], [3]], "list"), ({"a": 1}, "dict"),
+                                      (np.array(["x"]), "ndarray"), ([1.5], r"float32 \[1\]")])
+def test_video_subsample_that_is_not_indices_is_named(models, idx, got):
+    # torch.as_tensor's own errors ("new(): invalid data type 'str'") named neither the argument nor the layout.
+    model = models["video_autoencoding"]
+    with pytest.raises(ValueError, match=r"forward: subsample\['image'\] must be a 1-D integer tensor of query "
+                                         r"indices; got " + got + r"\."):
+        model(*_clip(model), {"image": idx})
+    with torch.no_grad():  # a list of indices is still taken
+        assert model(*_clip(model), {"image": [0, 5]})["image"].shape == (1, 2, 3)

@@ -170,6 +170,22 @@ def test_estimate_flow_argument_errors_name_the_layout(flow_model):
         flow_model.estimate_flow(a[0], b)
     with pytest.raises(TypeError, match=r"image1 must be a floating-point tensor .* got list"):
         flow_model.estimate_flow([1], [2])
+    # An unbatched image1 is fine: the error names the pair, not image1's rank.
+    with pytest.raises(ValueError, match=r"must both be channels-first RGB \[B, 3, H, W\] \(or both \[3, H, W\]\); "
+                                         r"got float32 \[3, 12, 16\] and NoneType"):
+        flow_model.estimate_flow(a[0], None)
+    with pytest.raises(ValueError, match=r"\(or both \[3, H, W\]\); got float32 \[3, 12, 16\] and float32 \[12, 16\]"):
+        flow_model.estimate_flow(a[0], b[0, 0])
+
+
+def test_frames_of_another_type_are_named_by_type_and_layout(flow_model):
+    # A NumPy array was reported as 'got float32', as if it were a float32 tensor.
+    a, b = frames(1, TRAIN_H, TRAIN_W)
+    with pytest.raises(TypeError, match=r"forward: image1 must be a floating-point tensor with pixels in \[-1, 1\]; "
+                                        r"got ndarray\."):
+        flow_model(a.numpy(), b)
+    with pytest.raises(TypeError, match=r"estimate_flow: image2 must be .* got int64 \[1, 3, 12, 16\]\."):
+        flow_model.estimate_flow(a, b.long())
 
 
 def test_estimate_flow_of_a_float64_model_is_float64(flow_model):

@@ -187,6 +187,15 @@ def test_inputs_and_masks_are_checked_before_they_reach_torch_internals():
         multimodal({**multimodal_inputs(2), "label": torch.randn(1, 5)})
 
 
+def test_inputs_none_is_refused_by_name():
+    # It failed with "'NoneType' object has no attribute 'items'".
+    with pytest.raises(TypeError, match=r"PerceiverIO.forward: inputs must be a tensor \[B, \.\.\.\]; got NoneType"):
+        point_cloud_classifier()(None)
+    with pytest.raises(TypeError, match=r"inputs must be a dict of tensors \[B, \.\.\.\] per input modality; "
+                                        r"got NoneType"):
+        multimodal_model()(None)
+
+
 def test_subsampled_points_on_the_host_reach_a_model_on_another_device():
     # meta stands in for an accelerator: indices made on the host are moved to the model's device.
     torch.manual_seed(0)

@@ -47,3 +47,29 @@ def test_decode_and_pad_take_tensors_and_arrays_and_refuse_batches_and_bad_ids()
         tok.pad([1.5, True], 4)
     with pytest.raises(TypeError, match="use encode for text"):
         tok.decode("hi")
+
+
+@pytest.mark.parametrize("value", [5, [104, 105], None, 2.0])
+def test_encode_refuses_what_is_not_text_or_bytes(value):
+    # bytes(5) is five zero bytes and bytes([104, 105]) the ids' values as bytes: encode must not take them as text.
+    with pytest.raises(TypeError, match=r"BytesTokenizer.encode: expected text \(str\) or bytes; got "):
+        tok.encode(value)
+    assert tok.encode(bytearray(b"hi")) == tok.encode(memoryview(b"hi")) == tok.encode(b"hi") == tok.encode("hi")
+
+
+def test_decode_and_pad_take_an_iterator_of_ids():
+    ids = tok.encode("hi")
+    assert tok.decode(i for i in ids) == "hi"
+    assert tok.pad(iter(ids), 3) == (ids + [0], [1, 1, 0])
+
+
+def test_pad_refuses_a_length_that_is_not_a_non_negative_integer():
+    import numpy as np
+    import torch
+
+    for length in (True, 3.0, "3", None):
+        with pytest.raises(TypeError, match=r"BytesTokenizer.pad: length must be an integer; got "):
+            tok.pad([7], length)
+    with pytest.raises(ValueError, match=r"BytesTokenizer.pad: length must be >= 0; got -1"):
+        tok.pad([], -1)
+    assert tok.pad([7], np.int64(2)) == tok.pad([7], torch.tensor(2)) == ([7, 0], [1, 0])

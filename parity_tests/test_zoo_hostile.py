@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 import yaml
@@ -83,6 +84,29 @@ def test_eviction_of_a_corrupt_file_removes_only_the_caches_own_entry(published,
             fetch(GOLDEN_ENTRY, manifest=manifest)
     assert not path.exists() and not path.is_symlink() and not blob.exists()
     assert (cache / f"models--{REPO.replace('/', '--')}").is_dir()  # the repo folder itself stays
+
+
+def test_a_corrupt_file_in_a_cache_this_user_cannot_write_is_still_an_integrity_error(tmp_path, monkeypatch):
+    # A shared, read-only Hub cache (HF_HUB_CACHE on a read-only mount): the corrupt file cannot be removed,
+    # which must not turn the refusal into a bare PermissionError that never says the file is corrupt.
+    cache = tmp_path / "cache"
+    with hub_env(monkeypatch, TEST_HUB, cache):
+        path = fetch(TINY, manifest=TEST_MANIFEST)
+    blob = path.resolve()
+    blob.write_bytes(b"\0" * blob.stat().st_size)
+    unlink = Path.unlink
+
+    def read_only(self, missing_ok=False):  # what unlink does there (root would get past a chmod)
+        if str(self).startswith(str(cache)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(IntegrityError, match=r"has sha256 .* could not be removed from the cache \(.*"
+                                             r"model.safetensors: Permission denied; .*: Permission denied\)"):
+        fetch(TINY, cache=cache, manifest=TEST_MANIFEST)
+    assert path.is_symlink() and blob.read_bytes() == b"\0" * blob.stat().st_size  # left, and named
 
 
 def test_concurrent_pulls_of_a_corrupt_file_all_end_in_a_zoo_error(published, tmp_path, monkeypatch):

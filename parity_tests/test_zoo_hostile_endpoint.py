@@ -139,6 +139,23 @@ def test_a_failed_pull_leaves_other_downloads_in_progress_alone(tmp_path, monkey
     assert sorted(p.name for p in blobs.iterdir()) == [theirs.name]
 
 
+def test_a_pull_removes_what_a_killed_pull_of_the_same_blob_left(tmp_path):
+    # SIGTERM or SIGKILL mid-download skips the temp file's cleanup; its name is random, so no later pull
+    # would reuse it: without this, each interrupted pull would leave up to a whole model's bytes behind.
+    cache = tmp_path / "cache"
+    blobs = cache / f"models--{ARTIFACT['repo_id'].replace('/', '--')}" / "blobs"
+    blobs.mkdir(parents=True)
+    left = [blobs / f"{ARTIFACT['sha256']}.{suffix}.incomplete" for suffix in ("0123456789abcdef", "fedcba9876543210")]
+    others = [blobs / f"{'a' * 64}.0123456789abcdef.incomplete",  # another blob's: its pull may be running
+              blobs / f"{ARTIFACT['sha256']}.incomplete"]  # huggingface_hub's own name: its to resume
+    for path in left + others:
+        path.write_bytes(BODY[:1000])
+    with answering_server(honest()) as server:
+        path = pull(server.endpoint, cache)
+    assert path.read_bytes() == BODY
+    assert sorted(p.name for p in blobs.iterdir()) == sorted([ARTIFACT["sha256"], *(p.name for p in others)])
+
+
 def test_a_snapshot_link_whose_blob_is_gone_is_downloaded_again(tmp_path):
     cache = tmp_path / "cache"
     with answering_server(honest()) as server:

@@ -190,6 +190,9 @@ _HOSTILE_YAML = {
     "merge": ("base: &b {kind: test}\nschema_version: 1\nmodels:\n  x:\n    <<: *b\n",
               r"merge keys \('<<'\) are not supported \(line 5\)"),
     "bool-version": ("schema_version: true\nmodels: {}\n", "field 'schema_version' must be 1, found True"),
+    # Python refuses int() of more than 4300 digits with a bare ValueError that named neither file nor line.
+    "long-int": ("schema_version: 1\nmodels:\n  x:\n    kind: test\n    size: " + "9" * 5000 + "\n",
+                 r"an integer of 5000 characters \(line 5\) is too long to read"),
 }
 
 

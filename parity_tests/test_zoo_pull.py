@@ -6,7 +6,10 @@ refused and not left in the cache, offline mode, a directory mirror, unpublished
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,7 +18,7 @@ from parity_tests.conftest import assert_close, golden_io
 from parity_tests.zoo_support import GOLDEN_ENTRY, TEST_MANIFEST, cached_files, hub_env, produce_and_publish
 from perceiver_torch.zoo import IntegrityError, NotProducedError, ZooError, create_model, fetch, get_entry
 from perceiver_torch.zoo.cli import main as zoo_cli
-from perceiver_torch.zoo.hub import location
+from perceiver_torch.zoo.hub import cache_dir, is_offline, location
 
 REPO = "tests/golden-language"
 
@@ -165,6 +168,33 @@ def test_where_files_come_from(monkeypatch, tmp_path):
     monkeypatch.setenv("PERCEIVER_ZOO_MIRROR", str(tmp_path))
     assert location(released) == ("mirror", str(tmp_path))
     assert location(released, endpoint="http://x.example") == ("endpoint", "http://x.example")
+
+
+_HUB_ENV = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE")
+
+
+@pytest.mark.parametrize("settings", [
+    {"HF_HOME": "~/hf-home"},  # as a Dockerfile's ENV or an env file leaves it: the shell never expanded it
+    {"HF_HUB_CACHE": "$ZOO_TEST_ROOT/hub-cache"},
+    {"HF_HOME": "/tmp/zoo-home", "HUGGINGFACE_HUB_CACHE": "/tmp/zoo-legacy"},  # the legacy name comes first
+    {"HF_HOME": "/tmp/zoo-home", "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "1"},
+    {"HF_HUB_CACHE": "/tmp/zoo-cache", "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "1"},
+])  # each names a cache: the default is read at import, from the environment the test run started with
+def test_the_cache_and_offline_mode_are_huggingface_hubs_own(monkeypatch, settings):
+    # The zoo reads the environment at call time; huggingface_hub reads it at import. For the same
+    # environment both must name the same cache (so huggingface_hub finds the pulled file) and mode.
+    env = {k: v for k, v in os.environ.items() if k not in _HUB_ENV}
+    env.update(settings, ZOO_TEST_ROOT="/tmp/zoo-root")
+    theirs = subprocess.run(
+        [sys.executable, "-c", "from huggingface_hub import constants as c; print(c.HF_HUB_CACHE); "
+                               "print(c.HF_HUB_OFFLINE)"],
+        env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    for key in _HUB_ENV:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {**settings, "ZOO_TEST_ROOT": "/tmp/zoo-root"}.items():
+        monkeypatch.setenv(key, value)
+    assert [str(cache_dir()), str(is_offline())] == theirs
 
 
 @pytest.mark.parametrize("missing", ["repo", "revision"])

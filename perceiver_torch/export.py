@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .integers import is_int
 from .serialization import atomic_write, check_output_path
 from .zoo.hub import create_model
 
@@ -55,8 +56,9 @@ class VideoChunk(nn.Module):
 
 def chunk_points(model: nn.Module, chunks: int, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The image and audio query indices of decoding chunk `index` of `chunks`, as `autoencode` takes them."""
-    if type(chunks) is not int or chunks < 1:
+    if not is_int(chunks) or chunks < 1:
         raise ValueError(f"chunks must be a positive integer; got {chunks!r}.")
+    chunks = int(chunks)  # a NumPy integer, say
     if model.num_image_points % chunks or model.num_audio_patches % chunks:
         raise ValueError(f"chunks={chunks} must divide both the {model.num_image_points} image points and the "
                          f"{model.num_audio_patches} audio patches.")
@@ -106,9 +108,21 @@ def _exportable(model: nn.Module) -> nn.Module:
 
 
 def export_program(model: nn.Module, batch: int = 2, *, chunks: int | None = None) -> torch.export.ExportedProgram:
-    """`torch.export.export` of `model`'s forward (see the module docstring), any batch size from 1 up."""
-    check_trace_batch(batch)
+    """`torch.export.export` of `model`'s forward (see the module docstring), any batch size from 1 up.
+
+    A `torch.compile` wrapper is exported as the model it wraps. Weights on the meta device are refused (the
+    program would hold no values).
+    """
+    batch = check_trace_batch(batch)
+    inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper holds the model it compiled there
+    if isinstance(inner, nn.Module):  # exporting the wrapper fails inside torch.export (torch 2.13)
+        model = inner
     check_chunks(model, chunks)
+    on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if on_meta:
+        names = ", ".join(on_meta[:3]) + (" ..." if len(on_meta) > 3 else "")
+        raise ValueError(f"cannot export {type(model).__name__}: {len(on_meta)} tensor(s) are on the meta device, "
+                         f"with no values to export ({names}); load or initialise them first.")
     device = next(model.parameters()).device
     inputs = tuple(x.to(device) for x in example_inputs(model, batch, chunks=chunks))
     _, _, dynamic = _signature(model)
@@ -116,12 +130,14 @@ def export_program(model: nn.Module, batch: int = 2, *, chunks: int | None = Non
         return torch.export.export(_exportable(model), inputs, dynamic_shapes=dynamic)
 
 
-def check_trace_batch(batch: int) -> None:
-    """Refuse a tracing batch that is not an integer in [2, MAX_TRACE_BATCH]."""
-    if type(batch) is not int or not 2 <= batch <= MAX_TRACE_BATCH:
+def check_trace_batch(batch: int) -> int:
+    """`batch` as an int if it is an integer (a NumPy one too, not a bool) in [2, MAX_TRACE_BATCH], else a
+    ValueError."""
+    if not is_int(batch) or not 2 <= batch <= MAX_TRACE_BATCH:
         raise ValueError(f"batch (the tracing batch size) must be an integer from 2 to {MAX_TRACE_BATCH} "
                          f"(torch.export specialises sizes 0 and 1); got {batch!r}. The exported program takes any "
                          "batch size from 1 up.")
+    return int(batch)
 
 
 def export_onnx(model: nn.Module, batch: int = 2, *, chunks: int | None = None):
@@ -160,16 +176,11 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
     `format` 'pt2' writes `torch.export.save`'s archive (load it with `torch.export.load(path).module()`),
     'onnx' an ONNX model (float32 only); a `path` ending in .pt2 or .onnx must agree with `format`. `batch` is
     only the tracing batch (2 to MAX_TRACE_BATCH): the result takes any batch size.
-    `chunks` sets the video model's chunk size (default: its config's nchunks). Written atomically.
+    `chunks` sets the video model's chunk size (default: its config's nchunks). A `torch.compile` wrapper is
+    exported as the model it wraps; weights on the meta device are refused. Written atomically.
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
-    path = check_output_path(path)
-    suffix = path.suffix.lower().removeprefix(".")
-    if suffix in FORMATS and suffix != format:
-        raise ValueError(f"{path} names a .{suffix} file but format is {format!r}: pass format={suffix!r} or name "
-                         f"the file .{format}.")
-    check_trace_batch(batch)
+    path = check_output(path, format)
+    batch = check_trace_batch(batch)
     if isinstance(model_or_name, str):
         model = create_model(model_or_name, **zoo_kwargs)
     elif zoo_kwargs:
@@ -185,6 +196,19 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
         written = atomic_write(path, lambda tmp: onnx_program.save(tmp))
     log.info("exported %s (%s) to %s", type(model).__name__, format, written)
     return written
+
+
+def check_output(path: str | os.PathLike, format: str) -> Path:
+    """`path` as a Path if an export in `format` can be written there (`check_output_path`) and a .pt2 or .onnx
+    name agrees with `format`, else the error saying why: what can be refused before a model is pulled or traced."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
+    path = check_output_path(path)
+    suffix = path.suffix.lower().removeprefix(".")
+    if suffix in FORMATS and suffix != format:
+        raise ValueError(f"{path} names a .{suffix} file but format is {format!r}: pass format={suffix!r} or name "
+                         f"the file .{format}.")
+    return path
 
 
 def _save_pt2(program: torch.export.ExportedProgram, tmp: str) -> None:

@@ -10,6 +10,8 @@ true RGB.)
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import struct
 import zlib
@@ -24,11 +26,17 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def flow_to_rgb(flow: torch.Tensor | np.ndarray, max_flow: float = 24.0) -> np.ndarray:
     """Flow [2, H, W] (channels first: u, v in pixels) -> uint8 RGB image [H, W, 3]."""
-    flow = flow.detach().cpu().numpy() if isinstance(flow, torch.Tensor) else np.asarray(flow)
+    if isinstance(flow, torch.Tensor):
+        if flow.is_complex():
+            raise TypeError(f"flow must hold real displacements; got a {flow.dtype} tensor.")
+        flow = flow.detach().to("cpu", torch.float64).numpy()  # as wide as below; bfloat16 has no NumPy dtype
+    flow = np.asarray(flow)
     if flow.ndim != 3 or flow.shape[0] != 2:
         raise ValueError(f"flow must be [2, H, W] (u, v channels first); got shape {flow.shape}.")
-    if max_flow <= 0:
-        raise ValueError(f"max_flow must be positive; got {max_flow}.")
+    if flow.dtype.kind not in "biuf":  # complex would lose its imaginary part, strings fail deep in NumPy
+        raise TypeError(f"flow must hold real displacements; got dtype {flow.dtype}.")
+    if not isinstance(max_flow, numbers.Real) or isinstance(max_flow, bool) or not 0 < max_flow < math.inf:
+        raise ValueError(f"max_flow must be a positive finite number (pixels of full saturation); got {max_flow!r}.")
     u, v = flow.astype(np.float64)
     angle = np.mod(np.arctan2(v, u), 2 * np.pi)  # [0, 2 pi), as cv2.cartToPolar
     hue = (angle / np.pi / 2 * 180).astype(np.uint8)  # OpenCV's 8-bit hue scale, truncated like the colab

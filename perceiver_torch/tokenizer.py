@@ -31,7 +31,14 @@ class BytesTokenizer:
     vocab_size = 256 + num_reserved_tokens
 
     def encode(self, text: str | bytes) -> list[int]:
-        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        """Text (encoded as UTF-8) or bytes (bytes, bytearray, memoryview) -> ids, one per byte."""
+        if isinstance(text, str):
+            data = text.encode("utf-8")
+        elif isinstance(text, (bytes, bytearray, memoryview)):
+            data = bytes(text)
+        else:  # bytes(5) would be five zero bytes, bytes(ids) the ids as bytes: neither is text
+            raise TypeError(f"BytesTokenizer.encode: expected text (str) or bytes; got {type(text).__name__} "
+                            "(ids are turned back into text with decode).")
         return [b + self.num_reserved_tokens for b in data]
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
@@ -45,6 +52,12 @@ class BytesTokenizer:
     def pad(self, ids: Sequence[int] | torch.Tensor, length: int) -> tuple[list[int], list[int]]:
         """Pad with PAD to `length`; returns (ids, attention mask of 1 on real tokens)."""
         ids = self._ids("pad", ids)
+        size = _as_id(length)
+        if size is None:
+            raise TypeError(f"BytesTokenizer.pad: length must be an integer; got {length!r}.")
+        if size < 0:
+            raise ValueError(f"BytesTokenizer.pad: length must be >= 0; got {size}.")
+        length = size
         if len(ids) > length:
             raise ValueError(f"{len(ids)} tokens do not fit in a length of {length}.")
         padding = length - len(ids)
@@ -59,7 +72,8 @@ class BytesTokenizer:
                 raise ValueError(f"BytesTokenizer.{where}: expected one sequence of ids (1-D); got shape "
                                  f"{list(ids.shape)} (decode a batch row by row: [tok.{where}(row) for row in ids]).")
             ids = ids.tolist()
-        given, ids = list(ids), [_as_id(i) for i in ids]
+        given = list(ids)  # once: an iterator (a generator, say) is read only once
+        ids = [_as_id(i) for i in given]
         bad = [g for g, i in zip(given, ids, strict=True) if i is None or not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"BytesTokenizer.{where}: ids must be integers in [0, {self.vocab_size}); got "

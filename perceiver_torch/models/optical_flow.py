@@ -9,7 +9,7 @@ from ..layers.encoder import PerceiverEncoder
 from ..layers.flow import FlowDecoder, patches_for_flow
 from ..layers.image import ImagePreprocessor
 from ..layers.perceiver import Perceiver
-from .input_checks import check_batch, check_range
+from .input_checks import check_batch, check_range, describe
 from .owned_config import own_config
 
 # The colab scales pixels to [-1, 1] (x / 255 * 2 - 1). A resampled frame can overshoot that a little;
@@ -68,7 +68,7 @@ class PerceiverForOpticalFlow(Perceiver):
         for name, image in (("image1", image1), ("image2", image2)):
             if not isinstance(image, torch.Tensor) or not image.is_floating_point():
                 raise TypeError(f"{where}: {name} must be a floating-point tensor with pixels in [-1, 1]; got "
-                                f"{getattr(image, 'dtype', type(image).__name__)}.")
+                                f"{describe(image)}.")
             if image.ndim != 4 or image.shape[1] != 3:
                 hint = " (it looks channels-last; permute to [B, 3, H, W])" if image.ndim == 4 and \
                     image.shape[-1] == 3 else ""
@@ -109,10 +109,9 @@ class PerceiverForOpticalFlow(Perceiver):
         to the colab's 20 pixels (a quarter of the tile for tiles of 20 or less).
         """
         ranks = tuple(getattr(image, "ndim", None) for image in (image1, image2))
-        if ranks in ((3, 4), (4, 3)):
+        if 3 in ranks and ranks != (3, 3):  # one unbatched frame: the other is not its pair, whatever it is
             raise ValueError(f"PerceiverForOpticalFlow.estimate_flow: image1 and image2 must both be channels-first "
-                             f"RGB [B, 3, H, W] (or both [3, H, W]); got shapes {tuple(image1.shape)} and "
-                             f"{tuple(image2.shape)}.")
+                             f"RGB [B, 3, H, W] (or both [3, H, W]); got {describe(image1)} and {describe(image2)}.")
         unbatched = ranks == (3, 3)
         if unbatched:
             image1, image2 = image1[None], image2[None]

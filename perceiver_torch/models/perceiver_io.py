@@ -184,6 +184,9 @@ class PerceiverIO(Perceiver):
 
     def _check_batch(self, where: str, inputs: Mapping) -> int:
         """The batch size the input tensors share (>= 1), refusing non-tensors and mixed batch sizes by modality."""
+        if inputs is None:  # _wrap passes None through (it means "none" for the optional arguments)
+            expected = "a tensor [B, ...]" if self._single_input else "a dict of tensors [B, ...] per input modality"
+            raise TypeError(f"{where}: inputs must be {expected}; got NoneType.")
         sizes = {}
         for name, value in inputs.items():
             shown = "inputs" if self._single_input else f"inputs[{name!r}]"

@@ -177,10 +177,14 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
             idx = subsample.get(name)
             if idx is None:
                 continue
-            idx = torch.as_tensor(idx)
+            refusal = f"{where}: subsample[{name!r}] must be a 1-D integer tensor of query indices; got "
+            if not isinstance(idx, torch.Tensor):  # a list or array of indices (never so when traced)
+                try:
+                    idx = torch.as_tensor(idx)
+                except (TypeError, ValueError, RuntimeError):  # a str, a ragged list: torch's message names neither
+                    raise ValueError(f"{refusal}{describe(idx)}.") from None
             if idx.ndim != 1 or idx.dtype not in (torch.int32, torch.int64):
-                raise ValueError(f"{where}: subsample[{name!r}] must be a 1-D integer tensor of query indices; "
-                                 f"got {describe(idx)}.")
+                raise ValueError(f"{refusal}{describe(idx)}.")
             expected = f"indices must lie in [0, {limit})"
             if values_readable(idx):  # eager, on the host: a clear error before anything runs
                 check_range(where, f"subsample[{name!r}]", idx, 0, limit - 1, expected)

@@ -11,8 +11,8 @@ import sys
 import torch
 import yaml
 
-from ..export import MAX_TRACE_BATCH, check_chunks, export_model, max_errors, onnx_runner
-from ..serialization import MODEL_DTYPES, build_on_meta, check_output_path
+from ..export import MAX_TRACE_BATCH, check_chunks, check_output, export_model, max_errors, onnx_runner
+from ..serialization import MODEL_DTYPES, build_on_meta
 from .hub import ZooError, create_model, entry_config, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
 from .schema import ManifestError
@@ -52,8 +52,9 @@ VERIFY_TOLERANCE = {True: 1e-5, False: 2e-2}
 
 
 def _check_export_args(args) -> None:
-    """What `export` can refuse before pulling or tracing: the output location, and --chunks for this entry."""
-    check_output_path(args.output)
+    """What `export` can refuse before pulling or tracing: the output location (and a .pt2/.onnx name that
+    contradicts --format), and --chunks for this entry."""
+    check_output(args.output, args.format)
     if args.chunks is not None:
         entry = get_entry(args.name, args.manifest)
         check_chunks(build_on_meta(entry["task"], entry_config(entry)), args.chunks)  # sizes only, no memory

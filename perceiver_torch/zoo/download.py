@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import reprlib
 import secrets
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..serialization import make_folders, remove_empty_folders
 log = logging.getLogger(__name__)
 _SHOWN = reprlib.Repr()
 _SHOWN.maxstring = 80  # a header value from the server is shown cut short
+_TEMP_SUFFIX = re.compile(r"\.[0-9a-f]{16}\.incomplete")  # what _stream_blob adds to the blob's name
 
 
 class RefusedAnswer(ValueError):
@@ -96,6 +98,19 @@ def _stream_blob(url: str, headers: dict, blob: Path, artifact: dict, verify) ->
         tmp.unlink(missing_ok=True)  # a no-op once renamed
 
 
+def _remove_leftovers(blob: Path) -> None:
+    """Remove the temp files of earlier pulls of `blob` that were killed mid-download (SIGTERM or SIGKILL skip
+    _stream_blob's cleanup), which no later pull would ever reuse or remove. Called holding the blob's lock,
+    which a pull holds for as long as its temp file exists: none of them is in progress."""
+    for stale in blob.parent.glob(f"{blob.name}.*.incomplete"):
+        if _TEMP_SUFFIX.fullmatch(stale.name, len(blob.name)):
+            try:
+                stale.unlink(missing_ok=True)
+                log.info("removed %s, left by an interrupted download", stale)
+            except OSError as exc:
+                log.warning("cannot remove %s, left by an interrupted download: %s", stale, exc.strerror or exc)
+
+
 def _link(pointer: Path, blob: Path) -> None:
     """snapshots/<rev>/<filename> -> the blob, relative as huggingface_hub makes it, replaced atomically."""
     tmp = pointer.with_name(f".{pointer.name}.{secrets.token_hex(8)}.link")
@@ -127,6 +142,7 @@ def download(artifact: dict, endpoint: str, cache: Path, verify) -> tuple[Path, 
         lock = cache / ".locks" / repo_dir.name / f"{artifact['sha256']}.lock"
         made.append(make_folders(lock.parent))
         with WeakFileLock(lock):
+            _remove_leftovers(blob)
             if not blob.is_file():
                 log.info("downloading %s to %s", url, blob)
                 stat = _stream_blob(_download_url(url, meta, headers), headers, blob, artifact, verify)

@@ -59,14 +59,23 @@ def entry_config(entry: dict) -> dict:
 
 
 def is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", os.environ.get("TRANSFORMERS_OFFLINE", "")).strip().lower() in _TRUE
+    # As huggingface_hub reads it: an empty HF_HUB_OFFLINE leaves TRANSFORMERS_OFFLINE in charge.
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in _TRUE
+
+
+def _expanded(value: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(value)))  # '~' and $VARS, as huggingface_hub expands them
 
 
 def cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
+    """The Hub cache huggingface_hub would use, from the environment as it is now: HF_HUB_CACHE, else the
+    legacy HUGGINGFACE_HUB_CACHE, else HF_HOME/hub, else huggingface_hub's default."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return _expanded(os.environ[var])
     if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
+        return _expanded(os.environ["HF_HOME"]) / "hub"
     return Path(constants.HF_HUB_CACHE)
 
 
@@ -118,17 +127,25 @@ def _inside(path: Path, root: Path) -> bool:
     return os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) == os.path.realpath(root)
 
 
-def _remove_from_cache(path: Path, repo_dir: Path) -> list[str]:
-    """Remove a cached snapshot file and the blob it points to, both only inside `repo_dir`."""
-    removed = []
+def _remove_from_cache(path: Path, repo_dir: Path) -> tuple[list[str], list[str]]:
+    """Remove a cached snapshot file and the blob it points to, both only inside `repo_dir`.
+
+    Returns (removed, kept): what could not be removed (a shared cache this user cannot write to) is
+    named in `kept` with the reason, for the caller's refusal to say.
+    """
+    removed, kept = [], []
     blob = Path(os.path.realpath(path))
     # The snapshot entry itself is a link (or a file) under the repo's cache folder; the blob it
     # points to is removed only when it, too, lies there: a link out of the cache is never followed.
     for p, allowed in ((path, _inside(path.parent, repo_dir)), (blob, _inside(blob, repo_dir))):
         if allowed and (p.is_symlink() or p.exists()):
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as exc:
+                kept.append(f"{p}: {exc.strerror or exc}")
+                continue
             removed.append(str(p))
-    return removed
+    return removed, kept
 
 
 def _check_open_file(f, path: Path, artifact: dict, what: str) -> None:
@@ -213,11 +230,15 @@ def _verified_cached(name: str, local: Path, artifact: dict, repo_dir: Path) -> 
     try:
         return local, verify_file(local, artifact, f"zoo model {name!r}")
     except IntegrityError as exc:
-        removed = _remove_from_cache(local, repo_dir)
+        removed, kept = _remove_from_cache(local, repo_dir)
         # Downloads are verified before they enter the cache, so this file changed there afterwards.
+        cause = "It was already in the cache, not just downloaded: it was changed or corrupted there"
+        if kept:  # e.g. a shared cache this user may only read: the refusal stands, naming what is left
+            raise IntegrityError(f"{exc}, but could not be removed from the cache ({'; '.join(kept)}). {cause}; "
+                                 "once someone who may write to the cache removes it, pulling again downloads "
+                                 "it afresh.") from None
         raise IntegrityError(f"{exc} and removed from the cache ({', '.join(removed) or 'already gone'}). "
-                             "It was already in the cache, not just downloaded: it was changed or corrupted "
-                             "there; pulling again downloads it afresh.") from None
+                             f"{cause}; pulling again downloads it afresh.") from None
 
 
 def _untrained(name: str, task: str, config: dict, manifest) -> torch.nn.Module:

@@ -75,7 +75,16 @@ def _construct_mapping(loader, node, deep=False):
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
+def _construct_int(loader, node):
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:  # past Python's int-from-string limit (4300 digits): far past any size or count
+        raise ManifestError(f"zoo manifest: an integer of {len(node.value)} characters (line {_line(node)}) is "
+                            "too long to read: far longer than any size or count the manifest holds") from None
+
+
 _ManifestLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_ManifestLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def manifest_path(path=None) -> Path:
