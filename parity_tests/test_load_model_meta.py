@@ -188,3 +188,24 @@ def test_missing_file_and_directory(tmp_path):
         pt.load_model(tmp_path / "nope.safetensors")
     with pytest.raises(pt.CheckpointFormatError, match="is a directory"):
         pt.load_model(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
+    """Opening a pipe that no process writes to blocks forever; it is refused as not a regular file. In a
+    child process with a time limit, so that a regression fails instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    pipe = tmp_path / "model.safetensors"
+    os.mkfifo(pipe)
+    code = ("import sys, perceiver_torch as pt\n"
+            "from perceiver_torch.serialization import read_metadata\n"
+            "for read in (pt.load_model, read_metadata):\n"
+            "    try:\n        read(sys.argv[1])\n    except pt.CheckpointFormatError as e:\n        print(e)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's package in the child
+    out = subprocess.run([sys.executable, "-c", code, str(pipe)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": repo})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"{pipe} is not a regular file (a pipe, socket or device); a safetensors "
+                                       "file is expected."] * 2

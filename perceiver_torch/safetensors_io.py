@@ -22,6 +22,7 @@ import errno
 import json
 import math
 import os
+import stat
 import struct
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -113,8 +114,15 @@ def read_header(path: str | os.PathLike) -> Header:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # Non-blocking: opening a named pipe with no writer would otherwise wait forever (no effect on files).
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)), "rb") as f:
+            info = os.fstat(f.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(info.st_mode):
+                raise CheckpointFormatError(f"{path} is not a regular file (a pipe, socket or device); a "
+                                            "safetensors file is expected.")
+            size = info.st_size
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise CheckpointFormatError(f"{path}: {size} bytes is too short for a safetensors file "
