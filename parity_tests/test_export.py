@@ -319,3 +319,24 @@ def test_cli_refuses_a_file_name_contradicting_the_format_before_pulling(tmp_pat
     assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {tmp_path}/lm.pt2 names a .pt2 file but " \
                                               "format is 'onnx': pass format='pt2' or name the file .onnx."
     assert list(tmp_path.iterdir()) == []
+
+
+def test_python_export_of_a_zoo_model_refuses_onnx_in_reduced_precision_before_pulling(tmp_path, monkeypatch):
+    # export_model(name, format="onnx", dtype="bfloat16") used to pull (and verify) the model first.
+    monkeypatch.setattr("perceiver_torch.export.create_model", lambda *a, **k: pytest.fail("pulled"))
+    with pytest.raises(ValueError, match="ONNX export takes a float32 model; dtype asks for bfloat16"):
+        export_model("tiny-language-perceiver", tmp_path / "lm.onnx", format="onnx", dtype="bfloat16")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        export_model("tiny-language-perceiver", tmp_path / "lm.onnx", format="onnx", dtype="int8")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_with_gradient_checkpointing_exports_and_matches_eager():
+    # Set for training, exported while still training with grad enabled: torch.export (2.13) traces
+    # non-reentrant checkpointing into the plain ops, and the program gives eager's values.
+    model = _model("language").train()
+    model.set_grad_checkpointing(True)
+    program = export_program(model)
+    assert model.training  # export restores the mode it found
+    errors = max_errors(model, program.module(), batches=(1, 3))
+    assert max(errors.values()) <= TOLERANCE, errors

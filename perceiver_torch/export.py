@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .integers import is_int
-from .serialization import atomic_write, check_output_path
+from .serialization import atomic_write, check_output_path, model_dtype
 from .zoo.hub import create_model
 
 log = logging.getLogger(__name__)
@@ -146,10 +146,7 @@ def export_onnx(model: nn.Module, batch: int = 2, *, chunks: int | None = None):
     Float32 models only: onnxruntime's CPU kernels refuse a bfloat16 convolution (measured), so a reduced-precision
     graph could not be checked or run where the others are.
     """
-    dtype = next(model.parameters()).dtype
-    if dtype != torch.float32:
-        raise ValueError(f"ONNX export takes a float32 model; this one is {str(dtype).removeprefix('torch.')}. "
-                         "Export reduced precision as pt2, or cast the model with .float() first.")
+    _check_onnx_dtype(next(model.parameters()).dtype, "this one is")
     try:
         import onnxscript  # noqa: F401  (torch's exporter needs it; fail with the fix, not deep inside)
     except ImportError:
@@ -157,6 +154,12 @@ def export_onnx(model: nn.Module, batch: int = 2, *, chunks: int | None = None):
     program = export_program(model, batch, chunks=chunks)
     names, outputs, _ = _signature(model)
     return torch.onnx.export(program, input_names=names, output_names=outputs, dynamo=True, verbose=False)
+
+
+def _check_onnx_dtype(dtype: torch.dtype, said: str) -> None:
+    if dtype != torch.float32:
+        raise ValueError(f"ONNX export takes a float32 model; {said} {str(dtype).removeprefix('torch.')}. "
+                         "Export reduced precision as pt2, or cast the model with .float() first.")
 
 
 def check_chunks(model: nn.Module, chunks: int | None) -> None:
@@ -182,6 +185,8 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
     path = check_output(path, format)
     batch = check_trace_batch(batch)
     if isinstance(model_or_name, str):
+        if format == "onnx" and zoo_kwargs.get("dtype") is not None:  # refused before pulling, not after
+            _check_onnx_dtype(model_dtype(zoo_kwargs["dtype"]), "dtype asks for")
         model = create_model(model_or_name, **zoo_kwargs)
     elif zoo_kwargs:
         raise TypeError(f"export_model: {', '.join(sorted(zoo_kwargs))} apply only to a zoo model given by name "
