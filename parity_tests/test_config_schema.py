@@ -107,7 +107,8 @@ def test_a_huge_value_is_shown_cut_short():
 
 
 @pytest.mark.parametrize("text, expected", [
-    ('{"d_model": NaN}', "NaN is not valid JSON"),
+    ('{"d_model": NaN}', "non-standard JSON constant NaN"),
+    ('{"d_model": 8, "d_model": 32}', "duplicate key 'd_model'"),  # json.loads alone keeps the 32
     ('{"d_model": 1', "not valid JSON"),
     ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),

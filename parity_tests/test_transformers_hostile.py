@@ -243,6 +243,13 @@ def test_config_nested_too_deep_to_parse_is_refused(tmp_path, learned):
     _refused(tmp_path, learned, TransformersSourceError, "config.json is not valid JSON")
 
 
+def test_config_with_a_duplicate_key_is_refused(tmp_path, learned):
+    # json.loads alone kept the last of the two values: transformers and we could read different models.
+    text = (learned / "config.json").read_text().rstrip()
+    (learned / "config.json").write_text(text[:-1].rstrip() + ', "d_model": 8}')
+    _refused(tmp_path, learned, TransformersSourceError, "config.json is not valid JSON: duplicate key 'd_model'")
+
+
 @pytest.mark.parametrize("case", ["under_a_file", "symlink_to_empty_dir"])
 def test_export_to_an_unusable_path_is_reported_without_traceback(tmp_path, learned, capsys, case):
     # FileExistsError / NotADirectoryError tracebacks before.

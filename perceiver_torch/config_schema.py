@@ -27,11 +27,12 @@ raised together as one `ConfigError`.
 
 from __future__ import annotations
 
-import json
 import math
 import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from .strict_json import loads_strict
 
 # The largest released model (language) has 201M parameters; five times that still fits a
 # workstation, and no legitimate config of these architectures needs more.
@@ -404,14 +405,10 @@ def check_parameter_count(num_parameters: int, source: str = "config") -> None:
                            f"{MAX_PARAMETERS:,}"], source)
 
 
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_config_json(text: str | bytes, source: str = "config") -> dict:
-    """A config from JSON text: an object, without NaN/Infinity literals; else a `ConfigError`."""
+    """A config from JSON text: an object, without duplicate keys or NaN/Infinity literals; else a `ConfigError`."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = loads_strict(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ConfigError([f"(file): not valid JSON: {exc}"], source) from None
     if not isinstance(value, dict):

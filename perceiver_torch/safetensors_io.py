@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .strict_json import loads_strict
+
 # Ours hold a few hundred entries (tens of KB); safetensors itself stops at 100 MB. 16 MB keeps
 # the parsed JSON small even when every byte is a distinct number.
 MAX_HEADER_BYTES = 16 << 20
@@ -67,19 +69,6 @@ class Header:
     metadata: dict[str, str]
     tensors: dict[str, TensorEntry]
     data_start: int  # absolute offset of the data section
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"non-standard JSON constant {name}")
 
 
 def _entry(name: str, raw, problems: list[str]) -> TensorEntry | None:
@@ -140,7 +129,7 @@ def read_header(path: str | os.PathLike) -> Header:
     except OSError as exc:
         raise CheckpointFormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        parsed = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+        parsed = loads_strict(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointFormatError(f"{path}: the safetensors header is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):

@@ -184,6 +184,9 @@ def safetensors_cases() -> dict[str, tuple[bytes, str, list[str]]]:
     cases["config_nan_literal"] = (with_meta(metadata(config_text='{"d_model": NaN}')), CONFIG_ERROR,
                                    ["not valid JSON"])
     cases["config_not_object"] = (with_meta(metadata(config_text="[8]")), CONFIG_ERROR, ["expected a JSON object"])
+    # json.loads keeps the last of two equal keys: one file, two readings.
+    cases["config_duplicate_key"] = (with_meta(metadata(config_text=json.dumps(LANGUAGE)[:-1] + ', "d_model": 8}')),
+                                     CONFIG_ERROR, ["not valid JSON", "duplicate key 'd_model'"])
     cases["task_unknown"] = (with_meta(metadata(task="chess")), CONFIG_ERROR, ["task", "chess"])
     cases["task_other"] = (with_meta(metadata(task="imagenet")), CONFIG_ERROR,
                            ["d_model: unknown key", "image_size: missing"])
@@ -280,6 +283,8 @@ def config_cases() -> dict[str, tuple[str, str, list[str]]]:
         "nan_literal": (*lang, edit("language", "d_model", 1).replace('"d_model": 1', '"d_model": NaN'),
                         ["not valid JSON"]),
         "top_level_list": (*lang, "[1, 2, 3]", ["expected a JSON object"]),
+        "duplicate_key": (*lang, edit("language", "d_model", 32)[:-2] + ',\n "d_model": 8\n}',
+                          ["not valid JSON", "duplicate key 'd_model'"]),
         "not_utf8": (*lang, "\udcff", ["not valid JSON"]),
     }
     return cases

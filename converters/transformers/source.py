@@ -7,7 +7,6 @@ opened with torch.load(weights_only=True), which refuses pickles that would run 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from perceiver_torch.hashing import sha256_file
+from perceiver_torch.strict_json import loads_strict
 from perceiver_torch.zoo.hub import cache_dir
 from perceiver_torch.zoo.schema import TRANSFORMERS_FILES
 
@@ -63,7 +63,7 @@ def _read_config(path: Path) -> dict:
     except OSError as exc:
         raise TransformersSourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        value = json.loads(text.decode("utf-8"))
+        value = loads_strict(text.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting too deep to parse
         raise TransformersSourceError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
