@@ -14,7 +14,7 @@ from ..layers import Perceiver, PerceiverEncoder
 from ..layers.decoders import ClassificationDecoder
 from ..layers.image import ImagePreprocessor
 from ..layers.precision import FinalLinear
-from .input_checks import check_batch, check_float, check_range, check_top_k
+from .input_checks import check_batch, check_float, check_range, check_top_k, describe
 from .owned_config import own_config
 
 # imagenet_transform's output lies in about [-2.12, 2.64] (0 and 255 through the ImageNet mean and
@@ -100,8 +100,56 @@ class PerceiverForImageClassification(Perceiver):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] (normalised as `imagenet_transform` does) -> logits [B, num_classes]."""
+        return self.forward_head(self.forward_features(images))
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] -> the encoder's latents [B, num_latents, num_features] (timm's name).
+
+        `forward_head` turns them into logits; `forward` is the two in turn.
+        """
         self._check(images)
-        return super().forward(images.permute(0, 2, 3, 1))  # upstream's channels-last layout
+        latents, *_ = self.encode(images.permute(0, 2, 3, 1))  # upstream's channels-last layout
+        return latents
+
+    def forward_head(self, latents: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """latents [B, num_latents, num_features] -> logits [B, num_classes] (timm's name).
+
+        With `pre_logits=True`, the classifier's input instead: the decoder's one query after it attends to
+        the latents, [B, head_hidden_size], an image embedding.
+        """
+        if not isinstance(pre_logits, bool):
+            raise TypeError(f"PerceiverForImageClassification.forward_head: pre_logits must be a bool; got "
+                            f"{type(pre_logits).__name__} {pre_logits!r}.")
+        self._check_latents(latents)
+        # Upstream takes the query's dtype from the preprocessed inputs; the latents' (the residual stream's,
+        # precision.py) gives the same logits, measured bit for bit in float32, bf16 and under autocast.
+        query = self.decoder.decoder_query(latents)
+        embedding = self.decoder.cross_attend(query, latents)[:, 0]
+        return embedding if pre_logits else self.get_classifier()(embedding)
+
+    @property
+    def num_features(self) -> int:
+        """Channels of each latent `forward_features` returns (timm's name)."""
+        return self._latent_shape[1]
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of the embedding `forward_head(..., pre_logits=True)` returns (timm's name)."""
+        return self.decoder.query_channels
+
+    @property
+    def _latent_shape(self) -> tuple[int, int]:
+        num_latents, channels = self.encoder.latents.embeddings.shape
+        return num_latents, channels
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        where = "PerceiverForImageClassification.forward_head"
+        num_latents, channels = self._latent_shape
+        expected = f"[B, {num_latents}, {channels}] from forward_features"
+        check_float(where, "latents", latents, f"a floating-point tensor {expected}")
+        if latents.ndim != 3 or tuple(latents.shape[1:]) != (num_latents, channels):
+            raise ValueError(f"{where}: latents must be {expected}; got {describe(latents)}.")
+        check_batch(where, "latents", latents, expected)
 
     def transform(self, image) -> torch.Tensor:
         """The colab's preprocessing of one image (path, PIL image or [H, W, 3] array) -> [3, H, W]."""
