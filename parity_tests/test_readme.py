@@ -1,12 +1,20 @@
-"""The README's quick start runs as written, and its layout table names paths that exist."""
+"""The README's Python snippets run as written, its commands use flags the CLIs have, and its layout table
+names paths that exist."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+
 import converters
+import perceiver_torch as pt
 
 from .conftest import golden_dir
 
@@ -14,22 +22,149 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
-def test_quickstart_runs_as_written(tmp_path, capsys):
-    block = re.search(r"<!-- quickstart .*?-->\n```python\n(.*?)```", README, re.S)
-    assert block, "README quick start not found"
-    # The file the snippet loads, made the way the bash lines above it make it (from the golden fixture,
-    # a small configuration of the released architecture, as the real file is not reachable here).
-    converters.convert("language", golden_dir("language") / "checkpoint.pickle",
-                       golden_dir("language") / "config.json", tmp_path / "language.safetensors")
+def snippet(marker: str) -> str:
+    """The ```python block after `<!-- marker ... -->` in the README."""
+    block = re.search(rf"<!-- {marker} .*?-->\n```python\n(.*?)```", README, re.S)
+    assert block, f"README snippet {marker!r} not found"
+    return block.group(1)
+
+
+def run_snippets(directory: Path, namespace: dict, *markers: str) -> dict:
+    """Run the README snippets `markers` in turn, in `directory`, sharing `namespace`, as a reader would."""
     cwd = os.getcwd()
-    os.chdir(tmp_path)
+    os.chdir(directory)
     try:
-        exec(compile(block.group(1), "README.md", "exec"), {})
+        for marker in markers:
+            exec(compile(snippet(marker), f"README.md ({marker})", "exec"), namespace)
     finally:
         os.chdir(cwd)
+    return namespace
+
+
+def convert_golden(family: str, task: str, path: Path) -> Path:
+    # The file a snippet loads, made the way its perceiver-convert line makes it, from the golden fixture
+    # (a small configuration of the released architecture, as the real file is not reachable here).
+    return converters.convert(task, golden_dir(family) / "checkpoint.pickle", golden_dir(family) / "config.json", path)
+
+
+def test_quickstart_and_save_load_run_as_written(tmp_path, capsys):
+    convert_golden("language", "language", tmp_path / "language.safetensors")
+    ns = run_snippets(tmp_path, {}, "quickstart")
     printed = capsys.readouterr().out.rstrip("\n")
     prefix = "This is an incomplete sentence where some words are"
     assert printed.startswith(prefix) and len(printed.encode()) == len(prefix) + 9, printed
+    before = {name: t.clone() for name, t in ns["model"].state_dict().items()}
+    run_snippets(tmp_path, ns, "save-load")  # saves `model`, loads it back into `model`
+    after = ns["model"].state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    # "dtype="bfloat16" as before": the bfloat16 model that .to(torch.bfloat16) gives
+    half = pt.load_model(tmp_path / "finetuned.safetensors", dtype="bfloat16").state_dict()
+    assert all(torch.equal(half[k], before[k].to(torch.bfloat16) if before[k].is_floating_point() else before[k])
+               for k in before)
+
+
+def test_imagenet_snippet_runs_as_written(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    convert_golden("imagenet_conv", "imagenet", tmp_path / "imagenet_conv.safetensors")
+    rgb = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    pil.fromarray(rgb).save(tmp_path / "dalmation.jpg")
+    ns = run_snippets(tmp_path, {"pt": pt, "image": pil.fromarray(rgb)}, "imagenet")
+    model = ns["model"]
+    top = model.classify(tmp_path / "dalmation.jpg", k=5)  # what the snippet's comment says it returns
+    assert len(top) == 5 and [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+    assert ns["logits"].shape == (1, model.config["num_classes"])
+
+
+def test_optical_flow_snippet_runs_as_written(tmp_path):
+    path = convert_golden("optical_flow", "optical_flow", tmp_path / "optical_flow.safetensors")
+    height, width = converters.load_config(golden_dir("optical_flow") / "config.json")["train_size"]
+    frames = torch.rand(2, 1, 3, height + 3, width + 5, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ns = run_snippets(tmp_path, {"pt": pt, "frame1": frames[0], "frame2": frames[1]},
+                      "optical-flow")
+    assert ns["flow"].shape == (1, 2, height + 3, width + 5) and path.exists()
+    assert (tmp_path / "flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_zoo_snippet_lists_what_list_models_returns(monkeypatch):
+    monkeypatch.delenv("PERCEIVER_ZOO_MANIFEST", raising=False)  # the snippet shows the shipped manifest
+    shown = re.search(r"pt\.list_models\(\)  # \[(.*?), \.\.\.\]", README)
+    assert shown, "README's pt.list_models() line not found"
+    names = [name.strip("' ") for name in shown.group(1).split(",")]
+    assert pt.list_models()[:len(names)] == names
+
+# Each command the documents show, by how they invoke it: its module's `main`, and its subcommands.
+CLIS = {
+    "perceiver-convert": ("converters.cli", ()),
+    "perceiver-to-transformers": ("converters.transformers.export_cli", ()),
+    "perceiver-zoo": ("perceiver_torch.zoo.cli", ("list", "info", "pull", "export")),
+    "perceiver-parity": ("converters.parity.cli", ()),
+    "perceiver-zoo-admin": ("converters.zoo.cli", ("regenerate", "publish", "serve-standin")),
+    "python -m converters": ("converters.cli", ()),
+    "python -m converters.parity": ("converters.parity.cli", ()),
+    "python -m converters.zoo": ("converters.zoo.cli", ("regenerate", "publish", "serve-standin")),
+    "python -m converters.transformers.divergence": ("converters.transformers.divergence", ()),
+}
+DOCS = ("README.md", "SECURITY.md", "benchmarks/README.md")
+
+
+def documented_commands() -> list[tuple[str, str, str]]:
+    """(document, command name, the rest of the line) for every CLI call in a code block or inline code span."""
+    pattern = re.compile(r"(?<![\w/.-])(" + "|".join(re.escape(c) for c in sorted(CLIS, key=len, reverse=True))
+                         + r")(?![\w.-])(.*)")
+    found = []
+    for doc in DOCS:
+        text = (REPO / doc).read_text()
+        spans = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+                 for line in block.replace("\\\n", " ").splitlines()]
+        spans += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+        for span in spans:
+            span = re.sub(r"\s#\s.*", "", span)  # a shell comment
+            for match in pattern.finditer(span):
+                found.append((doc, match.group(1), match.group(2)))
+    return found
+
+
+def help_text(module: str, argv: list[str]) -> str:
+    import importlib
+
+    main = importlib.import_module(module).main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return out.getvalue()
+
+
+def test_documented_commands_use_flags_and_subcommands_the_clis_have():
+    # A flag renamed or dropped in a CLI would otherwise leave the README showing a command that fails.
+    commands = documented_commands()
+    assert len(commands) >= 30, commands
+    helps: dict[tuple[str, ...], str] = {}
+    for doc, name, rest in commands:
+        module, subcommands = CLIS[name]
+        words = re.findall(r"[\w.-]+", rest)
+        sub = next((w for w in words if w in subcommands), None)
+        if subcommands and rest.strip() and not rest.strip().startswith(("--manifest", "--help", ")", ".")):
+            assert sub, f"{doc}: `{name}{rest}` names no subcommand of {name} ({', '.join(subcommands)})"
+        key = (module, sub) if sub else (module,)
+        if key not in helps:
+            helps[key] = help_text(module, []) + (help_text(module, [sub]) if sub else "")
+        for flag in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", rest):
+            if flag in ("-m", "-c") or flag.startswith("--xla"):
+                continue
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helps[key]), \
+                f"{doc}: `{name}{rest}` uses {flag}, which `{name}{' ' + sub if sub else ''} --help` does not list"
+
+
+def test_documented_script_flags_exist():
+    # benchmarks/*.py and scripts/*.py are run as files: their argparse flags must be in their source.
+    checked = 0
+    for doc in DOCS:
+        text = (REPO / doc).read_text()
+        for script, rest in re.findall(r"((?:benchmarks|scripts)/\w+\.py)((?: +--?[\w-]+(?: +[^\s`|)(]+)?)*)", text):
+            for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest):
+                assert f'"{flag}"' in (REPO / script).read_text(), f"{doc}: {script} has no {flag}"
+                checked += 1
+    assert checked >= 3
 
 
 def test_layout_table_names_existing_paths():

@@ -20,10 +20,10 @@ def compile_frozen(model: nn.Module, *, dynamic: bool | None = False, fullgraph:
     recompilation (a new input shape) is frozen too; the `freezing` option also makes the backend distinct
     from a plain `torch.compile` of the same model, whose unfrozen graph Dynamo would otherwise hand back.
     Both were needed (measured, torch 2.13; README, "torch.compile and export"). The first call compiles
-    (20-45 s at released size on 2 CPU cores). `dynamic` and `fullgraph` are torch.compile's. Freezing pays in
-    bf16 everywhere measured, and in fp32 on CPUs with AMX; on an AMD EPYC without it plain `torch.compile` was
-    the faster fp32 path (README, "Speed"). `options`: further Inductor options (torch.compile's), e.g.
-    `{"max_autotune": True}`; `freezing` is this function's own and cannot be among them.
+    (17-45 s at released size on 2 CPU cores: README, "Speed"). `dynamic` and `fullgraph` are torch.compile's.
+    Freezing pays in bf16 everywhere measured, and in fp32 on CPUs with AMX; on an AMD EPYC without it plain
+    `torch.compile` was the faster fp32 path (README, "Speed"). `options`: further Inductor options
+    (torch.compile's), e.g. `{"max_autotune": True}`; `freezing` is this function's own and cannot be among them.
     """
     where = "compile_frozen"
     if not isinstance(model, nn.Module):

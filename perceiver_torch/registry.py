@@ -56,6 +56,7 @@ def _presets() -> dict:
 
 
 def preset_names() -> list[str]:
+    """The released checkpoints' names that `build_preset` takes, sorted (e.g. 'language_perceiver_io_bytes')."""
     return sorted(_presets())
 
 

@@ -3,7 +3,9 @@
 Runs the JAX reference and the converted Torch model on the same inputs,
 prints a per-output error table, optionally writes the report as JSON, and
 exits 0 when every output agrees within the tolerance, 1 when one does not,
-2 for bad arguments or inputs, 3 for an internal error (with its traceback).
+2 for bad arguments or inputs or a device that is not there, 3 when the run
+itself fails (out of memory, an XLA error) or on an internal error (with its
+traceback).
 
 `--dtype bfloat16|float16` runs Torch in that precision (`--autocast`: a
 float32 model under torch.autocast instead of model.to(dtype)) and `--dtype

@@ -1,7 +1,7 @@
 """`perceiver-zoo-admin`: the maintainer's side of the zoo (regenerate, publish, serve a Hub stand-in).
 
     perceiver-zoo-admin regenerate NAME [--source PATH] [--force]   # fetch, check, convert, verify, card
-    perceiver-zoo-admin regenerate --all                            # every entry whose source is reachable
+    perceiver-zoo-admin regenerate --all                            # every entry, going on past failures (exit 1)
     perceiver-zoo-admin regenerate NAME --from-transformers         # from its pinned deepmind/* repo instead
     HF_TOKEN=... perceiver-zoo-admin publish NAME [--endpoint URL]  # upload and pin the revision
     perceiver-zoo-admin publish NAME --stand-in DIR                 # into a local stand-in tree on 127.0.0.1
