@@ -59,13 +59,41 @@ def test_fill_masked_keeps_unmasked_bytes_and_fills_masks(converted):
 def test_fill_masked_refuses_what_is_not_text_or_too_long(converted):
     model = pt.load_model(converted("language", "language"))
     where = "PerceiverForMaskedLM.fill_masked"
-    for text, mask in ((b"ab[MASK]", "[MASK]"), (None, "[MASK]"), ("ab[MASK]", b"[MASK]")):
-        with pytest.raises(TypeError, match=f"{where}: (text|mask) must be a str; got (bytes|NoneType)"):
-            model.fill_masked(text, mask)
+    for text in (b"ab[MASK]", None, {"ab[MASK]"}):
+        with pytest.raises(TypeError, match=f"{where}: text must be a str or a list or tuple of str; got "
+                                            f"{type(text).__name__}"):
+            model.fill_masked(text)
+    with pytest.raises(TypeError, match=f"{where}: mask must be a str; got bytes"):
+        model.fill_masked("ab[MASK]", b"[MASK]")
+    with pytest.raises(TypeError, match=rf"{where}: text\[1\] must be a str; got bytes"):
+        model.fill_masked(["ab[MASK]", b"c"])
     with pytest.raises(ValueError, match=f"{where}: text is 65 bytes with each mask counted as one; the model "
                                          "takes at most 64"):
         model.fill_masked("x" * 59 + "[MASK]" * 6)
+    with pytest.raises(ValueError, match=rf"{where}: text\[0\] is 65 bytes"):
+        model.fill_masked(["x" * 59 + "[MASK]" * 6])
+    for batch_size in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=f"{where}: batch_size must be an integer >= 1; got {batch_size!r}"):
+            model.fill_masked(["a[MASK]"], batch_size=batch_size)
     assert len(model.fill_masked("x" * 58 + "[MASK]" * 6)) == 64  # exactly max_seq_len: runs
+
+
+def test_fill_masked_batches_padded_texts_as_it_fills_each_alone(converted):
+    model = pt.load_model(converted("language", "language"))
+    texts = ["Perceiver[MASK][MASK] IO", "a[MASK]", "", "no mask at all", "x" * 40 + "[MASK]" * 3, "[MASK]"]
+    alone = [model.fill_masked(text) for text in texts]
+    assert alone[2] == "" and alone[3] == "no mask at all"
+    for batch_size in (1, 2, 4, np.int64(8)):  # batches mixing lengths (padded), and one of all six
+        assert model.fill_masked(texts, batch_size=batch_size) == alone
+    assert model.fill_masked(tuple(texts)) == alone and model.fill_masked([]) == []
+    # Under the strings: a padded row's logits are the unpadded ones (summation order aside: 1e-5 of 1).
+    ids = [model.tokenizer.encode_with_masks(text) for text in texts[:2]]
+    padded, masks = zip(*(model.tokenizer.pad(row, 26) for row in ids), strict=True)
+    with torch.no_grad():
+        batch = model(torch.tensor(padded), torch.tensor(masks))
+        for row, sequence in enumerate(ids):
+            torch.testing.assert_close(batch[row, :len(sequence)], model(torch.tensor([sequence]))[0],
+                                       rtol=0, atol=1e-5)
 
 
 def test_golden_language_converts_and_runs_without_jax_or_haiku(tmp_path):

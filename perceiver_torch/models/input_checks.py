@@ -27,6 +27,13 @@ def check_top_k(where: str, k, num_classes: int) -> int:
     return int(k)
 
 
+def check_count(where: str, name: str, value) -> int:
+    """`value` as an int if it is an integer (NumPy's included, bool not) >= 1, else a named ValueError."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{where}: {name} must be an integer >= 1; got {value!r}.")
+    return int(value)
+
+
 def describe(value) -> str:
     """'float32 [2, 7]' for a tensor, else the type's name: what the error messages show as 'got'."""
     if isinstance(value, torch.Tensor):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..layers import BasicDecoder, EmbeddingDecoder, Perceiver, PerceiverEncoder, TextPreprocessor
 from ..tokenizer import BytesTokenizer
-from .input_checks import INDEX_DTYPES, check_binary, check_range, describe
+from .input_checks import INDEX_DTYPES, check_binary, check_count, check_range, describe
 from .owned_config import own_config
 
 
@@ -74,25 +76,49 @@ class PerceiverForMaskedLM(Perceiver):
         check_binary(where, expected, attention_mask, "1 = real token, 0 = padding")
 
     @torch.no_grad()
-    def fill_masked(self, text: str, mask: str = "[MASK]") -> str:
+    def fill_masked(self, text: str | Sequence[str], mask: str = "[MASK]", *, batch_size: int = 8):
         """Replace each `mask` marker (one byte each) by the model's greedy prediction.
+
+        `text` is one string (a string comes back) or a list or tuple of them (a list comes back, in order),
+        run `batch_size` texts at a time, each padded to the longest of its batch under an attention mask:
+        padding changes no prediction (upstream's own batches are padded to max_seq_len so).
 
         >>> model.fill_masked("This is an incomplete sentence where some words are" + "[MASK]" * 9)
         """
         where = "PerceiverForMaskedLM.fill_masked"
-        for name, value in (("text", text), ("mask", mask)):
-            if not isinstance(value, str):
-                raise TypeError(f"{where}: {name} must be a str; got {type(value).__name__}.")
-        ids = self.tokenizer.encode_with_masks(text, mask)
-        if not ids:
-            return text
-        if len(ids) > self.config["max_seq_len"]:
-            raise ValueError(f"{where}: text is {len(ids)} bytes with each mask counted as one; the model takes "
-                             f"at most {self.config['max_seq_len']}.")
+        single = isinstance(text, str)
+        texts = [text] if single else text
+        if not isinstance(texts, (list, tuple)):
+            raise TypeError(f"{where}: text must be a str or a list or tuple of str; got {type(text).__name__}.")
+        if not isinstance(mask, str):
+            raise TypeError(f"{where}: mask must be a str; got {type(mask).__name__}.")
+        batch_size = check_count(where, "batch_size", batch_size)
+        encoded = []
+        for i, item in enumerate(texts):
+            name = "text" if single else f"text[{i}]"
+            if not isinstance(item, str):
+                raise TypeError(f"{where}: {name} must be a str; got {type(item).__name__}.")
+            ids = self.tokenizer.encode_with_masks(item, mask)
+            if len(ids) > self.config["max_seq_len"]:
+                raise ValueError(f"{where}: {name} is {len(ids)} bytes with each mask counted as one; the model "
+                                 f"takes at most {self.config['max_seq_len']}.")
+            encoded.append(ids)
+        filled = list(texts)  # an empty text comes back as it is
+        todo = [i for i, ids in enumerate(encoded) if ids]
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start:start + batch_size]
+            for i, ids in zip(rows, self._fill_batch([encoded[i] for i in rows]), strict=True):
+                filled[i] = self.tokenizer.decode(ids)
+        return filled[0] if single else filled
+
+    def _fill_batch(self, batch: list[list[int]]) -> list[torch.Tensor]:
+        """Greedy predictions at the MASK ids of each sequence, the other ids kept."""
+        length = max(len(ids) for ids in batch)
+        padded, masks = zip(*(self.tokenizer.pad(ids, length) for ids in batch), strict=True)
         device = self.embedding_decoder.bias.device
-        input_ids = torch.tensor([ids], device=device)
-        logits = self(input_ids)  # no padding: no mask (an all-ones one would only cost time)
-        predictions = logits.argmax(-1)[0]
-        is_mask = input_ids[0] == self.tokenizer.mask_token
-        filled = torch.where(is_mask, predictions, input_ids[0])
-        return self.tokenizer.decode(filled)
+        input_ids = torch.tensor(padded, device=device)
+        # One sequence, or all of one length: no padding, no mask (an all-ones one would only cost time).
+        attention_mask = None if all(map(all, masks)) else torch.tensor(masks, device=device)
+        predictions = self(input_ids, attention_mask).argmax(-1)
+        filled = torch.where(input_ids == self.tokenizer.mask_token, predictions, input_ids)
+        return [row[:len(ids)] for row, ids in zip(filled, batch, strict=True)]
