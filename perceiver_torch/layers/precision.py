@@ -150,11 +150,14 @@ def final_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     the result stays wide: reduced-precision models return float32 outputs.
     Without the island it runs in the parameters' dtype.
     """
+    # A contiguous input: F.linear takes a strided one (a modality's slice of the decoder output) through
+    # matmul, whose kernel depends on whether the weight requires grad, so a frozen model's outputs (or
+    # functional_call's with detached weights) differed in the last bit. A contiguous one takes one kernel.
     if not ISLANDS.final_projection:
-        return F.linear(x.to(weight.dtype), weight, bias)
+        return F.linear(x.to(weight.dtype).contiguous(), weight, bias)
     dtype = torch.promote_types(wide(weight.dtype), wide(x.dtype))
     with autocast_off(x.device.type):
-        return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+        return F.linear(x.to(dtype).contiguous(), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
 class FinalLinear(nn.Linear):
