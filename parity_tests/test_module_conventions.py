@@ -282,3 +282,21 @@ def test_frozen_and_functional_call_weights_give_the_outputs_of_the_model(family
                          "functional_call, other weights")
     assert_identical(forward(model, inputs), expected, "the model after functional_call")
 
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_narrower_float_inputs_give_the_outputs_of_the_inputs_widened(family):
+    # Before, bfloat16 pixels into a float32 model had their position features (and a multimodal model its
+    # padding and mask tokens) cast to bfloat16: the model silently ran part of its float32 work in bfloat16.
+    model = model_of(family)
+    inputs = inputs_of(family, model)
+    for dtype in (torch.bfloat16, torch.float16):
+        narrow = map_inputs(lambda x, dtype=dtype: x.to(dtype), inputs)
+        widened = map_inputs(lambda x: x.float(), narrow)
+        assert_identical(forward(model, narrow), forward(model, widened), f"{dtype} inputs")
+    # Wider inputs are accepted too: the outputs keep the model's dtype; float64 position features (or the
+    # layer norm's one rounding of the float64 inputs) differ from float32's by float32 rounding only.
+    out, expected = forward(model, map_inputs(lambda x: x.double(), inputs)), forward(model, inputs)
+    assert [o.dtype for o in out] == [e.dtype for e in expected]
+    for o, e in zip(out, expected, strict=True):
+        torch.testing.assert_close(o, e)
+

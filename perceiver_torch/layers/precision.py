@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +166,23 @@ class FinalLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return final_linear(x, self.weight, self.bias)
+
+
+def widen_inputs(inputs, dtype: torch.dtype | None):
+    """Floating-point model inputs (a tensor or a dict of them) narrower than a model of `dtype`, widened to it.
+
+    A float32 model given bfloat16 pixels would otherwise compute what follows the input in bfloat16: the
+    position features (cast to the features' dtype), the padding and mask tokens of a multimodal input. The
+    model's own dtype keeps its precision: the outputs are those of the input widened by the caller. A wider
+    input (float32 into a bfloat16 model) is left as it is, the first layer or layer norm casting it.
+    """
+    def widen(x):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or dtype is None:
+            return x
+        wider = torch.promote_types(x.dtype, dtype)
+        return x if wider == x.dtype else x.to(wider)
+
+    return {name: widen(x) for name, x in inputs.items()} if isinstance(inputs, Mapping) else widen(inputs)
 
 
 class InputLinear(nn.Linear):
