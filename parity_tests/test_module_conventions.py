@@ -300,3 +300,67 @@ def test_narrower_float_inputs_give_the_outputs_of_the_inputs_widened(family):
     for o, e in zip(out, expected, strict=True):
         torch.testing.assert_close(o, e)
 
+
+def _frozen_repeated_blocks_model() -> torch.nn.Module:
+    model = model_of("imagenet_fourier").requires_grad_(False)  # autocast caches casts itself when they require grad
+    assert model.encoder.num_blocks > 1  # shared weights cast once per forward: what these tests are about
+    return model
+
+
+def test_autocast_forward_never_swaps_the_weights_other_threads_see():
+    # Before, the repeated blocks' weights cast once under autocast were swapped into the module
+    # (torch.func.functional_call) for the forward: a float32 forward in another thread met bfloat16 weights, and
+    # two overlapping autocast forwards left the casts in the model as its weights for good.
+    model = _frozen_repeated_blocks_model()
+    (images,) = inputs_of("imagenet_fourier", model)
+    weights = dict(model.named_parameters())
+    seen = []
+
+    def check(*_):  # runs inside the latent blocks: what another thread sees at that moment
+        seen.append({n for n, p in model.named_parameters() if p is not weights[n] or p.dtype != torch.float32})
+
+    model.encoder.self_attends[0].norm.register_forward_hook(check)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(images)
+    assert len(seen) == model.encoder.num_blocks and not any(seen), sorted(set().union(*seen))[:4]
+
+
+def test_concurrent_autocast_and_float32_forwards_give_their_serial_outputs():
+    model = _frozen_repeated_blocks_model()
+    (images,) = inputs_of("imagenet_fourier", model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected_autocast = flat(model(images))
+    expected = forward(model, (images,))
+    failures = []
+
+    def work(autocast: bool):
+        try:
+            for _ in range(10):
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    out = flat(model(images))
+                if not all(torch.equal(o, e) for o, e in zip(out, expected_autocast if autocast else expected,
+                                                            strict=True)):
+                    failures.append(f"autocast={autocast}: other outputs")
+        except RuntimeError as error:
+            failures.append(f"autocast={autocast}: {error}")
+
+    threads = [threading.Thread(target=work, args=(autocast,)) for autocast in (True, True, False)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+    assert all(type(p) is torch.nn.Parameter and p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_hooked_or_subclassed_linear_layer_of_the_repeated_blocks_is_still_called():
+    # The cast weights bypass the layers they belong to (F.linear); a layer with hooks, or a subclass with its own
+    # forward, is called instead, at each of its uses.
+    model = _frozen_repeated_blocks_model()
+    (images,) = inputs_of("imagenet_fourier", model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(images)
+        calls = []
+        model.encoder.self_attends[0].attention.query.register_forward_hook(lambda *_: calls.append(1))
+        assert torch.equal(model(images), expected)
+    assert len(calls) == model.encoder.num_blocks

@@ -124,17 +124,42 @@ def autocast_weights(module: nn.Module) -> dict[str, torch.Tensor] | None:
     """Under autocast: the float32 weights and biases of `module`'s linear layers, cast to autocast's dtype.
 
     The cast autocast would make at each call of those layers, made once: for weights applied more than once
-    in a forward (a block repeated with shared weights), passed in with `torch.func.functional_call`.
-    Autocast caches such casts itself only for parameters that require grad, so after
+    in a forward (a block repeated with shared weights), passed down the call as an argument (`sub_weights`,
+    `linear_with`). Autocast caches such casts itself only for parameters that require grad, so after
     `requires_grad_(False)` it casts them again at every use. None outside autocast.
+
+    Only plain `nn.Linear` layers without hooks take part: a subclass or a hooked layer is called as it is.
     """
     device = next(module.parameters()).device.type
     if not (autocast_available(device) and torch.is_autocast_enabled(device)):
         return None
     dtype = torch.get_autocast_dtype(device)
     return {f"{prefix}.{name}" if prefix else name: p.to(dtype)
-            for prefix, layer in module.named_modules() if isinstance(layer, nn.Linear)
+            for prefix, layer in module.named_modules()
+            if type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
             for name, p in layer.named_parameters(recurse=False) if p.dtype == torch.float32}
+
+
+def sub_weights(weights: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
+    """The entries of `weights` (from `autocast_weights`) under `prefix`, named relative to it."""
+    if weights is None:
+        return None
+    start = prefix + "."
+    return {name[len(start):]: w for name, w in weights.items() if name.startswith(start)}
+
+
+def linear_with(layer: nn.Module, x: torch.Tensor, weights: dict[str, torch.Tensor] | None,
+                name: str) -> torch.Tensor:
+    """`layer(x)`, computed with the cast weight and bias `weights` holds for `name` where it holds them.
+
+    The weights are arguments, never swapped into the module (as `torch.func.functional_call` would): a swap
+    is seen by every thread running the model meanwhile, and two overlapping swaps put the casts back as the
+    module's weights for good.
+    """
+    weight = None if weights is None else weights.get(f"{name}.weight")
+    if weight is None:
+        return layer(x)
+    return F.linear(x, weight, weights.get(f"{name}.bias", layer.bias))
 
 
 def autocast_off(device_type: str):
