@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import ISLANDS, REDUCED, autocast_available, autocast_off
+from .precision import ISLANDS, REDUCED, autocast_available, autocast_off, linear_with
 
 
 def make_cross_attention_mask(query_mask: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
@@ -219,15 +219,17 @@ class MultiHeadAttention(nn.Module):
         inputs_q: torch.Tensor,
         inputs_kv: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        weights: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """attention_mask: true/1 where query i may attend to key j, broadcastable to [B, Tq, Tkv].
 
-        None means no mask (nothing is materialised for it).
+        None means no mask (nothing is materialised for it). `weights`: cast weights of the projections by
+        state-dict name, used instead of their own (`autocast_weights`).
         """
         inputs_q, inputs_kv = _autocast_once(inputs_q, inputs_kv)
-        q = self._split_heads(self.query(inputs_q))
-        k = self._split_heads(self.key(inputs_kv))
-        v = self._split_heads(self.value(inputs_kv))
+        q = self._split_heads(linear_with(self.query, inputs_q, weights, "query"))
+        k = self._split_heads(linear_with(self.key, inputs_kv, weights, "key"))
+        v = self._split_heads(linear_with(self.value, inputs_kv, weights, "value"))
         sdpa_mask = None
         if attention_mask is not None:
             attention_mask = attention_mask.bool()
@@ -240,4 +242,4 @@ class MultiHeadAttention(nn.Module):
         if attention_mask is not None:
             fully_masked = ~attention_mask.any(dim=-1, keepdim=True)
             out = out.masked_fill(fully_masked, 0.0)
-        return self.output(out)
+        return linear_with(self.output, out, weights, "output")

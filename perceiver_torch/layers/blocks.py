@@ -8,7 +8,7 @@ from torch import nn
 
 from .attention import MultiHeadAttention
 from .checkpointing import CheckpointableBlock
-from .precision import LayerNorm, residual_stream
+from .precision import LayerNorm, linear_with, residual_stream, sub_weights
 
 # Haiku's hk.LayerNorm default.
 LAYER_NORM_EPS = 1e-5
@@ -23,8 +23,10 @@ class MLP(nn.Module):
         self.dense2 = nn.Linear(widening_factor * dim, dim)
         self.dropout = nn.Dropout(dropout_prob)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.dense2(F.gelu(self.dense1(x), approximate="tanh")))
+    def forward(self, x: torch.Tensor, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """`weights`: cast weights by state-dict name, used instead of the layers' own (`autocast_weights`)."""
+        hidden = F.gelu(linear_with(self.dense1, x, weights, "dense1"), approximate="tanh")
+        return self.dropout(linear_with(self.dense2, hidden, weights, "dense2"))
 
 
 class SelfAttention(CheckpointableBlock):
@@ -57,11 +59,20 @@ class SelfAttention(CheckpointableBlock):
         self.mlp_norm = LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = MLP(dim, widening_factor, dropout_prob)
 
-    def block_forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def block_forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """`weights`: cast weights by state-dict name, used instead of the layers' own (`autocast_weights`)."""
+        # Given to this package's layers only (one a user swapped in may not take them).
+        attention_weights = sub_weights(weights, "attention") if isinstance(self.attention, MultiHeadAttention) \
+            else None
+        mlp_weights = sub_weights(weights, "mlp") if isinstance(self.mlp, MLP) else None
         x = residual_stream(x)
         normed = self.norm(x)
-        x = x + self.dropout(self.attention(normed, normed, attention_mask))
-        return x + self.mlp(self.mlp_norm(x))
+        attended = self.attention(normed, normed, attention_mask) if attention_weights is None \
+            else self.attention(normed, normed, attention_mask, weights=attention_weights)
+        x = x + self.dropout(attended)
+        normed = self.mlp_norm(x)
+        return x + (self.mlp(normed) if mlp_weights is None else self.mlp(normed, weights=mlp_weights))
 
 
 class CrossAttention(CheckpointableBlock):

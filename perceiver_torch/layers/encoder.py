@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from .blocks import CrossAttention, SelfAttention
 from .position_encoding import TrainablePositionEncoding
-from .precision import autocast_weights, residual_stream
+from .precision import autocast_weights, residual_stream, sub_weights
 
 
 class SelfAttentionStack(nn.ModuleList):
     """The latent self-attention layers (an `nn.ModuleList`: state-dict names `N.`), applied `repeats` times."""
 
-    def forward(self, z: torch.Tensor, repeats: int) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, repeats: int, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """`weights`: cast weights of the layers by state-dict name (`autocast_weights`), used instead of theirs."""
+        # Given to this package's layers only (one a user swapped in may not take them).
+        per_layer = [sub_weights(weights, str(i)) if isinstance(layer, SelfAttention) else None
+                     for i, layer in enumerate(self)]
         for _ in range(repeats):
-            for layer in self:
-                z = layer(z)
+            for layer, layer_weights in zip(self, per_layer, strict=True):
+                z = layer(z) if layer_weights is None else layer(z, weights=layer_weights)
         return z
 
 
@@ -78,10 +81,9 @@ class PerceiverEncoder(nn.Module):
         attention_mask = None if input_mask is None else input_mask.bool()[:, None, :]
         z = self.cross_attend(z, inputs, attention_mask)
         # Under autocast, weights shared by the repeated blocks are cast once per forward, not at each use
-        # (ImageNet: 8 uses; the same casts, so the same outputs). Not for checkpointed layers: their
-        # recomputation in backward runs after functional_call has put the module's own weights back.
+        # (ImageNet: 8 uses; the same casts, so the same outputs), and passed down as arguments: the module
+        # is never modified, so threads can share it. Not for checkpointed layers, which recompute in
+        # backward: they keep autocast's own casts.
         checkpointed = any(layer.grad_checkpointing for layer in self.self_attends)
         cast = autocast_weights(self.self_attends) if self.num_blocks > 1 and not checkpointed else None
-        if cast:
-            return functional_call(self.self_attends, cast, (z, self.num_blocks), strict=False)
-        return self.self_attends(z, self.num_blocks)
+        return self.self_attends(z, self.num_blocks, cast or None)

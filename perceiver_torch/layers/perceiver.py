@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .checkpointing import set_grad_checkpointing
+from .precision import widen_inputs
 
 
 class Perceiver(nn.Module):
@@ -41,6 +42,9 @@ class Perceiver(nn.Module):
     def encode(self, inputs, input_mask: torch.Tensor | None = None):
         """Preprocess and encode: returns (z, modality_sizes, preprocessed inputs, inputs_without_pos)."""
         modality_sizes = inputs_without_pos = None
+        # Inputs narrower than the model (bfloat16 images into a float32 model) are widened to its dtype.
+        weight = next((p for p in self.encoder.parameters() if p.is_floating_point()), None)
+        inputs = widen_inputs(inputs, None if weight is None else weight.dtype)
         if self.input_preprocessor is not None:
             inputs, modality_sizes, inputs_without_pos = self.input_preprocessor(inputs)
         z = self.encoder(inputs, input_mask)

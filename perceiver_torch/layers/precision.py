@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -123,17 +124,42 @@ def autocast_weights(module: nn.Module) -> dict[str, torch.Tensor] | None:
     """Under autocast: the float32 weights and biases of `module`'s linear layers, cast to autocast's dtype.
 
     The cast autocast would make at each call of those layers, made once: for weights applied more than once
-    in a forward (a block repeated with shared weights), passed in with `torch.func.functional_call`.
-    Autocast caches such casts itself only for parameters that require grad, so after
+    in a forward (a block repeated with shared weights), passed down the call as an argument (`sub_weights`,
+    `linear_with`). Autocast caches such casts itself only for parameters that require grad, so after
     `requires_grad_(False)` it casts them again at every use. None outside autocast.
+
+    Only plain `nn.Linear` layers without hooks take part: a subclass or a hooked layer is called as it is.
     """
     device = next(module.parameters()).device.type
     if not (autocast_available(device) and torch.is_autocast_enabled(device)):
         return None
     dtype = torch.get_autocast_dtype(device)
     return {f"{prefix}.{name}" if prefix else name: p.to(dtype)
-            for prefix, layer in module.named_modules() if isinstance(layer, nn.Linear)
+            for prefix, layer in module.named_modules()
+            if type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
             for name, p in layer.named_parameters(recurse=False) if p.dtype == torch.float32}
+
+
+def sub_weights(weights: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
+    """The entries of `weights` (from `autocast_weights`) under `prefix`, named relative to it."""
+    if weights is None:
+        return None
+    start = prefix + "."
+    return {name[len(start):]: w for name, w in weights.items() if name.startswith(start)}
+
+
+def linear_with(layer: nn.Module, x: torch.Tensor, weights: dict[str, torch.Tensor] | None,
+                name: str) -> torch.Tensor:
+    """`layer(x)`, computed with the cast weight and bias `weights` holds for `name` where it holds them.
+
+    The weights are arguments, never swapped into the module (as `torch.func.functional_call` would): a swap
+    is seen by every thread running the model meanwhile, and two overlapping swaps put the casts back as the
+    module's weights for good.
+    """
+    weight = None if weights is None else weights.get(f"{name}.weight")
+    if weight is None:
+        return layer(x)
+    return F.linear(x, weight, weights.get(f"{name}.bias", layer.bias))
 
 
 def autocast_off(device_type: str):
@@ -150,11 +176,14 @@ def final_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     the result stays wide: reduced-precision models return float32 outputs.
     Without the island it runs in the parameters' dtype.
     """
+    # A contiguous input: F.linear takes a strided one (a modality's slice of the decoder output) through
+    # matmul, whose kernel depends on whether the weight requires grad, so a frozen model's outputs (or
+    # functional_call's with detached weights) differed in the last bit. A contiguous one takes one kernel.
     if not ISLANDS.final_projection:
-        return F.linear(x.to(weight.dtype), weight, bias)
+        return F.linear(x.to(weight.dtype).contiguous(), weight, bias)
     dtype = torch.promote_types(wide(weight.dtype), wide(x.dtype))
     with autocast_off(x.device.type):
-        return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+        return F.linear(x.to(dtype).contiguous(), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
 class FinalLinear(nn.Linear):
@@ -162,6 +191,23 @@ class FinalLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return final_linear(x, self.weight, self.bias)
+
+
+def widen_inputs(inputs, dtype: torch.dtype | None):
+    """Floating-point model inputs (a tensor or a dict of them) narrower than a model of `dtype`, widened to it.
+
+    A float32 model given bfloat16 pixels would otherwise compute what follows the input in bfloat16: the
+    position features (cast to the features' dtype), the padding and mask tokens of a multimodal input. The
+    model's own dtype keeps its precision: the outputs are those of the input widened by the caller. A wider
+    input (float32 into a bfloat16 model) is left as it is, the first layer or layer norm casting it.
+    """
+    def widen(x):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or dtype is None:
+            return x
+        wider = torch.promote_types(x.dtype, dtype)
+        return x if wider == x.dtype else x.to(wider)
+
+    return {name: widen(x) for name, x in inputs.items()} if isinstance(inputs, Mapping) else widen(inputs)
 
 
 class InputLinear(nn.Linear):
