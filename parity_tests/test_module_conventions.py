@@ -75,6 +75,13 @@ def inputs_of(family: str, model: torch.nn.Module) -> tuple:
              "tokens": torch.randn(2, 6, 7, generator=g)},)
 
 
+def reference(family: str) -> tuple[torch.nn.Module, tuple, list[torch.Tensor]]:
+    """A fresh copy of the family's model, its inputs and its outputs for them: what each test compares with."""
+    model = model_of(family)
+    inputs = inputs_of(family, model)
+    return model, inputs, forward(model, inputs)
+
+
 def map_inputs(fn, inputs: tuple) -> tuple:
     """`fn` applied to every floating-point input tensor (in dicts too); integer ids are left alone."""
     def one(x):
@@ -108,9 +115,7 @@ def inputs_equal(a: tuple, b: tuple) -> bool:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_copies_and_pickles_are_independent_models_with_the_same_outputs(family):
-    model = model_of(family)
-    inputs = inputs_of(family, model)
-    expected = forward(model, inputs)
+    model, inputs, expected = reference(family)
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)
@@ -126,9 +131,7 @@ def test_copies_and_pickles_are_independent_models_with_the_same_outputs(family)
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_state_dict_loads_strictly_into_a_fresh_or_meta_built_model(family):
-    model = model_of(family)
-    inputs = inputs_of(family, model)
-    expected = forward(model, inputs)
+    model, inputs, expected = reference(family)
     state = model.state_dict()
     # Buffers are the conv stem's batch-norm averages only; nothing non-persistent is left out of the state dict.
     assert all(name.endswith(("running_mean", "running_var")) for name, _ in model.named_buffers())
@@ -150,9 +153,7 @@ def test_state_dict_loads_strictly_into_a_fresh_or_meta_built_model(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dtype_casts_give_outputs_in_the_expected_dtypes(family):
-    model = model_of(family)
-    inputs = inputs_of(family, model)
-    expected = forward(model, inputs)
+    model, inputs, expected = reference(family)
     wide = model_of(family).to(torch.float64)
     out = forward(wide, map_inputs(lambda x: x.double(), inputs))
     assert {o.dtype for o in out} == {torch.float64}
@@ -177,9 +178,7 @@ def test_dtype_casts_give_outputs_in_the_expected_dtypes(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_train_eval_requires_grad_and_apply_reach_every_submodule(family):
-    model = model_of(family)
-    inputs = inputs_of(family, model)
-    expected = forward(model, inputs)
+    model, inputs, expected = reference(family)
     assert all(m.training for m in model.train().modules())
     assert not any(m.training for m in model.eval().modules())
     assert not any(p.requires_grad for p in model.requires_grad_(False).parameters())
@@ -231,9 +230,7 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_non_contiguous_inputs_give_the_outputs_of_contiguous_ones(family):
-    model = model_of(family)
-    inputs = inputs_of(family, model)
-    expected = forward(model, inputs)
+    model, inputs, expected = reference(family)
     for layout in (_transposed, _strided, _channels_last):
         laid_out = tuple({k: layout(v) for k, v in x.items()} if isinstance(x, dict) else layout(x) for x in inputs)
         assert_identical(forward(model, laid_out), expected, layout.__name__)
@@ -241,9 +238,7 @@ def test_non_contiguous_inputs_give_the_outputs_of_contiguous_ones(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_threads_give_the_serial_outputs(family):
-    model = model_of(family)
-    inputs = inputs_of(family, model)
-    expected = forward(model, inputs)
+    model, inputs, expected = reference(family)
     results, errors = [], []
 
     def work():
@@ -266,9 +261,7 @@ def test_two_threads_give_the_serial_outputs(family):
 def test_frozen_and_functional_call_weights_give_the_outputs_of_the_model(family):
     # Before, a multimodal model's last projections (on strided slices of the decoder output) took a matmul
     # kernel chosen by whether the weight requires grad: frozen or detached weights differed in the last bit.
-    model = model_of(family)
-    inputs = inputs_of(family, model)
-    expected = forward(model, inputs)
+    model, inputs, expected = reference(family)
     assert_identical(forward(copy.deepcopy(model).requires_grad_(False), inputs), expected, "requires_grad_(False)")
     detached = {n: p.detach() for n, p in model.named_parameters()}
     with torch.no_grad():
