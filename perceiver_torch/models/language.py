@@ -54,6 +54,20 @@ class PerceiverForMaskedLM(Perceiver):
         outputs = self.decoder(query, z, attention_mask)
         return self.embedding_decoder(outputs, self.input_preprocessor.embed.weight)
 
+    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T], attention_mask [B, T] -> the encoder's latents [B, num_latents, num_features].
+
+        What `forward` decodes the logits from (timm's name): a fixed-size summary of the text, padding masked.
+        """
+        self._check_inputs(input_ids, attention_mask)
+        latents, *_ = self.encode(input_ids, attention_mask)
+        return latents
+
+    @property
+    def num_features(self) -> int:
+        """Channels of each latent `forward_features` returns (timm's name)."""
+        return self.encoder.latents.embeddings.shape[-1]
+
     def _check_inputs(self, input_ids, attention_mask) -> None:
         """Refuse ids and masks of another layout; ids out of range only on CPU in eager (see input_checks)."""
         where, vocab, max_len = "PerceiverForMaskedLM.forward", self.config["vocab_size"], self.config["max_seq_len"]
