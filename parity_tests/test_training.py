@@ -1,4 +1,4 @@
-"""Training workflows on the golden configurations: which parameters learn, DDP.
+"""Training workflows on the golden configurations: which parameters learn, weight-decay groups, DDP.
 
 Small models with random weights (seeded). The distributed test spawns two CPU processes (gloo), so it
 costs a few seconds of process start-up; everything else is one forward and backward per model.
@@ -7,7 +7,9 @@ costs a few seconds of process start-up; everything else is one forward and back
 from __future__ import annotations
 
 import copy
+import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,9 @@ import torch.multiprocessing as mp
 
 from perceiver_torch import build_model
 from perceiver_torch.export import example_inputs
+from perceiver_torch.layers import TrainablePositionEncoding
+from perceiver_torch.layers.image import BatchNorm
+from perceiver_torch.layers.precision import LayerNorm
 
 from .conftest import GOLDEN_TASKS, golden_config
 
@@ -54,6 +59,38 @@ def test_only_upstreams_unused_parameters_get_no_gradient(family):
     _loss(model, family).backward()
     unused = sorted(name for name, p in model.named_parameters() if p.grad is None)
     assert unused == (VIDEO_UNUSED if family == "video_autoencoding" else [])
+
+
+@pytest.mark.parametrize("family", GOLDEN_TASKS)
+def test_no_weight_decay_names_the_trainable_position_tables(family):
+    model = _model(family)
+    skip = model.no_weight_decay()
+    parameters = dict(model.named_parameters())
+    tables = {f"{name}.embeddings" for name, module in model.named_modules()
+              if isinstance(module, TrainablePositionEncoding)}
+    assert skip == tables and skip <= set(parameters)
+    assert "encoder.latents.embeddings" in skip  # every model has a latent array
+    if family == "language":  # learned positions, not the token embedding (upstream decays hk.Embed)
+        assert "input_preprocessor.positions.embeddings" in skip
+        assert "input_preprocessor.embed.weight" not in skip
+    # The README's grouping: the 1-D parameters are exactly the biases and the norms' parameters.
+    norms = {f"{name}.{p}" for name, module in model.named_modules() if isinstance(module, (LayerNorm, BatchNorm))
+             for p, _ in module.named_parameters(recurse=False)}
+    one_d = {name for name, p in parameters.items() if p.ndim <= 1}
+    assert one_d == {name for name in one_d if name.endswith(".bias")} | norms
+    # The README's snippet builds the two groups: every parameter in one of them, the tables undecayed.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- weight-decay-groups .*?-->\n```python\n(.*?)```", readme, re.S)
+    namespace = {"model": model, "torch": torch}
+    exec(compile(block.group(1), "README.md (weight-decay-groups)", "exec"), namespace)
+    optimiser = namespace["optimiser"]
+    decay, no_decay = ({id(p) for p in group["params"]} for group in optimiser.param_groups)
+    assert decay.isdisjoint(no_decay) and len(decay | no_decay) == len(parameters)
+    assert {id(parameters[name]) for name in skip} <= no_decay
+    assert [group["weight_decay"] for group in optimiser.param_groups] == [0.05, 0.0]
+    optimiser.zero_grad(set_to_none=True)
+    _loss(model, family).backward()
+    optimiser.step()
 
 
 def _ddp_worker(rank: int, world_size: int, store: str) -> None:
