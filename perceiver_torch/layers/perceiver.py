@@ -46,8 +46,8 @@ class Perceiver(nn.Module):
         Every `TrainablePositionEncoding` table: the latent array, learned input positions and output
         queries, and the multimodal padding and mask vectors. Upstream's ImageNet training calls them all
         `pos_embs` and leaves exactly these undecayed with `decay_pos_embs=False` (it decays them by default).
-        Biases and norm parameters, which it never decays, are the model's 1-D parameters; timm's optimiser
-        factory leaves both undecayed.
+        Biases and norm parameters, the model's 1-D parameters, are not listed: timm's optimiser factory
+        leaves them undecayed by their rank (upstream leaves biases undecayed and decays norm parameters).
         """
         return {name for module_name, module in self.named_modules() if isinstance(module, TrainablePositionEncoding)
                 for name, _ in module.named_parameters(prefix=module_name)}
