@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .checkpointing import set_grad_checkpointing
+from .position_encoding import TrainablePositionEncoding
 from .precision import widen_inputs
 
 
@@ -38,6 +39,18 @@ class Perceiver(nn.Module):
         included. It acts only while autograd records; inference, export and compiled inference are unchanged.
         """
         set_grad_checkpointing(self, enable)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the trainable position tables, for an optimiser to leave undecayed (timm's name).
+
+        Every `TrainablePositionEncoding` table: the latent array, learned input positions and output
+        queries, and the multimodal padding and mask vectors. Upstream's ImageNet training calls them all
+        `pos_embs` and leaves exactly these undecayed with `decay_pos_embs=False` (it decays them by default).
+        Biases and norm parameters, the model's 1-D parameters, are not listed: timm's optimiser factory
+        leaves them undecayed by their rank (upstream leaves biases undecayed and decays norm parameters).
+        """
+        return {name for module_name, module in self.named_modules() if isinstance(module, TrainablePositionEncoding)
+                for name, _ in module.named_parameters(prefix=module_name)}
 
     def encode(self, inputs, input_mask: torch.Tensor | None = None):
         """Preprocess and encode: returns (z, modality_sizes, preprocessed inputs, inputs_without_pos)."""
