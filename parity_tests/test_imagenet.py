@@ -164,3 +164,33 @@ def test_opening_a_file_without_pillow_says_how_to_install(monkeypatch, tmp_path
     monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now raises ImportError
     with pytest.raises(ImportError, match=r"perceiver-torch\[image\]"):
         imagenet_transform(tmp_path / "missing.jpg")
+
+
+def test_classify_takes_a_batch_of_images_and_gives_each_its_result_alone():
+    model = _model()
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, size=(20 + i, 24, 3), dtype=np.uint8) for i in range(5)]
+    alone = [model.classify(image, k=3) for image in images]
+    for batch_size in (1, 2, np.int64(8)):
+        batched = model.classify(images, k=3, batch_size=batch_size)
+        assert len(batched) == len(images)
+        for got, expected in zip(batched, alone, strict=True):
+            # Another batch size may take other GEMM blockings: the same labels, probabilities to float rounding.
+            assert [label for label, _ in got] == [label for label, _ in expected]
+            np.testing.assert_allclose([p for _, p in got], [p for _, p in expected], rtol=1e-5)
+    assert model.classify(tuple(images[:2]), k=3) == model.classify(images[:2], k=3)
+    assert model.classify([]) == []
+    # Nested lists of pixels are still one image, not a batch.
+    nested = np.full((16, 16, 3), 128, np.uint8)
+    assert model.classify(nested.tolist(), k=2) == model.classify(nested, k=2)
+
+
+def test_classify_names_the_image_of_a_batch_it_cannot_read_and_checks_batch_size():
+    model = _model()
+    good = np.full((16, 16, 3), 128, np.uint8)
+    with pytest.raises(ValueError, match="expected an RGB image array") as info:
+        model.classify([good, good, np.zeros((16, 16), np.uint8)])
+    assert info.value.__notes__ == ["PerceiverForImageClassification.classify: the image at index 2 of the batch"]
+    for batch_size in (0, 2.0, True):
+        with pytest.raises(ValueError, match=f"classify: batch_size must be an integer >= 1; got {batch_size!r}"):
+            model.classify([good], batch_size=batch_size)

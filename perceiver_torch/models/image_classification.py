@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
 
+import numpy as np
 import torch
 
 from ..config_schema import check_parameter_count, validate_config
@@ -14,7 +16,7 @@ from ..layers import Perceiver, PerceiverEncoder
 from ..layers.decoders import ClassificationDecoder
 from ..layers.image import ImagePreprocessor
 from ..layers.precision import FinalLinear
-from .input_checks import check_batch, check_float, check_range, check_top_k, describe
+from .input_checks import check_batch, check_count, check_float, check_range, check_top_k, describe
 from .owned_config import own_config
 
 # imagenet_transform's output lies in about [-2.12, 2.64] (0 and 255 through the ImageNet mean and
@@ -156,11 +158,36 @@ class PerceiverForImageClassification(Perceiver):
         return imagenet_transform(image, self.image_size)
 
     @torch.no_grad()
-    def classify(self, image, k: int = 5) -> list[tuple[str, float]]:
-        """Top-k (label, probability) for one image: a path, a PIL image or an RGB array [H, W, 3] (0-255)."""
-        k = check_top_k("PerceiverForImageClassification.classify", k, self.num_classes)
+    def classify(self, image, k: int = 5, *, batch_size: int = 8):
+        """Top-k (label, probability) for one image: a path, a PIL image or an RGB array [H, W, 3] (0-255).
+
+        A list or tuple of such images gives a list of those results, in order, `batch_size` images a forward.
+        """
+        where = "PerceiverForImageClassification.classify"
+        k = check_top_k(where, k, self.num_classes)
+        batch_size = check_count(where, "batch_size", batch_size)
+        single = not _is_image_batch(image)
+        images = [image] if single else list(image)
         weight = next(self.parameters())
-        x = self.transform(image)[None].to(device=weight.device, dtype=weight.dtype)
-        probs, idx = self(x)[0].softmax(-1).topk(k)
-        names = self.labels
-        return [(names[i], float(p)) for p, i in zip(probs.tolist(), idx.tolist(), strict=True)]
+        names, results = self.labels, []
+        for start in range(0, len(images), batch_size):
+            x = torch.stack([self._transform_for(where, single, i, images[i])
+                             for i in range(start, min(start + batch_size, len(images)))])
+            probs, idx = self(x.to(device=weight.device, dtype=weight.dtype)).softmax(-1).topk(k)
+            results.extend([(names[i], float(p)) for p, i in zip(row_p, row_i, strict=True)]
+                           for row_p, row_i in zip(probs.tolist(), idx.tolist(), strict=True))
+        return results[0] if single else results
+
+    def _transform_for(self, where: str, single: bool, index: int, image) -> torch.Tensor:
+        try:
+            return self.transform(image)
+        except (ValueError, TypeError, OSError) as error:
+            if not single:  # which image of the batch
+                error.add_note(f"{where}: the image at index {index} of the batch")
+            raise
+
+
+def _is_image_batch(value) -> bool:
+    """A list or tuple of images (paths, PIL images, arrays), not one image given as nested lists of pixels."""
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(item, (str, os.PathLike, np.ndarray)) or hasattr(item, "convert") for item in value)
