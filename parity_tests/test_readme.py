@@ -4,6 +4,7 @@ names paths that exist."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import re
@@ -13,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import converters
 import perceiver_torch as pt
 
-from .conftest import golden_dir
+from .conftest import convert_golden, golden_config
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -41,14 +41,10 @@ def run_snippets(directory: Path, namespace: dict, *markers: str) -> dict:
     return namespace
 
 
-def convert_golden(family: str, task: str, path: Path) -> Path:
-    # The file a snippet loads, made the way its perceiver-convert line makes it, from the golden fixture
-    # (a small configuration of the released architecture, as the real file is not reachable here).
-    return converters.convert(task, golden_dir(family) / "checkpoint.pickle", golden_dir(family) / "config.json", path)
-
-
 def test_quickstart_and_save_load_run_as_written(tmp_path, capsys):
-    convert_golden("language", "language", tmp_path / "language.safetensors")
+    # The files the snippets load, made as their perceiver-convert lines make them, from the golden fixtures
+    # (small configurations of the released architectures: the real files are not reachable here).
+    convert_golden("language", "language", tmp_path)
     ns = run_snippets(tmp_path, {}, "quickstart")
     printed = capsys.readouterr().out.rstrip("\n")
     prefix = "This is an incomplete sentence where some words are"
@@ -65,7 +61,7 @@ def test_quickstart_and_save_load_run_as_written(tmp_path, capsys):
 
 def test_imagenet_snippet_runs_as_written(tmp_path):
     pil = pytest.importorskip("PIL.Image")
-    convert_golden("imagenet_conv", "imagenet", tmp_path / "imagenet_conv.safetensors")
+    convert_golden("imagenet", "imagenet_conv", tmp_path)
     rgb = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     pil.fromarray(rgb).save(tmp_path / "dalmation.jpg")
     ns = run_snippets(tmp_path, {"pt": pt, "image": pil.fromarray(rgb)}, "imagenet")
@@ -76,8 +72,8 @@ def test_imagenet_snippet_runs_as_written(tmp_path):
 
 
 def test_optical_flow_snippet_runs_as_written(tmp_path):
-    path = convert_golden("optical_flow", "optical_flow", tmp_path / "optical_flow.safetensors")
-    height, width = converters.load_config(golden_dir("optical_flow") / "config.json")["train_size"]
+    path = convert_golden("optical_flow", "optical_flow", tmp_path)
+    height, width = golden_config("optical_flow")["train_size"]
     frames = torch.rand(2, 1, 3, height + 3, width + 5, generator=torch.Generator().manual_seed(0)) * 2 - 1
     ns = run_snippets(tmp_path, {"pt": pt, "frame1": frames[0], "frame2": frames[1]},
                       "optical-flow")
@@ -91,6 +87,7 @@ def test_zoo_snippet_lists_what_list_models_returns(monkeypatch):
     assert shown, "README's pt.list_models() line not found"
     names = [name.strip("' ") for name in shown.group(1).split(",")]
     assert pt.list_models()[:len(names)] == names
+
 
 # Each command the documents show, by how they invoke it: its module's `main`, and its subcommands.
 CLIS = {
@@ -125,8 +122,6 @@ def documented_commands() -> list[tuple[str, str, str]]:
 
 
 def help_text(module: str, argv: list[str]) -> str:
-    import importlib
-
     main = importlib.import_module(module).main
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):

@@ -7,9 +7,7 @@ costs a few seconds of process start-up; everything else is one forward and back
 from __future__ import annotations
 
 import copy
-import re
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +21,7 @@ from perceiver_torch.layers.image import BatchNorm
 from perceiver_torch.layers.precision import LayerNorm
 
 from .conftest import GOLDEN_TASKS, golden_config
+from .test_readme import run_snippets
 
 # The video autoencoder's parameters no loss reaches, as upstream's: the colab masks the label entirely
 # (mask probability 1) and never image or audio (0), so the image and audio mask tokens are never used and
@@ -62,7 +61,7 @@ def test_only_upstreams_unused_parameters_get_no_gradient(family):
 
 
 @pytest.mark.parametrize("family", GOLDEN_TASKS)
-def test_no_weight_decay_names_the_trainable_position_tables(family):
+def test_no_weight_decay_names_the_trainable_position_tables(family, tmp_path):
     model = _model(family)
     skip = model.no_weight_decay()
     parameters = dict(model.named_parameters())
@@ -79,11 +78,7 @@ def test_no_weight_decay_names_the_trainable_position_tables(family):
     one_d = {name for name, p in parameters.items() if p.ndim <= 1}
     assert one_d == {name for name in one_d if name.endswith(".bias")} | norms
     # The README's snippet builds the two groups: every parameter in one of them, the tables undecayed.
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.search(r"<!-- weight-decay-groups .*?-->\n```python\n(.*?)```", readme, re.S)
-    namespace = {"model": model, "torch": torch}
-    exec(compile(block.group(1), "README.md (weight-decay-groups)", "exec"), namespace)
-    optimiser = namespace["optimiser"]
+    optimiser = run_snippets(tmp_path, {"model": model, "torch": torch}, "weight-decay-groups")["optimiser"]
     decay, no_decay = ({id(p) for p in group["params"]} for group in optimiser.param_groups)
     assert decay.isdisjoint(no_decay) and len(decay | no_decay) == len(parameters)
     assert {id(parameters[name]) for name in skip} <= no_decay
