@@ -10,6 +10,9 @@ import torch
 import yaml
 
 import perceiver_torch as pt
+from converters import to_transformers
+from converters.transformers.config_map import ConfigMismatchError
+from perceiver_torch.export import export_program, max_errors
 from perceiver_torch.registry import build_model
 from perceiver_torch.serialization import build_on_meta
 
@@ -59,12 +62,12 @@ def test_reset_classifier_keeps_the_device_and_dtype():
     assert model(_images(model)).dtype == torch.float32  # the final projection island still holds
 
 
-@pytest.mark.parametrize("num_classes, found", [(0, "0 (int)"), (True, "True (bool)"), (2.0, "2.0 (float)"),
+@pytest.mark.parametrize("num_classes, found", [(-1, "-1 (int)"), (True, "True (bool)"), (2.0, "2.0 (float)"),
                                                 (10**9, "1000000000 (int)"), ("10", "'10' (str)")])
 def test_reset_classifier_refuses_what_the_config_schema_refuses(num_classes, found):
     model = _classifier()
     head = model.get_classifier()
-    with pytest.raises(pt.ConfigError, match=rf"num_classes: found {re.escape(found)}; expected an integer >= 1"):
+    with pytest.raises(pt.ConfigError, match=rf"num_classes: found {re.escape(found)}; expected an integer >= 0"):
         model.reset_classifier(num_classes)
     assert model.get_classifier() is head and model.config["num_classes"] == 10  # nothing changed
 
@@ -94,8 +97,8 @@ def test_create_model_refuses_num_classes_before_fetching_anything(tmp_path, mon
                                              r"to the ImageNet classifiers"):
             pt.create_model("tiny-language-perceiver", num_classes=5, manifest=TEST_MANIFEST)
         with pytest.raises(pt.ConfigError, match=r"(?s)zoo model 'tiny-vision-perceiver-conv' with num_classes is not "
-                                                 r"a valid config.*num_classes: found 0 \(int\)"):
-            pt.create_model(TINY, num_classes=0, manifest=TEST_MANIFEST)
+                                                 r"a valid config.*num_classes: found -3 \(int\)"):
+            pt.create_model(TINY, num_classes=-3, manifest=TEST_MANIFEST)
     assert not (tmp_path / "cache").exists()  # refused before the cache was made
 
 
@@ -153,3 +156,69 @@ def test_a_reset_classifier_fine_tunes_and_saves(tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses  # measured 1.40 -> 0.05 on 8 random images
     loaded = pt.load_model(pt.save_model(model.eval(), tmp_path / "tuned.safetensors"))
     torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+
+
+def test_reset_classifier_to_zero_leaves_the_embedding(tmp_path):
+    """timm's num_classes=0: no classifier, forward gives what forward_head(..., pre_logits=True) does."""
+    model = _classifier()
+    images = _images(model)
+    embedding = model.forward_head(model.forward_features(images), pre_logits=True)
+    model.reset_classifier(0)
+    assert isinstance(model.get_classifier(), torch.nn.Identity)
+    assert model.num_classes == model.decoder.num_classes == model.config["num_classes"] == 0
+    assert model.labels == () and not any(name.startswith("decoder.output.") for name in model.state_dict())
+    torch.testing.assert_close(model(images), embedding, rtol=0, atol=0)
+    assert model(images).shape == (2, model.head_hidden_size)
+    with pytest.raises(ValueError, match=r"classify: this model has no classifier \(num_classes 0"):
+        model.classify(np.zeros((40, 40, 3), np.uint8))
+    # The headless config saves and loads back as it is, and a classifier can be put back.
+    loaded = pt.load_model(pt.save_model(model, tmp_path / "headless.safetensors"))
+    assert isinstance(loaded.get_classifier(), torch.nn.Identity)
+    torch.testing.assert_close(loaded(images), embedding, rtol=0, atol=0)
+    loaded.to(torch.bfloat16).reset_classifier(4)
+    head = loaded.get_classifier()
+    assert (head.in_features, head.out_features, head.weight.dtype) == (model.head_hidden_size, 4, torch.bfloat16)
+    assert loaded(images.bfloat16()).shape == (2, 4)
+
+
+def test_a_headless_file_with_a_classifier_is_refused(tmp_path):
+    """A file whose config says num_classes 0 but that holds a classifier's weights does not load."""
+    model = _classifier()
+    path = pt.save_model(model, tmp_path / "ten.safetensors")
+    header_size = int.from_bytes(path.read_bytes()[:8], "little")
+    header = path.read_bytes()[8:8 + header_size].decode()
+    edited = header.replace('\\"num_classes\\": 10', '\\"num_classes\\": 0')
+    assert edited != header and len(edited) == len(header) - 1
+    edited += " "  # the same length: safetensors pads its header with spaces
+    (tmp_path / "zero.safetensors").write_bytes(path.read_bytes()[:8] + edited.encode()
+                                                + path.read_bytes()[8 + header_size:])
+    with pytest.raises(pt.CheckpointFormatError, match=r"decoder\.output\.(bias|weight)"):
+        pt.load_model(tmp_path / "zero.safetensors")
+
+
+def test_create_model_with_no_classes_is_the_zoo_model_headless(tmp_path, monkeypatch):
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        plain = pt.create_model(TINY, manifest=TEST_MANIFEST)
+        headless = pt.create_model(TINY, num_classes=0, manifest=TEST_MANIFEST)
+    images = _images(plain)
+    embedding = plain.forward_head(plain.forward_features(images), pre_logits=True)
+    assert headless.num_classes == 0 and not headless.training
+    torch.testing.assert_close(headless(images), embedding, rtol=0, atol=0)
+
+
+def test_a_headless_model_exports_and_matches_eager():
+    model = _classifier()
+    model.reset_classifier(0)
+    program = export_program(model)
+    errors = max_errors(model, program.module())
+    assert errors[1] == errors[3] == 0.0  # the same float32 ops as eager; measured bit for bit
+
+
+def test_a_headless_model_is_refused_by_the_transformers_export(tmp_path):
+    model = _classifier()
+    model.reset_classifier(0)
+    path = pt.save_model(model, tmp_path / "headless.safetensors")
+    with pytest.raises(ConfigMismatchError, match=r"num_classes is 0 \(no classifier\); transformers' image "
+                                                  r"classifiers always have one"):
+        to_transformers(path, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["headless.safetensors"]

@@ -332,7 +332,7 @@ IMAGE_PREPROCESSOR = Section(
 IMAGENET = Section(
     {
         "image_size": Ints(Int(1, 2048), (2,)),
-        "num_classes": Int(1, 1 << 17),
+        "num_classes": Int(0, 1 << 17),  # 0: no classifier, forward gives the embedding (timm's num_classes=0)
         "input_preprocessor": IMAGE_PREPROCESSOR,
         "encoder": ENCODER,
         "decoder": Section(QUERY_FIELDS, frozenset({"use_query_residual"}), (_needs_kwargs(),)),

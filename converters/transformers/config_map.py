@@ -106,6 +106,9 @@ def _imagenet(config: dict, fields: dict, check: _Checker) -> None:
     height, width = (int(s) for s in config["image_size"])
     check.fixed("image_size (height == width)", height, width)
     fields["num_labels"] = int(config["num_classes"])
+    if not fields["num_labels"]:  # reset_classifier(0)'s headless model: no size to leave to the caller
+        raise ConfigMismatchError(["num_classes is 0 (no classifier); transformers' image classifiers always have "
+                                   "one"], "cannot export this imagenet config to transformers")
     _classifier_decoder(dec, fields["d_latents"], check)
     prep_type = prep.get("prep_type", "conv")
     check.fixed("input_preprocessor.concat_or_add_pos", prep.get("concat_or_add_pos", "concat"), "concat")

@@ -152,8 +152,16 @@ class ClassificationDecoder(BasicDecoder):
     """
 
     def __init__(self, num_classes: int, **decoder_kwargs):
+        if num_classes == 0:  # no classifier (timm's num_classes=0): the query's embedding is the output
+            decoder_kwargs = {**decoder_kwargs, "final_project": False}
         super().__init__(output_num_channels=num_classes, output_index_dims=(1,), **decoder_kwargs)
         self.num_classes = num_classes
+        if num_classes == 0:
+            self.output = nn.Identity()  # what get_classifier() gives, as timm's headless models
+
+    @property
+    def num_output_channels(self) -> int:
+        return self.num_classes or self.query_channels
 
     def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(query, z, query_mask)[:, 0]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..config_schema import check_parameter_count, validate_config
 from ..imagenet_preprocessing import imagenet_labels, imagenet_transform
@@ -51,16 +53,21 @@ class PerceiverForImageClassification(Perceiver):
         self.image_size = (height, width)
         self.num_classes = num_classes
 
-    def get_classifier(self) -> FinalLinear:
-        """The layer that gives the logits: [B, query channels] -> [B, num_classes] (timm's name)."""
+    def get_classifier(self) -> FinalLinear | nn.Identity:
+        """The layer that gives the logits: [B, query channels] -> [B, num_classes] (timm's name).
+
+        `nn.Identity` in a model with `num_classes` 0, whose `forward` gives the embedding.
+        """
         return self.decoder.output
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a freshly initialised one with `num_classes` outputs (timm's name).
 
         For fine-tuning on other classes: everything else keeps its weights, `config["num_classes"]`
-        follows (so `save_model` writes a file `load_model` rebuilds), and the new layer has the old
-        one's device and dtype. `labels` become the class indices unless `num_classes` is 1000.
+        follows (so `save_model` writes a file `load_model` rebuilds), and the new layer has the
+        device and dtype of the model's other weights. `labels` become the class indices unless
+        `num_classes` is 1000. As in timm, 0 removes the classifier: `forward` then gives the image
+        embedding `[B, head_hidden_size]` (`forward_head(..., pre_logits=True)`'s).
         """
         if is_int(num_classes):
             num_classes = int(num_classes)  # a NumPy integer, say; anything else the schema names
@@ -68,11 +75,14 @@ class PerceiverForImageClassification(Perceiver):
         config = copy.deepcopy(self.config)
         config["num_classes"] = num_classes
         validate_config(self.task, config, source=source)
-        old = self.get_classifier()  # the schema has refused a config without one (decoder.final_project false)
+        old, in_features = self.get_classifier(), self.head_hidden_size
         # The bound load_model applies, checked before the new layer is allocated.
         others = sum(p.numel() for p in self.parameters()) - sum(p.numel() for p in old.parameters())
-        check_parameter_count(others + (old.in_features + 1) * num_classes, source)
-        new = FinalLinear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+        check_parameter_count(others + (in_features + 1) * num_classes, source)
+        # The old classifier's device and dtype, or (none to copy) those of the attention that feeds it.
+        like = next(itertools.chain(old.parameters(), self.decoder.cross_attend.parameters()))
+        new = (FinalLinear(in_features, num_classes, device=like.device, dtype=like.dtype) if num_classes
+               else nn.Identity())
         self.decoder.output = new.train(old.training)
         self.decoder.num_classes = self.num_classes = num_classes
         own_config(self, config)
@@ -164,6 +174,9 @@ class PerceiverForImageClassification(Perceiver):
         A list or tuple of such images gives a list of those results, in order, `batch_size` images a forward.
         """
         where = "PerceiverForImageClassification.classify"
+        if self.num_classes == 0:
+            raise ValueError(f"{where}: this model has no classifier (num_classes 0, reset_classifier(0)); its "
+                             "forward gives image embeddings [B, head_hidden_size], not class scores.")
         k = check_top_k(where, k, self.num_classes)
         batch_size = check_count(where, "batch_size", batch_size)
         single = not _is_image_batch(image)

@@ -262,7 +262,8 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
     architecture (its configuration from the manifest entry). ``dtype`` ('bfloat16',
     ``torch.float16``, ...) gives the model ``.to(dtype)`` would, cast as the weights are read.
     ``num_classes`` (ImageNet classifiers) replaces the classifier by a fresh one with that many
-    outputs unless it already has them (``reset_classifier``): the start of a fine-tune.
+    outputs unless it already has them (``reset_classifier``): the start of a fine-tune; 0 removes it, and
+    the model gives image embeddings (timm's ``num_classes=0``).
     """
     if not isinstance(pretrained, bool):  # "False" is truthy: it would download
         raise TypeError(f"pretrained must be True or False; got {pretrained!r}.")
