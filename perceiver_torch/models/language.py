@@ -10,9 +10,10 @@ from ..layers import BasicDecoder, EmbeddingDecoder, Perceiver, PerceiverEncoder
 from ..tokenizer import BytesTokenizer
 from .input_checks import INDEX_DTYPES, check_binary, check_count, check_range, describe
 from .owned_config import own_config
+from .pretrained import FromPretrained
 
 
-class PerceiverForMaskedLM(Perceiver):
+class PerceiverForMaskedLM(FromPretrained, Perceiver):
     """Embeddings + trainable input positions -> encoder -> decoder -> tied embedding decoder.
 
     `config` is the golden/released `config.json` layout: `d_model`,

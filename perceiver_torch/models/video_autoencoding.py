@@ -16,6 +16,7 @@ from ..layers.postprocessors import AudioPostprocessor, ClassificationPostproces
 from .input_checks import check_batch, check_float, check_range, check_top_k, describe, values_readable
 from .owned_config import own_config
 from .perceiver_io import PerceiverIO
+from .pretrained import FromPretrained
 
 # The colab's fixed choices (see parity_tests/fixtures/golden/README.md).
 IMAGE_DOWNSAMPLE = 4
@@ -59,7 +60,7 @@ def _gather_checked(idx: torch.Tensor, limit: int) -> torch.Tensor:
     return positions[idx] + (positions[mirrored] - mirrored)
 
 
-class PerceiverForMultimodalAutoencoding(PerceiverIO):
+class PerceiverForMultimodalAutoencoding(FromPretrained, PerceiverIO):
     """Video [B, F, 3, S, S] + audio [B, F * samples_per_frame, 1] (+ a masked label) -> reconstructions + logits.
 
     `config` is the golden/released `config.json` layout (`num_frames`,

@@ -106,6 +106,11 @@ def _check_size(name, field, value):
         _fail(name, field, f"must be a positive integer byte count, found {value!r}")
 
 
+def is_model_name(value) -> bool:
+    """What a zoo model's name may be: lowercase letters, digits and hyphens (never a dot or a separator)."""
+    return isinstance(value, str) and bool(_NAME.match(value))
+
+
 def is_repo_id(value) -> bool:
     """A Hub repo id 'namespace/name' (also what the Hub stand-in accepts)."""
     return (isinstance(value, str) and bool(_REPO_ID.match(value)) and "--" not in value and ".." not in value
@@ -155,7 +160,7 @@ def _check_config(name: str, task: str, config: dict) -> None:
 def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
     """Raise ManifestError naming `name` and the field at the first problem."""
     presets = preset_names() if presets is None else presets
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not is_model_name(name):
         _fail(str(name), "name", "must be 1-96 lowercase letters, digits and dashes")
     _check_keys(name, "entry", entry, ENTRY_FIELDS, [k for k, req in ENTRY_FIELDS.items() if req])
     if entry["kind"] not in KINDS:

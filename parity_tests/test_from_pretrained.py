@@ -1,0 +1,90 @@
+"""`Model.from_pretrained(name_or_path)`: a zoo name through create_model, a file through load_model, one task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import perceiver_torch as pt
+from perceiver_torch.registry import TASK_MODELS
+
+from .conftest import GOLDEN_TASKS, golden_config
+from .zoo_support import TEST_HUB, TEST_MANIFEST, hub_env
+
+TINY_NAMES = pt.list_models(TEST_MANIFEST)
+
+
+def _task(name: str) -> str:
+    return pt.zoo.get_entry(name, TEST_MANIFEST)["task"]
+
+
+def _assert_same_weights(actual: torch.nn.Module, expected: torch.nn.Module) -> None:
+    assert type(actual) is type(expected)
+    assert actual.state_dict().keys() == expected.state_dict().keys()
+    for key, tensor in expected.state_dict().items():
+        assert torch.equal(actual.state_dict()[key], tensor), key
+
+
+@pytest.mark.parametrize("name", TINY_NAMES)
+def test_a_zoo_name_is_create_model(name, tmp_path, monkeypatch):
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        model = TASK_MODELS[_task(name)].from_pretrained(name, manifest=TEST_MANIFEST)
+        expected = pt.create_model(name, manifest=TEST_MANIFEST)
+    _assert_same_weights(model, expected)
+    assert not model.training
+
+
+@pytest.mark.parametrize("name", TINY_NAMES)
+def test_another_tasks_zoo_name_is_refused_before_fetching(name, tmp_path, monkeypatch):
+    others = [cls for task, cls in TASK_MODELS.items() if task != _task(name)]
+    assert len(others) == len(TASK_MODELS) - 1
+    with hub_env(monkeypatch, tmp_path / "no-hub", tmp_path / "cache"):
+        for cls in others:
+            with pytest.raises(ValueError, match=rf"{cls.__name__}.from_pretrained: zoo model '{name}' is a "
+                                                 rf"{TASK_MODELS[_task(name)].__name__} \(task '{_task(name)}'\), "
+                                                 rf"not a {cls.__name__}"):
+                cls.from_pretrained(name, manifest=TEST_MANIFEST)
+    assert not (tmp_path / "cache").exists()  # nothing was fetched
+
+
+def test_zoo_keywords_reach_create_model(tmp_path, monkeypatch):
+    name = "tiny-vision-perceiver-conv"
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        model = pt.PerceiverForImageClassification.from_pretrained(name, num_classes=0, dtype="bfloat16",
+                                                                   manifest=TEST_MANIFEST)
+    assert model.num_classes == 0 and next(model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("family", sorted(GOLDEN_TASKS))
+def test_a_file_is_load_model_and_another_tasks_file_is_refused(family, tmp_path):
+    torch.manual_seed(0)
+    task = GOLDEN_TASKS[family]
+    path = pt.save_model(pt.build_model(task, golden_config(family)), tmp_path / f"{family}.safetensors")
+    for given in (path, str(path)):
+        _assert_same_weights(TASK_MODELS[task].from_pretrained(given), pt.load_model(path))
+    assert TASK_MODELS[task].from_pretrained(path, dtype=torch.bfloat16).get_submodule("encoder").latents \
+        .embeddings.dtype == torch.bfloat16
+    for other, cls in TASK_MODELS.items():
+        if other != task:
+            with pytest.raises(pt.CheckpointFormatError, match=rf"holds a {TASK_MODELS[task].__name__} \(task "
+                                                               rf"'{task}'\), not a {cls.__name__}"):
+                cls.from_pretrained(path)
+
+
+def test_what_is_neither_a_zoo_name_nor_a_file_is_named(tmp_path, monkeypatch):
+    cls = pt.PerceiverForMaskedLM
+    with pytest.raises(ValueError, match=r"no zoo model 'not-in-the-zoo'; available: \['tiny-language-perceiver'"):
+        cls.from_pretrained("not-in-the-zoo", manifest=TEST_MANIFEST)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").write_bytes(b"")  # a file named like a zoo model is never loaded by that name
+    with pytest.raises(ValueError, match=r"no zoo model 'mine'.*'./mine.safetensors'"):
+        cls.from_pretrained("mine", manifest=TEST_MANIFEST)
+    with pytest.raises(FileNotFoundError):
+        cls.from_pretrained("missing.safetensors")
+    with pytest.raises(FileNotFoundError):
+        cls.from_pretrained(tmp_path / "missing")
+    with pytest.raises(TypeError, match=r"from_pretrained: manifest, num_classes apply to zoo models; "
+                                        r"'x.safetensors' is a file"):
+        cls.from_pretrained("x.safetensors", num_classes=3, manifest=TEST_MANIFEST)
+    with pytest.raises(TypeError, match=r"expected a zoo model's name or a file path; got int"):
+        cls.from_pretrained(3)

@@ -1,0 +1,27 @@
+"""`Model.from_pretrained(name_or_path)` on every task model, as transformers' classes have it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+class FromPretrained:
+    """Gives a task model class (one with a `task`) the classmethod `from_pretrained`."""
+
+    task: str
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = None, **zoo_kwargs):
+        """This class's model by zoo name (as `pt.create_model`) or from a converted file (as `pt.load_model`).
+
+        A name of another task's model, or a file holding one, is refused before anything is fetched or
+        built. Keyword arguments beyond `device` and `dtype` are `create_model`'s (`num_classes`, `endpoint`,
+        `mirror`, `cache_dir`, `manifest`).
+        """
+        # The zoo client builds models through the registry, which imports these classes: import at call time.
+        from ..zoo.pretrained import from_pretrained
+
+        return from_pretrained(cls.task, name_or_path, device=device, dtype=dtype, **zoo_kwargs)
