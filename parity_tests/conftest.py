@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from perceiver_torch.registry import build_model
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 
@@ -36,6 +39,13 @@ def golden_config(family: str) -> dict:
     from converters import load_config
 
     return load_config(GOLDEN / family / "config.json")
+
+
+def seeded_model(family: str, config: dict | None = None, seed: int = 0) -> torch.nn.Module:
+    """`family`'s task model with its golden config (or `config`), initialised from `seed`: the same weights
+    every call, in the mode a model is built in (train)."""
+    torch.manual_seed(seed)
+    return build_model(GOLDEN_TASKS[family], golden_config(family) if config is None else config)
 
 
 def golden_io(family: str) -> dict[str, np.ndarray]:
@@ -80,8 +90,6 @@ def converted(tmp_path):
 # Parity tests take a `device` argument: "cpu" always, "cuda" (marked `cuda`) skipped
 # without a GPU visible to both Torch and JAX, or failed when PERCEIVER_REQUIRE_CUDA=1.
 def _cuda_missing() -> str | None:
-    import torch
-
     if not torch.cuda.is_available():
         return "torch.cuda.is_available() is False"
     import jax

@@ -130,14 +130,12 @@ def test_calls_autograd_records_keep_the_single_call(dtype, monkeypatch):
 def test_a_model_trains_where_its_logits_exceed_the_group_budget(monkeypatch):
     """The released language model's cross-attention logits (16 MiB a sequence) exceed LOGITS_GROUP_BYTES at
     any batch: a training step at batch 3 of the golden model, with the budget below one sequence."""
-    from perceiver_torch import build_model
     from perceiver_torch.export import example_inputs
 
-    from .conftest import golden_config
+    from .conftest import seeded_model
 
     monkeypatch.setattr(attention, "LOGITS_GROUP_BYTES", 1)
-    torch.manual_seed(0)
-    model = build_model("language", golden_config("language")).train()
+    model = seeded_model("language").train()
     ids, mask = example_inputs(model, batch=3)
     model(ids, mask).float().square().mean().backward()
     assert all(p.grad is not None for p in model.parameters())

@@ -7,12 +7,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import perceiver_torch.layers.encoder as encoder_module
-from perceiver_torch import build_model
 from perceiver_torch.export import example_inputs
 from perceiver_torch.layers import PerceiverEncoder
 from perceiver_torch.layers.precision import autocast_weights
 
-from .conftest import GOLDEN_TASKS, golden_config
+from .conftest import seeded_model
 
 
 class CastsToBfloat16(TorchDispatchMode):
@@ -83,10 +82,8 @@ def test_nothing_is_cast_outside_autocast_or_for_wider_weights():
 
 @pytest.mark.parametrize("family", ["imagenet_learned", "imagenet_fourier", "imagenet_conv"])
 def test_task_models_with_repeated_blocks_give_identical_outputs(family, monkeypatch):
-    torch.manual_seed(0)
-    config = golden_config(family)
-    assert config["encoder"]["num_blocks"] > 1  # the repeated blocks are what this test is about
-    model = build_model(GOLDEN_TASKS[family], config).eval().requires_grad_(False)
+    model = seeded_model(family).eval().requires_grad_(False)
+    assert model.config["encoder"]["num_blocks"] > 1  # the repeated blocks are what this test is about
     inputs = example_inputs(model, batch=2)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         got = model(*inputs)

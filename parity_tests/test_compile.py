@@ -12,12 +12,12 @@ import contextlib
 import pytest
 import torch
 
-from perceiver_torch import build_model, compile_frozen
+from perceiver_torch import compile_frozen
 from perceiver_torch.export import example_inputs
 from perceiver_torch.layers import attention
 
 from .conftest import GOLDEN_TASKS as FAMILIES
-from .conftest import golden_config
+from .conftest import seeded_model
 
 # Inductor fuses the pointwise work (GELU, layer norm, the attention softmax) into its own kernels
 # and may reorder reductions, so compiled float32 can differ from eager by rounding. 1e-5 (the
@@ -39,8 +39,7 @@ def _inputs(model, family: str):
 def test_compiled_forward_is_one_graph_matching_eager(family, frozen):
     # frozen: compile_frozen, Inductor's weight freezing, the README's CPU inference setting (weights folded
     # in as constants and prepacked for oneDNN's matmuls, bias and pointwise work fused into them).
-    torch.manual_seed(0)
-    model = build_model(FAMILIES[family], golden_config(family)).eval()
+    model = seeded_model(family).eval()
     inputs = _inputs(model, family)
     if family == "video_autoencoding":  # a decoding chunk: forward with subsample indices
         images, audio, image_points, audio_points = inputs
@@ -64,8 +63,7 @@ def test_compiled_forward_is_one_graph_matching_eager(family, frozen):
 ])
 def test_forward_traces_without_graph_breaks(family, call):
     # Dynamo's tracing alone (no Inductor compile): cheap enough for the default run.
-    torch.manual_seed(0)
-    model = build_model(FAMILIES[family], golden_config(family)).eval()
+    model = seeded_model(family).eval()
     inputs = example_inputs(model, batch=2)
     if call == "without mask":
         inputs = inputs[:1]
@@ -80,8 +78,7 @@ def test_forward_traces_without_graph_breaks(family, call):
 def test_bfloat16_language_traces_without_graph_breaks(mode, monkeypatch):
     # The reduced-precision attention path (float32 logits with autocast switched off inside it) stays in the
     # graph; counted in eager first, so that the trace is known to go through it.
-    torch.manual_seed(0)
-    model = build_model(FAMILIES["language"], golden_config("language")).eval()
+    model = seeded_model("language").eval()
     inputs = example_inputs(model, batch=2)
     if mode == "cast":
         model = model.to(torch.bfloat16)
@@ -104,8 +101,7 @@ def test_autocast_availability_is_a_constant_to_dynamo(monkeypatch):
     # precision.autocast_available, a constant to Dynamo. Emulated on the tested torch: the function made opaque
     # to Dynamo breaks the graph wherever a layer calls it directly.
     monkeypatch.setattr(torch.amp, "is_autocast_available", torch._dynamo.disable(torch.amp.is_autocast_available))
-    torch.manual_seed(0)
-    model = build_model(FAMILIES["language"], golden_config("language")).eval()
+    model = seeded_model("language").eval()
     inputs = example_inputs(model, batch=2)
     torch._dynamo.reset()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # every check's autocast branch taken
@@ -119,8 +115,7 @@ def test_bfloat16_language_compiled_frozen_matches_eager():
     # Inductor fuses the casts and the softmax and may keep intermediates in float32, so it rounds differently
     # from eager: 2% of the logits' range bounds that (measured 0.6%; the released-size bf16 cast budget is
     # 6%); a wrong graph is O(1).
-    torch.manual_seed(0)
-    model = build_model(FAMILIES["language"], golden_config("language")).eval().to(torch.bfloat16)
+    model = seeded_model("language").eval().to(torch.bfloat16)
     inputs = _inputs(model, "language")
     torch._dynamo.reset()
     compiled = compile_frozen(model, fullgraph=True, dynamic=False)

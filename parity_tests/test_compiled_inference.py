@@ -8,7 +8,7 @@ import torch
 import perceiver_torch as pt
 from perceiver_torch.export import example_inputs
 
-from .conftest import GOLDEN_TASKS, golden_config
+from .conftest import seeded_model
 
 # As test_compile: Inductor's fused kernels may reorder float32 reductions; a wrong graph is O(1e-1).
 TOLERANCE = 1e-5
@@ -18,8 +18,7 @@ FROZEN_GAP = 1e-2
 
 
 def _model(family: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return pt.build_model(GOLDEN_TASKS[family], golden_config(family)).eval()
+    return seeded_model(family).eval()
 
 
 def test_frozen_model_matches_eager_and_is_frozen_at_every_shape():

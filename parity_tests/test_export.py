@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_torch import build_model, create_model, export_model
+from perceiver_torch import create_model, export_model
 from perceiver_torch.export import (
     check_chunks,
     check_trace_batch,
@@ -25,7 +25,7 @@ from perceiver_torch.layers import attention
 from perceiver_torch.zoo.cli import main as zoo_cli
 
 from .conftest import GOLDEN_TASKS as FAMILIES
-from .conftest import golden_config
+from .conftest import seeded_model
 from .zoo_support import TEST_HUB, TEST_MANIFEST, hub_env
 
 # A torch.export program runs the same ATen kernels as eager on the same shapes, so 1e-5 (the
@@ -37,8 +37,7 @@ CHEAP = ("language", "imagenet_conv", "optical_flow", "video_autoencoding")
 
 
 def _model(family: str):
-    torch.manual_seed(0)
-    return build_model(FAMILIES[family], golden_config(family))
+    return seeded_model(family)
 
 
 def _slow_unless(cheap: bool, family: str):

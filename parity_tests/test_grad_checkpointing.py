@@ -12,11 +12,10 @@ import copy
 import pytest
 import torch
 
-from perceiver_torch import build_model
 from perceiver_torch.export import example_inputs
 from perceiver_torch.layers import CrossAttention, SelfAttention, checkpointing
 
-from .conftest import GOLDEN_TASKS, golden_config
+from .conftest import GOLDEN_TASKS, golden_config, seeded_model
 
 DROPOUT = 0.2
 
@@ -24,8 +23,7 @@ DROPOUT = 0.2
 def _model(family: str) -> torch.nn.Module:
     config = copy.deepcopy(golden_config(family))
     config["encoder"]["dropout_prob"] = DROPOUT  # dropout's masks must be the same in the recomputation
-    torch.manual_seed(0)
-    model = build_model(GOLDEN_TASKS[family], config).train()
+    model = seeded_model(family, config).train()
     for weight in model.parameters():  # flow's last layer starts at zero, which would zero every gradient
         if weight.ndim > 1 and not weight.any():
             torch.nn.init.normal_(weight, std=0.02)

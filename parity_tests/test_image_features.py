@@ -13,16 +13,15 @@ import copy
 import pytest
 import torch
 
-from perceiver_torch import Perceiver, build_model
+from perceiver_torch import Perceiver
 
-from .conftest import GOLDEN_TASKS, golden_config
+from .conftest import GOLDEN_TASKS, golden_config, seeded_model
 
 IMAGENET = [family for family, task in GOLDEN_TASKS.items() if task == "imagenet"]
 
 
 def _model(family: str):
-    torch.manual_seed(0)
-    return build_model(GOLDEN_TASKS[family], golden_config(family)).eval()
+    return seeded_model(family).eval()
 
 
 def _images(model, batch: int = 2) -> torch.Tensor:

@@ -17,7 +17,7 @@ from perceiver_torch.imagenet_preprocessing import (
     imagenet_transform,
 )
 
-from .conftest import assert_close, golden_config, golden_dir, golden_io
+from .conftest import assert_close, golden_config, golden_dir, golden_io, seeded_model
 
 FAMILIES = ["imagenet_learned", "imagenet_fourier", "imagenet_conv"]
 
@@ -63,8 +63,7 @@ def test_missing_batch_norm_state_is_reported_by_path():
 
 
 def _model(family="imagenet_fourier", **overrides):
-    torch.manual_seed(0)
-    return pt.build_model("imagenet", {**golden_config(family), **overrides}).eval()
+    return seeded_model(family, {**golden_config(family), **overrides}).eval()
 
 
 @pytest.mark.parametrize("shape, expected", [

@@ -18,9 +18,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from perceiver_torch import build_model
-
-from .conftest import GOLDEN_TASKS, golden_config
+from .conftest import GOLDEN_TASKS, seeded_model
 from .test_perceiver_io import multimodal_model, point_cloud_classifier
 
 FAMILIES = sorted(GOLDEN_TASKS) + ["perceiver_io_points", "perceiver_io_multimodal"]
@@ -33,7 +31,7 @@ def _build(family: str) -> torch.nn.Module:
     elif family == "perceiver_io_multimodal":
         model = multimodal_model(mask_probs={"audio": 0.0, "label": 1.0, "tokens": 0.0})  # 0 and 1: deterministic
     else:
-        model = build_model(GOLDEN_TASKS[family], golden_config(family))
+        model = seeded_model(family)
     with torch.no_grad():  # zero-initialised layers (the flow decoder's output) would make every output 0
         for p in model.parameters():
             if not p.is_meta and not p.any():

@@ -16,7 +16,7 @@ from perceiver_torch.export import export_program, max_errors
 from perceiver_torch.registry import build_model
 from perceiver_torch.serialization import build_on_meta
 
-from .conftest import golden_config
+from .conftest import golden_config, seeded_model
 from .training import train_classifier
 from .zoo_support import TEST_HUB, TEST_MANIFEST, hub_env
 
@@ -24,8 +24,7 @@ TINY = "tiny-vision-perceiver-conv"
 
 
 def _classifier() -> pt.PerceiverForImageClassification:
-    torch.manual_seed(0)
-    return build_model("imagenet", golden_config("imagenet_conv")).eval()
+    return seeded_model("imagenet_conv").eval()
 
 
 def _images(model) -> torch.Tensor:

@@ -8,10 +8,10 @@ import torch
 
 import perceiver_torch as pt
 from converters.tasks import run_upstream_layout
-from perceiver_torch.registry import TASK_MODELS, build_model
+from perceiver_torch.registry import TASK_MODELS
 from perceiver_torch.serialization import read_metadata
 
-from .conftest import GOLDEN_TASKS, golden_config, golden_io
+from .conftest import GOLDEN_TASKS, golden_config, golden_io, seeded_model
 
 # One golden family per registered task (ImageNet's conv variant: it alone has buffers, its batch norm's).
 FAMILIES = {"language": "language", "imagenet": "imagenet_conv", "optical_flow": "optical_flow",
@@ -24,8 +24,7 @@ def test_every_registered_task_is_covered():
 
 def _trained(task: str) -> torch.nn.Module:
     """A model of the golden config whose weights are not the initialiser's: what a fine-tune leaves."""
-    torch.manual_seed(0)
-    model = build_model(task, golden_config(FAMILIES[task]))
+    model = seeded_model(FAMILIES[task])
     with torch.no_grad():
         for tensor in model.state_dict().values():
             tensor.add_(0.01 * torch.randn_like(tensor))

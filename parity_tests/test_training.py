@@ -6,7 +6,6 @@ costs a few seconds of process start-up; everything else is one forward and back
 
 from __future__ import annotations
 
-import copy
 import time
 
 import pytest
@@ -14,13 +13,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from perceiver_torch import build_model
 from perceiver_torch.export import example_inputs
 from perceiver_torch.layers import TrainablePositionEncoding
 from perceiver_torch.layers.image import BatchNorm
 from perceiver_torch.layers.precision import LayerNorm
 
-from .conftest import GOLDEN_TASKS, golden_config
+from .conftest import GOLDEN_TASKS, seeded_model
 from .test_readme import run_snippets
 
 # The video autoencoder's parameters no loss reaches, as upstream's: the colab masks the label entirely
@@ -31,8 +29,7 @@ VIDEO_UNUSED = ["input_preprocessor.mask_tokens.audio.embeddings", "input_prepro
 
 
 def _model(family: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_model(GOLDEN_TASKS[family], copy.deepcopy(golden_config(family))).train()
+    return seeded_model(family).train()
 
 
 def _loss(model, family: str, seed: int = 0, call=None) -> torch.Tensor:

@@ -12,7 +12,7 @@ from perceiver_torch import build_model
 from perceiver_torch.models.video_autoencoding import kinetics700_labels
 from perceiver_torch.registry import preset
 
-from .conftest import assert_close, convert_golden, golden_config, golden_io
+from .conftest import assert_close, convert_golden, golden_config, golden_io, seeded_model
 
 OUTPUTS = ("image", "audio", "label")
 
@@ -89,8 +89,7 @@ def test_released_configuration_has_the_released_parameter_count():
 
 def test_video_image_audio_label_model_trains():
     """The multimodal model (image patches + audio + masked label) runs forward and backward."""
-    torch.manual_seed(0)
-    model = pt.build_model("video_autoencoding", golden_config("video_autoencoding")).train()
+    model = seeded_model("video_autoencoding").train()
     images, audio, subsample = _public_inputs(golden_io("video_autoencoding"))
     out = model(images, audio, subsample)
     loss = (out["image"] - 0.5).square().mean() + out["audio"].square().mean() + out["label"].logsumexp(-1).mean()
