@@ -110,6 +110,11 @@ class BasicDecoder(nn.Module):
         return None
 
     def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        output = self.attend(query, z, query_mask)
+        return output if self.output is None else self.output(output)
+
+    def attend(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The queries [B, M, C] after they cross-attend to `z`: `forward` before the final projection."""
         if self.cross_attend is None:
             raise RuntimeError("this decoder was built with queries_only=True: it only provides decoder_query.")
         # A query mask [B, M, 1] (upstream's all-ones key mask): masked queries' outputs are zeroed, and
@@ -118,10 +123,7 @@ class BasicDecoder(nn.Module):
             raise ValueError(f"query_mask must be [B, M] = {list(query.shape[:2])}, one flag per output query; "
                              f"got {list(query_mask.shape)}.")
         attention_mask = None if query_mask is None else query_mask.bool()[:, :, None]
-        output = self.cross_attend(query, z, attention_mask)
-        if self.output is not None:
-            output = self.output(output)
-        return output
+        return self.cross_attend(query, z, attention_mask)
 
 
 def unravel_index(indices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

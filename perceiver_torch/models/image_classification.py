@@ -137,7 +137,7 @@ class PerceiverForImageClassification(FromPretrained, Perceiver):
         # Upstream takes the query's dtype from the preprocessed inputs; the latents' (the residual stream's,
         # precision.py) gives the same logits, measured bit for bit in float32, bf16 and under autocast.
         query = self.decoder.decoder_query(latents)
-        embedding = self.decoder.cross_attend(query, latents)[:, 0]
+        embedding = self.decoder.attend(query, latents)[:, 0]
         return embedding if pre_logits else self.get_classifier()(embedding)
 
     @property
