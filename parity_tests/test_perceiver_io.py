@@ -204,3 +204,46 @@ def test_subsampled_points_on_the_host_reach_a_model_on_another_device():
     with torch.no_grad():
         out = model(inputs, subsampled_output_points={"audio": torch.tensor([1, 5])})
     assert out["audio"].device.type == "meta" and out["audio"].shape == (2, 8)
+
+
+@pytest.mark.parametrize("points, message", [
+    # Each was decoded silently: indices become Fourier query positions by arithmetic, so nothing failed.
+    ({"audio": torch.tensor([1, 100])}, r"\['audio'\] indices must lie in \[0, 8\); got values in \[1, 100\]"),
+    ({"audio": torch.tensor([-1, 3])}, r"\['audio'\] indices must lie in \[0, 8\); got values in \[-1, 3\]"),
+    ({"tokens": torch.tensor([6])}, r"\['tokens'\] indices must lie in \[0, 6\)"),
+    ({"audio": torch.tensor([1.0, 2.0])}, r"\['audio'\] must be a 1-D integer tensor of query indices; got float32"),
+    ({"audio": torch.tensor([True, False])}, r"\['audio'\] must be a 1-D integer .* got bool \[2\]"),
+    # These reached torch internals (a split of the wrong size, an expand of -1, 'str' has no attribute 'to').
+    ({"audio": torch.tensor([[1, 2]])}, r"\['audio'\] must be a 1-D integer .* got int64 \[1, 2\]"),
+    ({"audio": torch.tensor(3)}, r"\['audio'\] must be a 1-D integer .* got int64 \[\]"),
+    ({"audio": "15"}, r"\['audio'\] must be a 1-D integer .* got str"),
+    ({"video": torch.tensor([1])}, r" for unknown output modalities \['video'\]; expected some of \['audio', "),
+])
+def test_subsampled_output_points_are_checked_by_name(points, message):
+    model = multimodal_model().eval()
+    with pytest.raises(ValueError, match=r"^PerceiverIO.forward: subsampled_output_points" + message):
+        model(multimodal_inputs(2), subsampled_output_points=points)
+
+
+def test_subsampled_output_points_of_a_single_output_are_named_without_a_key():
+    with pytest.raises(ValueError, match=r"^PerceiverIO.forward: subsampled_output_points indices must lie in "
+                                         r"\[0, 1\); got values in \[1, 1\]"):
+        point_cloud_classifier()(torch.randn(2, 64, 3), subsampled_output_points=torch.tensor([1]))
+
+
+def test_subsampled_output_points_are_checked_without_a_host_read_where_values_are_not_readable(monkeypatch):
+    # On an accelerator or traced, forward may not read values: torch._assert_async checks them without a sync
+    # (on the CPU it raises at once; on CUDA it is a device-side assert).
+    from perceiver_torch.models import input_checks
+
+    torch.manual_seed(0)
+    model, inputs = multimodal_model().eval(), multimodal_inputs(2)
+    monkeypatch.setattr(input_checks, "values_readable", lambda tensor, **_: False)
+    with torch.no_grad():
+        expected = model(inputs, subsampled_output_points={"audio": torch.tensor([1, 5])})
+        with pytest.raises(RuntimeError, match=r"subsampled_output_points\['audio'\] indices must lie in \[0, 8\)"):
+            model(inputs, subsampled_output_points={"audio": torch.tensor([1, 8])})
+        # Indices given as a list are taken as the tensor of them.
+        same = model(inputs, subsampled_output_points={"audio": [1, 5]})
+    for name in expected:
+        torch.testing.assert_close(same[name], expected[name], rtol=0, atol=0)

@@ -9,16 +9,18 @@ multimodal autoencoder is an instance of it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from ..layers.decoders import BasicDecoder
 from ..layers.encoder import PerceiverEncoder
 from ..layers.multimodal import IdentityPreprocessor, MultimodalDecoder, MultimodalPreprocessor
 from ..layers.perceiver import Perceiver
 from ..layers.postprocessors import IdentityPostprocessor, MultimodalPostprocessor
-from .input_checks import check_binary, describe
+from .input_checks import check_binary, check_indices, describe
 
 DEFAULT = "default"  # the modality name used when a single module/tensor is given
 
@@ -179,8 +181,34 @@ class PerceiverIO(Perceiver):
         for name, mask in (("input_mask", input_mask), ("query_mask", query_mask)):
             if mask is not None:
                 _check_mask(where, name, mask, batch)
-        points = self._wrap(subsampled_output_points, self._single_output, "subsampled_output_points")
+        device = next(iter(inputs.values())).device
+        points = self._subsampled_points(where, subsampled_output_points, device)
         return self._unwrap(super().forward(inputs, input_mask, query_mask, points))
+
+    def _subsampled_points(self, where: str, points, device: torch.device) -> dict | None:
+        """Per output modality, its subsampled points checked (`check_indices`) and on `device`; None for all points.
+
+        A modality whose query generator is a `BasicDecoder` (`QueryGenerator` included) takes a 1-D integer
+        tensor (or list) of flat indices into its `output_index_dims`; any other generator's points are its own
+        to check and are passed as given.
+        """
+        points = self._wrap(points, self._single_output, "subsampled_output_points")
+        if points is None:
+            return None
+        generators = self.decoder.modalities
+        unknown = sorted(set(points) - set(generators), key=repr)
+        if unknown:  # ValueError as the decoder raised it, named here before the encoder runs
+            raise ValueError(f"{where}: subsampled_output_points for unknown output modalities "
+                             f"{[*map(str, unknown)][:10]}; expected some of {list(generators)}.")
+        checked = {}
+        for name, idx in points.items():
+            generator = generators[name]
+            if idx is None or not isinstance(generator, BasicDecoder) or generator.output_index_dims is None:
+                checked[name] = idx
+                continue
+            shown = "subsampled_output_points" if self._single_output else f"subsampled_output_points[{name!r}]"
+            checked[name] = check_indices(where, shown, idx, math.prod(generator.output_index_dims), device)
+        return checked
 
     def _check_batch(self, where: str, inputs: Mapping) -> int:
         """The batch size the input tensors share (>= 1), refusing non-tensors and mixed batch sizes by modality."""
