@@ -247,3 +247,41 @@ def test_subsampled_output_points_are_checked_without_a_host_read_where_values_a
         same = model(inputs, subsampled_output_points={"audio": [1, 5]})
     for name in expected:
         torch.testing.assert_close(same[name], expected[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    # Built silently: no latent self-attention at all, or one block for True.
+    (dict(num_blocks=0), ValueError, r"num_blocks must be an integer >= 1; got 0"),
+    (dict(num_blocks=-1), ValueError, r"num_blocks must be an integer >= 1; got -1"),
+    (dict(num_blocks=True), ValueError, r"num_blocks must be an integer >= 1; got True"),
+    (dict(num_self_attends_per_block=0), ValueError, r"num_self_attends_per_block must be an integer >= 1; got 0"),
+    # Torch internals: "empty() takes 1 positional argument", "cannot reshape tensor of 0 elements".
+    (dict(num_latents=2.5), ValueError, r"num_latents must be an integer >= 1; got 2.5"),
+    (dict(num_latents=0), ValueError, r"num_latents must be an integer >= 1; got 0"),
+    (dict(num_latent_channels=True), ValueError, r"num_latent_channels must be an integer >= 1; got True"),
+    # 0 fell back to num_latent_channels; -2 reached torch.
+    (dict(final_project_out_channels=0), ValueError, r"final_project_out_channels \(or None\) must be an integer"),
+    (dict(final_project_out_channels=-2), ValueError, r"final_project_out_channels \(or None\) must be an integer"),
+    (dict(input_padding_channels=-5), ValueError, r"input_padding_channels must be an integer >= 0; got -5"),
+    (dict(output_query_padding_channels=1.5), ValueError, r"output_query_padding_channels must be an integer >= 0"),
+    (dict(final_project="no"), TypeError, r"final_project must be True or False; got 'no'"),
+    # int() took 2.7 as 2 and True as 1 channel.
+    (dict(input_channels=2.7), ValueError, r"input_channels must be an integer >= 1; got 2.7"),
+    (dict(input_channels={"xyz": True}), ValueError, r"input_channels\['xyz'\] must be an integer >= 1; got True"),
+])
+def test_constructor_counts_are_checked_by_name(kwargs, error, message):
+    queries = QueryGenerator("trainable", (1,), trainable_position_encoding_kwargs=dict(num_channels=8))
+    args = dict(num_blocks=1, num_self_attends_per_block=1, num_latents=4, num_latent_channels=8, input_channels=3,
+                output_queries=queries, perceiver_encoder_kwargs=dict(num_self_attend_heads=1))
+    if isinstance(kwargs.get("input_channels"), dict):
+        args["output_queries"] = {"xyz": args["output_queries"]}
+    with pytest.raises(error, match=r"^PerceiverIO: " + message):
+        PerceiverIO(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize("probs", [True, {"audio": 0.0, "label": True, "tokens": 0.0}, float("nan"),
+                                   {"audio": 0.0, "label": "1", "tokens": 0.0}])
+def test_mask_probabilities_must_be_numbers(probs):
+    # True masked every position (float(True) is 1.0); "1" failed comparing a str with a float (NaN was refused).
+    with pytest.raises(ValueError, match=r"mask probability for '\w+' must be a number in \[0, 1\]; got "):
+        multimodal_model(mask_probs=probs)

@@ -15,12 +15,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..integers import is_int
 from ..layers.decoders import BasicDecoder
 from ..layers.encoder import PerceiverEncoder
 from ..layers.multimodal import IdentityPreprocessor, MultimodalDecoder, MultimodalPreprocessor
 from ..layers.perceiver import Perceiver
 from ..layers.postprocessors import IdentityPostprocessor, MultimodalPostprocessor
-from .input_checks import check_binary, check_indices, describe
+from .input_checks import check_binary, check_count, check_indices, describe
 
 DEFAULT = "default"  # the modality name used when a single module/tensor is given
 
@@ -95,8 +96,22 @@ class PerceiverIO(Perceiver):
         input_channels: int | Mapping[str, int] | None = None,
         input_mask_probs: float | Mapping[str, float] | None = None,
     ):
+        where = type(self).__name__
+        for name, value in (("num_blocks", num_blocks), ("num_self_attends_per_block", num_self_attends_per_block),
+                            ("num_latents", num_latents), ("num_latent_channels", num_latent_channels)):
+            check_count(where, name, value)
+        if final_project_out_channels is not None:  # 0 fell back to num_latent_channels
+            check_count(where, "final_project_out_channels (or None)", final_project_out_channels)
+        for name, value in (("output_query_padding_channels", output_query_padding_channels),
+                            ("input_padding_channels", input_padding_channels)):
+            if not is_int(value) or value < 0:
+                raise ValueError(f"{where}: {name} must be an integer >= 0; got {value!r}.")
+        if not isinstance(final_project, bool):  # "no" would be true
+            raise TypeError(f"{where}: final_project must be True or False; got {final_project!r}.")
         preprocessors, single_pre = _as_dict(input_preprocessors, "input_preprocessors")
         channels, single_channels = _as_dict(input_channels, "input_channels")
+        for name, value in channels.items():  # int() took 2.7 as 2 and True as 1
+            check_count(where, "input_channels" if single_channels else f"input_channels[{name!r}]", value)
         both = sorted(set(preprocessors) & set(channels))
         if both:
             raise ValueError(f"modalities {both} have both a preprocessor and input_channels; give one.")
@@ -108,7 +123,7 @@ class PerceiverIO(Perceiver):
         self._single_input = single_pre or single_channels
         mask_probs, _ = _as_dict(input_mask_probs, "input_mask_probs")
         if input_mask_probs is not None and not isinstance(input_mask_probs, Mapping):
-            mask_probs = {name: float(input_mask_probs) for name in preprocessors}
+            mask_probs = {name: input_mask_probs for name in preprocessors}  # checked as numbers, not float()ed
 
         queries, self._single_output = _as_dict(output_queries, "output_queries")
         if not queries:
