@@ -1,5 +1,6 @@
 """Tiling, blending weights and the flow PNG writer (no model needed)."""
 
+import re
 import struct
 import zlib
 
@@ -232,3 +233,44 @@ def test_grid_helpers_check_the_frame_size(frame_size, monkeypatch):
 def test_blend_weights_checks_the_tile_size():
     with pytest.raises(ValueError, match=r"tile_size must be two positive integers"):
         blend_weights((4.5, 6))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: tile_origins((10**12, 10**12), (368, 496)),  # listed tiles for 40 s, then MemoryError
+    lambda: weight_map((10**12, 10**12), (368, 496)),  # the same, through tile_origins
+    lambda: blend_weights((10**12, 10**12)),  # torch's allocator: "you tried to allocate 8000000000000 bytes"
+])
+def test_sizes_no_frame_can_have_are_refused_at_once(call):
+    with pytest.raises(ValueError, match=r"_size \(1000000000000, 1000000000000\) is larger than any frame can be"):
+        call()
+
+
+def test_weight_map_allocates_its_map_before_listing_tiles(monkeypatch):
+    # A frame no memory holds (10**9 x 10**9) is refused by the allocator at once, not after listing its 6e12 tiles.
+    from perceiver_torch import flow_tiling
+
+    class Allocated(Exception):
+        pass
+
+    def refuse(*args, **kwargs):
+        raise Allocated
+
+    def listed(*args, **kwargs):
+        raise AssertionError("weight_map listed the tiles before allocating the map")
+
+    monkeypatch.setattr(torch, "zeros", refuse)
+    monkeypatch.setattr(flow_tiling.itertools, "product", listed)
+    with pytest.raises(Allocated):
+        weight_map((10**9, 10**9), (368, 496))
+
+
+@pytest.mark.parametrize("dtype, got", [
+    ("float32", "'float32'"),  # was taken as a device: "Invalid device string: 'float32'"
+    (torch.int8, "torch.int8"),  # weights beyond 127 wrapped around: -128 in a 368x496 tile, silently
+    (torch.bool, "torch.bool"),  # every weight True: a meaningless normaliser, silently
+])
+def test_blend_weights_and_weight_map_take_a_floating_point_dtype(dtype, got):
+    for call in (lambda: blend_weights((368, 496), dtype=dtype),
+                 lambda: weight_map((400, 520), (368, 496), dtype=dtype)):
+        with pytest.raises(TypeError, match=rf"dtype must be a floating-point torch.dtype .*; got {re.escape(got)}\."):
+            call()

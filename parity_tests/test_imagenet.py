@@ -123,6 +123,16 @@ def test_transform_rejects_a_size_that_is_not_one_or_two_positive_ints(size):
     assert imagenet_transform(np.zeros((32, 32, 3), np.uint8), [np.int64(8), 8]).shape == (3, 8, 8)
 
 
+@pytest.mark.parametrize("size", [10**12, (2**62, 2)])
+def test_transform_refuses_a_size_no_image_can_have_before_reading_the_image(size, monkeypatch):
+    # It read and cropped the image, then torch failed resizing it: "Storage size calculation overflowed".
+    import perceiver_torch.imagenet_preprocessing as preprocessing
+
+    monkeypatch.setattr(preprocessing, "load_rgb", lambda image: pytest.fail("the image was read first"))
+    with pytest.raises(ValueError, match=r"^imagenet_transform: size \(\d+, \d+\) is larger than any image can be"):
+        imagenet_transform(np.zeros((32, 32, 3), np.uint8), size)
+
+
 def test_classify_returns_top_k_of_the_models_probabilities():
     model = _model()
     image = np.random.default_rng(1).integers(0, 256, size=(20, 24, 3), dtype=np.uint8)

@@ -204,3 +204,84 @@ def test_subsampled_points_on_the_host_reach_a_model_on_another_device():
     with torch.no_grad():
         out = model(inputs, subsampled_output_points={"audio": torch.tensor([1, 5])})
     assert out["audio"].device.type == "meta" and out["audio"].shape == (2, 8)
+
+
+@pytest.mark.parametrize("points, message", [
+    # Each was decoded silently: indices become Fourier query positions by arithmetic, so nothing failed.
+    ({"audio": torch.tensor([1, 100])}, r"\['audio'\] indices must lie in \[0, 8\); got values in \[1, 100\]"),
+    ({"audio": torch.tensor([-1, 3])}, r"\['audio'\] indices must lie in \[0, 8\); got values in \[-1, 3\]"),
+    ({"tokens": torch.tensor([6])}, r"\['tokens'\] indices must lie in \[0, 6\)"),
+    ({"audio": torch.tensor([1.0, 2.0])}, r"\['audio'\] must be a 1-D integer tensor of query indices; got float32"),
+    ({"audio": torch.tensor([True, False])}, r"\['audio'\] must be a 1-D integer .* got bool \[2\]"),
+    # These reached torch internals (a split of the wrong size, an expand of -1, 'str' has no attribute 'to').
+    ({"audio": torch.tensor([[1, 2]])}, r"\['audio'\] must be a 1-D integer .* got int64 \[1, 2\]"),
+    ({"audio": torch.tensor(3)}, r"\['audio'\] must be a 1-D integer .* got int64 \[\]"),
+    ({"audio": "15"}, r"\['audio'\] must be a 1-D integer .* got str"),
+    ({"video": torch.tensor([1])}, r" for unknown output modalities \['video'\]; expected some of \['audio', "),
+])
+def test_subsampled_output_points_are_checked_by_name(points, message):
+    model = multimodal_model().eval()
+    with pytest.raises(ValueError, match=r"^PerceiverIO.forward: subsampled_output_points" + message):
+        model(multimodal_inputs(2), subsampled_output_points=points)
+
+
+def test_subsampled_output_points_of_a_single_output_are_named_without_a_key():
+    with pytest.raises(ValueError, match=r"^PerceiverIO.forward: subsampled_output_points indices must lie in "
+                                         r"\[0, 1\); got values in \[1, 1\]"):
+        point_cloud_classifier()(torch.randn(2, 64, 3), subsampled_output_points=torch.tensor([1]))
+
+
+def test_subsampled_output_points_are_checked_without_a_host_read_where_values_are_not_readable(monkeypatch):
+    # On an accelerator or traced, forward may not read values: torch._assert_async checks them without a sync
+    # (on the CPU it raises at once; on CUDA it is a device-side assert).
+    from perceiver_torch.models import input_checks
+
+    torch.manual_seed(0)
+    model, inputs = multimodal_model().eval(), multimodal_inputs(2)
+    monkeypatch.setattr(input_checks, "values_readable", lambda tensor, **_: False)
+    with torch.no_grad():
+        expected = model(inputs, subsampled_output_points={"audio": torch.tensor([1, 5])})
+        with pytest.raises(RuntimeError, match=r"subsampled_output_points\['audio'\] indices must lie in \[0, 8\)"):
+            model(inputs, subsampled_output_points={"audio": torch.tensor([1, 8])})
+        # Indices given as a list are taken as the tensor of them.
+        same = model(inputs, subsampled_output_points={"audio": [1, 5]})
+    for name in expected:
+        torch.testing.assert_close(same[name], expected[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    # Built silently: no latent self-attention at all, or one block for True.
+    (dict(num_blocks=0), ValueError, r"num_blocks must be an integer >= 1; got 0"),
+    (dict(num_blocks=-1), ValueError, r"num_blocks must be an integer >= 1; got -1"),
+    (dict(num_blocks=True), ValueError, r"num_blocks must be an integer >= 1; got True"),
+    (dict(num_self_attends_per_block=0), ValueError, r"num_self_attends_per_block must be an integer >= 1; got 0"),
+    # Torch internals: "empty() takes 1 positional argument", "cannot reshape tensor of 0 elements".
+    (dict(num_latents=2.5), ValueError, r"num_latents must be an integer >= 1; got 2.5"),
+    (dict(num_latents=0), ValueError, r"num_latents must be an integer >= 1; got 0"),
+    (dict(num_latent_channels=True), ValueError, r"num_latent_channels must be an integer >= 1; got True"),
+    # 0 fell back to num_latent_channels; -2 reached torch.
+    (dict(final_project_out_channels=0), ValueError, r"final_project_out_channels \(or None\) must be an integer"),
+    (dict(final_project_out_channels=-2), ValueError, r"final_project_out_channels \(or None\) must be an integer"),
+    (dict(input_padding_channels=-5), ValueError, r"input_padding_channels must be an integer >= 0; got -5"),
+    (dict(output_query_padding_channels=1.5), ValueError, r"output_query_padding_channels must be an integer >= 0"),
+    (dict(final_project="no"), TypeError, r"final_project must be True or False; got 'no'"),
+    # int() took 2.7 as 2 and True as 1 channel.
+    (dict(input_channels=2.7), ValueError, r"input_channels must be an integer >= 1; got 2.7"),
+    (dict(input_channels={"xyz": True}), ValueError, r"input_channels\['xyz'\] must be an integer >= 1; got True"),
+])
+def test_constructor_counts_are_checked_by_name(kwargs, error, message):
+    queries = QueryGenerator("trainable", (1,), trainable_position_encoding_kwargs=dict(num_channels=8))
+    args = dict(num_blocks=1, num_self_attends_per_block=1, num_latents=4, num_latent_channels=8, input_channels=3,
+                output_queries=queries, perceiver_encoder_kwargs=dict(num_self_attend_heads=1))
+    if isinstance(kwargs.get("input_channels"), dict):
+        args["output_queries"] = {"xyz": args["output_queries"]}
+    with pytest.raises(error, match=r"^PerceiverIO: " + message):
+        PerceiverIO(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize("probs", [True, {"audio": 0.0, "label": True, "tokens": 0.0}, float("nan"),
+                                   {"audio": 0.0, "label": "1", "tokens": 0.0}])
+def test_mask_probabilities_must_be_numbers(probs):
+    # True masked every position (float(True) is 1.0); "1" failed comparing a str with a float (NaN was refused).
+    with pytest.raises(ValueError, match=r"mask probability for '\w+' must be a number in \[0, 1\]; got "):
+        multimodal_model(mask_probs=probs)

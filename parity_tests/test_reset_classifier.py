@@ -13,7 +13,6 @@ import perceiver_torch as pt
 from converters import to_transformers
 from converters.transformers.config_map import ConfigMismatchError
 from perceiver_torch.export import export_program, max_errors
-from perceiver_torch.registry import build_model
 from perceiver_torch.serialization import build_on_meta
 
 from .conftest import golden_config, seeded_model
@@ -103,8 +102,8 @@ def test_create_model_refuses_num_classes_before_fetching_anything(tmp_path, mon
 
 def test_a_classifier_without_a_final_projection_is_refused():
     config = golden_config("imagenet_conv")
-    config["decoder"]["final_project"] = False  # build_model does not validate; the schema refuses it
-    model = build_model("imagenet", config)
+    config["decoder"]["final_project"] = False  # the schema refuses it (build_model too); the class does not validate
+    model = pt.PerceiverForImageClassification(config)
     with pytest.raises(pt.ConfigError, match=r"decoder.final_project: found false; expected true"):
         model.reset_classifier(3)
     assert model.config["num_classes"] == 10

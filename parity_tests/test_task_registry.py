@@ -16,6 +16,7 @@ import torch
 from converters import convert_tree, load_haiku_checkpoint
 from converters.jax_reference import example_inputs
 from converters.tasks import TASKS, run_upstream_layout, task_spec
+from perceiver_torch import ConfigError
 from perceiver_torch.registry import TASK_MODELS, UnsupportedTaskError, build_model, model_class, preset, preset_names
 
 from .conftest import GOLDEN, GOLDEN_TASKS, golden_config
@@ -58,3 +59,23 @@ def test_each_golden_fixture_converts_and_runs_through_the_registered_pieces(tas
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in convert_tree(task, checkpoint, config).items()})
     outputs = run_upstream_layout(task, model, example_inputs(task, config, batch=1, seed=0))
     assert outputs and all(torch.isfinite(torch.from_numpy(v)).all() for v in outputs.values())
+
+
+@pytest.mark.parametrize("change, problem", [
+    # Each was built silently (int() took 2.7 as 2 classes and True as 1)
+    # or failed deep inside torch or Python ("'NoneType' object is not subscriptable", KeyError 'image_size').
+    (lambda c: {**c, "num_classes": 2.7}, r"num_classes: found 2\.7 \(float\); expected an integer >= 0"),
+    (lambda c: {**c, "num_classes": True}, r"num_classes: found True \(bool\)"),
+    (lambda c: {**c, "num_classes": -1}, r"num_classes: found -1 \(int\)"),
+    (lambda c: {**c, "encoder": {**c["encoder"], "num_blocks": 0}}, r"encoder\.num_blocks: found 0 \(int\)"),
+    (lambda c: None, r"config: found None \(NoneType\); expected a mapping"),
+    (lambda c: {k: v for k, v in c.items() if k != "image_size"}, r"image_size: missing"),
+])
+def test_build_model_checks_the_config_against_its_schema(change, problem):
+    with pytest.raises(ConfigError, match=rf"(?s)^build_model\('imagenet'\) config is not a valid config.*{problem}"):
+        build_model("imagenet", change(golden_config("imagenet_fourier")))
+
+
+def test_build_model_does_not_cap_sizes_as_it_does_for_untrusted_files():
+    config = golden_config("imagenet_fourier")
+    assert build_model("imagenet", {**config, "num_classes": 200_000}).num_classes == 200_000  # the file cap: 131072

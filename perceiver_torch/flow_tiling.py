@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .integers import is_int
+from .integers import fits_tensor, is_int
 from .layers.precision import wide
 
 COLAB_MIN_OVERLAP = 20
@@ -45,10 +45,24 @@ def _check_int(name: str, value, allowed: str) -> int:
 
 
 def _check_size(name: str, size, what: str = "") -> tuple[int, int]:
-    """`size` as (height, width) if it is two positive integers, else a ValueError naming `name` (and `what`)."""
+    """`size` as (height, width) if it is two positive integers, else a ValueError naming `name` (and `what`).
+
+    Frames [B, 3, H, W] of the size must be able to exist: listing the tiles of a larger one would only hang.
+    """
     if not isinstance(size, Sequence) or len(size) != 2 or not all(is_int(v) and v >= 1 for v in size):
         raise ValueError(f"{name} must be two positive integers (height, width){what}; got {size!r}.")
+    if not fits_tensor(3, *size):
+        raise ValueError(f"{name} {tuple(map(int, size))} is larger than any frame can be: RGB frames of that "
+                         "size would have more elements than a tensor can count (2**63 - 1).")
     return int(size[0]), int(size[1])
+
+
+def _check_dtype(dtype) -> torch.dtype:
+    """`dtype` if it is a floating-point torch.dtype: an integer or bool one would overflow or saturate the weights."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype (the blend weights are summed and divided by); "
+                        f"got {dtype!r}.")
+    return dtype
 
 
 def _check_tile_size(tile_size) -> tuple[int, int]:
@@ -58,6 +72,11 @@ def _check_tile_size(tile_size) -> tuple[int, int]:
 def tile_origins(frame_size: Sequence[int], tile_size: Sequence[int],
                  min_overlap: int | None = None) -> list[tuple[int, int]]:
     """Top-left (y, x) of every tile, in the colab's order (rows, then columns), repeats included."""
+    return _origins(*_check_grid(frame_size, tile_size, min_overlap))
+
+
+def _check_grid(frame_size, tile_size, min_overlap) -> tuple[int, int, int, int, int]:
+    """(height, width, tile_h, tile_w, min_overlap) of a tiling `tile_origins` can list, else a named error."""
     (height, width), (tile_h, tile_w) = _check_size("frame_size", frame_size), _check_tile_size(tile_size)
     if min_overlap is None:
         min_overlap = default_min_overlap(tile_size)
@@ -71,6 +90,10 @@ def tile_origins(frame_size: Sequence[int], tile_size: Sequence[int],
     if height < tile_h or width < tile_w:
         raise ValueError(f"frames of {height}x{width} are smaller than the training size {tile_h}x{tile_w}; "
                          "pad or resize them to at least that size.")
+    return height, width, tile_h, tile_w, min_overlap
+
+
+def _origins(height: int, width: int, tile_h: int, tile_w: int, min_overlap: int) -> list[tuple[int, int]]:
     # The colab moves only the last window flush with the edge. When the last range point lies within
     # min_overlap of the edge, the one before it also overruns the frame and the colab fails on the
     # ragged tile; clamping every window keeps the colab's grid wherever it works and stays inside otherwise.
@@ -83,6 +106,7 @@ def tile_origins(frame_size: Sequence[int], tile_size: Sequence[int],
 def blend_weights(tile_size: Sequence[int], *, dtype=torch.float32, device=None) -> torch.Tensor:
     """[h, w] weights: distance in pixels to the nearest tile edge, counting the edge pixel as 1."""
     tile_h, tile_w = _check_tile_size(tile_size)
+    dtype = _check_dtype(dtype)
     y = torch.arange(tile_h, device=device)
     x = torch.arange(tile_w, device=device)
     wy = torch.minimum(y + 1, tile_h - y)
@@ -93,11 +117,14 @@ def blend_weights(tile_size: Sequence[int], *, dtype=torch.float32, device=None)
 def weight_map(frame_size: Sequence[int], tile_size: Sequence[int], min_overlap: int | None = None,
                *, dtype=torch.float32, device=None) -> torch.Tensor:
     """[H, W] sum of every tile's blend weights: the colab's normaliser (positive everywhere)."""
-    origins = tile_origins(frame_size, tile_size, min_overlap)  # checks the sizes before anything is allocated
-    total = torch.zeros(_check_size("frame_size", frame_size), dtype=dtype, device=device)
+    grid = _check_grid(frame_size, tile_size, min_overlap)  # every argument checked before anything is allocated
+    dtype = _check_dtype(dtype)
+    # The map before the list of tiles: a frame size no memory holds is refused by the allocator at once, where
+    # listing its tiles would take as long as there are tiles.
+    total = torch.zeros(grid[:2], dtype=dtype, device=device)
     weights = blend_weights(tile_size, dtype=dtype, device=device)
     tile_h, tile_w = weights.shape
-    for y, x in origins:
+    for y, x in _origins(*grid):
         total[y:y + tile_h, x:x + tile_w] += weights
     return total
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .integers import is_int
+from .integers import fits_tensor, is_int
 from .labels import packaged_labels
 
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -93,6 +93,9 @@ def _output_size(size) -> tuple[int, int]:
     if len(pair) != 2 or any(not is_int(v) or v < 1 for v in pair):
         raise ValueError(f"imagenet_transform: size must be a positive int or a (height, width) pair of them; "
                          f"got {size!r}.")
+    if not fits_tensor(3, *pair):  # refused before the image is read, not by torch after resizing it
+        raise ValueError(f"imagenet_transform: size {tuple(map(int, pair))} is larger than any image can be: "
+                         "[3, height, width] would have more elements than a tensor can count (2**63 - 1).")
     return int(pair[0]), int(pair[1])
 
 

@@ -14,7 +14,7 @@ from importlib import resources
 
 from torch import nn
 
-from .config_schema import SCHEMAS
+from .config_schema import SCHEMAS, validate_config
 from .models import (
     PerceiverForImageClassification,
     PerceiverForMaskedLM,
@@ -45,8 +45,14 @@ def model_class(task: str) -> type[nn.Module]:
 
 
 def build_model(task: str, config: dict) -> nn.Module:
-    """An untrained model of `task` with `config` (the golden config.json layout)."""
-    return model_class(task)(copy.deepcopy(config))
+    """An untrained model of `task` with `config` (the golden config.json layout), checked against its schema.
+
+    A config the schema refuses (a float or bool size, a missing or unknown key) is a `ConfigError` listing each
+    problem, as `load_model` and `save_model` raise it; the size caps for untrusted files do not apply here.
+    """
+    cls = model_class(task)
+    validate_config(task, config, source=f"build_model({task!r}) config", bounded=False)
+    return cls(copy.deepcopy(config))
 
 
 @cache

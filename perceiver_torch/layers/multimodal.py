@@ -8,6 +8,7 @@ concatenated in that order, and `restructure` splits them back.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -163,8 +164,9 @@ def _check_mask_probs(mask_probs: Mapping[str, float], modalities) -> dict[str, 
     if missing:
         raise ValueError(f"mask_probs has no probability for modalities {missing}.")
     for name, prob in mask_probs.items():
-        if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"mask probability for {name!r} must be in [0, 1]; got {prob}.")
+        # Written so that NaN fails; a bool (True would mask every position) or a string is no probability.
+        if not isinstance(prob, numbers.Real) or isinstance(prob, bool) or not 0.0 <= prob <= 1.0:
+            raise ValueError(f"mask probability for {name!r} must be a number in [0, 1]; got {prob!r}.")
     return {name: float(mask_probs[name]) for name in modalities}
 
 

@@ -6,8 +6,9 @@ Value checks (id ranges, pixel scales) need the data: they run only in eager
 mode on CPU tensors, where reading a min/max costs no device sync and
 traces nothing. `forward` on an accelerator, under `torch.compile` or being
 exported never reads values on the host (the one exception, the video's
-subsample indices, is checked there by `torch._assert_async`, which needs no
-sync); the `torch.no_grad` helpers (`classify`, `estimate_flow`,
+subsample indices and `PerceiverIO`'s subsampled output points, are checked
+there by `torch._assert_async`, which needs no sync: `check_indices`); the
+`torch.no_grad` helpers (`classify`, `estimate_flow`,
 `autoencode`) check values on any device, once per call.
 """
 
@@ -80,3 +81,42 @@ def check_binary(where: str, expected: str, mask: torch.Tensor, meaning: str) ->
     """
     if values_readable(mask) and not ((mask == 0) | (mask == 1)).all():
         raise ValueError(f"{where}: {expected}; got other values (the mask is binary: {meaning}).")
+
+
+def check_indices(where: str, name: str, idx, limit: int, device: torch.device) -> torch.Tensor:
+    """Query indices `idx` as a 1-D int64 tensor on `device`, each in [0, `limit`); else a named error.
+
+    A list or array of indices is converted (never so when traced). The layout is a ValueError. Values are
+    read in eager on CPU (a ValueError); on an accelerator or traced, `torch._assert_async` checks them
+    without a host sync (an index turns into a query position arithmetically, so nothing else would fail:
+    an out-of-range or negative one would decode garbage silently), and under export two gathers check
+    them too (`gather_checked`: ONNX drops the assert).
+    """
+    refusal = f"{where}: {name} must be a 1-D integer tensor of query indices; got "
+    if not isinstance(idx, torch.Tensor):
+        try:
+            idx = torch.as_tensor(idx)
+        except (TypeError, ValueError, RuntimeError):  # a str, a ragged list: torch's message names neither
+            raise ValueError(f"{refusal}{describe(idx)}.") from None
+    if idx.ndim != 1 or idx.dtype not in INDEX_DTYPES:
+        raise ValueError(f"{refusal}{describe(idx)}.")
+    expected = f"indices must lie in [0, {limit})"
+    if values_readable(idx):  # eager, on the host: a clear error before anything runs
+        check_range(where, name, idx, 0, limit - 1, expected)
+    else:
+        torch._assert_async(((idx >= 0) & (idx < limit)).all(), f"{where}: {name} {expected}.")
+    idx = idx.to(device=device, dtype=torch.long)
+    return gather_checked(idx, limit) if torch.compiler.is_exporting() else idx
+
+
+def gather_checked(idx: torch.Tensor, limit: int) -> torch.Tensor:
+    """`idx`, read through two gathers that fail on an index outside [0, limit): a check that survives ONNX.
+
+    torch's ONNX exporter drops `_assert_async`, so an exported program would decode out-of-range points
+    silently; onnxruntime's Gather refuses indices outside [-limit, limit). `positions[idx]` catches those
+    >= limit, `positions[mirrored]` (mirrored = limit - 1 - idx) the negative ones, which Gather would wrap;
+    in range the second gather returns `mirrored` itself, so the result is `idx`, and both gathers stay in the
+    graph.
+    """
+    positions, mirrored = torch.arange(limit, device=idx.device), limit - 1 - idx
+    return positions[idx] + (positions[mirrored] - mirrored)

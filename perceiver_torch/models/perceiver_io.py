@@ -9,16 +9,19 @@ multimodal autoencoder is an instance of it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from ..integers import is_int
+from ..layers.decoders import BasicDecoder
 from ..layers.encoder import PerceiverEncoder
 from ..layers.multimodal import IdentityPreprocessor, MultimodalDecoder, MultimodalPreprocessor
 from ..layers.perceiver import Perceiver
 from ..layers.postprocessors import IdentityPostprocessor, MultimodalPostprocessor
-from .input_checks import check_binary, describe
+from .input_checks import check_binary, check_count, check_indices, describe
 
 DEFAULT = "default"  # the modality name used when a single module/tensor is given
 
@@ -93,8 +96,22 @@ class PerceiverIO(Perceiver):
         input_channels: int | Mapping[str, int] | None = None,
         input_mask_probs: float | Mapping[str, float] | None = None,
     ):
+        where = type(self).__name__
+        for name, value in (("num_blocks", num_blocks), ("num_self_attends_per_block", num_self_attends_per_block),
+                            ("num_latents", num_latents), ("num_latent_channels", num_latent_channels)):
+            check_count(where, name, value)
+        if final_project_out_channels is not None:  # 0 fell back to num_latent_channels
+            check_count(where, "final_project_out_channels (or None)", final_project_out_channels)
+        for name, value in (("output_query_padding_channels", output_query_padding_channels),
+                            ("input_padding_channels", input_padding_channels)):
+            if not is_int(value) or value < 0:
+                raise ValueError(f"{where}: {name} must be an integer >= 0; got {value!r}.")
+        if not isinstance(final_project, bool):  # "no" would be true
+            raise TypeError(f"{where}: final_project must be True or False; got {final_project!r}.")
         preprocessors, single_pre = _as_dict(input_preprocessors, "input_preprocessors")
         channels, single_channels = _as_dict(input_channels, "input_channels")
+        for name, value in channels.items():  # int() took 2.7 as 2 and True as 1
+            check_count(where, "input_channels" if single_channels else f"input_channels[{name!r}]", value)
         both = sorted(set(preprocessors) & set(channels))
         if both:
             raise ValueError(f"modalities {both} have both a preprocessor and input_channels; give one.")
@@ -106,7 +123,7 @@ class PerceiverIO(Perceiver):
         self._single_input = single_pre or single_channels
         mask_probs, _ = _as_dict(input_mask_probs, "input_mask_probs")
         if input_mask_probs is not None and not isinstance(input_mask_probs, Mapping):
-            mask_probs = {name: float(input_mask_probs) for name in preprocessors}
+            mask_probs = {name: input_mask_probs for name in preprocessors}  # checked as numbers, not float()ed
 
         queries, self._single_output = _as_dict(output_queries, "output_queries")
         if not queries:
@@ -179,8 +196,34 @@ class PerceiverIO(Perceiver):
         for name, mask in (("input_mask", input_mask), ("query_mask", query_mask)):
             if mask is not None:
                 _check_mask(where, name, mask, batch)
-        points = self._wrap(subsampled_output_points, self._single_output, "subsampled_output_points")
+        device = next(iter(inputs.values())).device
+        points = self._subsampled_points(where, subsampled_output_points, device)
         return self._unwrap(super().forward(inputs, input_mask, query_mask, points))
+
+    def _subsampled_points(self, where: str, points, device: torch.device) -> dict | None:
+        """Per output modality, its subsampled points checked (`check_indices`) and on `device`; None for all points.
+
+        A modality whose query generator is a `BasicDecoder` (`QueryGenerator` included) takes a 1-D integer
+        tensor (or list) of flat indices into its `output_index_dims`; any other generator's points are its own
+        to check and are passed as given.
+        """
+        points = self._wrap(points, self._single_output, "subsampled_output_points")
+        if points is None:
+            return None
+        generators = self.decoder.modalities
+        unknown = sorted(set(points) - set(generators), key=repr)
+        if unknown:  # ValueError as the decoder raised it, named here before the encoder runs
+            raise ValueError(f"{where}: subsampled_output_points for unknown output modalities "
+                             f"{[*map(str, unknown)][:10]}; expected some of {list(generators)}.")
+        checked = {}
+        for name, idx in points.items():
+            generator = generators[name]
+            if idx is None or not isinstance(generator, BasicDecoder) or generator.output_index_dims is None:
+                checked[name] = idx
+                continue
+            shown = "subsampled_output_points" if self._single_output else f"subsampled_output_points[{name!r}]"
+            checked[name] = check_indices(where, shown, idx, math.prod(generator.output_index_dims), device)
+        return checked
 
     def _check_batch(self, where: str, inputs: Mapping) -> int:
         """The batch size the input tensors share (>= 1), refusing non-tensors and mixed batch sizes by modality."""

@@ -13,7 +13,7 @@ from ..layers.audio import AudioPreprocessor
 from ..layers.image import ImagePreprocessor
 from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocessor, QueryGenerator
 from ..layers.postprocessors import AudioPostprocessor, ClassificationPostprocessor, ProjectionPostprocessor
-from .input_checks import check_batch, check_float, check_range, check_top_k, describe, values_readable
+from .input_checks import check_batch, check_float, check_indices, check_range, check_top_k, describe
 from .owned_config import own_config
 from .perceiver_io import PerceiverIO
 from .pretrained import FromPretrained
@@ -45,19 +45,6 @@ def _image_preprocessor(num_frames: int, image_size: int, fourier: dict) -> Imag
         position_encoding_type="fourier", n_extra_pos_mlp=0, fourier_position_encoding_kwargs=fourier,
         input_shape=(num_frames, image_size, image_size, 3),
     )
-
-
-def _gather_checked(idx: torch.Tensor, limit: int) -> torch.Tensor:
-    """`idx`, read through two gathers that fail on an index outside [0, limit): a check that survives ONNX.
-
-    torch's ONNX exporter drops `_assert_async`, so an exported chunk would decode out-of-range points
-    silently; onnxruntime's Gather refuses indices outside [-limit, limit). `positions[idx]` catches those
-    >= limit, `positions[mirrored]` (mirrored = limit - 1 - idx) the negative ones, which Gather would wrap;
-    in range the second gather returns `mirrored` itself, so the result is `idx`, and both gathers stay in the
-    graph.
-    """
-    positions, mirrored = torch.arange(limit, device=idx.device), limit - 1 - idx
-    return positions[idx] + (positions[mirrored] - mirrored)
 
 
 class PerceiverForMultimodalAutoencoding(FromPretrained, PerceiverIO):
@@ -161,11 +148,10 @@ class PerceiverForMultimodalAutoencoding(FromPretrained, PerceiverIO):
             "label": torch.zeros(batch, self.num_classes, dtype=images.dtype, device=images.device),
         }
 
-    def _points(self, subsample: Mapping | None, device: torch.device) -> dict | None:
+    def _subsampled_points(self, where: str, subsample, device: torch.device) -> dict | None:
         """Validated query indices on the model's `device` (indices given on the host or as lists are moved)."""
         if subsample is None:
             return None
-        where = "PerceiverForMultimodalAutoencoding.forward"
         if not isinstance(subsample, Mapping):
             raise TypeError(f"{where}: subsample must be a dict {{'image': idx, 'audio': idx}} of 1-D integer "
                             f"tensors of query indices (or None); got {describe(subsample)}.")
@@ -173,29 +159,9 @@ class PerceiverForMultimodalAutoencoding(FromPretrained, PerceiverIO):
         if unknown:
             raise ValueError(f"{where}: subsample keys must be 'image' and/or 'audio'; got unexpected "
                              f"[{', '.join(unknown)[:200]}].")
-        points = {}
-        for name, limit in (("image", self.num_image_points), ("audio", self.num_audio_patches)):
-            idx = subsample.get(name)
-            if idx is None:
-                continue
-            refusal = f"{where}: subsample[{name!r}] must be a 1-D integer tensor of query indices; got "
-            if not isinstance(idx, torch.Tensor):  # a list or array of indices (never so when traced)
-                try:
-                    idx = torch.as_tensor(idx)
-                except (TypeError, ValueError, RuntimeError):  # a str, a ragged list: torch's message names neither
-                    raise ValueError(f"{refusal}{describe(idx)}.") from None
-            if idx.ndim != 1 or idx.dtype not in (torch.int32, torch.int64):
-                raise ValueError(f"{refusal}{describe(idx)}.")
-            expected = f"indices must lie in [0, {limit})"
-            if values_readable(idx):  # eager, on the host: a clear error before anything runs
-                check_range(where, f"subsample[{name!r}]", idx, 0, limit - 1, expected)
-            else:
-                # On an accelerator or traced: checked without a host sync (an index turns into a query position
-                # arithmetically, so nothing else would fail: an out-of-range one would decode garbage).
-                torch._assert_async(((idx >= 0) & (idx < limit)).all(), f"{where}: subsample[{name!r}] {expected}.")
-            idx = idx.to(device=device, dtype=torch.long)
-            points[name] = _gather_checked(idx, limit) if torch.compiler.is_exporting() else idx
-        return points
+        return {name: check_indices(where, f"subsample[{name!r}]", subsample[name], limit, device)
+                for name, limit in (("image", self.num_image_points), ("audio", self.num_audio_patches))
+                if subsample.get(name) is not None}
 
     def _to_clip(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = image.shape[0]
@@ -217,9 +183,9 @@ class PerceiverForMultimodalAutoencoding(FromPretrained, PerceiverIO):
         Indices may be given on the host; they are moved to the model's device.
         """
         self._check("PerceiverForMultimodalAutoencoding.forward", images, audio, any_device=False)
-        points = self._points(subsample, images.device)
-        outputs = super().forward(self._inputs(images, audio), subsampled_output_points=points)
-        if points is None:
+        # PerceiverIO.forward checks `subsample` (this class's `_subsampled_points`) and moves it to the device.
+        outputs = super().forward(self._inputs(images, audio), subsampled_output_points=subsample)
+        if subsample is None:
             outputs["image"], outputs["audio"] = self._to_clip(outputs["image"], outputs["audio"])
         return outputs
 
