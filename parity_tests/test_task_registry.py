@@ -17,7 +17,15 @@ from converters import convert_tree, load_haiku_checkpoint
 from converters.jax_reference import example_inputs
 from converters.tasks import TASKS, run_upstream_layout, task_spec
 from perceiver_torch import ConfigError
-from perceiver_torch.registry import TASK_MODELS, UnsupportedTaskError, build_model, model_class, preset, preset_names
+from perceiver_torch.registry import (
+    TASK_MODELS,
+    UnsupportedTaskError,
+    build_model,
+    build_preset,
+    model_class,
+    preset,
+    preset_names,
+)
 
 from .conftest import GOLDEN, GOLDEN_TASKS, golden_config
 
@@ -39,6 +47,13 @@ def test_unknown_tasks_are_refused_by_name_on_both_sides():
     for lookup in (model_class, task_spec):
         with pytest.raises(UnsupportedTaskError, match=r"unknown task 'speech'; expected one of \['language'"):
             lookup("speech")
+
+
+def test_a_task_or_preset_that_is_not_a_string_is_named():
+    with pytest.raises(TypeError, match=r"^task must be a str, one of \['language'.*; got list \['imagenet'\]\.$"):
+        build_model(["imagenet"], golden_config("imagenet_fourier"))
+    with pytest.raises(TypeError, match=r"^preset name must be a str, one of \[.*; got dict \{\}\.$"):
+        build_preset({})
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -39,6 +39,8 @@ class UnsupportedTaskError(ValueError):
 
 
 def model_class(task: str) -> type[nn.Module]:
+    if not isinstance(task, str):  # a list is unhashable: the lookup's own TypeError would not name the argument
+        raise TypeError(f"task must be a str, one of {list(TASKS)}; got {type(task).__name__} {task!r:.80}.")
     if task not in TASK_MODELS:
         raise UnsupportedTaskError(f"unknown task {task!r}; expected one of {list(TASKS)}.")
     return TASK_MODELS[task]
@@ -79,6 +81,8 @@ COLAB_CONSTANTS: dict[str, dict] = {
 def preset(name: str) -> dict:
     """{'task', 'config', 'num_params'} of a released configuration, by its release name."""
     presets = _presets()
+    if not isinstance(name, str):  # as model_class: name the argument, not "unhashable type"
+        raise TypeError(f"preset name must be a str, one of {sorted(presets)}; got {type(name).__name__} {name!r:.80}.")
     if name not in presets:
         raise KeyError(f"unknown preset {name!r}; expected one of {sorted(presets)}.")
     entry = copy.deepcopy(presets[name])
