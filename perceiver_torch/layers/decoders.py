@@ -95,6 +95,7 @@ class BasicDecoder(nn.Module):
         else:
             # Positions in float32 (or wider) even for a reduced-precision model: see precision.py.
             pos_dtype = position_dtype(like.dtype)
+            assert self.output_index_dims is not None  # __init__ builds output_queries only with them
             pos = unravel_index(subsampled_points.to(like.device), self.output_index_dims)  # indices may be on the host
             dims = torch.tensor(self.output_index_dims, dtype=pos_dtype, device=like.device)
             pos = -1 + 2 * pos.to(pos_dtype) / dims
