@@ -37,6 +37,11 @@ class PerceiverForImageClassification(Perceiver):
     """
 
     task = "imagenet"
+    # The parts' own types (nn.Module types a submodule attribute as Tensor | Module); config: own_config's.
+    config: dict
+    input_preprocessor: ImagePreprocessor
+    encoder: PerceiverEncoder
+    decoder: ClassificationDecoder
 
     def __init__(self, config: dict):
         height, width = (int(s) for s in config["image_size"])
@@ -53,7 +58,8 @@ class PerceiverForImageClassification(Perceiver):
 
     def get_classifier(self) -> FinalLinear:
         """The layer that gives the logits: [B, query channels] -> [B, num_classes] (timm's name)."""
-        return self.decoder.output
+        # None only for decoder.final_project false, which the config schema refuses (build_model, load_model)
+        return self.decoder.output  # type: ignore[return-value]
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a freshly initialised one with `num_classes` outputs (timm's name).
@@ -100,7 +106,7 @@ class PerceiverForImageClassification(Perceiver):
         check_range(where, "images", images, -NORMALISED_LIMIT, NORMALISED_LIMIT,
                     "must be normalised as imagenet_transform does (about [-2.1, 2.6]; 0-255 pixels are not)")
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # the task's own inputs
         """images [B, 3, H, W] (normalised as `imagenet_transform` does) -> logits [B, num_classes]."""
         return self.forward_head(self.forward_features(images))
 
@@ -126,7 +132,8 @@ class PerceiverForImageClassification(Perceiver):
         # Upstream takes the query's dtype from the preprocessed inputs; the latents' (the residual stream's,
         # precision.py) gives the same logits, measured bit for bit in float32, bf16 and under autocast.
         query = self.decoder.decoder_query(latents)
-        embedding = self.decoder.cross_attend(query, latents)[:, 0]
+        # cross_attend is None only for a queries_only decoder, which a classifier's never is
+        embedding = self.decoder.cross_attend(query, latents)[:, 0]  # type: ignore[misc]
         return embedding if pre_logits else self.get_classifier()(embedding)
 
     @property
@@ -169,7 +176,8 @@ class PerceiverForImageClassification(Perceiver):
         single = not _is_image_batch(image)
         images = [image] if single else list(image)
         weight = next(self.parameters())
-        names, results = self.labels, []
+        names = self.labels
+        results: list[list[tuple[str, float]]] = []
         for start in range(0, len(images), batch_size):
             x = torch.stack([self._transform_for(where, single, i, images[i])
                              for i in range(start, min(start + batch_size, len(images)))])
