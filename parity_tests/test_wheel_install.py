@@ -41,7 +41,7 @@ LANGUAGE_PERCEIVER_PARAMS = 201_108_230  # released_shapes.json, language_percei
 TIMEOUT_S = 300  # per command: generous for a loaded 2-core CI machine; each takes seconds
 # Left out of the copy the wheel is built from: local state that a fresh checkout does not have.
 _NOT_SOURCE_AT_ROOT = {".git", ".venv", "build", "dist", "out", ".whl", ".pytest_cache", ".ruff_cache",
-                       ".hypothesis"}
+                       ".mypy_cache", ".hypothesis"}
 _NOT_SOURCE_ANYWHERE = {"__pycache__"}
 
 
@@ -116,6 +116,7 @@ def test_wheel_holds_the_packages_and_their_data_and_nothing_of_the_tests(instal
     for data in ("presets.json", "imagenet_labels.txt", "kinetics700_labels.txt", "upstream_release.md"):
         assert f"perceiver_torch/data/{data}" in names
     assert "perceiver_torch/zoo_manifest.yaml" in names
+    assert "perceiver_torch/py.typed" in names  # PEP 561: a user's type checker reads the package's annotations
     top_level = {n.split("/", 1)[0] for n in names}
     assert top_level == {*PACKAGES, installed.wheel.name.split("-py3")[0] + ".dist-info"}, top_level
     assert not [n for n in names if n.startswith(("parity_tests", "scripts", "benchmarks"))]

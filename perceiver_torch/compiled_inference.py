@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,7 +43,9 @@ def compile_frozen(model: nn.Module, *, dynamic: bool | None = False, fullgraph:
     # (torch.compile imports it anyway once called).
     import torch._inductor.config as inductor_config
 
-    compiled = torch.compile(model.eval(), dynamic=dynamic, fullgraph=fullgraph, options={**options, "freezing": True})
+    # Any option value Inductor's config takes (torch.compile's annotation lists str, int, bool and callables).
+    inductor_options: dict[str, Any] = {**options, "freezing": True}
+    compiled = torch.compile(model.eval(), dynamic=dynamic, fullgraph=fullgraph, options=inductor_options)
 
     @functools.wraps(model.forward)
     def frozen(*args, **kwargs):

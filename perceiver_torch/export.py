@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -29,6 +30,14 @@ from torch import nn
 from .integers import is_int
 from .serialization import atomic_write, check_output_path, model_dtype
 from .zoo.hub import create_model
+
+if TYPE_CHECKING:
+    from .models import (
+        PerceiverForImageClassification,
+        PerceiverForMaskedLM,
+        PerceiverForMultimodalAutoencoding,
+        PerceiverForOpticalFlow,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,7 @@ def chunk_points(model: nn.Module, chunks: int, index: int = 0) -> tuple[torch.T
     if not is_int(chunks) or chunks < 1:
         raise ValueError(f"chunks must be a positive integer; got {chunks!r}.")
     chunks = int(chunks)  # a NumPy integer, say
+    model = cast("PerceiverForMultimodalAutoencoding", model)  # the video autoencoder, or a model like it
     if model.num_image_points % chunks or model.num_audio_patches % chunks:
         raise ValueError(f"chunks={chunks} must divide both the {model.num_image_points} image points and the "
                          f"{model.num_audio_patches} audio patches.")
@@ -72,14 +82,18 @@ def example_inputs(model: nn.Module, batch: int = 2, *, chunks: int | None = Non
     generator = torch.Generator().manual_seed(seed)
     task = getattr(model, "task", None)
     if task == "language":
+        model = cast("PerceiverForMaskedLM", model)  # each task's model, or one like it (below too)
         seq_len = max(2, model.config["max_seq_len"] // 2)  # any T <= max_seq_len works once exported
         ids = torch.randint(0, model.config["vocab_size"], (batch, seq_len), generator=generator)
         return ids, torch.ones_like(ids)
     if task == "imagenet":
+        model = cast("PerceiverForImageClassification", model)
         return (torch.randn(batch, 3, *model.image_size, generator=generator),)
     if task == "optical_flow":
+        model = cast("PerceiverForOpticalFlow", model)
         return tuple(torch.rand(batch, 3, *model.train_size, generator=generator) * 2 - 1 for _ in range(2))
     if task == "video_autoencoding":
+        model = cast("PerceiverForMultimodalAutoencoding", model)
         size = model.image_size
         images = torch.rand(batch, model.num_frames, 3, size, size, generator=generator)
         audio = torch.rand(batch, model.num_samples, 1, generator=generator) * 2 - 1
@@ -93,6 +107,7 @@ def _signature(model: nn.Module) -> tuple[list[str], list[str], tuple]:
     """(input names, output names, dynamic shapes) of the exported forward."""
     batch = torch.export.Dim("batch", min=1)  # no upper bound: stitch_tiles may pass thousands of tiles at once
     if model.task == "language":
+        model = cast("PerceiverForMaskedLM", model)
         seq = torch.export.Dim("seq", min=1, max=model.config["max_seq_len"])
         return ["input_ids", "attention_mask"], ["logits"], ({0: batch, 1: seq}, {0: batch, 1: seq})
     if model.task == "imagenet":

@@ -180,4 +180,5 @@ def stitch_tiles(
             flows = image1.new_zeros(batch, 2, height, width, dtype=dtype)
         for (y, x), piece in zip(chunk, pieces, strict=True):
             flows[..., y:y + tile_h, x:x + tile_w] += piece * (weights * multiplicity[y, x])
+    assert flows is not None  # tile_origins gives at least one tile (it sets the last of the ys and xs)
     return flows / weight_map((height, width), tile_size, min_overlap, dtype=flows.dtype, device=image1.device)

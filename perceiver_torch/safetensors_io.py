@@ -27,6 +27,7 @@ import struct
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -163,10 +164,11 @@ def _as_bytes(value) -> memoryview:
         # Raw bytes in the tensor's own (little-endian) layout, not through numpy (no bfloat16 there).
         value = value.detach().to("cpu").contiguous()
         flat = value.reshape(-1).view(torch.uint8) if value.numel() else torch.empty(0, dtype=torch.uint8)
-        return memoryview(flat.numpy())
+        # numpy's stubs give ndarray the buffer protocol (__buffer__) only for Python 3.12 and later
+        return memoryview(flat.numpy())  # type: ignore[arg-type]
     array = np.asarray(value)
     little = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-    return memoryview(np.ascontiguousarray(array, dtype=little).reshape(-1).view(np.uint8))
+    return memoryview(np.ascontiguousarray(array, dtype=little).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def _describe(value) -> tuple[str, tuple[int, ...], int]:
@@ -233,7 +235,7 @@ def _write_tensors(destination, header: bytes, tensors: Mapping, consume: bool) 
     consume = consume and isinstance(tensors, MutableMapping)
     staging = _Staging()
     for name in sorted(tensors):
-        value = tensors.pop(name) if consume else tensors[name]
+        value = cast(MutableMapping, tensors).pop(name) if consume else tensors[name]  # consume: a MutableMapping
         if not isinstance(value, (torch.Tensor, np.ndarray)):
             promised = _describe(value)  # what the header says of it
             value = np.asarray(value)  # an array-like made when its turn comes (a conversion reads it from its source)
@@ -278,7 +280,7 @@ class _Staging:
             part = source[start:start + rows]
             staged = self._buffer[:part.numel() * array.itemsize]
             staged.view(part.dtype).view(part.shape).copy_(part)
-            destination.write(memoryview(staged.numpy()))
+            destination.write(memoryview(staged.numpy()))  # type: ignore[arg-type]  # as in _as_bytes
 
 
 def _reserve(fd: int, size: int) -> None:

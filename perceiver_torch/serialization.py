@@ -8,6 +8,7 @@ import secrets
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import overload
 
 import torch
 from safetensors import safe_open
@@ -234,6 +235,14 @@ def usable_device(device: str | torch.device) -> torch.device:
 # The floating dtypes a model runs in (README, "Precision"), by the names perceiver-parity --dtype uses.
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                 "float64": torch.float64}
+
+
+@overload
+def model_dtype(dtype: None) -> None: ...
+
+
+@overload
+def model_dtype(dtype: str | torch.dtype) -> torch.dtype: ...
 
 
 def model_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

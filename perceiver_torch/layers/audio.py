@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .position_encoding import build_position_encoding
+from .position_encoding import PositionEncoding, build_position_encoding
 
 
 class AudioPreprocessor(nn.Module):
@@ -57,7 +57,7 @@ class AudioPreprocessor(nn.Module):
                              f"samples_per_patch ({samples_per_patch}).")
         self._pos_channels = pos_channels
 
-    def _build_positions(self, num_samples: int) -> nn.Module:
+    def _build_positions(self, num_samples: int) -> PositionEncoding:
         return build_position_encoding(
             self._position_encoding_type, (num_samples // self.samples_per_patch,), **self._position_encoding_kwargs
         )

@@ -95,6 +95,7 @@ class BasicDecoder(nn.Module):
         else:
             # Positions in float32 (or wider) even for a reduced-precision model: see precision.py.
             pos_dtype = position_dtype(like.dtype)
+            assert self.output_index_dims is not None  # __init__ builds output_queries only with them
             pos = unravel_index(subsampled_points.to(like.device), self.output_index_dims)  # indices may be on the host
             dims = torch.tensor(self.output_index_dims, dtype=pos_dtype, device=like.device)
             pos = -1 + 2 * pos.to(pos_dtype) / dims
@@ -158,12 +159,6 @@ class ClassificationDecoder(BasicDecoder):
             decoder_kwargs = {**decoder_kwargs, "final_project": False}
         super().__init__(output_num_channels=num_classes, output_index_dims=(1,), **decoder_kwargs)
         self.num_classes = num_classes
-        if num_classes == 0:
-            self.output = nn.Identity()  # what get_classifier() gives, as timm's headless models
-
-    @property
-    def num_output_channels(self) -> int:
-        return self.num_classes or self.query_channels
 
     def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(query, z, query_mask)[:, 0]

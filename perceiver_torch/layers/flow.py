@@ -57,8 +57,9 @@ class FlowDecoder(nn.Module):
             output_num_channels, position_encoding_type="none", query_channels=query_channels,
             num_z_channels=num_z_channels, use_query_residual=use_query_residual, **decoder_kwargs,
         )
-        nn.init.zeros_(self.decoder.output.weight)
-        nn.init.zeros_(self.decoder.output.bias)
+        # The output layer is None only for final_project=False in decoder_kwargs, which fails here as it always has.
+        nn.init.zeros_(self.decoder.output.weight)  # type: ignore[union-attr]
+        nn.init.zeros_(self.decoder.output.bias)  # type: ignore[union-attr]
 
     def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None):
         if subsampled_points is not None:

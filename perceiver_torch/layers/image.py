@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .position_encoding import build_position_encoding
+from .position_encoding import PositionEncoding, build_position_encoding
 from .precision import InputLinear
 
 PREP_TYPES = ("conv", "conv1x1", "pixels", "patches")
@@ -72,6 +72,9 @@ class BatchNorm(nn.Module):
     1 - decay_rate); Haiku's zero-debiased EMA bookkeeping (`hidden`,
     `counter`) is not reproduced, as only its `average` matters at inference.
     """
+
+    running_mean: torch.Tensor  # buffers, registered in __init__
+    running_var: torch.Tensor
 
     def __init__(self, num_features: int, decay_rate: float = 0.9, eps: float = 1e-5):
         super().__init__()
@@ -231,7 +234,7 @@ class ImagePreprocessor(nn.Module):
     def num_channels(self) -> int:
         return self.feature_channels + (self._pos_channels if self.concat_or_add_pos == "concat" else 0)
 
-    def _build_positions(self, index_dims: Sequence[int]) -> nn.Module:
+    def _build_positions(self, index_dims: Sequence[int]) -> PositionEncoding:
         return build_position_encoding(self._position_encoding_type, tuple(index_dims),
                                        **self._position_encoding_kwargs)
 
@@ -244,6 +247,7 @@ class ImagePreprocessor(nn.Module):
             return -(-a // b)
 
         if self.prep_type == "conv":
+            assert self.convnet is not None  # built for prep_type 'conv', before this is called
             for _ in self.convnet.convs:  # 'SAME' conv then 'SAME' pool, each stride 2
                 height, width = ceil_div(ceil_div(height, 2), 2), ceil_div(ceil_div(width, 2), 2)
         elif self.prep_type == "patches":
@@ -265,11 +269,13 @@ class ImagePreprocessor(nn.Module):
                              f"videos; got {tuple(inputs.shape)}.")
         s, t = self.spatial_downsample, self.temporal_downsample
         if self.prep_type == "conv":
+            assert self.convnet is not None  # built for prep_type 'conv'
             return _channels_first_2d(self.convnet, _to_weight_dtype(self.convnet, inputs))
         if self.prep_type == "conv1x1":
             # A 1x1 convolution is a linear map of each kept pixel's channels: applied channels-last, its output
             # needs no permute back (a copy of the whole [B, H, W, C] feature map: 42 of 1,845 ms, ImageNet).
             conv, x = self.convnet_1x1, inputs[..., ::s, ::s, :]
+            assert conv is not None  # built for prep_type 'conv1x1'
             return F.linear(_to_weight_dtype(conv, x), conv.weight.flatten(1), conv.bias)
         if self.prep_type == "patches":
             x = space_to_depth(inputs, temporal_block_size=t, spatial_block_size=s)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,7 +64,7 @@ def _padding_table(width: int) -> TrainablePositionEncoding | None:
     return TrainablePositionEncoding(1, width, init_scale=0.02) if width > 0 else None
 
 
-def _pad(x: torch.Tensor, table: TrainablePositionEncoding | None) -> torch.Tensor:
+def _pad(x: torch.Tensor, table: nn.Module | None) -> torch.Tensor:
     if table is None:
         return x
     padding = table(x.shape[0]).to(x.dtype)  # [B, 1, P]
@@ -117,7 +118,8 @@ class MultimodalPreprocessor(nn.Module):
     def _mask(self, name: str, x: torch.Tensor, prob: float) -> torch.Tensor:
         if prob <= 0.0:
             return x
-        token = self.mask_tokens[name](x.shape[0]).to(x.dtype)  # [B, 1, C]
+        # forward masks only with mask_probs, given which mask_tokens were built (it refuses them otherwise)
+        token = self.mask_tokens[name](x.shape[0]).to(x.dtype)  # type: ignore[index]  # [B, 1, C]
         if prob >= 1.0:
             return token.expand_as(x)
         draw = torch.rand(x.shape[:2], generator=self.generator, device=x.device if self.generator is None
@@ -198,10 +200,11 @@ def num_queries(generator: nn.Module, subsampled_points: torch.Tensor | None) ->
 
     As upstream, a trainable query table ignores subsampling and is used whole.
     """
-    if hasattr(generator, "num_queries"):
-        return generator.num_queries(subsampled_points)
+    query_generator: Any = generator  # duck-typed: num_queries, or output_index_dims (a BasicDecoder's)
+    if hasattr(query_generator, "num_queries"):
+        return query_generator.num_queries(subsampled_points)
     queries = getattr(generator, "output_queries", None)
-    full = math.prod(generator.output_index_dims)
+    full = math.prod(query_generator.output_index_dims)
     trainable = isinstance(getattr(queries, "base", queries), TrainablePositionEncoding)
     if subsampled_points is None or trainable:
         return full

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -65,11 +67,12 @@ class Perceiver(nn.Module):
 
     def decode(self, z, inputs, modality_sizes=None, inputs_without_pos=None,
                subsampled_output_points=None, query_mask: torch.Tensor | None = None):
-        query = self.decoder.decoder_query(inputs, modality_sizes, inputs_without_pos, subsampled_output_points)
+        decoder: Any = self.decoder  # duck-typed: any module with decoder_query and output_modality_sizes
+        query = decoder.decoder_query(inputs, modality_sizes, inputs_without_pos, subsampled_output_points)
         outputs = self.decoder(query, z, query_mask)
         if self.output_postprocessor is not None:
             # As upstream: the decoder's own output sizes, else the input's.
-            output_sizes = self.decoder.output_modality_sizes(subsampled_output_points)
+            output_sizes = decoder.output_modality_sizes(subsampled_output_points)
             outputs = self.output_postprocessor(outputs, modality_sizes=output_sizes or modality_sizes)
         return outputs
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeAlias, cast
 
 import torch
 from torch import nn
@@ -169,7 +170,7 @@ class PositionEncodingProjector(nn.Module):
     def __init__(self, base: nn.Module, output_size: int):
         super().__init__()
         self.base = base
-        self.projection = nn.Linear(base.num_channels, output_size)
+        self.projection = nn.Linear(cast(int, base.num_channels), output_size)  # any encoding's num_channels
 
     @property
     def num_channels(self) -> int:
@@ -179,14 +180,18 @@ class PositionEncodingProjector(nn.Module):
         return self.projection(self.base(batch_size, pos, **kwargs))
 
 
+PositionEncoding: TypeAlias = TrainablePositionEncoding | FourierPositionEncoding | PositionEncodingProjector
+
+
 def build_position_encoding(
     position_encoding_type: str,
     index_dims: Sequence[int],
     project_pos_dim: int = -1,
     trainable_position_encoding_kwargs: dict | None = None,
     fourier_position_encoding_kwargs: dict | None = None,
-) -> nn.Module:
+) -> PositionEncoding:
     """The upstream factory: 'trainable' or 'fourier', optionally projected."""
+    encoding: PositionEncoding
     if position_encoding_type == "trainable":
         if trainable_position_encoding_kwargs is None:
             raise ValueError("position_encoding_type='trainable' needs trainable_position_encoding_kwargs.")

@@ -148,7 +148,7 @@ def sub_weights(weights: dict[str, torch.Tensor] | None, prefix: str) -> dict[st
     return {name[len(start):]: w for name, w in weights.items() if name.startswith(start)}
 
 
-def linear_with(layer: nn.Module, x: torch.Tensor, weights: dict[str, torch.Tensor] | None,
+def linear_with(layer: nn.Linear, x: torch.Tensor, weights: dict[str, torch.Tensor] | None,
                 name: str) -> torch.Tensor:
     """`layer(x)`, computed with the cast weight and bias `weights` holds for `name` where it holds them.
 
@@ -157,7 +157,7 @@ def linear_with(layer: nn.Module, x: torch.Tensor, weights: dict[str, torch.Tens
     module's weights for good.
     """
     weight = None if weights is None else weights.get(f"{name}.weight")
-    if weight is None:
+    if weights is None or weight is None:
         return layer(x)
     return F.linear(x, weight, weights.get(f"{name}.bias", layer.bias))
 

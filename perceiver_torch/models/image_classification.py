@@ -40,6 +40,11 @@ class PerceiverForImageClassification(FromPretrained, Perceiver):
     """
 
     task = "imagenet"
+    # The parts' own types (nn.Module types a submodule attribute as Tensor | Module); config: own_config's.
+    config: dict
+    input_preprocessor: ImagePreprocessor
+    encoder: PerceiverEncoder
+    decoder: ClassificationDecoder
 
     def __init__(self, config: dict):
         height, width = (int(s) for s in config["image_size"])
@@ -57,9 +62,10 @@ class PerceiverForImageClassification(FromPretrained, Perceiver):
     def get_classifier(self) -> FinalLinear | nn.Identity:
         """The layer that gives the logits: [B, query channels] -> [B, num_classes] (timm's name).
 
-        `nn.Identity` in a model with `num_classes` 0, whose `forward` gives the embedding.
+        `nn.Identity` in a model with `num_classes` 0 (its decoder has no final projection), whose `forward`
+        gives the embedding.
         """
-        return self.decoder.output
+        return nn.Identity() if self.decoder.output is None else self.decoder.output
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a freshly initialised one with `num_classes` outputs (timm's name).
@@ -81,10 +87,9 @@ class PerceiverForImageClassification(FromPretrained, Perceiver):
         others = sum(p.numel() for p in self.parameters()) - sum(p.numel() for p in old.parameters())
         check_parameter_count(others + (in_features + 1) * num_classes, source)
         # The old classifier's device and dtype, or (none to copy) those of the attention that feeds it.
-        like = next(itertools.chain(old.parameters(), self.decoder.cross_attend.parameters()))
-        new = (FinalLinear(in_features, num_classes, device=like.device, dtype=like.dtype) if num_classes
-               else nn.Identity())
-        self.decoder.output = new.train(old.training)
+        like = next(itertools.chain(old.parameters(), self.decoder.parameters()))
+        self.decoder.output = (FinalLinear(in_features, num_classes, device=like.device, dtype=like.dtype)
+                               .train(self.decoder.training) if num_classes else None)
         self.decoder.num_classes = self.num_classes = num_classes
         own_config(self, config)
 
@@ -111,7 +116,7 @@ class PerceiverForImageClassification(FromPretrained, Perceiver):
         check_range(where, "images", images, -NORMALISED_LIMIT, NORMALISED_LIMIT,
                     "must be normalised as imagenet_transform does (about [-2.1, 2.6]; 0-255 pixels are not)")
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # the task's own inputs
         """images [B, 3, H, W] (normalised as `imagenet_transform` does) -> logits [B, num_classes]."""
         return self.forward_head(self.forward_features(images))
 
@@ -183,7 +188,8 @@ class PerceiverForImageClassification(FromPretrained, Perceiver):
         single = not _is_image_batch(image)
         images = [image] if single else list(image)
         weight = next(self.parameters())
-        names, results = self.labels, []
+        names = self.labels
+        results: list[list[tuple[str, float]]] = []
         for start in range(0, len(images), batch_size):
             x = torch.stack([self._transform_for(where, single, i, images[i])
                              for i in range(start, min(start + batch_size, len(images)))])

@@ -21,6 +21,11 @@ class PerceiverForMaskedLM(FromPretrained, Perceiver):
     """
 
     task = "language"
+    # The parts' own types (nn.Module types a submodule attribute as Tensor | Module); config: own_config's.
+    config: dict
+    input_preprocessor: TextPreprocessor
+    encoder: PerceiverEncoder
+    decoder: BasicDecoder
 
     def __init__(self, config: dict):
         d_model, max_seq_len, vocab_size = config["d_model"], config["max_seq_len"], config["vocab_size"]
@@ -40,7 +45,9 @@ class PerceiverForMaskedLM(FromPretrained, Perceiver):
         self.embedding_decoder = EmbeddingDecoder(vocab_size)
         self.tokenizer = BytesTokenizer()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(  # type: ignore[override]  # the task's own inputs
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """input_ids [B, T] (T <= max_seq_len), attention_mask [B, T] -> logits [B, T, vocab].
 
         The mask masks both the encoder's inputs and the decoder's queries, as
@@ -122,8 +129,8 @@ class PerceiverForMaskedLM(FromPretrained, Perceiver):
         todo = [i for i, ids in enumerate(encoded) if ids]
         for start in range(0, len(todo), batch_size):
             rows = todo[start:start + batch_size]
-            for i, ids in zip(rows, self._fill_batch([encoded[i] for i in rows]), strict=True):
-                filled[i] = self.tokenizer.decode(ids)
+            for i, predicted in zip(rows, self._fill_batch([encoded[i] for i in rows]), strict=True):
+                filled[i] = self.tokenizer.decode(predicted)
         return filled[0] if single else filled
 
     def _fill_batch(self, batch: list[list[int]]) -> list[torch.Tensor]:

@@ -43,6 +43,11 @@ class PerceiverForOpticalFlow(FromPretrained, Perceiver):
     """
 
     task = "optical_flow"
+    # The parts' own types (nn.Module types a submodule attribute as Tensor | Module); config: own_config's.
+    config: dict
+    input_preprocessor: ImagePreprocessor
+    encoder: PerceiverEncoder
+    decoder: FlowDecoder
 
     def __init__(self, config: dict):
         train_size = tuple(int(d) for d in config["train_size"])
@@ -91,7 +96,9 @@ class PerceiverForOpticalFlow(FromPretrained, Perceiver):
                         "must hold pixels scaled to [-1, 1] as the colab does (x / 255 * 2 - 1)",
                         any_device=not exact_size)
 
-    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
+    def forward(  # type: ignore[override]  # the task's own inputs
+        self, image1: torch.Tensor, image2: torch.Tensor
+    ) -> torch.Tensor:
         """image1, image2 [B, 3, H, W] at train_size -> flow [B, 2, H, W] in pixels (upstream x flow_scale_factor)."""
         self._check_frames(image1, image2, exact_size=True)
         patches = patches_for_flow(torch.stack([image1, image2], dim=1))  # [B, 2, H, W, 27], upstream layout

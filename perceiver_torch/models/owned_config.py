@@ -11,8 +11,9 @@ from ..config_schema import short_repr
 
 def own_config(model: nn.Module, config: dict) -> None:
     """Give `model` its own copy of `config` (the caller's dict may be reused) and the snapshot it was built from."""
-    model.config = copy.deepcopy(config)
-    model._built_config = copy.deepcopy(config)  # what the modules and weights follow
+    # Plain dict attributes of any module (nn.Module's __setattr__ is typed for tensors and modules only).
+    model.config = copy.deepcopy(config)  # type: ignore[assignment]
+    model._built_config = copy.deepcopy(config)  # type: ignore[assignment]  # what the modules and weights follow
 
 
 def config_changes(model: nn.Module) -> list[str]:

@@ -78,6 +78,12 @@ class PerceiverIO(Perceiver):
     single module, else a dict of outputs.
     """
 
+    # The parts' own types (nn.Module types a submodule attribute as Tensor | Module).
+    input_preprocessor: MultimodalPreprocessor
+    encoder: PerceiverEncoder
+    decoder: MultimodalDecoder
+    output_postprocessor: MultimodalPostprocessor
+
     def __init__(
         self,
         num_blocks: int = 8,

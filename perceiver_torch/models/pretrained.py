@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Self, cast
 
 import torch
 
@@ -14,7 +15,7 @@ class FromPretrained:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype | None = None, **zoo_kwargs):
+                        dtype: str | torch.dtype | None = None, **zoo_kwargs) -> Self:
         """This class's model by zoo name (as `pt.create_model`) or from a converted file (as `pt.load_model`).
 
         A name of another task's model, or a file holding one, is refused before anything is fetched or
@@ -24,4 +25,5 @@ class FromPretrained:
         # The zoo client builds models through the registry, which imports these classes: import at call time.
         from ..zoo.pretrained import from_pretrained
 
-        return from_pretrained(cls.task, name_or_path, device=device, dtype=dtype, **zoo_kwargs)
+        model = from_pretrained(cls.task, name_or_path, device=device, dtype=dtype, **zoo_kwargs)
+        return cast(Self, model)  # of this class: from_pretrained refused every other task's model

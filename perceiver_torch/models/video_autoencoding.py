@@ -60,6 +60,7 @@ class PerceiverForMultimodalAutoencoding(FromPretrained, PerceiverIO):
     """
 
     task = "video_autoencoding"
+    config: dict  # own_config's
 
     def __init__(self, config: dict):
         frames, size = config["num_frames"], config["image_size"]
@@ -168,7 +169,9 @@ class PerceiverForMultimodalAutoencoding(FromPretrained, PerceiverIO):
         image = image.reshape(batch, self.num_frames, self.image_size, self.image_size, -1).permute(0, 1, 4, 2, 3)
         return image, audio.reshape(batch, self.num_samples, 1)
 
-    def forward(self, images: torch.Tensor, audio: torch.Tensor, subsample: dict | None = None) -> dict:
+    def forward(  # type: ignore[override]  # the task's own inputs
+        self, images: torch.Tensor, audio: torch.Tensor, subsample: dict | None = None
+    ) -> dict:
         """images [B, F, 3, S, S], audio [B, N, 1] -> {'image', 'audio', 'label'}.
 
         With `subsample` ({'image': idx, 'audio': idx}, LongTensors of query

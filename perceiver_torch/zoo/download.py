@@ -18,6 +18,7 @@ import re
 import reprlib
 import secrets
 from pathlib import Path
+from typing import BinaryIO, cast
 from urllib.parse import urlsplit
 
 from huggingface_hub import get_hf_file_metadata, hf_hub_url
@@ -37,7 +38,10 @@ class RefusedAnswer(ValueError):
 
 
 class _Capped:
-    """A writable file that refuses to grow past `limit` bytes (a server may send more than it announced)."""
+    """A writable file that refuses to grow past `limit` bytes (a server may send more than it announced).
+
+    Everything but `write` is the wrapped file's (a stand-in for the binary file http_get takes).
+    """
 
     def __init__(self, f, limit: int):
         self._f, self._limit = f, limit
@@ -86,7 +90,7 @@ def _stream_blob(url: str, headers: dict, blob: Path, artifact: dict, verify) ->
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 less the umask, as a plain open()
     try:
         with os.fdopen(fd, "w+b") as f:
-            http_get(url, _Capped(f, artifact["size"]), headers=headers, expected_size=artifact["size"],
+            http_get(url, cast(BinaryIO, _Capped(f, artifact["size"])), headers=headers, expected_size=artifact["size"],
                      displayed_filename=artifact["filename"])
             f.flush()
             f.seek(0)

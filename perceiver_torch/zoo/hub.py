@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from huggingface_hub import constants
@@ -34,6 +35,9 @@ from ..serialization import build_on_meta, load_model, model_dtype, usable_devic
 from .download import RefusedAnswer, download, repo_cache_dir, snapshot_path
 from .manifest import get_entry, manifest_path
 from .schema import ManifestError
+
+if TYPE_CHECKING:
+    from ..models import PerceiverForImageClassification
 
 _TRUE = {"1", "on", "yes", "true"}
 HUB_ENDPOINT = "https://huggingface.co"
@@ -148,7 +152,7 @@ def _remove_from_cache(path: Path, repo_dir: Path) -> tuple[list[str], list[str]
     return removed, kept
 
 
-def _check_open_file(f, path: Path, artifact: dict, what: str) -> None:
+def _check_open_file(f, path: str | Path, artifact: dict, what: str) -> None:
     size = os.fstat(f.fileno()).st_size
     if size != artifact["size"]:
         raise IntegrityError(f"{what}: {path} has size {size}, but the manifest pins size {artifact['size']} "
@@ -304,11 +308,12 @@ def _checked_num_classes(name: str, task: str, config: dict, num_classes) -> int
         num_classes = int(num_classes)
     validate_config(task, {**config, "num_classes": num_classes}, source=f"zoo model {name!r} with num_classes")
     # Every check reset_classifier makes (the parameter bound too), on the meta device.
-    build_on_meta(task, config, source=f"zoo model {name!r}").reset_classifier(num_classes)
+    classifier = cast("PerceiverForImageClassification", build_on_meta(task, config, source=f"zoo model {name!r}"))
+    classifier.reset_classifier(num_classes)
     return num_classes
 
 
 def _with_classes(model: torch.nn.Module, num_classes: int | None) -> torch.nn.Module:
     if num_classes is not None and num_classes != model.num_classes:
-        model.reset_classifier(num_classes)
+        cast("PerceiverForImageClassification", model).reset_classifier(num_classes)  # an ImageNet model there
     return model

@@ -44,6 +44,7 @@ Each ENTRY has these fields (``?`` = may be null):
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from ..config_schema import config_problems
 from ..registry import TASKS, preset_names
@@ -106,7 +107,7 @@ def _check_size(name, field, value):
         _fail(name, field, f"must be a positive integer byte count, found {value!r}")
 
 
-def is_model_name(value) -> bool:
+def is_model_name(value) -> TypeGuard[str]:
     """What a zoo model's name may be: lowercase letters, digits and hyphens (never a dot or a separator)."""
     return isinstance(value, str) and bool(_NAME.match(value))
 
