@@ -60,7 +60,8 @@ USER_SCRIPT = textwrap.dedent("""
     reveal_type(classifier.config)  # expect: builtins.dict[Any, Any]
     reveal_type(classifier.task)  # expect: builtins.str
     classifier.reset_classifier(10)
-    top5 = classifier.classify("cat.jpg", k=5)
+    reveal_type(classifier.classify("cat.jpg", k=5))  # expect: builtins.list[tuple[builtins.str, builtins.float]]
+    batch = classifier.classify(["cat.jpg", "dog.jpg"])  # a list of results (typed as either form: see classify)
 
     config: dict = {}  # a config.json's contents
     # expect: perceiver_torch.models.language.PerceiverForMaskedLM
@@ -71,6 +72,8 @@ USER_SCRIPT = textwrap.dedent("""
     reveal_type(lm.forward(ids, torch.ones_like(ids)))  # expect: torch._tensor.Tensor
     reveal_type(lm.forward_features(ids))  # expect: torch._tensor.Tensor
     reveal_type(lm.tokenizer.encode("text"))  # expect: builtins.list[builtins.int]
+    reveal_type(lm.fill_masked("a [MASK]"))  # expect: builtins.str
+    reveal_type(lm.fill_masked(["a [MASK]", "b"]))  # expect: builtins.list[builtins.str]
 
     flow = pt.build_model("optical_flow", {})
     if isinstance(flow, pt.PerceiverForOpticalFlow):

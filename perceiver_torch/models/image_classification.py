@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -173,8 +174,17 @@ class PerceiverForImageClassification(FromPretrained, Perceiver):
         """The colab's preprocessing of one image (path, PIL image or [H, W, 3] array) -> [3, H, W]."""
         return imagenet_transform(image, self.image_size)
 
+    @overload
+    def classify(self, image: str | os.PathLike | np.ndarray, k: int = ..., *, batch_size: int = ...
+                 ) -> list[tuple[str, float]]: ...
+
+    @overload  # a PIL image, or a list or tuple: of images (a list of results) or of pixel rows (one result)
+    def classify(self, image: Any, k: int = ..., *, batch_size: int = ...
+                 ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]: ...
+
     @torch.no_grad()
-    def classify(self, image, k: int = 5, *, batch_size: int = 8):
+    def classify(self, image: Any, k: int = 5, *, batch_size: int = 8
+                 ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
         """Top-k (label, probability) for one image: a path, a PIL image or an RGB array [H, W, 3] (0-255).
 
         A list or tuple of such images gives a list of those results, in order, `batch_size` images a forward.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 import torch
 
@@ -97,8 +98,16 @@ class PerceiverForMaskedLM(FromPretrained, Perceiver):
             raise ValueError(f"{where}: {expected}; got {describe(attention_mask)}.")
         check_binary(where, expected, attention_mask, "1 = real token, 0 = padding")
 
+    @overload
+    def fill_masked(self, text: str, mask: str = ..., *, batch_size: int = ...) -> str: ...
+
+    @overload
+    def fill_masked(self, text: list[str] | tuple[str, ...], mask: str = ..., *, batch_size: int = ...
+                    ) -> list[str]: ...
+
     @torch.no_grad()
-    def fill_masked(self, text: str | Sequence[str], mask: str = "[MASK]", *, batch_size: int = 8):
+    def fill_masked(self, text: str | Sequence[str], mask: str = "[MASK]", *, batch_size: int = 8
+                    ) -> str | list[str]:
         """Replace each `mask` marker (one byte each) by the model's greedy prediction.
 
         `text` is one string (a string comes back) or a list or tuple of them (a list comes back, in order),
