@@ -1,4 +1,9 @@
-"""`perceiver-zoo list | info NAME | pull NAME | export NAME -o FILE [--dtype D]`: the model zoo from the command line.
+"""`perceiver-zoo list | info NAME | pull NAME | export NAME -o FILE [--dtype D] | predict MODEL INPUT... [options]`:
+the model zoo from the command line.
+
+`predict` runs a zoo model (or a converted .safetensors file) on your inputs: texts with [MASK] markers
+(language; `-` reads stdin, one text a line), image files (imagenet: top-k labels), or two frames (optical_flow:
+the flow to --output, .npy or .png).
 
 Maintainers produce and publish entries with `perceiver-zoo-admin` (the producer side, `converters.zoo`).
 """
@@ -6,16 +11,18 @@ Maintainers produce and publish entries with `perceiver-zoo-admin` (the producer
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
 import yaml
 
 from ..export import MAX_TRACE_BATCH, check_chunks, check_output, export_model, max_errors, onnx_runner
-from ..serialization import MODEL_DTYPES, build_on_meta
+from ..serialization import MODEL_DTYPES, build_on_meta, usable_device
 from .hub import ZooError, create_model, entry_config, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
-from .schema import ManifestError
+from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, load, read_inputs, resolve, run
+from .schema import ManifestError, is_model_name
 
 
 def _list(manifest) -> int:
@@ -80,6 +87,37 @@ def _export(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    """Everything that can be refused (device, MODEL, options, inputs) before the model is pulled or loaded."""
+    device = usable_device(args.device)
+    target = resolve(args.model, args.manifest)
+    check_options(target, args.k, args.mask, args.output, args.force)
+    inputs = read_inputs(target, args.inputs, sys.stdin, args.mask)
+    model = load(target, device=device, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror,
+                 manifest=args.manifest)
+    result = run(target, model, inputs, k=args.k, mask=args.mask, output=args.output)
+    print(json.dumps(result, ensure_ascii=False, indent=1) if args.json else "\n".join(lines(result)))
+    return 0
+
+
+def _check_predict_args(parser: argparse.ArgumentParser, args) -> None:
+    """What `predict` refuses from its arguments alone (usage errors, exit 2)."""
+    if args.k is not None and args.k < 1:
+        parser.error(f"-k must be >= 1 (labels per image); got {args.k}")
+    if args.mask == "":
+        parser.error("--mask must be a non-empty marker (each occurrence is one byte to fill)")
+    if args.output is not None and not args.output.lower().endswith(FLOW_SUFFIXES):
+        parser.error(f"--output must end in .npy (the flow, {FLOW_LAYOUT}) or .png (its colour coding); "
+                     f"got {args.output}")
+    if args.force and args.output is None:
+        parser.error("--force replaces an existing --output; no --output was given")
+    if args.inputs.count("-") > 1:
+        parser.error("stdin (-) can be read once; give - at most once")
+    for flag, value in (("--endpoint", args.endpoint), ("--mirror", args.mirror)):
+        if value is not None and not is_model_name(args.model):
+            parser.error(f"{flag} applies to zoo models; {args.model!r} is a file")
+
+
 def _load_pt2(path):
     # Through a file object: given a path, torch.export.load warns unless the name ends in .pt2.
     with open(path, "rb") as f:
@@ -109,7 +147,24 @@ def main(argv: list[str] | None = None) -> int:
                      help="the model's dtype, as model.to(dtype) (pt2 only; ONNX is exported in float32)")
     exp.add_argument("--no-verify", dest="verify", action="store_false",
                      help="skip running the export against the eager model at batch sizes 1 and 3")
-    for command in (pull, exp):
+    pred = sub.add_parser("predict", help="run a model on your inputs: texts (language), image files (imagenet) "
+                          "or two frames (optical_flow)")
+    pred.add_argument("model", metavar="MODEL", help="a zoo name (pulled and verified as `pull` does) or a "
+                      "converted .safetensors file")
+    pred.add_argument("inputs", metavar="INPUT", nargs="+",
+                      help="language: texts (- reads stdin, one text a line); imagenet: image files; optical_flow: "
+                      "two frames (image files, at least the training size); put -- before a text that starts "
+                      "with -")
+    pred.add_argument("-k", type=int, help="imagenet: labels per image (default 5, or the class count if fewer)")
+    pred.add_argument("--mask", help='language: the mask marker, each one byte to fill (default "[MASK]")')
+    pred.add_argument("-o", "--output", help=f"optical_flow: where to write the flow: .npy ({FLOW_LAYOUT}) or "
+                      ".png (colour coding: hue = direction, saturation = magnitude)")
+    pred.add_argument("--force", action="store_true", help="replace an existing --output")
+    pred.add_argument("--json", action="store_true", help="print the results as JSON")
+    pred.add_argument("--device", default="cpu", help="e.g. cuda, cuda:1 (default: cpu)")
+    pred.add_argument("--dtype", choices=tuple(MODEL_DTYPES),
+                      help="the model's dtype, as model.to(dtype) (default: the file's, float32)")
+    for command in (pull, exp, pred):
         command.add_argument("--endpoint", help="Hub-compatible endpoint (default: PERCEIVER_ZOO_ENDPOINT / "
                              "HF_ENDPOINT)")
         command.add_argument("--mirror", help="local mirror directory <repo_id>/<revision>/<file>")
@@ -124,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--dtype {args.dtype} applies to pt2 exports; ONNX is exported in float32")
     if args.command == "export" and args.chunks is not None and args.chunks < 1:
         parser.error(f"--chunks must be >= 1 (decoding chunks per clip); got {args.chunks}")
+    if args.command == "predict":
+        _check_predict_args(pred, args)  # its own usage and prog, as argparse's errors for its arguments
     try:
         if args.command == "list":
             return _list(args.manifest)
@@ -131,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             return _info(args.name, args.manifest)
         if args.command == "export":
             return _export(args)
+        if args.command == "predict":
+            return _predict(args)
         return _pull(args.name, args.endpoint, args.mirror, args.manifest)
     except (ZooError, ManifestError, KeyError, ValueError, ImportError, OSError) as exc:
         print(f"perceiver-zoo: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
