@@ -197,6 +197,7 @@ def run(target: Target, model: torch.nn.Module, inputs: Inputs, *, k: int | None
     elif target.task == "imagenet":
         classifier = cast(PerceiverForImageClassification, model)
         top = classifier.classify(inputs.values, k=min(DEFAULT_TOP_K, classifier.num_classes) if k is None else k)
+        top = cast(list[list[tuple[str, float]]], top)  # a list of arrays is a batch: one result per image
         results = [{"input": name, "top_k": [{"label": label, "probability": p} for label, p in ranked]}
                    for name, ranked in zip(inputs.names, top, strict=True)]
     else:
