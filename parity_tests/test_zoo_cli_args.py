@@ -84,3 +84,13 @@ def test_admin_serve_standin_takes_the_stand_ins_options():
     missing = subprocess.run([sys.executable, "-m", "converters.zoo", "serve-standin"], capture_output=True,
                              text=True, timeout=60, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
     assert missing.returncode == 2 and "the following arguments are required: --root" in missing.stderr
+
+
+def test_an_interrupted_pull_says_so_without_a_traceback(capsys, hub, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):  # what Ctrl-C raises mid-download
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("perceiver_torch.zoo.download.http_get", interrupted)
+    assert zoo_cli([*MANIFEST, "pull", "tiny-language-perceiver"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "perceiver-zoo: interrupted; nothing was written."
+    assert cached_files(tmp_path / "cache") == []  # the temp file and the folders made for it are gone
