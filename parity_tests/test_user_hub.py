@@ -7,6 +7,7 @@ nothing in the cache.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 
@@ -137,6 +138,47 @@ def test_an_answer_that_cannot_be_bounded_or_checked_is_refused_before_the_body(
             pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", endpoint=server.endpoint)
     assert [method for method, _, _ in server.requests] == ["HEAD"]
     assert cached_files(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("get_headers, body, error, refusal", [
+    ({"Content-Length": "4096"}, b"\0" * 4, pt.HubError,
+     r"hf-hub:someone/fine-tuned-lm@0{40}/model.safetensors: reading bytes 0 to 8 \(the header\) failed: "
+     "RemoteProtocolError"),
+    ({"Content-Length": "4"}, b"\0" * 4, pt.HubError, r"model.safetensors: the server sent 4 of bytes 0 to 8"),
+    ({"Content-Length": "8"}, (1 << 40).to_bytes(8, "little"), pt.CheckpointFormatError,
+     r"model.safetensors: header length 1099511627776 is impossible \(file of 4096 bytes"),
+], ids=["cut-short", "short", "impossible-header"])
+def test_a_header_read_that_fails_is_refused_before_the_body(tmp_path, monkeypatch, get_headers, body, error,
+                                                             refusal):
+    def answer(method, path, number):
+        return (200, {**HONEST, "Content-Length": "4096"}, b"") if method == "HEAD" else (200, get_headers, body)
+
+    with answering_server(answer) as server:
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        with pytest.raises(error, match=refusal):
+            pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", endpoint=server.endpoint)
+    assert [(method, headers.get("Range")) for method, _, headers in server.requests] == [
+        ("HEAD", None), ("GET", "bytes=0-7")]
+    assert cached_files(tmp_path / "cache") == []
+
+
+def test_a_server_that_ignores_ranges_still_gives_the_header_first(tmp_path, monkeypatch):
+    model = _language_model()
+    data = pt.save_model(model, tmp_path / "model.safetensors").read_bytes()
+    headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+               "Content-Length": str(len(data))}
+
+    def answer(method, path, number):
+        return 200, headers, data  # never a 206: every GET sends the whole file
+
+    with answering_server(answer) as server:
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", endpoint=server.endpoint), model)
+    length = int.from_bytes(data[:8], "little")
+    assert [(method, h.get("Range")) for method, _, h in server.requests] == [
+        ("HEAD", None), ("GET", "bytes=0-7"), ("GET", f"bytes=8-{7 + length}"), ("HEAD", None), ("GET", None)]
 
 
 def test_a_repo_or_revision_without_the_file_is_a_clear_error(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ nobody has checked it. Loading one is as safe as loading a local file, and never
    (a branch, tag or commit) must announce a commit id, a size of at most ``MAX_CHECKPOINT_BYTES`` (the
    largest file ``load_model`` could ever accept) and a sha256 as ETag (what the Hub sends for an LFS file),
    or nothing is downloaded; the commit is logged, so that users can pin it;
-2. a file not yet cached has its header read first with a range request (at most 8 + ``MAX_HEADER_BYTES``
+2. a file not yet cached has its header read first with range requests (at most 8 + ``MAX_HEADER_BYTES``
    bytes) and checked as ``load_model`` checks it (perceiver-torch metadata, a valid config; ``check``
    refuses another task's model) before its body is downloaded;
 3. the body is downloaded at that commit as the zoo downloads (``download.py``: cut off at the announced
@@ -43,7 +43,6 @@ HUB_PREFIX = "hf-hub:"
 FILENAME = "model.safetensors"
 _COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
 _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
-_FIRST_READ = 256 << 10  # a header's first read: ours are tens of KB (the released language model's too)
 
 MetadataCheck = Callable[[dict[str, str]], None]
 
@@ -139,23 +138,21 @@ def _announced(url: str, endpoint: str, what: str):
 
 
 def _remote_metadata(location: str, headers: dict, size: int, source: str) -> dict[str, str]:
-    """The checked perceiver-torch metadata of the remote file of `size` bytes, from its first bytes: a range
-    request for the first _FIRST_READ, a second one for the rest of a longer header (never more than
-    8 + MAX_HEADER_BYTES bytes in all)."""
-    data = _read_range(location, headers, 0, min(size, _FIRST_READ), source)
-    length = header_length(data[:8], size, source)
-    if len(data) < 8 + length:
-        data += _read_range(location, headers, len(data), 8 + length, source)
-    return checked_metadata(source, parse_header(data[8:8 + length], size, source))
+    """The checked perceiver-torch metadata of the remote file of `size` bytes, from its first bytes: two range
+    requests, for the header's length and then the header (at most MAX_HEADER_BYTES)."""
+    length = header_length(_read_range(location, headers, 0, 8, source), size, source)
+    return checked_metadata(source, parse_header(_read_range(location, headers, 8, 8 + length, source), size, source))
 
 
 def _read_range(location: str, headers: dict, start: int, stop: int, source: str) -> bytes:
     """Bytes [start, stop) of the remote file. From a server that ignores the range (200: the whole file), the
     bytes before `start` are skipped and the stream is closed at `stop`."""
     data = bytearray()
+    headers = {**headers, "Range": f"bytes={start}-{stop - 1}"}
     try:
-        with http_stream_backoff("GET", location, headers={**headers, "Range": f"bytes={start}-{stop - 1}"}) \
-                as response:
+        # No retries: with them, an error raised while the body is read is thrown into huggingface_hub's retry
+        # loop, which sleeps and ends in RuntimeError("generator didn't stop after throw()").
+        with http_stream_backoff("GET", location, headers=headers, max_retries=0) as response:
             hf_raise_for_status(response)
             skip = start if response.status_code == 200 else 0
             for chunk in response.iter_bytes():
