@@ -100,9 +100,11 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
         check(_remote_metadata(download_location(url, meta, headers := build_hf_headers()), headers,
                                artifact["size"], f"{what}@{commit}/{FILENAME}"))
     path, _ = from_endpoint(what, artifact, where, cache_root)
-    if revision != commit:  # as huggingface_hub records it, so that offline loads find the branch or tag
-        atomic_write(repo_cache_dir(cache_root, repo_id) / "refs" / revision,
-                     lambda tmp: Path(tmp).write_text(artifact["revision"]))
+    ref = repo_cache_dir(cache_root, repo_id) / "refs" / revision
+    # As huggingface_hub records it, so that offline loads find the branch or tag; only when it changed, so that
+    # a cache this user may only read still serves a load.
+    if revision != commit and not (ref.is_file() and ref.read_text() == commit):
+        atomic_write(ref, lambda tmp: Path(tmp).write_text(artifact["revision"]))
     return path
 
 
