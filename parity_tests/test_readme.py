@@ -16,7 +16,8 @@ import torch
 
 import perceiver_torch as pt
 
-from .conftest import convert_golden, golden_config
+from .conftest import convert_golden, golden_config, seeded_model
+from .zoo_support import hub_env
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -79,6 +80,16 @@ def test_optical_flow_snippet_runs_as_written(tmp_path):
                       "optical-flow")
     assert ns["flow"].shape == (1, 2, height + 3, width + 5) and path.exists()
     assert (tmp_path / "flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hub_share_snippet_runs_as_written_against_the_stand_in(tmp_path, monkeypatch):
+    model = seeded_model("language").eval()
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token="readme-token"):
+        monkeypatch.setenv("HF_TOKEN", "readme-token")
+        ns = run_snippets(tmp_path, {"model": model}, "hub-share")
+    assert ns["commit"] in (tmp_path / "hub" / "your-name" / "perceiver-lm-finetuned" / "refs" / "main").read_text()
+    assert ns["model"] is not model and ns["model"].state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(ns["model"].state_dict()[k], t) for k, t in model.state_dict().items())
 
 
 def test_zoo_snippet_lists_what_list_models_returns(monkeypatch):

@@ -43,7 +43,7 @@ def test_an_etag_that_is_not_the_pinned_sha256_is_refused_before_anything_is_wri
     etag = str(tmp_path / "outside" / "evil") if etag == "ABSOLUTE" else etag
     cache = tmp_path / "home" / "hub"
     with answering_server(honest(etag=etag)) as server:
-        with pytest.raises(IntegrityError, match="ETag .* is not the manifest's sha256"):
+        with pytest.raises(IntegrityError, match="ETag .* is not the sha256 the manifest pins"):
             pull(server.endpoint, cache)
     assert everything_under(tmp_path) == []  # not even the cache folder
     assert [method for method, _, _ in server.requests] == ["HEAD"]

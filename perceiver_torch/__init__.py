@@ -16,14 +16,14 @@ from .registry import build_model, build_preset, preset_names
 from .saving import save_model
 from .serialization import CheckpointConfigError, CheckpointFormatError, load_model
 from .tokenizer import BytesTokenizer
-from .zoo import create_model, list_models
+from .zoo import HubError, create_model, list_models, push_to_hub
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BytesTokenizer", "CheckpointConfigError", "CheckpointFormatError", "ConfigError", "Perceiver",
+    "BytesTokenizer", "CheckpointConfigError", "CheckpointFormatError", "ConfigError", "HubError", "Perceiver",
     "PerceiverForImageClassification", "PerceiverForMaskedLM", "PerceiverForMultimodalAutoencoding",
     "PerceiverForOpticalFlow", "PerceiverIO", "__version__", "build_model", "build_preset", "compile_frozen",
     "create_model", "export_model", "imagenet_labels", "imagenet_transform", "list_models", "load_model",
-    "preset_names", "save_model",
+    "preset_names", "push_to_hub", "save_model",
 ]

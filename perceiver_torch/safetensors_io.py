@@ -96,6 +96,20 @@ def _entry(name: str, raw, problems: list[str]) -> TensorEntry | None:
     return TensorEntry(dtype, tuple(shape), offsets[0], offsets[1])
 
 
+def header_length(prefix: bytes, size: int, where: str | os.PathLike) -> int:
+    """The header length N a file of `size` bytes starting with `prefix` (its first 8 bytes) announces,
+    checked to fit the file and MAX_HEADER_BYTES, else a `CheckpointFormatError` naming `where`."""
+    if len(prefix) < 8:
+        raise CheckpointFormatError(f"{where}: {size} bytes is too short for a safetensors file "
+                                    "(no 8-byte header length).")
+    (length,) = struct.unpack("<Q", prefix[:8])
+    if length > MAX_HEADER_BYTES or length > size - 8:
+        raise CheckpointFormatError(
+            f"{where}: header length {length} is impossible (file of {size} bytes; at most "
+            f"{MAX_HEADER_BYTES} allowed): not a safetensors file, or truncated.")
+    return length
+
+
 def read_header(path: str | os.PathLike) -> Header:
     """Parse and check the header of the safetensors file at `path` (reads the header bytes only).
 
@@ -113,15 +127,7 @@ def read_header(path: str | os.PathLike) -> Header:
                 raise CheckpointFormatError(f"{path} is not a regular file (a pipe, socket or device); a "
                                             "safetensors file is expected.")
             size = info.st_size
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise CheckpointFormatError(f"{path}: {size} bytes is too short for a safetensors file "
-                                            "(no 8-byte header length).")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > MAX_HEADER_BYTES or length > size - 8:
-                raise CheckpointFormatError(
-                    f"{path}: header length {length} is impossible (file of {size} bytes; at most "
-                    f"{MAX_HEADER_BYTES} allowed): not a safetensors file, or truncated.")
+            length = header_length(f.read(8), size, path)
             raw = f.read(length)
     except FileNotFoundError:
         raise
@@ -129,12 +135,20 @@ def read_header(path: str | os.PathLike) -> Header:
         raise CheckpointFormatError(f"{path} is a directory, not a safetensors file.") from None
     except OSError as exc:
         raise CheckpointFormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_header(raw, size, path)
+
+
+def parse_header(raw: bytes, size: int, where: str | os.PathLike) -> Header:
+    """Parse and check the header bytes `raw` (after the 8-byte length) of a safetensors file of `size` bytes:
+    JSON, metadata, dtypes, shapes and byte ranges tiling the data section exactly. Raises
+    `CheckpointFormatError` naming `where` and every problem."""
+    length = len(raw)
     try:
         parsed = loads_strict(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise CheckpointFormatError(f"{path}: the safetensors header is not valid JSON: {exc}") from None
+        raise CheckpointFormatError(f"{where}: the safetensors header is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
-        raise CheckpointFormatError(f"{path}: the safetensors header must be a JSON object; found "
+        raise CheckpointFormatError(f"{where}: the safetensors header must be a JSON object; found "
                                     f"{type(parsed).__name__}.")
     problems: list[str] = []
     metadata = parsed.pop("__metadata__", {})
@@ -153,7 +167,7 @@ def read_header(path: str | os.PathLike) -> Header:
         problems.append(f"the tensors span {position} bytes of data; the file holds {data_size} "
                         f"({'truncated' if position > data_size else 'trailing bytes'})")
     if problems:
-        raise CheckpointFormatError(f"{path} is not a valid safetensors file: {len(problems)} problem(s)\n  "
+        raise CheckpointFormatError(f"{where} is not a valid safetensors file: {len(problems)} problem(s)\n  "
                                     + "\n  ".join(problems))
     return Header(metadata, tensors, 8 + length)
 

@@ -14,14 +14,21 @@ import torch
 from safetensors import safe_open
 from torch.overrides import TorchFunctionMode
 
-from .config_schema import ConfigError, check_parameter_count, parse_config_json, validate_config
+from .config_schema import MAX_PARAMETERS, ConfigError, check_parameter_count, parse_config_json, validate_config
 from .registry import build_model
-from .safetensors_io import CODES, CheckpointFormatError, Header, read_header, write_safetensors
+from .safetensors_io import CODES, MAX_HEADER_BYTES, CheckpointFormatError, Header, read_header, write_safetensors
 
 FORMAT = "perceiver-torch"
+# The largest file load_model could ever accept: its header is at most MAX_HEADER_BYTES, and its tensors must
+# be exactly the state dict of a model of at most MAX_PARAMETERS parameters (build_on_meta refuses more), with
+# nothing between or after them (read_header). Every tensor of a task model's state dict is float32 (4 bytes),
+# and its only buffers are BatchNorm statistics, no more elements than the BatchNorm's own parameters: at most
+# 2 * MAX_PARAMETERS elements (parity_tests/test_user_hub.py checks both facts on every released config). A
+# download announced as larger is refused before its body is fetched.
+MAX_CHECKPOINT_BYTES = 8 + MAX_HEADER_BYTES + 4 * 2 * MAX_PARAMETERS
 
-__all__ = ["FORMAT", "MODEL_DTYPES", "CheckpointConfigError", "CheckpointFormatError", "atomic_write",
-           "load_model", "model_dtype", "read_metadata", "save_checkpoint"]
+__all__ = ["FORMAT", "MAX_CHECKPOINT_BYTES", "MODEL_DTYPES", "CheckpointConfigError", "CheckpointFormatError",
+           "atomic_write", "load_model", "model_dtype", "read_metadata", "save_checkpoint"]
 
 
 class CheckpointConfigError(CheckpointFormatError):
@@ -129,7 +136,7 @@ def save_checkpoint(state_dict: Mapping, path, task: str, config: dict,
     return atomic_write(path, write)
 
 
-def _metadata(path: Path, header: Header) -> dict[str, str]:
+def _metadata(path: str | Path, header: Header) -> dict[str, str]:
     meta = header.metadata
     if meta.get("format") != FORMAT or "task" not in meta or "config" not in meta:
         raise CheckpointFormatError(
@@ -145,7 +152,15 @@ def read_metadata(path) -> dict[str, str]:
     return _metadata(path, read_header(path))
 
 
-def _checked_config(path: Path, meta: dict[str, str]) -> tuple[str, dict]:
+def checked_metadata(where: str | Path, header: Header) -> dict[str, str]:
+    """A parsed header's perceiver-torch metadata, its task and config checked as load_model checks them first
+    (for a header read some other way, e.g. the first bytes of a download); refusals name `where`."""
+    meta = _metadata(where, header)
+    _checked_config(where, meta)
+    return meta
+
+
+def _checked_config(path: str | Path, meta: dict[str, str]) -> tuple[str, dict]:
     source = f"{path} (metadata config)"
     try:
         config = parse_config_json(meta["config"], source)

@@ -7,7 +7,7 @@ It keeps repositories as a directory tree ``<root>/<repo_id>/<commit>/<files>`` 
 
 - downloads (``hf_hub_download``): ``HEAD|GET /{repo_id}/resolve/{revision}/{filename}``
   with ``X-Repo-Commit``, ``ETag`` (quoted sha256 of the bytes, as the Hub sends for LFS
-  files), ``Content-Length`` and ``Range: bytes=N-`` resumption (206); the Hub's
+  files), ``Content-Length`` and ``Range: bytes=N-[M]`` (206: resumption, a header read); the Hub's
   ``X-Error-Code`` values ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound`` on 404;
 - repository info: ``GET /api/models/{repo_id}[/revision/{revision}]``;
 - uploads (``HfApi.create_repo`` and ``create_commit``): ``POST /api/repos/create``,
@@ -15,7 +15,10 @@ It keeps repositories as a directory tree ``<root>/<repo_id>/<commit>/<files>`` 
   uploaded "regular", inline) and ``/api/models/{repo_id}/commit/{revision}`` (NDJSON). A
   commit copies its parent's files, applies the additions, and gets a deterministic 40-hex
   id (sha1 of parent, files and message); unchanged files are reported with their git
-  hash so the client skips empty commits, as on the Hub.
+  hash so the client skips empty commits, as on the Hub;
+- branches (``HfApi.create_branch``): ``POST /api/models/{repo_id}/branch/{branch}`` (from the JSON
+  ``startingPoint``, else ``main``; 409 if the branch exists). A tag is a file ``refs/<tag>`` put in the
+  tree by hand: revisions resolve through ``refs/`` alike.
 
 Hostile clients are assumed (anything on the machine can reach 127.0.0.1): it binds 127.0.0.1
 only; every repo id must follow the Hub's ``namespace/name`` grammar and every file path must be
@@ -167,6 +170,10 @@ class _Handler(BaseHTTPRequestHandler):
             return None if payload is None else self._create_repo(payload)
         if path.startswith("api/models/"):
             rest = path.removeprefix("api/models/")
+            if "/branch/" in rest:
+                repo_id, branch = rest.split("/branch/", 1)
+                payload = self._json_body(body)
+                return None if payload is None else self._create_branch(repo_id, branch, payload)
             for action in ("preupload", "commit"):
                 if f"/{action}/" in rest:
                     repo_id, revision = rest.split(f"/{action}/", 1)
@@ -207,20 +214,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_file(self, file: Path, commit: str):
         data = file.read_bytes()
-        start = 0
+        start, end = 0, len(data)
         range_header = self.headers.get("Range", "")
         if self.command == "GET" and range_header.startswith("bytes="):
-            first = range_header[len("bytes="):].split("-", 1)[0]
+            first, _, last = range_header[len("bytes="):].partition("-")
             start = int(first) if first.isdigit() else 0
-        body = data[start:]
-        self.send_response(206 if start else 200)
+            end = min(int(last) + 1, len(data)) if last.isdigit() else len(data)
+        body = data[start:end]
+        partial = (start, end) != (0, len(data))
+        self.send_response(206 if partial else 200)
         self.send_header("X-Repo-Commit", commit)
         self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        if partial:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         self.end_headers()
         if self.command == "HEAD":
             return
@@ -245,6 +254,19 @@ class _Handler(BaseHTTPRequestHandler):
         # attributes when the tree is bundled in it).
         self.server.write_commit(repo_id, None, {}, "initial commit")
         self._json(200, {"url": url, "name": repo_id})
+
+    def _create_branch(self, repo_id: str, branch: str, payload: dict):
+        start = payload.get("startingPoint") or "main"
+        if not isinstance(start, str) or not is_relative_path(branch) or "/" in branch or branch == "refs" \
+                or _is_commit(branch):
+            return self._error(400, "BadRequest", f"invalid branch {branch!r} or starting point {start!r}")
+        found = self._locate(repo_id, start)
+        if found is None:
+            return None
+        if self.server.resolve(repo_id, branch) is not None:
+            return self._json(409, {"error": f"Branch {branch!r} already exists"})
+        self.server.set_ref(repo_id, branch, found[1])
+        return self._json(200, {"success": True})
 
     def _preupload(self, repo_id: str, commit: str, payload: dict):
         base = self.server.root / repo_id / commit
@@ -367,10 +389,19 @@ class StandInHub(ThreadingHTTPServer):
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
-            ref_tmp = repo_dir / "refs" / f".{branch}.tmp"
-            ref_tmp.write_text(oid + "\n")
-            ref_tmp.replace(repo_dir / "refs" / branch)
+            self._write_ref(repo_dir, branch, oid)
         return oid
+
+    def set_ref(self, repo_id: str, branch: str, commit: str) -> None:
+        """Point `branch` of an existing repo at `commit` (both checked by the caller)."""
+        with self._lock:
+            self._write_ref(self.root / repo_id, branch, commit)
+
+    @staticmethod
+    def _write_ref(repo_dir: Path, branch: str, commit: str) -> None:
+        ref_tmp = repo_dir / "refs" / f".{branch}.tmp"
+        ref_tmp.write_text(commit + "\n")
+        ref_tmp.replace(repo_dir / "refs" / branch)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> StandInHub:

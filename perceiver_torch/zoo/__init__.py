@@ -1,8 +1,12 @@
-"""The model zoo: verified checkpoints pulled by name (see zoo_manifest.yaml and zoo/schema.py)."""
+"""The model zoo: verified checkpoints pulled by name (see zoo_manifest.yaml and zoo/schema.py); and users'
+own checkpoints shared on the Hub (`push_to_hub`, ``hf-hub:owner/name``: see user_hub.py), not verified."""
 
-from .hub import IntegrityError, NotProducedError, ZooError, create_model, fetch
+from .create import create_model
+from .hub import IntegrityError, NotProducedError, ZooError, fetch
 from .manifest import entries, get_entry, load_manifest
+from .push import push_to_hub
 from .schema import ManifestError
+from .user_hub import HubError
 
 
 def list_models(manifest=None) -> list[str]:
@@ -12,6 +16,6 @@ def list_models(manifest=None) -> list[str]:
 
 
 __all__ = [
-    "IntegrityError", "ManifestError", "NotProducedError", "ZooError", "create_model", "entries", "fetch",
-    "get_entry", "list_models", "load_manifest",
+    "HubError", "IntegrityError", "ManifestError", "NotProducedError", "ZooError", "create_model", "entries", "fetch",
+    "get_entry", "list_models", "load_manifest", "push_to_hub",
 ]

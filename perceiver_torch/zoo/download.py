@@ -43,12 +43,12 @@ class _Capped:
     Everything but `write` is the wrapped file's (a stand-in for the binary file http_get takes).
     """
 
-    def __init__(self, f, limit: int):
-        self._f, self._limit = f, limit
+    def __init__(self, f, limit: int, pinned_by: str):
+        self._f, self._limit, self._pinned_by = f, limit, pinned_by
 
     def write(self, data) -> int:
         if self._f.tell() + len(data) > self._limit:
-            raise RefusedAnswer(f"the server sent more than the {self._limit} bytes the manifest pins; "
+            raise RefusedAnswer(f"the server sent more than the {self._limit} bytes {self._pinned_by} pins; "
                                 "the download was stopped")
         return self._f.write(data)
 
@@ -64,19 +64,26 @@ def snapshot_path(cache: Path, artifact: dict) -> Path:
     return repo_cache_dir(cache, artifact["repo_id"]) / "snapshots" / artifact["revision"] / artifact["filename"]
 
 
+def pinned_by(artifact: dict) -> str:
+    """Who fixed `artifact`'s size and sha256, for messages: the manifest, or (a user's repo, `user_hub`) the
+    server's first answer."""
+    return artifact.get("pinned_by", "the manifest")
+
+
 def check_answer(meta, artifact: dict) -> None:
     """Refuse a HEAD answer that is not the manifest's file at the pinned revision."""
     if meta.commit_hash != artifact["revision"]:
         raise RefusedAnswer(f"the server answered for commit {_SHOWN.repr(meta.commit_hash)}, not the pinned "
                             f"revision {artifact['revision']}")
     if meta.size != artifact["size"]:
-        raise RefusedAnswer(f"the server announces {meta.size} bytes, but the manifest pins size {artifact['size']}")
+        raise RefusedAnswer(f"the server announces {meta.size} bytes, but {pinned_by(artifact)} pins size "
+                            f"{artifact['size']}")
     if meta.etag != artifact["sha256"]:
-        raise RefusedAnswer(f"the server's ETag {_SHOWN.repr(meta.etag)} is not the manifest's sha256 "
+        raise RefusedAnswer(f"the server's ETag {_SHOWN.repr(meta.etag)} is not the sha256 {pinned_by(artifact)} pins: "
                             f"{artifact['sha256']} (the Hub's ETag of an LFS file is its sha256)")
 
 
-def _download_url(url: str, meta, headers: dict) -> str:
+def download_location(url: str, meta, headers: dict) -> str:
     """Where to GET: the HEAD's final location; a token is never sent to another origin (a CDN's signed URL)."""
     location = meta.location or url
     if urlsplit(location)[:2] != urlsplit(url)[:2]:
@@ -90,7 +97,8 @@ def _stream_blob(url: str, headers: dict, blob: Path, artifact: dict, verify) ->
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 less the umask, as a plain open()
     try:
         with os.fdopen(fd, "w+b") as f:
-            http_get(url, cast(BinaryIO, _Capped(f, artifact["size"])), headers=headers, expected_size=artifact["size"],
+            capped = cast(BinaryIO, _Capped(f, artifact["size"], pinned_by(artifact)))
+            http_get(url, capped, headers=headers, expected_size=artifact["size"],
                      displayed_filename=artifact["filename"])
             f.flush()
             f.seek(0)
@@ -149,7 +157,7 @@ def download(artifact: dict, endpoint: str, cache: Path, verify) -> tuple[Path, 
             _remove_leftovers(blob)
             if not blob.is_file():
                 log.info("downloading %s to %s", url, blob)
-                stat = _stream_blob(_download_url(url, meta, headers), headers, blob, artifact, verify)
+                stat = _stream_blob(download_location(url, meta, headers), headers, blob, artifact, verify)
         made.append(make_folders(pointer.parent))
         _link(pointer, blob)
     except BaseException:

@@ -32,7 +32,7 @@ from ..hashing import sha256_stream
 from ..integers import is_int
 from ..registry import build_model, preset
 from ..serialization import build_on_meta, load_model, model_dtype, usable_device
-from .download import RefusedAnswer, download, repo_cache_dir, snapshot_path
+from .download import RefusedAnswer, download, pinned_by, repo_cache_dir, snapshot_path
 from .manifest import get_entry, manifest_path
 from .schema import ManifestError
 
@@ -52,7 +52,8 @@ class NotProducedError(ZooError):
 
 
 class IntegrityError(ZooError):
-    """A file's size or sha256 differs from the manifest; it was refused and removed."""
+    """A file's size or sha256 differs from the manifest (or, for a user's repo, from what the server announced);
+    it was refused and removed."""
 
 
 def entry_config(entry: dict) -> dict:
@@ -155,11 +156,11 @@ def _remove_from_cache(path: Path, repo_dir: Path) -> tuple[list[str], list[str]
 def _check_open_file(f, path: str | Path, artifact: dict, what: str) -> None:
     size = os.fstat(f.fileno()).st_size
     if size != artifact["size"]:
-        raise IntegrityError(f"{what}: {path} has size {size}, but the manifest pins size {artifact['size']} "
+        raise IntegrityError(f"{what}: {path} has size {size}, but {pinned_by(artifact)} pins size {artifact['size']} "
                              f"(sha256 {artifact['sha256']}); the file was refused")
     digest = sha256_stream(f)
     if digest != artifact["sha256"]:
-        raise IntegrityError(f"{what}: {path} has sha256 {digest}, but the manifest pins sha256 "
+        raise IntegrityError(f"{what}: {path} has sha256 {digest}, but {pinned_by(artifact)} pins sha256 "
                              f"{artifact['sha256']} (size {artifact['size']}); the file was refused")
 
 
@@ -189,7 +190,7 @@ def fetch(name: str, *, endpoint: str | None = None, mirror=None, cache: str | o
 def _fetch_verified(name: str, artifact: dict, kind: str, where: str, cache) -> tuple[Path, os.stat_result]:
     if kind == "mirror":
         return _from_mirror(name, artifact, Path(where))
-    return _from_endpoint(name, artifact, where, Path(cache) if cache else cache_dir())
+    return from_endpoint(f"zoo model {name!r}", artifact, where, Path(cache) if cache else cache_dir())
 
 
 def _from_mirror(name: str, artifact: dict, root: Path) -> tuple[Path, os.stat_result]:
@@ -203,18 +204,18 @@ def _from_mirror(name: str, artifact: dict, root: Path) -> tuple[Path, os.stat_r
     return path, verify_file(path, artifact, f"zoo model {name!r} (mirror)")
 
 
-def _from_endpoint(name: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result]:
-    """The cached snapshot file, verified; downloaded first (verified before it enters the cache) if absent."""
+def from_endpoint(what: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result]:
+    """The cached snapshot file of `artifact` (what `what` names in errors), verified; downloaded from the endpoint
+    `where` first (verified before it enters the cache) if absent."""
     pointer = snapshot_path(cache, artifact)
     if not pointer.exists():  # also a link whose blob is gone: the download replaces the link itself
-        pointer, hashed = _download(name, artifact, where, cache)
+        pointer, hashed = _download(what, artifact, where, cache)
         if hashed is not None:
             return pointer, hashed
-    return _verified_cached(name, pointer, artifact, repo_cache_dir(cache, artifact["repo_id"]))
+    return verified_cached(what, pointer, artifact, repo_cache_dir(cache, artifact["repo_id"]))
 
 
-def _download(name: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result | None]:
-    what = f"zoo model {name!r}"
+def _download(what: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result | None]:
     source = f"{artifact['repo_id']}@{artifact['revision']}/{artifact['filename']} from {where}"
     if is_offline():
         raise ZooError(f"{what}: download of {source} failed (HF_HUB_OFFLINE is set and the file is not in the "
@@ -227,12 +228,14 @@ def _download(name: str, artifact: dict, where: str, cache: Path) -> tuple[Path,
         raise ZooError(f"{what}: download of {source} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _verified_cached(name: str, local: Path, artifact: dict, repo_dir: Path) -> tuple[Path, os.stat_result]:
+def verified_cached(what: str, local: Path, artifact: dict, repo_dir: Path) -> tuple[Path, os.stat_result]:
+    """`local`, a file in the cache folder `repo_dir`, checked against `artifact`'s size and sha256; one that
+    differs is removed from the cache (its own entry only) and refused."""
     if not _inside(local, repo_dir):
-        raise ZooError(f"zoo model {name!r}: the cached file {local} resolves outside the cache folder {repo_dir}; "
+        raise ZooError(f"{what}: the cached file {local} resolves outside the cache folder {repo_dir}; "
                        "refused (remove it and pull again)")
     try:
-        return local, verify_file(local, artifact, f"zoo model {name!r}")
+        return local, verify_file(local, artifact, what)
     except IntegrityError as exc:
         removed, kept = _remove_from_cache(local, repo_dir)
         # Downloads are verified before they enter the cache, so this file changed there afterwards.
@@ -274,10 +277,10 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
     device, dtype = usable_device(device), model_dtype(dtype)  # before anything is downloaded or built
     entry = get_entry(name, manifest)
     config = entry_config(entry)
-    num_classes = _checked_num_classes(name, entry["task"], config, num_classes)
+    num_classes = checked_num_classes(f"zoo model {name!r}", entry["task"], config, num_classes)
     if not pretrained:
         model = _untrained(name, entry["task"], config, manifest).to(device=device, dtype=dtype).eval()
-        return _with_classes(model, num_classes)
+        return with_classes(model, num_classes)
     artifact = _published(name, entry)
     path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir)
 
@@ -295,25 +298,26 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
         unchanged = False
     if not unchanged:
         raise IntegrityError(f"zoo model {name!r}: {path} changed between its sha256 check and its load; refused")
-    return _with_classes(model, num_classes)
+    return with_classes(model, num_classes)
 
 
-def _checked_num_classes(name: str, task: str, config: dict, num_classes) -> int | None:
-    """`num_classes` as an int the entry's model can take, or None; checked before anything is fetched."""
+def checked_num_classes(what: str, task: str, config: dict, num_classes) -> int | None:
+    """`num_classes` as an int the model `what` names (of `task` and `config`) can take, or None; checked before
+    anything is fetched."""
     if num_classes is None:
         return None
     if task != "imagenet":
-        raise ValueError(f"zoo model {name!r} is a {task} model; num_classes applies to the ImageNet classifiers.")
+        raise ValueError(f"{what} is a {task} model; num_classes applies to the ImageNet classifiers.")
     if is_int(num_classes):
         num_classes = int(num_classes)
-    validate_config(task, {**config, "num_classes": num_classes}, source=f"zoo model {name!r} with num_classes")
+    validate_config(task, {**config, "num_classes": num_classes}, source=f"{what} with num_classes")
     # Every check reset_classifier makes (the parameter bound too), on the meta device.
-    classifier = cast("PerceiverForImageClassification", build_on_meta(task, config, source=f"zoo model {name!r}"))
+    classifier = cast("PerceiverForImageClassification", build_on_meta(task, config, source=what))
     classifier.reset_classifier(num_classes)
     return num_classes
 
 
-def _with_classes(model: torch.nn.Module, num_classes: int | None) -> torch.nn.Module:
+def with_classes(model: torch.nn.Module, num_classes: int | None) -> torch.nn.Module:
     if num_classes is not None and num_classes != model.num_classes:
         cast("PerceiverForImageClassification", model).reset_classifier(num_classes)  # an ImageNet model there
     return model

@@ -1,0 +1,278 @@
+"""Users' own checkpoints on the Hub: `push_to_hub`, then `from_pretrained` / `create_model` of "hf-hub:owner/name".
+
+Everything runs against the Hub stand-in (the real huggingface_hub client, upload and download), or a tiny
+server answering what a test needs; each refusal is checked to come before the body is downloaded, leaving
+nothing in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+
+import huggingface_hub
+import pytest
+import torch
+
+import perceiver_torch as pt
+from perceiver_torch.registry import build_model, preset, preset_names
+from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES, build_on_meta
+from perceiver_torch.zoo import IntegrityError
+
+from .conftest import GOLDEN_TASKS, golden_config, golden_io, seeded_model
+from .zoo_support import answering_server, cached_files, hub_env
+
+TOKEN = "test-write-token"
+REPO = "someone/fine-tuned-lm"
+COMMIT = "0" * 40
+SHA256 = "a" * 64
+
+
+def _language_model(seed: int = 0) -> torch.nn.Module:
+    return seeded_model("language", seed=seed).eval()
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    io = golden_io("language")
+    return torch.from_numpy(io["input/inputs"]).long(), torch.from_numpy(io["input/input_mask"])
+
+
+def _assert_identical(actual: torch.nn.Module, expected: torch.nn.Module) -> None:
+    assert type(actual) is type(expected) and not actual.training
+    assert actual.state_dict().keys() == expected.state_dict().keys()
+    for key, tensor in expected.state_dict().items():
+        assert torch.equal(actual.state_dict()[key], tensor), key
+    with torch.no_grad():
+        assert torch.equal(actual(*_inputs()), expected(*_inputs()))
+
+
+@pytest.mark.parametrize("config", [*(f"golden:{f}" for f in sorted(GOLDEN_TASKS)), *preset_names()])
+def test_the_size_bound_holds_for_every_model(config):
+    """MAX_CHECKPOINT_BYTES assumes a state dict of float32 tensors whose buffers have no more elements than the
+    parameters (BatchNorm statistics): checked on every golden and released config."""
+    if config.startswith("golden:"):
+        task, cfg = GOLDEN_TASKS[config[7:]], golden_config(config[7:])
+    else:
+        task, cfg = preset(config)["task"], preset(config)["config"]
+    model = build_on_meta(task, cfg)
+    assert {t.dtype for t in model.state_dict().values()} == {torch.float32}
+    parameters = sum(p.numel() for p in model.parameters())
+    assert sum(b.numel() for b in model.buffers()) <= parameters
+    assert sum(t.numel() for t in model.state_dict().values()) * 4 <= MAX_CHECKPOINT_BYTES
+
+
+def test_push_then_pull_gives_the_same_model(tmp_path, monkeypatch, caplog):
+    model = _language_model()
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        commit = pt.push_to_hub(model, REPO, token=TOKEN)
+        with caplog.at_level(logging.INFO, logger="perceiver_torch.zoo.user_hub"):
+            pulled = pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}")
+        created = pt.create_model(f"hf-hub:{REPO}", endpoint=hub.endpoint)
+    assert f"revision 'main' is commit {commit}" in caplog.text
+    _assert_identical(pulled, model)
+    _assert_identical(created, model)
+    card = (tmp_path / "hub" / REPO / commit / "README.md").read_text()
+    assert f'pt.PerceiverForMaskedLM.from_pretrained("hf-hub:{REPO}")' in card
+    assert f"{sum(p.numel() for p in model.parameters()):,} parameters" in card and "CC BY 4.0" in card
+    assert sorted(p.name for p in (tmp_path / "hub" / REPO / commit).iterdir()) == ["README.md", "model.safetensors"]
+
+
+def test_revisions_branches_tags_and_commits(tmp_path, monkeypatch):
+    first, second = _language_model(seed=0), _language_model(seed=1)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        monkeypatch.setenv("HF_TOKEN", TOKEN)  # huggingface_hub's own resolution of the token
+        one = pt.push_to_hub(first, REPO)
+        two = pt.push_to_hub(second, REPO, commit_message="second")
+        assert one != two
+        (tmp_path / "hub" / REPO / "refs" / "v1").write_text(one)  # a tag, as the stand-in keeps one
+        dev = pt.push_to_hub(first, REPO, revision="dev")
+        _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}"), second)
+        _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", revision=one), first)
+        _assert_identical(pt.create_model(f"hf-hub:{REPO}", revision="v1"), first)
+        _assert_identical(pt.create_model(f"hf-hub:{REPO}", revision="dev"), first)
+    assert (tmp_path / "hub" / REPO / "refs" / "dev").read_text().strip() == dev
+    assert (tmp_path / "hub" / REPO / "refs" / "main").read_text().strip() == two
+
+
+def test_another_tasks_model_is_refused_before_its_body_is_downloaded(tmp_path, monkeypatch):
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        monkeypatch.setattr("perceiver_torch.serialization.build_model", _never_built)
+        with pytest.raises(pt.CheckpointFormatError, match=rf"PerceiverForOpticalFlow.from_pretrained: hf-hub:{REPO} "
+                                                           r"holds a PerceiverForMaskedLM \(task 'language'\), not a "
+                                                           "PerceiverForOpticalFlow"):
+            pt.PerceiverForOpticalFlow.from_pretrained(f"hf-hub:{REPO}")
+    assert cached_files(tmp_path / "cache") == []
+
+
+def _never_built(task, config):
+    raise AssertionError(f"a {task} model was built")
+
+
+def _answer(headers: dict[str, str]):
+    body = b"\0" * 64
+
+    def answer(method, path, number):
+        return 200, headers, body
+
+    return answer
+
+
+HONEST = {"X-Repo-Commit": COMMIT, "ETag": f'"{SHA256}"', "Content-Length": "64"}
+
+
+@pytest.mark.parametrize("headers, refusal", [
+    ({**HONEST, "Content-Length": str(MAX_CHECKPOINT_BYTES + 1)},
+     rf"announces {MAX_CHECKPOINT_BYTES + 1} bytes for model.safetensors, more than the {MAX_CHECKPOINT_BYTES} bytes"),
+    ({k: v for k, v in HONEST.items() if k != "Content-Length"}, "announces no size"),
+    ({k: v for k, v in HONEST.items() if k != "X-Repo-Commit"}, "announces no commit id"),
+    ({**HONEST, "ETag": '"not-a-sha256"'}, "ETag for model.safetensors is 'not-a-sha256', not a sha256"),
+], ids=["oversized", "no-size", "no-commit", "etag"])
+def test_an_answer_that_cannot_be_bounded_or_checked_is_refused_before_the_body(tmp_path, monkeypatch, headers,
+                                                                                refusal):
+    with answering_server(_answer(headers)) as server:
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        with pytest.raises(pt.HubError, match=refusal):
+            pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", endpoint=server.endpoint)
+    assert [method for method, _, _ in server.requests] == ["HEAD"]
+    assert cached_files(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("get_headers, body, error, refusal", [
+    ({"Content-Length": "4096"}, b"\0" * 4, pt.HubError,
+     r"hf-hub:someone/fine-tuned-lm@0{40}/model.safetensors: reading bytes 0 to 8 \(the header\) failed: "
+     "RemoteProtocolError"),
+    ({"Content-Length": "4"}, b"\0" * 4, pt.HubError, r"model.safetensors: the server sent 4 of bytes 0 to 8"),
+    ({"Content-Length": "8"}, (1 << 40).to_bytes(8, "little"), pt.CheckpointFormatError,
+     r"model.safetensors: header length 1099511627776 is impossible \(file of 4096 bytes"),
+], ids=["cut-short", "short", "impossible-header"])
+def test_a_header_read_that_fails_is_refused_before_the_body(tmp_path, monkeypatch, get_headers, body, error,
+                                                             refusal):
+    def answer(method, path, number):
+        return (200, {**HONEST, "Content-Length": "4096"}, b"") if method == "HEAD" else (200, get_headers, body)
+
+    with answering_server(answer) as server:
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        with pytest.raises(error, match=refusal):
+            pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", endpoint=server.endpoint)
+    assert [(method, headers.get("Range")) for method, _, headers in server.requests] == [
+        ("HEAD", None), ("GET", "bytes=0-7")]
+    assert cached_files(tmp_path / "cache") == []
+
+
+def test_a_server_that_ignores_ranges_still_gives_the_header_first(tmp_path, monkeypatch):
+    model = _language_model()
+    data = pt.save_model(model, tmp_path / "model.safetensors").read_bytes()
+    headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+               "Content-Length": str(len(data))}
+
+    def answer(method, path, number):
+        return 200, headers, data  # never a 206: every GET sends the whole file
+
+    with answering_server(answer) as server:
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", endpoint=server.endpoint), model)
+    length = int.from_bytes(data[:8], "little")
+    assert [(method, h.get("Range")) for method, _, h in server.requests] == [
+        ("HEAD", None), ("GET", "bytes=0-7"), ("GET", f"bytes=8-{7 + length}"), ("HEAD", None), ("GET", None)]
+
+
+def test_a_repo_or_revision_without_the_file_is_a_clear_error(tmp_path, monkeypatch):
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        hub.write_commit("someone/notes", None, {"README.md": b"no weights here\n"}, "notes")
+        with pytest.raises(pt.HubError, match=r"hf-hub:someone/notes \(revision 'main', endpoint http://127.0.0.1:"
+                                              r"\d+\): the repo has no model.safetensors at this revision"):
+            pt.create_model("hf-hub:someone/notes")
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        with pytest.raises(pt.HubError, match=r"the repo has no such revision"):
+            pt.create_model(f"hf-hub:{REPO}", revision="no-such-branch")
+        with pytest.raises(pt.HubError, match=r"hf-hub:someone/absent .*: no such repo"):
+            pt.create_model("hf-hub:someone/absent")
+    assert cached_files(tmp_path / "cache") == []
+
+
+def test_offline_mode_loads_from_the_cache(tmp_path, monkeypatch):
+    model = _language_model()
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        commit = pt.push_to_hub(model, REPO, token=TOKEN)
+        pt.create_model(f"hf-hub:{REPO}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and the stand-in is gone: any request would fail
+    _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}"), model)
+    _assert_identical(pt.create_model(f"hf-hub:{REPO}", revision=commit), model)
+    with pytest.raises(pt.HubError, match=r"HF_HUB_OFFLINE is set and the Hub cache .* holds no model.safetensors "
+                                          r"for revision 'dev'"):
+        pt.create_model(f"hf-hub:{REPO}", revision="dev")
+    [blob] = (tmp_path / "cache" / "models--someone--fine-tuned-lm" / "blobs").iterdir()
+    blob.write_bytes(blob.read_bytes()[:-4] + b"\0\0\0\1")
+    with pytest.raises(IntegrityError, match=f"has sha256 .* but the name of its cached blob pins sha256 {blob.name}"):
+        pt.create_model(f"hf-hub:{REPO}")
+    assert not blob.exists()
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("someone/fine-tuned-lm", r"for the Hub repo 'someone/fine-tuned-lm', write "
+                              r"from_pretrained\('hf-hub:someone/fine-tuned-lm'\)"),
+    ("deepmind/language-perceiver", r"the zoo has these weights, verified, as 'language-perceiver': "
+                                    r"from_pretrained\('language-perceiver'\)"),
+])
+def test_owner_name_without_the_prefix_says_what_to_write(name, hint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=rf"PerceiverForMaskedLM.from_pretrained: '{name}' is not a file here; {hint}"):
+        pt.PerceiverForMaskedLM.from_pretrained(name)
+    with pytest.raises(FileNotFoundError):  # a name with the file's suffix is a missing file
+        pt.PerceiverForMaskedLM.from_pretrained(f"{name}.safetensors")
+
+
+def test_push_without_a_token_is_refused_before_anything_is_sent(tmp_path, monkeypatch):
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        with pytest.raises(pt.HubError, match=rf"push_to_hub: uploading to {hub.endpoint}/{REPO} needs a write "
+                                              "token: pass token=..., set HF_TOKEN"):
+            pt.push_to_hub(_language_model(), REPO)
+        assert hub.requests == 0
+        with pytest.raises(pt.HubError, match=rf"push_to_hub: upload to {hub.endpoint}/{REPO} failed: .*401"):
+            pt.push_to_hub(_language_model(), REPO, token="a-wrong-token")
+
+
+def test_nothing_of_the_model_is_left_in_temp_dirs(tmp_path, monkeypatch):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        assert list(temp.iterdir()) == []
+        with pytest.raises(pt.HubError):
+            pt.push_to_hub(_language_model(), REPO, token="a-wrong-token")
+        assert list(temp.iterdir()) == []
+        broken = _language_model()
+        with torch.no_grad():
+            next(broken.parameters())[0] = float("nan")
+        with pytest.raises(ValueError, match="non-finite"):
+            pt.push_to_hub(broken, REPO, token=TOKEN)
+    assert list(temp.iterdir()) == []
+
+
+def test_arguments_that_do_not_apply_are_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing is asked of any server
+    with pytest.raises(TypeError, match=r"PerceiverForMaskedLM.from_pretrained: manifest, mirror apply to zoo models; "
+                                        r"'hf-hub:a/b' is a Hub repo"):
+        pt.PerceiverForMaskedLM.from_pretrained("hf-hub:a/b", mirror=tmp_path, manifest=tmp_path / "m.yaml")
+    with pytest.raises(TypeError, match="create_model: mirror apply to zoo names; 'hf-hub:a/b' is a Hub repo"):
+        pt.create_model("hf-hub:a/b", mirror=tmp_path)
+    with pytest.raises(TypeError, match="revision applies to 'hf-hub:owner/name' repos; zoo model "
+                                        "'language-perceiver' is pinned by the manifest"):
+        pt.create_model("language-perceiver", revision="main")
+    with pytest.raises(ValueError, match="pretrained=False is for zoo names"):
+        pt.create_model("hf-hub:a/b", pretrained=False)
+    with pytest.raises(ValueError, match=r"'hf-hub:a/\.\./b': expected 'hf-hub:owner/name'"):
+        pt.create_model("hf-hub:a/../b")
+    with pytest.raises(ValueError, match=r"revision must be a branch, tag or commit id .*; got '\.\./main'"):
+        pt.create_model("hf-hub:a/b", revision="../main")
+    with pytest.raises(ValueError, match="push_to_hub: repo_id must be a Hub repo id 'owner/name'.*got 'b'"):
+        pt.push_to_hub(build_model("language", golden_config("language")), "b", token=TOKEN)

@@ -1,0 +1,68 @@
+"""`create_model`: a zoo model by name (verified) or a user's Hub repo by ``hf-hub:owner/name`` (not verified)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config_schema import parse_config_json
+from ..serialization import load_model, model_dtype, usable_device
+from . import hub
+from .user_hub import MetadataCheck, checked_revision, hub_checkpoint, hub_repo_id, is_hub_name
+
+# What create_model takes for an ``hf-hub:`` name, beyond device and dtype (`mirror` and `manifest` are the zoo's).
+HUB_KEYWORDS = ("revision", "num_classes", "endpoint", "cache_dir")
+
+
+def create_model(name: str, pretrained: bool = True, *, num_classes: int | None = None,
+                 device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
+                 endpoint: str | None = None, mirror=None, cache_dir=None, manifest=None,
+                 revision: str | None = None) -> torch.nn.Module:
+    """A zoo model by name, or the checkpoint of a user's Hub repo by ``"hf-hub:owner/name"``, in eval mode.
+
+    A zoo name is `perceiver_torch.zoo.hub.create_model`: the manifest-pinned artifact, its sha256 verified
+    (``pretrained=False``: the untrained architecture). An ``hf-hub:`` name loads that repo's
+    ``model.safetensors`` at `revision` (a branch, tag or commit; default ``main``) with `load_model`'s strict
+    checks, its size bounded and its header checked before the body is downloaded (see `user_hub`); nobody
+    has verified what it holds. `num_classes`, `device`, `dtype`, `endpoint` and `cache_dir` apply to both;
+    `mirror` and `manifest` to zoo names, `revision` to ``hf-hub:`` names.
+    """
+    if is_hub_name(name):
+        zoo_only = [key for key, value in (("mirror", mirror), ("manifest", manifest)) if value is not None]
+        if zoo_only:
+            raise TypeError(f"create_model: {', '.join(zoo_only)} apply to zoo names; {name!r} is a Hub repo.")
+        if pretrained is not True:
+            raise ValueError(f"create_model: {name!r} is a Hub repo, whose architecture is its checkpoint's: "
+                             "pretrained=False is for zoo names (load it, then re-initialise what you want).")
+        return create_hub_model(name, revision=revision, num_classes=num_classes, device=device, dtype=dtype,
+                                endpoint=endpoint, cache_dir=cache_dir)
+    if revision is not None:
+        raise TypeError(f"create_model: revision applies to 'hf-hub:owner/name' repos; zoo model {name!r} is pinned "
+                        "by the manifest.")
+    return hub.create_model(name, pretrained, num_classes=num_classes, device=device, dtype=dtype, endpoint=endpoint,
+                            mirror=mirror, cache_dir=cache_dir, manifest=manifest)
+
+
+def create_hub_model(name: str, *, revision: str | None = None, num_classes: int | None = None,
+                     device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
+                     endpoint: str | None = None, cache_dir=None, check: MetadataCheck | None = None
+                     ) -> torch.nn.Module:
+    """The model in ``model.safetensors`` of the Hub repo `name` (``hf-hub:owner/name``) at `revision`.
+
+    `check(metadata)` (and the `num_classes` check) runs on the file's header before its body is downloaded,
+    and again by `load_model` before anything is built.
+    """
+    device, dtype = usable_device(device), model_dtype(dtype)  # before anything is downloaded or built
+    repo_id, revision = hub_repo_id(name), checked_revision(revision)
+    what = f"{name} (revision {revision!r})"
+    classes: list[int | None] = [None]
+
+    def checked(meta: dict[str, str]) -> None:
+        if check is not None:
+            check(meta)
+        # load_model and the header check have already refused a config that is not valid, bounded JSON.
+        config = parse_config_json(meta["config"], f"{what} (metadata config)")
+        classes[0] = hub.checked_num_classes(what, meta["task"], config, num_classes)
+
+    path = hub_checkpoint(repo_id, revision, endpoint=endpoint, cache=cache_dir, check=checked)
+    model = load_model(path, device=device, dtype=dtype, check_metadata=checked)
+    return hub.with_classes(model, classes[0])

@@ -1,0 +1,103 @@
+"""`push_to_hub`: share a task model in a Hub repo, loadable by ``from_pretrained("hf-hub:owner/name")``.
+
+The model is written by `save_model` as ``model.safetensors`` with a short model card ``README.md`` in a
+temporary directory (removed afterwards, whatever happens), then uploaded through ``huggingface_hub.HfApi``
+as ONE commit (``create_repo`` if needed, ``create_branch`` for a new branch, ``create_commit``), to the
+Hugging Face Hub or any Hub-compatible endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from torch import nn
+
+from ..config_schema import parse_config_json
+from ..registry import TASK_MODELS
+from ..saving import save_model
+from ..serialization import build_on_meta, read_metadata
+from .schema import is_repo_id
+from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endpoint
+
+log = logging.getLogger(__name__)
+
+# What DeepMind's release asks of anything derived from its parameters (perceiver_torch/data/upstream_release.md).
+UPSTREAM_LICENCE = ('DeepMind\'s released Perceiver IO parameters are licensed CC BY 4.0, with attribution: DeepMind, '
+                    '"Perceiver IO: A General Architecture for Structured Inputs & Outputs" (Jaegle et al., 2021, '
+                    'arXiv 2107.14795)')
+
+
+def model_card(repo_id: str, task: str, num_parameters: int) -> str:
+    cls = TASK_MODELS[task].__name__
+    return f"""---
+library_name: perceiver-torch
+tags: [perceiver-io, {task}]
+---
+
+# {repo_id}
+
+A Perceiver IO model for the `{task}` task (`perceiver_torch.{cls}`, {num_parameters:,} parameters), a
+perceiver-torch checkpoint: `{FILENAME}` holds the weights and, in its metadata, the task and config
+that rebuild the model.
+
+```python
+import perceiver_torch as pt
+model = pt.{cls}.from_pretrained("{HUB_PREFIX}{repo_id}")  # or pt.create_model("{HUB_PREFIX}{repo_id}")
+```
+
+Loading checks this file as `perceiver_torch.load_model` checks a local one (safetensors only, no code
+runs; config, tensor names, shapes and dtypes strict) and bounds its download; nobody has verified these
+weights, unlike those of perceiver-torch's model zoo.
+
+## Licence
+
+Stated by whoever shared this model. If its weights derive from DeepMind's released checkpoints (a zoo
+model fine-tuned, or a release file converted), {UPSTREAM_LICENCE}.
+"""
+
+
+def push_to_hub(model: nn.Module, repo_id: str, *, token: str | None = None, endpoint: str | None = None,
+                revision: str | None = None, private: bool = False, commit_message: str | None = None) -> str:
+    """Upload `model` to the Hub repo `repo_id` ('owner/name') in one commit; returns the commit id.
+
+    `model` is written with `save_model` (everything it refuses is refused here, before any upload) as
+    ``model.safetensors`` beside a generated ``README.md`` model card. The repo is created if it does not
+    exist (`private` applies then); `revision` names a branch, created from ``main`` if new (default:
+    ``main``). `token` defaults to huggingface_hub's (``HF_TOKEN``, else ``hf auth login``'s), `endpoint`
+    to ``$HF_ENDPOINT``, else the Hugging Face Hub. Others load it with
+    ``Model.from_pretrained("hf-hub:<repo_id>", revision=<the commit id>)``.
+    """
+    if not is_repo_id(repo_id):
+        raise ValueError(f"push_to_hub: repo_id must be a Hub repo id 'owner/name' (letters, digits, '.', '_' or '-'); "
+                         f"got {repo_id!r}.")
+    branch = None if revision is None else checked_revision(revision)
+    where = hub_endpoint(endpoint)
+    target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
+    token = token or get_token()
+    if not token:
+        raise HubError(f"push_to_hub: uploading to {target} needs a write token: pass token=..., set HF_TOKEN or "
+                       "log in with `hf auth login`.")
+    with tempfile.TemporaryDirectory(prefix="perceiver-push-") as folder:
+        path = save_model(model, Path(folder) / FILENAME)
+        meta = read_metadata(path)
+        task = meta["task"]
+        num_parameters = sum(p.numel() for p in build_on_meta(task, parse_config_json(meta["config"])).parameters())
+        card = Path(folder) / "README.md"
+        card.write_text(model_card(repo_id, task, num_parameters), encoding="utf-8")
+        api = HfApi(endpoint=where, token=token)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if branch is not None:
+                api.create_branch(repo_id, branch=branch, exist_ok=True)
+            info = api.create_commit(
+                repo_id, revision=branch, commit_message=commit_message or f"Upload {TASK_MODELS[task].__name__}",
+                operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in (path, card)],
+            )
+        except Exception as exc:  # huggingface_hub's HTTP errors, connection errors
+            raise HubError(f"push_to_hub: upload to {target} failed: {type(exc).__name__}: {exc}") from exc
+    log.info("pushed %s to %s: commit %s (load it with from_pretrained(%r, revision=%r))", TASK_MODELS[task].__name__,
+             target, info.oid, HUB_PREFIX + repo_id, info.oid)
+    return info.oid

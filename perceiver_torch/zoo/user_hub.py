@@ -1,0 +1,185 @@
+"""Checkpoints in Hub repos that users name (``hf-hub:owner/name``, timm's spelling): unverified, bounded, strict.
+
+Unlike the zoo, no manifest pins these files: what the repo holds at the revision is what is loaded, and
+nobody has checked it. Loading one is as safe as loading a local file, and never downloads unbounded data:
+
+1. one HEAD request (huggingface_hub's ``get_hf_file_metadata``) for ``model.safetensors`` at the revision
+   (a branch, tag or commit) must announce a commit id, a size of at most ``MAX_CHECKPOINT_BYTES`` (the
+   largest file ``load_model`` could ever accept) and a sha256 as ETag (what the Hub sends for an LFS file),
+   or nothing is downloaded; the commit is logged, so that users can pin it;
+2. a file not yet cached has its header read first with range requests (at most 8 + ``MAX_HEADER_BYTES``
+   bytes) and checked as ``load_model`` checks it (perceiver-torch metadata, a valid config; ``check``
+   refuses another task's model) before its body is downloaded;
+3. the body is downloaded at that commit as the zoo downloads (``download.py``: cut off at the announced
+   size, its sha256 checked against the ETag before it enters the Hub cache) and loaded by ``load_model``
+   (safetensors only, strict: no code runs).
+
+``HF_HUB_OFFLINE=1`` loads what the cache holds for the revision (``refs/<branch>`` as huggingface_hub
+writes it); a cached file whose blob is named by a sha256 is checked against it first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeGuard
+
+from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+
+from ..safetensors_io import header_length, parse_header
+from ..serialization import MAX_CHECKPOINT_BYTES, atomic_write, checked_metadata
+from .download import download_location, repo_cache_dir, snapshot_path
+from .hub import HUB_ENDPOINT, ZooError, cache_dir, from_endpoint, is_offline, verified_cached
+from .schema import is_relative_path, is_repo_id
+
+log = logging.getLogger(__name__)
+
+HUB_PREFIX = "hf-hub:"
+FILENAME = "model.safetensors"
+_COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+
+MetadataCheck = Callable[[dict[str, str]], None]
+
+
+class HubError(ZooError):
+    """A checkpoint cannot be pushed to, or pulled from, a Hub repo named by the user (``hf-hub:owner/name``)."""
+
+
+def is_hub_name(value) -> TypeGuard[str]:
+    """A string naming a user's Hub repo: ``hf-hub:`` and the repo id."""
+    return isinstance(value, str) and value.startswith(HUB_PREFIX)
+
+
+def hub_repo_id(name: str) -> str:
+    """The repo id of an ``hf-hub:owner/name`` string, checked against the Hub's grammar."""
+    repo_id = name.removeprefix(HUB_PREFIX)
+    if not is_repo_id(repo_id):
+        raise ValueError(f"{name!r}: expected 'hf-hub:owner/name', a Hub repo id after the prefix (owner and name of "
+                         "letters, digits, '.', '_' or '-', each at most 96 characters).")
+    return repo_id
+
+
+def hub_endpoint(endpoint: str | None) -> str:
+    """`endpoint`, else $HF_ENDPOINT as it is now, else the Hugging Face Hub."""
+    return (endpoint or os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT).rstrip("/")
+
+
+def checked_revision(revision) -> str:
+    """`revision` (a branch, tag or commit; None is 'main') as a relative name the cache can store under refs/."""
+    if revision is None:
+        return "main"
+    if not is_relative_path(revision):
+        raise ValueError(f"revision must be a branch, tag or commit id (plain names separated by '/'); got "
+                         f"{revision!r}.")
+    return revision
+
+
+def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, cache: str | os.PathLike | None = None,
+                   check: MetadataCheck | None = None) -> Path:
+    """The cached ``model.safetensors`` of `repo_id` at `revision`, downloaded (bounded, header checked by
+    `check` first) if the cache lacks that commit's file; only the cache with HF_HUB_OFFLINE set."""
+    cache_root = Path(cache) if cache else cache_dir()
+    what = f"{HUB_PREFIX}{repo_id}"
+    if is_offline():
+        return _offline(repo_id, revision, cache_root, what)
+    where = hub_endpoint(endpoint)
+    url = hf_hub_url(repo_id, FILENAME, revision=revision, endpoint=where)
+    meta = _announced(url, where, f"{what} (revision {revision!r}, endpoint {where})")
+    commit = meta.commit_hash
+    log.info("%s: revision %r is commit %s (pass revision=%r to load exactly these weights again)", what, revision,
+             commit, commit)
+    artifact = {"repo_id": repo_id, "filename": FILENAME, "revision": commit, "size": meta.size,
+                "sha256": meta.etag, "pinned_by": f"the server's answer for revision {revision!r}"}
+    if check is not None and not snapshot_path(cache_root, artifact).exists():
+        check(_remote_metadata(download_location(url, meta, headers := build_hf_headers()), headers,
+                               artifact["size"], f"{what}@{commit}/{FILENAME}"))
+    path, _ = from_endpoint(what, artifact, where, cache_root)
+    ref = repo_cache_dir(cache_root, repo_id) / "refs" / revision
+    # As huggingface_hub records it, so that offline loads find the branch or tag; only when it changed, so that
+    # a cache this user may only read still serves a load.
+    if revision != commit and not (ref.is_file() and ref.read_text() == commit):
+        atomic_write(ref, lambda tmp: Path(tmp).write_text(artifact["revision"]))
+    return path
+
+
+def _announced(url: str, endpoint: str, what: str):
+    """The server's HEAD answer for the file, refused unless it is a bounded, pinnable LFS file."""
+    try:
+        meta = get_hf_file_metadata(url, headers=build_hf_headers(), endpoint=endpoint)
+    except EntryNotFoundError:
+        raise HubError(f"{what}: the repo has no {FILENAME} at this revision. A perceiver-torch checkpoint is "
+                       "shared with perceiver_torch.push_to_hub, which writes it; a transformers repo is converted "
+                       "with `perceiver-convert TASK --from-transformers REPO`.") from None
+    except RevisionNotFoundError:
+        raise HubError(f"{what}: the repo has no such revision (expected a branch, tag or commit id).") from None
+    except RepositoryNotFoundError:
+        raise HubError(f"{what}: no such repo (or it is private or gated and no token with access was sent: set "
+                       "HF_TOKEN).") from None
+    except Exception as exc:  # huggingface_hub's other HTTP errors, connection errors
+        raise HubError(f"{what}: asking for {FILENAME} failed: {type(exc).__name__}: {exc}") from exc
+    if meta.size is None:
+        raise HubError(f"{what}: the server announces no size for {FILENAME}; the download is refused, as it "
+                       "could not be bounded.")
+    if meta.size > MAX_CHECKPOINT_BYTES:
+        raise HubError(f"{what}: the server announces {meta.size} bytes for {FILENAME}, more than the "
+                       f"{MAX_CHECKPOINT_BYTES} bytes of the largest checkpoint load_model accepts; the download is "
+                       "refused.")
+    if not isinstance(meta.commit_hash, str) or not _COMMIT.match(meta.commit_hash):
+        raise HubError(f"{what}: the server announces no commit id (X-Repo-Commit: {meta.commit_hash!r:.60}) for "
+                       f"{FILENAME}; the download is refused, as it could not be pinned.")
+    if not isinstance(meta.etag, str) or not _SHA256.match(meta.etag):
+        raise HubError(f"{what}: the server's ETag for {FILENAME} is {meta.etag!r:.80}, not a sha256 (what the Hub "
+                       "sends for an LFS file); the download is refused, as its bytes could not be checked.")
+    return meta
+
+
+def _remote_metadata(location: str, headers: dict, size: int, source: str) -> dict[str, str]:
+    """The checked perceiver-torch metadata of the remote file of `size` bytes, from its first bytes: two range
+    requests, for the header's length and then the header (at most MAX_HEADER_BYTES)."""
+    length = header_length(_read_range(location, headers, 0, 8, source), size, source)
+    return checked_metadata(source, parse_header(_read_range(location, headers, 8, 8 + length, source), size, source))
+
+
+def _read_range(location: str, headers: dict, start: int, stop: int, source: str) -> bytes:
+    """Bytes [start, stop) of the remote file. From a server that ignores the range (200: the whole file), the
+    bytes before `start` are skipped and the stream is closed at `stop`."""
+    data = bytearray()
+    headers = {**headers, "Range": f"bytes={start}-{stop - 1}"}
+    try:
+        # No retries: with them, an error raised while the body is read is thrown into huggingface_hub's retry
+        # loop, which sleeps and ends in RuntimeError("generator didn't stop after throw()").
+        with http_stream_backoff("GET", location, headers=headers, max_retries=0) as response:
+            hf_raise_for_status(response)
+            skip = start if response.status_code == 200 else 0
+            for chunk in response.iter_bytes():
+                dropped = min(skip, len(chunk))
+                skip -= dropped
+                data += chunk[dropped:dropped + stop - start - len(data)]
+                if len(data) == stop - start:
+                    break
+    except Exception as exc:  # huggingface_hub's HTTP errors, connection errors
+        raise HubError(f"{source}: reading bytes {start} to {stop} (the header) failed: {type(exc).__name__}: "
+                       f"{exc}") from exc
+    if len(data) < stop - start:
+        raise HubError(f"{source}: the server sent {len(data)} of bytes {start} to {stop} (the header).")
+    return bytes(data)
+
+
+def _offline(repo_id: str, revision: str, cache: Path, what: str) -> Path:
+    found = try_to_load_from_cache(repo_id, FILENAME, cache_dir=cache, revision=revision)
+    if not isinstance(found, str):
+        raise HubError(f"{what}: HF_HUB_OFFLINE is set and the Hub cache {cache} holds no {FILENAME} for revision "
+                       f"{revision!r}; load it once online (or pass a commit id that is cached).")
+    path = Path(found)
+    blob = Path(os.path.realpath(path)).name
+    if _SHA256.match(blob):  # the name it was stored under, by this loader or huggingface_hub (an LFS file)
+        artifact = {"size": path.stat().st_size, "sha256": blob, "pinned_by": "the name of its cached blob"}
+        verified_cached(what, path, artifact, repo_cache_dir(cache, repo_id))
+    log.info("%s: revision %r is commit %s in the cache (HF_HUB_OFFLINE)", what, revision, path.parent.name)
+    return path
