@@ -216,8 +216,8 @@ def test_offline_mode_loads_from_the_cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name, hint", [
     ("someone/fine-tuned-lm", r"for the Hub repo 'someone/fine-tuned-lm', write "
                               r"from_pretrained\('hf-hub:someone/fine-tuned-lm'\)"),
-    ("deepmind/language-perceiver", r"the zoo has these weights, verified, as 'language-perceiver': "
-                                    r"from_pretrained\('language-perceiver'\)"),
+    ("deepmind/language-perceiver", r"the zoo's entry for these weights is 'language-perceiver' \(verified once "
+                                    r"published, status not-produced\): from_pretrained\('language-perceiver'\)"),
 ])
 def test_owner_name_without_the_prefix_says_what_to_write(name, hint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

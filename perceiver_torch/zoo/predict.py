@@ -29,6 +29,7 @@ from .hub import entry_config
 from .manifest import entries, manifest_path
 from .pretrained import from_pretrained
 from .schema import is_model_name
+from .user_hub import is_hub_name
 
 DEFAULT_MASK = "[MASK]"
 DEFAULT_TOP_K = 5
@@ -56,6 +57,9 @@ class Target:
 def resolve(model: str, manifest=None) -> Target:
     """MODEL as `from_pretrained` reads it: a zoo name (looked up in the manifest), else a converted file
     (its header's metadata only). Refuses a video autoencoder: predict does not decode videos."""
+    if is_hub_name(model):  # its task and config are known only from its header, on the server
+        raise PredictError(f"{model}: predict takes zoo names and converted files; load a Hub repo in Python "
+                           f"(Model.from_pretrained({model!r})) and call its task's helper")
     if is_model_name(model):
         known = entries(manifest)
         if model not in known:

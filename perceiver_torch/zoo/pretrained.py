@@ -73,6 +73,7 @@ def _repo_hint(repo_id: str, zoo_kwargs: dict) -> str:
     known = entries(zoo_kwargs.get("manifest"))
     for zoo_name, entry in sorted(known.items()):
         if zoo_name == name.lower() or (entry["source"].get("transformers") or {}).get("repo_id") == repo_id:
-            return f"the zoo has these weights, verified, as {zoo_name!r}: from_pretrained({zoo_name!r})."
+            return (f"the zoo's entry for these weights is {zoo_name!r} (verified once published, status "
+                    f"{entry['status']}): from_pretrained({zoo_name!r}).")
     return (f"for the Hub repo {repo_id!r}, write from_pretrained('{HUB_PREFIX}{repo_id}'); a local file needs its "
             f"suffix, e.g. './{repo_id}.safetensors'.")
