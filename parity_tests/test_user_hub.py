@@ -223,6 +223,8 @@ def test_owner_name_without_the_prefix_says_what_to_write(name, hint, tmp_path, 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=rf"PerceiverForMaskedLM.from_pretrained: '{name}' is not a file here; {hint}"):
         pt.PerceiverForMaskedLM.from_pretrained(name)
+    with pytest.raises(ValueError, match=rf"'{name}' is not a file here; {hint}"):  # not 'num_classes applies to...'
+        pt.PerceiverForMaskedLM.from_pretrained(name, num_classes=0)
     with pytest.raises(FileNotFoundError):  # a name with the file's suffix is a missing file
         pt.PerceiverForMaskedLM.from_pretrained(f"{name}.safetensors")
 

@@ -252,6 +252,11 @@ def _flow_args(files, *frames, output="flow.npy"):
     (lambda f: [*MANIFEST, "predict", "no-such-model", "x"], "no zoo model 'no-such-model' in "),
     (lambda f: ["predict", "hf-hub:someone/model", "x"], "hf-hub:someone/model: predict takes zoo names and "
                                                          "converted files; load a Hub repo in Python"),
+    (lambda f: ["predict", "someone/model", "x"], "someone/model: no such file; a Hub repo is loaded in Python: "
+                                                  "Model.from_pretrained('hf-hub:someone/model')"),
+    (lambda f: [*MANIFEST, "predict", "someone/tiny-language-perceiver", "x"], "someone/tiny-language-perceiver: no "
+                                                                               "such file; the zoo's entry for these "
+                                                                               "weights is 'tiny-language-perceiver'"),
     (lambda f: ["predict", "missing.safetensors", "x"], "missing.safetensors: no such file (MODEL is a zoo name"),
     (lambda f: ["predict", f["notes.png"], "x"], "notes.png"),  # not a safetensors file: the reader's refusal
     (lambda f: ["predict", f["language"], "--device", "no-such-device", "x"], "device 'no-such-device' cannot be "
@@ -259,8 +264,8 @@ def _flow_args(files, *frames, output="flow.npy"):
 ], ids=["missing-image", "directory", "not-an-image", "too-small-to-crop", "k-above-classes", "one-frame",
         "three-frames", "frames-differ", "frames-too-small", "frame-not-an-image", "flow-without-output",
         "text-too-long", "text-too-long-named", "k-for-language", "mask-for-imagenet", "output-for-language",
-        "video-file", "video-zoo", "unknown-zoo-name", "hub-repo", "missing-model", "model-not-safetensors",
-        "bad-device"])
+        "video-file", "video-zoo", "unknown-zoo-name", "hub-repo", "owner-name", "owner-name-in-zoo", "missing-model",
+        "model-not-safetensors", "bad-device"])
 def test_refused_with_one_line_and_exit_1(files, refused, make_argv, message):
     refused(make_argv(files), 1, message)
 

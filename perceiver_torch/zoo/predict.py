@@ -26,10 +26,9 @@ from ..registry import model_class
 from ..serialization import atomic_write, check_output_path, read_metadata
 from ..tokenizer import BytesTokenizer
 from .hub import entry_config
-from .manifest import entries, manifest_path
-from .pretrained import from_pretrained
+from .pretrained import from_pretrained, looks_like_repo_id, zoo_entry, zoo_entry_of_repo
 from .schema import is_model_name
-from .user_hub import is_hub_name
+from .user_hub import HUB_PREFIX, is_hub_name
 
 DEFAULT_MASK = "[MASK]"
 DEFAULT_TOP_K = 5
@@ -61,13 +60,19 @@ def resolve(model: str, manifest=None) -> Target:
         raise PredictError(f"{model}: predict takes zoo names and converted files; load a Hub repo in Python "
                            f"(Model.from_pretrained({model!r})) and call its task's helper")
     if is_model_name(model):
-        known = entries(manifest)
-        if model not in known:
-            raise PredictError(f"no zoo model {model!r} in {manifest_path(manifest)}; available: {sorted(known)} "
-                               f"(a file needs its suffix or a directory, e.g. './{model}.safetensors')")
-        target = Target(model, known[model]["task"], entry_config(known[model]), zoo=True)
+        try:
+            entry = zoo_entry(model, manifest)
+        except ValueError as exc:  # the message from_pretrained gives
+            raise PredictError(str(exc)) from None
+        target = Target(model, entry["task"], entry_config(entry), zoo=True)
     else:
         path = Path(model)
+        if looks_like_repo_id(model):  # 'owner/name', as from_pretrained refuses it: what to write instead
+            found = zoo_entry_of_repo(model, manifest)
+            hint = (f"the zoo's entry for these weights is {found[0]!r} (status {found[1]['status']}): "
+                    f"perceiver-zoo predict {found[0]} ..." if found is not None else
+                    f"a Hub repo is loaded in Python: Model.from_pretrained('{HUB_PREFIX}{model}')")
+            raise PredictError(f"{model}: no such file; {hint}")
         if not path.is_file():
             raise PredictError(f"{model}: {_not_a_file(path)} (MODEL is a zoo name or a converted .safetensors file)")
         meta = read_metadata(path)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 
 from ..registry import TASK_MODELS
 from ..serialization import CheckpointFormatError, load_model
 from .create import HUB_KEYWORDS, create_hub_model, create_model
-from .manifest import entries
+from .manifest import entries, manifest_path
 from .schema import is_model_name, is_repo_id
 from .user_hub import HUB_PREFIX, MetadataCheck, is_hub_name
 
@@ -36,11 +37,10 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
         return create_hub_model(name_or_path, device=device, dtype=dtype,
                                 check=_of_task(task, where, name_or_path), **zoo_kwargs)
     if is_model_name(name_or_path):
-        known = entries(zoo_kwargs.get("manifest"))
-        if name_or_path not in known:
-            raise ValueError(f"{where}: no zoo model {name_or_path!r}; available: {sorted(known)} (a file "
-                             f"needs its suffix or a directory, e.g. './{name_or_path}.safetensors').")
-        found = known[name_or_path]["task"]
+        try:
+            found = zoo_entry(name_or_path, zoo_kwargs.get("manifest"))["task"]
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}.") from None
         if found != task:
             raise ValueError(f"{where}: zoo model {name_or_path!r} is a {TASK_MODELS[found].__name__} "
                              f"(task {found!r}), not a {wanted}.")
@@ -48,11 +48,18 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"{where}: expected a zoo model's name or a file path; got {type(name_or_path).__name__}.")
     path = Path(name_or_path)
+    if looks_like_repo_id(name_or_path):  # before the keywords: 'owner/name', num_classes=0 meant a model, not a file
+        found_in_zoo = zoo_entry_of_repo(name_or_path, zoo_kwargs.get("manifest"))
+        if found_in_zoo is not None:
+            zoo_name, entry = found_in_zoo
+            hint = (f"the zoo's entry for these weights is {zoo_name!r} (verified once published, status "
+                    f"{entry['status']}): from_pretrained({zoo_name!r}).")
+        else:
+            hint = (f"for the Hub repo {name_or_path!r}, write from_pretrained('{HUB_PREFIX}{name_or_path}'); a local "
+                    f"file needs its suffix, e.g. './{name_or_path}.safetensors'.")
+        raise ValueError(f"{where}: {name_or_path!r} is not a file here; {hint}")
     if zoo_kwargs:
         raise TypeError(f"{where}: {', '.join(sorted(zoo_kwargs))} apply to zoo models; {str(path)!r} is a file.")
-    if isinstance(name_or_path, str) and is_repo_id(name_or_path) and not path.exists() \
-            and not name_or_path.endswith(".safetensors"):
-        raise ValueError(f"{where}: {name_or_path!r} is not a file here; {_repo_hint(name_or_path, zoo_kwargs)}")
     return load_model(path, device=device, dtype=dtype, check_metadata=_of_task(task, where, str(path)))
 
 
@@ -67,13 +74,28 @@ def _of_task(task: str, where: str, source: str) -> MetadataCheck:
     return of_this_task
 
 
-def _repo_hint(repo_id: str, zoo_kwargs: dict) -> str:
-    """What an 'owner/name' string given for a file probably meant: a zoo model, else a Hub repo."""
-    owner, name = repo_id.split("/")
-    known = entries(zoo_kwargs.get("manifest"))
-    for zoo_name, entry in sorted(known.items()):
-        if zoo_name == name.lower() or (entry["source"].get("transformers") or {}).get("repo_id") == repo_id:
-            return (f"the zoo's entry for these weights is {zoo_name!r} (verified once published, status "
-                    f"{entry['status']}): from_pretrained({zoo_name!r}).")
-    return (f"for the Hub repo {repo_id!r}, write from_pretrained('{HUB_PREFIX}{repo_id}'); a local file needs its "
-            f"suffix, e.g. './{repo_id}.safetensors'.")
+def zoo_entry(name: str, manifest=None) -> dict:
+    """The manifest entry of the zoo model `name`; else a ValueError listing the zoo's models and saying how a
+    file of that name is written (what `from_pretrained` and `perceiver-zoo predict` say alike)."""
+    known = entries(manifest)
+    if name not in known:
+        raise ValueError(f"no zoo model {name!r} in {manifest_path(manifest)}; available: {sorted(known)} (a file "
+                         f"needs its suffix or a directory, e.g. './{name}.safetensors')")
+    return known[name]
+
+
+def looks_like_repo_id(value) -> TypeGuard[str]:
+    """An 'owner/name' string that names no file here (nor has the checkpoint suffix): a Hub repo id without the
+    ``hf-hub:`` prefix, or a zoo entry's transformers repo, rather than a path."""
+    return isinstance(value, str) and is_repo_id(value) and not value.endswith(".safetensors") \
+        and not Path(value).exists()
+
+
+def zoo_entry_of_repo(repo_id: str, manifest=None) -> tuple[str, dict] | None:
+    """(name, entry) of the zoo model holding the weights an 'owner/name' string probably meant (the
+    transformers repo it is converted from, or an entry of the same name), else None."""
+    name = repo_id.split("/")[1].lower()
+    for zoo_name, entry in sorted(entries(manifest).items()):
+        if zoo_name == name or (entry["source"].get("transformers") or {}).get("repo_id") == repo_id:
+            return zoo_name, entry
+    return None
