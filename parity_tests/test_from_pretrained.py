@@ -10,7 +10,7 @@ import torch
 import perceiver_torch as pt
 from perceiver_torch.registry import TASK_MODELS
 
-from .conftest import GOLDEN_TASKS, golden_config
+from .conftest import GOLDEN_TASKS, seeded_model
 from .zoo_support import TEST_HUB, TEST_MANIFEST, hub_env
 
 TINY_NAMES = pt.list_models(TEST_MANIFEST)
@@ -59,9 +59,8 @@ def test_zoo_keywords_reach_create_model(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("family", sorted(GOLDEN_TASKS))
 def test_a_file_is_load_model_and_another_tasks_file_is_refused(family, tmp_path):
-    torch.manual_seed(0)
     task = GOLDEN_TASKS[family]
-    path = pt.save_model(pt.build_model(task, golden_config(family)), tmp_path / f"{family}.safetensors")
+    path = pt.save_model(seeded_model(family), tmp_path / f"{family}.safetensors")
     for given in (path, str(path)):
         _assert_same_weights(TASK_MODELS[task].from_pretrained(given), pt.load_model(path))
     assert TASK_MODELS[task].from_pretrained(path, dtype=torch.bfloat16).get_submodule("encoder").latents \

@@ -16,11 +16,12 @@ class FromPretrained:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype | None = None, **zoo_kwargs) -> Self:
-        """This class's model by zoo name (as `pt.create_model`) or from a converted file (as `pt.load_model`).
+        """This class's model by zoo name or from a user's Hub repo (``"hf-hub:owner/name"``), as `pt.create_model`,
+        or from a converted file, as `pt.load_model`.
 
-        A name of another task's model, or a file holding one, is refused before anything is fetched or
-        built. Keyword arguments beyond `device` and `dtype` are `create_model`'s (`num_classes`, `endpoint`,
-        `mirror`, `cache_dir`, `manifest`).
+        A name of another task's model, or a file or repo holding one, is refused before anything is fetched or
+        built. Keyword arguments beyond `device` and `dtype` are `create_model`'s: `num_classes`, `endpoint`,
+        `cache_dir`, and `mirror`, `manifest` for a zoo name or `revision` for a Hub repo; a file takes none.
         """
         # The zoo client builds models through the registry, which imports these classes: import at call time.
         from ..zoo.pretrained import from_pretrained
