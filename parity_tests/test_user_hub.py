@@ -262,10 +262,11 @@ def test_nothing_of_the_model_is_left_in_temp_dirs(tmp_path, monkeypatch):
 
 def test_arguments_that_do_not_apply_are_named(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing is asked of any server
-    with pytest.raises(TypeError, match=r"PerceiverForMaskedLM.from_pretrained: manifest, mirror apply to zoo models; "
-                                        r"'hf-hub:a/b' is a Hub repo"):
+    with pytest.raises(TypeError, match=r"PerceiverForMaskedLM.from_pretrained: 'hf-hub:a/b' is a Hub repo, which "
+                                        r"takes no manifest or mirror \(zoo names only\)"):
         pt.PerceiverForMaskedLM.from_pretrained("hf-hub:a/b", mirror=tmp_path, manifest=tmp_path / "m.yaml")
-    with pytest.raises(TypeError, match="create_model: mirror apply to zoo names; 'hf-hub:a/b' is a Hub repo"):
+    with pytest.raises(TypeError, match=r"create_model: 'hf-hub:a/b' is a Hub repo, which takes no mirror \(zoo "
+                                        r"names only\)"):
         pt.create_model("hf-hub:a/b", mirror=tmp_path)
     with pytest.raises(TypeError, match="revision applies to 'hf-hub:owner/name' repos; zoo model "
                                         "'language-perceiver' is pinned by the manifest"):

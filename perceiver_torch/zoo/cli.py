@@ -115,7 +115,7 @@ def _check_predict_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error("stdin (-) can be read once; give - at most once")
     for flag, value in (("--endpoint", args.endpoint), ("--mirror", args.mirror)):
         if value is not None and not is_model_name(args.model):
-            parser.error(f"{flag} applies to zoo models; {args.model!r} is a file")
+            parser.error(f"{flag} applies to zoo models; {args.model!r} is not a zoo name")
 
 
 def _load_pt2(path):

@@ -29,7 +29,8 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
     if is_hub_name(name):
         zoo_only = [key for key, value in (("mirror", mirror), ("manifest", manifest)) if value is not None]
         if zoo_only:
-            raise TypeError(f"create_model: {', '.join(zoo_only)} apply to zoo names; {name!r} is a Hub repo.")
+            raise TypeError(f"create_model: {name!r} is a Hub repo, which takes no {' or '.join(zoo_only)} (zoo names "
+                            "only).")
         if pretrained is not True:
             raise ValueError(f"create_model: {name!r} is a Hub repo, whose architecture is its checkpoint's: "
                              "pretrained=False is for zoo names (load it, then re-initialise what you want).")

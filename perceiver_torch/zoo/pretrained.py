@@ -33,7 +33,8 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
     if is_hub_name(name_or_path):
         zoo_only = sorted(set(zoo_kwargs) - set(HUB_KEYWORDS))
         if zoo_only:
-            raise TypeError(f"{where}: {', '.join(zoo_only)} apply to zoo models; {name_or_path!r} is a Hub repo.")
+            raise TypeError(f"{where}: {name_or_path!r} is a Hub repo, which takes no {' or '.join(zoo_only)} (zoo "
+                            "names only).")
         return create_hub_model(name_or_path, device=device, dtype=dtype,
                                 check=_of_task(task, where, name_or_path), **zoo_kwargs)
     if is_model_name(name_or_path):
@@ -59,7 +60,8 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
                     f"file needs its suffix, e.g. './{name_or_path}.safetensors'.")
         raise ValueError(f"{where}: {name_or_path!r} is not a file here; {hint}")
     if zoo_kwargs:
-        raise TypeError(f"{where}: {', '.join(sorted(zoo_kwargs))} apply to zoo models; {str(path)!r} is a file.")
+        raise TypeError(f"{where}: {str(path)!r} is a file, which takes no {' or '.join(sorted(zoo_kwargs))} (only "
+                        "device and dtype).")
     return load_model(path, device=device, dtype=dtype, check_metadata=_of_task(task, where, str(path)))
 
 
