@@ -106,6 +106,27 @@ def test_another_tasks_model_is_refused_before_its_body_is_downloaded(tmp_path, 
     assert cached_files(tmp_path / "cache") == []
 
 
+def test_num_classes_applies_to_a_hub_classifier_and_is_refused_for_another_task_before_the_body(tmp_path,
+                                                                                                 monkeypatch):
+    """create_model's docstring: num_classes applies to hf-hub: names as to zoo names (checked on the header)."""
+    classifier = seeded_model("imagenet_conv").eval()
+    images = torch.rand(2, 3, *classifier.image_size) * 2 - 1
+    embedding = classifier.forward_head(classifier.forward_features(images), pre_logits=True)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(classifier, "someone/classifier", token=TOKEN)
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        headless = pt.create_model("hf-hub:someone/classifier", num_classes=0)
+        four = pt.PerceiverForImageClassification.from_pretrained("hf-hub:someone/classifier", num_classes=4)
+        cached = cached_files(tmp_path / "cache")
+        with pytest.raises(ValueError, match=rf"hf-hub:{REPO} \(revision 'main'\) is a language model; num_classes "
+                                             "applies to the ImageNet classifiers"):
+            pt.create_model(f"hf-hub:{REPO}", num_classes=3)
+    assert cached_files(tmp_path / "cache") == cached  # the language model's body was not downloaded
+    assert headless.num_classes == 0 and not headless.training
+    torch.testing.assert_close(headless(images), embedding, rtol=0, atol=0)
+    assert four.get_classifier().out_features == four.config["num_classes"] == 4
+
+
 def _never_built(task, config):
     raise AssertionError(f"a {task} model was built")
 

@@ -275,6 +275,14 @@ def test_cuda_without_a_gpu_is_refused(files, refused):
     refused(["predict", files["language"], "x", "--device", "cuda"], 1, "device 'cuda' cannot be used here")
 
 
+def test_a_headless_classifier_is_refused(files, refused, tmp_path):
+    model = pt.load_model(files["imagenet"])
+    model.reset_classifier(0)
+    headless = pt.save_model(model, tmp_path / "headless.safetensors")
+    refused(["predict", str(headless), files["photo.jpg"]], 1, f"{headless} has no classifier (num_classes 0): it "
+                                                               "gives image embeddings, not labels")
+
+
 def test_stdin_refusals(files, refused):
     refused(["predict", files["language"], "-"], 1, "stdin (-) holds no text; give one text per line")
     line = refused(["predict", files["language"], "ok", "-"], 1, "stdin line 2 ('", stdin="fine\n" + "z" * 70)
