@@ -92,5 +92,5 @@ def test_an_interrupted_pull_says_so_without_a_traceback(capsys, hub, tmp_path, 
 
     monkeypatch.setattr("perceiver_torch.zoo.download.http_get", interrupted)
     assert zoo_cli([*MANIFEST, "pull", "tiny-language-perceiver"]) == 130
-    assert capsys.readouterr().err.splitlines()[-1] == "perceiver-zoo: interrupted; nothing was written."
+    assert capsys.readouterr().err.splitlines()[-1] == "perceiver-zoo: interrupted; no file was left half-written."
     assert cached_files(tmp_path / "cache") == []  # the temp file and the folders made for it are gone

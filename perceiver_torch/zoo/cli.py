@@ -194,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ZooError, ManifestError, KeyError, ValueError, ImportError, OSError) as exc:
         print(f"perceiver-zoo: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # as perceiver-convert: outputs are written atomically, so none is left half-written
-        print("perceiver-zoo: interrupted; nothing was written.", file=sys.stderr)
+    except KeyboardInterrupt:  # outputs are written atomically, so none is left half-written; but export writes its
+        # file before verifying it, and predict its flow before the summary line: "nothing was written" would be untrue
+        print("perceiver-zoo: interrupted; no file was left half-written.", file=sys.stderr)
         return 130
 
 
