@@ -48,6 +48,14 @@ def seeded_model(family: str, config: dict | None = None, seed: int = 0) -> torc
     return build_model(GOLDEN_TASKS[family], golden_config(family) if config is None else config)
 
 
+def assert_same_weights(actual: torch.nn.Module, expected: torch.nn.Module) -> None:
+    """`actual` is a model of `expected`'s class with bit-identical state (every parameter and buffer)."""
+    assert type(actual) is type(expected)
+    assert actual.state_dict().keys() == expected.state_dict().keys()
+    for key, tensor in expected.state_dict().items():
+        assert torch.equal(actual.state_dict()[key], tensor), key
+
+
 def golden_io(family: str) -> dict[str, np.ndarray]:
     with np.load(GOLDEN / family / "io.npz") as data:
         return {k: data[k] for k in data.files}

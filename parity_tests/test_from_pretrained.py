@@ -10,7 +10,7 @@ import torch
 import perceiver_torch as pt
 from perceiver_torch.registry import TASK_MODELS
 
-from .conftest import GOLDEN_TASKS, seeded_model
+from .conftest import GOLDEN_TASKS, assert_same_weights, seeded_model
 from .zoo_support import TEST_HUB, TEST_MANIFEST, hub_env
 
 TINY_NAMES = pt.list_models(TEST_MANIFEST)
@@ -20,19 +20,12 @@ def _task(name: str) -> str:
     return pt.zoo.get_entry(name, TEST_MANIFEST)["task"]
 
 
-def _assert_same_weights(actual: torch.nn.Module, expected: torch.nn.Module) -> None:
-    assert type(actual) is type(expected)
-    assert actual.state_dict().keys() == expected.state_dict().keys()
-    for key, tensor in expected.state_dict().items():
-        assert torch.equal(actual.state_dict()[key], tensor), key
-
-
 @pytest.mark.parametrize("name", TINY_NAMES)
 def test_a_zoo_name_is_create_model(name, tmp_path, monkeypatch):
     with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
         model = TASK_MODELS[_task(name)].from_pretrained(name, manifest=TEST_MANIFEST)
         expected = pt.create_model(name, manifest=TEST_MANIFEST)
-    _assert_same_weights(model, expected)
+    assert_same_weights(model, expected)
     assert not model.training
 
 
@@ -62,7 +55,7 @@ def test_a_file_is_load_model_and_another_tasks_file_is_refused(family, tmp_path
     task = GOLDEN_TASKS[family]
     path = pt.save_model(seeded_model(family), tmp_path / f"{family}.safetensors")
     for given in (path, str(path)):
-        _assert_same_weights(TASK_MODELS[task].from_pretrained(given), pt.load_model(path))
+        assert_same_weights(TASK_MODELS[task].from_pretrained(given), pt.load_model(path))
     assert TASK_MODELS[task].from_pretrained(path, dtype=torch.bfloat16).get_submodule("encoder").latents \
         .embeddings.dtype == torch.bfloat16
     for other, cls in TASK_MODELS.items():

@@ -20,7 +20,7 @@ from perceiver_torch.registry import build_model, preset, preset_names
 from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES, build_on_meta
 from perceiver_torch.zoo import IntegrityError
 
-from .conftest import GOLDEN_TASKS, golden_config, golden_io, seeded_model
+from .conftest import GOLDEN_TASKS, assert_same_weights, golden_config, golden_io, seeded_model
 from .zoo_support import answering_server, cached_files, hub_env
 
 TOKEN = "test-write-token"
@@ -39,10 +39,8 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _assert_identical(actual: torch.nn.Module, expected: torch.nn.Module) -> None:
-    assert type(actual) is type(expected) and not actual.training
-    assert actual.state_dict().keys() == expected.state_dict().keys()
-    for key, tensor in expected.state_dict().items():
-        assert torch.equal(actual.state_dict()[key], tensor), key
+    assert_same_weights(actual, expected)
+    assert not actual.training
     with torch.no_grad():
         assert torch.equal(actual(*_inputs()), expected(*_inputs()))
 
