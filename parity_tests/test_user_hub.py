@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import perceiver_torch as pt
+from perceiver_torch.export import max_errors
 from perceiver_torch.registry import build_model, preset, preset_names
 from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES, build_on_meta
 from perceiver_torch.zoo import IntegrityError
@@ -298,3 +299,12 @@ def test_arguments_that_do_not_apply_are_named(tmp_path, monkeypatch):
         pt.create_model("hf-hub:a/b", revision="../main")
     with pytest.raises(ValueError, match="push_to_hub: repo_id must be a Hub repo id 'owner/name'.*got 'b'"):
         pt.push_to_hub(build_model("language", golden_config("language")), "b", token=TOKEN)
+
+
+def test_export_model_takes_an_hf_hub_name_as_create_model_does(tmp_path, monkeypatch):
+    model = _language_model()
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(model, REPO, token=TOKEN)
+        path = pt.export_model(f"hf-hub:{REPO}", tmp_path / "lm.pt2")
+    errors = max_errors(model, torch.export.load(path).module())
+    assert max(errors.values()) <= 1e-5, errors  # test_export's float32 bound (the program runs eager's kernels)

@@ -29,7 +29,7 @@ from torch import nn
 
 from .integers import is_int
 from .serialization import atomic_write, check_output_path, model_dtype
-from .zoo.hub import create_model
+from .zoo.create import create_model
 
 if TYPE_CHECKING:
     from .models import (
@@ -189,7 +189,8 @@ def check_chunks(model: nn.Module, chunks: int | None) -> None:
 
 def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, batch: int = 2,
                  format: str = "pt2", chunks: int | None = None, **zoo_kwargs) -> Path:
-    """Export a model (or a zoo model, pulled by name with `create_model(name, **zoo_kwargs)`) to `path`.
+    """Export a model (or one named as `create_model` takes it, a zoo name or an ``hf-hub:`` repo, pulled with
+    `create_model(name, **zoo_kwargs)`) to `path`.
 
     `format` 'pt2' writes `torch.export.save`'s archive (load it with `torch.export.load(path).module()`),
     'onnx' an ONNX model (float32 only); a `path` ending in .pt2 or .onnx must agree with `format`. `batch` is
