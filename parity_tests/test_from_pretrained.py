@@ -84,3 +84,12 @@ def test_what_is_neither_a_zoo_name_nor_a_file_is_named(tmp_path, monkeypatch):
         cls.from_pretrained("x.safetensors", num_classes=3, manifest=TEST_MANIFEST)
     with pytest.raises(TypeError, match=r"expected a zoo model's name or a file path; got int"):
         cls.from_pretrained(3)
+
+
+def test_a_revision_for_a_zoo_model_is_refused_by_from_pretrained_before_fetching(tmp_path, monkeypatch):
+    with hub_env(monkeypatch, tmp_path / "no-hub", tmp_path / "cache"):
+        with pytest.raises(TypeError, match=r"^PerceiverForMaskedLM.from_pretrained: zoo model "
+                                            r"'tiny-language-perceiver' is pinned by the manifest, which takes no "
+                                            r"revision \('hf-hub:' repos only\)\.$"):
+            pt.PerceiverForMaskedLM.from_pretrained("tiny-language-perceiver", revision="main", manifest=TEST_MANIFEST)
+    assert not (tmp_path / "cache").exists()

@@ -45,6 +45,9 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
         if found != task:
             raise ValueError(f"{where}: zoo model {name_or_path!r} is a {TASK_MODELS[found].__name__} "
                              f"(task {found!r}), not a {wanted}.")
+        if "revision" in zoo_kwargs:  # named here: create_model's own refusal would name create_model
+            raise TypeError(f"{where}: zoo model {name_or_path!r} is pinned by the manifest, which takes no revision "
+                            "('hf-hub:' repos only).")
         return create_model(name_or_path, device=device, dtype=dtype, **zoo_kwargs)
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"{where}: expected a zoo model's name or a file path; got {type(name_or_path).__name__}.")
