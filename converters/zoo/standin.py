@@ -83,6 +83,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, val)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:  # said, so that a client never sends its next request on this connection
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -111,9 +113,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if not 0 <= length <= MAX_BODY_BYTES:
+            self.close_connection = True
             self._error(413 if length > MAX_BODY_BYTES else 400, "BadRequest",
                         f"Content-Length must be 0..{MAX_BODY_BYTES}")
-            self.close_connection = True
             return None
         return self.rfile.read(length)
 
