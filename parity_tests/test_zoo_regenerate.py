@@ -165,8 +165,8 @@ def test_publish_records_the_commit_and_is_idempotent(produced, published):
         again = publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token=TOKEN, work_dir=root / "work", manifest=manifest)
         assert again["revision"] == revision  # unchanged files: no new commit
         before = manifest.read_bytes()
-        # 401; or, for about 1% of refusals under heavy CPU load, huggingface_hub's "Server disconnected" (see
-        # test_user_hub's push without a token): refused either way, the manifest unchanged.
+        # 401; or huggingface_hub's "Server disconnected", as test_user_hub's push without a token explains:
+        # refused either way, the manifest unchanged.
         with pytest.raises(ZooError, match="401 Unauthorized|RemoteProtocolError: Server disconnected"):
             publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token="wrong", work_dir=root / "work", manifest=manifest)
         assert manifest.read_bytes() == before
