@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 import perceiver_torch as pt
 from parity_tests.conftest import convert_golden
 from parity_tests.zoo_support import TEST_HUB, TEST_MANIFEST, cached_files, hub_env
 from perceiver_torch.flow_visualization import encode_png, flow_to_rgb
+from perceiver_torch.serialization import read_metadata
 from perceiver_torch.zoo import predict as predict_module
 from perceiver_torch.zoo.cli import main as zoo_cli
 
@@ -224,6 +226,27 @@ def refused(capsys, monkeypatch, tmp_path, hub):
 
 def _flow_args(files, *frames, output="flow.npy"):
     return ["predict", files["optical_flow"], *(files[f] for f in frames), "-o", output]
+
+
+@pytest.mark.parametrize("task, config, problem", [
+    ("no-such-task", "{}", "task: found 'no-such-task' (str); expected one of ['language', "),
+    ("language", {"d_model": 2.5}, "d_model: found 2.5"),
+    ("language", "[1]", "(file): found [1] (list); expected a JSON object"),
+])
+def test_a_file_whose_metadata_load_model_refuses(files, capsys, monkeypatch, tmp_path, task, config, problem):
+    """A converted file's task and config are checked as load_model checks them, before the model is loaded: the
+    error line names the file, the lines after it list the problems (as load_model's error does)."""
+    if isinstance(config, dict):  # the golden language config with these changes
+        config = json.dumps({**json.loads(read_metadata(files["language"])["config"]), **config})
+    path = tmp_path / "odd.safetensors"
+    save_file({"x": torch.zeros(1)}, path, metadata={"format": "perceiver-torch", "task": task, "config": config})
+    monkeypatch.setattr(predict_module, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert zoo_cli(["predict", str(path), "x"]) == 1
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == "" and "Traceback" not in err
+    assert lines[0] == f"perceiver-zoo: error: {path} (metadata config) is not a valid config: 1 problem(s)", err
+    assert len(lines) == 2 and problem in lines[1], err
 
 
 @pytest.mark.parametrize("make_argv, message", [

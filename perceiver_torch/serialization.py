@@ -156,11 +156,13 @@ def checked_metadata(where: str | Path, header: Header) -> dict[str, str]:
     """A parsed header's perceiver-torch metadata, its task and config checked as load_model checks them first
     (for a header read some other way, e.g. the first bytes of a download); refusals name `where`."""
     meta = _metadata(where, header)
-    _checked_config(where, meta)
+    checked_config(where, meta)
     return meta
 
 
-def _checked_config(path: str | Path, meta: dict[str, str]) -> tuple[str, dict]:
+def checked_config(path: str | Path, meta: dict[str, str]) -> tuple[str, dict]:
+    """The task and config of a converted file's metadata (`read_metadata`), the config parsed and valid for the
+    task; else a `CheckpointConfigError` naming `path`."""
     source = f"{path} (metadata config)"
     try:
         config = parse_config_json(meta["config"], source)
@@ -301,7 +303,7 @@ def load_model(path, device: str | torch.device = "cpu", *, dtype: str | torch.d
     path = Path(path)
     header = read_header(path)
     meta = _metadata(path, header)
-    task, config = _checked_config(path, meta)
+    task, config = checked_config(path, meta)
     if check_metadata is not None:
         check_metadata(meta)
     try:

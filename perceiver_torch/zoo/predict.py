@@ -18,12 +18,10 @@ from typing import TextIO, cast
 import numpy as np
 import torch
 
-from ..config_schema import parse_config_json, validate_config
 from ..flow_visualization import save_flow_png
 from ..imagenet_preprocessing import center_crop_size, load_rgb
 from ..models import PerceiverForImageClassification, PerceiverForMaskedLM, PerceiverForOpticalFlow
-from ..registry import model_class
-from ..serialization import atomic_write, check_output_path, read_metadata
+from ..serialization import atomic_write, check_output_path, checked_config, read_metadata
 from ..tokenizer import BytesTokenizer
 from .hub import entry_config
 from .pretrained import from_pretrained, looks_like_repo_id, zoo_entry, zoo_entry_of_repo
@@ -75,11 +73,8 @@ def resolve(model: str, manifest=None) -> Target:
             raise PredictError(f"{model}: no such file; {hint}")
         if not path.is_file():
             raise PredictError(f"{model}: {_not_a_file(path)} (MODEL is a zoo name or a converted .safetensors file)")
-        meta = read_metadata(path)
-        model_class(meta["task"])  # an unknown task, named
-        source = f"{path} (metadata config)"
-        target = Target(model, meta["task"], validate_config(meta["task"], parse_config_json(meta["config"], source),
-                                                            source=source), zoo=False)
+        task, config = checked_config(path, read_metadata(path))  # load_model's own check
+        target = Target(model, task, config, zoo=False)
     if target.task == "video_autoencoding":
         raise PredictError(f"{model} is a video autoencoder (task video_autoencoding): perceiver-zoo predict does not "
                            "decode videos; in Python, load it (perceiver_torch.load_model or create_model) and call "
