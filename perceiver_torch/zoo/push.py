@@ -15,10 +15,9 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from torch import nn
 
-from ..config_schema import parse_config_json
 from ..registry import TASK_MODELS
 from ..saving import save_model
-from ..serialization import build_on_meta, read_metadata
+from ..serialization import read_metadata
 from .schema import is_repo_id
 from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endpoint
 
@@ -82,9 +81,8 @@ def push_to_hub(model: nn.Module, repo_id: str, *, token: str | None = None, end
                        "log in with `hf auth login`.")
     with tempfile.TemporaryDirectory(prefix="perceiver-push-") as folder:
         path = save_model(model, Path(folder) / FILENAME)
-        meta = read_metadata(path)
-        task = meta["task"]
-        num_parameters = sum(p.numel() for p in build_on_meta(task, parse_config_json(meta["config"])).parameters())
+        task = read_metadata(path)["task"]
+        num_parameters = sum(p.numel() for p in model.parameters())  # save_model wrote them all, strictly
         card = Path(folder) / "README.md"
         card.write_text(model_card(repo_id, task, num_parameters), encoding="utf-8")
         api = HfApi(endpoint=where, token=token)
