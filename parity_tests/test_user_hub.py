@@ -12,6 +12,7 @@ import logging
 import tempfile
 
 import huggingface_hub
+import numpy as np
 import pytest
 import torch
 
@@ -115,8 +116,12 @@ def test_num_classes_applies_to_a_hub_classifier_and_is_refused_for_another_task
         pt.push_to_hub(classifier, "someone/classifier", token=TOKEN)
         pt.push_to_hub(_language_model(), REPO, token=TOKEN)
         headless = pt.create_model("hf-hub:someone/classifier", num_classes=0)
-        four = pt.PerceiverForImageClassification.from_pretrained("hf-hub:someone/classifier", num_classes=4)
+        four = pt.PerceiverForImageClassification.from_pretrained("hf-hub:someone/classifier",
+                                                                  num_classes=np.int64(4))  # an int, as timm's
         cached = cached_files(tmp_path / "cache")
+        with pytest.raises(ValueError, match=r"hf-hub:someone/classifier \(revision 'main'\) with num_classes is not a "
+                                             r"valid config: 1 problem\(s\)\n  num_classes: found 2.5"):
+            pt.create_model("hf-hub:someone/classifier", num_classes=2.5)
         with pytest.raises(ValueError, match=rf"hf-hub:{REPO} \(revision 'main'\) is a language model; num_classes "
                                              "applies to the ImageNet classifiers"):
             pt.create_model(f"hf-hub:{REPO}", num_classes=3)
@@ -124,6 +129,7 @@ def test_num_classes_applies_to_a_hub_classifier_and_is_refused_for_another_task
     assert headless.num_classes == 0 and not headless.training
     torch.testing.assert_close(headless(images), embedding, rtol=0, atol=0)
     assert four.get_classifier().out_features == four.config["num_classes"] == 4
+    assert type(four.config["num_classes"]) is int
 
 
 def _never_built(task, config):

@@ -55,15 +55,14 @@ def create_hub_model(name: str, *, revision: str | None = None, num_classes: int
     device, dtype = usable_device(device), model_dtype(dtype)  # before anything is downloaded or built
     repo_id, revision = hub_repo_id(name), checked_revision(revision)
     what = f"{name} (revision {revision!r})"
-    classes: list[int | None] = [None]
 
     def checked(meta: dict[str, str]) -> None:
         if check is not None:
             check(meta)
         # load_model and the header check have already refused a config that is not valid, bounded JSON.
         config = parse_config_json(meta["config"], f"{what} (metadata config)")
-        classes[0] = hub.checked_num_classes(what, meta["task"], config, num_classes)
+        hub.checked_num_classes(what, meta["task"], config, num_classes)
 
     path = hub_checkpoint(repo_id, revision, endpoint=endpoint, cache=cache_dir, check=checked)
     model = load_model(path, device=device, dtype=dtype, check_metadata=checked)
-    return hub.with_classes(model, classes[0])
+    return hub.with_classes(model, num_classes)  # checked on the header: reset_classifier takes it
