@@ -166,7 +166,7 @@ def test_cli_export_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {out_dir} is a directory; give the output " \
                                               "file's path."
     assert zoo_cli([*manifest, "export", "no-such-model", "-o", str(out_dir / "x.pt2")]) == 1
-    assert capsys.readouterr().err.startswith("perceiver-zoo: error: no model 'no-such-model' in the zoo")
+    assert capsys.readouterr().err.startswith("perceiver-zoo: error: no zoo model 'no-such-model' in ")
     with pytest.raises(SystemExit) as exit_info:
         zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", str(out_dir / "x.pt2"), "--batch", "1"])
     assert exit_info.value.code == 2 and "--batch must be from 2 to 64" in capsys.readouterr().err

@@ -16,7 +16,16 @@ import torch
 
 from parity_tests.conftest import assert_close, golden_io
 from parity_tests.zoo_support import GOLDEN_ENTRY, TEST_MANIFEST, cached_files, hub_env, produce_and_publish
-from perceiver_torch.zoo import IntegrityError, NotProducedError, ZooError, create_model, fetch, get_entry
+from perceiver_torch.zoo import (
+    IntegrityError,
+    NotProducedError,
+    UnknownModelError,
+    ZooError,
+    create_model,
+    entries,
+    fetch,
+    get_entry,
+)
 from perceiver_torch.zoo.cli import main as zoo_cli
 from perceiver_torch.zoo.hub import cache_dir, is_offline, location
 
@@ -119,6 +128,18 @@ def test_pretrained_false_builds_the_architecture(published):
     manifest, _, _ = published
     model = create_model(GOLDEN_ENTRY, pretrained=False, manifest=manifest)
     assert not model.training and model.config["max_seq_len"] == 64
+
+
+def test_an_unknown_name_is_a_key_error_and_a_value_error_naming_the_manifest(published):
+    """timm users catch KeyError from a registry lookup, transformers users ValueError from from_pretrained:
+    create_model's refusal is both, its message itself (not KeyError's quoted repr of it)."""
+    manifest, _, _ = published
+    for call in (lambda: create_model("no-such-model", manifest=manifest), lambda: get_entry("no-such-model", manifest),
+                 lambda: create_model("no-such-model", pretrained=False, manifest=manifest)):
+        with pytest.raises(UnknownModelError) as err:
+            call()
+        assert isinstance(err.value, KeyError) and isinstance(err.value, ValueError)
+        assert str(err.value) == f"no zoo model 'no-such-model' in {manifest}; available: {sorted(entries(manifest))}"
 
 
 @pytest.mark.parametrize("name", ["language-perceiver", "vision-perceiver-learned", "vision-perceiver-fourier",

@@ -3,7 +3,7 @@ own checkpoints shared on the Hub (`push_to_hub`, ``hf-hub:owner/name``: see use
 
 from .create import create_model
 from .hub import IntegrityError, NotProducedError, ZooError, fetch
-from .manifest import entries, get_entry, load_manifest
+from .manifest import UnknownModelError, entries, get_entry, load_manifest
 from .push import push_to_hub
 from .schema import ManifestError
 from .user_hub import HubError
@@ -17,5 +17,5 @@ def list_models(manifest=None) -> list[str]:
 
 __all__ = [
     "HubError", "IntegrityError", "ManifestError", "NotProducedError", "ZooError", "create_model", "entries", "fetch",
-    "get_entry", "list_models", "load_manifest", "push_to_hub",
+    "UnknownModelError", "get_entry", "list_models", "load_manifest", "push_to_hub",
 ]

@@ -22,7 +22,7 @@ from ..serialization import MODEL_DTYPES, build_on_meta, usable_device
 from .hub import ZooError, create_model, entry_config, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
 from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, load, read_inputs, resolve, run
-from .schema import ManifestError, is_model_name
+from .schema import is_model_name
 
 
 def _list(manifest) -> int:
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict":
             return _predict(args)
         return _pull(args.name, args.endpoint, args.mirror, args.manifest)
-    except (ZooError, ManifestError, KeyError, ValueError, ImportError, OSError) as exc:
-        print(f"perceiver-zoo: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+    except (ZooError, ValueError, ImportError, OSError) as exc:  # ManifestError, UnknownModelError are ValueErrors
+        print(f"perceiver-zoo: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # outputs are written atomically, so none is left half-written; but export writes its
         # file before verifying it, and predict its flow before the summary line: "nothing was written" would be untrue

@@ -127,8 +127,18 @@ def entries(path=None) -> dict[str, dict]:
     return load_manifest(path)["models"]
 
 
+class UnknownModelError(KeyError, ValueError):
+    """A name the zoo's manifest does not hold. A KeyError (a lookup that missed) and a ValueError (what
+    `from_pretrained` raises for a bad name), so either `except` catches it."""
+
+    def __str__(self) -> str:  # the message itself, not KeyError's repr of it
+        return str(self.args[0]) if self.args else ""
+
+
 def get_entry(name: str, path=None) -> dict:
+    """A copy of the manifest entry of the zoo model `name`; else an `UnknownModelError` naming the manifest
+    and the models it holds."""
     models = entries(path)
     if name not in models:
-        raise KeyError(f"no model {name!r} in the zoo; available: {sorted(models)}")
+        raise UnknownModelError(f"no zoo model {name!r} in {manifest_path(path)}; available: {sorted(models)}")
     return copy.deepcopy(models[name])

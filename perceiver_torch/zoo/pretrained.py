@@ -12,8 +12,8 @@ import torch
 from ..registry import TASK_MODELS
 from ..serialization import CheckpointFormatError, load_model
 from .create import HUB_KEYWORDS, create_hub_model, create_model
-from .manifest import entries, manifest_path
-from .schema import is_model_name, is_repo_id
+from .manifest import UnknownModelError, entries, get_entry
+from .schema import ManifestError, is_model_name, is_repo_id
 from .user_hub import HUB_PREFIX, MetadataCheck, is_hub_name
 
 
@@ -40,8 +40,8 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
     if is_model_name(name_or_path):
         try:
             found = zoo_entry(name_or_path, zoo_kwargs.get("manifest"))["task"]
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}.") from None
+        except (UnknownModelError, ManifestError) as exc:
+            raise type(exc)(f"{where}: {exc}.") from None
         if found != task:
             raise ValueError(f"{where}: zoo model {name_or_path!r} is a {TASK_MODELS[found].__name__} "
                              f"(task {found!r}), not a {wanted}.")
@@ -80,13 +80,13 @@ def _of_task(task: str, where: str, source: str) -> MetadataCheck:
 
 
 def zoo_entry(name: str, manifest=None) -> dict:
-    """The manifest entry of the zoo model `name`; else a ValueError listing the zoo's models and saying how a
-    file of that name is written (what `from_pretrained` and `perceiver-zoo predict` say alike)."""
-    known = entries(manifest)
-    if name not in known:
-        raise ValueError(f"no zoo model {name!r} in {manifest_path(manifest)}; available: {sorted(known)} (a file "
-                         f"needs its suffix or a directory, e.g. './{name}.safetensors')")
-    return known[name]
+    """The manifest entry of the zoo model `name`; else an `UnknownModelError` listing the zoo's models and saying
+    how a file of that name is written (what `from_pretrained` and `perceiver-zoo predict` say alike)."""
+    try:
+        return get_entry(name, manifest)
+    except UnknownModelError as exc:
+        raise UnknownModelError(f"{exc} (a file needs its suffix or a directory, e.g. './{name}.safetensors')"
+                                ) from None
 
 
 def looks_like_repo_id(value) -> TypeGuard[str]:
