@@ -22,6 +22,8 @@ from perceiver_torch.export import (
 )
 from perceiver_torch.flow_tiling import stitch_tiles
 from perceiver_torch.layers import attention
+from perceiver_torch.saving import save_model
+from perceiver_torch.zoo import model_arg
 from perceiver_torch.zoo.cli import main as zoo_cli
 
 from .conftest import GOLDEN_TASKS as FAMILIES
@@ -155,6 +157,45 @@ def test_cli_exports_a_zoo_model_by_name_and_verifies_it(tmp_path, monkeypatch, 
     assert "max |exported - eager|: 0.00e+00 at batch 1, 0.00e+00 at batch 3" in printed
     ids = torch.randint(0, 262, (4, 9))
     assert torch.export.load(out).module()(ids, torch.ones_like(ids)).shape == (4, 9, 262)
+
+
+def test_cli_exports_a_converted_file_and_checks_its_chunks_before_loading(tmp_path, monkeypatch, capsys):
+    """MODEL is what from_pretrained takes: a converted file too (its header checked before it is loaded)."""
+    model = _model("language").eval()
+    path = save_model(model, tmp_path / "lm.safetensors")
+    out = tmp_path / "lm.pt2"
+    assert zoo_cli(["export", str(path), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{path}: exported (pt2, float32, dynamic batch) to {out}" in printed
+    assert max(max_errors(model, torch.export.load(out).module()).values()) <= TOLERANCE
+    monkeypatch.setattr(model_arg, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert zoo_cli(["export", str(path), "-o", str(tmp_path / "x.pt2"), "--chunks", "2"]) == 1
+    assert capsys.readouterr().err.strip() == "perceiver-zoo: error: chunks applies only to the video autoencoder " \
+                                              "(task video_autoencoding); this model's task is 'language'."
+    assert zoo_cli(["export", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "x.pt2")]) == 1
+    assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {tmp_path / 'missing.safetensors'}: no such " \
+                                              "file (MODEL is a zoo name or a converted .safetensors file)"
+    assert zoo_cli(["export", "someone/model", "-o", str(tmp_path / "x.pt2")]) == 1
+    assert capsys.readouterr().err.strip() == "perceiver-zoo: error: someone/model: no such file; perceiver-zoo " \
+                                              "export hf-hub:someone/model ..."
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.pt2", "lm.safetensors"]
+
+
+@pytest.mark.parametrize("model, option, message", [
+    ("tiny-language-perceiver", ["--revision", "main"], "--revision applies to hf-hub: repos; "
+                                                        "'tiny-language-perceiver' is a zoo name"),
+    ("hf-hub:someone/model", ["--mirror", "m"], "--mirror applies to zoo models; 'hf-hub:someone/model' is a Hub "
+                                                "repo"),
+    ("./lm.safetensors", ["--endpoint", "http://127.0.0.1:1"], "--endpoint applies to zoo models and hf-hub: repos; "
+                                                              "'./lm.safetensors' is a file"),
+    ("./lm.safetensors", ["--revision", "main"], "--revision applies to hf-hub: repos; './lm.safetensors' is a file"),
+])
+def test_cli_export_refuses_a_source_option_that_does_not_apply(tmp_path, capsys, model, option, message):
+    with pytest.raises(SystemExit) as exit_info:
+        zoo_cli(["--manifest", str(TEST_MANIFEST), "export", model, "-o", str(tmp_path / "x.pt2"), *option])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.splitlines()[-1] == f"perceiver-zoo: error: {message}", err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_export_errors_are_one_line(tmp_path, monkeypatch, capsys):

@@ -21,6 +21,7 @@ from perceiver_torch.export import max_errors
 from perceiver_torch.registry import build_model, preset, preset_names
 from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES, build_on_meta
 from perceiver_torch.zoo import IntegrityError
+from perceiver_torch.zoo.cli import main as zoo_cli
 
 from .conftest import GOLDEN_TASKS, assert_same_weights, golden_config, golden_io, seeded_model
 from .zoo_support import answering_server, cached_files, hub_env
@@ -313,10 +314,14 @@ def test_arguments_that_do_not_apply_are_named(tmp_path, monkeypatch):
         pt.push_to_hub(build_model("language", golden_config("language")), "b", token=TOKEN)
 
 
-def test_export_model_takes_an_hf_hub_name_as_create_model_does(tmp_path, monkeypatch):
+def test_export_model_takes_an_hf_hub_name_as_create_model_does(tmp_path, monkeypatch, capsys):
     model = _language_model()
     with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
-        pt.push_to_hub(model, REPO, token=TOKEN)
-        path = pt.export_model(f"hf-hub:{REPO}", tmp_path / "lm.pt2")
-    errors = max_errors(model, torch.export.load(path).module())
-    assert max(errors.values()) <= 1e-5, errors  # test_export's float32 bound (the program runs eager's kernels)
+        commit = pt.push_to_hub(model, REPO, token=TOKEN)
+        pt.push_to_hub(_language_model(seed=1), REPO, token=TOKEN)  # main moves on: the CLI pins the first
+        path = pt.export_model(f"hf-hub:{REPO}", tmp_path / "lm.pt2", revision=commit)
+        assert zoo_cli(["export", f"hf-hub:{REPO}", "--revision", commit, "-o", str(tmp_path / "cli.pt2")]) == 0
+    assert f"hf-hub:{REPO}: exported (pt2, float32, dynamic batch) to {tmp_path / 'cli.pt2'}" in capsys.readouterr().out
+    for exported in (path, tmp_path / "cli.pt2"):
+        errors = max_errors(model, torch.export.load(exported).module())
+        assert max(errors.values()) <= 1e-5, errors  # test_export's float32 bound (the program runs eager's kernels)

@@ -22,7 +22,7 @@ from parity_tests.conftest import convert_golden
 from parity_tests.zoo_support import TEST_HUB, TEST_MANIFEST, cached_files, hub_env
 from perceiver_torch.flow_visualization import encode_png, flow_to_rgb
 from perceiver_torch.serialization import read_metadata
-from perceiver_torch.zoo import predict as predict_module
+from perceiver_torch.zoo import model_arg
 from perceiver_torch.zoo.cli import main as zoo_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +197,7 @@ def refused(capsys, monkeypatch, tmp_path, hub):
     def not_loaded(*args, **kwargs):
         raise AssertionError("the model was loaded before the refusal")
 
-    monkeypatch.setattr(predict_module, "from_pretrained", not_loaded)
+    monkeypatch.setattr(model_arg, "from_pretrained", not_loaded)
 
     def check(argv, code, message, stdin: str | bytes = ""):
         data = stdin.encode() if isinstance(stdin, str) else stdin
@@ -240,7 +240,7 @@ def test_a_file_whose_metadata_load_model_refuses(files, capsys, monkeypatch, tm
         config = json.dumps({**json.loads(read_metadata(files["language"])["config"]), **config})
     path = tmp_path / "odd.safetensors"
     save_file({"x": torch.zeros(1)}, path, metadata={"format": "perceiver-torch", "task": task, "config": config})
-    monkeypatch.setattr(predict_module, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(model_arg, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
     assert zoo_cli(["predict", str(path), "x"]) == 1
     out, err = capsys.readouterr()
     lines = err.splitlines()

@@ -1,4 +1,4 @@
-"""`perceiver-zoo list | info NAME | pull NAME | export NAME -o FILE [--dtype D] | predict MODEL INPUT... [options]`:
+"""`perceiver-zoo list | info NAME | pull NAME | export MODEL -o FILE [--dtype D] | predict MODEL INPUT... [options]`:
 the model zoo from the command line.
 
 `predict` runs a zoo model (or a converted .safetensors file) on your inputs: texts with [MASK] markers
@@ -19,10 +19,13 @@ import yaml
 
 from ..export import MAX_TRACE_BATCH, check_chunks, check_output, export_model, max_errors, onnx_runner
 from ..serialization import MODEL_DTYPES, build_on_meta, usable_device
-from .hub import ZooError, create_model, entry_config, fetch, how_to_get, location
+from .create import create_model
+from .hub import ZooError, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
-from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, load, read_inputs, resolve, run
+from .model_arg import load_target, resolve_model
+from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, read_inputs, resolve, run
 from .schema import is_model_name
+from .user_hub import HUB_PREFIX, is_hub_name
 
 
 def _list(manifest) -> int:
@@ -58,19 +61,20 @@ def _pull(name: str, endpoint: str | None, mirror: str | None, manifest) -> int:
 VERIFY_TOLERANCE = {True: 1e-5, False: 2e-2}
 
 
-def _check_export_args(args) -> None:
-    """What `export` can refuse before pulling or tracing: the output location (and a .pt2/.onnx name that
-    contradicts --format), and --chunks for this entry."""
+def _export_source(args) -> torch.nn.Module:
+    """The model MODEL names, loaded once everything that can be refused before pulling it (the output location,
+    --chunks for a zoo entry or a file) has been."""
     check_output(args.output, args.format)
-    if args.chunks is not None:
-        entry = get_entry(args.name, args.manifest)
-        check_chunks(build_on_meta(entry["task"], entry_config(entry)), args.chunks)  # sizes only, no memory
+    if is_hub_name(args.name):  # its config is known only from the file's header: export_model checks --chunks
+        return create_model(args.name, revision=args.revision, endpoint=args.endpoint, dtype=args.dtype)
+    target = resolve_model(args.name, args.manifest, command="export",
+                           hub_hint=f"perceiver-zoo export {HUB_PREFIX}{args.name} ...")
+    check_chunks(build_on_meta(target.task, target.config), args.chunks)  # sizes only, on the meta device
+    return load_target(target, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror, manifest=args.manifest)
 
 
 def _export(args) -> int:
-    _check_export_args(args)
-    model = create_model(args.name, endpoint=args.endpoint, mirror=args.mirror, manifest=args.manifest,
-                         dtype=args.dtype)
+    model = _export_source(args)
     path = export_model(model, args.output, batch=args.batch, format=args.format, chunks=args.chunks)
     print(f"{args.name}: exported ({args.format}, {args.dtype}, dynamic batch) to {path}")
     if args.verify:
@@ -93,8 +97,8 @@ def _predict(args) -> int:
     target = resolve(args.model, args.manifest)
     check_options(target, args.k, args.mask, args.output, args.force)
     inputs = read_inputs(target, args.inputs, sys.stdin, args.mask)
-    model = load(target, device=device, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror,
-                 manifest=args.manifest)
+    model = load_target(target, device=device, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror,
+                        manifest=args.manifest)
     result = run(target, model, inputs, k=args.k, mask=args.mask, output=args.output)
     print(json.dumps(result, ensure_ascii=False, indent=1) if args.json else "\n".join(lines(result)))
     return 0
@@ -118,6 +122,17 @@ def _check_predict_args(parser: argparse.ArgumentParser, args) -> None:
             parser.error(f"{flag} applies to zoo models; {args.model!r} is not a zoo name")
 
 
+def _check_export_source_args(parser: argparse.ArgumentParser, args) -> None:
+    """Each source option applies to some kinds of MODEL: given for another, it is refused, not ignored."""
+    kind = "hub" if is_hub_name(args.name) else "zoo" if is_model_name(args.name) else "file"
+    applies = {"--endpoint": ("zoo", "hub"), "--mirror": ("zoo",), "--revision": ("hub",)}
+    what = {"zoo": "zoo models", "hub": "hf-hub: repos"}
+    for flag, value in (("--endpoint", args.endpoint), ("--mirror", args.mirror), ("--revision", args.revision)):
+        if value is not None and kind not in applies[flag]:
+            parser.error(f"{flag} applies to {' and '.join(what[k] for k in applies[flag])}; {args.name!r} is "
+                         f"{'a zoo name' if kind == 'zoo' else 'a Hub repo' if kind == 'hub' else 'a file'}")
+
+
 def _load_pt2(path):
     # Through a file object: given a path, torch.export.load warns unless the name ends in .pt2.
     with open(path, "rb") as f:
@@ -136,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                           "(from a mirror: verify it in place)")
     pull.add_argument("name")
     exp = sub.add_parser("export", help="export a model (torch.export .pt2 or ONNX) with a dynamic batch dimension")
-    exp.add_argument("name")
+    exp.add_argument("name", metavar="MODEL", help="a zoo name (pulled and verified as `pull` does), a user's Hub "
+                     "repo hf-hub:owner/name (not verified), or a converted .safetensors file")
+    exp.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
     exp.add_argument("-o", "--output", required=True, help="output file")
     exp.add_argument("--format", choices=("pt2", "onnx"),
                      help="default: onnx for an output ending in .onnx, else pt2")
@@ -179,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--dtype {args.dtype} applies to pt2 exports; ONNX is exported in float32")
     if args.command == "export" and args.chunks is not None and args.chunks < 1:
         parser.error(f"--chunks must be >= 1 (decoding chunks per clip); got {args.chunks}")
+    if args.command == "export":
+        _check_export_source_args(parser, args)
     if args.command == "predict":
         _check_predict_args(pred, args)  # its own usage and prog, as argparse's errors for its arguments
     try:

@@ -21,11 +21,9 @@ import torch
 from ..flow_visualization import save_flow_png
 from ..imagenet_preprocessing import center_crop_size, load_rgb
 from ..models import PerceiverForImageClassification, PerceiverForMaskedLM, PerceiverForOpticalFlow
-from ..serialization import atomic_write, check_output_path, checked_config, read_metadata
+from ..serialization import atomic_write, check_output_path
 from ..tokenizer import BytesTokenizer
-from .hub import entry_config
-from .pretrained import from_pretrained, looks_like_repo_id, zoo_entry, zoo_entry_of_repo
-from .schema import is_model_name
+from .model_arg import Target, resolve_model
 from .user_hub import HUB_PREFIX, is_hub_name
 
 DEFAULT_MASK = "[MASK]"
@@ -41,40 +39,15 @@ class PredictError(ValueError):
     """An input or option `predict` refuses; the message names it."""
 
 
-@dataclass
-class Target:
-    """What MODEL names: its task and config, known before anything is pulled or loaded."""
-
-    model: str
-    task: str
-    config: dict
-    zoo: bool
-
-
 def resolve(model: str, manifest=None) -> Target:
     """MODEL as `from_pretrained` reads it: a zoo name (looked up in the manifest), else a converted file
-    (its header's metadata only). Refuses a video autoencoder: predict does not decode videos."""
-    if is_hub_name(model):  # its task and config are known only from its header, on the server
+    (its header's metadata only). Refuses a Hub repo (its task is known only from the server) and a video
+    autoencoder: predict does not decode videos."""
+    if is_hub_name(model):
         raise PredictError(f"{model}: predict takes zoo names and converted files; load a Hub repo in Python "
                            f"(Model.from_pretrained({model!r})) and call its task's helper")
-    if is_model_name(model):
-        try:
-            entry = zoo_entry(model, manifest)
-        except ValueError as exc:  # the message from_pretrained gives
-            raise PredictError(str(exc)) from None
-        target = Target(model, entry["task"], entry_config(entry), zoo=True)
-    else:
-        path = Path(model)
-        if looks_like_repo_id(model):  # 'owner/name', as from_pretrained refuses it: what to write instead
-            found = zoo_entry_of_repo(model, manifest)
-            hint = (f"the zoo's entry for these weights is {found[0]!r} (status {found[1]['status']}): "
-                    f"perceiver-zoo predict {found[0]} ..." if found is not None else
-                    f"a Hub repo is loaded in Python: Model.from_pretrained('{HUB_PREFIX}{model}')")
-            raise PredictError(f"{model}: no such file; {hint}")
-        if not path.is_file():
-            raise PredictError(f"{model}: {_not_a_file(path)} (MODEL is a zoo name or a converted .safetensors file)")
-        task, config = checked_config(path, read_metadata(path))  # load_model's own check
-        target = Target(model, task, config, zoo=False)
+    target = resolve_model(model, manifest, command="predict", hub_hint="a Hub repo is loaded in Python: "
+                           f"Model.from_pretrained('{HUB_PREFIX}{model}')")
     if target.task == "video_autoencoding":
         raise PredictError(f"{model} is a video autoencoder (task video_autoencoding): perceiver-zoo predict does not "
                            "decode videos; in Python, load it (perceiver_torch.load_model or create_model) and call "
@@ -183,13 +156,6 @@ def _image(name: str) -> np.ndarray:
         raise PredictError(PILLOW_MISSING) from None
     except Exception as exc:  # Pillow's errors for what is not an image it reads: OSError, SyntaxError, bombs...
         raise PredictError(f"{name}: not an image Pillow can read ({type(exc).__name__}: {exc})") from None
-
-
-def load(target: Target, *, device: torch.device, dtype: str | None, endpoint: str | None, mirror: str | None,
-         manifest) -> torch.nn.Module:
-    """The model, as `from_pretrained` gives it: a zoo name pulled and verified, a file loaded and checked."""
-    zoo_kwargs = {"endpoint": endpoint, "mirror": mirror, "manifest": manifest} if target.zoo else {}
-    return from_pretrained(target.task, target.model, device=device, dtype=dtype, **zoo_kwargs)
 
 
 def run(target: Target, model: torch.nn.Module, inputs: Inputs, *, k: int | None, mask: str | None,
