@@ -91,6 +91,28 @@ def test_build_model_checks_the_config_against_its_schema(change, problem):
         build_model("imagenet", change(golden_config("imagenet_fourier")))
 
 
+@pytest.mark.parametrize("task", sorted(TASK_MODELS))
+def test_a_task_class_built_directly_checks_its_config_as_build_model_does(task, monkeypatch):
+    """`PerceiverForX(config)` without build_model: a bad config is named before anything is built (it used to
+    fail deep inside torch: "empty(): argument 'size' ... must be tuple of ints")."""
+    cls, config = TASK_MODELS[task], golden_config(GOLDEN_FAMILIES[task][0])
+    size_key = {"language": "d_model", "imagenet": "num_classes", "optical_flow": "num_bands",
+                "video_autoencoding": "num_frames"}[task]  # an integer the model's shapes follow
+    monkeypatch.setattr(torch.nn.Module, "register_parameter", _never_registered)
+    for bad, problem in ((None, r"config: found None \(NoneType\); expected a mapping"),
+                         ({**config, size_key: 2.5}, rf"{size_key}: found 2\.5 \(float\)"),
+                         ({**config, size_key: True}, rf"{size_key}: found True \(bool\)"),
+                         ({k: v for k, v in config.items() if k != "encoder"}, r"encoder: missing")):
+        with pytest.raises(ConfigError, match=rf"(?s)^{cls.__name__}\(config\) is not a valid config.*{problem}"):
+            cls(bad)
+    monkeypatch.undo()
+    assert cls(config).config == build_model(task, config).config == config
+
+
+def _never_registered(*args, **kwargs):
+    raise AssertionError("a parameter was built before the config was checked")
+
+
 def test_build_model_does_not_cap_sizes_as_it_does_for_untrusted_files():
     config = golden_config("imagenet_fourier")
     assert build_model("imagenet", {**config, "num_classes": 200_000}).num_classes == 200_000  # the file cap: 131072

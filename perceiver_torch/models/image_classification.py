@@ -20,7 +20,7 @@ from ..layers.decoders import ClassificationDecoder
 from ..layers.image import ImagePreprocessor
 from ..layers.precision import FinalLinear
 from .input_checks import check_batch, check_count, check_float, check_range, check_top_k, describe
-from .owned_config import own_config
+from .owned_config import check_own_config, own_config
 from .pretrained import FromPretrained
 
 # imagenet_transform's output lies in about [-2.12, 2.64] (0 and 255 through the ImageNet mean and
@@ -48,6 +48,7 @@ class PerceiverForImageClassification(FromPretrained, Perceiver):
     decoder: ClassificationDecoder
 
     def __init__(self, config: dict):
+        check_own_config(self.task, config, type(self).__name__)
         height, width = (int(s) for s in config["image_size"])
         num_classes = int(config["num_classes"])
         preprocessor = ImagePreprocessor(**config["input_preprocessor"], input_shape=(height, width, 3))

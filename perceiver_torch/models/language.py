@@ -10,7 +10,7 @@ import torch
 from ..layers import BasicDecoder, EmbeddingDecoder, Perceiver, PerceiverEncoder, TextPreprocessor
 from ..tokenizer import BytesTokenizer
 from .input_checks import INDEX_DTYPES, check_binary, check_count, check_range, describe
-from .owned_config import own_config
+from .owned_config import check_own_config, own_config
 from .pretrained import FromPretrained
 
 
@@ -29,6 +29,7 @@ class PerceiverForMaskedLM(FromPretrained, Perceiver):
     decoder: BasicDecoder
 
     def __init__(self, config: dict):
+        check_own_config(self.task, config, type(self).__name__)
         d_model, max_seq_len, vocab_size = config["d_model"], config["max_seq_len"], config["vocab_size"]
         decoder_kwargs = dict(config["decoder"])
         decoder_kwargs.setdefault("output_index_dims", max_seq_len)

@@ -10,7 +10,7 @@ from ..layers.flow import FlowDecoder, patches_for_flow
 from ..layers.image import ImagePreprocessor
 from ..layers.perceiver import Perceiver
 from .input_checks import check_batch, check_range, describe
-from .owned_config import own_config
+from .owned_config import check_own_config, own_config
 from .pretrained import FromPretrained
 
 # The colab scales pixels to [-1, 1] (x / 255 * 2 - 1). A resampled frame can overshoot that a little;
@@ -50,6 +50,7 @@ class PerceiverForOpticalFlow(FromPretrained, Perceiver):
     decoder: FlowDecoder
 
     def __init__(self, config: dict):
+        check_own_config(self.task, config, type(self).__name__)
         train_size = tuple(int(d) for d in config["train_size"])
         if len(train_size) != 2 or min(train_size) < 1:
             raise ValueError(f"train_size must be [height, width]; got {config['train_size']}.")

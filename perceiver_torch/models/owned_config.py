@@ -6,7 +6,14 @@ import copy
 
 from torch import nn
 
-from ..config_schema import short_repr
+from ..config_schema import short_repr, validate_config
+
+
+def check_own_config(task: str, config, owner: str) -> None:
+    """Refuse a config the task's schema refuses before the class `owner` builds anything: one built directly (not
+    through `build_model`) would otherwise fail deep inside torch on a float or negative size. The caps for
+    untrusted files do not apply (as in `build_model`)."""
+    validate_config(task, config, source=f"{owner}(config)", bounded=False)
 
 
 def own_config(model: nn.Module, config: dict) -> None:

@@ -14,7 +14,7 @@ from ..layers.image import ImagePreprocessor
 from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocessor, QueryGenerator
 from ..layers.postprocessors import AudioPostprocessor, ClassificationPostprocessor, ProjectionPostprocessor
 from .input_checks import check_batch, check_float, check_indices, check_range, check_top_k, describe
-from .owned_config import own_config
+from .owned_config import check_own_config, own_config
 from .perceiver_io import PerceiverIO
 from .pretrained import FromPretrained
 
@@ -63,6 +63,7 @@ class PerceiverForMultimodalAutoencoding(FromPretrained, PerceiverIO):
     config: dict  # own_config's
 
     def __init__(self, config: dict):
+        check_own_config(self.task, config, type(self).__name__)
         frames, size = config["num_frames"], config["image_size"]
         spp, num_classes = config["samples_per_patch"], config["num_classes"]
         num_samples = frames * config["audio_samples_per_frame"]
