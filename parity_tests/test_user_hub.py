@@ -249,10 +249,15 @@ def test_owner_name_without_the_prefix_says_what_to_write(name, hint, tmp_path, 
         pt.PerceiverForMaskedLM.from_pretrained(f"{name}.safetensors")
 
 
-def test_push_without_a_token_is_refused_before_anything_is_sent(tmp_path, monkeypatch):
+def _without_a_token(monkeypatch, tmp_path) -> None:
+    """No token from anywhere: what an anonymous user's huggingface_hub sends (nothing)."""
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+
+def test_push_without_a_token_is_refused_before_anything_is_sent(tmp_path, monkeypatch):
+    _without_a_token(monkeypatch, tmp_path)
     with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
         with pytest.raises(pt.HubError, match=rf"push_to_hub: uploading to {hub.endpoint}/{REPO} needs a write "
                                               "token: pass token=..., set HF_TOKEN"):
@@ -266,6 +271,33 @@ def test_push_without_a_token_is_refused_before_anything_is_sent(tmp_path, monke
                                               r"(.*401|RemoteProtocolError: Server disconnected)"):
             pt.push_to_hub(_language_model(), REPO, token="a-wrong-token")
     assert not (tmp_path / "hub" / REPO).exists()  # no repo was created, nothing was committed
+
+
+def test_private_applies_when_the_repo_is_created_and_never_changes_an_existing_repo(tmp_path, monkeypatch):
+    """push_to_hub(private=...) creates a private or public repo; pushing again with the other value keeps the
+    repo's visibility, as the Hub does (create_repo's `private` "is ignored if the repo already exists")."""
+    model = _language_model()
+    _without_a_token(monkeypatch, tmp_path)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        api = huggingface_hub.HfApi(endpoint=hub.endpoint, token=TOKEN)
+        pt.push_to_hub(model, "someone/private-lm", token=TOKEN, private=True)
+        pt.push_to_hub(model, "someone/public-lm", token=TOKEN, private=False)
+        pt.push_to_hub(model, "someone/default-lm", token=TOKEN)
+        assert [api.model_info(f"someone/{name}-lm").private for name in ("private", "public", "default")] == [
+            True, False, False]
+        # Only the token's holder reads a private repo; anyone reads a public one.
+        with pytest.raises(pt.HubError, match=r"hf-hub:someone/private-lm .*: no such repo \(or it is private"):
+            pt.create_model("hf-hub:someone/private-lm")
+        _assert_identical(pt.create_model("hf-hub:someone/public-lm"), model)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        _assert_identical(pt.create_model("hf-hub:someone/private-lm"), model)
+        second = _language_model(seed=1)
+        pt.push_to_hub(second, "someone/private-lm", token=TOKEN, private=False)
+        pt.push_to_hub(second, "someone/public-lm", token=TOKEN, private=True)
+        assert [api.model_info(f"someone/{name}-lm").private for name in ("private", "public")] == [True, False]
+        _assert_identical(pt.create_model("hf-hub:someone/private-lm"), second)  # the push itself landed
+        monkeypatch.delenv("HF_TOKEN")
+        _assert_identical(pt.create_model("hf-hub:someone/public-lm"), second)
 
 
 def test_nothing_of_the_model_is_left_in_temp_dirs(tmp_path, monkeypatch):
