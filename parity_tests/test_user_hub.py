@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import tempfile
 
 import huggingface_hub
@@ -19,10 +20,10 @@ import perceiver_torch as pt
 from perceiver_torch.export import max_errors
 from perceiver_torch.registry import build_model, preset, preset_names
 from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES, build_on_meta
-from perceiver_torch.zoo import IntegrityError
+from perceiver_torch.zoo import IntegrityError, ZooError
 
 from .conftest import GOLDEN_TASKS, assert_same_weights, golden_config, golden_io, seeded_model
-from .zoo_support import answering_server, cached_files, hub_env
+from .zoo_support import answering_server, cached_files, hub_env, read_only, tree_state
 
 TOKEN = "test-write-token"
 REPO = "someone/fine-tuned-lm"
@@ -231,6 +232,59 @@ def test_offline_mode_loads_from_the_cache(tmp_path, monkeypatch):
     with pytest.raises(IntegrityError, match=f"has sha256 .* but the name of its cached blob pins sha256 {blob.name}"):
         pt.create_model(f"hf-hub:{REPO}")
     assert not blob.exists()
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_a_read_only_cache_that_holds_the_file_serves_it_without_a_write(tmp_path, monkeypatch, offline):
+    """A shared cache (a CI image's, another user's) that this user may only read, filled by an earlier load."""
+    model, cache, temp = _language_model(), tmp_path / "shared", tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(model, REPO, token=TOKEN)
+        pt.create_model(f"hf-hub:{REPO}", cache_dir=cache)
+        before = tree_state(cache)
+        with read_only(cache):
+            if offline:
+                monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+            _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", cache_dir=cache), model)
+    assert tree_state(cache) == before and list(temp.iterdir()) == []
+    assert not (tmp_path / "cache").exists()  # HF_HUB_CACHE, which cache_dir overrides
+
+
+def test_a_read_only_cache_that_holds_the_commit_but_not_the_branch_still_loads_it(tmp_path, monkeypatch, caplog):
+    """Filled by a load of the commit id: loading the branch would record refs/main, which it cannot; it loads
+    (the file is there, verified) and says that offline loads need the commit id."""
+    model, cache = _language_model(), tmp_path / "shared"
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        commit = pt.push_to_hub(model, REPO, token=TOKEN)
+        pt.create_model(f"hf-hub:{REPO}", revision=commit, cache_dir=cache)
+        before = tree_state(cache)
+        with read_only(cache), caplog.at_level(logging.WARNING, logger="perceiver_torch.zoo.user_hub"):
+            _assert_identical(pt.create_model(f"hf-hub:{REPO}", cache_dir=cache), model)
+    assert tree_state(cache) == before
+    refs = re.escape(str(cache / "models--someone--fine-tuned-lm" / "refs"))
+    assert re.fullmatch(rf"hf-hub:{REPO}: cannot record in the Hub cache that revision 'main' is commit {commit} "
+                        rf"\({refs}\S*: Permission denied\); offline, load it with revision='{commit}'",
+                        caplog.records[-1].getMessage())
+
+
+def test_a_read_only_cache_without_the_file_is_named_as_not_writable(tmp_path, monkeypatch):
+    cache, temp = tmp_path / "shared", tmp_path / "tmp"
+    cache.mkdir()
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    where = re.escape(str(cache))
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        with read_only(cache), pytest.raises(ZooError) as err:
+            pt.create_model(f"hf-hub:{REPO}", cache_dir=cache)
+    assert re.fullmatch(rf"hf-hub:{REPO}: cannot download {REPO}@[0-9a-f]{{40}}/model.safetensors from "
+                        rf"http://127.0.0.1:\d+: the Hub cache {where} lacks the file and is not writable by this user "
+                        rf"\({where}/\S+: Permission denied\); set HF_HUB_CACHE \(cache_dir= in Python\) to a "
+                        r"directory you can write, or have the file pulled into this one", str(err.value))
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no PermissionError traceback below it
+    assert tree_state(cache) == {} and list(temp.iterdir()) == []
 
 
 @pytest.mark.parametrize("name, hint", [

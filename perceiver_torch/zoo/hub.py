@@ -20,6 +20,7 @@ the error is raised, so it can never be loaded later.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from ..models import PerceiverForImageClassification
 
 _TRUE = {"1", "on", "yes", "true"}
+# What writing into a cache this user may only read gives: permissions, ACLs, a read-only mount.
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 HUB_ENDPOINT = "https://huggingface.co"
 
 
@@ -225,6 +228,12 @@ def _download(what: str, artifact: dict, where: str, cache: Path) -> tuple[Path,
     except (IntegrityError, RefusedAnswer) as exc:  # `download` removed its own temp file; no other is touched
         raise IntegrityError(f"{what}: download of {source} refused: {exc}; nothing was kept in the cache") from None
     except Exception as exc:
+        # Only the cache is written here (the network's errors are not OSErrors): a shared, read-only cache
+        # that lacks the file is named as such, not as a PermissionError from somewhere inside it.
+        if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:
+            raise ZooError(f"{what}: cannot download {source}: the Hub cache {cache} lacks the file and is not "
+                           f"writable by this user ({exc.filename}: {exc.strerror}); set HF_HUB_CACHE (cache_dir= in "
+                           "Python) to a directory you can write, or have the file pulled into this one") from None
         raise ZooError(f"{what}: download of {source} failed: {type(exc).__name__}: {exc}") from exc
 
 
