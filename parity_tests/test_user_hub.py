@@ -21,9 +21,10 @@ from perceiver_torch.export import max_errors
 from perceiver_torch.registry import build_model, preset, preset_names
 from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES, build_on_meta
 from perceiver_torch.zoo import IntegrityError, ZooError
+from perceiver_torch.zoo.user_hub import FILENAME
 
 from .conftest import GOLDEN_TASKS, assert_same_weights, golden_config, golden_io, seeded_model
-from .zoo_support import answering_server, cached_files, hub_env, read_only, tree_state
+from .zoo_support import BODY_FAULTS, answering_server, cached_files, hub_env, read_only, tree_state
 
 TOKEN = "test-write-token"
 REPO = "someone/fine-tuned-lm"
@@ -200,6 +201,29 @@ def test_a_server_that_ignores_ranges_still_gives_the_header_first(tmp_path, mon
     length = int.from_bytes(data[:8], "little")
     assert [(method, h.get("Range")) for method, _, h in server.requests] == [
         ("HEAD", None), ("GET", "bytes=0-7"), ("GET", f"bytes=8-{7 + length}"), ("HEAD", None), ("GET", None)]
+
+
+@pytest.mark.parametrize("fault", BODY_FAULTS)
+def test_a_body_download_that_goes_wrong_is_named_and_leaves_nothing(tmp_path, monkeypatch, fault):
+    """The stand-in answers HEAD and the header reads honestly, then cuts the body short, sends more than it
+    announced, or changes a byte. The user gets our one-line error naming the file, what was wrong and what was
+    expected; never huggingface_hub's RuntimeError("generator didn't stop after throw()") (an error raised while
+    its retrying stream is read) nor its two-line OSError advising force_download=True, an argument we lack."""
+    data = pt.save_model(_language_model(), tmp_path / FILENAME).read_bytes()
+    sha256, size = hashlib.sha256(data).hexdigest(), len(data)
+    monkeypatch.setattr("time.sleep", lambda s: None)  # huggingface_hub backs off between resume attempts
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        commit = pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        hub.faults[fault] = True
+        with pytest.raises(ZooError) as err:
+            pt.create_model(f"hf-hub:{REPO}", endpoint=hub.endpoint)
+        source = re.escape(f"{REPO}@{commit}/{FILENAME} from {hub.endpoint}")
+    error, problem = BODY_FAULTS[fault]
+    problem = problem.format(size=size, half=size // 2, sha256=sha256,
+                             pinned=re.escape("the server's answer for revision 'main'"))
+    assert type(err.value) is error
+    assert re.fullmatch(rf"hf-hub:{REPO}: download of {source} {problem}", str(err.value)), str(err.value)
+    assert cached_files(tmp_path / "cache") == []
 
 
 def test_a_repo_or_revision_without_the_file_is_a_clear_error(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from converters.zoo.publish import publish
 from converters.zoo.regenerate import regenerate
 from converters.zoo.standin import serve
 from perceiver_torch.hashing import sha256_file
+from perceiver_torch.zoo import IntegrityError, ZooError
 from perceiver_torch.zoo import manifest as zoo_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -82,6 +83,22 @@ def cached_files(cache: Path) -> list[str]:
     """Every file or link in a Hub cache except its lock files and CACHEDIR.TAG."""
     return sorted(str(p.relative_to(cache)) for p in cache.rglob("*")
                   if (p.is_file() or p.is_symlink()) and ".locks" not in p.parts and p.name != "CACHEDIR.TAG")
+
+
+# The stand-in's body faults (HEAD and header reads honest) and the end of the error each gives, after
+# "<what>: download of <repo>@<commit>/<file> from <endpoint> "; {size}, {half}, {sha256} and {pinned} (who pinned
+# them, escaped) to be filled in.
+BODY_FAULTS = {
+    # huggingface_hub's http_get resumes a cut-off download (5 tries without progress), then raises the client's error.
+    "truncate": (ZooError, r"failed: RemoteProtocolError: peer closed connection without sending complete message "
+                           r"body \(received \d+ bytes, expected {size}\)"),
+    "short": (IntegrityError, r"refused: the body the server sent has size {half}, but {pinned} pins size {size} "
+                              r"\(sha256 {sha256}\); nothing was kept in the cache"),
+    "oversize": (IntegrityError, r"refused: the server sent more than the {size} bytes {pinned} pins; the download was "
+                                 r"stopped; nothing was kept in the cache"),
+    "corrupt": (IntegrityError, r"refused: the body the server sent has sha256 [0-9a-f]{{64}}, but {pinned} pins "
+                                r"sha256 {sha256} \(size {size}\); nothing was kept in the cache"),
+}
 
 
 # os functions that write a directory entry, with the positions of the paths they write.

@@ -33,8 +33,11 @@ read-only; request bodies are capped and commits must be NDJSON (``application/x
 
 Only the standard library and the zoo's schema predicates are used. Threads are daemons; the server stops after
 ``idle_timeout`` seconds without a request and when its context exits. ``faults``
-injects failures: ``{"truncate": True}`` announces the full Content-Length but sends
-half the body and closes the connection, on every GET.
+injects failures into every GET that reads a file to its end (whole, or resumed with ``bytes=N-``; a header
+read names its last byte and is answered honestly), while HEAD answers stay honest:
+``{"truncate": True}`` announces the full Content-Length, sends half the body and closes the connection;
+``{"short": True}`` announces and sends half the body; ``{"oversize": True}`` announces and sends the body
+and 4096 bytes more; ``{"corrupt": True}`` flips the last byte.
 """
 
 from __future__ import annotations
@@ -228,14 +231,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_file(self, file: Path, commit: str):
         data = file.read_bytes()
-        start, end = 0, len(data)
+        start, end, to_end = 0, len(data), True
         range_header = self.headers.get("Range", "")
         if self.command == "GET" and range_header.startswith("bytes="):
             first, _, last = range_header[len("bytes="):].partition("-")
             start = int(first) if first.isdigit() else 0
             end = min(int(last) + 1, len(data)) if last.isdigit() else len(data)
+            to_end = not last.isdigit()
         body = data[start:end]
         partial = (start, end) != (0, len(data))
+        faults = self.server.faults if self.command == "GET" and to_end else {}
+        if faults.get("short"):
+            body = body[: len(body) // 2]
+        if faults.get("oversize"):
+            body += b"\0" * 4096
+        if faults.get("corrupt") and body:
+            body = body[:-1] + bytes([body[-1] ^ 1])
         self.send_response(206 if partial else 200)
         self.send_header("X-Repo-Commit", commit)
         self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
@@ -247,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        if self.server.faults.get("truncate"):
+        if faults.get("truncate"):
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.close_connection = True
