@@ -95,6 +95,23 @@ def test_writes_need_the_servers_token(writable, authorization):
     assert not (writable.root / "ns").exists()
 
 
+@pytest.mark.parametrize("payload", [{"visibility": "secret"}, {"visibility": 1}, {"private": "yes"}])
+def test_create_refuses_a_visibility_other_than_public_or_private(writable, payload):
+    status, _, _ = _request(writable, "POST", "/api/repos/create", json.dumps({"name": "ns/new", **payload}), _auth())
+    assert status == 400 and not (writable.root / "ns").exists()
+
+
+@pytest.mark.parametrize("payload", [{"visibility": "private"}, {"private": True}])
+def test_a_private_repo_is_not_found_without_the_token(writable, payload):
+    assert _request(writable, "POST", "/api/repos/create", json.dumps({"name": "ns/new", **payload}), _auth())[0] == 200
+    writable.write_commit("ns/new", writable.resolve("ns/new", "main"), {"README.md": b"private"}, "add")
+    path = "/ns/new/resolve/main/README.md"
+    assert _request(writable, "GET", path)[:2] == (401, "RepoNotFound")
+    assert _request(writable, "GET", path, headers={"Authorization": "Bearer wrong"})[:2] == (404, "RepoNotFound")
+    assert _request(writable, "GET", path, headers=_auth()) == (200, None, b"private")
+    assert _request(writable, "GET", f"/{REPO}/resolve/main/README.md") == (200, None, b"hello")  # public
+
+
 @pytest.mark.parametrize("payload", [
     {"name": "../../evil_repo"}, {"name": "evil", "organization": ".."}, {"name": "/tmp/evil"},
     {"name": "no-namespace"}, {"name": "a/b/c"}, {"name": 5},

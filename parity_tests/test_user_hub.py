@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import tempfile
 
 import huggingface_hub
@@ -20,11 +21,12 @@ import perceiver_torch as pt
 from perceiver_torch.export import max_errors
 from perceiver_torch.registry import build_model, preset, preset_names
 from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES, build_on_meta
-from perceiver_torch.zoo import IntegrityError
+from perceiver_torch.zoo import IntegrityError, ZooError
 from perceiver_torch.zoo.cli import main as zoo_cli
+from perceiver_torch.zoo.user_hub import FILENAME
 
 from .conftest import GOLDEN_TASKS, assert_same_weights, golden_config, golden_io, seeded_model
-from .zoo_support import answering_server, cached_files, hub_env
+from .zoo_support import BODY_FAULTS, answering_server, cached_files, hub_env, read_only, tree_state
 
 TOKEN = "test-write-token"
 REPO = "someone/fine-tuned-lm"
@@ -208,6 +210,29 @@ def test_a_server_that_ignores_ranges_still_gives_the_header_first(tmp_path, mon
         ("HEAD", None), ("GET", "bytes=0-7"), ("GET", f"bytes=8-{7 + length}"), ("HEAD", None), ("GET", None)]
 
 
+@pytest.mark.parametrize("fault", BODY_FAULTS)
+def test_a_body_download_that_goes_wrong_is_named_and_leaves_nothing(tmp_path, monkeypatch, fault):
+    """The stand-in answers HEAD and the header reads honestly, then cuts the body short, sends more than it
+    announced, or changes a byte. The user gets our one-line error naming the file, what was wrong and what was
+    expected; never huggingface_hub's RuntimeError("generator didn't stop after throw()") (an error raised while
+    its retrying stream is read) nor its two-line OSError advising force_download=True, an argument we lack."""
+    data = pt.save_model(_language_model(), tmp_path / FILENAME).read_bytes()
+    sha256, size = hashlib.sha256(data).hexdigest(), len(data)
+    monkeypatch.setattr("time.sleep", lambda s: None)  # huggingface_hub backs off between resume attempts
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        commit = pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        hub.faults[fault] = True
+        with pytest.raises(ZooError) as err:
+            pt.create_model(f"hf-hub:{REPO}", endpoint=hub.endpoint)
+        source = re.escape(f"{REPO}@{commit}/{FILENAME} from {hub.endpoint}")
+    error, problem = BODY_FAULTS[fault]
+    problem = problem.format(size=size, half=size // 2, sha256=sha256,
+                             pinned=re.escape("the server's answer for revision 'main'"))
+    assert type(err.value) is error
+    assert re.fullmatch(rf"hf-hub:{REPO}: download of {source} {problem}", str(err.value)), str(err.value)
+    assert cached_files(tmp_path / "cache") == []
+
+
 def test_a_repo_or_revision_without_the_file_is_a_clear_error(tmp_path, monkeypatch):
     with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
         hub.write_commit("someone/notes", None, {"README.md": b"no weights here\n"}, "notes")
@@ -240,6 +265,59 @@ def test_offline_mode_loads_from_the_cache(tmp_path, monkeypatch):
     assert not blob.exists()
 
 
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_a_read_only_cache_that_holds_the_file_serves_it_without_a_write(tmp_path, monkeypatch, offline):
+    """A shared cache (a CI image's, another user's) that this user may only read, filled by an earlier load."""
+    model, cache, temp = _language_model(), tmp_path / "shared", tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(model, REPO, token=TOKEN)
+        pt.create_model(f"hf-hub:{REPO}", cache_dir=cache)
+        before = tree_state(cache)
+        with read_only(cache):
+            if offline:
+                monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+            _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", cache_dir=cache), model)
+    assert tree_state(cache) == before and list(temp.iterdir()) == []
+    assert not (tmp_path / "cache").exists()  # HF_HUB_CACHE, which cache_dir overrides
+
+
+def test_a_read_only_cache_that_holds_the_commit_but_not_the_branch_still_loads_it(tmp_path, monkeypatch, caplog):
+    """Filled by a load of the commit id: loading the branch would record refs/main, which it cannot; it loads
+    (the file is there, verified) and says that offline loads need the commit id."""
+    model, cache = _language_model(), tmp_path / "shared"
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        commit = pt.push_to_hub(model, REPO, token=TOKEN)
+        pt.create_model(f"hf-hub:{REPO}", revision=commit, cache_dir=cache)
+        before = tree_state(cache)
+        with read_only(cache), caplog.at_level(logging.WARNING, logger="perceiver_torch.zoo.user_hub"):
+            _assert_identical(pt.create_model(f"hf-hub:{REPO}", cache_dir=cache), model)
+    assert tree_state(cache) == before
+    refs = re.escape(str(cache / "models--someone--fine-tuned-lm" / "refs"))
+    assert re.fullmatch(rf"hf-hub:{REPO}: cannot record in the Hub cache that revision 'main' is commit {commit} "
+                        rf"\({refs}\S*: Permission denied\); offline, load it with revision='{commit}'",
+                        caplog.records[-1].getMessage())
+
+
+def test_a_read_only_cache_without_the_file_is_named_as_not_writable(tmp_path, monkeypatch):
+    cache, temp = tmp_path / "shared", tmp_path / "tmp"
+    cache.mkdir()
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    where = re.escape(str(cache))
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        with read_only(cache), pytest.raises(ZooError) as err:
+            pt.create_model(f"hf-hub:{REPO}", cache_dir=cache)
+    assert re.fullmatch(rf"hf-hub:{REPO}: cannot download {REPO}@[0-9a-f]{{40}}/model.safetensors from "
+                        rf"http://127.0.0.1:\d+: the Hub cache {where} lacks the file and is not writable by this user "
+                        rf"\({where}/\S+: Permission denied\); set HF_HUB_CACHE \(cache_dir= in Python\) to a "
+                        r"directory you can write, or have the file pulled into this one", str(err.value))
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no PermissionError traceback below it
+    assert tree_state(cache) == {} and list(temp.iterdir()) == []
+
+
 @pytest.mark.parametrize("name, hint", [
     ("someone/fine-tuned-lm", r"for the Hub repo 'someone/fine-tuned-lm', write "
                               r"from_pretrained\('hf-hub:someone/fine-tuned-lm'\)"),
@@ -256,10 +334,15 @@ def test_owner_name_without_the_prefix_says_what_to_write(name, hint, tmp_path, 
         pt.PerceiverForMaskedLM.from_pretrained(f"{name}.safetensors")
 
 
-def test_push_without_a_token_is_refused_before_anything_is_sent(tmp_path, monkeypatch):
+def _without_a_token(monkeypatch, tmp_path) -> None:
+    """No token from anywhere: what an anonymous user's huggingface_hub sends (nothing)."""
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+
+def test_push_without_a_token_is_refused_before_anything_is_sent(tmp_path, monkeypatch):
+    _without_a_token(monkeypatch, tmp_path)
     with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
         with pytest.raises(pt.HubError, match=rf"push_to_hub: uploading to {hub.endpoint}/{REPO} needs a write "
                                               "token: pass token=..., set HF_TOKEN"):
@@ -273,6 +356,33 @@ def test_push_without_a_token_is_refused_before_anything_is_sent(tmp_path, monke
                                               r"(.*401|RemoteProtocolError: Server disconnected)"):
             pt.push_to_hub(_language_model(), REPO, token="a-wrong-token")
     assert not (tmp_path / "hub" / REPO).exists()  # no repo was created, nothing was committed
+
+
+def test_private_applies_when_the_repo_is_created_and_never_changes_an_existing_repo(tmp_path, monkeypatch):
+    """push_to_hub(private=...) creates a private or public repo; pushing again with the other value keeps the
+    repo's visibility, as the Hub does (create_repo's `private` "is ignored if the repo already exists")."""
+    model = _language_model()
+    _without_a_token(monkeypatch, tmp_path)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        api = huggingface_hub.HfApi(endpoint=hub.endpoint, token=TOKEN)
+        pt.push_to_hub(model, "someone/private-lm", token=TOKEN, private=True)
+        pt.push_to_hub(model, "someone/public-lm", token=TOKEN, private=False)
+        pt.push_to_hub(model, "someone/default-lm", token=TOKEN)
+        assert [api.model_info(f"someone/{name}-lm").private for name in ("private", "public", "default")] == [
+            True, False, False]
+        # Only the token's holder reads a private repo; anyone reads a public one.
+        with pytest.raises(pt.HubError, match=r"hf-hub:someone/private-lm .*: no such repo \(or it is private"):
+            pt.create_model("hf-hub:someone/private-lm")
+        _assert_identical(pt.create_model("hf-hub:someone/public-lm"), model)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        _assert_identical(pt.create_model("hf-hub:someone/private-lm"), model)
+        second = _language_model(seed=1)
+        pt.push_to_hub(second, "someone/private-lm", token=TOKEN, private=False)
+        pt.push_to_hub(second, "someone/public-lm", token=TOKEN, private=True)
+        assert [api.model_info(f"someone/{name}-lm").private for name in ("private", "public")] == [True, False]
+        _assert_identical(pt.create_model("hf-hub:someone/private-lm"), second)  # the push itself landed
+        monkeypatch.delenv("HF_TOKEN")
+        _assert_identical(pt.create_model("hf-hub:someone/public-lm"), second)
 
 
 def test_nothing_of_the_model_is_left_in_temp_dirs(tmp_path, monkeypatch):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -12,7 +14,16 @@ import yaml
 from safetensors.torch import load_file
 
 from converters.zoo.manifest_edit import save_manifest
-from parity_tests.zoo_support import GOLDEN_ENTRY, TEST_HUB, TEST_MANIFEST, hub_env, produce_and_publish
+from parity_tests.conftest import assert_same_weights
+from parity_tests.zoo_support import (
+    GOLDEN_ENTRY,
+    TEST_HUB,
+    TEST_MANIFEST,
+    hub_env,
+    produce_and_publish,
+    read_only,
+    tree_state,
+)
 from perceiver_torch import CheckpointConfigError, CheckpointFormatError, load_model, serialization
 from perceiver_torch.hashing import sha256_file
 from perceiver_torch.safetensors_io import read_header, write_safetensors
@@ -107,6 +118,47 @@ def test_a_corrupt_file_in_a_cache_this_user_cannot_write_is_still_an_integrity_
                                              r"model.safetensors: Permission denied; .*: Permission denied\)"):
         fetch(TINY, cache=cache, manifest=TEST_MANIFEST)
     assert path.is_symlink() and blob.read_bytes() == b"\0" * blob.stat().st_size  # left, and named
+
+
+@pytest.mark.parametrize("named_by", ["HF_HUB_CACHE", "cache_dir"])
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_a_read_only_cache_that_holds_the_file_serves_it_without_a_write(tmp_path, monkeypatch, named_by, offline):
+    """A shared cache (a CI image's, another user's) that this user may only read, already holding the file."""
+    cache, temp = tmp_path / "cache", tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with hub_env(monkeypatch, TEST_HUB, cache if named_by == "HF_HUB_CACHE" else tmp_path / "unused") as hub:
+        expected = create_model(TINY, manifest=TEST_MANIFEST, cache_dir=cache)
+        before, requests = tree_state(cache), hub.requests
+        with read_only(cache):
+            if offline:
+                monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+            model = create_model(TINY, manifest=TEST_MANIFEST, cache_dir=cache if named_by == "cache_dir" else None)
+        assert hub.requests == requests  # the pinned file is in the cache: nothing is asked of the server
+    assert_same_weights(model, expected)
+    assert tree_state(cache) == before and list(temp.iterdir()) == []
+    assert not (tmp_path / "unused").exists()
+
+
+@pytest.mark.parametrize("holds", ["nothing", "the repo's folders"])
+def test_a_read_only_cache_without_the_file_is_named_as_not_writable(tmp_path, monkeypatch, holds):
+    cache, temp = tmp_path / "cache", tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    repo = "models--perceiver-torch--tiny-language-perceiver"
+    for folder in ([cache] if holds == "nothing" else [cache / repo / "blobs", cache / ".locks" / repo]):
+        folder.mkdir(parents=True)
+    before = tree_state(cache)
+    where = re.escape(str(cache))
+    with hub_env(monkeypatch, TEST_HUB, cache), read_only(cache):
+        with pytest.raises(ZooError) as err:
+            create_model(TINY, manifest=TEST_MANIFEST)
+    assert re.fullmatch(rf"zoo model '{TINY}': cannot download perceiver-torch/{TINY}@[0-9a-f]{{40}}/model.safetensors "
+                        rf"from http://127.0.0.1:\d+: the Hub cache {where} lacks the file and is not writable by this "
+                        rf"user \({where}/\S+: Permission denied\); set HF_HUB_CACHE \(cache_dir= in Python\) to a "
+                        r"directory you can write, or have the file pulled into this one", str(err.value))
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no PermissionError traceback below it
+    assert tree_state(cache) == before and list(temp.iterdir()) == []
 
 
 def test_concurrent_pulls_of_a_corrupt_file_all_end_in_a_zoo_error(published, tmp_path, monkeypatch):

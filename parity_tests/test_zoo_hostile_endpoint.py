@@ -4,11 +4,12 @@ cache, nothing the manifest does not pin enters it, and a refusal leaves nothing
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from huggingface_hub import try_to_load_from_cache
 
-from parity_tests.zoo_support import TEST_HUB, TEST_MANIFEST, answering_server, cached_files
+from parity_tests.zoo_support import BODY_FAULTS, TEST_HUB, TEST_MANIFEST, answering_server, cached_files, hub_env
 from perceiver_torch.zoo import IntegrityError, ZooError, fetch, get_entry
 
 NAME = "tiny-language-perceiver"
@@ -86,6 +87,22 @@ def test_a_body_other_than_announced_is_refused_and_not_kept(tmp_path, body, siz
     assert not (cache / f"models--{ARTIFACT['repo_id'].replace('/', '--')}" / "snapshots").exists()
 
 
+@pytest.mark.parametrize("fault", BODY_FAULTS)
+def test_a_body_from_the_stand_in_that_goes_wrong_is_named_and_leaves_nothing(tmp_path, monkeypatch, fault):
+    """As test_user_hub's, for a zoo name: our one-line error naming the file, what was wrong and what the
+    manifest pins; not huggingface_hub's RuntimeError from its retrying stream, nor its two-line OSError."""
+    cache = tmp_path / "cache"
+    with hub_env(monkeypatch, TEST_HUB, cache, faults={fault: True}) as hub:
+        with pytest.raises(ZooError) as err:
+            pull(hub.endpoint, cache)
+    error, problem = BODY_FAULTS[fault]
+    problem = problem.format(size=SIZE, half=SIZE // 2, sha256=ARTIFACT["sha256"], pinned="the manifest")
+    source = re.escape(f"{ARTIFACT['repo_id']}@{ARTIFACT['revision']}/{ARTIFACT['filename']} from {hub.endpoint}")
+    assert type(err.value) is error
+    assert re.fullmatch(rf"zoo model '{NAME}': download of {source} {problem}", str(err.value)), str(err.value)
+    assert cached_files(cache) == []
+
+
 def test_the_blob_is_named_by_the_manifest_so_a_second_answer_cannot_matter(tmp_path):
     # The first HEAD is honest; any later one would name a file outside the cache.
     first, hostile = honest(), honest(etag="../../../outside/evil")
@@ -133,8 +150,9 @@ def test_a_failed_pull_leaves_other_downloads_in_progress_alone(tmp_path, monkey
     if failure == "offline":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     answer = honest(etag="0" * 64) if failure == "refused" else lambda m, p, n: (500, {}, b"")
-    with answering_server(answer) as server, pytest.raises(ZooError):
+    with answering_server(answer) as server, pytest.raises(ZooError) as err:
         pull(server.endpoint, cache)
+    assert "\n" not in str(err.value)  # one line, though huggingface_hub's HTTP error message has several
     assert theirs.read_bytes() == b"partial"
     assert sorted(p.name for p in blobs.iterdir()) == [theirs.name]
 

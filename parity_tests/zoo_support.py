@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
+import errno
+import io
+import os
 import shutil
+import stat
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import pytest
 
 from converters import load_config
 from converters.zoo.manifest_edit import save_manifest
@@ -15,6 +22,7 @@ from converters.zoo.publish import publish
 from converters.zoo.regenerate import regenerate
 from converters.zoo.standin import serve
 from perceiver_torch.hashing import sha256_file
+from perceiver_torch.zoo import IntegrityError, ZooError
 from perceiver_torch.zoo import manifest as zoo_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -75,6 +83,94 @@ def cached_files(cache: Path) -> list[str]:
     """Every file or link in a Hub cache except its lock files and CACHEDIR.TAG."""
     return sorted(str(p.relative_to(cache)) for p in cache.rglob("*")
                   if (p.is_file() or p.is_symlink()) and ".locks" not in p.parts and p.name != "CACHEDIR.TAG")
+
+
+# The stand-in's body faults (HEAD and header reads honest) and the end of the error each gives, after
+# "<what>: download of <repo>@<commit>/<file> from <endpoint> "; {size}, {half}, {sha256} and {pinned} (who pinned
+# them, escaped) to be filled in.
+BODY_FAULTS = {
+    # huggingface_hub's http_get resumes a cut-off download (5 tries without progress), then raises the client's error.
+    "truncate": (ZooError, r"failed: RemoteProtocolError: peer closed connection without sending complete message "
+                           r"body \(received \d+ bytes, expected {size}\)"),
+    "short": (IntegrityError, r"refused: the body the server sent has size {half}, but {pinned} pins size {size} "
+                              r"\(sha256 {sha256}\); nothing was kept in the cache"),
+    "oversize": (IntegrityError, r"refused: the server sent more than the {size} bytes {pinned} pins; the download was "
+                                 r"stopped; nothing was kept in the cache"),
+    "corrupt": (IntegrityError, r"refused: the body the server sent has sha256 [0-9a-f]{{64}}, but {pinned} pins "
+                                r"sha256 {sha256} \(size {size}\); nothing was kept in the cache"),
+}
+
+
+# os functions that write a directory entry, with the positions of the paths they write.
+_ENTRY_WRITES = {"mkdir": (0,), "rmdir": (0,), "unlink": (0,), "remove": (0,), "rename": (0, 1), "replace": (0, 1),
+                 "symlink": (1,), "link": (1,), "chmod": (0,), "utime": (0,), "truncate": (0,)}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+@contextmanager
+def read_only(directory: Path):
+    """`directory`'s tree made one this process cannot write, as a shared cache of another user's is.
+
+    chmod a-w first; where that does not stop writes (root, which these tests may run as), every write under
+    `directory` is refused as the kernel would refuse it (PermissionError, EACCES) at the os level: opening a
+    file to write, and creating, removing, renaming or changing an entry. Reads are untouched. Yields how:
+    "chmod" or "refused by the os functions".
+    """
+    root = os.path.realpath(directory)
+    modes = {p: p.lstat().st_mode for p in [directory, *directory.rglob("*")] if not p.is_symlink()}
+    for path, mode in modes.items():
+        path.chmod(stat.S_IMODE(mode) & ~0o222)
+    try:
+        probe = directory / ".write-probe"
+        try:
+            probe.touch(exist_ok=False)
+        except PermissionError:
+            yield "chmod"
+            return
+        probe.unlink()
+
+        def inside(path) -> bool:
+            parent = os.path.realpath(os.path.dirname(os.path.abspath(os.fsdecode(path))))
+            return os.path.commonpath([parent, root]) == root
+
+        def refused(path):
+            return PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+        def guarded(function, positions):
+            def call(*args, **kwargs):
+                for i in positions:
+                    if i < len(args) and isinstance(args[i], (str, bytes, os.PathLike)) and inside(args[i]):
+                        raise refused(args[i])
+                return function(*args, **kwargs)
+            return call
+
+        def os_open(path, flags, *args, **kwargs):
+            if flags & _WRITE_FLAGS and inside(path):
+                raise refused(path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def file_open(file, mode="r", *args, **kwargs):
+            if isinstance(file, (str, bytes, os.PathLike)) and set(mode) & set("wax+") and inside(file):
+                raise refused(file)
+            return real_open(file, mode, *args, **kwargs)
+
+        real_os_open, real_open = os.open, io.open
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "open", os_open)
+            for name, positions in _ENTRY_WRITES.items():
+                patch.setattr(os, name, guarded(getattr(os, name), positions))
+            patch.setattr(io, "open", file_open)
+            patch.setattr(builtins, "open", file_open)
+            yield "refused by the os functions"
+    finally:
+        for path, mode in modes.items():
+            path.chmod(stat.S_IMODE(mode))
+
+
+def tree_state(root: Path) -> dict[str, tuple]:
+    """Every entry under `root` with what a write would change: type, size, mtime, link target."""
+    return {str(p.relative_to(root)): (p.is_symlink(), p.is_dir(), p.lstat().st_size, p.lstat().st_mtime_ns,
+                                       os.readlink(p) if p.is_symlink() else None) for p in root.rglob("*")}
 
 
 def produce_and_publish(root: Path, token: str = "test-write-token") -> tuple[Path, Path, str]:

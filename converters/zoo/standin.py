@@ -9,8 +9,10 @@ It keeps repositories as a directory tree ``<root>/<repo_id>/<commit>/<files>`` 
   with ``X-Repo-Commit``, ``ETag`` (quoted sha256 of the bytes, as the Hub sends for LFS
   files), ``Content-Length`` and ``Range: bytes=N-[M]`` (206: resumption, a header read); the Hub's
   ``X-Error-Code`` values ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound`` on 404;
-- repository info: ``GET /api/models/{repo_id}[/revision/{revision}]``;
-- uploads (``HfApi.create_repo`` and ``create_commit``): ``POST /api/repos/create``,
+- repository info: ``GET /api/models/{repo_id}[/revision/{revision}]`` (with ``private``, as the Hub's);
+- uploads (``HfApi.create_repo`` and ``create_commit``): ``POST /api/repos/create`` (its JSON ``visibility``,
+  ``"private"`` or ``"public"`` (default), or an older client's boolean ``private``, is kept in
+  ``<root>/<repo_id>/visibility``; a repo that exists answers 409 and keeps its visibility, as on the Hub),
   ``/api/validate-yaml``, ``/api/models/{repo_id}/preupload/{revision}`` (every file is
   uploaded "regular", inline) and ``/api/models/{repo_id}/commit/{revision}`` (NDJSON). A
   commit copies its parent's files, applies the additions, and gets a deterministic 40-hex
@@ -19,6 +21,8 @@ It keeps repositories as a directory tree ``<root>/<repo_id>/<commit>/<files>`` 
 - branches (``HfApi.create_branch``): ``POST /api/models/{repo_id}/branch/{branch}`` (from the JSON
   ``startingPoint``, else ``main``; 409 if the branch exists). A tag is a file ``refs/<tag>`` put in the
   tree by hand: revisions resolve through ``refs/`` alike.
+- private repos: as on the Hub, every read of one without the write token is answered as a repo that does not
+  exist (``RepoNotFound``: 401 without a token, 404 with another). A repo put in the tree by hand is public.
 
 Hostile clients are assumed (anything on the machine can reach 127.0.0.1): it binds 127.0.0.1
 only; every repo id must follow the Hub's ``namespace/name`` grammar and every file path must be
@@ -29,8 +33,11 @@ read-only; request bodies are capped and commits must be NDJSON (``application/x
 
 Only the standard library and the zoo's schema predicates are used. Threads are daemons; the server stops after
 ``idle_timeout`` seconds without a request and when its context exits. ``faults``
-injects failures: ``{"truncate": True}`` announces the full Content-Length but sends
-half the body and closes the connection, on every GET.
+injects failures into every GET that reads a file to its end (whole, or resumed with ``bytes=N-``; a header
+read names its last byte and is answered honestly), while HEAD answers stay honest:
+``{"truncate": True}`` announces the full Content-Length, sends half the body and closes the connection;
+``{"short": True}`` announces and sends half the body; ``{"oversize": True}`` announces and sends the body
+and 4096 bytes more; ``{"corrupt": True}`` flips the last byte.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from perceiver_torch.zoo.schema import is_relative_path, is_repo_id
 # Bodies bigger than this are refused before they are read (the tiny artifacts are ~2 MB, base64 in NDJSON).
 MAX_BODY_BYTES = 256 << 20
 _REVISION_CHARS = frozenset("0123456789abcdef")
+VISIBILITY_FILE = "visibility"  # in a repo's folder: "private" or "public", as create_repo asked
 
 
 def _is_commit(value: str) -> bool:
@@ -159,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.token:
             self.close_connection = True
             return self._error(403, "Forbidden", "this stand-in is read-only (it was started without a write token)")
-        if not hmac.compare_digest(self.headers.get("Authorization") or "", f"Bearer {self.server.token}"):
+        if not self._authorized():
             self.close_connection = True
             return self._error(401, "Unauthorized", "a write token is required (Authorization: Bearer ...)")
         body = self._body()
@@ -191,12 +199,19 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._commit(repo_id, commit, revision, body)
         return self._error(404, "RepoNotFound", f"unknown route {path!r}")
 
+    def _authorized(self) -> bool:
+        return bool(self.server.token) and hmac.compare_digest(self.headers.get("Authorization") or "",
+                                                               f"Bearer {self.server.token}")
+
     # -- handlers --------------------------------------------------------------------------------
     def _locate(self, repo_id: str, revision: str):
-        """(repo_dir, commit) of a repo at a revision, or None after answering the Hub's 404."""
+        """(repo_dir, commit) of a repo at a revision, or None after answering the Hub's 404 (401 for a private
+        repo asked for without a token)."""
         repo_dir = self.server.repo_dir(repo_id)
-        if repo_dir is None:
-            self._error(404, "RepoNotFound", f"Repository {repo_id!r} not found")
+        private = repo_dir is not None and self.server.is_private(repo_id) and not self._authorized()
+        if repo_dir is None or private:
+            status = 401 if private and not self.headers.get("Authorization") else 404
+            self._error(status, "RepoNotFound", f"Repository {repo_id!r} not found")
             return None
         commit = self.server.resolve(repo_id, revision)
         if commit is None:
@@ -211,19 +226,27 @@ class _Handler(BaseHTTPRequestHandler):
         repo_dir, commit = found
         files = sorted(p.relative_to(repo_dir / commit).as_posix() for p in (repo_dir / commit).rglob("*")
                        if p.is_file())
-        self._json(200, {"id": repo_id, "modelId": repo_id, "sha": commit,
+        self._json(200, {"id": repo_id, "modelId": repo_id, "sha": commit, "private": self.server.is_private(repo_id),
                          "siblings": [{"rfilename": f} for f in files]})
 
     def _send_file(self, file: Path, commit: str):
         data = file.read_bytes()
-        start, end = 0, len(data)
+        start, end, to_end = 0, len(data), True
         range_header = self.headers.get("Range", "")
         if self.command == "GET" and range_header.startswith("bytes="):
             first, _, last = range_header[len("bytes="):].partition("-")
             start = int(first) if first.isdigit() else 0
             end = min(int(last) + 1, len(data)) if last.isdigit() else len(data)
+            to_end = not last.isdigit()
         body = data[start:end]
         partial = (start, end) != (0, len(data))
+        faults = self.server.faults if self.command == "GET" and to_end else {}
+        if faults.get("short"):
+            body = body[: len(body) // 2]
+        if faults.get("oversize"):
+            body += b"\0" * 4096
+        if faults.get("corrupt") and body:
+            body = body[:-1] + bytes([body[-1] ^ 1])
         self.send_response(206 if partial else 200)
         self.send_header("X-Repo-Commit", commit)
         self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
@@ -235,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        if self.server.faults.get("truncate"):
+        if faults.get("truncate"):
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.close_connection = True
@@ -249,12 +272,16 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{org}/{name}" if org else name
         if not is_repo_id(repo_id):
             return self._error(400, "BadRequest", f"invalid repo id {repo_id!r}: expected 'namespace/name'")
+        # huggingface_hub 2.x sends "visibility"; older clients send a boolean "private".
+        legacy = payload.get("private")
+        visibility = payload.get("visibility") or ("private" if legacy is True else "public")
+        if visibility not in ("public", "private") or not isinstance(legacy, bool | None):
+            return self._error(400, "BadRequest", f"visibility must be 'public' or 'private' (or private a "
+                                                  f"boolean); got {visibility!r:.40}, private {legacy!r:.40}")
         url = f"{self.server.endpoint}/{repo_id}"
         if self.server.repo_dir(repo_id) is not None:
             return self._json(409, {"error": "You already created this model repo", "url": url})
-        # An empty first commit (the Hub's holds a .gitattributes; one here would steer this git repo's own
-        # attributes when the tree is bundled in it).
-        self.server.write_commit(repo_id, None, {}, "initial commit")
+        self.server.create_repo(repo_id, visibility)
         self._json(200, {"url": url, "name": repo_id})
 
     def _create_branch(self, repo_id: str, branch: str, payload: dict):
@@ -352,6 +379,18 @@ class StandInHub(ThreadingHTTPServer):
             return None
         path = self.inside(self.root, repo_id)
         return path if path is not None and (path / "refs").is_dir() else None
+
+    def create_repo(self, repo_id: str, visibility: str) -> None:
+        """A new repo (checked by the caller): its visibility, then an empty first commit (the Hub's holds a
+        .gitattributes; one here would steer this git repo's own attributes when the tree is bundled in it)."""
+        (self.root / repo_id).mkdir(parents=True, exist_ok=True)
+        (self.root / repo_id / VISIBILITY_FILE).write_text(visibility + "\n")  # before refs/: not yet a repo
+        self.write_commit(repo_id, None, {}, "initial commit")
+
+    def is_private(self, repo_id: str) -> bool:
+        repo_dir = self.repo_dir(repo_id)
+        marker = None if repo_dir is None else repo_dir / VISIBILITY_FILE
+        return marker is not None and marker.is_file() and marker.read_text().strip() == "private"
 
     def resolve(self, repo_id: str, revision: str) -> str | None:
         repo_dir = self.repo_dir(repo_id)

@@ -20,6 +20,7 @@ the error is raised, so it can never be loaded later.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from ..models import PerceiverForImageClassification
 
 _TRUE = {"1", "on", "yes", "true"}
+# What writing into a cache this user may only read gives: permissions, ACLs, a read-only mount.
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 HUB_ENDPOINT = "https://huggingface.co"
 
 
@@ -153,15 +156,29 @@ def _remove_from_cache(path: Path, repo_dir: Path) -> tuple[list[str], list[str]
     return removed, kept
 
 
-def _check_open_file(f, path: str | Path, artifact: dict, what: str) -> None:
+def _mismatch(f, subject: str, artifact: dict) -> str | None:
+    """How the open file `f` (`subject` in the message) differs from `artifact`'s size and sha256, or None."""
     size = os.fstat(f.fileno()).st_size
     if size != artifact["size"]:
-        raise IntegrityError(f"{what}: {path} has size {size}, but {pinned_by(artifact)} pins size {artifact['size']} "
-                             f"(sha256 {artifact['sha256']}); the file was refused")
+        return (f"{subject} has size {size}, but {pinned_by(artifact)} pins size {artifact['size']} "
+                f"(sha256 {artifact['sha256']})")
     digest = sha256_stream(f)
     if digest != artifact["sha256"]:
-        raise IntegrityError(f"{what}: {path} has sha256 {digest}, but {pinned_by(artifact)} pins sha256 "
-                             f"{artifact['sha256']} (size {artifact['size']}); the file was refused")
+        return (f"{subject} has sha256 {digest}, but {pinned_by(artifact)} pins sha256 {artifact['sha256']} "
+                f"(size {artifact['size']})")
+    return None
+
+
+def _check_open_file(f, path: str | Path, artifact: dict, what: str) -> None:
+    problem = _mismatch(f, str(path), artifact)
+    if problem:
+        raise IntegrityError(f"{what}: {problem}; the file was refused")
+
+
+def _check_download(f, artifact: dict) -> None:
+    problem = _mismatch(f, "the body the server sent", artifact)
+    if problem:  # said once, by _download, with the file and the server it came from
+        raise RefusedAnswer(problem)
 
 
 def verify_file(path: Path, artifact: dict, what: str) -> os.stat_result:
@@ -221,11 +238,18 @@ def _download(what: str, artifact: dict, where: str, cache: Path) -> tuple[Path,
         raise ZooError(f"{what}: download of {source} failed (HF_HUB_OFFLINE is set and the file is not in the "
                        "cache)")
     try:
-        return download(artifact, where, cache, lambda f: _check_open_file(f, source, artifact, what))
+        return download(artifact, where, cache, lambda f: _check_download(f, artifact))
     except (IntegrityError, RefusedAnswer) as exc:  # `download` removed its own temp file; no other is touched
         raise IntegrityError(f"{what}: download of {source} refused: {exc}; nothing was kept in the cache") from None
     except Exception as exc:
-        raise ZooError(f"{what}: download of {source} failed: {type(exc).__name__}: {exc}") from exc
+        # Only the cache is written here (the network's errors are not OSErrors): a shared, read-only cache
+        # that lacks the file is named as such, not as a PermissionError from somewhere inside it.
+        if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:
+            raise ZooError(f"{what}: cannot download {source}: the Hub cache {cache} lacks the file and is not "
+                           f"writable by this user ({exc.filename}: {exc.strerror}); set HF_HUB_CACHE (cache_dir= in "
+                           "Python) to a directory you can write, or have the file pulled into this one") from None
+        problem = " ".join(str(exc).split())  # one line, whatever the client's message holds
+        raise ZooError(f"{what}: download of {source} failed: {type(exc).__name__}: {problem}") from exc
 
 
 def verified_cached(what: str, local: Path, artifact: dict, repo_dir: Path) -> tuple[Path, os.stat_result]:

@@ -104,7 +104,11 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
     # As huggingface_hub records it, so that offline loads find the branch or tag; only when it changed, so that
     # a cache this user may only read still serves a load.
     if revision != commit and not (ref.is_file() and ref.read_text() == commit):
-        atomic_write(ref, lambda tmp: Path(tmp).write_text(artifact["revision"]))
+        try:
+            atomic_write(ref, lambda tmp: Path(tmp).write_text(artifact["revision"]))
+        except OSError as exc:  # a shared cache that holds the file but that this user may only read
+            log.warning("%s: cannot record in the Hub cache that revision %r is commit %s (%s: %s); offline, load "
+                        "it with revision=%r", what, revision, commit, exc.filename, exc.strerror or exc, commit)
     return path
 
 
