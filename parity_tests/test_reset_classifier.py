@@ -102,8 +102,12 @@ def test_create_model_refuses_num_classes_before_fetching_anything(tmp_path, mon
 
 def test_a_classifier_without_a_final_projection_is_refused():
     config = golden_config("imagenet_conv")
-    config["decoder"]["final_project"] = False  # the schema refuses it (build_model too); the class does not validate
-    model = pt.PerceiverForImageClassification(config)
+    config["decoder"]["final_project"] = False  # the schema refuses it: the class itself, build_model and loading
+    with pytest.raises(pt.ConfigError, match=r"(?s)^PerceiverForImageClassification\(config\) is not a valid config"
+                                             r".*decoder.final_project: found false; expected true"):
+        pt.PerceiverForImageClassification(config)
+    model = pt.PerceiverForImageClassification(golden_config("imagenet_conv"))
+    model.config["decoder"]["final_project"] = False  # edited after the build
     with pytest.raises(pt.ConfigError, match=r"decoder.final_project: found false; expected true"):
         model.reset_classifier(3)
     assert model.config["num_classes"] == 10

@@ -114,9 +114,13 @@ def test_bad_metadata_is_refused(metadata, error, message, tmp_path):
 
 def test_an_invalid_config_is_refused_before_anything_is_written(tmp_path):
     config = golden_config("language")
-    config["comment"] = "fine-tuned"  # not a key of the schema; the constructor never looks at it
-    with pytest.raises(pt.ConfigError, match=r"(?s)PerceiverForMaskedLM\.config is not a valid config.*comment"):
-        pt.save_model(pt.PerceiverForMaskedLM(config), tmp_path / "m.safetensors")
+    config["comment"] = "fine-tuned"  # not a key of the schema: the constructor refuses it
+    with pytest.raises(pt.ConfigError, match=r"(?s)^PerceiverForMaskedLM\(config\) is not a valid config.*comment"):
+        pt.PerceiverForMaskedLM(config)
+    model = pt.PerceiverForMaskedLM(golden_config("language"))
+    model.config["comment"] = "fine-tuned"  # added after the build: save_model names it
+    with pytest.raises(ValueError, match=r"comment: added \('fine-tuned'\)"):
+        pt.save_model(model, tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
 
 
