@@ -383,6 +383,22 @@ def test_private_applies_when_the_repo_is_created_and_never_changes_an_existing_
         _assert_identical(pt.create_model("hf-hub:someone/private-lm"), second)  # the push itself landed
         monkeypatch.delenv("HF_TOKEN")
         _assert_identical(pt.create_model("hf-hub:someone/public-lm"), second)
+        with pytest.raises(TypeError, match=r"push_to_hub: private must be True, False or None; got str 'no'"):
+            pt.push_to_hub(model, "someone/typo-lm", token=TOKEN, private="no")
+        assert not (tmp_path / "hub" / "someone" / "typo-lm").exists()
+
+
+def test_private_is_huggingface_hubs_own_default(tmp_path, monkeypatch):
+    """Left out, `private` reaches create_repo as None (public unless the organisation's default is private), as
+    huggingface_hub's own default; not False, which would make a repo public in such an organisation."""
+    asked = []
+    create_repo = huggingface_hub.HfApi.create_repo
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, *a, **k: asked.append(k["private"]) or create_repo(self, *a, **k))
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN, private=True)
+    assert asked == [None, True]
 
 
 def test_nothing_of_the_model_is_left_in_temp_dirs(tmp_path, monkeypatch):

@@ -59,12 +59,13 @@ model fine-tuned, or a release file converted), {UPSTREAM_LICENCE}.
 
 
 def push_to_hub(model: nn.Module, repo_id: str, *, token: str | None = None, endpoint: str | None = None,
-                revision: str | None = None, private: bool = False, commit_message: str | None = None) -> str:
+                revision: str | None = None, private: bool | None = None, commit_message: str | None = None) -> str:
     """Upload `model` to the Hub repo `repo_id` ('owner/name') in one commit; returns the commit id.
 
     `model` is written with `save_model` (everything it refuses is refused here, before any upload) as
     ``model.safetensors`` beside a generated ``README.md`` model card. The repo is created if it does not
-    exist (`private` applies then); `revision` names a branch, created from ``main`` if new (default:
+    exist (`private` applies then: None, as huggingface_hub's default, makes it public unless the owner's
+    organisation makes repos private by default); `revision` names a branch, created from ``main`` if new (default:
     ``main``). `token` defaults to huggingface_hub's (``HF_TOKEN``, else ``hf auth login``'s), `endpoint`
     to ``$HF_ENDPOINT``, else the Hugging Face Hub. Others load it with
     ``Model.from_pretrained("hf-hub:<repo_id>", revision=<the commit id>)``.
@@ -72,6 +73,9 @@ def push_to_hub(model: nn.Module, repo_id: str, *, token: str | None = None, end
     if not is_repo_id(repo_id):
         raise ValueError(f"push_to_hub: repo_id must be a Hub repo id 'owner/name' (letters, digits, '.', '_' or '-'); "
                          f"got {repo_id!r}.")
+    if private is not None and type(private) is not bool:  # bool("no") is True: a string would flip it
+        raise TypeError(f"push_to_hub: private must be True, False or None; got {type(private).__name__} "
+                        f"{private!r:.40}.")
     branch = None if revision is None else checked_revision(revision)
     where = hub_endpoint(endpoint)
     target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
