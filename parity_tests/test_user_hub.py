@@ -15,6 +15,7 @@ import tempfile
 import huggingface_hub
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import perceiver_torch as pt
@@ -451,3 +452,73 @@ def test_export_model_takes_an_hf_hub_name_as_create_model_does(tmp_path, monkey
     for exported in (path, tmp_path / "cli.pt2"):
         errors = max_errors(model, torch.export.load(exported).module())
         assert max(errors.values()) <= 1e-5, errors  # test_export's float32 bound (the program runs eager's kernels)
+
+
+def test_a_converted_file_is_pushed_unchanged_from_python_and_the_cli(tmp_path, monkeypatch, capsys):
+    """push_to_hub(path) and `perceiver-zoo push FILE OWNER/NAME`: the file is checked as load_model checks it and
+    uploaded byte for byte (its provenance metadata kept); what the CLI prints loads it."""
+    model = _language_model()
+    path = pt.save_model(model, tmp_path / "lm.safetensors", metadata={"source": "fine-tuned on my data"})
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    messages = []  # the stand-in keeps no commit log
+    create_commit = huggingface_hub.HfApi.create_commit
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit",
+                        lambda self, *a, **k: messages.append(k["commit_message"]) or create_commit(self, *a, **k))
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        first = pt.push_to_hub(str(path), REPO)
+        assert zoo_cli(["push", str(path), "someone/from-the-cli", "--message", "my model"]) == 0
+        printed = capsys.readouterr().out.splitlines()
+        commit = printed[0].rsplit(" ", 1)[1]
+        assert printed == [f"{path}: pushed to hf-hub:someone/from-the-cli as commit {commit}",
+                           f"load it with: perceiver_torch.create_model('hf-hub:someone/from-the-cli', "
+                           f"revision='{commit}')",
+                           f"or: perceiver-zoo export hf-hub:someone/from-the-cli --revision {commit} -o model.pt2"]
+        for repo, revision in ((REPO, first), ("someone/from-the-cli", commit)):
+            _assert_identical(pt.create_model(f"hf-hub:{repo}", revision=revision), model)
+            uploaded = huggingface_hub.hf_hub_download(repo, FILENAME, revision=revision, endpoint=hub.endpoint)
+            assert open(uploaded, "rb").read() == path.read_bytes()
+        assert messages == ["Upload PerceiverForMaskedLM", "my model"]
+        card = open(huggingface_hub.hf_hub_download(REPO, "README.md", revision=first, endpoint=hub.endpoint)).read()
+        assert f"{sum(p.numel() for p in model.parameters()):,} parameters" in card
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.safetensors", "no such file (a converted .safetensors file is expected)"),
+    (lambda d: d, "is a directory (a converted .safetensors file is expected)"),
+    (lambda d: _written(d / "notes.safetensors", b"not a checkpoint"), "notes.safetensors"),
+    (lambda d: _written(d / "odd.safetensors", _odd_checkpoint()), "(metadata config) is not a valid config"),
+])
+def test_a_file_load_model_refuses_is_not_pushed(tmp_path, monkeypatch, capsys, make, message):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    path = make(folder)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        with pytest.raises((ValueError, OSError), match=re.escape(message)):
+            pt.push_to_hub(path, REPO)
+        assert zoo_cli(["push", str(path), REPO]) == 1
+        assert hub.requests == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("perceiver-zoo: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "hub" / REPO).exists()
+
+
+def test_cli_push_without_a_token_is_one_line(tmp_path, monkeypatch, capsys):
+    path = pt.save_model(_language_model(), tmp_path / "lm.safetensors")
+    _without_a_token(monkeypatch, tmp_path)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        assert zoo_cli(["push", str(path), REPO]) == 1
+        assert hub.requests == 0
+    assert capsys.readouterr().err == f"perceiver-zoo: error: push_to_hub: uploading to {hub.endpoint}/{REPO} needs " \
+                                      "a write token: pass token=..., set HF_TOKEN or log in with `hf auth login`.\n"
+
+
+def _written(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _odd_checkpoint() -> bytes:
+    """A safetensors file with perceiver-torch metadata whose config load_model refuses."""
+    return safetensors.torch.save({"x": torch.zeros(1)}, metadata={"format": "perceiver-torch", "task": "language",
+                                                                    "config": "[1]"})
