@@ -74,6 +74,8 @@ USER_SCRIPT = textwrap.dedent("""
     reveal_type(lm.tokenizer.encode("text"))  # expect: builtins.list[builtins.int]
     reveal_type(lm.fill_masked("a [MASK]"))  # expect: builtins.str
     reveal_type(lm.fill_masked(["a [MASK]", "b"]))  # expect: builtins.list[builtins.str]
+    reveal_type(lm.save_pretrained("my-lm"))  # expect: pathlib.Path
+    reveal_type(lm.push_to_hub("me/my-lm"))  # expect: builtins.str
 
     flow = pt.build_model("optical_flow", {})
     if isinstance(flow, pt.PerceiverForOpticalFlow):

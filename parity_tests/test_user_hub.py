@@ -522,3 +522,12 @@ def _odd_checkpoint() -> bytes:
     """A safetensors file with perceiver-torch metadata whose config load_model refuses."""
     return safetensors.torch.save({"x": torch.zeros(1)}, metadata={"format": "perceiver-torch", "task": "language",
                                                                     "config": "[1]"})
+
+
+def test_the_push_to_hub_method_is_the_function(tmp_path, monkeypatch):
+    """transformers' spelling, model.push_to_hub(repo_id, ...), on every task model: pt.push_to_hub(model, ...)."""
+    model = _language_model()
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        commit = model.push_to_hub(REPO, token=TOKEN, commit_message="from the method")
+        _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", revision=commit), model)
+    assert all(callable(getattr(cls, "push_to_hub", None)) for cls in pt.registry.TASK_MODELS.values())
