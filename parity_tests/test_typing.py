@@ -61,7 +61,8 @@ USER_SCRIPT = textwrap.dedent("""
     reveal_type(classifier.task)  # expect: builtins.str
     classifier.reset_classifier(10)
     reveal_type(classifier.classify("cat.jpg", k=5))  # expect: builtins.list[tuple[builtins.str, builtins.float]]
-    batch = classifier.classify(["cat.jpg", "dog.jpg"])  # a list of results (typed as either form: see classify)
+    # expect: builtins.list[builtins.list[tuple[builtins.str, builtins.float]]]
+    reveal_type(classifier.classify(["cat.jpg", Path("dog.png")]))
 
     config: dict = {}  # a config.json's contents
     # expect: perceiver_torch.models.language.PerceiverForMaskedLM
