@@ -473,18 +473,23 @@ def test_a_converted_file_is_pushed_unchanged_from_python_and_the_cli(tmp_path, 
                            f"load it with: perceiver_torch.create_model('hf-hub:someone/from-the-cli', "
                            f"revision='{commit}')",
                            f"or: perceiver-zoo export hf-hub:someone/from-the-cli --revision {commit} -o model.pt2"]
-        for repo, revision in ((REPO, first), ("someone/from-the-cli", commit)):
+        directory = tmp_path / "saved"
+        model.save_pretrained(directory)  # a save_pretrained directory is its model.safetensors
+        from_directory = pt.push_to_hub(directory, "someone/from-a-directory")
+        for repo, revision, source in ((REPO, first, path), ("someone/from-the-cli", commit, path),
+                                       ("someone/from-a-directory", from_directory, directory / FILENAME)):
             _assert_identical(pt.create_model(f"hf-hub:{repo}", revision=revision), model)
             uploaded = huggingface_hub.hf_hub_download(repo, FILENAME, revision=revision, endpoint=hub.endpoint)
-            assert open(uploaded, "rb").read() == path.read_bytes()
-        assert messages == ["Upload PerceiverForMaskedLM", "my model"]
+            assert open(uploaded, "rb").read() == source.read_bytes()
+        assert messages == ["Upload PerceiverForMaskedLM", "my model", "Upload PerceiverForMaskedLM"]
         card = open(huggingface_hub.hf_hub_download(REPO, "README.md", revision=first, endpoint=hub.endpoint)).read()
         assert f"{sum(p.numel() for p in model.parameters()):,} parameters" in card
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda d: d / "missing.safetensors", "no such file (a converted .safetensors file is expected)"),
-    (lambda d: d, "is a directory (a converted .safetensors file is expected)"),
+    (lambda d: d / "missing.safetensors", "no such file (a converted .safetensors file or a save_pretrained "
+                                          "directory is expected)"),
+    (lambda d: d, "is a directory without a model.safetensors (what save_pretrained writes into one)"),
     (lambda d: _written(d / "notes.safetensors", b"not a checkpoint"), "notes.safetensors"),
     (lambda d: _written(d / "odd.safetensors", _odd_checkpoint()), "(metadata config) is not a valid config"),
 ])

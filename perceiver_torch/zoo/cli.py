@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     push = sub.add_parser("push", help="upload a converted .safetensors file to your Hub repo (checked as loading "
                           "checks it; with a model card), loadable as hf-hub:OWNER/NAME")
     push.add_argument("file", metavar="FILE",
-                      help="a converted .safetensors file (save_model's or perceiver-convert's)")
+                      help="a converted .safetensors file (save_model's or perceiver-convert's) or a "
+                      "save_pretrained directory")
     push.add_argument("repo", metavar="OWNER/NAME", help="the Hub repo (created if needed); the write token comes from "
                       "HF_TOKEN or `hf auth login`")
     push.add_argument("--revision", help="a branch (created from main if new; default: main)")

@@ -20,6 +20,7 @@ from torch import nn
 from ..registry import TASK_MODELS
 from ..saving import save_model
 from ..serialization import load_model, read_metadata
+from .pretrained import checkpoint_path
 from .schema import is_repo_id
 from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endpoint
 
@@ -61,14 +62,16 @@ model fine-tuned, or a release file converted), {UPSTREAM_LICENCE}.
 
 
 def _checkpoint_file(path) -> Path:
-    """`path` as a Path to a regular file, else the error naming it (before a token is looked for or a copy made)."""
+    """`path` (or a save_pretrained directory's model.safetensors) as a Path to a regular file, else the error
+    naming it (before a token is looked for or a copy made)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"push_to_hub: model must be a task model or a converted file's path; got "
                         f"{type(path).__name__}.")
-    path = Path(path)
+    path = checkpoint_path(Path(path))
     if not path.is_file():
-        problem = "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "no such file"
-        raise FileNotFoundError(f"push_to_hub: {path}: {problem} (a converted .safetensors file is expected)")
+        problem = "is not a regular file" if path.exists() else "no such file"
+        raise FileNotFoundError(f"push_to_hub: {path}: {problem} (a converted .safetensors file or a save_pretrained "
+                                "directory is expected)")
     return path
 
 
