@@ -73,7 +73,8 @@ def test_what_is_neither_a_zoo_name_nor_a_file_is_named(tmp_path, monkeypatch):
         cls.from_pretrained("not-in-the-zoo", manifest=TEST_MANIFEST)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine").write_bytes(b"")  # a file named like a zoo model is never loaded by that name
-    with pytest.raises(ValueError, match=r"no zoo model 'mine'.*'./mine.safetensors'"):
+    with pytest.raises(ValueError, match=r"no zoo model 'mine'.*named by its path, e.g. './mine' or "
+                                         r"'./mine.safetensors'"):
         cls.from_pretrained("mine", manifest=TEST_MANIFEST)
     with pytest.raises(FileNotFoundError):
         cls.from_pretrained("missing.safetensors")
@@ -93,3 +94,35 @@ def test_a_revision_for_a_zoo_model_is_refused_by_from_pretrained_before_fetchin
                                             r"revision \('hf-hub:' repos only\)\.$"):
             pt.PerceiverForMaskedLM.from_pretrained("tiny-language-perceiver", revision="main", manifest=TEST_MANIFEST)
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("family", sorted(GOLDEN_TASKS))
+def test_save_pretrained_writes_a_directory_from_pretrained_reads(family, tmp_path):
+    """transformers' round trip: model.save_pretrained(directory), then Model.from_pretrained(directory)."""
+    task, model = GOLDEN_TASKS[family], seeded_model(family)
+    directory = tmp_path / "out" / family
+    written = model.save_pretrained(directory)  # parents created
+    assert written == directory / "model.safetensors" and sorted(p.name for p in directory.iterdir()) == [written.name]
+    assert_same_weights(TASK_MODELS[task].from_pretrained(directory), model)
+    assert_same_weights(TASK_MODELS[task].from_pretrained(str(directory)), model)
+    assert model.save_pretrained(directory) == written  # again: replaced in place
+    assert_same_weights(pt.load_model(written), model)
+    other = next(cls for t, cls in TASK_MODELS.items() if t != task)
+    with pytest.raises(pt.CheckpointFormatError, match=rf"{re.escape(str(written))} holds a "
+                                                       rf"{TASK_MODELS[task].__name__}"):
+        other.from_pretrained(directory)
+
+
+def test_save_pretrained_and_a_directory_refusals(tmp_path, monkeypatch):
+    model = seeded_model("language")
+    with pytest.raises(FileNotFoundError, match=rf"^{re.escape(str(tmp_path))} is a directory without a "
+                                                r"model.safetensors \(what save_pretrained writes into one\)$"):
+        pt.PerceiverForMaskedLM.from_pretrained(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"save_pretrained: .*a-file exists and is not a directory"):
+        model.save_pretrained(tmp_path / "a-file")
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite values"):  # save_model's refusal: nothing is left behind,
+        model.save_pretrained(tmp_path / "new" / "nested")  # not even the directories made for it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

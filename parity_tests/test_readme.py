@@ -104,7 +104,7 @@ def test_zoo_snippet_lists_what_list_models_returns(monkeypatch):
 CLIS = {
     "perceiver-convert": ("converters.cli", ()),
     "perceiver-to-transformers": ("converters.transformers.export_cli", ()),
-    "perceiver-zoo": ("perceiver_torch.zoo.cli", ("list", "info", "pull", "export", "predict")),
+    "perceiver-zoo": ("perceiver_torch.zoo.cli", ("list", "info", "pull", "export", "predict", "push")),
     "perceiver-parity": ("converters.parity.cli", ()),
     "perceiver-zoo-admin": ("converters.zoo.cli", ("regenerate", "publish", "serve-standin")),
     "python -m converters": ("converters.cli", ()),
@@ -200,7 +200,7 @@ def test_zoo_commands_name_models_of_the_manifest_they_run_with():
         if manifest:
             mirror = re.search(r"PERCEIVER_ZOO_MIRROR=(\S+)", block)
             assert mirror and (REPO / mirror.group(1)).is_dir(), block
-        for name in re.findall(r"^perceiver-zoo (?:export|pull|info|predict) ([a-z][\w-]*)(?![\w./-])", block, re.M):
+        for name in re.findall(r"^perceiver-zoo (?:export|pull|info|predict) ([a-z][\w-]*)(?![\w./:-])", block, re.M):
             assert name in known, f"README runs perceiver-zoo on {name!r}, not in the manifest it uses"
             checked += 1
     assert checked >= 3

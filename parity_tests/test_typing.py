@@ -61,7 +61,8 @@ USER_SCRIPT = textwrap.dedent("""
     reveal_type(classifier.task)  # expect: builtins.str
     classifier.reset_classifier(10)
     reveal_type(classifier.classify("cat.jpg", k=5))  # expect: builtins.list[tuple[builtins.str, builtins.float]]
-    batch = classifier.classify(["cat.jpg", "dog.jpg"])  # a list of results (typed as either form: see classify)
+    # expect: builtins.list[builtins.list[tuple[builtins.str, builtins.float]]]
+    reveal_type(classifier.classify(["cat.jpg", Path("dog.png")]))
 
     config: dict = {}  # a config.json's contents
     # expect: perceiver_torch.models.language.PerceiverForMaskedLM
@@ -74,6 +75,8 @@ USER_SCRIPT = textwrap.dedent("""
     reveal_type(lm.tokenizer.encode("text"))  # expect: builtins.list[builtins.int]
     reveal_type(lm.fill_masked("a [MASK]"))  # expect: builtins.str
     reveal_type(lm.fill_masked(["a [MASK]", "b"]))  # expect: builtins.list[builtins.str]
+    reveal_type(lm.save_pretrained("my-lm"))  # expect: pathlib.Path
+    reveal_type(lm.push_to_hub("me/my-lm"))  # expect: builtins.str
 
     flow = pt.build_model("optical_flow", {})
     if isinstance(flow, pt.PerceiverForOpticalFlow):

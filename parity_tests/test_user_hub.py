@@ -15,6 +15,7 @@ import tempfile
 import huggingface_hub
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import perceiver_torch as pt
@@ -383,6 +384,22 @@ def test_private_applies_when_the_repo_is_created_and_never_changes_an_existing_
         _assert_identical(pt.create_model("hf-hub:someone/private-lm"), second)  # the push itself landed
         monkeypatch.delenv("HF_TOKEN")
         _assert_identical(pt.create_model("hf-hub:someone/public-lm"), second)
+        with pytest.raises(TypeError, match=r"push_to_hub: private must be True, False or None; got str 'no'"):
+            pt.push_to_hub(model, "someone/typo-lm", token=TOKEN, private="no")
+        assert not (tmp_path / "hub" / "someone" / "typo-lm").exists()
+
+
+def test_private_is_huggingface_hubs_own_default(tmp_path, monkeypatch):
+    """Left out, `private` reaches create_repo as None (public unless the organisation's default is private), as
+    huggingface_hub's own default; not False, which would make a repo public in such an organisation."""
+    asked = []
+    create_repo = huggingface_hub.HfApi.create_repo
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, *a, **k: asked.append(k["private"]) or create_repo(self, *a, **k))
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN, private=True)
+    assert asked == [None, True]
 
 
 def test_nothing_of_the_model_is_left_in_temp_dirs(tmp_path, monkeypatch):
@@ -435,3 +452,87 @@ def test_export_model_takes_an_hf_hub_name_as_create_model_does(tmp_path, monkey
     for exported in (path, tmp_path / "cli.pt2"):
         errors = max_errors(model, torch.export.load(exported).module())
         assert max(errors.values()) <= 1e-5, errors  # test_export's float32 bound (the program runs eager's kernels)
+
+
+def test_a_converted_file_is_pushed_unchanged_from_python_and_the_cli(tmp_path, monkeypatch, capsys):
+    """push_to_hub(path) and `perceiver-zoo push FILE OWNER/NAME`: the file is checked as load_model checks it and
+    uploaded byte for byte (its provenance metadata kept); what the CLI prints loads it."""
+    model = _language_model()
+    path = pt.save_model(model, tmp_path / "lm.safetensors", metadata={"source": "fine-tuned on my data"})
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    messages = []  # the stand-in keeps no commit log
+    create_commit = huggingface_hub.HfApi.create_commit
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit",
+                        lambda self, *a, **k: messages.append(k["commit_message"]) or create_commit(self, *a, **k))
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        first = pt.push_to_hub(str(path), REPO)
+        assert zoo_cli(["push", str(path), "someone/from-the-cli", "--message", "my model"]) == 0
+        printed = capsys.readouterr().out.splitlines()
+        commit = printed[0].rsplit(" ", 1)[1]
+        assert printed == [f"{path}: pushed to hf-hub:someone/from-the-cli as commit {commit}",
+                           f"load it with: perceiver_torch.create_model('hf-hub:someone/from-the-cli', "
+                           f"revision='{commit}')",
+                           f"or: perceiver-zoo export hf-hub:someone/from-the-cli --revision {commit} -o model.pt2"]
+        directory = tmp_path / "saved"
+        model.save_pretrained(directory)  # a save_pretrained directory is its model.safetensors
+        from_directory = pt.push_to_hub(directory, "someone/from-a-directory")
+        for repo, revision, source in ((REPO, first, path), ("someone/from-the-cli", commit, path),
+                                       ("someone/from-a-directory", from_directory, directory / FILENAME)):
+            _assert_identical(pt.create_model(f"hf-hub:{repo}", revision=revision), model)
+            uploaded = huggingface_hub.hf_hub_download(repo, FILENAME, revision=revision, endpoint=hub.endpoint)
+            assert open(uploaded, "rb").read() == source.read_bytes()
+        assert messages == ["Upload PerceiverForMaskedLM", "my model", "Upload PerceiverForMaskedLM"]
+        card = open(huggingface_hub.hf_hub_download(REPO, "README.md", revision=first, endpoint=hub.endpoint)).read()
+        assert f"{sum(p.numel() for p in model.parameters()):,} parameters" in card
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.safetensors", "no such file (a converted .safetensors file or a save_pretrained "
+                                          "directory is expected)"),
+    (lambda d: d, "is a directory without a model.safetensors (what save_pretrained writes into one)"),
+    (lambda d: _written(d / "notes.safetensors", b"not a checkpoint"), "notes.safetensors"),
+    (lambda d: _written(d / "odd.safetensors", _odd_checkpoint()), "(metadata config) is not a valid config"),
+])
+def test_a_file_load_model_refuses_is_not_pushed(tmp_path, monkeypatch, capsys, make, message):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    path = make(folder)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        with pytest.raises((ValueError, OSError), match=re.escape(message)):
+            pt.push_to_hub(path, REPO)
+        assert zoo_cli(["push", str(path), REPO]) == 1
+        assert hub.requests == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("perceiver-zoo: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "hub" / REPO).exists()
+
+
+def test_cli_push_without_a_token_is_one_line(tmp_path, monkeypatch, capsys):
+    path = pt.save_model(_language_model(), tmp_path / "lm.safetensors")
+    _without_a_token(monkeypatch, tmp_path)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        assert zoo_cli(["push", str(path), REPO]) == 1
+        assert hub.requests == 0
+    assert capsys.readouterr().err == f"perceiver-zoo: error: push_to_hub: uploading to {hub.endpoint}/{REPO} needs " \
+                                      "a write token: pass token=..., set HF_TOKEN or log in with `hf auth login`.\n"
+
+
+def _written(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _odd_checkpoint() -> bytes:
+    """A safetensors file with perceiver-torch metadata whose config load_model refuses."""
+    return safetensors.torch.save({"x": torch.zeros(1)}, metadata={"format": "perceiver-torch", "task": "language",
+                                                                    "config": "[1]"})
+
+
+def test_the_push_to_hub_method_is_the_function(tmp_path, monkeypatch):
+    """transformers' spelling, model.push_to_hub(repo_id, ...), on every task model: pt.push_to_hub(model, ...)."""
+    model = _language_model()
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        commit = model.push_to_hub(REPO, token=TOKEN, commit_message="from the method")
+        _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", revision=commit), model)
+    assert all(callable(getattr(cls, "push_to_hub", None)) for cls in pt.registry.TASK_MODELS.values())

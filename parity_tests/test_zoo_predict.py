@@ -93,6 +93,18 @@ def test_language_prints_the_filled_texts_from_args_and_stdin(files, capsys, mon
                                            for t, o in zip(TEXTS, model.fill_masked(TEXTS), strict=True)]}
 
 
+def test_a_save_pretrained_directory_is_a_model(files, capsys, tmp_path):
+    """MODEL is what from_pretrained reads: a save_pretrained directory too (its model.safetensors)."""
+    model = pt.load_model(files["language"])
+    model.save_pretrained(tmp_path / "my-lm")
+    code, out, _ = _run(capsys, ["predict", str(tmp_path / "my-lm"), TEXTS[0]])
+    assert code == 0 and out == model.fill_masked(TEXTS[0]) + "\n"
+    (tmp_path / "empty").mkdir()
+    assert zoo_cli(["predict", str(tmp_path / "empty"), "x"]) == 1
+    assert capsys.readouterr().err == f"perceiver-zoo: error: {tmp_path / 'empty'} is a directory without a " \
+                                      "model.safetensors (what save_pretrained writes into one)\n"
+
+
 def test_language_mask_marker_and_dtype(files, capsys):
     model = pt.load_model(files["language"], dtype="bfloat16")
     texts = ["Hello, <?><?>!", "<?>"]

@@ -7,6 +7,7 @@ refused and not left in the cache, offline mode, a directory mirror, unpublished
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,7 +110,8 @@ def test_offline_mode_uses_the_cache_only(published, tmp_path, monkeypatch):
     _check_logits(model)
     with hub_env(monkeypatch, tree, tmp_path / "empty-cache"):
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        with pytest.raises(ZooError, match="HF_HUB_OFFLINE is set and the file is not in the cache"):
+        with pytest.raises(ZooError, match=rf"HF_HUB_OFFLINE is set and the file is not in the cache "
+                                           rf"{re.escape(str(tmp_path / 'empty-cache'))}; pull it there online"):
             fetch(GOLDEN_ENTRY, manifest=manifest)
 
 

@@ -21,7 +21,7 @@ from ..layers.image import ImagePreprocessor
 from ..layers.precision import FinalLinear
 from .input_checks import check_batch, check_count, check_float, check_range, check_top_k, describe
 from .owned_config import check_own_config, own_config
-from .pretrained import FromPretrained
+from .pretrained import PretrainedMixin
 
 # imagenet_transform's output lies in about [-2.12, 2.64] (0 and 255 through the ImageNet mean and
 # stddev), a little beyond after a float image's bicubic overshoot. Far outside means the normalisation
@@ -29,7 +29,7 @@ from .pretrained import FromPretrained
 NORMALISED_LIMIT = 5.0
 
 
-class PerceiverForImageClassification(FromPretrained, Perceiver):
+class PerceiverForImageClassification(PretrainedMixin, Perceiver):
     """Images [B, 3, H, W] -> ImagePreprocessor -> encoder -> ClassificationDecoder -> logits [B, num_classes].
 
     `config` is the golden/released `config.json` layout: `image_size`
@@ -179,7 +179,11 @@ class PerceiverForImageClassification(FromPretrained, Perceiver):
     def classify(self, image: str | os.PathLike | np.ndarray, k: int = ..., *, batch_size: int = ...
                  ) -> list[tuple[str, float]]: ...
 
-    @overload  # a PIL image, or a list or tuple: of images (a list of results) or of pixel rows (one result)
+    @overload  # a batch of paths or arrays: a list of results, in order
+    def classify(self, image: list[str | os.PathLike | np.ndarray] | tuple[str | os.PathLike | np.ndarray, ...],
+                 k: int = ..., *, batch_size: int = ...) -> list[list[tuple[str, float]]]: ...
+
+    @overload  # a PIL image, or another list or tuple: of images (a list of results) or of pixel rows (one result)
     def classify(self, image: Any, k: int = ..., *, batch_size: int = ...
                  ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]: ...
 

@@ -11,10 +11,10 @@ from ..layers import BasicDecoder, EmbeddingDecoder, Perceiver, PerceiverEncoder
 from ..tokenizer import BytesTokenizer
 from .input_checks import INDEX_DTYPES, check_binary, check_count, check_range, describe
 from .owned_config import check_own_config, own_config
-from .pretrained import FromPretrained
+from .pretrained import PretrainedMixin
 
 
-class PerceiverForMaskedLM(FromPretrained, Perceiver):
+class PerceiverForMaskedLM(PretrainedMixin, Perceiver):
     """Embeddings + trainable input positions -> encoder -> decoder -> tied embedding decoder.
 
     `config` is the golden/released `config.json` layout: `d_model`,

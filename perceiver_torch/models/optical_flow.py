@@ -11,7 +11,7 @@ from ..layers.image import ImagePreprocessor
 from ..layers.perceiver import Perceiver
 from .input_checks import check_batch, check_range, describe
 from .owned_config import check_own_config, own_config
-from .pretrained import FromPretrained
+from .pretrained import PretrainedMixin
 
 # The colab scales pixels to [-1, 1] (x / 255 * 2 - 1). A resampled frame can overshoot that a little;
 # values beyond +-1.5 mean the scaling was skipped (0-255 frames) and the flow would be garbage.
@@ -29,7 +29,7 @@ def _image_preprocessor(train_size: tuple[int, int], num_bands: int) -> ImagePre
     )
 
 
-class PerceiverForOpticalFlow(FromPretrained, Perceiver):
+class PerceiverForOpticalFlow(PretrainedMixin, Perceiver):
     """Two frames [B, 3, H, W] (pixels in [-1, 1], H x W = train_size) -> flow [B, 2, H, W] in pixels.
 
     `config` is the golden/released `config.json` layout: `train_size`

@@ -1,15 +1,18 @@
-"""`Model.from_pretrained(name_or_path)` on every task model, as transformers' classes have it."""
+"""`from_pretrained`, `save_pretrained` and `push_to_hub` on every task model, as transformers' classes have them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 from typing import Self, cast
 
 import torch
 
 
-class FromPretrained:
-    """Gives a task model class (one with a `task`) the classmethod `from_pretrained`."""
+class PretrainedMixin:
+    """Gives a task model class (one with a `task`) transformers' `from_pretrained`, `save_pretrained` and
+    `push_to_hub`, spelled as there and built on `create_model`, `load_model`, `save_model` and `pt.push_to_hub`."""
 
     task: str
 
@@ -17,7 +20,7 @@ class FromPretrained:
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype | None = None, **zoo_kwargs) -> Self:
         """This class's model by zoo name or from a user's Hub repo (``"hf-hub:owner/name"``), as `pt.create_model`,
-        or from a converted file, as `pt.load_model`.
+        or from a converted file or a `save_pretrained` directory, as `pt.load_model`.
 
         A name of another task's model, or a file or repo holding one, is refused before anything is fetched or
         built. Keyword arguments beyond `device` and `dtype` are `create_model`'s: `num_classes`, `endpoint`,
@@ -28,3 +31,30 @@ class FromPretrained:
 
         model = from_pretrained(cls.task, name_or_path, device=device, dtype=dtype, **zoo_kwargs)
         return cast(Self, model)  # of this class: from_pretrained refused every other task's model
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write the model as ``model.safetensors`` (`save_model`'s file: weights, task and config) into
+        `save_directory`, created if needed; `from_pretrained(save_directory)` gives it back. Returns the file."""
+        from ..saving import save_model  # imports the registry, which imports these classes
+        from ..zoo.user_hub import FILENAME
+
+        directory = Path(save_directory)
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory; give a directory "
+                                     f"(it will hold {FILENAME}).")
+        created = [d for d in (directory, *directory.parents) if not d.exists()]  # deepest first
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            return save_model(cast(torch.nn.Module, self), directory / FILENAME)
+        except BaseException:  # save_model wrote nothing: no directory is left behind for it either
+            for made in created:
+                with contextlib.suppress(OSError):  # no longer empty: someone else's now
+                    made.rmdir()
+            raise
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """`pt.push_to_hub(self, repo_id, **kwargs)`: upload the model to the Hub repo 'owner/name' in one commit
+        (`token`, `endpoint`, `revision`, `private`, `commit_message`); returns the commit id."""
+        from ..zoo.push import push_to_hub
+
+        return push_to_hub(cast(torch.nn.Module, self), repo_id, **kwargs)

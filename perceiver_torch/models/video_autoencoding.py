@@ -16,7 +16,7 @@ from ..layers.postprocessors import AudioPostprocessor, ClassificationPostproces
 from .input_checks import check_batch, check_float, check_indices, check_range, check_top_k, describe
 from .owned_config import check_own_config, own_config
 from .perceiver_io import PerceiverIO
-from .pretrained import FromPretrained
+from .pretrained import PretrainedMixin
 
 # The colab's fixed choices (see parity_tests/fixtures/golden/README.md).
 IMAGE_DOWNSAMPLE = 4
@@ -47,7 +47,7 @@ def _image_preprocessor(num_frames: int, image_size: int, fourier: dict) -> Imag
     )
 
 
-class PerceiverForMultimodalAutoencoding(FromPretrained, PerceiverIO):
+class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
     """Video [B, F, 3, S, S] + audio [B, F * samples_per_frame, 1] (+ a masked label) -> reconstructions + logits.
 
     `config` is the golden/released `config.json` layout (`num_frames`,

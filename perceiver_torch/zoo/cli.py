@@ -1,9 +1,11 @@
-"""`perceiver-zoo list | info NAME | pull NAME | export MODEL -o FILE [--dtype D] | predict MODEL INPUT... [options]`:
+"""`perceiver-zoo list | info NAME | pull NAME | export MODEL -o FILE | predict MODEL INPUT... | push FILE OWNER/NAME`:
 the model zoo from the command line.
 
 `predict` runs a zoo model (or a converted .safetensors file) on your inputs: texts with [MASK] markers
 (language; `-` reads stdin, one text a line), image files (imagenet: top-k labels), or two frames (optical_flow:
 the flow to --output, .npy or .png).
+
+`push` shares a converted file as a Hub repo of your own (`hf-hub:OWNER/NAME`, not verified by the zoo).
 
 Maintainers produce and publish entries with `perceiver-zoo-admin` (the producer side, `converters.zoo`).
 """
@@ -24,6 +26,7 @@ from .hub import ZooError, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
 from .model_arg import load_target, resolve_model
 from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, read_inputs, resolve, run
+from .push import push_to_hub
 from .schema import is_model_name
 from .user_hub import HUB_PREFIX, is_hub_name
 
@@ -104,6 +107,16 @@ def _predict(args) -> int:
     return 0
 
 
+def _push(args) -> int:
+    commit = push_to_hub(args.file, args.repo, endpoint=args.endpoint, revision=args.revision,
+                         private=True if args.private else None, commit_message=args.message)
+    name = f"{HUB_PREFIX}{args.repo}"
+    print(f"{args.file}: pushed to {name} as commit {commit}\n"
+          f"load it with: perceiver_torch.create_model({name!r}, revision={commit!r})\n"
+          f"or: perceiver-zoo export {name} --revision {commit} -o model.pt2")
+    return 0
+
+
 def _check_predict_args(parser: argparse.ArgumentParser, args) -> None:
     """What `predict` refuses from its arguments alone (usage errors, exit 2)."""
     if args.k is not None and args.k < 1:
@@ -181,6 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--device", default="cpu", help="e.g. cuda, cuda:1 (default: cpu)")
     pred.add_argument("--dtype", choices=tuple(MODEL_DTYPES),
                       help="the model's dtype, as model.to(dtype) (default: the file's, float32)")
+    push = sub.add_parser("push", help="upload a converted .safetensors file to your Hub repo (checked as loading "
+                          "checks it; with a model card), loadable as hf-hub:OWNER/NAME")
+    push.add_argument("file", metavar="FILE",
+                      help="a converted .safetensors file (save_model's or perceiver-convert's) or a "
+                      "save_pretrained directory")
+    push.add_argument("repo", metavar="OWNER/NAME", help="the Hub repo (created if needed); the write token comes from "
+                      "HF_TOKEN or `hf auth login`")
+    push.add_argument("--revision", help="a branch (created from main if new; default: main)")
+    push.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
+                      "visibility)")
+    push.add_argument("--message", help="the commit message")
+    push.add_argument("--endpoint", help="Hub-compatible endpoint (default: HF_ENDPOINT, else the Hugging Face Hub)")
     for command in (pull, exp, pred):
         command.add_argument("--endpoint", help="Hub-compatible endpoint (default: PERCEIVER_ZOO_ENDPOINT / "
                              "HF_ENDPOINT)")
@@ -209,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "push":
+            return _push(args)
         return _pull(args.name, args.endpoint, args.mirror, args.manifest)
     except (ZooError, ValueError, ImportError, OSError) as exc:  # ManifestError, UnknownModelError are ValueErrors
         print(f"perceiver-zoo: error: {exc}", file=sys.stderr)

@@ -236,7 +236,7 @@ def _download(what: str, artifact: dict, where: str, cache: Path) -> tuple[Path,
     source = f"{artifact['repo_id']}@{artifact['revision']}/{artifact['filename']} from {where}"
     if is_offline():
         raise ZooError(f"{what}: download of {source} failed (HF_HUB_OFFLINE is set and the file is not in the "
-                       "cache)")
+                       f"cache {cache}; pull it there online, or point HF_HUB_CACHE at a cache that holds it)")
     try:
         return download(artifact, where, cache, lambda f: _check_download(f, artifact))
     except (IntegrityError, RefusedAnswer) as exc:  # `download` removed its own temp file; no other is touched

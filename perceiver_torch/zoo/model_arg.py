@@ -11,7 +11,7 @@ import torch
 
 from ..serialization import checked_config, read_metadata
 from .hub import entry_config
-from .pretrained import from_pretrained, looks_like_repo_id, zoo_entry, zoo_entry_of_repo
+from .pretrained import checkpoint_path, from_pretrained, looks_like_repo_id, zoo_entry, zoo_entry_of_repo
 from .schema import is_model_name
 
 
@@ -43,9 +43,11 @@ def resolve_model(model: str, manifest=None, *, command: str, hub_hint: str) -> 
                 f"perceiver-zoo {command} {found[0]} ..." if found is not None else
                 hub_hint)
         raise ModelArgumentError(f"{model}: no such file; {hint}")
+    path = checkpoint_path(path)  # a save_pretrained directory: its model.safetensors
     if not path.is_file():
-        problem = "is a directory" if path.is_dir() else "not a regular file" if path.exists() else "no such file"
-        raise ModelArgumentError(f"{model}: {problem} (MODEL is a zoo name or a converted .safetensors file)")
+        problem = "not a regular file" if path.exists() else "no such file"
+        raise ModelArgumentError(f"{path}: {problem} (MODEL is a zoo name, a converted .safetensors file or a "
+                                 "save_pretrained directory)")
     task, config = checked_config(path, read_metadata(path))  # load_model's own check
     return Target(model, task, config, zoo=False)
 

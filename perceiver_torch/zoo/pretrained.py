@@ -14,7 +14,7 @@ from ..serialization import CheckpointFormatError, load_model
 from .create import HUB_KEYWORDS, create_hub_model, create_model
 from .manifest import UnknownModelError, entries, get_entry
 from .schema import ManifestError, is_model_name, is_repo_id
-from .user_hub import HUB_PREFIX, MetadataCheck, is_hub_name
+from .user_hub import FILENAME, HUB_PREFIX, MetadataCheck, is_hub_name
 
 
 def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -65,7 +65,18 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
     if zoo_kwargs:
         raise TypeError(f"{where}: {str(path)!r} is a file, which takes no {' or '.join(sorted(zoo_kwargs))} (only "
                         "device and dtype).")
+    path = checkpoint_path(path)
     return load_model(path, device=device, dtype=dtype, check_metadata=_of_task(task, where, str(path)))
+
+
+def checkpoint_path(path: Path) -> Path:
+    """`path`, or for a directory (what `save_pretrained` writes) the ``model.safetensors`` in it; a directory
+    without one is a FileNotFoundError naming it."""
+    if not path.is_dir():
+        return path
+    if not (path / FILENAME).is_file():
+        raise FileNotFoundError(f"{path} is a directory without a {FILENAME} (what save_pretrained writes into one)")
+    return path / FILENAME
 
 
 def _of_task(task: str, where: str, source: str) -> MetadataCheck:
@@ -85,8 +96,8 @@ def zoo_entry(name: str, manifest=None) -> dict:
     try:
         return get_entry(name, manifest)
     except UnknownModelError as exc:
-        raise UnknownModelError(f"{exc} (a file needs its suffix or a directory, e.g. './{name}.safetensors')"
-                                ) from None
+        raise UnknownModelError(f"{exc} (a local file or save_pretrained directory is named by its path, e.g. "
+                                f"'./{name}' or './{name}.safetensors')") from None
 
 
 def looks_like_repo_id(value) -> TypeGuard[str]:

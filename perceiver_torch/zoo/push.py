@@ -9,6 +9,8 @@ Hugging Face Hub or any Hub-compatible endpoint.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from torch import nn
 
 from ..registry import TASK_MODELS
 from ..saving import save_model
-from ..serialization import read_metadata
+from ..serialization import load_model, read_metadata
+from .pretrained import checkpoint_path
 from .schema import is_repo_id
 from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endpoint
 
@@ -58,20 +61,57 @@ model fine-tuned, or a release file converted), {UPSTREAM_LICENCE}.
 """
 
 
-def push_to_hub(model: nn.Module, repo_id: str, *, token: str | None = None, endpoint: str | None = None,
-                revision: str | None = None, private: bool = False, commit_message: str | None = None) -> str:
+def _checkpoint_file(path) -> Path:
+    """`path` (or a save_pretrained directory's model.safetensors) as a Path to a regular file, else the error
+    naming it (before a token is looked for or a copy made)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"push_to_hub: model must be a task model or a converted file's path; got "
+                        f"{type(path).__name__}.")
+    path = checkpoint_path(Path(path))
+    if not path.is_file():
+        problem = "is not a regular file" if path.exists() else "no such file"
+        raise FileNotFoundError(f"push_to_hub: {path}: {problem} (a converted .safetensors file or a save_pretrained "
+                                "directory is expected)")
+    return path
+
+
+def _checked_copy(original: Path, copy: Path) -> nn.Module:
+    """Copy `original` to `copy` and load the copy as anyone pulling it will (so that what is checked is what is
+    uploaded, whatever happens to the file meanwhile); a refusal names `original`, as loading it would."""
+    shutil.copyfile(original, copy)
+    try:
+        return load_model(copy)
+    except Exception:
+        try:
+            load_model(original)  # the same refusal, naming the user's file
+        except Exception as named:
+            raise named from None
+        raise  # `original` changed since it was copied: the copy's own refusal
+
+
+def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | None = None,
+                endpoint: str | None = None, revision: str | None = None, private: bool | None = None,
+                commit_message: str | None = None) -> str:
     """Upload `model` to the Hub repo `repo_id` ('owner/name') in one commit; returns the commit id.
 
     `model` is written with `save_model` (everything it refuses is refused here, before any upload) as
-    ``model.safetensors`` beside a generated ``README.md`` model card. The repo is created if it does not
-    exist (`private` applies then); `revision` names a branch, created from ``main`` if new (default:
+    ``model.safetensors`` beside a generated ``README.md`` model card. A path instead is a converted file
+    (`save_model`'s or `perceiver-convert`'s), checked by `load_model` as anyone pulling it will check it, then
+    uploaded unchanged (its provenance metadata kept). The repo is created if it does not
+    exist (`private` applies then: None, as huggingface_hub's default, makes it public unless the owner's
+    organisation makes repos private by default); `revision` names a branch, created from ``main`` if new (default:
     ``main``). `token` defaults to huggingface_hub's (``HF_TOKEN``, else ``hf auth login``'s), `endpoint`
     to ``$HF_ENDPOINT``, else the Hugging Face Hub. Others load it with
     ``Model.from_pretrained("hf-hub:<repo_id>", revision=<the commit id>)``.
     """
+    if not isinstance(model, nn.Module):
+        _checkpoint_file(model)
     if not is_repo_id(repo_id):
         raise ValueError(f"push_to_hub: repo_id must be a Hub repo id 'owner/name' (letters, digits, '.', '_' or '-'); "
                          f"got {repo_id!r}.")
+    if private is not None and type(private) is not bool:  # bool("no") is True: a string would flip it
+        raise TypeError(f"push_to_hub: private must be True, False or None; got {type(private).__name__} "
+                        f"{private!r:.40}.")
     branch = None if revision is None else checked_revision(revision)
     where = hub_endpoint(endpoint)
     target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
@@ -80,9 +120,13 @@ def push_to_hub(model: nn.Module, repo_id: str, *, token: str | None = None, end
         raise HubError(f"push_to_hub: uploading to {target} needs a write token: pass token=..., set HF_TOKEN or "
                        "log in with `hf auth login`.")
     with tempfile.TemporaryDirectory(prefix="perceiver-push-") as folder:
-        path = save_model(model, Path(folder) / FILENAME)
+        path = Path(folder) / FILENAME
+        if isinstance(model, nn.Module):
+            save_model(model, path)
+        else:
+            model = _checked_copy(_checkpoint_file(model), path)
         task = read_metadata(path)["task"]
-        num_parameters = sum(p.numel() for p in model.parameters())  # save_model wrote them all, strictly
+        num_parameters = sum(p.numel() for p in model.parameters())  # the file holds them all, strictly
         card = Path(folder) / "README.md"
         card.write_text(model_card(repo_id, task, num_parameters), encoding="utf-8")
         api = HfApi(endpoint=where, token=token)
