@@ -174,10 +174,11 @@ def test_cli_exports_a_converted_file_and_checks_its_chunks_before_loading(tmp_p
                                               "(task video_autoencoding); this model's task is 'language'."
     assert zoo_cli(["export", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "x.pt2")]) == 1
     assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {tmp_path / 'missing.safetensors'}: no such " \
-                                              "file (MODEL is a zoo name or a converted .safetensors file)"
+                                              "file (MODEL is a zoo name, hf-hub:owner/name, a converted " \
+                                              ".safetensors file or a save_pretrained directory)"
     assert zoo_cli(["export", "someone/model", "-o", str(tmp_path / "x.pt2")]) == 1
-    assert capsys.readouterr().err.strip() == "perceiver-zoo: error: someone/model: no such file; perceiver-zoo " \
-                                              "export hf-hub:someone/model ..."
+    assert capsys.readouterr().err.strip() == "perceiver-zoo: error: someone/model: no such file; a Hub repo is " \
+                                              "named with its prefix: perceiver-zoo export hf-hub:someone/model ..."
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.pt2", "lm.safetensors"]
 
 
@@ -352,7 +353,7 @@ def test_a_torch_compile_wrapper_is_exported_as_the_model_it_wraps():
 
 def test_cli_refuses_a_file_name_contradicting_the_format_before_pulling(tmp_path, monkeypatch, capsys):
     # Was refused by export_model only after create_model had pulled (and verified) the model.
-    monkeypatch.setattr("perceiver_torch.zoo.cli.create_model", lambda *a, **k: pytest.fail("pulled"))
+    monkeypatch.setattr(model_arg, "from_pretrained", lambda *a, **k: pytest.fail("pulled"))
     manifest = ["--manifest", str(TEST_MANIFEST)]
     assert zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", str(tmp_path / "lm.pt2"), "--format",
                     "onnx"]) == 1

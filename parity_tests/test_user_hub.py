@@ -8,6 +8,7 @@ nothing in the cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import tempfile
@@ -536,3 +537,32 @@ def test_the_push_to_hub_method_is_the_function(tmp_path, monkeypatch):
         commit = model.push_to_hub(REPO, token=TOKEN, commit_message="from the method")
         _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", revision=commit), model)
     assert all(callable(getattr(cls, "push_to_hub", None)) for cls in pt.registry.TASK_MODELS.values())
+
+
+def test_cli_predict_takes_an_hf_hub_repo_reading_its_header_before_its_inputs(tmp_path, monkeypatch, capsys):
+    """perceiver-zoo predict hf-hub:owner/name: the task and config come from the file's header (its body not yet
+    downloaded), then the inputs are checked, then the model is loaded at the commit the header was read at."""
+    model, text = _language_model(), "a [MASK] text"
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        first = pt.push_to_hub(model, REPO, token=TOKEN)
+        pt.push_to_hub(_language_model(seed=1), REPO, token=TOKEN)  # main moves on
+        assert zoo_cli(["predict", f"hf-hub:{REPO}", "x" * 65]) == 1  # too long for max_seq_len 64: no body fetched
+        assert "is 65 bytes" in capsys.readouterr().err and cached_files(tmp_path / "cache") == []
+        assert zoo_cli(["predict", f"hf-hub:{REPO}", "--revision", first, text]) == 0
+        assert capsys.readouterr().out == model.fill_masked(text) + "\n"
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # from the cache, by the commit
+        assert zoo_cli(["predict", f"hf-hub:{REPO}", "--revision", first, text, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == [{"input": text, "output": model.fill_masked(text)}]
+
+
+def test_cli_refuses_what_an_hf_hub_header_rules_out_before_the_body(tmp_path, monkeypatch, capsys):
+    video = seeded_model("video_autoencoding").eval()
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(video, "someone/video", token=TOKEN)
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        assert zoo_cli(["predict", "hf-hub:someone/video", "clip.mp4"]) == 1
+        assert "hf-hub:someone/video is a video autoencoder" in capsys.readouterr().err
+        assert zoo_cli(["export", f"hf-hub:{REPO}", "-o", str(tmp_path / "lm.pt2"), "--chunks", "2"]) == 1
+        assert capsys.readouterr().err == "perceiver-zoo: error: chunks applies only to the video autoencoder (task " \
+                                          "video_autoencoding); this model's task is 'language'.\n"
+    assert cached_files(tmp_path / "cache") == [] and not (tmp_path / "lm.pt2").exists()

@@ -285,10 +285,8 @@ def test_a_file_whose_metadata_load_model_refuses(files, capsys, monkeypatch, tm
                                                                  "decode videos; in Python, load it"),
     (lambda f: [*MANIFEST, "predict", TINY["video_autoencoding"], "clip.mp4"], "call model.autoencode("),
     (lambda f: [*MANIFEST, "predict", "no-such-model", "x"], "no zoo model 'no-such-model' in "),
-    (lambda f: ["predict", "hf-hub:someone/model", "x"], "hf-hub:someone/model: predict takes zoo names and "
-                                                         "converted files; load a Hub repo in Python"),
-    (lambda f: ["predict", "someone/model", "x"], "someone/model: no such file; a Hub repo is loaded in Python: "
-                                                  "Model.from_pretrained('hf-hub:someone/model')"),
+    (lambda f: ["predict", "someone/model", "x"], "someone/model: no such file; a Hub repo is named with its "
+                                                  "prefix: perceiver-zoo predict hf-hub:someone/model ..."),
     (lambda f: [*MANIFEST, "predict", "someone/tiny-language-perceiver", "x"], "someone/tiny-language-perceiver: no "
                                                                                "such file; the zoo's entry for these "
                                                                                "weights is 'tiny-language-perceiver'"),
@@ -299,7 +297,7 @@ def test_a_file_whose_metadata_load_model_refuses(files, capsys, monkeypatch, tm
 ], ids=["missing-image", "directory", "not-an-image", "too-small-to-crop", "k-above-classes", "one-frame",
         "three-frames", "frames-differ", "frames-too-small", "frame-not-an-image", "flow-without-output",
         "text-too-long", "text-too-long-named", "k-for-language", "mask-for-imagenet", "output-for-language",
-        "video-file", "video-zoo", "unknown-zoo-name", "hub-repo", "owner-name", "owner-name-in-zoo", "missing-model",
+        "video-file", "video-zoo", "unknown-zoo-name", "owner-name", "owner-name-in-zoo", "missing-model",
         "model-not-safetensors", "bad-device"])
 def test_refused_with_one_line_and_exit_1(files, refused, make_argv, message):
     refused(make_argv(files), 1, message)
@@ -358,10 +356,11 @@ def test_images_without_pillow_name_the_extra(files, refused, monkeypatch):
     (["-o", "flow.txt"], "--output must end in .npy (the flow, [2, H, W] float32, pixels: channel 0 = dx"),
     (["--force"], "--force replaces an existing --output; no --output was given"),
     (["-", "-"], "stdin (-) can be read once; give - at most once"),
-    (["--endpoint", "http://127.0.0.1:9"], "--endpoint applies to zoo models; "),
+    (["--endpoint", "http://127.0.0.1:9"], "--endpoint applies to zoo models and hf-hub: repos; "),
     (["--mirror", "somewhere"], "--mirror applies to zoo models; "),
+    (["--revision", "main"], "--revision applies to hf-hub: repos; "),
     (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
 ], ids=["k-zero", "empty-mask", "output-suffix", "force-alone", "stdin-twice", "endpoint-for-file",
-        "mirror-for-file", "bad-dtype"])
+        "mirror-for-file", "revision-for-file", "bad-dtype"])
 def test_usage_errors_exit_2(files, refused, argv, message):
     refused(["predict", files["language"], "text", *argv], 2, message)

@@ -1,9 +1,9 @@
 """`perceiver-zoo list | info NAME | pull NAME | export MODEL -o FILE | predict MODEL INPUT... | push FILE OWNER/NAME`:
 the model zoo from the command line.
 
-`predict` runs a zoo model (or a converted .safetensors file) on your inputs: texts with [MASK] markers
-(language; `-` reads stdin, one text a line), image files (imagenet: top-k labels), or two frames (optical_flow:
-the flow to --output, .npy or .png).
+`predict` runs a model (a zoo name, an hf-hub: repo or a converted .safetensors file) on your inputs: texts
+with [MASK] markers (language; `-` reads stdin, one text a line), image files (imagenet: top-k labels), or two
+frames (optical_flow: the flow to --output, .npy or .png).
 
 `push` shares a converted file as a Hub repo of your own (`hf-hub:OWNER/NAME`, not verified by the zoo).
 
@@ -21,14 +21,12 @@ import yaml
 
 from ..export import MAX_TRACE_BATCH, check_chunks, check_output, export_model, max_errors, onnx_runner
 from ..serialization import MODEL_DTYPES, build_on_meta, usable_device
-from .create import create_model
 from .hub import ZooError, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
-from .model_arg import load_target, resolve_model
+from .model_arg import load_target, resolve_model, source_kind
 from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, read_inputs, resolve, run
 from .push import push_to_hub
-from .schema import is_model_name
-from .user_hub import HUB_PREFIX, is_hub_name
+from .user_hub import HUB_PREFIX
 
 
 def _list(manifest) -> int:
@@ -66,12 +64,9 @@ VERIFY_TOLERANCE = {True: 1e-5, False: 2e-2}
 
 def _export_source(args) -> torch.nn.Module:
     """The model MODEL names, loaded once everything that can be refused before pulling it (the output location,
-    --chunks for a zoo entry or a file) has been."""
+    --chunks against its config) has been."""
     check_output(args.output, args.format)
-    if is_hub_name(args.name):  # its config is known only from the file's header: export_model checks --chunks
-        return create_model(args.name, revision=args.revision, endpoint=args.endpoint, dtype=args.dtype)
-    target = resolve_model(args.name, args.manifest, command="export",
-                           hub_hint=f"perceiver-zoo export {HUB_PREFIX}{args.name} ...")
+    target = resolve_model(args.name, args.manifest, command="export", revision=args.revision, endpoint=args.endpoint)
     check_chunks(build_on_meta(target.task, target.config), args.chunks)  # sizes only, on the meta device
     return load_target(target, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror, manifest=args.manifest)
 
@@ -97,7 +92,7 @@ def _export(args) -> int:
 def _predict(args) -> int:
     """Everything that can be refused (device, MODEL, options, inputs) before the model is pulled or loaded."""
     device = usable_device(args.device)
-    target = resolve(args.model, args.manifest)
+    target = resolve(args.model, args.manifest, revision=args.revision, endpoint=args.endpoint)
     check_options(target, args.k, args.mask, args.output, args.force)
     inputs = read_inputs(target, args.inputs, sys.stdin, args.mask)
     model = load_target(target, device=device, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror,
@@ -130,20 +125,18 @@ def _check_predict_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--force replaces an existing --output; no --output was given")
     if args.inputs.count("-") > 1:
         parser.error("stdin (-) can be read once; give - at most once")
-    for flag, value in (("--endpoint", args.endpoint), ("--mirror", args.mirror)):
-        if value is not None and not is_model_name(args.model):
-            parser.error(f"{flag} applies to zoo models; {args.model!r} is not a zoo name")
+    _check_source_args(parser, args.model, args)
 
 
-def _check_export_source_args(parser: argparse.ArgumentParser, args) -> None:
+def _check_source_args(parser: argparse.ArgumentParser, model: str, args) -> None:
     """Each source option applies to some kinds of MODEL: given for another, it is refused, not ignored."""
-    kind = "hub" if is_hub_name(args.name) else "zoo" if is_model_name(args.name) else "file"
+    kind = source_kind(model)
     applies = {"--endpoint": ("zoo", "hub"), "--mirror": ("zoo",), "--revision": ("hub",)}
     what = {"zoo": "zoo models", "hub": "hf-hub: repos"}
     for flag, value in (("--endpoint", args.endpoint), ("--mirror", args.mirror), ("--revision", args.revision)):
         if value is not None and kind not in applies[flag]:
-            parser.error(f"{flag} applies to {' and '.join(what[k] for k in applies[flag])}; {args.name!r} is "
-                         f"{'a zoo name' if kind == 'zoo' else 'a Hub repo' if kind == 'hub' else 'a file'}")
+            parser.error(f"{flag} applies to {' and '.join(what[k] for k in applies[flag])}; {model!r} is "
+                         f"{ {'zoo': 'a zoo name', 'hub': 'a Hub repo', 'file': 'a file'}[kind] }")
 
 
 def _load_pt2(path):
@@ -179,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="skip running the export against the eager model at batch sizes 1 and 3")
     pred = sub.add_parser("predict", help="run a model on your inputs: texts (language), image files (imagenet) "
                           "or two frames (optical_flow)")
-    pred.add_argument("model", metavar="MODEL", help="a zoo name (pulled and verified as `pull` does) or a "
-                      "converted .safetensors file")
+    pred.add_argument("model", metavar="MODEL", help="a zoo name (pulled and verified as `pull` does), a user's Hub "
+                      "repo hf-hub:owner/name (not verified), or a converted .safetensors file")
     pred.add_argument("inputs", metavar="INPUT", nargs="+",
                       help="language: texts (- reads stdin, one text a line); imagenet: image files; optical_flow: "
                       "two frames (image files, at least the training size); put -- before a text that starts "
@@ -194,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--device", default="cpu", help="e.g. cuda, cuda:1 (default: cpu)")
     pred.add_argument("--dtype", choices=tuple(MODEL_DTYPES),
                       help="the model's dtype, as model.to(dtype) (default: the file's, float32)")
+    pred.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
     push = sub.add_parser("push", help="upload a converted .safetensors file to your Hub repo (checked as loading "
                           "checks it; with a model card), loadable as hf-hub:OWNER/NAME")
     push.add_argument("file", metavar="FILE",
@@ -222,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export" and args.chunks is not None and args.chunks < 1:
         parser.error(f"--chunks must be >= 1 (decoding chunks per clip); got {args.chunks}")
     if args.command == "export":
-        _check_export_source_args(parser, args)
+        _check_source_args(parser, args.name, args)
     if args.command == "predict":
         _check_predict_args(pred, args)  # its own usage and prog, as argparse's errors for its arguments
     try:

@@ -1,6 +1,6 @@
-"""What a `perceiver-zoo` MODEL argument names, known before anything is pulled or loaded: a zoo name (its
-manifest entry) or a converted file (its header), as `from_pretrained` reads them; ``hf-hub:`` repos are left
-to each command (their task is known only from the server's header)."""
+"""What a `perceiver-zoo` MODEL argument names, known before anything is pulled or loaded, as `from_pretrained`
+reads it: a zoo name (its manifest entry), a user's ``hf-hub:`` repo (its file's header, read from the server
+or the cache, its body not downloaded) or a converted file or `save_pretrained` directory (its header)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from pathlib import Path
 
 import torch
 
+from ..config_schema import parse_config_json
 from ..serialization import checked_config, read_metadata
 from .hub import entry_config
 from .pretrained import checkpoint_path, from_pretrained, looks_like_repo_id, zoo_entry, zoo_entry_of_repo
 from .schema import is_model_name
+from .user_hub import HUB_PREFIX, checked_revision, hub_metadata, hub_repo_id, is_hub_name
 
 
 class ModelArgumentError(ValueError):
@@ -21,39 +23,55 @@ class ModelArgumentError(ValueError):
 
 @dataclass
 class Target:
-    """What MODEL names: its task and config, known before anything is pulled or loaded."""
+    """What MODEL names: its task and config, known before anything is pulled or loaded; `kind` is 'zoo', 'hub'
+    or 'file'; `revision` the commit an ``hf-hub:`` name resolved to (loaded at it, so that what was checked is
+    what runs)."""
 
     model: str
     task: str
     config: dict
-    zoo: bool
+    kind: str
+    revision: str | None = None
 
 
-def resolve_model(model: str, manifest=None, *, command: str, hub_hint: str) -> Target:
-    """A zoo name (looked up in the manifest), else a converted file (its header's metadata only, checked as
-    `load_model` checks it). For an 'owner/name' that is no file, the error names the zoo entry holding those
-    weights (as `perceiver-zoo <command> NAME`), else gives `hub_hint`: how that command takes a Hub repo."""
-    if is_model_name(model):
+def source_kind(model: str) -> str:
+    """'hub' for ``hf-hub:owner/name``, 'zoo' for a zoo-shaped name, else 'file'."""
+    return "hub" if is_hub_name(model) else "zoo" if is_model_name(model) else "file"
+
+
+def resolve_model(model: str, manifest=None, *, command: str, revision: str | None = None,
+                  endpoint: str | None = None) -> Target:
+    """A zoo name (looked up in the manifest), a Hub repo at `revision` (its header), else a converted file or
+    save_pretrained directory (its header's metadata), each checked as `load_model` checks it. For an
+    'owner/name' that is no file, the error names the zoo entry holding those weights (as
+    `perceiver-zoo <command> NAME`), else its ``hf-hub:`` spelling."""
+    kind = source_kind(model)
+    if kind == "zoo":
         entry = zoo_entry(model, manifest)  # an UnknownModelError naming the manifest and its models
-        return Target(model, entry["task"], entry_config(entry), zoo=True)
+        return Target(model, entry["task"], entry_config(entry), "zoo")
+    if kind == "hub":
+        commit, meta = hub_metadata(hub_repo_id(model), checked_revision(revision), endpoint=endpoint)
+        return Target(model, meta["task"], parse_config_json(meta["config"]), "hub", commit)  # checked: valid
     path = Path(model)
     if looks_like_repo_id(model):  # 'owner/name', as from_pretrained refuses it: what to write instead
         found = zoo_entry_of_repo(model, manifest)
         hint = (f"the zoo's entry for these weights is {found[0]!r} (status {found[1]['status']}): "
                 f"perceiver-zoo {command} {found[0]} ..." if found is not None else
-                hub_hint)
+                f"a Hub repo is named with its prefix: perceiver-zoo {command} {HUB_PREFIX}{model} ...")
         raise ModelArgumentError(f"{model}: no such file; {hint}")
     path = checkpoint_path(path)  # a save_pretrained directory: its model.safetensors
     if not path.is_file():
         problem = "not a regular file" if path.exists() else "no such file"
-        raise ModelArgumentError(f"{path}: {problem} (MODEL is a zoo name, a converted .safetensors file or a "
-                                 "save_pretrained directory)")
+        raise ModelArgumentError(f"{path}: {problem} (MODEL is a zoo name, hf-hub:owner/name, a converted "
+                                 ".safetensors file or a save_pretrained directory)")
     task, config = checked_config(path, read_metadata(path))  # load_model's own check
-    return Target(model, task, config, zoo=False)
+    return Target(model, task, config, "file")
 
 
 def load_target(target: Target, *, device: str | torch.device = "cpu", dtype: str | None, endpoint: str | None,
                 mirror: str | None, manifest) -> torch.nn.Module:
-    """The model, as `from_pretrained` gives it: a zoo name pulled and verified, a file loaded and checked."""
-    zoo_kwargs = {"endpoint": endpoint, "mirror": mirror, "manifest": manifest} if target.zoo else {}
+    """The model, as `from_pretrained` gives it: a zoo name pulled and verified, a Hub repo at the commit its
+    header was read at, a file loaded and checked."""
+    zoo_kwargs = {"zoo": {"endpoint": endpoint, "mirror": mirror, "manifest": manifest},
+                  "hub": {"endpoint": endpoint, "revision": target.revision}, "file": {}}[target.kind]
     return from_pretrained(target.task, target.model, device=device, dtype=dtype, **zoo_kwargs)

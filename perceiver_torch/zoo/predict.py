@@ -24,7 +24,6 @@ from ..models import PerceiverForImageClassification, PerceiverForMaskedLM, Perc
 from ..serialization import atomic_write, check_output_path
 from ..tokenizer import BytesTokenizer
 from .model_arg import Target, resolve_model
-from .user_hub import HUB_PREFIX, is_hub_name
 
 DEFAULT_MASK = "[MASK]"
 DEFAULT_TOP_K = 5
@@ -39,15 +38,10 @@ class PredictError(ValueError):
     """An input or option `predict` refuses; the message names it."""
 
 
-def resolve(model: str, manifest=None) -> Target:
-    """MODEL as `from_pretrained` reads it: a zoo name (looked up in the manifest), else a converted file
-    (its header's metadata only). Refuses a Hub repo (its task is known only from the server) and a video
-    autoencoder: predict does not decode videos."""
-    if is_hub_name(model):
-        raise PredictError(f"{model}: predict takes zoo names and converted files; load a Hub repo in Python "
-                           f"(Model.from_pretrained({model!r})) and call its task's helper")
-    target = resolve_model(model, manifest, command="predict", hub_hint="a Hub repo is loaded in Python: "
-                           f"Model.from_pretrained('{HUB_PREFIX}{model}')")
+def resolve(model: str, manifest=None, *, revision: str | None = None, endpoint: str | None = None) -> Target:
+    """MODEL as `from_pretrained` reads it (`model_arg.resolve_model`: a zoo name, an ``hf-hub:`` repo's header,
+    a converted file's). Refuses a video autoencoder: predict does not decode videos."""
+    target = resolve_model(model, manifest, command="predict", revision=revision, endpoint=endpoint)
     if target.task == "video_autoencoding":
         raise PredictError(f"{model} is a video autoencoder (task video_autoencoding): perceiver-zoo predict does not "
                            "decode videos; in Python, load it (perceiver_torch.load_model or create_model) and call "

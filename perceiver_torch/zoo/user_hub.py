@@ -27,11 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeGuard
 
-from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+from huggingface_hub import HfFileMetadata, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
 
-from ..safetensors_io import header_length, parse_header
+from ..safetensors_io import header_length, parse_header, read_header
 from ..serialization import MAX_CHECKPOINT_BYTES, atomic_write, checked_metadata
 from .download import download_location, repo_cache_dir, snapshot_path
 from .hub import HUB_ENDPOINT, ZooError, cache_dir, from_endpoint, is_offline, verified_cached
@@ -89,13 +89,8 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
     if is_offline():
         return _offline(repo_id, revision, cache_root, what)
     where = hub_endpoint(endpoint)
-    url = hf_hub_url(repo_id, FILENAME, revision=revision, endpoint=where)
-    meta = _announced(url, where, f"{what} (revision {revision!r}, endpoint {where})")
-    commit = meta.commit_hash
-    log.info("%s: revision %r is commit %s (pass revision=%r to load exactly these weights again)", what, revision,
-             commit, commit)
-    artifact = {"repo_id": repo_id, "filename": FILENAME, "revision": commit, "size": meta.size,
-                "sha256": meta.etag, "pinned_by": f"the server's answer for revision {revision!r}"}
+    url, meta, artifact = _announced_artifact(repo_id, revision, where, what)
+    commit = artifact["revision"]
     if check is not None and not snapshot_path(cache_root, artifact).exists():
         check(_remote_metadata(download_location(url, meta, headers := build_hf_headers()), headers,
                                artifact["size"], f"{what}@{commit}/{FILENAME}"))
@@ -112,7 +107,40 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
     return path
 
 
-def _announced(url: str, endpoint: str, what: str):
+def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
+                 cache: str | os.PathLike | None = None) -> tuple[str, dict[str, str]]:
+    """The commit `revision` is and the checked perceiver-torch metadata (task, config) of the repo's
+    ``model.safetensors`` there, its body not downloaded: from the cache if it holds that commit's file, else
+    from the file's header on the server (two range requests); with HF_HUB_OFFLINE set, the cache's file for
+    `revision`. What the CLI needs to know of a model before it reads the user's inputs."""
+    cache_root = Path(cache) if cache else cache_dir()
+    what = f"{HUB_PREFIX}{repo_id}"
+    if is_offline():
+        path = _offline(repo_id, revision, cache_root, what)
+        return path.parent.name, checked_metadata(path, read_header(path))  # snapshots/<commit>/model.safetensors
+    url, meta, artifact = _announced_artifact(repo_id, revision, hub_endpoint(endpoint), what)
+    cached = snapshot_path(cache_root, artifact)
+    if cached.exists():  # its sha256 is checked when it is loaded
+        return artifact["revision"], checked_metadata(cached, read_header(cached))
+    commit = artifact["revision"]
+    location = download_location(url, meta, headers := build_hf_headers())
+    return commit, _remote_metadata(location, headers, artifact["size"], f"{what}@{commit}/{FILENAME}")
+
+
+def _announced_artifact(repo_id: str, revision: str, where: str, what: str) -> tuple[str, HfFileMetadata, dict]:
+    """The file's URL, the server's HEAD answer for it (`_announced`) and the artifact it pins (commit, size,
+    sha256); the commit is logged."""
+    url = hf_hub_url(repo_id, FILENAME, revision=revision, endpoint=where)
+    meta = _announced(url, where, f"{what} (revision {revision!r}, endpoint {where})")
+    commit = meta.commit_hash
+    log.info("%s: revision %r is commit %s (pass revision=%r to load exactly these weights again)", what, revision,
+             commit, commit)
+    artifact = {"repo_id": repo_id, "filename": FILENAME, "revision": commit, "size": meta.size,
+                "sha256": meta.etag, "pinned_by": f"the server's answer for revision {revision!r}"}
+    return url, meta, artifact
+
+
+def _announced(url: str, endpoint: str, what: str) -> HfFileMetadata:
     """The server's HEAD answer for the file, refused unless it is a bounded, pinnable LFS file."""
     try:
         meta = get_hf_file_metadata(url, headers=build_hf_headers(), endpoint=endpoint)
