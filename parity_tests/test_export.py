@@ -182,6 +182,22 @@ def test_cli_exports_a_converted_file_and_checks_its_chunks_before_loading(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.pt2", "lm.safetensors"]
 
 
+def test_export_model_takes_a_converted_file_or_save_pretrained_directory(tmp_path):
+    """As from_pretrained reads a name: a path (str or Path) that is not a zoo or hf-hub: name is load_model's."""
+    model = _model("language").eval()
+    directory = tmp_path / "saved"
+    model.save_pretrained(directory)
+    for source in (directory, str(directory / "model.safetensors")):
+        out = export_model(source, tmp_path / "lm.pt2", dtype="float32")
+        assert max(max_errors(model, torch.export.load(out).module()).values()) <= TOLERANCE
+    with pytest.raises(TypeError, match=r"export_model: '.*saved' is a file, which takes no manifest or "
+                                        r"mirror \(only device and dtype\)"):
+        export_model(directory, tmp_path / "x.pt2", manifest=TEST_MANIFEST, mirror="m")
+    with pytest.raises(FileNotFoundError, match="is a directory without a model.safetensors"):
+        export_model(tmp_path, tmp_path / "x.pt2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.pt2", "saved"]
+
+
 @pytest.mark.parametrize("model, option, message", [
     ("tiny-language-perceiver", ["--revision", "main"], "--revision applies to hf-hub: repos; "
                                                         "'tiny-language-perceiver' is a zoo name"),

@@ -126,3 +126,6 @@ def test_save_pretrained_and_a_directory_refusals(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"non-finite values"):  # save_model's refusal: nothing is left behind,
         model.save_pretrained(tmp_path / "new" / "nested")  # not even the directories made for it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+    with pytest.raises(OSError, match="File name too long"):  # mkdir fails after making the parents
+        seeded_model("language").save_pretrained(tmp_path / "parent" / ("x" * 300))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -23,7 +23,7 @@ import perceiver_torch as pt
 from perceiver_torch.export import max_errors
 from perceiver_torch.registry import build_model, preset, preset_names
 from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES, build_on_meta
-from perceiver_torch.zoo import IntegrityError, ZooError
+from perceiver_torch.zoo import IntegrityError, ZooError, model_arg
 from perceiver_torch.zoo.cli import main as zoo_cli
 from perceiver_torch.zoo.user_hub import FILENAME
 
@@ -506,6 +506,7 @@ def test_a_file_load_model_refuses_is_not_pushed(tmp_path, monkeypatch, capsys, 
         assert hub.requests == 0
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("perceiver-zoo: error: ") and message in err and "Traceback" not in err
+    assert str(path) in err and "perceiver-push-" not in err  # the user's file, not the copy
     assert not (tmp_path / "hub" / REPO).exists()
 
 
@@ -566,3 +567,54 @@ def test_cli_refuses_what_an_hf_hub_header_rules_out_before_the_body(tmp_path, m
         assert capsys.readouterr().err == "perceiver-zoo: error: chunks applies only to the video autoencoder (task " \
                                           "video_autoencoding); this model's task is 'language'.\n"
     assert cached_files(tmp_path / "cache") == [] and not (tmp_path / "lm.pt2").exists()
+
+
+def test_cli_predict_loads_the_commit_whose_header_it_read_and_records_the_branch(tmp_path, monkeypatch, capsys):
+    """main moves on between the header read and the load: the header's commit is what runs; and main is recorded,
+    so that the same command works offline afterwards."""
+    model, text = _language_model(), "a [MASK] text"
+    read_header = model_arg.hub_metadata
+
+    def then_main_moves_on(*args, **kwargs):
+        found = read_header(*args, **kwargs)
+        pt.push_to_hub(_language_model(seed=1), REPO, token=TOKEN)
+        return found
+
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        pt.push_to_hub(model, REPO, token=TOKEN)
+        monkeypatch.setattr(model_arg, "hub_metadata", then_main_moves_on)
+        assert zoo_cli(["predict", f"hf-hub:{REPO}", text]) == 0
+        assert capsys.readouterr().out == model.fill_masked(text) + "\n"
+        monkeypatch.setattr(model_arg, "hub_metadata", read_header)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert zoo_cli(["predict", f"hf-hub:{REPO}", text]) == 0  # main, as recorded when it was loaded
+    assert capsys.readouterr().out == model.fill_masked(text) + "\n"
+
+
+@pytest.mark.parametrize("failing", ["HEAD", "GET"])
+def test_a_servers_http_error_is_one_line(tmp_path, monkeypatch, capsys, failing):
+    """huggingface_hub's HTTP errors span several lines ("For more information check: ..."): the CLI prints one."""
+    def answer(method, path, number):
+        if method == failing:
+            return 500, {"Content-Length": "5"}, b"oops\n"
+        return 200, {**HONEST, "Content-Length": "4096"}, b""
+
+    with answering_server(answer) as server:
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ETAG_TIMEOUT", 2)
+        assert zoo_cli(["predict", f"hf-hub:{REPO}", "x", "--endpoint", server.endpoint]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"perceiver-zoo: error: hf-hub:{REPO}") and "500" in err, err
+
+
+def test_cli_push_refuses_bad_arguments_as_usage_errors(tmp_path, capsys):
+    for argv, message in ((["lm.safetensors", "no-owner"], "OWNER/NAME must be a Hub repo id"),
+                          (["lm.safetensors", REPO, "--revision", "../main"], "--revision must be a branch, tag or "
+                                                                               "commit id"),
+                          (["lm.safetensors", REPO, "--endpoint", ""], "--endpoint must not be empty")):
+        with pytest.raises(SystemExit) as exit_info:
+            zoo_cli(["push", *argv])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.splitlines()[-1].startswith("perceiver-zoo push: error: ") \
+            and message in err, err

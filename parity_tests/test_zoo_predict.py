@@ -359,8 +359,9 @@ def test_images_without_pillow_name_the_extra(files, refused, monkeypatch):
     (["--endpoint", "http://127.0.0.1:9"], "--endpoint applies to zoo models and hf-hub: repos; "),
     (["--mirror", "somewhere"], "--mirror applies to zoo models; "),
     (["--revision", "main"], "--revision applies to hf-hub: repos; "),
+    (["--endpoint", ""], "--endpoint must not be empty"),
     (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
 ], ids=["k-zero", "empty-mask", "output-suffix", "force-alone", "stdin-twice", "endpoint-for-file",
-        "mirror-for-file", "revision-for-file", "bad-dtype"])
+        "mirror-for-file", "revision-for-file", "empty-endpoint", "bad-dtype"])
 def test_usage_errors_exit_2(files, refused, argv, message):
     refused(["predict", files["language"], "text", *argv], 2, message)

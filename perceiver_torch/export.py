@@ -28,8 +28,11 @@ import torch
 from torch import nn
 
 from .integers import is_int
-from .serialization import atomic_write, check_output_path, model_dtype
+from .serialization import atomic_write, check_output_path, load_model, model_dtype
 from .zoo.create import create_model
+from .zoo.pretrained import checkpoint_path
+from .zoo.schema import is_model_name
+from .zoo.user_hub import is_hub_name
 
 if TYPE_CHECKING:
     from .models import (
@@ -187,10 +190,11 @@ def check_chunks(model: nn.Module, chunks: int | None) -> None:
     chunk_points(model, chunks)
 
 
-def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, batch: int = 2,
+def export_model(model_or_name: nn.Module | str | os.PathLike, path: str | os.PathLike, *, batch: int = 2,
                  format: str = "pt2", chunks: int | None = None, **zoo_kwargs) -> Path:
-    """Export a model (or one named as `create_model` takes it, a zoo name or an ``hf-hub:`` repo, pulled with
-    `create_model(name, **zoo_kwargs)`) to `path`.
+    """Export a model to `path`: a module, or one named as `from_pretrained` reads it: a zoo name or an
+    ``hf-hub:`` repo (pulled with `create_model(name, **zoo_kwargs)`), else a converted file or
+    `save_pretrained` directory (`load_model`, which takes only `device` and `dtype`).
 
     `format` 'pt2' writes `torch.export.save`'s archive (load it with `torch.export.load(path).module()`),
     'onnx' an ONNX model (float32 only); a `path` ending in .pt2 or .onnx must agree with `format`. `batch` is
@@ -200,10 +204,17 @@ def export_model(model_or_name: nn.Module | str, path: str | os.PathLike, *, bat
     """
     path = check_output(path, format)
     batch = check_trace_batch(batch)
-    if isinstance(model_or_name, str):
+    if isinstance(model_or_name, (str, os.PathLike)):
         if format == "onnx" and zoo_kwargs.get("dtype") is not None:  # refused before pulling, not after
             _check_onnx_dtype(model_dtype(zoo_kwargs["dtype"]), "dtype asks for")
-        model = create_model(model_or_name, **zoo_kwargs)
+        if isinstance(model_or_name, str) and (is_hub_name(model_or_name) or is_model_name(model_or_name)):
+            model = create_model(model_or_name, **zoo_kwargs)
+        else:
+            file_only = sorted(set(zoo_kwargs) - {"device", "dtype"})
+            if file_only:
+                raise TypeError(f"export_model: {str(model_or_name)!r} is a file, which takes no "
+                                f"{' or '.join(file_only)} (only device and dtype).")
+            model = load_model(checkpoint_path(Path(model_or_name)), **zoo_kwargs)
     elif zoo_kwargs:
         raise TypeError(f"export_model: {', '.join(sorted(zoo_kwargs))} apply only to a zoo model given by name "
                         "(create_model's arguments); for a module, set them on the module before exporting.")

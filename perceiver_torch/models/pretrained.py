@@ -43,10 +43,10 @@ class PretrainedMixin:
             raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory; give a directory "
                                      f"(it will hold {FILENAME}).")
         created = [d for d in (directory, *directory.parents) if not d.exists()]  # deepest first
-        directory.mkdir(parents=True, exist_ok=True)
         try:
+            directory.mkdir(parents=True, exist_ok=True)
             return save_model(cast(torch.nn.Module, self), directory / FILENAME)
-        except BaseException:  # save_model wrote nothing: no directory is left behind for it either
+        except BaseException:  # save_model (or mkdir) wrote nothing: no directory is left behind for it either
             for made in created:
                 with contextlib.suppress(OSError):  # no longer empty: someone else's now
                     made.rmdir()

@@ -26,7 +26,8 @@ from .manifest import entries, get_entry, manifest_path
 from .model_arg import load_target, resolve_model, source_kind
 from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, read_inputs, resolve, run
 from .push import push_to_hub
-from .user_hub import HUB_PREFIX
+from .schema import is_repo_id
+from .user_hub import HUB_PREFIX, checked_revision
 
 
 def _list(manifest) -> int:
@@ -128,9 +129,26 @@ def _check_predict_args(parser: argparse.ArgumentParser, args) -> None:
     _check_source_args(parser, args.model, args)
 
 
+def _check_push_args(parser: argparse.ArgumentParser, args) -> None:
+    """What `push` refuses from its arguments alone (usage errors, exit 2), before any file is read."""
+    if not is_repo_id(args.repo):
+        parser.error(f"OWNER/NAME must be a Hub repo id (letters, digits, '.', '_' or '-' on each side of one '/'); "
+                     f"got {args.repo!r}")
+    if args.revision is not None:
+        try:
+            checked_revision(args.revision)
+        except ValueError as exc:
+            parser.error(f"--{exc}")
+    if args.endpoint == "":
+        parser.error("--endpoint must not be empty")
+
+
 def _check_source_args(parser: argparse.ArgumentParser, model: str, args) -> None:
     """Each source option applies to some kinds of MODEL: given for another, it is refused, not ignored."""
     kind = source_kind(model)
+    for flag, value in (("--endpoint", args.endpoint), ("--mirror", args.mirror), ("--revision", args.revision)):
+        if value == "":  # would silently fall back to the default
+            parser.error(f"{flag} must not be empty")
     applies = {"--endpoint": ("zoo", "hub"), "--mirror": ("zoo",), "--revision": ("hub",)}
     what = {"zoo": "zoo models", "hub": "hf-hub: repos"}
     for flag, value in (("--endpoint", args.endpoint), ("--mirror", args.mirror), ("--revision", args.revision)):
@@ -158,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     pull.add_argument("name")
     exp = sub.add_parser("export", help="export a model (torch.export .pt2 or ONNX) with a dynamic batch dimension")
     exp.add_argument("name", metavar="MODEL", help="a zoo name (pulled and verified as `pull` does), a user's Hub "
-                     "repo hf-hub:owner/name (not verified), or a converted .safetensors file")
+                     "repo hf-hub:owner/name (not verified), or a converted .safetensors file or save_pretrained "
+                     "directory")
     exp.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
     exp.add_argument("-o", "--output", required=True, help="output file")
     exp.add_argument("--format", choices=("pt2", "onnx"),
@@ -173,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     pred = sub.add_parser("predict", help="run a model on your inputs: texts (language), image files (imagenet) "
                           "or two frames (optical_flow)")
     pred.add_argument("model", metavar="MODEL", help="a zoo name (pulled and verified as `pull` does), a user's Hub "
-                      "repo hf-hub:owner/name (not verified), or a converted .safetensors file")
+                      "repo hf-hub:owner/name (not verified), or a converted .safetensors file or save_pretrained "
+                      "directory")
     pred.add_argument("inputs", metavar="INPUT", nargs="+",
                       help="language: texts (- reads stdin, one text a line); imagenet: image files; optical_flow: "
                       "two frames (image files, at least the training size); put -- before a text that starts "
@@ -196,13 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("repo", metavar="OWNER/NAME", help="the Hub repo (created if needed); the write token comes from "
                       "HF_TOKEN or `hf auth login`")
     push.add_argument("--revision", help="a branch (created from main if new; default: main)")
-    push.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
+    push.add_argument("--private", action="store_true", help="create the repo private (default: the owner's "
+                      "default visibility, public unless an organisation says otherwise; an existing repo keeps its "
                       "visibility)")
     push.add_argument("--message", help="the commit message")
     push.add_argument("--endpoint", help="Hub-compatible endpoint (default: HF_ENDPOINT, else the Hugging Face Hub)")
     for command in (pull, exp, pred):
-        command.add_argument("--endpoint", help="Hub-compatible endpoint (default: PERCEIVER_ZOO_ENDPOINT / "
-                             "HF_ENDPOINT)")
+        command.add_argument("--endpoint", help="Hub-compatible endpoint (default: for zoo names "
+                             "PERCEIVER_ZOO_ENDPOINT, else HF_ENDPOINT; for hf-hub: repos HF_ENDPOINT)")
         command.add_argument("--mirror", help="local mirror directory <repo_id>/<revision>/<file>")
     args = parser.parse_args(argv)
     if args.command == "export" and args.format is None:
@@ -219,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_source_args(parser, args.name, args)
     if args.command == "predict":
         _check_predict_args(pred, args)  # its own usage and prog, as argparse's errors for its arguments
+    if args.command == "push":
+        _check_push_args(push, args)
     try:
         if args.command == "list":
             return _list(args.manifest)

@@ -181,6 +181,11 @@ def _check_download(f, artifact: dict) -> None:
         raise RefusedAnswer(problem)
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line, its type first: huggingface_hub's HTTP errors span several lines."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 def verify_file(path: Path, artifact: dict, what: str) -> os.stat_result:
     """Check size and sha256 against the manifest; returns the stat of exactly the bytes hashed."""
     try:
@@ -248,8 +253,7 @@ def _download(what: str, artifact: dict, where: str, cache: Path) -> tuple[Path,
             raise ZooError(f"{what}: cannot download {source}: the Hub cache {cache} lacks the file and is not "
                            f"writable by this user ({exc.filename}: {exc.strerror}); set HF_HUB_CACHE (cache_dir= in "
                            "Python) to a directory you can write, or have the file pulled into this one") from None
-        problem = " ".join(str(exc).split())  # one line, whatever the client's message holds
-        raise ZooError(f"{what}: download of {source} failed: {type(exc).__name__}: {problem}") from exc
+        raise ZooError(f"{what}: download of {source} failed: {one_line(exc)}") from exc
 
 
 def verified_cached(what: str, local: Path, artifact: dict, repo_dir: Path) -> tuple[Path, os.stat_result]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -14,7 +15,7 @@ from ..serialization import checked_config, read_metadata
 from .hub import entry_config
 from .pretrained import checkpoint_path, from_pretrained, looks_like_repo_id, zoo_entry, zoo_entry_of_repo
 from .schema import is_model_name
-from .user_hub import HUB_PREFIX, checked_revision, hub_metadata, hub_repo_id, is_hub_name
+from .user_hub import HUB_PREFIX, checked_revision, hub_metadata, hub_repo_id, is_hub_name, record_revision
 
 
 class ModelArgumentError(ValueError):
@@ -24,14 +25,15 @@ class ModelArgumentError(ValueError):
 @dataclass
 class Target:
     """What MODEL names: its task and config, known before anything is pulled or loaded; `kind` is 'zoo', 'hub'
-    or 'file'; `revision` the commit an ``hf-hub:`` name resolved to (loaded at it, so that what was checked is
-    what runs)."""
+    or 'file'. For an ``hf-hub:`` name, `revision` is what the user asked for and `commit` what it resolved to
+    (loaded at it, so that what was checked is what runs)."""
 
     model: str
     task: str
     config: dict
     kind: str
     revision: str | None = None
+    commit: str | None = None
 
 
 def source_kind(model: str) -> str:
@@ -50,8 +52,9 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
         entry = zoo_entry(model, manifest)  # an UnknownModelError naming the manifest and its models
         return Target(model, entry["task"], entry_config(entry), "zoo")
     if kind == "hub":
-        commit, meta = hub_metadata(hub_repo_id(model), checked_revision(revision), endpoint=endpoint)
-        return Target(model, meta["task"], parse_config_json(meta["config"]), "hub", commit)  # checked: valid
+        revision = checked_revision(revision)
+        commit, meta = hub_metadata(hub_repo_id(model), revision, endpoint=endpoint)
+        return Target(model, meta["task"], parse_config_json(meta["config"]), "hub", revision, commit)  # valid
     path = Path(model)
     if looks_like_repo_id(model):  # 'owner/name', as from_pretrained refuses it: what to write instead
         found = zoo_entry_of_repo(model, manifest)
@@ -73,5 +76,8 @@ def load_target(target: Target, *, device: str | torch.device = "cpu", dtype: st
     """The model, as `from_pretrained` gives it: a zoo name pulled and verified, a Hub repo at the commit its
     header was read at, a file loaded and checked."""
     zoo_kwargs = {"zoo": {"endpoint": endpoint, "mirror": mirror, "manifest": manifest},
-                  "hub": {"endpoint": endpoint, "revision": target.revision}, "file": {}}[target.kind]
-    return from_pretrained(target.task, target.model, device=device, dtype=dtype, **zoo_kwargs)
+                  "hub": {"endpoint": endpoint, "revision": target.commit}, "file": {}}[target.kind]
+    model = from_pretrained(target.task, target.model, device=device, dtype=dtype, **zoo_kwargs)
+    if target.kind == "hub":  # loaded by commit: the branch or tag asked for is recorded, for offline loads
+        record_revision(hub_repo_id(target.model), cast(str, target.revision), cast(str, target.commit))
+    return model

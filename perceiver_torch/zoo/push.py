@@ -18,8 +18,10 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from torch import nn
 
 from ..registry import TASK_MODELS
+from ..safetensors_io import read_header
 from ..saving import save_model
-from ..serialization import load_model, read_metadata
+from ..serialization import checked_metadata, load_model, read_metadata
+from .hub import one_line
 from .pretrained import checkpoint_path
 from .schema import is_repo_id
 from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endpoint
@@ -78,6 +80,7 @@ def _checkpoint_file(path) -> Path:
 def _checked_copy(original: Path, copy: Path) -> nn.Module:
     """Copy `original` to `copy` and load the copy as anyone pulling it will (so that what is checked is what is
     uploaded, whatever happens to the file meanwhile); a refusal names `original`, as loading it would."""
+    checked_metadata(original, read_header(original))  # what its header rules out, before a byte is copied
     shutil.copyfile(original, copy)
     try:
         return load_model(copy)
@@ -139,7 +142,7 @@ def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: st
                 operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in (path, card)],
             )
         except Exception as exc:  # huggingface_hub's HTTP errors, connection errors
-            raise HubError(f"push_to_hub: upload to {target} failed: {type(exc).__name__}: {exc}") from exc
+            raise HubError(f"push_to_hub: upload to {target} failed: {one_line(exc)}") from exc
     log.info("pushed %s to %s: commit %s (load it with from_pretrained(%r, revision=%r))", TASK_MODELS[task].__name__,
              target, info.oid, HUB_PREFIX + repo_id, info.oid)
     return info.oid

@@ -34,7 +34,7 @@ from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_st
 from ..safetensors_io import header_length, parse_header, read_header
 from ..serialization import MAX_CHECKPOINT_BYTES, atomic_write, checked_metadata
 from .download import download_location, repo_cache_dir, snapshot_path
-from .hub import HUB_ENDPOINT, ZooError, cache_dir, from_endpoint, is_offline, verified_cached
+from .hub import HUB_ENDPOINT, ZooError, cache_dir, from_endpoint, is_offline, one_line, verified_cached
 from .schema import is_relative_path, is_repo_id
 
 log = logging.getLogger(__name__)
@@ -95,16 +95,22 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
         check(_remote_metadata(download_location(url, meta, headers := build_hf_headers()), headers,
                                artifact["size"], f"{what}@{commit}/{FILENAME}"))
     path, _ = from_endpoint(what, artifact, where, cache_root)
-    ref = repo_cache_dir(cache_root, repo_id) / "refs" / revision
-    # As huggingface_hub records it, so that offline loads find the branch or tag; only when it changed, so that
-    # a cache this user may only read still serves a load.
-    if revision != commit and not (ref.is_file() and ref.read_text() == commit):
-        try:
-            atomic_write(ref, lambda tmp: Path(tmp).write_text(artifact["revision"]))
-        except OSError as exc:  # a shared cache that holds the file but that this user may only read
-            log.warning("%s: cannot record in the Hub cache that revision %r is commit %s (%s: %s); offline, load "
-                        "it with revision=%r", what, revision, commit, exc.filename, exc.strerror or exc, commit)
+    record_revision(repo_id, revision, commit, cache=cache_root)
     return path
+
+
+def record_revision(repo_id: str, revision: str, commit: str, *, cache: str | os.PathLike | None = None) -> None:
+    """Record in the Hub cache that `revision` (a branch or tag) is `commit`, as huggingface_hub does, so that an
+    offline load finds it; only when it changed, so that a cache this user may only read still serves a load."""
+    ref = repo_cache_dir(Path(cache) if cache else cache_dir(), repo_id) / "refs" / revision
+    if revision == commit or (ref.is_file() and ref.read_text() == commit):
+        return
+    try:
+        atomic_write(ref, lambda tmp: Path(tmp).write_text(commit))
+    except OSError as exc:  # a shared cache that holds the file but that this user may only read
+        log.warning("%s%s: cannot record in the Hub cache that revision %r is commit %s (%s: %s); offline, load it "
+                    "with revision=%r", HUB_PREFIX, repo_id, revision, commit, exc.filename, exc.strerror or exc,
+                    commit)
 
 
 def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
@@ -115,16 +121,16 @@ def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
     `revision`. What the CLI needs to know of a model before it reads the user's inputs."""
     cache_root = Path(cache) if cache else cache_dir()
     what = f"{HUB_PREFIX}{repo_id}"
-    if is_offline():
-        path = _offline(repo_id, revision, cache_root, what)
-        return path.parent.name, checked_metadata(path, read_header(path))  # snapshots/<commit>/model.safetensors
-    url, meta, artifact = _announced_artifact(repo_id, revision, hub_endpoint(endpoint), what)
-    cached = snapshot_path(cache_root, artifact)
-    if cached.exists():  # its sha256 is checked when it is loaded
-        return artifact["revision"], checked_metadata(cached, read_header(cached))
-    commit = artifact["revision"]
-    location = download_location(url, meta, headers := build_hf_headers())
-    return commit, _remote_metadata(location, headers, artifact["size"], f"{what}@{commit}/{FILENAME}")
+    if is_offline():  # the file's sha256 is checked when it is loaded, not twice
+        cached = _offline_file(repo_id, revision, cache_root, what)
+        commit = cached.parent.name  # snapshots/<commit>/model.safetensors
+    else:
+        url, meta, artifact = _announced_artifact(repo_id, revision, hub_endpoint(endpoint), what)
+        commit, cached = artifact["revision"], snapshot_path(cache_root, artifact)
+        if not cached.exists():
+            location = download_location(url, meta, headers := build_hf_headers())
+            return commit, _remote_metadata(location, headers, artifact["size"], f"{what}@{commit}/{FILENAME}")
+    return commit, checked_metadata(f"{what}@{commit}/{FILENAME} (cached as {cached})", read_header(cached))
 
 
 def _announced_artifact(repo_id: str, revision: str, where: str, what: str) -> tuple[str, HfFileMetadata, dict]:
@@ -154,7 +160,7 @@ def _announced(url: str, endpoint: str, what: str) -> HfFileMetadata:
         raise HubError(f"{what}: no such repo (or it is private or gated and no token with access was sent: set "
                        "HF_TOKEN).") from None
     except Exception as exc:  # huggingface_hub's other HTTP errors, connection errors
-        raise HubError(f"{what}: asking for {FILENAME} failed: {type(exc).__name__}: {exc}") from exc
+        raise HubError(f"{what}: asking for {FILENAME} failed: {one_line(exc)}") from exc
     if meta.size is None:
         raise HubError(f"{what}: the server announces no size for {FILENAME}; the download is refused, as it "
                        "could not be bounded.")
@@ -196,19 +202,23 @@ def _read_range(location: str, headers: dict, start: int, stop: int, source: str
                 if len(data) == stop - start:
                     break
     except Exception as exc:  # huggingface_hub's HTTP errors, connection errors
-        raise HubError(f"{source}: reading bytes {start} to {stop} (the header) failed: {type(exc).__name__}: "
-                       f"{exc}") from exc
+        raise HubError(f"{source}: reading bytes {start} to {stop} (the header) failed: {one_line(exc)}") from exc
     if len(data) < stop - start:
         raise HubError(f"{source}: the server sent {len(data)} of bytes {start} to {stop} (the header).")
     return bytes(data)
 
 
-def _offline(repo_id: str, revision: str, cache: Path, what: str) -> Path:
+def _offline_file(repo_id: str, revision: str, cache: Path, what: str) -> Path:
+    """The cached file for `revision` (a commit, or a branch or tag whose ref is recorded), not yet checked."""
     found = try_to_load_from_cache(repo_id, FILENAME, cache_dir=cache, revision=revision)
     if not isinstance(found, str):
         raise HubError(f"{what}: HF_HUB_OFFLINE is set and the Hub cache {cache} holds no {FILENAME} for revision "
                        f"{revision!r}; load it once online (or pass a commit id that is cached).")
-    path = Path(found)
+    return Path(found)
+
+
+def _offline(repo_id: str, revision: str, cache: Path, what: str) -> Path:
+    path = _offline_file(repo_id, revision, cache, what)
     blob = Path(os.path.realpath(path)).name
     if _SHA256.match(blob):  # the name it was stored under, by this loader or huggingface_hub (an LFS file)
         artifact = {"size": path.stat().st_size, "sha256": blob, "pinned_by": "the name of its cached blob"}
