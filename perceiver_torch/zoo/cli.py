@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import cast
 
 import torch
 import yaml
@@ -23,7 +24,7 @@ from ..export import MAX_TRACE_BATCH, check_chunks, check_output, export_model, 
 from ..serialization import MODEL_DTYPES, build_on_meta, usable_device
 from .hub import ZooError, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
-from .model_arg import load_target, resolve_model, source_kind
+from .model_arg import Target, load_target, resolve_model, source_kind
 from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, read_inputs, resolve, run
 from .push import push_to_hub
 from .schema import is_repo_id
@@ -39,7 +40,11 @@ def _list(manifest) -> int:
     return 0
 
 
-def _info(name: str, manifest) -> int:
+def _info(args) -> int:
+    name, manifest = args.name, args.manifest
+    if source_kind(name) != "zoo":
+        return _checkpoint_info(resolve_model(name, manifest, command="info", revision=args.revision,
+                                              endpoint=args.endpoint))
     entry = get_entry(name, manifest)
     print(yaml.safe_dump({name: entry}, sort_keys=False, width=110), end="")
     if entry["status"] == "published":
@@ -48,6 +53,22 @@ def _info(name: str, manifest) -> int:
     else:
         print(f"# not published yet ({entry['status']}): nothing to pull; {how_to_get(name, entry)}")
     print(f"# manifest: {manifest_path(manifest)}")
+    return 0
+
+
+def _checkpoint_info(target: Target) -> int:
+    """What a Hub repo's or a file's header says (nothing of its body is downloaded or read), as YAML."""
+    meta = cast(dict, target.metadata)
+    model = build_on_meta(target.task, target.config)  # sizes only, no memory
+    found = {"task": target.task, "class": type(model).__name__,
+             "parameters": sum(p.numel() for p in model.parameters()),
+             **({"revision": target.revision, "commit": target.commit} if target.kind == "hub" else {}),
+             "metadata": {k: v for k, v in sorted(meta.items()) if k not in ("format", "task", "config")},
+             "config": target.config}
+    print(yaml.safe_dump({target.model: found}, sort_keys=False, width=110), end="")
+    if target.kind == "hub":
+        print(f"# not verified by the zoo; load it with perceiver_torch.create_model({target.model!r}, "
+              f"revision={target.commit!r})")
     return 0
 
 
@@ -143,15 +164,17 @@ def _check_push_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--endpoint must not be empty")
 
 
-def _check_source_args(parser: argparse.ArgumentParser, model: str, args) -> None:
-    """Each source option applies to some kinds of MODEL: given for another, it is refused, not ignored."""
+def _check_source_args(parser: argparse.ArgumentParser, model: str, args, *, zoo_endpoint: bool = True) -> None:
+    """Each source option applies to some kinds of MODEL: given for another, it is refused, not ignored
+    (`zoo_endpoint`: whether the command fetches a zoo model, which --endpoint then applies to)."""
     kind = source_kind(model)
-    for flag, value in (("--endpoint", args.endpoint), ("--mirror", args.mirror), ("--revision", args.revision)):
+    given = (("--endpoint", args.endpoint), ("--mirror", getattr(args, "mirror", None)), ("--revision", args.revision))
+    for flag, value in given:
         if value == "":  # would silently fall back to the default
             parser.error(f"{flag} must not be empty")
-    applies = {"--endpoint": ("zoo", "hub"), "--mirror": ("zoo",), "--revision": ("hub",)}
+    applies = {"--endpoint": ("zoo", "hub") if zoo_endpoint else ("hub",), "--mirror": ("zoo",), "--revision": ("hub",)}
     what = {"zoo": "zoo models", "hub": "hf-hub: repos"}
-    for flag, value in (("--endpoint", args.endpoint), ("--mirror", args.mirror), ("--revision", args.revision)):
+    for flag, value in given:
         if value is not None and kind not in applies[flag]:
             parser.error(f"{flag} applies to {' and '.join(what[k] for k in applies[flag])}; {model!r} is "
                          f"{ {'zoo': 'a zoo name', 'hub': 'a Hub repo', 'file': 'a file'}[kind] }")
@@ -169,8 +192,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="a zoo manifest file (default: PERCEIVER_ZOO_MANIFEST, else the packaged one)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the zoo's models")
-    info = sub.add_parser("info", help="show one entry of the manifest")
-    info.add_argument("name")
+    info = sub.add_parser("info", help="show a zoo entry of the manifest, or what a Hub repo's or a file's header "
+                          "says (task, parameters, provenance, config; nothing else is downloaded or read)")
+    info.add_argument("name", metavar="MODEL", help="a zoo name, hf-hub:owner/name, or a converted .safetensors file "
+                      "or save_pretrained directory")
+    info.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
+    info.add_argument("--endpoint", help="hf-hub: repos: a Hub-compatible endpoint (default: HF_ENDPOINT)")
     pull = sub.add_parser("pull", help="download and verify a model into the Hub cache "
                           "(from a mirror: verify it in place)")
     pull.add_argument("name")
@@ -238,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--chunks must be >= 1 (decoding chunks per clip); got {args.chunks}")
     if args.command == "export":
         _check_source_args(parser, args.name, args)
+    if args.command == "info":
+        _check_source_args(info, args.name, args, zoo_endpoint=False)
     if args.command == "predict":
         _check_predict_args(pred, args)  # its own usage and prog, as argparse's errors for its arguments
     if args.command == "push":
@@ -246,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return _list(args.manifest)
         if args.command == "info":
-            return _info(args.name, args.manifest)
+            return _info(args)
         if args.command == "export":
             return _export(args)
         if args.command == "predict":

@@ -34,6 +34,7 @@ class Target:
     kind: str
     revision: str | None = None
     commit: str | None = None
+    metadata: dict[str, str] | None = None  # a file's or Hub repo's header metadata (provenance among it)
 
 
 def source_kind(model: str) -> str:
@@ -54,7 +55,7 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
     if kind == "hub":
         revision = checked_revision(revision)
         commit, meta = hub_metadata(hub_repo_id(model), revision, endpoint=endpoint)
-        return Target(model, meta["task"], parse_config_json(meta["config"]), "hub", revision, commit)  # valid
+        return Target(model, meta["task"], parse_config_json(meta["config"]), "hub", revision, commit, meta)
     path = Path(model)
     if looks_like_repo_id(model):  # 'owner/name', as from_pretrained refuses it: what to write instead
         found = zoo_entry_of_repo(model, manifest)
@@ -67,8 +68,9 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
         problem = "not a regular file" if path.exists() else "no such file"
         raise ModelArgumentError(f"{path}: {problem} (MODEL is a zoo name, hf-hub:owner/name, a converted "
                                  ".safetensors file or a save_pretrained directory)")
-    task, config = checked_config(path, read_metadata(path))  # load_model's own check
-    return Target(model, task, config, "file")
+    meta = read_metadata(path)
+    task, config = checked_config(path, meta)  # load_model's own check
+    return Target(model, task, config, "file", metadata=meta)
 
 
 def load_target(target: Target, *, device: str | torch.device = "cpu", dtype: str | None, endpoint: str | None,
