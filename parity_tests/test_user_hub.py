@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 import tempfile
 
 import huggingface_hub
@@ -618,3 +620,22 @@ def test_cli_push_refuses_bad_arguments_as_usage_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.splitlines()[-1].startswith("perceiver-zoo push: error: ") \
             and message in err, err
+
+
+def test_a_file_that_changes_while_it_is_copied_is_refused_as_the_copy_is(tmp_path, monkeypatch):
+    """What is uploaded is the copy, so the copy is what is checked: if it differs from the file (changed meanwhile),
+    the copy's own refusal is raised although the file itself loads; nothing is sent."""
+    path = pt.save_model(_language_model(), tmp_path / "lm.safetensors")
+    copyfile = shutil.copyfile
+
+    def changed_meanwhile(source, target):
+        copyfile(source, target)
+        with open(target, "r+b") as f:  # as if the file had been cut short while it was read
+            f.truncate(os.path.getsize(target) - 4)
+
+    monkeypatch.setattr(shutil, "copyfile", changed_meanwhile)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        with pytest.raises(pt.CheckpointFormatError, match=r"perceiver-push-.*model\.safetensors"):
+            pt.push_to_hub(path, REPO, token=TOKEN)
+        assert hub.requests == 0
+    assert pt.load_model(path) is not None  # the file itself is fine

@@ -13,7 +13,14 @@ import torch
 from ..config_schema import parse_config_json
 from ..serialization import checked_config, read_metadata
 from .hub import entry_config
-from .pretrained import checkpoint_path, from_pretrained, looks_like_repo_id, zoo_entry, zoo_entry_of_repo
+from .pretrained import (
+    checkpoint_path,
+    from_pretrained,
+    looks_like_repo_id,
+    not_a_file,
+    zoo_entry,
+    zoo_entry_of_repo,
+)
 from .schema import is_model_name
 from .user_hub import HUB_PREFIX, checked_revision, hub_metadata, hub_repo_id, is_hub_name, record_revision
 
@@ -65,8 +72,7 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
         raise ModelArgumentError(f"{model}: no such file; {hint}")
     path = checkpoint_path(path)  # a save_pretrained directory: its model.safetensors
     if not path.is_file():
-        problem = "not a regular file" if path.exists() else "no such file"
-        raise ModelArgumentError(f"{path}: {problem} (MODEL is a zoo name, hf-hub:owner/name, a converted "
+        raise ModelArgumentError(f"{path}: {not_a_file(path)} (MODEL is a zoo name, hf-hub:owner/name, a converted "
                                  ".safetensors file or a save_pretrained directory)")
     meta = read_metadata(path)
     task, config = checked_config(path, meta)  # load_model's own check

@@ -24,6 +24,7 @@ from ..models import PerceiverForImageClassification, PerceiverForMaskedLM, Perc
 from ..serialization import atomic_write, check_output_path
 from ..tokenizer import BytesTokenizer
 from .model_arg import Target, resolve_model
+from .pretrained import not_a_file
 
 DEFAULT_MASK = "[MASK]"
 DEFAULT_TOP_K = 5
@@ -135,15 +136,11 @@ def _texts(target: Target, inputs: list[str], stdin: TextIO, mask: str) -> Input
     return Inputs(names, texts)
 
 
-def _not_a_file(path: Path) -> str:
-    return "is a directory" if path.is_dir() else "not a regular file" if path.exists() else "no such file"
-
-
 def _image(name: str) -> np.ndarray:
     """An image file's RGB pixels [H, W, 3] uint8, or a PredictError naming the file."""
     path = Path(name)
     if not path.is_file():
-        raise PredictError(f"{name}: {_not_a_file(path)}")
+        raise PredictError(f"{name}: {not_a_file(path)}")
     try:
         return load_rgb(str(path))
     except ImportError:

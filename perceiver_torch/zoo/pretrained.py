@@ -69,6 +69,11 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
     return load_model(path, device=device, dtype=dtype, check_metadata=_of_task(task, where, str(path)))
 
 
+def not_a_file(path: Path) -> str:
+    """Why `path` is not a regular file, for an error after its name."""
+    return "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "no such file"
+
+
 def checkpoint_path(path: Path) -> Path:
     """`path`, or for a directory (what `save_pretrained` writes) the ``model.safetensors`` in it; a directory
     without one is a FileNotFoundError naming it."""

@@ -22,7 +22,7 @@ from ..safetensors_io import read_header
 from ..saving import save_model
 from ..serialization import checked_metadata, load_model, read_metadata
 from .hub import one_line
-from .pretrained import checkpoint_path
+from .pretrained import checkpoint_path, not_a_file
 from .schema import is_repo_id
 from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endpoint
 
@@ -71,9 +71,8 @@ def _checkpoint_file(path) -> Path:
                         f"{type(path).__name__}.")
     path = checkpoint_path(Path(path))
     if not path.is_file():
-        problem = "is not a regular file" if path.exists() else "no such file"
-        raise FileNotFoundError(f"push_to_hub: {path}: {problem} (a converted .safetensors file or a save_pretrained "
-                                "directory is expected)")
+        raise FileNotFoundError(f"push_to_hub: {path}: {not_a_file(path)} (a converted .safetensors file or a "
+                                "save_pretrained directory is expected)")
     return path
 
 
