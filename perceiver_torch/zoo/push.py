@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import cast
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from torch import nn
@@ -106,8 +107,7 @@ def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: st
     to ``$HF_ENDPOINT``, else the Hugging Face Hub. Others load it with
     ``Model.from_pretrained("hf-hub:<repo_id>", revision=<the commit id>)``.
     """
-    if not isinstance(model, nn.Module):
-        _checkpoint_file(model)
+    source = None if isinstance(model, nn.Module) else _checkpoint_file(model)
     if not is_repo_id(repo_id):
         raise ValueError(f"push_to_hub: repo_id must be a Hub repo id 'owner/name' (letters, digits, '.', '_' or '-'); "
                          f"got {repo_id!r}.")
@@ -125,8 +125,8 @@ def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: st
         path = Path(folder) / FILENAME
         if isinstance(model, nn.Module):
             save_model(model, path)
-        else:
-            model = _checked_copy(_checkpoint_file(model), path)
+        else:  # `source` is the file `model` names, resolved above
+            model = _checked_copy(cast(Path, source), path)
         task = read_metadata(path)["task"]
         num_parameters = sum(p.numel() for p in model.parameters())  # the file holds them all, strictly
         card = Path(folder) / "README.md"
