@@ -63,14 +63,13 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
         revision = checked_revision(revision)
         commit, meta = hub_metadata(hub_repo_id(model), revision, endpoint=endpoint)
         return Target(model, meta["task"], parse_config_json(meta["config"]), "hub", revision, commit, meta)
-    path = Path(model)
     if looks_like_repo_id(model):  # 'owner/name', as from_pretrained refuses it: what to write instead
         found = zoo_entry_of_repo(model, manifest)
         hint = (f"the zoo's entry for these weights is {found[0]!r} (status {found[1]['status']}): "
                 f"perceiver-zoo {command} {found[0]} ..." if found is not None else
                 f"a Hub repo is named with its prefix: perceiver-zoo {command} {HUB_PREFIX}{model} ...")
         raise ModelArgumentError(f"{model}: no such file; {hint}")
-    path = checkpoint_path(path)  # a save_pretrained directory: its model.safetensors
+    path = checkpoint_path(Path(model))  # a save_pretrained directory: its model.safetensors
     if not path.is_file():
         raise ModelArgumentError(f"{path}: {not_a_file(path)} (MODEL is a zoo name, hf-hub:owner/name, a converted "
                                  ".safetensors file or a save_pretrained directory)")

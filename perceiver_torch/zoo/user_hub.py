@@ -90,12 +90,10 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
         return _offline(repo_id, revision, cache_root, what)
     where = hub_endpoint(endpoint)
     url, meta, artifact = _announced_artifact(repo_id, revision, where, what)
-    commit = artifact["revision"]
     if check is not None and not snapshot_path(cache_root, artifact).exists():
-        check(_remote_metadata(download_location(url, meta, headers := build_hf_headers()), headers,
-                               artifact["size"], f"{what}@{commit}/{FILENAME}"))
+        check(_remote_metadata(url, meta, artifact, what))
     path, _ = from_endpoint(what, artifact, where, cache_root)
-    record_revision(repo_id, revision, commit, cache=cache_root)
+    record_revision(repo_id, revision, artifact["revision"], cache=cache_root)
     return path
 
 
@@ -128,8 +126,7 @@ def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
         url, meta, artifact = _announced_artifact(repo_id, revision, hub_endpoint(endpoint), what)
         commit, cached = artifact["revision"], snapshot_path(cache_root, artifact)
         if not cached.exists():
-            location = download_location(url, meta, headers := build_hf_headers())
-            return commit, _remote_metadata(location, headers, artifact["size"], f"{what}@{commit}/{FILENAME}")
+            return commit, _remote_metadata(url, meta, artifact, what)
     return commit, checked_metadata(f"{what}@{commit}/{FILENAME} (cached as {cached})", read_header(cached))
 
 
@@ -177,9 +174,12 @@ def _announced(url: str, endpoint: str, what: str) -> HfFileMetadata:
     return meta
 
 
-def _remote_metadata(location: str, headers: dict, size: int, source: str) -> dict[str, str]:
-    """The checked perceiver-torch metadata of the remote file of `size` bytes, from its first bytes: two range
-    requests, for the header's length and then the header (at most MAX_HEADER_BYTES)."""
+def _remote_metadata(url: str, meta: HfFileMetadata, artifact: dict, what: str) -> dict[str, str]:
+    """The checked perceiver-torch metadata of the remote file `artifact` pins (HEAD answer `meta`), from its
+    first bytes: two range requests, for the header's length and then the header (at most MAX_HEADER_BYTES)."""
+    headers = build_hf_headers()
+    location = download_location(url, meta, headers)
+    size, source = artifact["size"], f"{what}@{artifact['revision']}/{FILENAME}"
     length = header_length(_read_range(location, headers, 0, 8, source), size, source)
     return checked_metadata(source, parse_header(_read_range(location, headers, 8, 8 + length, source), size, source))
 
