@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from .integers import is_int
-from .serialization import atomic_write, check_output_path, load_model, model_dtype
+from .serialization import atomic_write, check_output_path, model_dtype
 from .zoo.create import create_model
-from .zoo.pretrained import checkpoint_path
+from .zoo.pretrained import load_file
 from .zoo.schema import is_model_name
 from .zoo.user_hub import is_hub_name
 
@@ -210,11 +210,7 @@ def export_model(model_or_name: nn.Module | str | os.PathLike, path: str | os.Pa
         if isinstance(model_or_name, str) and (is_hub_name(model_or_name) or is_model_name(model_or_name)):
             model = create_model(model_or_name, **zoo_kwargs)
         else:
-            file_only = sorted(set(zoo_kwargs) - {"device", "dtype"})
-            if file_only:
-                raise TypeError(f"export_model: {str(model_or_name)!r} is a file, which takes no "
-                                f"{' or '.join(file_only)} (only device and dtype).")
-            model = load_model(checkpoint_path(Path(model_or_name)), **zoo_kwargs)
+            model = load_file("export_model", model_or_name, **zoo_kwargs)
     elif zoo_kwargs:
         raise TypeError(f"export_model: {', '.join(sorted(zoo_kwargs))} apply only to a zoo model given by name "
                         "(create_model's arguments); for a module, set them on the module before exporting.")

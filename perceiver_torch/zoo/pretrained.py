@@ -62,11 +62,19 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
             hint = (f"for the Hub repo {name_or_path!r}, write from_pretrained('{HUB_PREFIX}{name_or_path}'); a local "
                     f"file needs its suffix, e.g. './{name_or_path}.safetensors'.")
         raise ValueError(f"{where}: {name_or_path!r} is not a file here; {hint}")
+    return load_file(where, path, device=device, dtype=dtype, task=task, **zoo_kwargs)
+
+
+def load_file(where: str, path: str | os.PathLike, *, device: str | torch.device = "cpu",
+              dtype: str | torch.dtype | None = None, task: str | None = None, **zoo_kwargs) -> torch.nn.Module:
+    """`load_model` of a converted file or of a save_pretrained directory's ``model.safetensors``, refusing
+    `create_model`'s keywords by name (`where`: who was called) and, given `task`, another task's model."""
     if zoo_kwargs:
         raise TypeError(f"{where}: {str(path)!r} is a file, which takes no {' or '.join(sorted(zoo_kwargs))} (only "
                         "device and dtype).")
-    path = checkpoint_path(path)
-    return load_model(path, device=device, dtype=dtype, check_metadata=_of_task(task, where, str(path)))
+    path = checkpoint_path(Path(path))
+    check = None if task is None else _of_task(task, where, str(path))
+    return load_model(path, device=device, dtype=dtype, check_metadata=check)
 
 
 def not_a_file(path: Path) -> str:
