@@ -198,6 +198,42 @@ def test_export_model_takes_a_converted_file_or_save_pretrained_directory(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.pt2", "saved"]
 
 
+
+def test_cli_export_replaces_an_existing_output_only_with_force_and_never_its_source(tmp_path, monkeypatch, capsys):
+    """As predict's --output: a rerun does not replace a file unasked; and no --force replaces the weights the
+    export is made from (a .safetensors output name is exported as pt2). Both refused before anything is loaded."""
+    model = _model("language").eval()
+    source = save_model(model, tmp_path / "lm.safetensors")
+    out = tmp_path / "lm.pt2"
+    out.write_bytes(b"an earlier export")
+    monkeypatch.setattr(model_arg, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert zoo_cli(["export", str(source), "-o", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {out} exists; pass --force to replace it"
+    assert out.read_bytes() == b"an earlier export"
+    weights = source.read_bytes()
+    assert zoo_cli(["export", str(source), "-o", str(source), "--force"]) == 1
+    assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {source} is the checkpoint being exported " \
+                                              f"({source}); writing the export there would replace it: give another " \
+                                              "output path."
+    assert source.read_bytes() == weights
+    monkeypatch.undo()
+    assert zoo_cli(["export", str(source), "-o", str(out), "--force", "--no-verify"]) == 0
+    assert max(max_errors(model, torch.export.load(out).module()).values()) <= TOLERANCE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.pt2", "lm.safetensors"]
+
+
+def test_export_model_refuses_to_write_over_the_checkpoint_it_exports(tmp_path):
+    model = _model("language").eval()
+    directory = tmp_path / "saved"
+    model.save_pretrained(directory)
+    weights = (directory / "model.safetensors").read_bytes()
+    for source in (directory, directory / "model.safetensors", str(directory / "model.safetensors")):
+        with pytest.raises(ValueError, match=r"model.safetensors is the checkpoint being exported .*: give another "
+                                             "output path"):
+            export_model(source, directory / "model.safetensors")
+    assert (directory / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in directory.iterdir()) == ["model.safetensors"]
+
 @pytest.mark.parametrize("model, option, message", [
     ("tiny-language-perceiver", ["--revision", "main"], "--revision applies to hf-hub: repos; "
                                                         "'tiny-language-perceiver' is a zoo name"),

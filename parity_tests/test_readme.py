@@ -4,10 +4,12 @@ names paths that exist."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import io
 import os
 import re
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -100,18 +102,17 @@ def test_zoo_snippet_lists_what_list_models_returns(monkeypatch):
     assert pt.list_models()[:len(names)] == names
 
 
-# Each command the documents show, by how they invoke it: its module's `main`, and its subcommands.
-CLIS = {
-    "perceiver-convert": ("converters.cli", ()),
-    "perceiver-to-transformers": ("converters.transformers.export_cli", ()),
-    "perceiver-zoo": ("perceiver_torch.zoo.cli", ("list", "info", "pull", "export", "predict", "push")),
-    "perceiver-parity": ("converters.parity.cli", ()),
-    "perceiver-zoo-admin": ("converters.zoo.cli", ("regenerate", "publish", "serve-standin")),
-    "python -m converters": ("converters.cli", ()),
-    "python -m converters.parity": ("converters.parity.cli", ()),
-    "python -m converters.zoo": ("converters.zoo.cli", ("regenerate", "publish", "serve-standin")),
-    "python -m converters.transformers.divergence": ("converters.transformers.divergence", ()),
-}
+def _scripts() -> dict[str, str]:
+    """Each installed command (pyproject's [project.scripts]) -> the module whose `main` it runs."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    return {name: target.removesuffix(":main") for name, target in scripts.items()}
+
+
+# Each command the documents show, by how they invoke it: the installed scripts as pyproject declares them,
+# and the modules run with `python -m`; subcommands are read from each one's own --help.
+CLIS = {**_scripts(), "python -m converters": "converters.cli", "python -m converters.parity": "converters.parity.cli",
+        "python -m converters.zoo": "converters.zoo.cli",
+        "python -m converters.transformers.divergence": "converters.transformers.divergence"}
 DOCS = ("README.md", "SECURITY.md", "benchmarks/README.md")
 
 
@@ -132,6 +133,14 @@ def documented_commands() -> list[tuple[str, str, str]]:
     return found
 
 
+@functools.cache
+def subcommands_of(module: str) -> tuple[str, ...]:
+    """The subcommands `module`'s parser lists (argparse's usage ends in "{a,b,c} ..." for them; a positional's
+    or an option's choices have no "..."), none for a command without them."""
+    listed = re.search(r"^usage: .*?\{([\w,-]+)\} \.\.\.", help_text(module, []), re.S | re.M)
+    return tuple(listed.group(1).split(",")) if listed else ()
+
+
 def help_text(module: str, argv: list[str]) -> str:
     main = importlib.import_module(module).main
     out = io.StringIO()
@@ -146,7 +155,8 @@ def test_documented_commands_use_flags_and_subcommands_the_clis_have():
     assert len(commands) >= 30, commands
     helps: dict[tuple[str, ...], str] = {}
     for doc, name, rest in commands:
-        module, subcommands = CLIS[name]
+        module = CLIS[name]
+        subcommands = subcommands_of(module)
         words = re.findall(r"[\w.-]+", rest)
         sub = next((w for w in words if w in subcommands), None)
         if subcommands and rest.strip() and not rest.strip().startswith(("--manifest", "--help", ")", ".")):

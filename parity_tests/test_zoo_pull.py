@@ -176,7 +176,10 @@ def test_cli_list_info_pull(published, tmp_path, monkeypatch, capsys):
     info = capsys.readouterr().out
     assert "not published yet" in info and "would be pulled from" not in info and "huggingface.co" not in info
     assert zoo_cli(["info", "no-such-model"]) == 1
-    assert "available:" in capsys.readouterr().err
+    err = capsys.readouterr().err  # info reads files too: the hint from_pretrained, predict and export give
+    assert "available:" in err and err.strip().endswith(
+        "(a local file or save_pretrained directory is named by its path, e.g. './no-such-model' or "
+        "'./no-such-model.safetensors')")
 
 
 def test_where_files_come_from(monkeypatch, tmp_path):

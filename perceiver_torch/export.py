@@ -30,7 +30,7 @@ from torch import nn
 from .integers import is_int
 from .serialization import atomic_write, check_output_path, model_dtype
 from .zoo.create import create_model
-from .zoo.pretrained import load_file
+from .zoo.pretrained import checkpoint_path, load_file
 from .zoo.schema import is_model_name
 from .zoo.user_hub import is_hub_name
 
@@ -200,7 +200,8 @@ def export_model(model_or_name: nn.Module | str | os.PathLike, path: str | os.Pa
     'onnx' an ONNX model (float32 only); a `path` ending in .pt2 or .onnx must agree with `format`. `batch` is
     only the tracing batch (2 to MAX_TRACE_BATCH): the result takes any batch size.
     `chunks` sets the video model's chunk size (default: its config's nchunks). A `torch.compile` wrapper is
-    exported as the model it wraps; weights on the meta device are refused. Written atomically.
+    exported as the model it wraps; weights on the meta device are refused. Written atomically, replacing a file
+    at `path` (`perceiver-zoo export` asks for --force first), never the checkpoint being exported.
     """
     path = check_output(path, format)
     batch = check_trace_batch(batch)
@@ -210,6 +211,7 @@ def export_model(model_or_name: nn.Module | str | os.PathLike, path: str | os.Pa
         if isinstance(model_or_name, str) and (is_hub_name(model_or_name) or is_model_name(model_or_name)):
             model = create_model(model_or_name, **zoo_kwargs)
         else:
+            check_not_source(model_or_name, path)
             model = load_file("export_model", model_or_name, **zoo_kwargs)
     elif zoo_kwargs:
         raise TypeError(f"export_model: {', '.join(sorted(zoo_kwargs))} apply only to a zoo model given by name "
@@ -237,6 +239,15 @@ def check_output(path: str | os.PathLike, format: str) -> Path:
         raise ValueError(f"{path} names a .{suffix} file but format is {format!r}: pass format={suffix!r} or name "
                          f"the file .{format}.")
     return path
+
+
+def check_not_source(source: str | os.PathLike, output: Path) -> None:
+    """Refuse an `output` that is the checkpoint `source` names (a file, or a save_pretrained directory's file):
+    the export would replace the weights it was made from."""
+    path = checkpoint_path(Path(source))
+    if output.exists() and path.exists() and os.path.samefile(path, output):
+        raise ValueError(f"{output} is the checkpoint being exported ({source}); writing the export there would "
+                         "replace it: give another output path.")
 
 
 def _save_pt2(program: torch.export.ExportedProgram, tmp: str) -> None:

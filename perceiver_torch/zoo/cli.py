@@ -14,18 +14,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import cast
 
 import torch
 import yaml
 
-from ..export import MAX_TRACE_BATCH, check_chunks, check_output, export_model, max_errors, onnx_runner
+from ..export import (
+    MAX_TRACE_BATCH,
+    check_chunks,
+    check_not_source,
+    check_output,
+    export_model,
+    max_errors,
+    onnx_runner,
+)
 from ..serialization import MODEL_DTYPES, build_on_meta, usable_device
 from .hub import ZooError, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
 from .model_arg import Target, load_target, resolve_model, source_kind
 from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, read_inputs, resolve, run
+from .pretrained import zoo_entry
 from .push import push_to_hub
 from .schema import is_repo_id
 from .user_hub import HUB_PREFIX, checked_revision
@@ -45,7 +55,7 @@ def _info(args) -> int:
     if source_kind(name) != "zoo":
         return _checkpoint_info(resolve_model(name, manifest, command="info", revision=args.revision,
                                               endpoint=args.endpoint))
-    entry = get_entry(name, manifest)
+    entry = zoo_entry(name, manifest)  # an unknown name's error says how a file of that name is written
     print(yaml.safe_dump({name: entry}, sort_keys=False, width=110), end="")
     if entry["status"] == "published":
         kind, where = location(entry)
@@ -87,8 +97,12 @@ VERIFY_TOLERANCE = {True: 1e-5, False: 2e-2}
 def _export_source(args) -> torch.nn.Module:
     """The model MODEL names, loaded once everything that can be refused before pulling it (the output location,
     --chunks against its config) has been."""
-    check_output(args.output, args.format)
+    output = check_output(args.output, args.format)
+    if os.path.lexists(output) and not args.force:  # as predict's --output: a rerun does not replace a file unasked
+        raise FileExistsError(f"{output} exists; pass --force to replace it")
     target = resolve_model(args.name, args.manifest, command="export", revision=args.revision, endpoint=args.endpoint)
+    if target.kind == "file":
+        check_not_source(target.model, output)
     check_chunks(build_on_meta(target.task, target.config), args.chunks)  # sizes only, on the meta device
     return load_target(target, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror, manifest=args.manifest)
 
@@ -207,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                      "directory")
     exp.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
     exp.add_argument("-o", "--output", required=True, help="output file")
+    exp.add_argument("--force", action="store_true", help="replace an existing --output")
     exp.add_argument("--format", choices=("pt2", "onnx"),
                      help="default: onnx for an output ending in .onnx, else pt2")
     exp.add_argument("--batch", type=int, default=2,
