@@ -113,7 +113,7 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
     else:
         url, meta, artifact = _announced_artifact(repo_id, revision, where, what)
         if check is not None and not snapshot_path(cache_root, artifact).exists():
-            check(_remote_metadata(url, meta, artifact, what))
+            check(_remote_metadata(url, meta, artifact, what, where))
     path, _ = from_endpoint(what, artifact, where, cache_root)
     record_revision(repo_id, revision, artifact["revision"], cache=cache_root)
     return path
@@ -155,10 +155,11 @@ def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
         cached = _offline_file(repo_id, revision, cache_root, what)
         commit, artifact = cached.parent.name, None  # snapshots/<commit>/model.safetensors
     else:
-        url, meta, artifact = _announced_artifact(repo_id, revision, hub_endpoint(endpoint), what)
+        where = hub_endpoint(endpoint)
+        url, meta, artifact = _announced_artifact(repo_id, revision, where, what)
         commit, cached = artifact["revision"], snapshot_path(cache_root, artifact)
         if not cached.exists():
-            return HubHeader(commit, _remote_metadata(url, meta, artifact, what), artifact)
+            return HubHeader(commit, _remote_metadata(url, meta, artifact, what, where), artifact)
     source = f"{what}@{commit}/{FILENAME} (cached as {cached})"
     return HubHeader(commit, checked_metadata(source, read_header(cached)), artifact)
 
@@ -207,11 +208,14 @@ def _announced(url: str, endpoint: str, what: str) -> HfFileMetadata:
     return meta
 
 
-def _remote_metadata(url: str, meta: HfFileMetadata, artifact: dict, what: str) -> dict[str, str]:
-    """The checked perceiver-torch metadata of the remote file `artifact` pins (HEAD answer `meta`), from its
-    first bytes: two range requests, for the header's length and then the header (at most MAX_HEADER_BYTES)."""
+def _remote_metadata(url: str, meta: HfFileMetadata, artifact: dict, what: str, where: str) -> dict[str, str]:
+    """The checked perceiver-torch metadata of the remote file `artifact` pins (HEAD answer `meta` for `url`, on
+    endpoint `where`), from its first bytes: two range requests, for the header's length and then the header (at
+    most MAX_HEADER_BYTES)."""
     headers = build_hf_headers()
     location = download_location(url, meta, headers)
+    if location == url:  # not redirected (a self-hosted endpoint): a branch's URL may serve a newer commit by now
+        location = hf_hub_url(artifact["repo_id"], FILENAME, revision=artifact["revision"], endpoint=where)
     size, source = artifact["size"], f"{what}@{artifact['revision']}/{FILENAME}"
     length = header_length(_read_range(location, headers, 0, 8, source), size, source)
     return checked_metadata(source, parse_header(_read_range(location, headers, 8, 8 + length, source), size, source))
