@@ -7,6 +7,7 @@ nothing in the cache.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +28,8 @@ from perceiver_torch.registry import build_model, preset, preset_names
 from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES, build_on_meta
 from perceiver_torch.zoo import IntegrityError, ZooError, model_arg
 from perceiver_torch.zoo.cli import main as zoo_cli
-from perceiver_torch.zoo.user_hub import FILENAME
+from perceiver_torch.zoo.create import create_hub_model
+from perceiver_torch.zoo.user_hub import FILENAME, hub_metadata
 
 from .conftest import GOLDEN_TASKS, assert_same_weights, golden_config, golden_io, seeded_model
 from .zoo_support import BODY_FAULTS, answering_server, cached_files, hub_env, read_only, tree_state
@@ -591,6 +593,64 @@ def test_cli_predict_loads_the_commit_whose_header_it_read_and_records_the_branc
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         assert zoo_cli(["predict", f"hf-hub:{REPO}", text]) == 0  # main, as recorded when it was loaded
     assert capsys.readouterr().out == model.fill_masked(text) + "\n"
+
+
+def test_cli_predict_asks_for_an_hf_hub_repo_and_reads_its_header_once(tmp_path, monkeypatch, capsys):
+    """The HEAD answer and header that predict reads before the inputs pin what is loaded: the load asks neither
+    again, only the download's own HEAD at the commit (where its bytes are) and the body; a cached rerun asks only
+    which commit main is."""
+    model, text = _language_model(), "a [MASK] text"
+    data = pt.save_model(model, tmp_path / FILENAME).read_bytes()
+    headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+               "Content-Length": str(len(data))}
+
+    def answer(method, path, number):
+        return 200, headers, data  # the header reads take what they asked for of the whole file
+
+    def predicted() -> list[tuple[str, str, str | None]]:
+        server.requests.clear()
+        assert zoo_cli(["predict", f"hf-hub:{REPO}", text, "--endpoint", server.endpoint]) == 0
+        assert capsys.readouterr().out == model.fill_masked(text) + "\n"
+        return [(method, path, h.get("Range")) for method, path, h in server.requests]
+
+    with answering_server(answer) as server:
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        uncached, cached = predicted(), predicted()
+    main, pinned = f"/{REPO}/resolve/main/{FILENAME}", f"/{REPO}/resolve/{COMMIT}/{FILENAME}"
+    length = int.from_bytes(data[:8], "little")
+    # The header is read at the commit main was when asked (this server does not redirect to a content URL).
+    assert uncached == [("HEAD", main, None), ("GET", pinned, "bytes=0-7"), ("GET", pinned, f"bytes=8-{7 + length}"),
+                        ("HEAD", pinned, None), ("GET", pinned, None)]
+    assert cached == [("HEAD", main, None)]
+
+
+def test_a_header_already_read_is_what_each_load_checks_and_pins(tmp_path, monkeypatch):
+    """Given what hub_metadata read (as the CLI loads), create_hub_model runs its checks (the caller's, num_classes)
+    on that header and asks the server nothing before refusing; a header read at another revision is refused; and
+    the body is still held to the header's pins (a sha256 the server does not announce is refused)."""
+    refused = []
+
+    def refuse(meta):
+        refused.append(meta)
+        raise pt.CheckpointFormatError("refused by the caller")
+
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        header, asked = hub_metadata(REPO, "main"), hub.requests
+        name, commit = f"hf-hub:{REPO}", header.commit
+        with pytest.raises(pt.CheckpointFormatError, match="refused by the caller"):
+            create_hub_model(name, revision=commit, check=refuse, header=header)
+        with pytest.raises(ValueError, match="is a language model; num_classes applies to the ImageNet classifiers"):
+            create_hub_model(name, revision=commit, num_classes=3, header=header)
+        with pytest.raises(ValueError, match=rf"revision 'main': the header given was read for {name} at commit "
+                                             f"{commit}"):
+            create_hub_model(name, header=header)
+        assert refused == [header.metadata] and hub.requests == asked
+        other = dataclasses.replace(header, artifact={**(header.artifact or {}), "sha256": SHA256})
+        with pytest.raises(IntegrityError, match=f"the server's ETag .* is not the sha256 .* pins: {SHA256}"):
+            create_hub_model(name, revision=commit, header=other)
+    assert cached_files(tmp_path / "cache") == []
 
 
 @pytest.mark.parametrize("failing", ["HEAD", "GET"])

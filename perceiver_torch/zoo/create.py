@@ -7,7 +7,7 @@ import torch
 from ..config_schema import parse_config_json
 from ..serialization import load_model, model_dtype, usable_device
 from . import hub
-from .user_hub import MetadataCheck, checked_revision, hub_checkpoint, hub_repo_id, is_hub_name
+from .user_hub import HubHeader, MetadataCheck, checked_revision, hub_checkpoint, hub_repo_id, is_hub_name
 
 # What create_model takes for an ``hf-hub:`` name, beyond device and dtype (`mirror` and `manifest` are the zoo's).
 HUB_KEYWORDS = ("revision", "num_classes", "endpoint", "cache_dir")
@@ -45,12 +45,13 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
 
 def create_hub_model(name: str, *, revision: str | None = None, num_classes: int | None = None,
                      device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                     endpoint: str | None = None, cache_dir=None, check: MetadataCheck | None = None
-                     ) -> torch.nn.Module:
+                     endpoint: str | None = None, cache_dir=None, check: MetadataCheck | None = None,
+                     header: HubHeader | None = None) -> torch.nn.Module:
     """The model in ``model.safetensors`` of the Hub repo `name` (``hf-hub:owner/name``) at `revision`.
 
     `check(metadata)` (and the `num_classes` check) runs on the file's header before its body is downloaded,
-    and again by `load_model` before anything is built.
+    and again by `load_model` before anything is built. `header`, what `user_hub.hub_metadata` read at the
+    commit `revision` names, is that header: the server is not asked for it again.
     """
     device, dtype = usable_device(device), model_dtype(dtype)  # before anything is downloaded or built
     repo_id, revision = hub_repo_id(name), checked_revision(revision)
@@ -63,6 +64,6 @@ def create_hub_model(name: str, *, revision: str | None = None, num_classes: int
         config = parse_config_json(meta["config"], f"{what} (metadata config)")
         hub.checked_num_classes(what, meta["task"], config, num_classes)
 
-    path = hub_checkpoint(repo_id, revision, endpoint=endpoint, cache=cache_dir, check=checked)
+    path = hub_checkpoint(repo_id, revision, endpoint=endpoint, cache=cache_dir, check=checked, header=header)
     model = load_model(path, device=device, dtype=dtype, check_metadata=checked)
     return hub.with_classes(model, num_classes)  # checked on the header: reset_classifier takes it

@@ -15,6 +15,7 @@ from ..serialization import checked_config, read_metadata
 from .hub import entry_config
 from .pretrained import (
     checkpoint_path,
+    from_hub_header,
     from_pretrained,
     looks_like_repo_id,
     not_a_file,
@@ -22,7 +23,15 @@ from .pretrained import (
     zoo_entry_of_repo,
 )
 from .schema import is_model_name
-from .user_hub import HUB_PREFIX, checked_revision, hub_metadata, hub_repo_id, is_hub_name, record_revision
+from .user_hub import (
+    HUB_PREFIX,
+    HubHeader,
+    checked_revision,
+    hub_metadata,
+    hub_repo_id,
+    is_hub_name,
+    record_revision,
+)
 
 
 class ModelArgumentError(ValueError):
@@ -32,16 +41,21 @@ class ModelArgumentError(ValueError):
 @dataclass
 class Target:
     """What MODEL names: its task and config, known before anything is pulled or loaded; `kind` is 'zoo', 'hub'
-    or 'file'. For an ``hf-hub:`` name, `revision` is what the user asked for and `commit` what it resolved to
-    (loaded at it, so that what was checked is what runs)."""
+    or 'file'. For an ``hf-hub:`` name, `revision` is what the user asked for and `header` what was read of
+    its file: the commit `revision` resolved to, loaded at it (so that what was checked is what runs) without
+    asking the server for that header again."""
 
     model: str
     task: str
     config: dict
     kind: str
     revision: str | None = None
-    commit: str | None = None
+    header: HubHeader | None = None
     metadata: dict[str, str] | None = None  # a file's or Hub repo's header metadata (provenance among it)
+
+    @property
+    def commit(self) -> str | None:
+        return None if self.header is None else self.header.commit
 
 
 def source_kind(model: str) -> str:
@@ -61,8 +75,9 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
         return Target(model, entry["task"], entry_config(entry), "zoo")
     if kind == "hub":
         revision = checked_revision(revision)
-        commit, meta = hub_metadata(hub_repo_id(model), revision, endpoint=endpoint)
-        return Target(model, meta["task"], parse_config_json(meta["config"]), "hub", revision, commit, meta)
+        header = hub_metadata(hub_repo_id(model), revision, endpoint=endpoint)
+        meta = header.metadata
+        return Target(model, meta["task"], parse_config_json(meta["config"]), "hub", revision, header, meta)
     if looks_like_repo_id(model):  # 'owner/name', as from_pretrained refuses it: what to write instead
         found = zoo_entry_of_repo(model, manifest)
         hint = (f"the zoo's entry for these weights is {found[0]!r} (status {found[1]['status']}): "
@@ -81,10 +96,12 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
 def load_target(target: Target, *, device: str | torch.device = "cpu", dtype: str | None, endpoint: str | None,
                 mirror: str | None, manifest) -> torch.nn.Module:
     """The model, as `from_pretrained` gives it: a zoo name pulled and verified, a Hub repo at the commit its
-    header was read at, a file loaded and checked."""
-    zoo_kwargs = {"zoo": {"endpoint": endpoint, "mirror": mirror, "manifest": manifest},
-                  "hub": {"endpoint": endpoint, "revision": target.commit}, "file": {}}[target.kind]
-    model = from_pretrained(target.task, target.model, device=device, dtype=dtype, **zoo_kwargs)
-    if target.kind == "hub":  # loaded by commit: the branch or tag asked for is recorded, for offline loads
-        record_revision(hub_repo_id(target.model), cast(str, target.revision), cast(str, target.commit))
-    return model
+    header was read at (that header not asked for again), a file loaded and checked."""
+    if target.kind == "hub":
+        header = cast(HubHeader, target.header)
+        model = from_hub_header(target.task, target.model, header, device=device, dtype=dtype, endpoint=endpoint)
+        # Loaded by commit: the branch or tag asked for is recorded, for offline loads.
+        record_revision(hub_repo_id(target.model), cast(str, target.revision), header.commit)
+        return model
+    zoo_kwargs = {"zoo": {"endpoint": endpoint, "mirror": mirror, "manifest": manifest}, "file": {}}[target.kind]
+    return from_pretrained(target.task, target.model, device=device, dtype=dtype, **zoo_kwargs)

@@ -14,7 +14,7 @@ from ..serialization import CheckpointFormatError, load_model
 from .create import HUB_KEYWORDS, create_hub_model, create_model
 from .manifest import UnknownModelError, entries, get_entry
 from .schema import ManifestError, is_model_name, is_repo_id
-from .user_hub import FILENAME, HUB_PREFIX, MetadataCheck, is_hub_name
+from .user_hub import FILENAME, HUB_PREFIX, HubHeader, MetadataCheck, is_hub_name
 
 
 def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -63,6 +63,16 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
                     f"file needs its suffix, e.g. './{name_or_path}.safetensors'.")
         raise ValueError(f"{where}: {name_or_path!r} is not a file here; {hint}")
     return load_file(where, path, device=device, dtype=dtype, task=task, **zoo_kwargs)
+
+
+def from_hub_header(task: str, name: str, header: HubHeader, *, device: str | torch.device = "cpu",
+                    dtype: str | torch.dtype | None = None, endpoint: str | None = None) -> torch.nn.Module:
+    """`from_pretrained(task, name, revision=header.commit, endpoint=endpoint)` for a Hub repo whose header was
+    read at that commit (`user_hub.hub_metadata`): checked as from_pretrained checks it, on `header` before the
+    body is downloaded, and neither the server's HEAD answer nor the header is asked for again."""
+    where = f"{TASK_MODELS[task].__name__}.from_pretrained"  # what from_pretrained's refusal would say
+    return create_hub_model(name, revision=header.commit, device=device, dtype=dtype, endpoint=endpoint,
+                            check=_of_task(task, where, name), header=header)
 
 
 def load_file(where: str, path: str | os.PathLike, *, device: str | torch.device = "cpu",

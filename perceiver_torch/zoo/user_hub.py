@@ -14,6 +14,10 @@ nobody has checked it. Loading one is as safe as loading a local file, and never
    size, its sha256 checked against the ETag before it enters the Hub cache) and loaded by ``load_model``
    (safetensors only, strict: no code runs).
 
+The CLI takes 1 and 2 before it reads the user's inputs (`hub_metadata`) and hands what it learned to the
+load (`hub_checkpoint`'s `header`), which takes neither again. 3 keeps its own HEAD, at the commit: 1's answer,
+for a branch, may locate another commit's file by then.
+
 ``HF_HUB_OFFLINE=1`` loads what the cache holds for the revision (``refs/<branch>`` as huggingface_hub
 writes it); a cached file whose blob is named by a sha256 is checked against it first.
 """
@@ -24,6 +28,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
 
@@ -49,6 +54,17 @@ MetadataCheck = Callable[[dict[str, str]], None]
 
 class HubError(ZooError):
     """A checkpoint cannot be pushed to, or pulled from, a Hub repo named by the user (``hf-hub:owner/name``)."""
+
+
+@dataclass(frozen=True)
+class HubHeader:
+    """What `hub_metadata` learned of a repo's ``model.safetensors`` at a revision: the commit it is, the
+    checked metadata of its header and (online) the artifact the server's HEAD answer pinned (commit, size,
+    sha256). Given to `hub_checkpoint`, loading that commit asks for neither again."""
+
+    commit: str
+    metadata: dict[str, str]
+    artifact: dict | None = None  # None offline: the cache's file, checked when it is loaded
 
 
 def is_hub_name(value) -> TypeGuard[str]:
@@ -81,20 +97,35 @@ def checked_revision(revision) -> str:
 
 
 def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, cache: str | os.PathLike | None = None,
-                   check: MetadataCheck | None = None) -> Path:
+                   check: MetadataCheck | None = None, header: HubHeader | None = None) -> Path:
     """The cached ``model.safetensors`` of `repo_id` at `revision`, downloaded (bounded, header checked by
-    `check` first) if the cache lacks that commit's file; only the cache with HF_HUB_OFFLINE set."""
+    `check` first) if the cache lacks that commit's file; only the cache with HF_HUB_OFFLINE set. `header`,
+    what `hub_metadata` read at the commit `revision` names, stands for the HEAD answer and the header read."""
     cache_root = Path(cache) if cache else cache_dir()
     what = f"{HUB_PREFIX}{repo_id}"
     if is_offline():
         return _offline(repo_id, revision, cache_root, what)
     where = hub_endpoint(endpoint)
-    url, meta, artifact = _announced_artifact(repo_id, revision, where, what)
-    if check is not None and not snapshot_path(cache_root, artifact).exists():
-        check(_remote_metadata(url, meta, artifact, what))
+    if header is not None and header.artifact is not None:  # asked and read at this commit already
+        artifact = _read_at(header.artifact, repo_id, revision)
+        if check is not None:  # cached or not: the header read is what the caller decides on
+            check(header.metadata)
+    else:
+        url, meta, artifact = _announced_artifact(repo_id, revision, where, what)
+        if check is not None and not snapshot_path(cache_root, artifact).exists():
+            check(_remote_metadata(url, meta, artifact, what, where))
     path, _ = from_endpoint(what, artifact, where, cache_root)
     record_revision(repo_id, revision, artifact["revision"], cache=cache_root)
     return path
+
+
+def _read_at(artifact: dict, repo_id: str, revision: str) -> dict:
+    """A `HubHeader`'s artifact, refused unless it pins `repo_id`'s file at the commit `revision`: what is
+    loaded must be what was read."""
+    if (artifact["repo_id"], artifact["revision"]) != (repo_id, revision):
+        raise ValueError(f"{HUB_PREFIX}{repo_id} at revision {revision!r}: the header given was read for "
+                         f"{HUB_PREFIX}{artifact['repo_id']} at commit {artifact['revision']}.")
+    return artifact
 
 
 def record_revision(repo_id: str, revision: str, commit: str, *, cache: str | os.PathLike | None = None) -> None:
@@ -112,22 +143,25 @@ def record_revision(repo_id: str, revision: str, commit: str, *, cache: str | os
 
 
 def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
-                 cache: str | os.PathLike | None = None) -> tuple[str, dict[str, str]]:
+                 cache: str | os.PathLike | None = None) -> HubHeader:
     """The commit `revision` is and the checked perceiver-torch metadata (task, config) of the repo's
     ``model.safetensors`` there, its body not downloaded: from the cache if it holds that commit's file, else
     from the file's header on the server (two range requests); with HF_HUB_OFFLINE set, the cache's file for
-    `revision`. What the CLI needs to know of a model before it reads the user's inputs."""
+    `revision`. What the CLI needs to know of a model before it reads the user's inputs, and then passes to
+    `hub_checkpoint` to load it."""
     cache_root = Path(cache) if cache else cache_dir()
     what = f"{HUB_PREFIX}{repo_id}"
     if is_offline():  # the file's sha256 is checked when it is loaded, not twice
         cached = _offline_file(repo_id, revision, cache_root, what)
-        commit = cached.parent.name  # snapshots/<commit>/model.safetensors
+        commit, artifact = cached.parent.name, None  # snapshots/<commit>/model.safetensors
     else:
-        url, meta, artifact = _announced_artifact(repo_id, revision, hub_endpoint(endpoint), what)
+        where = hub_endpoint(endpoint)
+        url, meta, artifact = _announced_artifact(repo_id, revision, where, what)
         commit, cached = artifact["revision"], snapshot_path(cache_root, artifact)
         if not cached.exists():
-            return commit, _remote_metadata(url, meta, artifact, what)
-    return commit, checked_metadata(f"{what}@{commit}/{FILENAME} (cached as {cached})", read_header(cached))
+            return HubHeader(commit, _remote_metadata(url, meta, artifact, what, where), artifact)
+    source = f"{what}@{commit}/{FILENAME} (cached as {cached})"
+    return HubHeader(commit, checked_metadata(source, read_header(cached)), artifact)
 
 
 def _announced_artifact(repo_id: str, revision: str, where: str, what: str) -> tuple[str, HfFileMetadata, dict]:
@@ -174,11 +208,14 @@ def _announced(url: str, endpoint: str, what: str) -> HfFileMetadata:
     return meta
 
 
-def _remote_metadata(url: str, meta: HfFileMetadata, artifact: dict, what: str) -> dict[str, str]:
-    """The checked perceiver-torch metadata of the remote file `artifact` pins (HEAD answer `meta`), from its
-    first bytes: two range requests, for the header's length and then the header (at most MAX_HEADER_BYTES)."""
+def _remote_metadata(url: str, meta: HfFileMetadata, artifact: dict, what: str, where: str) -> dict[str, str]:
+    """The checked perceiver-torch metadata of the remote file `artifact` pins (HEAD answer `meta` for `url`, on
+    endpoint `where`), from its first bytes: two range requests, for the header's length and then the header (at
+    most MAX_HEADER_BYTES)."""
     headers = build_hf_headers()
     location = download_location(url, meta, headers)
+    if location == url:  # not redirected (a self-hosted endpoint): a branch's URL may serve a newer commit by now
+        location = hf_hub_url(artifact["repo_id"], FILENAME, revision=artifact["revision"], endpoint=where)
     size, source = artifact["size"], f"{what}@{artifact['revision']}/{FILENAME}"
     length = header_length(_read_range(location, headers, 0, 8, source), size, source)
     return checked_metadata(source, parse_header(_read_range(location, headers, 8, 8 + length, source), size, source))
