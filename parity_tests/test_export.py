@@ -346,10 +346,31 @@ def test_cli_takes_the_format_from_an_onnx_suffix(tmp_path, monkeypatch, capsys)
 
 def test_cli_fails_when_the_export_does_not_match_eager(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("perceiver_torch.zoo.cli.max_errors", lambda *a, **k: {1: 0.0, 3: 3e-3})
-    out = tmp_path / "lm.pt2"
+    """The file is put in place only once it matches: a mismatch leaves nothing at --output, in a folder the export
+    had to create, and an earlier file there (replaced with --force) as it was."""
+    out = tmp_path / "new" / "lm.pt2"
+    argv = ["--manifest", str(TEST_MANIFEST), "export", "tiny-language-perceiver", "-o", str(out)]
     with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
-        assert zoo_cli(["--manifest", str(TEST_MANIFEST), "export", "tiny-language-perceiver", "-o", str(out)]) == 1
-    assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {out} does not match the eager model within 1e-05"
+        assert zoo_cli(argv) == 1
+        assert capsys.readouterr().err.strip() == "perceiver-zoo: error: the export does not match the eager model " \
+                                                  f"within 1e-05; nothing was written to {out}"
+        assert not out.parent.exists()
+        out.parent.mkdir()
+        out.write_bytes(b"an earlier export")
+        assert zoo_cli([*argv, "--force"]) == 1
+    assert out.read_bytes() == b"an earlier export" and [p.name for p in out.parent.iterdir()] == ["lm.pt2"]
+
+
+def test_cli_export_interrupted_while_verifying_leaves_no_file(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):  # Ctrl-C while the export is run against eager
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("perceiver_torch.zoo.cli.max_errors", interrupted)
+    with hub_env(monkeypatch, TEST_HUB, tmp_path / "cache"):
+        assert zoo_cli(["--manifest", str(TEST_MANIFEST), "export", "tiny-language-perceiver", "-o",
+                        str(tmp_path / "out" / "lm.pt2")]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "perceiver-zoo: interrupted; no file was left half-written."
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("shift", [10**6, 1, -1, -10**3])

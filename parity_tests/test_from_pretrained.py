@@ -107,6 +107,10 @@ def test_save_pretrained_writes_a_directory_from_pretrained_reads(family, tmp_pa
     assert_same_weights(TASK_MODELS[task].from_pretrained(str(directory)), model)
     assert model.save_pretrained(directory) == written  # again: replaced in place
     assert_same_weights(pt.load_model(written), model)
+    with pytest.raises(pt.CheckpointFormatError, match=rf"is a directory, not a safetensors file \(a save_pretrained "
+                                                       rf"directory: load it with from_pretrained, or name "
+                                                       rf"{re.escape(str(written))}\)"):
+        pt.load_model(directory)  # load_model reads files only: the error says what does read a directory
     other = next(cls for t, cls in TASK_MODELS.items() if t != task)
     with pytest.raises(pt.CheckpointFormatError, match=rf"{re.escape(str(written))} holds a "
                                                        rf"{TASK_MODELS[task].__name__}"):

@@ -108,6 +108,24 @@ def test_classify_refuses_unit_scaled_and_out_of_range_pixels(models):
     assert len(model.classify(np.zeros((20, 24, 3), np.float32))) == 5  # black is black on either scale
 
 
+def test_nan_inputs_are_named_as_nan_not_as_a_range(models):
+    """A NaN anywhere makes torch.aminmax NaN: the refusal says NaN, not 'values in [nan, nan]'."""
+    images, audio = _clip(models["video_autoencoding"])
+    frame, nan = torch.zeros(1, 3, 12, 16), float("nan")
+    holed = frame.index_fill(3, torch.tensor([2]), nan)
+    calls = {
+        "PerceiverForImageClassification.forward: images": lambda: models["imagenet"](torch.full((1, 3, 16, 16), nan)),
+        "PerceiverForOpticalFlow.forward: image2": lambda: models["optical_flow"](frame, holed),
+        "PerceiverForMultimodalAutoencoding.forward: audio": lambda: models["video_autoencoding"](
+            images, audio.index_fill(1, torch.tensor([0]), nan)),
+    }
+    for where, call in calls.items():
+        with pytest.raises(ValueError) as info:
+            call()
+        assert str(info.value).startswith(f"{where} holds NaN (not a number) values; it must "), str(info.value)
+        assert "nan]" not in str(info.value)
+
+
 # ---- optical flow ----
 
 def test_flow_refuses_unscaled_frames_in_forward_and_estimate_flow(models):

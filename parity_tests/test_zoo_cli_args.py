@@ -4,11 +4,19 @@ nothing pulled, traced or left behind."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from parity_tests.zoo_support import TEST_HUB, TEST_MANIFEST, cached_files, hub_env
+from perceiver_torch import create_model, load_model
 from perceiver_torch.zoo.cli import main as zoo_cli
+
+REPO = Path(__file__).resolve().parents[1]
 
 MANIFEST = ["--manifest", str(TEST_MANIFEST)]
 
@@ -94,3 +102,29 @@ def test_an_interrupted_pull_says_so_without_a_traceback(capsys, hub, tmp_path, 
     assert zoo_cli([*MANIFEST, "pull", "tiny-language-perceiver"]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == "perceiver-zoo: interrupted; no file was left half-written."
     assert cached_files(tmp_path / "cache") == []  # the temp file and the folders made for it are gone
+
+
+def test_the_meta_device_is_refused_before_the_pull_and_kept_for_the_untrained_architecture(tmp_path, capsys, hub):
+    """Weights cannot be loaded onto the meta device: refused as a device, not reported as a broken file."""
+    message = "device 'meta' holds no data, so no weights can be loaded onto it: give cpu or cuda"
+    _refused(capsys, hub, tmp_path, [*MANIFEST, "predict", "tiny-language-perceiver", "x", "--device", "meta"], 1,
+             f"perceiver-zoo: error: {message}")
+    for load in (lambda: create_model("tiny-language-perceiver", device="meta", manifest=TEST_MANIFEST),
+                 lambda: create_model("hf-hub:someone/model", device="meta"),
+                 lambda: load_model(tmp_path / "missing.safetensors", device=torch.device("meta"))):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load()
+    assert hub.requests == 0 and cached_files(tmp_path / "cache") == []
+    untrained = create_model("tiny-language-perceiver", pretrained=False, device="meta", manifest=TEST_MANIFEST)
+    assert all(p.is_meta for p in untrained.parameters())
+
+
+def test_a_reader_that_closes_stdout_early_ends_the_cli_quietly():
+    """`perceiver-zoo list | head -1`: the closed pipe is a quiet exit (status 141, as SIGPIPE's), not an error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the CLI writes a byte: every write meets a closed pipe
+    with subprocess.Popen([sys.executable, "-m", "perceiver_torch.zoo.cli", "list"], stdout=write_end,
+                          stderr=subprocess.PIPE, cwd=REPO) as cli:
+        os.close(write_end)
+        err = cli.stderr.read() if cli.stderr else b""
+    assert (cli.returncode, err) == (141, b"")

@@ -84,7 +84,8 @@ def test_language_prints_the_filled_texts_from_args_and_stdin(files, capsys, mon
     code, out, err = _run(capsys, ["predict", files["language"], TEXTS[0], "-", TEXTS[1]],
                           stdin="\n".join(stdin_texts) + "\n", monkeypatch=monkeypatch)
     assert code == 0 and err == ""
-    assert out == "".join(f"{text}\n" for text in wanted)
+    # The golden model (random weights) predicts byte 0x19, a control character: printed escaped (see below).
+    assert "\x19" in wanted[0] and out == "".join(f"{text}\n".replace("\x19", "\\x19") for text in wanted)
 
     code, out, _ = _run(capsys, ["predict", files["language"], *TEXTS, "--json"])
     assert code == 0
@@ -93,12 +94,26 @@ def test_language_prints_the_filled_texts_from_args_and_stdin(files, capsys, mon
                                            for t, o in zip(TEXTS, model.fill_masked(TEXTS), strict=True)]}
 
 
+def test_predicted_control_bytes_are_printed_escaped_and_unmasked_texts_noted(files, capsys, monkeypatch):
+    """A byte-level model may predict any byte: printed, none moves the cursor, rewrites the terminal or splits a
+    text's line (--json keeps them, JSON-escaped); a text without the marker is noted on stderr."""
+    predicted = ["\x1b[2Jwiped\nsecond line\x9b", "tab\tkept, caf\u00e9", "plain"]
+    monkeypatch.setattr(pt.PerceiverForMaskedLM, "fill_masked", lambda self, texts, mask="[MASK]": predicted)
+    texts = ["[MASK][MASK][MASK][MASK]", "x[MASK]", "no marker"]
+    code, out, err = _run(capsys, ["predict", files["language"], *texts])
+    assert code == 0 and out.splitlines() == ["\\x1b[2Jwiped\\x0asecond line\\x9b", "tab\tkept, caf\u00e9", "plain"]
+    assert err == "perceiver-zoo: note: 1 of 3 texts hold no [MASK] marker; they are printed as given (--mask sets " \
+                  "another marker)\n"
+    code, out, _ = _run(capsys, ["predict", files["language"], *texts, "--json"])
+    assert [r["output"] for r in json.loads(out)["results"]] == predicted and "\x1b" not in out
+
+
 def test_a_save_pretrained_directory_is_a_model(files, capsys, tmp_path):
     """MODEL is what from_pretrained reads: a save_pretrained directory too (its model.safetensors)."""
     model = pt.load_model(files["language"])
     model.save_pretrained(tmp_path / "my-lm")
     code, out, _ = _run(capsys, ["predict", str(tmp_path / "my-lm"), TEXTS[0]])
-    assert code == 0 and out == model.fill_masked(TEXTS[0]) + "\n"
+    assert code == 0 and out == model.fill_masked(TEXTS[0]).replace("\x19", "\\x19") + "\n"  # escaped, as above
     (tmp_path / "empty").mkdir()
     assert zoo_cli(["predict", str(tmp_path / "empty"), "x"]) == 1
     assert capsys.readouterr().err == f"perceiver-zoo: error: {tmp_path / 'empty'} is a directory without a " \
@@ -341,6 +356,15 @@ def test_output_problems_are_refused_before_the_model_is_loaded(files, refused, 
     refused(_flow_args(files, "frame1.png", "frame2.png", output=str(existing)), 1,
             f"{existing} exists; pass --force to replace it")
     assert existing.read_bytes() == b"keep" and blocker.read_text() == "x"
+    frames = [tmp_path / "first.png", tmp_path / "second.png"]
+    for frame, name in zip(frames, ("frame1.png", "frame2.png"), strict=True):
+        frame.write_bytes(Path(files[name]).read_bytes())
+    for output in (frames[1], tmp_path / "link.png"):  # --force replaces a result, never an input (nor its link)
+        if output.name == "link.png":
+            output.symlink_to(frames[1])
+        refused(["predict", files["optical_flow"], *map(str, frames), "-o", str(output), "--force"], 1,
+                f"--output {output} is the input frame {frames[1]}; give another output path")
+    assert frames[1].read_bytes() == Path(files["frame2.png"]).read_bytes()
 
 
 def test_images_without_pillow_name_the_extra(files, refused, monkeypatch):

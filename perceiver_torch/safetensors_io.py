@@ -132,7 +132,9 @@ def read_header(path: str | os.PathLike) -> Header:
     except FileNotFoundError:
         raise
     except IsADirectoryError:
-        raise CheckpointFormatError(f"{path} is a directory, not a safetensors file.") from None
+        hint = (f" (a save_pretrained directory: load it with from_pretrained, or name {path / 'model.safetensors'})"
+                if (path / "model.safetensors").is_file() else "")
+        raise CheckpointFormatError(f"{path} is a directory, not a safetensors file{hint}.") from None
     except OSError as exc:
         raise CheckpointFormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_header(raw, size, path)

@@ -249,6 +249,15 @@ def usable_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def loading_device(device: str | torch.device) -> torch.device:
+    """`usable_device(device)`, refusing the meta device: weights read from a file need one that holds data."""
+    device = usable_device(device)
+    if device.type == "meta":
+        raise ValueError("device 'meta' holds no data, so no weights can be loaded onto it: give cpu or cuda; for the "
+                         "architecture alone, create_model(name, pretrained=False, device='meta') or build_on_meta")
+    return device
+
+
 # The floating dtypes a model runs in (README, "Precision"), by the names perceiver-parity --dtype uses.
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                 "float64": torch.float64}
@@ -299,7 +308,7 @@ def load_model(path, device: str | torch.device = "cpu", *, dtype: str | torch.d
     zoo: one converted for another entry) checks the header this call reads instead of
     reading it a second time.
     """
-    device, dtype = usable_device(device), model_dtype(dtype)
+    device, dtype = loading_device(device), model_dtype(dtype)
     path = Path(path)
     header = read_header(path)
     meta = _metadata(path, header)

@@ -14,6 +14,8 @@ there by `torch._assert_async`, which needs no sync: `check_indices`); the
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..integers import is_int
@@ -59,6 +61,8 @@ def check_range(where: str, name: str, tensor: torch.Tensor, low: float, high: f
         return
     lowest, highest = (float(v) for v in torch.aminmax(tensor.detach()))
     if not (low <= lowest and highest <= high):  # written so that NaN fails
+        if math.isnan(lowest) or math.isnan(highest):  # aminmax propagates NaN: the range would read [nan, nan]
+            raise ValueError(f"{where}: {name} holds NaN (not a number) values; it {expected}.")
         raise ValueError(f"{where}: {name} {expected}; got values in [{lowest:g}, {highest:g}].")
 
 

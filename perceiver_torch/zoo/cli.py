@@ -30,11 +30,11 @@ from ..export import (
     max_errors,
     onnx_runner,
 )
-from ..serialization import MODEL_DTYPES, build_on_meta, usable_device
+from ..serialization import MODEL_DTYPES, atomic_write, build_on_meta, loading_device
 from .hub import ZooError, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
 from .model_arg import Target, load_target, resolve_model, source_kind
-from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, read_inputs, resolve, run
+from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, read_inputs, resolve, run, unmasked_note
 from .pretrained import zoo_entry
 from .push import push_to_hub
 from .schema import is_repo_id
@@ -107,34 +107,56 @@ def _export_source(args) -> torch.nn.Module:
     return load_target(target, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror, manifest=args.manifest)
 
 
+class ExportMismatch(ValueError):
+    """The exported program does not match the eager model within VERIFY_TOLERANCE."""
+
+
 def _export(args) -> int:
+    """Export, and with --verify (the default) put the file in place only once it matches the eager model: a
+    refused or interrupted export leaves nothing at --output (an earlier file there stays as it was)."""
     model = _export_source(args)
-    path = export_model(model, args.output, batch=args.batch, format=args.format, chunks=args.chunks)
+
+    def write(tmp: str) -> None:
+        export_model(model, tmp, batch=args.batch, format=args.format, chunks=args.chunks)
+        if args.verify:
+            _verify(model, tmp, args)
+
+    try:
+        path = atomic_write(args.output, write)
+    except ExportMismatch as exc:
+        print(f"perceiver-zoo: error: {exc}", file=sys.stderr)
+        return 1
     print(f"{args.name}: exported ({args.format}, {args.dtype}, dynamic batch) to {path}")
-    if args.verify:
-        run = _load_pt2(path) if args.format == "pt2" else onnx_runner(path)
-        exact = args.dtype in ("float32", "float64")  # reduced precision: program and eager may differ in kernels
-        errors = max_errors(model, run, chunks=args.chunks, relative=not exact)
-        what = "max |exported - eager|" if exact else "max |exported - eager| / max |eager|"
-        print(f"{what}: " + ", ".join(f"{e:.2e} at batch {b}" for b, e in errors.items()))
-        tolerance = VERIFY_TOLERANCE[exact]
-        if not max(errors.values()) <= tolerance:  # NaN fails too
-            print(f"perceiver-zoo: error: {path} does not match the eager model within {tolerance:.0e}",
-                  file=sys.stderr)
-            return 1
     return 0
+
+
+def _verify(model: torch.nn.Module, path: str, args) -> None:
+    """Run the export at `path` against the eager model at batch sizes 1 and 3; print the errors, and raise
+    ExportMismatch (naming --output) above the tolerance."""
+    run = _load_pt2(path) if args.format == "pt2" else onnx_runner(path)
+    exact = args.dtype in ("float32", "float64")  # reduced precision: program and eager may differ in kernels
+    errors = max_errors(model, run, chunks=args.chunks, relative=not exact)
+    what = "max |exported - eager|" if exact else "max |exported - eager| / max |eager|"
+    print(f"{what}: " + ", ".join(f"{e:.2e} at batch {b}" for b, e in errors.items()))
+    tolerance = VERIFY_TOLERANCE[exact]
+    if not max(errors.values()) <= tolerance:  # NaN fails too
+        raise ExportMismatch(f"the export does not match the eager model within {tolerance:.0e}; nothing was "
+                             f"written to {args.output}")
 
 
 def _predict(args) -> int:
     """Everything that can be refused (device, MODEL, options, inputs) before the model is pulled or loaded."""
-    device = usable_device(args.device)
+    device = loading_device(args.device)
     target = resolve(args.model, args.manifest, revision=args.revision, endpoint=args.endpoint)
-    check_options(target, args.k, args.mask, args.output, args.force)
+    check_options(target, args.k, args.mask, args.output, args.force, args.inputs)
     inputs = read_inputs(target, args.inputs, sys.stdin, args.mask)
     model = load_target(target, device=device, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror,
                         manifest=args.manifest)
     result = run(target, model, inputs, k=args.k, mask=args.mask, output=args.output)
     print(json.dumps(result, ensure_ascii=False, indent=1) if args.json else "\n".join(lines(result)))
+    note = unmasked_note(result, args.mask)
+    if note is not None:
+        print(f"perceiver-zoo: note: {note}", file=sys.stderr)
     return 0
 
 
@@ -198,6 +220,20 @@ def _load_pt2(path):
     # Through a file object: given a path, torch.export.load warns unless the name ends in .pt2.
     with open(path, "rb") as f:
         return torch.export.load(f).module()
+
+
+def _run(args) -> int:
+    if args.command == "list":
+        return _list(args.manifest)
+    if args.command == "info":
+        return _info(args)
+    if args.command == "export":
+        return _export(args)
+    if args.command == "predict":
+        return _predict(args)
+    if args.command == "push":
+        return _push(args)
+    return _pull(args.name, args.endpoint, args.mirror, args.manifest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,22 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "push":
         _check_push_args(push, args)
     try:
-        if args.command == "list":
-            return _list(args.manifest)
-        if args.command == "info":
-            return _info(args)
-        if args.command == "export":
-            return _export(args)
-        if args.command == "predict":
-            return _predict(args)
-        if args.command == "push":
-            return _push(args)
-        return _pull(args.name, args.endpoint, args.mirror, args.manifest)
+        status = _run(args)
+        sys.stdout.flush()  # a reader that has gone (| head) is found here, not at the interpreter's exit
+        return status
+    except BrokenPipeError:  # stdout's reader closed it early: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + 13  # what a tool killed by SIGPIPE exits with
     except (ZooError, ValueError, ImportError, OSError) as exc:  # ManifestError, UnknownModelError are ValueErrors
         print(f"perceiver-zoo: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # outputs are written atomically, so none is left half-written; but export writes its
-        # file before verifying it, and predict its flow before the summary line: "nothing was written" would be untrue
+    except KeyboardInterrupt:  # outputs are written atomically (export's once verified), so none is left
+        # half-written; but predict writes its flow before the summary line: "nothing was written" could be untrue
         print("perceiver-zoo: interrupted; no file was left half-written.", file=sys.stderr)
         return 130
 

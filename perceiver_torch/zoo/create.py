@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config_schema import parse_config_json
-from ..serialization import load_model, model_dtype, usable_device
+from ..serialization import load_model, loading_device, model_dtype
 from . import hub
 from .user_hub import HubHeader, MetadataCheck, checked_revision, hub_checkpoint, hub_repo_id, is_hub_name
 
@@ -53,7 +53,7 @@ def create_hub_model(name: str, *, revision: str | None = None, num_classes: int
     and again by `load_model` before anything is built. `header`, what `user_hub.hub_metadata` read at the
     commit `revision` names, is that header: the server is not asked for it again.
     """
-    device, dtype = usable_device(device), model_dtype(dtype)  # before anything is downloaded or built
+    device, dtype = loading_device(device), model_dtype(dtype)  # before anything is downloaded or built
     repo_id, revision = hub_repo_id(name), checked_revision(revision)
     what = f"{name} (revision {revision!r})"
 

@@ -32,7 +32,7 @@ from ..config_schema import ConfigError, parse_config_json, validate_config
 from ..hashing import sha256_stream
 from ..integers import is_int
 from ..registry import build_model, preset
-from ..serialization import build_on_meta, load_model, model_dtype, usable_device
+from ..serialization import build_on_meta, load_model, loading_device, model_dtype, usable_device
 from .download import RefusedAnswer, download, pinned_by, repo_cache_dir, snapshot_path
 from .manifest import get_entry, manifest_path
 from .schema import ManifestError
@@ -302,7 +302,8 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
     """
     if not isinstance(pretrained, bool):  # "False" is truthy: it would download
         raise TypeError(f"pretrained must be True or False; got {pretrained!r}.")
-    device, dtype = usable_device(device), model_dtype(dtype)  # before anything is downloaded or built
+    # Checked before anything is downloaded or built; the meta device only for the untrained architecture.
+    device, dtype = (loading_device if pretrained else usable_device)(device), model_dtype(dtype)
     entry = get_entry(name, manifest)
     config = entry_config(entry)
     num_classes = checked_num_classes(f"zoo model {name!r}", entry["task"], config, num_classes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, cast
@@ -50,8 +51,10 @@ def resolve(model: str, manifest=None, *, revision: str | None = None, endpoint:
     return target
 
 
-def check_options(target: Target, k: int | None, mask: str | None, output: str | None, force: bool) -> None:
-    """Refuse an option of another task, a -k the model cannot give, and an output that cannot be written."""
+def check_options(target: Target, k: int | None, mask: str | None, output: str | None, force: bool,
+                  inputs: list[str]) -> None:
+    """Refuse an option of another task, a -k the model cannot give, and an output that cannot be written (or is
+    one of the `inputs`: --force replaces an earlier result, never the frames it is computed from)."""
     for flag, given in (("-k", k), ("--mask", mask), ("--output", output)):
         if given is not None and OPTION_TASKS[flag] != target.task:
             raise PredictError(f"{flag} applies to {OPTION_TASKS[flag]} models; {target.model} is a {target.task} "
@@ -68,6 +71,9 @@ def check_options(target: Target, k: int | None, mask: str | None, output: str |
             raise PredictError(f"{target.model} is an optical-flow model: give --output FILE (.npy: the flow "
                                f"{FLOW_LAYOUT}; .png: its colour coding)")
         check_output_path(output)  # a directory, a folder that is a file or not writable
+        for name in inputs:
+            if os.path.exists(output) and os.path.exists(name) and os.path.samefile(name, output):
+                raise PredictError(f"--output {output} is the input frame {name}; give another output path")
         if os.path.lexists(output) and not force:
             raise PredictError(f"{output} exists; pass --force to replace it")
 
@@ -193,8 +199,8 @@ def _flow(model: PerceiverForOpticalFlow, inputs: Inputs, output: str) -> dict:
 def lines(result: dict) -> list[str]:
     """`run`'s result as the lines the CLI prints without --json."""
     task, results = result["task"], result["results"]
-    if task == "language":
-        return [r["output"] for r in results]
+    if task == "language":  # one line per text, whatever bytes the model predicted
+        return [_CONTROL.sub(lambda c: f"\\x{ord(c.group()):02x}", r["output"]) for r in results]
     if task == "imagenet":
         out = []
         for r in results:
@@ -206,6 +212,21 @@ def lines(result: dict) -> list[str]:
     what = "its colour coding" if flow["output"].lower().endswith(".png") else "dx, dy as [2, H, W] float32"
     return [f"flow {height}x{width} written to {flow['output']} ({what}); mean magnitude "
             f"{_px(flow['mean_magnitude'])} px, max {_px(flow['max_magnitude'])} px"]
+
+
+# Control characters a model may predict (a byte-level model predicts any byte): shown escaped, so that no
+# prediction moves the cursor, rewrites the terminal or breaks a text's line in two. Tab is left as it is.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def unmasked_note(result: dict, mask: str | None) -> str | None:
+    """A note on texts that hold no mask marker (printed unchanged: nothing to fill), else None."""
+    marker = DEFAULT_MASK if mask is None else mask
+    unmasked = [r for r in result["results"] if marker not in r["input"]] if result["task"] == "language" else []
+    if not unmasked:
+        return None
+    return (f"{len(unmasked)} of {len(result['results'])} texts hold no {marker} marker; they are printed as given "
+            f"(--mask sets another marker)")
 
 
 def _px(value: float) -> str:
