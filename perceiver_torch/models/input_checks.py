@@ -74,7 +74,7 @@ def check_float(where: str, name: str, value, expected: str) -> None:
         raise TypeError(f"{where}: {name} must be {expected}; got {describe(value)}.")
 
 
-def check_latents(where: str, latents, shape: tuple[int, int]) -> None:
+def check_latents(where: str, latents, shape: tuple[int, int] | torch.Size) -> None:
     """Refuse what `forward_features` does not give: a floating-point tensor [B, *shape], B >= 1.
 
     `shape` is (num_latents, num_features), the encoder's learned latents' own.
