@@ -134,3 +134,18 @@ def test_an_imagenet_classifier_must_project_to_its_classes():
                         "projection the logits would be the decoder query's channels, not num_classes"]
     config["decoder"]["final_project"] = True
     assert config_problems("imagenet", config) == []
+
+
+def test_a_language_decoder_queries_every_text_position():
+    """Fewer queries than max_seq_len would have forward return fewer positions than the text has, silently."""
+    config = golden_config("language")
+    for dims in (32, [32], 65):
+        config["decoder"]["output_index_dims"] = dims
+        assert config_problems("language", config) == [
+            f"decoder.output_index_dims: found {dims}; expected 64, the max_seq_len (one query per text position), "
+            "or left out"]
+    for dims in (64, [64]):
+        config["decoder"]["output_index_dims"] = dims
+        assert config_problems("language", config) == []
+    del config["decoder"]["output_index_dims"]
+    assert config_problems("language", config) == []

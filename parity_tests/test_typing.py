@@ -72,6 +72,8 @@ USER_SCRIPT = textwrap.dedent("""
     reveal_type(lm(ids))  # expect: Any
     reveal_type(lm.forward(ids, torch.ones_like(ids)))  # expect: torch._tensor.Tensor
     reveal_type(lm.forward_features(ids))  # expect: torch._tensor.Tensor
+    reveal_type(lm.forward_head(lm.forward_features(ids), length=8, pre_logits=True))  # expect: torch._tensor.Tensor
+    reveal_type(lm.head_hidden_size)  # expect: builtins.int
     reveal_type(lm.tokenizer.encode("text"))  # expect: builtins.list[builtins.int]
     reveal_type(lm.fill_masked("a [MASK]"))  # expect: builtins.str
     reveal_type(lm.fill_masked(["a [MASK]", "b"]))  # expect: builtins.list[builtins.str]

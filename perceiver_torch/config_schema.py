@@ -227,6 +227,16 @@ def _same_latent_width(config: Mapping, path: str, problems: list[str]) -> None:
                         f"{encoder['num_z_channels']}, the encoder's num_z_channels (the latents it decodes)")
 
 
+def _decodes_every_position(config: Mapping, path: str, problems: list[str]) -> None:
+    """The language decoder's queries are the text's positions: `forward` takes the first T of them, so there
+    must be one for each of max_seq_len (fewer would return fewer positions than the text has)."""
+    dims, max_len = config.get("decoder", {}).get("output_index_dims"), config.get("max_seq_len")
+    found = dims[0] if isinstance(dims, (list, tuple)) else dims
+    if found is not None and max_len is not None and found != max_len:
+        problems.append(f"decoder.output_index_dims: found {dims}; expected {max_len}, the max_seq_len (one query "
+                        "per text position), or left out")
+
+
 def _classifier_projects(config: Mapping, path: str, problems: list[str]) -> None:
     """An ImageNet classifier's logits are its decoder's final projection, num_classes wide."""
     decoder = config.get("decoder")
@@ -307,7 +317,7 @@ LANGUAGE = Section(
         ),
     },
     frozenset({"d_model", "max_seq_len", "vocab_size", "encoder", "decoder"}),
-    (_same_latent_width,),
+    (_same_latent_width, _decodes_every_position),
 )
 
 IMAGE_PREPROCESSOR = Section(

@@ -19,7 +19,7 @@ from ..layers import Perceiver, PerceiverEncoder
 from ..layers.decoders import ClassificationDecoder
 from ..layers.image import ImagePreprocessor
 from ..layers.precision import FinalLinear
-from .input_checks import check_batch, check_count, check_float, check_range, check_top_k, describe
+from .input_checks import check_batch, check_count, check_flag, check_float, check_latents, check_range, check_top_k
 from .owned_config import check_own_config, own_config
 from .pretrained import PretrainedMixin
 
@@ -137,10 +137,9 @@ class PerceiverForImageClassification(PretrainedMixin, Perceiver):
         With `pre_logits=True`, the classifier's input instead: the decoder's one query after it attends to
         the latents, [B, head_hidden_size], an image embedding.
         """
-        if not isinstance(pre_logits, bool):
-            raise TypeError(f"PerceiverForImageClassification.forward_head: pre_logits must be a bool; got "
-                            f"{type(pre_logits).__name__} {pre_logits!r}.")
-        self._check_latents(latents)
+        where = "PerceiverForImageClassification.forward_head"
+        check_flag(where, "pre_logits", pre_logits)
+        check_latents(where, latents, self._latent_shape)
         # Upstream takes the query's dtype from the preprocessed inputs; the latents' (the residual stream's,
         # precision.py) gives the same logits, measured bit for bit in float32, bf16 and under autocast.
         query = self.decoder.decoder_query(latents)
@@ -161,15 +160,6 @@ class PerceiverForImageClassification(PretrainedMixin, Perceiver):
     def _latent_shape(self) -> tuple[int, int]:
         num_latents, channels = self.encoder.latents.embeddings.shape
         return num_latents, channels
-
-    def _check_latents(self, latents: torch.Tensor) -> None:
-        where = "PerceiverForImageClassification.forward_head"
-        num_latents, channels = self._latent_shape
-        expected = f"[B, {num_latents}, {channels}] from forward_features"
-        check_float(where, "latents", latents, f"a floating-point tensor {expected}")
-        if latents.ndim != 3 or tuple(latents.shape[1:]) != (num_latents, channels):
-            raise ValueError(f"{where}: latents must be {expected}; got {describe(latents)}.")
-        check_batch(where, "latents", latents, expected)
 
     def transform(self, image) -> torch.Tensor:
         """The colab's preprocessing of one image (path, PIL image or [H, W, 3] array) -> [3, H, W]."""

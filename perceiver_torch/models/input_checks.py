@@ -78,6 +78,25 @@ def check_float(where: str, name: str, value, expected: str) -> None:
         raise TypeError(f"{where}: {name} must be {expected}; got {describe(value)}.")
 
 
+def check_latents(where: str, latents, shape: tuple[int, int] | torch.Size) -> None:
+    """Refuse what `forward_features` does not give: a floating-point tensor [B, *shape], B >= 1.
+
+    `shape` is (num_latents, num_features), the encoder's learned latents' own.
+    """
+    num_latents, channels = shape
+    expected = f"[B, {num_latents}, {channels}] from forward_features"
+    check_float(where, "latents", latents, f"a floating-point tensor {expected}")
+    if latents.ndim != 3 or tuple(latents.shape[1:]) != (num_latents, channels):
+        raise ValueError(f"{where}: latents must be {expected}; got {describe(latents)}.")
+    check_batch(where, "latents", latents, expected)
+
+
+def check_flag(where: str, name: str, value) -> None:
+    """Refuse a flag that is not a bool (bool('no') is True: a string or tensor would pass as a truth value)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: {name} must be a bool; got {type(value).__name__} {value!r}.")
+
+
 def check_binary(where: str, expected: str, mask: torch.Tensor, meaning: str) -> None:
     """Refuse mask values other than 0 and 1 where values may be read; `meaning` says what 1 and 0 are.
 
