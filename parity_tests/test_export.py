@@ -7,6 +7,9 @@ weights. Each export is traced at batch 2 and run at batch sizes 1 and 3. The ch
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +26,7 @@ from perceiver_torch.export import (
 from perceiver_torch.flow_tiling import stitch_tiles
 from perceiver_torch.layers import attention
 from perceiver_torch.saving import save_model
+from perceiver_torch.zoo import cli as cli_module
 from perceiver_torch.zoo import model_arg
 from perceiver_torch.zoo.cli import main as zoo_cli
 
@@ -454,3 +458,18 @@ def test_a_model_with_gradient_checkpointing_exports_and_matches_eager():
     assert model.training  # export restores the mode it found
     errors = max_errors(model, program.module(), batches=(1, 3))
     assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_cli_export_silences_the_exporters_own_noise(monkeypatch):
+    """What torch's exporters say about themselves (ONNX's "torchvision is not installed. Skipping ..." per op, a
+    pytree deprecation torch triggers internally) is not shown to perceiver-zoo export's users."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    monkeypatch.setattr(registry, "level", logging.NOTSET)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        cli_module._quiet_exporter_noise()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and "
+                      "treespec.is_leaf()` instead.", FutureWarning, stacklevel=1)
+        warnings.warn("a warning about the model itself", FutureWarning, stacklevel=1)
+    assert not registry.isEnabledFor(logging.WARNING) and registry.isEnabledFor(logging.ERROR)
+    assert [str(w.message) for w in shown] == ["a warning about the model itself"]

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import warnings
 from typing import cast
 
 import torch
@@ -115,6 +117,7 @@ def _export(args) -> int:
     """Export, and with --verify (the default) put the file in place only once it matches the eager model: a
     refused or interrupted export leaves nothing at --output (an earlier file there stays as it was)."""
     model = _export_source(args)
+    _quiet_exporter_noise()
 
     def write(tmp: str) -> None:
         export_model(model, tmp, batch=args.batch, format=args.format, chunks=args.chunks)
@@ -128,6 +131,14 @@ def _export(args) -> int:
         return 1
     print(f"{args.name}: exported ({args.format}, {args.dtype}, dynamic batch) to {path}")
     return 0
+
+
+def _quiet_exporter_noise() -> None:
+    """Silence what torch's exporters say about themselves, not about the model: the ONNX registry's "torchvision
+    is not installed" (one line per torchvision op) and a pytree deprecation torch triggers internally."""
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
 
 
 def _verify(model: torch.nn.Module, path: str, args) -> None:
