@@ -23,6 +23,7 @@ from typing import cast
 import torch
 import yaml
 
+from ..cli_exit import stdout_gone
 from ..export import (
     MAX_TRACE_BATCH,
     check_chunks,
@@ -338,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a reader that has gone (| head) is found here, not at the interpreter's exit
         return status
     except BrokenPipeError:  # stdout's reader closed it early: stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
-        return 128 + 13  # what a tool killed by SIGPIPE exits with
+        return stdout_gone()
     except (ZooError, ValueError, ImportError, OSError) as exc:  # ManifestError, UnknownModelError are ValueErrors
         print(f"perceiver-zoo: error: {exc}", file=sys.stderr)
         return 1
