@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--config", help="config.json (upstream constructor kwargs + model constants)")
     source.add_argument("--preset", choices=preset_names(), help="a released configuration")
     parser.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    parser.add_argument("--force", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
     if args.from_transformers and (args.checkpoint or args.config or args.preset):
         parser.error("--from-transformers reads the config from the model; give no CHECKPOINT, --config or --preset.")
@@ -51,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def write():
         if args.from_transformers:
-            return from_transformers(args.task, args.from_transformers, args.output, args.revision)
-        return convert(args.task, args.checkpoint, config, args.output)
+            return from_transformers(args.task, args.from_transformers, args.output, args.revision,
+                                     overwrite=args.force)
+        return convert(args.task, args.checkpoint, config, args.output, overwrite=args.force)
 
     try:
         return write_or_report(PROG, write,

@@ -60,8 +60,9 @@ def convert_tree(task: str, checkpoint: HaikuCheckpoint, config: dict) -> dict[s
     return _merge(task, checkpoint.flat(), config)
 
 
-def check_output(checkpoint_path: str | Path, output_path: str | Path) -> Path:
-    """The output path, unless it is a directory or the input checkpoint itself (same path or a link to it)."""
+def check_output(checkpoint_path: str | Path, output_path: str | Path, what: str = "the input checkpoint") -> Path:
+    """The output path, unless it is a directory or `what` `checkpoint_path` is, an input of the conversion (same
+    path or a link to it)."""
     out, src = Path(output_path), Path(checkpoint_path)
     if out.is_dir():
         raise ConversionError([f"output {out} is a directory; expected a file path such as "
@@ -72,18 +73,27 @@ def check_output(checkpoint_path: str | Path, output_path: str | Path) -> Path:
     except OSError:
         pass  # unreadable: not provably the same file; writing will report the problem
     if same:
-        raise ConversionError([f"output {out} is the input checkpoint {src} (or a link to it); writing it would "
+        raise ConversionError([f"output {out} is {what} {src} (or a link to it); writing it would "
                                "destroy the source: choose another output path"], "output")
     return out
 
 
-def convert(task: str, checkpoint_path: str | Path, config: Mapping | str | Path, output_path: str | Path) -> Path:
+def check_replaceable(output: Path, overwrite: bool) -> None:
+    """Refuse an existing `output` unless `overwrite` (the CLI's --force): checked after the inputs, so that an
+    output that is one of them is named as such rather than as merely existing."""
+    if not overwrite and os.path.lexists(output):
+        raise ConversionError([f"output {output} exists; pass --force (overwrite=True) to replace it"], "output")
+
+
+def convert(task: str, checkpoint_path: str | Path, config: Mapping | str | Path, output_path: str | Path, *,
+            overwrite: bool = True) -> Path:
     """Convert `checkpoint_path` (upstream pickle) to `output_path` (.safetensors); returns the path.
 
     The config is validated and the output path checked before anything is read. Nothing is
     written unless every parameter converts; the file is written atomically (a temp file of
     ours beside it, removed on any failure), with the task, full config, source sha256 and
-    converter version in its metadata.
+    converter version in its metadata. An existing `output_path` is replaced unless `overwrite` is
+    False (the CLI's default, without --force); never the checkpoint or the config file.
 
     Memory and time: the model exists only on the meta device, and the checkpoint's arrays stay
     in the file (`open_haiku_checkpoint`) until the writer asks for each in turn: it is read,
@@ -92,9 +102,13 @@ def convert(task: str, checkpoint_path: str | Path, config: Mapping | str | Path
     source's sha256 is computed on a second thread meanwhile.
     """
     task_spec(task)  # an unknown task is named as such, before its config is judged
-    source = f"{task} config" if isinstance(config, Mapping) else str(config)
+    config_path = None if isinstance(config, Mapping) else config
+    source = f"{task} config" if config_path is None else str(config_path)
     config = validate_config(task, load_config(config), source=source)
     out = check_output(checkpoint_path, output_path)
+    if config_path is not None:  # the config is read already, but it is the user's file all the same
+        check_output(config_path, out, "the config")
+    check_replaceable(out, overwrite)
     shapes = target_shapes(task, config)  # a config the constructors refuse fails before the checkpoint is read
     with ThreadPoolExecutor(max_workers=1) as pool, open_haiku_checkpoint(checkpoint_path) as checkpoint:
         digest = pool.submit(sha256_file, checkpoint_path)

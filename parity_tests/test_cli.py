@@ -57,7 +57,7 @@ def test_missing_checkpoint_file_is_reported(tmp_path, capsys):
 
 
 def test_interrupted_conversion_says_nothing_was_written(tmp_path, capsys, monkeypatch):
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("converters.cli.convert", interrupted)

@@ -158,3 +158,21 @@ def test_an_error_without_a_message_is_named_by_its_type(capsys):
         raise MemoryError
     assert write_or_report("perceiver-convert", out_of_memory, (MemoryError,)) == 1
     assert capsys.readouterr().err == "perceiver-convert: error: MemoryError\n"  # was "error: " and nothing
+
+
+def test_an_existing_output_is_replaced_only_with_force_and_the_config_never(tmp_path, capsys):
+    """As perceiver-zoo's --output: a rerun replaces nothing unasked; the config file is an input, never replaced."""
+    source = str(golden_dir("language") / "checkpoint.pickle")
+    config = tmp_path / "config.json"
+    config.write_bytes((golden_dir("language") / "config.json").read_bytes())
+    out = tmp_path / "lm.safetensors"
+    out.write_bytes(b"an earlier conversion")
+    assert main(["language", source, "--config", str(config), "-o", str(out)]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"output {out} exists; pass --force (overwrite=True) to replace it")
+    assert out.read_bytes() == b"an earlier conversion"
+    assert main(["language", source, "--config", str(config), "-o", str(config), "--force"]) == 1
+    assert f"output {config} is the config {config} (or a link to it)" in capsys.readouterr().err
+    assert config.read_bytes() == (golden_dir("language") / "config.json").read_bytes()
+    assert main(["language", source, "--config", str(config), "-o", str(out), "--force"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}" and out.read_bytes()[:8] != b"an earli"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "lm.safetensors"]

@@ -112,6 +112,28 @@ def test_output_may_not_be_the_input(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pickle", "hard", "soft"]
 
 
+def test_output_may_not_be_the_config_file_and_replaces_a_file_only_when_asked(tmp_path):
+    """The config is an input too (it used to be replaced by the converted weights); an existing output is replaced
+    with overwrite=True (the Python default) and refused with overwrite=False (the CLI without --force)."""
+    src = tmp_path / "ckpt.pickle"
+    src.write_bytes(SOURCE.read_bytes())
+    config = tmp_path / "config.json"
+    config.write_bytes((golden_dir("language") / "config.json").read_bytes())
+    link = tmp_path / "config-link.json"
+    link.symlink_to(config)
+    for given, out in ((config, config), (link, config), (config, link)):
+        with pytest.raises(ConversionError, match=r"output .* is the config .*config(-link)?\.json \(or a link to "
+                                                  r"it\); writing it would destroy the source"):
+            converters.convert("language", src, given, out)
+    assert config.read_bytes() == (golden_dir("language") / "config.json").read_bytes()
+    out = tmp_path / "lm.safetensors"
+    out.write_bytes(b"an earlier conversion")
+    with pytest.raises(ConversionError, match=r"output .*lm.safetensors exists; pass --force \(overwrite=True\)"):
+        converters.convert("language", src, config, out, overwrite=False)
+    assert out.read_bytes() == b"an earlier conversion"
+    assert converters.convert("language", src, config, out) == out and out.read_bytes()[:8] != b"an earli"
+
+
 def test_a_directory_as_output_is_refused(tmp_path):
     with pytest.raises(ConversionError, match="is a directory"):
         converters.convert("language", SOURCE, golden_dir("language") / "config.json", tmp_path)

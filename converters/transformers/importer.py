@@ -10,7 +10,7 @@ import torch
 
 from perceiver_torch.serialization import save_checkpoint
 
-from ..convert import CONVERTER_VERSION, check_output, target_shapes
+from ..convert import CONVERTER_VERSION, check_output, check_replaceable, target_shapes
 from ..rules import strict_merge
 from ..tasks import task_spec
 from .config_map import from_hf
@@ -33,16 +33,18 @@ def convert_source(task: str, source: Source) -> tuple[str, dict, dict[str, np.n
 
 
 def from_transformers(task: str, source: str | os.PathLike, output_path: str | os.PathLike,
-                      revision: str | None = None) -> Path:
+                      revision: str | None = None, *, overwrite: bool = True) -> Path:
     """Convert a transformers Perceiver checkpoint (directory or Hub repo id) into `output_path`.
 
     Nothing is written unless the config and every tensor convert; the file carries the task,
-    our full config, the source's sha256 and (for a Hub repo) its repo id and commit.
+    our full config, the source's sha256 and (for a Hub repo) its repo id and commit. An existing
+    `output_path` is replaced unless `overwrite` is False (never one of the source's files).
     """
     read = read_source(source, revision)
-    for path in (read.weights_path, read.config_path):  # writing over either would destroy the source
-        if path is not None:
-            check_output(path, output_path)
+    for path, what in ((read.weights_path, "the source's weights"), (read.config_path, "the source's config")):
+        if path is not None:  # writing over either would destroy the source
+            check_output(path, output_path, what)
+    check_replaceable(Path(output_path), overwrite)
     architecture, config, arrays = convert_source(task, read)
     state_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     metadata = {
