@@ -63,6 +63,9 @@ def convert_tree(task: str, checkpoint: HaikuCheckpoint, config: dict) -> dict[s
 def check_output(checkpoint_path: str | Path, output_path: str | Path, what: str = "the input checkpoint") -> Path:
     """The output path, unless it is a directory or `what` `checkpoint_path` is, an input of the conversion (same
     path or a link to it)."""
+    if not os.fspath(output_path):  # Path("") is ".", which would be reported as a directory
+        raise ConversionError(["the output path is empty; expected a file path such as "
+                               f"{Path(checkpoint_path).stem}.safetensors"], "output")
     out, src = Path(output_path), Path(checkpoint_path)
     if out.is_dir():
         raise ConversionError([f"output {out} is a directory; expected a file path such as "

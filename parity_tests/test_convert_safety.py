@@ -132,6 +132,8 @@ def test_output_may_not_be_the_config_file_and_replaces_a_file_only_when_asked(t
         converters.convert("language", src, config, out, overwrite=False)
     assert out.read_bytes() == b"an earlier conversion"
     assert converters.convert("language", src, config, out) == out and out.read_bytes()[:8] != b"an earli"
+    with pytest.raises(ConversionError, match="the output path is empty"):  # not "output . is a directory"
+        converters.convert("language", src, config, "")
 
 
 def test_a_directory_as_output_is_refused(tmp_path):

@@ -274,6 +274,9 @@ def test_cli_export_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", f"{out_dir}/new/"]) == 1
     assert capsys.readouterr().err.strip() == f"perceiver-zoo: error: {out_dir}/new/ ends in a path separator, " \
                                               "naming a directory; give the output file's path."
+    assert zoo_cli([*manifest, "export", "tiny-language-perceiver", "-o", ""]) == 1  # not "... . is a directory"
+    assert capsys.readouterr().err.strip() == "perceiver-zoo: error: the output path is empty; give the output " \
+                                              "file's path."
     assert list(out_dir.iterdir()) == []
 
 

@@ -45,6 +45,8 @@ def check_output_path(path: str | os.PathLike) -> Path:
     costs nothing.
     """
     text = os.fspath(path)
+    if not text:  # Path("") is ".", which would be reported as a directory
+        raise FileNotFoundError("the output path is empty; give the output file's path.")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give the output file's path.")
