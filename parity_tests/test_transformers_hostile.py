@@ -148,6 +148,12 @@ def test_export_refuses_a_non_empty_directory(tmp_path, learned):
     with pytest.raises(ExportError, match="not an empty directory"):
         to_transformers(converted, tmp_path / "taken")
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(ExportError, match="a-file is a file; the output is a directory"):
+        to_transformers(converted, tmp_path / "a-file")
+    with pytest.raises(ExportError, match="the output directory path is empty"):  # not the working directory
+        to_transformers(converted, "")
+    assert (tmp_path / "a-file").read_text() == "mine"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -58,7 +58,10 @@ def _prepare_dir(out_dir: Path) -> tuple[Path, list[Path]]:
     """(the temp directory to fill, the parent directories made for it: removed again on failure)."""
     if out_dir.is_symlink():  # renaming the finished directory onto it would fail (or replace the link)
         raise ExportError(f"{out_dir} is a symbolic link; give the directory itself ({out_dir.resolve()}).")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} is a file; the output is a directory (config.json, model.safetensors, "
+                          "README.md): give a new (or empty) directory's path.")
+    if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} exists and is not an empty directory; refusing to overwrite it.")
     ancestor = next(p for p in out_dir.absolute().parents if p.exists() or p.is_symlink())
     if not ancestor.is_dir():
@@ -81,6 +84,8 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
     GELU plus our own config under "perceiver_torch" (so that importing it back is exact); the
     README.md lists what transformers still computes differently.
     """
+    if not os.fspath(out_dir):  # Path("") would be ".", the working directory
+        raise ExportError("the output directory path is empty; give a new (or empty) directory's path.")
     # load_model's checks first (header, schema, names, shapes, dtypes, finite values): the file is input.
     state = load_model(converted_path).state_dict()
     meta = read_metadata(converted_path)
