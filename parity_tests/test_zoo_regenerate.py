@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import shutil
 import threading
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from converters.zoo.cli import main as admin_cli
 from converters.zoo.publish import publish
 from converters.zoo.regenerate import regenerate
 from converters.zoo.standin import serve
@@ -170,6 +172,23 @@ def test_publish_records_the_commit_and_is_idempotent(produced, published):
         with pytest.raises(ZooError, match="401 Unauthorized|RemoteProtocolError: Server disconnected"):
             publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token="wrong", work_dir=root / "work", manifest=manifest)
         assert manifest.read_bytes() == before
+
+
+def test_publish_into_a_stand_in_tree_that_is_not_one_is_refused(produced, tmp_path, capsys):
+    """A mistyped --stand-in was made, published into and pinned in the manifest; now one line, nothing done."""
+    root, manifest, _ = produced
+    copy, notes = tmp_path / "m.yaml", tmp_path / "notes"
+    shutil.copy(manifest, copy)
+    notes.mkdir()
+    (notes / "todo.txt").write_text("x")
+    before = copy.read_bytes()
+    for tree, problem in [(tmp_path / "typo", "does not exist; to start a new stand-in tree, make an empty directory"),
+                          (notes, "is not a stand-in tree: it holds no repository")]:
+        assert admin_cli(["--manifest", str(copy), "publish", GOLDEN_ENTRY, "--stand-in", str(tree),
+                          "--work-dir", str(root / "work")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"perceiver-zoo-admin: error: --stand-in {tree} {problem}") and err.count("\n") == 1
+    assert copy.read_bytes() == before and not (tmp_path / "typo").exists() and os.listdir(notes) == ["todo.txt"]
 
 
 def test_pull_by_name_matches_upstream(published, tmp_path, monkeypatch):
