@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from converters.zoo.cli import main as admin_cli
 from parity_tests.zoo_support import TEST_HUB, TEST_MANIFEST, cached_files, hub_env
 from perceiver_torch import create_model, load_model
 from perceiver_torch.zoo.cli import main as zoo_cli
@@ -92,6 +95,57 @@ def test_admin_serve_standin_takes_the_stand_ins_options():
     missing = subprocess.run([sys.executable, "-m", "converters.zoo", "serve-standin"], capture_output=True,
                              text=True, timeout=60, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
     assert missing.returncode == 2 and "the following arguments are required: --root" in missing.stderr
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--port", "99999", "argument --port: the port must be 0-65535 (0: any free one); got '99999'"),
+    ("--idle-timeout", "-5", "argument --idle-timeout: must be a number of seconds > 0; got '-5'"),
+])
+def test_admin_serve_standin_refuses_bad_numbers_as_usage_errors(capsys, option, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        admin_cli(["serve-standin", "--root", str(TEST_HUB), option, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_admin_serve_standin_refuses_a_root_or_port_it_cannot_use_in_one_line(tmp_path, capsys):
+    a_file, missing, other = tmp_path / "a-file", tmp_path / "missing", tmp_path / "other"
+    a_file.write_text("x")
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for argv, message in [
+            (["--root", str(a_file)], f"--root {a_file} is not a directory"),
+            (["--root", str(missing)], f"--root {missing} does not exist; a read-only stand-in would serve an empty "
+                                       "tree (--writable starts a new one)"),
+            (["--root", str(other)], f"--root {other} is not a stand-in tree: it holds no repository"),
+            (["--root", str(TEST_HUB), "--port", str(port)], f"cannot listen on 127.0.0.1:{port}: Address already in"),
+        ]:
+            assert admin_cli(["serve-standin", *argv]) == 1, argv
+            err = capsys.readouterr().err
+            assert err.startswith(f"perceiver-zoo-admin: error: {message}") and err.count("\n") == 1, err
+    assert not missing.exists() and a_file.read_text() == "x" and os.listdir(other) == ["notes.txt"]
+    # --writable starts a new tree where none is (and stops after its idle timeout, exit 0)
+    assert admin_cli(["serve-standin", "--root", str(missing), "--writable", "--idle-timeout", "0.2"]) == 0
+    assert missing.is_dir() and list(missing.iterdir()) == []
+
+
+def test_admin_serve_standin_stops_on_ctrl_c_with_one_line():
+    # SIGINT set back to its default in the child: a shell's background job (a CI run) would inherit it ignored.
+    with subprocess.Popen([sys.executable, "-m", "converters.zoo", "serve-standin", "--root", str(TEST_HUB)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as server:
+        try:
+            assert server.stdout is not None and "serving" in server.stdout.readline()
+            server.send_signal(signal.SIGINT)
+            out, err = server.communicate(timeout=60)
+        finally:
+            server.kill()  # a no-op once it has exited
+    assert (server.returncode, out, err) == (0, "stopped (Ctrl-C)\n", "")
 
 
 def test_an_interrupted_pull_says_so_without_a_traceback(capsys, hub, tmp_path, monkeypatch):

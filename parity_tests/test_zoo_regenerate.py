@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import shutil
 import threading
 
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from converters.zoo.cli import main as admin_cli
+from converters.zoo.manifest_edit import update_entry
 from converters.zoo.publish import publish
 from converters.zoo.regenerate import regenerate
 from converters.zoo.standin import serve
@@ -170,6 +173,49 @@ def test_publish_records_the_commit_and_is_idempotent(produced, published):
         with pytest.raises(ZooError, match="401 Unauthorized|RemoteProtocolError: Server disconnected"):
             publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token="wrong", work_dir=root / "work", manifest=manifest)
         assert manifest.read_bytes() == before
+
+
+def test_publish_into_a_stand_in_tree_that_is_not_one_is_refused(produced, tmp_path, capsys):
+    """A mistyped --stand-in was made, published into and pinned in the manifest; now one line, nothing done."""
+    root, manifest, _ = produced
+    copy, notes = tmp_path / "m.yaml", tmp_path / "notes"
+    shutil.copy(manifest, copy)
+    notes.mkdir()
+    (notes / "todo.txt").write_text("x")
+    before = copy.read_bytes()
+    for tree, problem in [(tmp_path / "typo", "does not exist; to start a new stand-in tree, make an empty directory"),
+                          (notes, "is not a stand-in tree: it holds no repository")]:
+        assert admin_cli(["--manifest", str(copy), "publish", GOLDEN_ENTRY, "--stand-in", str(tree),
+                          "--work-dir", str(root / "work")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"perceiver-zoo-admin: error: --stand-in {tree} {problem}") and err.count("\n") == 1
+    assert copy.read_bytes() == before and not (tmp_path / "typo").exists() and os.listdir(notes) == ["todo.txt"]
+
+
+def test_regenerating_a_published_entry_on_a_fresh_checkout_keeps_its_publication(published, tmp_path, caplog):
+    """No out/zoo/NAME (a clean checkout): the byte-identical artifact kept the entry published, as it was."""
+    manifest, tree, revision = published
+    copy = tmp_path / "m.yaml"
+    shutil.copy(manifest, copy)
+    copy_golden_files(tmp_path)
+    before = copy.read_bytes()
+    work = tmp_path / "work"
+    assert regenerate(GOLDEN_ENTRY, work_dir=work, manifest=copy)["changed"] is False
+    assert copy.read_bytes() == before  # status, revision, parity record and card_sha256 as published
+    assert (work / GOLDEN_ENTRY / "README.md").read_bytes() == (tree / "tests/golden-language" / revision /
+                                                                "README.md").read_bytes()
+    assert regenerate(GOLDEN_ENTRY, work_dir=work, manifest=copy) == {"name": GOLDEN_ENTRY, "changed": False}
+    with serve(tree, token=TOKEN) as hub:  # the work dir holds what was published: no new commit
+        assert publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token=TOKEN, work_dir=work,
+                       manifest=copy)["revision"] == revision
+    # The entry's text changed since: the card it would write is not the published one; still kept, and said.
+    entry = get_entry(GOLDEN_ENTRY, copy)
+    entry["preprocessing"]["note"] = "edited after publishing"
+    update_entry(GOLDEN_ENTRY, entry, copy)
+    edited = copy.read_bytes()
+    assert regenerate(GOLDEN_ENTRY, work_dir=tmp_path / "work2", manifest=copy)["card"] is None
+    assert copy.read_bytes() == edited and not (tmp_path / "work2" / GOLDEN_ENTRY / "README.md").exists()
+    assert "differs from the published one" in caplog.text
 
 
 def test_pull_by_name_matches_upstream(published, tmp_path, monkeypatch):

@@ -4,8 +4,8 @@
     perceiver-zoo-admin regenerate --all                            # every entry, going on past failures (exit 1)
     perceiver-zoo-admin regenerate NAME --from-transformers         # from its pinned deepmind/* repo instead
     HF_TOKEN=... perceiver-zoo-admin publish NAME [--endpoint URL]  # upload and pin the revision
-    perceiver-zoo-admin publish NAME --stand-in DIR                 # into a local stand-in tree on 127.0.0.1
-    perceiver-zoo-admin serve-standin --root DIR                    # serve a tree as a Hub stand-in
+    perceiver-zoo-admin publish NAME --stand-in DIR                 # into an existing stand-in tree, on 127.0.0.1
+    perceiver-zoo-admin serve-standin --root DIR                    # serve a tree as a Hub stand-in (Ctrl-C stops)
 
 `--manifest FILE` (or PERCEIVER_ZOO_MANIFEST) picks the manifest to read and rewrite; the default
 is the packaged zoo_manifest.yaml (in a source checkout, the repository's file). A second
@@ -50,6 +50,12 @@ def _regenerate(args) -> int:
 
 
 def _publish(args) -> int:
+    # A mistyped tree would be made, published into and pinned in the manifest at a revision no real tree has.
+    problem = standin.tree_problem(Path(args.stand_in)) if args.stand_in else None
+    if problem:
+        hint = "; to start a new stand-in tree, make an empty directory" if not Path(args.stand_in).exists() else ""
+        print(f"perceiver-zoo-admin: error: --stand-in {problem}{hint}; nothing was published", file=sys.stderr)
+        return 1
     status = 0
     for name in args.names:
         try:
@@ -84,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("names", nargs="+")
     target = pub.add_mutually_exclusive_group()
     target.add_argument("--endpoint", help="Hub-compatible endpoint (default: $HF_ENDPOINT or huggingface.co)")
-    target.add_argument("--stand-in", dest="stand_in", help="publish into this stand-in tree, served on 127.0.0.1")
+    target.add_argument("--stand-in", dest="stand_in",
+                        help="publish into this stand-in tree (an existing directory), served on 127.0.0.1")
     pub.add_argument("--work-dir", default=str(WORK_DIR), help="where `regenerate` wrote the artifacts")
     serve = sub.add_parser("serve-standin", help="serve a repository tree as a Hub stand-in on 127.0.0.1")
     standin.add_arguments(serve)

@@ -12,12 +12,17 @@
    present, the stored upstream outputs when the entry has them, and the known real-weight
    checks; any failure deletes the temp file and leaves the manifest untouched;
 5. move the artifact into ``<work_dir>/<name>/``, write the model card ``README.md`` beside it,
-   and rewrite the manifest entry (atomically) with the measured figures, ``status: produced``.
+   and rewrite the manifest entry (atomically) with the measured figures, ``status: produced``;
+   except for a published entry whose artifact came out byte-identical (a fresh checkout's run): its
+   publication still serves the right bytes, so the manifest entry is kept as it is (status, pinned
+   revision, and the parity record and card the revision was published with) and that card is rebuilt
+   from the record beside the artifact.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
@@ -207,6 +212,34 @@ def convert_from_transformers(name: str, entry: dict, config: dict, out: Path) -
     return pinned["sha256"]
 
 
+def _write_card(directory: Path, text: str) -> Path:
+    return atomic_write(directory / "README.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _keep_published(name: str, entry: dict, out: Path) -> dict:
+    """The verified artifact is byte-identical to the published one: the publication stands, the manifest is kept.
+
+    Its parity record and card_sha256 describe the card published with those bytes; the card is rebuilt from
+    that record next to the artifact, so that the work dir holds what was published (a second run is a no-op,
+    a `publish` makes no new commit). A card that cannot be rebuilt so (the entry's text or the card's template
+    changed since) is not written: the published card stays the entry's until a republish.
+    """
+    artifact = entry["artifact"]
+    where = f"{artifact['repo_id']}@{artifact['revision']} ({artifact['published_to']})"
+    text = model_card(name, entry, entry["parity"], artifact)
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() == artifact.get("card_sha256"):
+        card = _write_card(out.parent, text)
+        log.info("[%s] the verified artifact is byte-identical to the one published at %s (sha256 %s): the "
+                 "publication and the manifest entry are kept unchanged; %s and its published card %s are in place",
+                 name, where, artifact["sha256"], out, card)
+        return {"name": name, "changed": False, "artifact": str(out), "card": str(card)}
+    log.warning("[%s] the verified artifact is byte-identical to the one published at %s (sha256 %s): the "
+                "publication and the manifest entry are kept unchanged; but the card this version writes from the "
+                "recorded figures differs from the published one (card_sha256 %s), so no card was written",
+                name, where, artifact["sha256"], artifact.get("card_sha256"))
+    return {"name": name, "changed": False, "artifact": str(out), "card": None}
+
+
 def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path = WORK_DIR, manifest=None,
                from_transformers_repo: bool = False) -> dict:
     """Regenerate one entry; returns {"name", "changed", ...}. Raises ZooError on failure.
@@ -251,6 +284,9 @@ def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path 
     finally:
         unverified.unlink(missing_ok=True)
 
+    published = entry.get("artifact") or {}
+    if entry["status"] == "published" and published.get("revision") and sha256_file(out) == published["sha256"]:
+        return _keep_published(name, entry, out)
     parity = {
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d"),
         "versions": versions(),
@@ -261,8 +297,7 @@ def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path 
     }
     artifact = {"filename": ARTIFACT_NAME, "sha256": sha256_file(out), "size": out.stat().st_size,
                 "repo_id": None, "revision": None, "published_to": None}
-    card_text = model_card(name, entry, parity, artifact)
-    card = atomic_write(out.parent / "README.md", lambda tmp: Path(tmp).write_text(card_text))
+    card = _write_card(out.parent, model_card(name, entry, parity, artifact))
     artifact["card_sha256"] = sha256_file(card)
     entry.update(status="produced", artifact=artifact, parity=parity)
     update_entry(name, entry, manifest)

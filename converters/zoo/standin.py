@@ -48,8 +48,10 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -339,9 +341,9 @@ class StandInHub(ThreadingHTTPServer):
 
     def __init__(self, root, port=0, idle_timeout=120.0, faults=None, token=None, verbose=False):
         """`token`: the write token clients must send; None serves the tree read-only."""
-        super().__init__(("127.0.0.1", port), _Handler)
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)  # before binding: a root that cannot be made leaves no socket
+        super().__init__(("127.0.0.1", port), _Handler)
         self.idle_timeout = idle_timeout
         self.faults = dict(faults or {})
         self.token = token
@@ -467,22 +469,73 @@ def serve(root, **kwargs):
         hub.stop()
 
 
+def tree_problem(root: Path) -> str | None:
+    """Why `root` is not a stand-in tree (an existing directory, empty or holding ``<namespace>/<name>/refs/``),
+    or None."""
+    try:
+        if not root.is_dir():
+            return f"{root} does not exist" if not root.exists() else f"{root} is not a directory"
+        if any(root.iterdir()) and not any(p.is_dir() for p in root.glob("*/*/refs")):
+            return f"{root} is not a stand-in tree: it holds no repository <namespace>/<name>/refs/"
+    except OSError as exc:
+        return f"{root} cannot be read: {exc.strerror or exc}"
+    return None
+
+
+def _port(text: str) -> int:
+    if not (text.isdigit() and 0 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"the port must be 0-65535 (0: any free one); got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0; got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The stand-in's options, on its own parser or on `perceiver-zoo-admin serve-standin`'s."""
-    parser.add_argument("--root", required=True, help="the tree <repo_id>/<revision>/<file> to serve")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--idle-timeout", type=float, default=600.0)
+    parser.add_argument("--root", required=True, help="the tree <repo_id>/<revision>/<file> to serve (it must exist "
+                                                      "unless --writable, which starts a new one)")
+    parser.add_argument("--port", type=_port, default=0, help="0-65535 (default 0: any free port)")
+    parser.add_argument("--idle-timeout", type=_seconds, default=600.0,
+                        help="stop after this many seconds without a request (default 600); Ctrl-C stops it too")
     parser.add_argument("--writable", action="store_true",
                         help="accept uploads, with a random write token printed at start (default: read-only)")
 
 
-def serve_from_args(args: argparse.Namespace) -> int:
+def serve_from_args(args: argparse.Namespace, prog: str = "perceiver-zoo-admin") -> int:
+    """Serve until idle or Ctrl-C (both exit 0); a root or port it cannot use is one error line and exit 1."""
+    root = Path(args.root)
+    problem = tree_problem(root)
+    try:
+        if problem and args.writable and not root.exists() and not root.is_symlink():
+            root.mkdir(parents=True)  # --writable starts a new, empty tree
+            problem = None
+    except OSError as exc:
+        problem = f"cannot make {root}: {exc.strerror or exc}"
+    if problem:
+        hint = "; a read-only stand-in would serve an empty tree (--writable starts a new one)" \
+            if not root.exists() and not args.writable else ""
+        print(f"{prog}: error: --root {problem}{hint}", file=sys.stderr)
+        return 1
     token = secrets.token_hex(16) if args.writable else None
-    hub = StandInHub(args.root, port=args.port, idle_timeout=args.idle_timeout, token=token, verbose=True)
-    print(f"serving {hub.root} at {hub.endpoint} (stops after {args.idle_timeout:.0f}s idle); "
+    try:
+        hub = StandInHub(root, port=args.port, idle_timeout=args.idle_timeout, token=token, verbose=True)
+    except OSError as exc:
+        print(f"{prog}: error: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"serving {hub.root} at {hub.endpoint} (stops after {args.idle_timeout:g}s idle or Ctrl-C); "
           f"export HF_ENDPOINT={hub.endpoint}" + (f" HF_TOKEN={token}" if token else " (read-only)"), flush=True)
     try:
         hub.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:  # the usual way to stop it: not an error
+        print("stopped (Ctrl-C)", flush=True)
     finally:
         hub.server_close()
     return 0
@@ -491,7 +544,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Serve a zoo repository tree as a Hub stand-in on 127.0.0.1.")
     add_arguments(parser)
-    return serve_from_args(parser.parse_args(argv))
+    return serve_from_args(parser.parse_args(argv), parser.prog)
 
 
 if __name__ == "__main__":
