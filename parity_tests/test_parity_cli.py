@@ -1,7 +1,10 @@
 """perceiver-parity on the golden language fixture: table, JSON, exit codes."""
 
+import contextlib
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import zipfile
@@ -52,6 +55,8 @@ def test_impossible_tolerance_exits_non_zero(tmp_path, capsys):
     (["--atol", "-1"], "non-negative"),
     (["--reference", "upstream"], "needs --upstream-path"),
     (["--upstream-path", "."], "only used with --reference upstream"),
+    (["--atol", "inf"], "expected a finite non-negative number"),  # would pass any finite error
+    (["--seed", "-1"], "argument --seed: expected an integer from 0 to 4294967295"),  # was unnamed, after the imports
 ])
 def test_bad_arguments_exit_2_with_a_message(extra, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -139,16 +144,25 @@ def _npz(path, arrays, claimed=None):
     ("out_of_vocab", "input/inputs: values from 0 to 100000; expected 0 to 261"),
     ("unknown", "input/tokens: not an input of 'language'"),
     ("bomb", "(all arrays): 800,000,512 bytes once read; at most 536,870,912"),  # was read: 2 GB allocated
+    ("empty", "input/inputs: shape (2, 0); expected (B, 64) (B the batch)\n"),  # was "..., N any length" (no N)
+    # Were run, reported as "jax inf torch inf" and PASSED (exit 0).
+    ("output_batch", "output/logits: shape (1, 64, 262); the models give (2, 64, 262) for these inputs"),
+    ("output_nan", "output/logits: 1 of 33536 values NaN or infinite; expected outputs must be finite"),
 ])
 def test_inputs_are_checked_against_the_task_before_they_are_run(tmp_path, capsys, case, message):
-    ids, mask = np.zeros((2, 64), np.int32), np.ones((2, 64), np.int32)
+    ids, mask, logits = np.zeros((2, 64), np.int32), np.ones((2, 64), np.int32), np.zeros((2, 64, 262), np.float32)
+    nan_logits = logits.copy()
+    nan_logits[1, 5, 7] = np.nan
     arrays = {"missing": {"input/inputs": ids}, "short": {"input/inputs": ids[:, :10], "input/input_mask": mask},
               "batch": {"input/inputs": ids, "input/input_mask": np.ones((3, 64), np.int32)},
               "float_ids": {"input/inputs": ids.astype(np.float32), "input/input_mask": mask},
               "out_of_vocab": {"input/inputs": ids + np.eye(2, 64, dtype=np.int32) * 100_000,
                                "input/input_mask": mask},
               "unknown": {"input/inputs": ids, "input/input_mask": mask, "input/tokens": ids},
-              "bomb": {"input/inputs": ids}}[case]
+              "bomb": {"input/inputs": ids},
+              "empty": {"input/inputs": ids[:, :0], "input/input_mask": mask[:, :0]},
+              "output_batch": {"input/inputs": ids, "input/input_mask": mask, "output/logits": logits[:1]},
+              "output_nan": {"input/inputs": ids, "input/input_mask": mask, "output/logits": nan_logits}}[case]
     path = _npz(tmp_path / "io.npz", arrays, claimed=(3_125_000, 64) if case == "bomb" else None)
     assert main([*ARGS[:-1], str(path)]) == 2
     err = capsys.readouterr().err
@@ -201,3 +215,85 @@ def test_an_unusable_device_exits_2_but_a_failure_while_running_exits_3(capsys, 
     assert main(ARGS) == 3
     err = capsys.readouterr().err
     assert "Traceback" in err and "CUDA out of memory" in err and "the run failed (above)" in err
+
+
+def _report(passed=True):
+    from converters.parity.report import ParityReport, compare
+
+    logits = compare(np.zeros(3), np.zeros(3) + (0 if passed else 1), 1e-4, 1e-4)
+    return ParityReport("language", {"logits": logits}, "cpu", "float32", 1e-4, 1e-4)
+
+
+def test_the_report_file_is_written_before_the_table_and_a_closed_stdout_ends_quietly(tmp_path):
+    """`perceiver-parity ... --json r.json | head -1`: exit 141 and no traceback (was BrokenPipeError, exit 1,
+    "Torch and JAX disagree"), and the report written (was not: the table came first)."""
+    out = tmp_path / "parity.json"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the CLI writes a byte: every write meets a closed pipe
+    with subprocess.Popen([sys.executable, "-m", "converters.parity", *ARGS, "--json", str(out)], stdout=write_end,
+                          stderr=subprocess.PIPE, cwd=REPO) as cli:
+        os.close(write_end)
+        err = cli.stderr.read() if cli.stderr else b""
+    assert (cli.returncode, err) == (141, b"")
+    assert json.loads(out.read_text())["passed"] is True
+
+
+def _stubbed_cli(body: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """perceiver-parity run as the program (main() reading sys.argv), its run_parity replaced by `body`."""
+    code = "\n".join(["import os, signal, sys, time", "import converters.parity.cli as cli",
+                      "from parity_tests.test_parity_cli import ARGS, _report", "def run(*args, **kwargs):",
+                      f"    {body}", "cli.run_parity = run", "sys.argv = ['perceiver-parity', *ARGS]",
+                      "sys.exit(cli.main())"])
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_full_stdout_is_one_error_line_and_exit_2():
+    with open("/dev/full", "w") as full:  # was an OSError traceback and exit 1 ("Torch and JAX disagree")
+        result = _stubbed_cli("return _report()", stdout=full)
+    assert (result.returncode, result.stderr) == (2, "perceiver-parity: error: cannot write to stdout: "
+                                                      "No space left on device\n")
+
+
+def test_ctrl_c_is_one_line_and_exit_130():
+    # A real SIGINT, in the program itself (which ends with os._exit: XLA threads can crash the teardown).
+    result = _stubbed_cli("os.kill(os.getpid(), signal.SIGINT); time.sleep(30)")
+    assert (result.returncode, result.stderr) == (130, "perceiver-parity: interrupted; nothing was written.\n")
+
+
+def _main_interruptible(argv):
+    try:
+        return main(argv)
+    except KeyboardInterrupt:  # would end the whole pytest session
+        pytest.fail("the KeyboardInterrupt escaped main(): a traceback and exit 1 from the program")
+
+
+def test_an_interrupt_says_whether_the_report_was_written(tmp_path, capsys, monkeypatch):
+    import converters.parity.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    out = tmp_path / "parity.json"
+    monkeypatch.setattr(cli, "run_parity", interrupted)
+    assert _main_interruptible([*ARGS, "--json", str(out)]) == 130 and not out.exists()  # was a traceback
+    assert capsys.readouterr().err == "perceiver-parity: interrupted; nothing was written.\n"
+    monkeypatch.setattr(cli, "run_parity", lambda *a, **k: _report())
+    monkeypatch.setattr(cli, "print_out", interrupted)  # Ctrl-C while the table is printed
+    assert _main_interruptible([*ARGS, "--json", str(out)]) == 130 and json.loads(out.read_text())["passed"]
+    assert capsys.readouterr().err == f"perceiver-parity: interrupted; {out} was written.\n"
+
+
+def test_an_interrupt_swallowed_inside_the_run_still_ends_it_with_130(capsys, monkeypatch):
+    """JAX's garbage-collector callback can receive the KeyboardInterrupt, which Python then only prints
+    ("Exception ignored in _xla_gc_callback"); the run went on and exited 0."""
+    import converters.parity.cli as cli
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def swallowing(*args, **kwargs):
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        return _report(passed=False)
+    monkeypatch.setattr(cli, "run_parity", swallowing)
+    assert main(ARGS) == 130
+    assert capsys.readouterr().err == "perceiver-parity: interrupted; nothing was written.\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back

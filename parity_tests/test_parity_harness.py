@@ -13,6 +13,7 @@ import torch
 
 import converters
 from converters.parity import compare, load_inputs, run_parity
+from converters.parity.inputs import InputsError
 from perceiver_torch.registry import build_model
 
 from .conftest import _cuda_missing, golden_config, golden_dir, golden_io
@@ -155,6 +156,10 @@ def test_compare_flags_shape_mismatch_and_nan():
     assert not nan.within_tolerance and nan.worst_index == (1,) and "NaN" in nan.problem
     relative_to_zero = compare(np.array([1e-6]), np.array([0.0]), 1e-4, 1e-4)
     assert relative_to_zero.within_tolerance and math.isinf(relative_to_zero.max_rel)
+    # np.allclose holds inf == inf; an error that is not finite is never within tolerance, whatever the atol.
+    both_inf = compare(np.array([1.0, np.inf]), np.array([1.0, np.inf]), 1e-4, 1e-4)
+    assert not both_inf.within_tolerance
+    assert not compare(np.array([np.inf]), np.array([0.0]), math.inf, 1e-4).within_tolerance
 
 
 def test_load_inputs_splits_golden_layout():
@@ -164,6 +169,12 @@ def test_load_inputs_splits_golden_layout():
     assert set(plain) == {"inputs"} and none == {}
     with pytest.raises(ValueError, match="must all start with 'input/' or 'output/'"):
         load_inputs({"input/inputs": np.zeros(2), "stray": np.zeros(2)})
+    # Expected outputs given in code are checked as an io.npz's are: shape for these inputs, finite values.
+    io = golden_io("language")
+    for logits, message in ((io["output/logits"][:1], r"output/logits: shape \(1, 64, 262\); the models give \(2,"),
+                            (io["output/logits"] * np.inf, "values NaN or infinite")):
+        with pytest.raises(InputsError, match=message):
+            load_inputs({**io, "output/logits": logits}, "language", golden_config("language"))
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from converters.transformers.divergence import main
 from parity_tests.conftest import golden_dir
 from parity_tests.transformers_support import agree_atol, golden_magnitude
 
+REPO = Path(__file__).resolve().parents[1]
 # The smallest effect a real divergence has on these fixtures' outputs (the GELU's is ~3e-4).
 VISIBLE = 1e-4
 
@@ -61,3 +68,47 @@ def test_json_path_is_checked_first_and_written_atomically(tmp_path, capsys, mon
     assert main(["--golden", str(golden_dir("imagenet_learned")), "--json", str(tmp_path / "r.json")]) == 1
     err = capsys.readouterr().err
     assert writes == [tmp_path / "r.json"] and f"cannot write {tmp_path / 'r.json'}: Permission denied" in err
+
+
+def test_a_closed_stdout_ends_quietly_after_the_rows_are_written(tmp_path):
+    """`... | head -1`: exit 141 without a traceback (was BrokenPipeError, exit 1), the --json rows written first."""
+    out = tmp_path / "r.json"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the report writes a byte: every write meets a closed pipe
+    with subprocess.Popen([sys.executable, "-m", "converters.transformers.divergence", "--golden",
+                           str(golden_dir("imagenet_learned")), "--json", str(out)], stdout=write_end,
+                          stderr=subprocess.PIPE, cwd=REPO) as cli:
+        os.close(write_end)
+        err = cli.stderr.read() if cli.stderr else b""
+    assert (cli.returncode, err) == (141, b"")
+    assert [row["setting"] for row in json.loads(out.read_text())] == ["none", "gelu", "query_residual", "all"]
+
+
+def test_an_unknown_preset_is_a_usage_error_naming_the_known_ones(capsys):
+    with pytest.raises(SystemExit) as info:  # was a repr-quoted KeyError, exit 1
+        main(["--preset", "nope"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "argument --preset: invalid choice: 'nope'" in err
+    assert "'language_perceiver_io_bytes'" in err
+
+
+def test_a_repeated_golden_measures_every_folder(capsys, monkeypatch):
+    import converters.transformers.divergence as divergence
+
+    seen = []
+    monkeypatch.setattr(divergence, "golden_case", lambda folder: seen.append(folder) or folder)
+    monkeypatch.setattr(divergence, "report", lambda case: [])
+    assert main(["--golden", "a", "b", "--golden", "c"]) == 0  # kept only c
+    assert seen == [Path("a"), Path("b"), Path("c")]
+
+
+def test_a_full_stdout_is_an_error_line(capsys, monkeypatch):
+    import converters.transformers.divergence as divergence
+
+    def full(text):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(divergence, "golden_case", lambda folder: folder)
+    monkeypatch.setattr(divergence, "report", lambda case: [])
+    monkeypatch.setattr(divergence, "print_out", full)
+    assert main(["--golden", "a"]) == 1  # was an OSError traceback
+    assert capsys.readouterr().err == "divergence: error: cannot write to stdout: No space left on device\n"

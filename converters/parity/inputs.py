@@ -60,33 +60,58 @@ def _video(config: dict) -> dict[str, Spec]:
 
 INPUTS = {"language": _language, "imagenet": _imagenet, "optical_flow": _optical_flow,
           "video_autoencoding": _video}
+
+
+def _video_outputs(config: dict, inputs: dict[str, tuple]) -> dict[str, tuple]:
+    frames, size = config["num_frames"], config["image_size"]
+    patches = frames * config["audio_samples_per_frame"] // config["samples_per_patch"]
+    # Decoded at every point, or at the subsampled ones only.
+    points = inputs.get("subsample_image", (frames * size * size,))[0]
+    audio = inputs.get("subsample_audio", (patches,))[0] * config["samples_per_patch"]
+    return {"image": (BATCH, points, 3), "audio": (BATCH, audio), "label": (BATCH, config["num_classes"])}
+
+
+# The shapes of a task's outputs (upstream layout) from its config and its inputs' shapes.
+OUTPUT_SHAPES = {
+    "language": lambda config, inputs: {"logits": (BATCH, config["max_seq_len"], config["vocab_size"])},
+    "imagenet": lambda config, inputs: {"logits": (BATCH, config["num_classes"])},
+    "optical_flow": lambda config, inputs: {"flow": (BATCH, *config["train_size"], 2)},
+    "video_autoencoding": _video_outputs,
+}
 OUTPUTS = {"language": ("logits",), "imagenet": ("logits",), "optical_flow": ("flow",),
            "video_autoencoding": ("image", "audio", "label")}
 
 
+def _written(shape: tuple) -> str:
+    """A spec's shape as text, with what its letters stand for (those it has)."""
+    text = "(" + ", ".join("B" if d == BATCH else "N" if d is None else str(d) for d in shape) + ")"
+    meanings = [m for d, m in ((BATCH, "B the batch"), (None, "N any length")) if d in shape]
+    return f"{text} ({', '.join(meanings)})" if meanings else text
+
+
 def _shape_problem(name: str, shape: tuple, dtype: np.dtype, spec: Spec, batch: dict) -> str | None:
-    want = "(" + ", ".join("B" if d == BATCH else "N" if d is None else str(d) for d in spec.shape) + ")"
     if dtype.kind not in spec.kinds:
         return f"input/{name}: {dtype} data; expected {'integer' if 'i' in spec.kinds else 'floating'} values"
     fits = len(shape) == len(spec.shape) and all(
         n >= 1 if d in (BATCH, None) else n == d for n, d in zip(shape, spec.shape, strict=True))
     if not fits:
-        return f"input/{name}: shape {shape}; expected {want} (B the batch, N any length)"
+        return f"input/{name}: shape {shape}; expected {_written(spec.shape)}"
     if BATCH in spec.shape:
         batch.setdefault(shape[0], name)
     return None
 
 
 def shape_problems(task: str, config: dict, headers: dict[str, tuple[tuple, np.dtype]],
-                   expected: set[str]) -> list[str]:
-    """Every problem with the inputs' names, shapes and dtypes (`headers`: name -> (shape, dtype)), no data read."""
+                   expected: dict[str, tuple[tuple, np.dtype]]) -> list[str]:
+    """Every problem with the inputs' and expected outputs' names, shapes and dtypes (`headers`, `expected`:
+    name -> (shape, dtype)), no data read. The outputs are checked against what the inputs give, once those fit."""
     specs = INPUTS[task](config)
     problems = [f"input/{name}: not an input of {task!r}; expected {sorted(specs)}" for name in headers
                 if name not in specs]
     problems += [f"input/{name}: missing (a {task} model needs {[n for n, s in specs.items() if s.required]})"
                  for name, spec in specs.items() if spec.required and name not in headers]
     problems += [f"output/{name}: not an output of {task!r}; expected some of {list(OUTPUTS[task])}"
-                 for name in sorted(expected - set(OUTPUTS[task]))]
+                 for name in sorted(set(expected) - set(OUTPUTS[task]))]
     batch: dict[int, str] = {}
     for name, (shape, dtype) in headers.items():
         if name in specs:
@@ -94,28 +119,54 @@ def shape_problems(task: str, config: dict, headers: dict[str, tuple[tuple, np.d
             problems += [problem] if problem else []
     if len(batch) > 1:
         problems.append(f"batch sizes differ: {', '.join(f'{n} in input/{name}' for n, name in batch.items())}")
+    if not problems:
+        problems = _output_problems(task, config, headers, expected, next(iter(batch)))
     return problems
 
 
-def value_problems(task: str, config: dict, inputs: dict[str, np.ndarray]) -> list[str]:
-    """Integer inputs outside their range (token ids past the vocabulary, a mask other than 0/1, indices)."""
+def _output_problems(task: str, config: dict, headers: dict[str, tuple[tuple, np.dtype]],
+                     expected: dict[str, tuple[tuple, np.dtype]], batch: int) -> list[str]:
+    """Expected outputs of another shape than the models give for these inputs (compared, every error is inf)."""
+    shapes = OUTPUT_SHAPES[task](config, {name: tuple(shape) for name, (shape, _) in headers.items()})
+    problems = []
+    for name, (shape, dtype) in expected.items():
+        want = tuple(batch if d == BATCH else d for d in shapes[name])
+        if dtype.kind != "f":
+            problems.append(f"output/{name}: {dtype} data; expected floating values")
+        elif tuple(shape) != want:
+            problems.append(f"output/{name}: shape {tuple(shape)}; the models give {want} for these inputs")
+    return problems
+
+
+def value_problems(task: str, config: dict, inputs: dict[str, np.ndarray],
+                   expected: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Integer inputs outside their range (token ids past the vocabulary, a mask other than 0/1, indices),
+    and expected outputs that are not finite (no error against them could be)."""
     problems = []
     for name, spec in INPUTS[task](config).items():
         if spec.below is not None and name in inputs and inputs[name].size:
             low, high = int(inputs[name].min()), int(inputs[name].max())
             if low < 0 or high >= spec.below:
                 problems.append(f"input/{name}: values from {low} to {high}; expected 0 to {spec.below - 1}")
+    for name, values in (expected or {}).items():
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            problems.append(f"output/{name}: {bad} of {values.size} values NaN or infinite; "
+                            f"expected outputs must be finite")
     return problems
 
 
 def check(task: str, config: dict, inputs: dict[str, np.ndarray], expected: dict, source: str) -> None:
-    """Refuse (`InputsError`, every problem listed) inputs that do not fit `task` at `config`."""
-    headers = {name: (tuple(a.shape), a.dtype) for name, a in inputs.items()}
-    problems = shape_problems(task, config, headers, set(expected))
+    """Refuse (`InputsError`, every problem listed) inputs and expected outputs that do not fit `task` at `config`."""
+    problems = shape_problems(task, config, _headers(inputs), _headers(expected))
     if not problems:
-        problems = value_problems(task, config, inputs)
+        problems = value_problems(task, config, inputs, expected)
     if problems:
         raise InputsError(source, problems)
+
+
+def _headers(arrays: dict) -> dict[str, tuple[tuple, np.dtype]]:
+    return {name: (tuple(a.shape), a.dtype) for name, a in arrays.items()}
 
 
 def _header(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> tuple[tuple, np.dtype]:
@@ -145,7 +196,7 @@ def read_npz(path: Path, task: str | None = None, config: dict | None = None) ->
             raise InputsError(str(path), [f"(all arrays): {total:,} bytes once read; at most {MAX_INPUT_BYTES:,}"])
         if task is not None:
             inputs = {k.removeprefix("input/"): v for k, v in headers.items() if k.startswith("input/")}
-            outputs = {k.removeprefix("output/") for k in headers if k.startswith("output/")}
+            outputs = {k.removeprefix("output/"): v for k, v in headers.items() if k.startswith("output/")}
             unknown = [f"{k}: expected input/... or output/... (the golden io.npz layout)" for k in headers
                        if not k.startswith(("input/", "output/"))]
             problems = unknown or shape_problems(task, config, inputs, outputs)

@@ -14,7 +14,8 @@ class OutputError:
 
     `max_rel` is max |actual - reference| / |reference| over elements (0/0 counts as 0, x/0 as inf);
     `worst_index` is the element that most exceeds the allclose bound atol + rtol * |reference|.
-    `within_tolerance` is `np.allclose(actual, reference, atol, rtol)` with equal shapes and no NaN.
+    `within_tolerance` is `np.allclose(actual, reference, atol, rtol)` with equal shapes and every error finite
+    (no NaN, and no infinity: inf against inf is no agreement).
     """
 
     max_abs: float
@@ -40,7 +41,7 @@ def compare(actual, reference, atol: float, rtol: float) -> OutputError:
         rel = np.where(err == 0, 0.0, err / mag)
     excess = np.where(np.isnan(err), np.inf, err - rtol * mag)
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(excess)), err.shape))
-    ok = bool(np.allclose(a, r, atol=atol, rtol=rtol, equal_nan=False))
+    ok = bool(np.isfinite(err).all()) and bool(np.allclose(a, r, atol=atol, rtol=rtol, equal_nan=False))
     return OutputError(float(np.nanmax(err)) if not np.isnan(err).all() else math.nan,
                        float(np.nanmax(rel)) if not np.isnan(rel).all() else math.nan,
                        worst, ok, tuple(reference.shape),

@@ -1,6 +1,6 @@
 """Measure how far transformers' Perceiver is from ours (= DeepMind's release) on the same weights.
 
-    python -m converters.transformers.divergence (--golden FAMILY_DIR | --converted FILE | --preset NAME)
+    python -m converters.transformers.divergence (--golden FAMILY_DIR... | --converted FILE | --preset NAME...)
         [--seed N] [--batch B] [--json OUT.json]
 
 Our model and transformers' (its own classes and forward code, loaded with the same weights by
@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perceiver_torch.cli_exit import print_out
 from perceiver_torch.layers.flow import patches_for_flow
-from perceiver_torch.registry import build_model, preset
+from perceiver_torch.registry import build_model, preset, preset_names
 from perceiver_torch.serialization import CheckpointFormatError, atomic_write, load_model, read_metadata
 
 from ..checkpoint_reader import CheckpointReadError, load_haiku_checkpoint
@@ -307,9 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m converters.transformers.divergence", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--golden", nargs="+", type=Path, metavar="FAMILY_DIR", help="golden fixture folder(s)")
+    # A repeated --golden or --preset adds to the earlier ones (argparse's default would keep only the last).
+    source.add_argument("--golden", nargs="+", action="extend", type=Path, metavar="FAMILY_DIR",
+                        help="golden fixture folder(s), each measured")
     source.add_argument("--converted", type=Path, help="a perceiver-torch .safetensors (random inputs)")
-    source.add_argument("--preset", nargs="+", metavar="NAME", help="released configuration(s), random weights")
+    source.add_argument("--preset", nargs="+", action="extend", choices=preset_names(), metavar="NAME",
+                        help=f"released configuration(s), random weights: {', '.join(preset_names())}")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -332,17 +336,20 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError) as exc:
         print(f"divergence: error: {exc}", file=sys.stderr)
         return 1
-    print(table(rows))
+    status = 0
+    # The file first: a reader of stdout that stops early (| head) does not keep the rows from being written.
     if args.json:
         text = json.dumps(rows, indent=1)
         try:
             atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
         except OSError as exc:
             print(f"divergence: error: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-        print(f"wrote {args.json}")
-    return 0
-
+            status = 1
+    try:
+        return print_out(table(rows) + (f"\nwrote {args.json}" if args.json and not status else "")) or status
+    except OSError as exc:  # a full disk, /dev/full
+        print(f"divergence: error: cannot write to stdout: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 if __name__ == "__main__":
     sys.exit(main())
