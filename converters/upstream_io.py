@@ -41,9 +41,12 @@ def video_autoencoding(model, inputs, device, dtype):
     # Upstream frames are channels-last [B, F, S, S, 3]; the Torch model takes [B, F, 3, S, S].
     images = _tensor(inputs["images"], device, dtype).permute(0, 1, 4, 2, 3)
     audio = _tensor(inputs["audio"], device, dtype)
-    subsample = {name: _tensor(inputs[f"subsample_{name}"], device).long()
-                 for name in ("image", "audio") if f"subsample_{name}" in inputs}
-    outputs = model(images, audio, subsample or None)
+    # Without indices the reference decodes every point as subsampled ones (arange: the colab's query grid and
+    # upstream's flat output layout); so does this, rather than the model's own whole-clip decode (linspace grid).
+    every = {"image": model.num_image_points, "audio": model.num_audio_patches}
+    subsample = {name: _tensor(inputs[f"subsample_{name}"], device).long() if f"subsample_{name}" in inputs
+                 else torch.arange(count, device=device) for name, count in every.items()}
+    outputs = model(images, audio, subsample)
     return {name: _numpy(outputs[name]) for name in ("image", "audio", "label")}
 
 

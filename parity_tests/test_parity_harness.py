@@ -115,6 +115,19 @@ def test_broken_conversion_is_reported_on_the_right_output():
     assert "FAILED (audio)" in report.table()
 
 
+def test_video_inputs_without_query_indices_decode_every_point_as_the_reference_does():
+    """An io.npz without subsample_image/subsample_audio: the reference decodes every point as subsampled ones
+    (arange); Torch used to return the whole clip in its own layout and grid, failing on shape (then by 0.25)."""
+    task = "video_autoencoding"
+    arrays = np.load(golden_dir(task) / "io.npz")
+    inputs = {name: arrays[name] for name in ("input/images", "input/audio")}
+    report = run_parity(task, golden_config(task), checkpoint=golden_dir(task) / "checkpoint.pickle", inputs=inputs)
+    assert report.passed, report.table()
+    frames, size = golden_config(task)["num_frames"], golden_config(task)["image_size"]
+    assert report.outputs["image"].shape == (2, frames * size * size, 3)
+    assert report.outputs["audio"].shape == (2, inputs["input/audio"].shape[1])
+
+
 def test_report_json_layout():
     report = _run_golden(_golden_language_model())
     data = json.loads(json.dumps(report.to_json(), allow_nan=False))
