@@ -261,6 +261,14 @@ def main() -> None:
     if args.table:
         print(markdown_tables(json.loads(args.out.read_text()), json.loads(BUDGETS.read_text())))
         return
+    known = [*GOLDEN_CASES, *(RELEASED_CASES if args.released else ())]
+    unknown = sorted(set(args.only or ()) - set(known))
+    if unknown:  # it would measure nothing for them and still write --out
+        p.error(f"--only {' '.join(unknown)}: no such case{'' if args.released else ' (released ones need --released)'}"
+                f"; known: {' '.join(known)}")
+    if args.write_budgets and not (args.released or args.only or args.runs):
+        p.error("--write-budgets derives the budgets from every case, golden and released: add --released (or "
+                "update an existing --out with --only / --runs)")
     torch.manual_seed(0)
     merge = bool(args.only or args.runs)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}

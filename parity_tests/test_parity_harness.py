@@ -194,7 +194,8 @@ def test_load_inputs_splits_golden_layout():
     ({"device": "tpu"}, "device must be one of"),
     ({"dtype": "float8_e4m3"}, "dtype must be one of"),  # float16 and bfloat16 are reduced precisions now
     ({"reference": "upstream"}, "needs upstream_path"),
-    ({"atol": -1.0}, "atol must be a non-negative number"),
+    ({"atol": -1.0}, "atol must be a finite non-negative number"),
+    ({"rtol": math.inf}, "rtol must be a finite non-negative number"),  # would pass any finite error
 ])
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

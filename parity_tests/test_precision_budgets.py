@@ -13,6 +13,9 @@ and real TF32 run again on a GPU under the `cuda` marker.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +205,18 @@ def test_agreement_measures():
     assert agreement("optical_flow", {"flow": moved}, {"flow": flow}, {}) == {"mean_epe": 1.25, "max_epe": 5.0}
     assert normalised_error(np.array([1.0, 2.5]), np.array([1.0, 2.0])) == 0.25
     assert normalised_error(np.array([np.nan, 2.0]), np.array([1.0, 2.0])) == float("inf")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--only", "nope"], "--only nope: no such case (released ones need --released); known: language "),
+    (["--write-budgets"], "--write-budgets derives the budgets from every case, golden and released"),
+])
+def test_measure_precision_refuses_a_run_that_would_measure_nothing_or_half(tmp_path, argv, message):
+    """`--only` with an unknown name measured nothing and still wrote --out; `--write-budgets` without the released
+    cases derived the budgets from the golden ones alone. Both are refused before anything runs or is written."""
+    out = tmp_path / "results.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "measure_precision.py"
+    done = subprocess.run([sys.executable, str(script), *argv, "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not out.exists()

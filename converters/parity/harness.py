@@ -173,8 +173,9 @@ def _check_arguments(device, dtype, reference, upstream_path, atol, rtol, mode="
     if reference == "ours" and upstream_path is not None:
         raise ValueError("upstream_path is only used with reference='upstream'.")
     for name, value in (("atol", atol), ("rtol", rtol)):
-        if value is not None and not (isinstance(value, (int, float)) and value >= 0):
-            raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+        # Finite too: an infinite tolerance would pass any finite error.
+        if value is not None and not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+            raise ValueError(f"{name} must be a finite non-negative number, got {value!r}.")
     if device == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailable("device='cuda' but torch.cuda.is_available() is False.")
 
