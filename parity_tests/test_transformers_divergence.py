@@ -112,3 +112,20 @@ def test_a_full_stdout_is_an_error_line(capsys, monkeypatch):
     monkeypatch.setattr(divergence, "print_out", full)
     assert main(["--golden", "a"]) == 1  # was an OSError traceback
     assert capsys.readouterr().err == "divergence: error: cannot write to stdout: No space left on device\n"
+
+
+def test_a_negative_seed_is_a_usage_error_and_ctrl_c_one_line(tmp_path, capsys, monkeypatch):
+    import converters.transformers.divergence as divergence
+
+    with pytest.raises(SystemExit) as info:  # numpy refused it later, deep in the run
+        main(["--preset", "language_perceiver_io_bytes", "--seed", "-1"])
+    assert info.value.code == 2 and "--seed must be an integer from 0 to 4294967295; got -1" in capsys.readouterr().err
+
+    def interrupted(case):  # Ctrl-C while a case is measured
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(divergence, "golden_case", lambda folder: folder)
+    monkeypatch.setattr(divergence, "report", interrupted)
+    assert main(["--golden", "a", "--json", str(tmp_path / "rows.json")]) == 130  # was a traceback
+    assert capsys.readouterr().err == "divergence: interrupted; nothing was written.\n"
+    assert list(tmp_path.iterdir()) == []

@@ -105,7 +105,8 @@ def test_predicted_control_bytes_are_printed_escaped_and_unmasked_texts_noted(fi
     assert err == "perceiver-zoo: note: 1 of 3 texts hold no [MASK] marker; they are printed as given (--mask sets " \
                   "another marker)\n"
     code, out, _ = _run(capsys, ["predict", files["language"], *texts, "--json"])
-    assert [r["output"] for r in json.loads(out)["results"]] == predicted and "\x1b" not in out
+    assert [r["output"] for r in json.loads(out)["results"]] == predicted  # C0 and C1 alike escaped, the rest kept
+    assert "\x1b" not in out and "\x9b" not in out and "\\u009b" in out and "caf\u00e9" in out
 
 
 def test_a_save_pretrained_directory_is_a_model(files, capsys, tmp_path):

@@ -320,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error("--batch must be at least 1.")
+    if not 0 <= args.seed < 2**32:  # numpy's seeds; perceiver-parity's --seed has the same range
+        parser.error(f"--seed must be an integer from 0 to {2**32 - 1}; got {args.seed}.")
     if args.json is not None and (problem := unwritable_output(args.json)):
         parser.error(f"--json {problem}")
     rows = []
@@ -336,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError) as exc:
         print(f"divergence: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # nothing is written before every case is measured
+        print("divergence: interrupted; nothing was written.", file=sys.stderr)
+        return 130
     status = 0
     # The file first: a reader of stdout that stops early (| head) does not keep the rows from being written.
     if args.json:

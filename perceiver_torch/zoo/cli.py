@@ -13,7 +13,6 @@ Maintainers produce and publish entries with `perceiver-zoo-admin` (the producer
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -37,7 +36,17 @@ from ..serialization import MODEL_DTYPES, atomic_write, build_on_meta, loading_d
 from .hub import ZooError, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
 from .model_arg import Target, load_target, resolve_model, source_kind
-from .predict import FLOW_LAYOUT, FLOW_SUFFIXES, check_options, lines, read_inputs, resolve, run, unmasked_note
+from .predict import (
+    FLOW_LAYOUT,
+    FLOW_SUFFIXES,
+    check_options,
+    json_text,
+    lines,
+    read_inputs,
+    resolve,
+    run,
+    unmasked_note,
+)
 from .pretrained import zoo_entry
 from .push import push_to_hub
 from .schema import is_repo_id
@@ -165,7 +174,7 @@ def _predict(args) -> int:
     model = load_target(target, device=device, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror,
                         manifest=args.manifest)
     result = run(target, model, inputs, k=args.k, mask=args.mask, output=args.output)
-    print(json.dumps(result, ensure_ascii=False, indent=1) if args.json else "\n".join(lines(result)))
+    print(json_text(result) if args.json else "\n".join(lines(result)))
     note = unmasked_note(result, args.mask)
     if note is not None:
         print(f"perceiver-zoo: note: {note}", file=sys.stderr)

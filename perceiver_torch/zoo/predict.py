@@ -9,6 +9,7 @@ the CLI prints either.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import re
@@ -217,6 +218,13 @@ def lines(result: dict) -> list[str]:
 # Control characters a model may predict (a byte-level model predicts any byte): shown escaped, so that no
 # prediction moves the cursor, rewrites the terminal or breaks a text's line in two. Tab is left as it is.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def json_text(result: dict) -> str:
+    """`run`'s result as JSON for a terminal: non-ASCII text kept readable, but C1 control characters (U+0080 to
+    U+009F, some terminals' escape sequences) escaped as JSON escapes C0 ones; they occur only inside strings."""
+    text = json.dumps(result, ensure_ascii=False, indent=1)
+    return re.sub("[\x80-\x9f]", lambda c: f"\\u{ord(c.group()):04x}", text)
 
 
 def unmasked_note(result: dict, mask: str | None) -> str | None:
