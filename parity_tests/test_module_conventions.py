@@ -355,3 +355,18 @@ def test_a_hooked_or_subclassed_linear_layer_of_the_repeated_blocks_is_still_cal
         model.encoder.self_attends[0].attention.query.register_forward_hook(lambda *_: calls.append(1))
         assert torch.equal(model(images), expected)
     assert len(calls) == model.encoder.num_blocks
+
+
+@pytest.mark.parametrize("family", sorted(GOLDEN_TASKS))
+def test_task_models_have_transformers_num_parameters_device_and_dtype(family):
+    """`model.num_parameters()`, `model.device` and `model.dtype`, as transformers' models have them."""
+    model = seeded_model(family)
+    params = list(model.parameters())
+    assert model.num_parameters() == sum(p.numel() for p in params) > 0
+    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    assert model.num_parameters(exclude_embeddings=True) == model.num_parameters() - embeddings
+    params[0].requires_grad_(False)  # frozen: not trainable
+    assert model.num_parameters(only_trainable=True) == model.num_parameters() - params[0].numel()
+    assert (model.device, model.dtype) == (torch.device("cpu"), torch.float32)
+    assert model.to(torch.bfloat16).dtype == torch.bfloat16 and model.double().dtype == torch.float64
+    assert model.to("meta").device == torch.device("meta")

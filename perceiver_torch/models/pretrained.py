@@ -1,4 +1,5 @@
-"""`from_pretrained`, `save_pretrained` and `push_to_hub` on every task model, as transformers' classes have them."""
+"""`from_pretrained`, `save_pretrained`, `push_to_hub`, `num_parameters`, `device` and `dtype` on every task model,
+as transformers' classes have them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 
 class PretrainedMixin:
     """Gives a task model class (one with a `task`) transformers' `from_pretrained`, `save_pretrained` and
-    `push_to_hub`, spelled as there and built on `create_model`, `load_model`, `save_model` and `pt.push_to_hub`."""
+    `push_to_hub`, spelled as there and built on `create_model`, `load_model`, `save_model` and `pt.push_to_hub`;
+    and its `num_parameters()`, `device` and `dtype`."""
 
     task: str
 
@@ -58,3 +60,23 @@ class PretrainedMixin:
         from ..zoo.push import push_to_hub
 
         return push_to_hub(cast(torch.nn.Module, self), repo_id, **kwargs)
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """How many parameters the model has (transformers' method): only those that require grad with
+        `only_trainable`, without the `nn.Embedding` tables' with `exclude_embeddings` (the byte embeddings)."""
+        module = cast(torch.nn.Module, self)
+        skipped = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Embedding)} \
+            if exclude_embeddings else set()
+        return sum(p.numel() for p in module.parameters()
+                   if id(p) not in skipped and (p.requires_grad or not only_trainable))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are (transformers' property), e.g. for `inputs.to(model.device)`."""
+        return next(cast(torch.nn.Module, self).parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' floating-point dtype (transformers' property): float32, or what `.to(dtype)` or
+        `dtype=` made it. Float32 islands compute in float32 without float32 parameters (layers/precision.py)."""
+        return next(p.dtype for p in cast(torch.nn.Module, self).parameters() if p.is_floating_point())
