@@ -14,7 +14,7 @@ import numpy as np
 from perceiver_torch.config_schema import ConfigError, parse_config_json, validate_config
 from perceiver_torch.hashing import sha256_file
 from perceiver_torch.registry import preset
-from perceiver_torch.serialization import build_on_meta, save_checkpoint
+from perceiver_torch.serialization import build_on_meta, same_file, save_checkpoint
 
 from .checkpoint_reader import HaikuCheckpoint, open_haiku_checkpoint
 from .rules import ConversionError, strict_merge
@@ -70,12 +70,7 @@ def check_output(checkpoint_path: str | Path, output_path: str | Path, what: str
     if out.is_dir():
         raise ConversionError([f"output {out} is a directory; expected a file path such as "
                                f"{out / (src.stem + '.safetensors')}"], "output")
-    same = out.resolve() == src.resolve()
-    try:
-        same = same or (out.exists() and src.exists() and os.path.samefile(out, src))
-    except OSError:
-        pass  # unreadable: not provably the same file; writing will report the problem
-    if same:
+    if same_file(out, src):
         raise ConversionError([f"output {out} is {what} {src} (or a link to it); writing it would "
                                "destroy the source: choose another output path"], "output")
     return out

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from perceiver_torch.serialization import atomic_write
+from perceiver_torch.serialization import atomic_write, same_file
 
 
 def _write_bytes(data: bytes):
@@ -67,3 +67,18 @@ def test_a_created_directory_that_another_writer_used_meanwhile_is_kept(tmp_path
     with pytest.raises(RuntimeError):
         atomic_write(tmp_path / "new" / "a" / "x.bin", failing)
     assert [p.name for p in (tmp_path / "new").iterdir()] == ["other.bin"]
+
+
+def test_same_file_sees_through_spellings_and_links_but_not_lookalikes(tmp_path):
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.bin").symlink_to(a)
+    os.link(a, tmp_path / "hard.bin")
+    (tmp_path / "copy.bin").write_bytes(b"x")
+    assert same_file(a, tmp_path / "sub" / ".." / "a.bin")
+    assert same_file(tmp_path / "link.bin", a)
+    assert same_file(a, tmp_path / "hard.bin")
+    assert same_file(tmp_path / "new.bin", tmp_path / "sub" / ".." / "new.bin")  # one path, not yet written
+    assert not same_file(a, tmp_path / "copy.bin")
+    assert not same_file(a, tmp_path / "missing.bin")

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .integers import is_int
-from .serialization import atomic_write, check_output_path, model_dtype
+from .serialization import atomic_write, check_output_path, model_dtype, same_file
 from .zoo.create import create_model
 from .zoo.pretrained import checkpoint_path, load_file
 from .zoo.schema import is_model_name
@@ -245,7 +245,7 @@ def check_not_source(source: str | os.PathLike, output: Path) -> None:
     """Refuse an `output` that is the checkpoint `source` names (a file, or a save_pretrained directory's file):
     the export would replace the weights it was made from."""
     path = checkpoint_path(Path(source))
-    if output.exists() and path.exists() and os.path.samefile(path, output):
+    if same_file(path, output):
         raise ValueError(f"{output} is the checkpoint being exported ({source}); writing the export there would "
                          "replace it: give another output path.")
 

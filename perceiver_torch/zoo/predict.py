@@ -23,7 +23,7 @@ import torch
 from ..flow_visualization import save_flow_png
 from ..imagenet_preprocessing import center_crop_size, load_rgb
 from ..models import PerceiverForImageClassification, PerceiverForMaskedLM, PerceiverForOpticalFlow
-from ..serialization import atomic_write, check_output_path
+from ..serialization import atomic_write, check_output_path, same_file
 from ..tokenizer import BytesTokenizer
 from .model_arg import Target, resolve_model
 from .pretrained import not_a_file
@@ -73,7 +73,7 @@ def check_options(target: Target, k: int | None, mask: str | None, output: str |
                                f"{FLOW_LAYOUT}; .png: its colour coding)")
         check_output_path(output)  # a directory, a folder that is a file or not writable
         for name in inputs:
-            if os.path.exists(output) and os.path.exists(name) and os.path.samefile(name, output):
+            if same_file(name, output):
                 raise PredictError(f"--output {output} is the input frame {name}; give another output path")
         if os.path.lexists(output) and not force:
             raise PredictError(f"{output} exists; pass --force to replace it")
