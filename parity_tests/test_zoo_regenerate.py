@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import converters.zoo.regenerate as regen
 from converters.zoo.cli import main as admin_cli
 from converters.zoo.manifest_edit import update_entry
 from converters.zoo.publish import publish
@@ -34,6 +35,7 @@ from parity_tests.zoo_support import (
 )
 from perceiver_torch.hashing import sha256_file
 from perceiver_torch.zoo import ZooError, create_model, get_entry
+from perceiver_torch.zoo.schema import ManifestError, validate_entry
 
 TOKEN = "test-write-token"
 
@@ -286,3 +288,48 @@ def test_stored_output_check_runs_cuda_with_tf32_off_and_restores_it(tmp_path, m
     assert [r["passed"] for r in runs] == [True, True]
     assert seen[0][:2] == ("cpu", True) and seen[1] == ("cuda", False, False, "highest")
     assert torch.backends.cudnn.allow_tf32 is True  # restored
+
+
+def test_a_new_converter_reproducing_the_published_bytes_is_recorded_and_then_up_to_date(published, tmp_path,
+                                                                                          monkeypatch):
+    """A converter-version bump whose output is byte-identical keeps the publication and notes the new version in
+    parity.reverified, so the next run is a no-op instead of converting and verifying again on every run."""
+    manifest, tree, revision = published
+    copy = tmp_path / "m.yaml"
+    shutil.copy(manifest, copy)
+    copy_golden_files(tmp_path)
+    before = get_entry(GOLDEN_ENTRY, copy)
+    monkeypatch.setattr(regen, "CONVERTER_VERSION", before["parity"]["converter_version"] + "-next")
+    work = tmp_path / "work"
+    assert regenerate(GOLDEN_ENTRY, work_dir=work, manifest=copy)["changed"] is False
+    after = get_entry(GOLDEN_ENTRY, copy)
+    reverified = after["parity"].pop("reverified")
+    assert after == before  # status, revision, artifact, parity figures and card_sha256 as published
+    assert reverified["converter_version"] == regen.CONVERTER_VERSION and set(reverified) == {
+        "date", "converter_version", "versions"}
+    assert (work / GOLDEN_ENTRY / "README.md").read_bytes() == (tree / "tests/golden-language" / revision /
+                                                                "README.md").read_bytes()
+    recorded = copy.read_bytes()
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("an up-to-date entry was converted again")
+
+    monkeypatch.setattr(regen, "convert", no_conversion)
+    assert regenerate(GOLDEN_ENTRY, work_dir=work, manifest=copy) == {"name": GOLDEN_ENTRY, "changed": False}
+    assert copy.read_bytes() == recorded
+    with serve(tree, token=TOKEN) as hub:  # nothing to publish: the same files, the same commit
+        assert publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token=TOKEN, work_dir=work,
+                       manifest=copy)["revision"] == revision
+
+
+def test_reverified_is_only_for_a_published_entry(published):
+    manifest, _, _ = published
+    entry = get_entry(GOLDEN_ENTRY, manifest)
+    entry["parity"]["reverified"] = {"date": "2026-12-07", "converter_version": "x", "versions": {}}
+    validate_entry(GOLDEN_ENTRY, entry)
+    entry["status"] = "produced"
+    with pytest.raises(ManifestError, match="parity.reverified.*absent while status is 'produced'"):
+        validate_entry(GOLDEN_ENTRY, entry)
+    entry["status"], entry["parity"]["reverified"] = "produced", {"date": "2026-12-07"}
+    with pytest.raises(ManifestError, match=r"parity.reverified.converter_version'.*is required"):
+        validate_entry(GOLDEN_ENTRY, entry)

@@ -9,7 +9,8 @@
 
 `--manifest FILE` (or PERCEIVER_ZOO_MANIFEST) picks the manifest to read and rewrite; the default
 is the packaged zoo_manifest.yaml (in a source checkout, the repository's file). A second
-regeneration with an unchanged source, converter version and artifact is a no-op.
+regeneration with an unchanged source, converter version (or one recorded as having reproduced the published
+artifact byte for byte) and artifact is a no-op.
 """
 
 from __future__ import annotations

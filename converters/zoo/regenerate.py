@@ -179,12 +179,14 @@ Known real-weight checks:
 
 
 def is_up_to_date(name: str, entry: dict, work_dir: Path = WORK_DIR, source_sha256: str | None = None) -> bool:
-    """The manifest records this source (default: the Haiku file) and converter, and the artifact is present."""
+    """The manifest records this source (default: the Haiku file) and converter (the one that made the artifact,
+    or one that re-verified the published artifact byte for byte), and the artifact and its card are present."""
     parity, artifact = entry.get("parity"), entry.get("artifact")
     if entry["status"] == "not-produced" or not parity or not artifact:
         return False
+    reverified = parity.get("reverified") or {}
     if parity["source_sha256"] != (source_sha256 or entry["source"]["sha256"]) \
-            or parity["converter_version"] != CONVERTER_VERSION:
+            or CONVERTER_VERSION not in (parity["converter_version"], reverified.get("converter_version")):
         return False
     local = Path(work_dir) / name
     if not (local / artifact["filename"]).is_file() or not (local / "README.md").is_file():
@@ -216,25 +218,36 @@ def _write_card(directory: Path, text: str) -> Path:
     return atomic_write(directory / "README.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _keep_published(name: str, entry: dict, out: Path) -> dict:
-    """The verified artifact is byte-identical to the published one: the publication stands, the manifest is kept.
+def _today() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
+
+
+def _keep_published(name: str, entry: dict, out: Path, manifest=None) -> dict:
+    """The verified artifact is byte-identical to the published one: the publication stands, and so do the entry's
+    status, artifact and parity figures; a converter other than the recorded one is noted as `parity.reverified`.
 
     Its parity record and card_sha256 describe the card published with those bytes; the card is rebuilt from
     that record next to the artifact, so that the work dir holds what was published (a second run is a no-op,
     a `publish` makes no new commit). A card that cannot be rebuilt so (the entry's text or the card's template
     changed since) is not written: the published card stays the entry's until a republish.
     """
-    artifact = entry["artifact"]
+    artifact, parity = entry["artifact"], entry["parity"]
     where = f"{artifact['repo_id']}@{artifact['revision']} ({artifact['published_to']})"
+    recorded = (parity["converter_version"], (parity.get("reverified") or {}).get("converter_version"))
+    if CONVERTER_VERSION not in recorded:  # else is_up_to_date could never hold for this converter
+        parity["reverified"] = {"date": _today(), "converter_version": CONVERTER_VERSION, "versions": versions()}
+        update_entry(name, entry, manifest)
+        log.info("[%s] converter %s reproduced the published artifact (made by converter %s) byte for byte: "
+                 "recorded as parity.reverified", name, CONVERTER_VERSION, parity["converter_version"])
     text = model_card(name, entry, entry["parity"], artifact)
     if hashlib.sha256(text.encode("utf-8")).hexdigest() == artifact.get("card_sha256"):
         card = _write_card(out.parent, text)
         log.info("[%s] the verified artifact is byte-identical to the one published at %s (sha256 %s): the "
-                 "publication and the manifest entry are kept unchanged; %s and its published card %s are in place",
+                 "publication, its parity figures and card_sha256 stand; %s and its published card %s are in place",
                  name, where, artifact["sha256"], out, card)
         return {"name": name, "changed": False, "artifact": str(out), "card": str(card)}
     log.warning("[%s] the verified artifact is byte-identical to the one published at %s (sha256 %s): the "
-                "publication and the manifest entry are kept unchanged; but the card this version writes from the "
+                "publication, its parity figures and card_sha256 stand; but the card this version writes from the "
                 "recorded figures differs from the published one (card_sha256 %s), so no card was written",
                 name, where, artifact["sha256"], artifact.get("card_sha256"))
     return {"name": name, "changed": False, "artifact": str(out), "card": None}
@@ -286,9 +299,9 @@ def regenerate(name: str, source_path=None, force: bool = False, work_dir: Path 
 
     published = entry.get("artifact") or {}
     if entry["status"] == "published" and published.get("revision") and sha256_file(out) == published["sha256"]:
-        return _keep_published(name, entry, out)
+        return _keep_published(name, entry, out, manifest)
     parity = {
-        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d"),
+        "date": _today(),
         "versions": versions(),
         "converter_version": CONVERTER_VERSION,
         "source_sha256": source_sha256,

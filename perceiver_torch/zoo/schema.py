@@ -35,7 +35,10 @@ Each ENTRY has these fields (``?`` = may be null):
                     (distribution -> version), ``converter_version``, ``source_sha256``,
                     ``runs`` (list of ``{reference, device, dtype, passed, atol, rtol,
                     outputs: {NAME: {max_abs, max_rel, ...}}, ...}``, the parity harness's
-                    report layout) and ``known_checks`` (list of ``{name, expected, got, passed}``).
+                    report layout) and ``known_checks`` (list of ``{name, expected, got, passed}``);
+                    ``reverified``? (``{date, converter_version, versions}``: a later converter whose
+                    verified output was byte-identical to the published artifact, so the publication,
+                    its figures and its card stand; regenerate then counts the entry up to date for it).
 ``preprocessing``   facts about the inputs (tokenizer, image size, normalisation), each
                     with its source; what the release does not state is null, never guessed.
 ``notes``?          free text.
@@ -74,6 +77,7 @@ TRANSFORMERS_FIELDS = ("repo_id", "revision", "filename", "sha256")
 TRANSFORMERS_FILES = ("model.safetensors", "pytorch_model.bin")
 ARTIFACT_FIELDS = ("filename", "sha256", "size", "repo_id", "revision", "published_to", "card_sha256")
 PARITY_FIELDS = ("date", "versions", "converter_version", "source_sha256", "runs", "known_checks")
+REVERIFIED_FIELDS = ("date", "converter_version", "versions")
 RUN_FIELDS = ("reference", "device", "dtype", "passed", "atol", "rtol", "outputs")  # required; more allowed
 CHECK_FIELDS = ("name", "expected", "got", "passed")
 
@@ -224,7 +228,12 @@ def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
                 _fail(name, "artifact.revision", f"must be a pinned 40-hex revision, found {artifact['revision']!r}")
             if artifact["published_to"] not in PUBLISHED_TO:
                 _fail(name, "artifact.published_to", f"must be one of {list(PUBLISHED_TO)}")
-        _check_keys(name, "parity", parity, PARITY_FIELDS, PARITY_FIELDS)
+        _check_keys(name, "parity", parity, (*PARITY_FIELDS, "reverified"), PARITY_FIELDS)
+        if parity.get("reverified") is not None:
+            _check_keys(name, "parity.reverified", parity["reverified"], REVERIFIED_FIELDS, REVERIFIED_FIELDS)
+            if status != "published":
+                _fail(name, "parity.reverified", "records a re-verification of a published artifact; it must be "
+                                                 f"absent while status is {status!r}")
         runs = parity["runs"]
         if not isinstance(runs, list) or not runs:
             _fail(name, "parity.runs", "must be a non-empty list")
