@@ -152,6 +152,11 @@ def test_cli_bfloat16_reports_the_budget(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["dtype"] == "bfloat16" and report["passed"] is True and report["rtol"] == 0.0
     assert report["budget"]["agreement"]["top1_agreement"]["passed"] is True
+    # The budget line compares like with like: the normalised error (max_abs over the reference's largest
+    # magnitude, both printed) against the normalised budget.
+    logits, scale = report["outputs"]["logits"], report["budget"]["reference_max_abs"]["logits"]
+    assert f"  logits: normalised error {logits['max_abs'] / scale:.3e} (max_abs {logits['max_abs']:.3e} / " \
+           f"max|reference| {scale:.3e}), budget {report['budget']['normalised_error']['logits']:.3e}: ok" in printed
     # The float32 report contract's keys are all still there.
     assert {"passed", "task", "reference", "outputs", "device", "dtype", "atol", "rtol", "versions"} <= set(report)
 

@@ -281,6 +281,7 @@ def run_parity(task: str, config, checkpoint=None, inputs=None, seed: int = 0, d
     budget_report = None
     if budget is not None:
         budget_report = _budget_report(task, budget, torch_out, jax_out, run_inputs, both, mode)
+        budget_report["reference_max_abs"] = {name: float(np.abs(jax_out[name]).max()) for name in both}
     return ParityReport(task=task, outputs=outputs, device=device, dtype=dtype, atol=float(atol), rtol=float(rtol),
                         reference=reference, versions=versions(), expected=expected_errors, budget=budget_report,
                         atol_per_unit_range=atol_per_unit_range,

@@ -148,10 +148,15 @@ class ParityReport:
         if self.budget is not None:
             lines.append("")
             lines.append(f"budget ({self.budget['mode']}): {self.budget['source']}")
+            scale = self.budget.get("reference_max_abs", {})
             for name, bound in self.budget["normalised_error"].items():
                 if name in self.outputs:
-                    e = self.outputs[name]
-                    lines.append(f"  {name}: max_abs {e.max_abs:.3e} within budget {bound:.3e} x max|reference|: "
+                    # Like with like: the error over the reference's largest magnitude against the budget, which
+                    # is measured the same way; the absolute figures it comes from follow.
+                    e, ref = self.outputs[name], scale.get(name)
+                    figures = (f"normalised error {e.max_abs / ref:.3e} (max_abs {e.max_abs:.3e} / max|reference| "
+                               f"{ref:.3e})" if ref else f"max_abs {e.max_abs:.3e}")
+                    lines.append(f"  {name}: {figures}, budget {bound:.3e}: "
                                  f"{'ok' if e.within_tolerance else 'FAIL'}")
             for metric, c in self.budget["agreement"].items():
                 lines.append(f"  {metric}: {c['measured']:.4g} {c['direction']} {c['bound']:.4g}: "
