@@ -530,9 +530,9 @@ def serve_from_args(args: argparse.Namespace, prog: str = "perceiver-zoo-admin")
     except OSError as exc:
         print(f"{prog}: error: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"serving {hub.root} at {hub.endpoint} (stops after {args.idle_timeout:g}s idle or Ctrl-C); "
-          f"export HF_ENDPOINT={hub.endpoint}" + (f" HF_TOKEN={token}" if token else " (read-only)"), flush=True)
-    try:
+    try:  # the announcement inside: a Ctrl-C the moment it is read (while its flush returns) is a stop too
+        print(f"serving {hub.root} at {hub.endpoint} (stops after {args.idle_timeout:g}s idle or Ctrl-C); "
+              f"export HF_ENDPOINT={hub.endpoint}" + (f" HF_TOKEN={token}" if token else " (read-only)"), flush=True)
         hub.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:  # the usual way to stop it: not an error
         print("stopped (Ctrl-C)", flush=True)
