@@ -4,7 +4,8 @@ Shape and dtype checks read metadata only, so they run everywhere, traced
 code included (a fixed size becomes a static check; the batch stays free).
 Value checks (id ranges, pixel scales) need the data: they run only in eager
 mode on CPU tensors, where reading a min/max costs no device sync and
-traces nothing. `forward` on an accelerator, under `torch.compile` or being
+traces nothing, and not inside `torch.func.vmap`, which cannot read values.
+`forward` on an accelerator, under `torch.compile` or being
 exported never reads values on the host (the one exception, the video's
 subsample indices and `PerceiverIO`'s subsampled output points, are checked
 there by `torch._assert_async`, which needs no sync: `check_indices`); the
@@ -49,9 +50,17 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
+def transformed(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is a torch.func transform's wrapper (vmap's batched tensor, grad's): vmap cannot read a
+    value to the host (per-sample gradients run `vmap(grad(...))`), so value checks step aside, as when tracing."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
 def values_readable(tensor: torch.Tensor, *, any_device: bool = False) -> bool:
-    """Whether a value check may read `tensor`: eager, and on CPU unless `any_device` (helpers only)."""
-    return not tracing() and (any_device or tensor.device.type == "cpu") and tensor.numel() > 0
+    """Whether a value check may read `tensor`: eager, not inside a torch.func transform, and on CPU unless
+    `any_device` (helpers only)."""
+    return (not tracing() and not transformed(tensor) and (any_device or tensor.device.type == "cpu")
+            and tensor.numel() > 0)
 
 
 def check_range(where: str, name: str, tensor: torch.Tensor, low: float, high: float, expected: str,
