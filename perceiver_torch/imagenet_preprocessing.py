@@ -14,8 +14,8 @@ Pillow (the `image` extra) is only needed to open files and PIL images.
 
 from __future__ import annotations
 
+import os
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,16 +44,34 @@ def _pil():
     return Image
 
 
+# Pillow's 16-bit greyscale modes. convert("RGB") clips their 0-65535 values at 255 (a white image), so they
+# are scaled to 0-255 instead; modes I (32-bit integers) and F (floats) have no agreed range and are refused.
+_GREY16 = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _pil_rgb(image, where: str) -> np.ndarray:
+    """A PIL image as RGB values 0-255 [H, W, 3]: uint8, or float32 for 16-bit greyscale (no precision lost)."""
+    if image.mode in _GREY16:
+        grey = np.asarray(image).astype(np.float32) * np.float32(255 / 65535)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        raise ValueError(f"{where} is a {kind} image (PIL mode {image.mode}), whose values have no agreed 0-255 "
+                         "scale; convert it to 8-bit RGB first, or pass a numpy [H, W, 3] array of 0-255 values.")
+    return np.asarray(image.convert("RGB"))
+
+
 def load_rgb(image) -> np.ndarray:
-    """A path, a PIL image or an [H, W, 3] array -> uint8-range RGB array [H, W, 3] (float32 if given float)."""
-    if isinstance(image, (str, Path)):
+    """A path, a PIL image or an [H, W, 3] array -> 0-255 RGB array [H, W, 3]: uint8, or float32 if given floats
+    or a 16-bit greyscale image (scaled from 0-65535)."""
+    if isinstance(image, (str, bytes, os.PathLike)):
         with _pil().open(image) as opened:
-            return np.asarray(opened.convert("RGB"))
+            return _pil_rgb(opened, os.fsdecode(image))
     if isinstance(image, torch.Tensor):
         raise TypeError("pass a path, a PIL image or a numpy [H, W, 3] array of 0-255 RGB values; for a "
                         "tensor already preprocessed [3, H, W], call the model directly.")
     if not isinstance(image, np.ndarray) and hasattr(image, "convert"):  # a PIL image
-        return np.asarray(image.convert("RGB"))
+        return _pil_rgb(image, "the image")
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"expected an RGB image array [H, W, 3] (channels last, 0-255); got shape {array.shape}.")

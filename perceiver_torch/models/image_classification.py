@@ -19,6 +19,7 @@ from ..layers import Perceiver, PerceiverEncoder
 from ..layers.decoders import ClassificationDecoder
 from ..layers.image import ImagePreprocessor
 from ..layers.precision import FinalLinear
+from .inference_helpers import inference_helper
 from .input_checks import check_batch, check_count, check_flag, check_float, check_latents, check_range, check_top_k
 from .owned_config import check_own_config, own_config
 from .pretrained import PretrainedMixin
@@ -177,7 +178,7 @@ class PerceiverForImageClassification(PretrainedMixin, Perceiver):
     def classify(self, image: Any, k: int = ..., *, batch_size: int = ...
                  ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]: ...
 
-    @torch.no_grad()
+    @inference_helper
     def classify(self, image: Any, k: int = 5, *, batch_size: int = 8
                  ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
         """Top-k (label, probability) for one image: a path, a PIL image or an RGB array [H, W, 3] (0-255).
@@ -215,4 +216,4 @@ class PerceiverForImageClassification(PretrainedMixin, Perceiver):
 def _is_image_batch(value) -> bool:
     """A list or tuple of images (paths, PIL images, arrays), not one image given as nested lists of pixels."""
     return isinstance(value, (list, tuple)) and all(
-        isinstance(item, (str, os.PathLike, np.ndarray)) or hasattr(item, "convert") for item in value)
+        isinstance(item, (str, bytes, os.PathLike, np.ndarray)) or hasattr(item, "convert") for item in value)
