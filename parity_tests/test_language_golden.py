@@ -14,7 +14,7 @@ import torch
 import perceiver_torch as pt
 from converters.tasks import run_upstream_layout
 
-from .conftest import assert_close, golden_dir, golden_io
+from .conftest import assert_close, golden_config, golden_dir, golden_io, seeded_model
 
 
 @pytest.mark.parametrize("pickle_name", ["checkpoint.pickle", "checkpoint_plain.pickle"])
@@ -161,3 +161,13 @@ def test_forward_features_are_the_latents_forward_decodes_and_ignore_padding(con
                                    rtol=0, atol=1e-5)
     with pytest.raises(TypeError, match="PerceiverForMaskedLM.forward: input_ids must be an integer tensor"):
         model.forward_features(ids.float())
+
+
+def test_fill_masked_refuses_a_vocabulary_the_byte_tokenizer_does_not_have():
+    """Before, a model with vocab_size 300 predicted id 299 and failed in BytesTokenizer.decode; with 100 the
+    text's bytes were refused as out-of-range ids. Now both name the mismatch; forward itself still works."""
+    for vocab in (100, 300):
+        model = seeded_model("language", {**golden_config("language"), "vocab_size": vocab}).eval()
+        with pytest.raises(ValueError, match=f"vocab_size {vocab}, but fill_masked .* byte tokenizer's 262 ids"):
+            model.fill_masked("ab[MASK]")
+        assert model(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, vocab)

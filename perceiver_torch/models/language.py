@@ -10,6 +10,7 @@ import torch
 from ..integers import is_int
 from ..layers import BasicDecoder, EmbeddingDecoder, Perceiver, PerceiverEncoder, TextPreprocessor
 from ..tokenizer import BytesTokenizer
+from .inference_helpers import inference_helper
 from .input_checks import INDEX_DTYPES, check_binary, check_count, check_flag, check_latents, check_range, describe
 from .owned_config import check_own_config, own_config
 from .pretrained import PretrainedMixin
@@ -164,7 +165,7 @@ class PerceiverForMaskedLM(PretrainedMixin, Perceiver):
     def fill_masked(self, text: list[str] | tuple[str, ...], mask: str = ..., *, batch_size: int = ...
                     ) -> list[str]: ...
 
-    @torch.no_grad()
+    @inference_helper
     def fill_masked(self, text: str | Sequence[str], mask: str = "[MASK]", *, batch_size: int = 8
                     ) -> str | list[str]:
         """Replace each `mask` marker (one byte each) by the model's greedy prediction.
@@ -176,6 +177,11 @@ class PerceiverForMaskedLM(PretrainedMixin, Perceiver):
         >>> model.fill_masked("This is an incomplete sentence where some words are" + "[MASK]" * 9)
         """
         where = "PerceiverForMaskedLM.fill_masked"
+        if self.config["vocab_size"] != self.tokenizer.vocab_size:  # forward works; the bytes cannot round-trip
+            raise ValueError(f"{where}: this model has vocab_size {self.config['vocab_size']}, but fill_masked "
+                             f"reads and writes text with the byte tokenizer's {self.tokenizer.vocab_size} ids "
+                             "(PerceiverForMaskedLM.tokenizer); tokenize for this vocabulary yourself and call "
+                             "the model.")
         single = isinstance(text, str)
         texts = [text] if single else text
         if not isinstance(texts, (list, tuple)):

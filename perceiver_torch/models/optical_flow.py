@@ -9,6 +9,7 @@ from ..layers.encoder import PerceiverEncoder
 from ..layers.flow import FlowDecoder, patches_for_flow
 from ..layers.image import ImagePreprocessor
 from ..layers.perceiver import Perceiver
+from .inference_helpers import inference_helper
 from .input_checks import check_batch, check_range, describe
 from .owned_config import check_own_config, own_config
 from .pretrained import PretrainedMixin
@@ -106,7 +107,7 @@ class PerceiverForOpticalFlow(PretrainedMixin, Perceiver):
         flow = super().forward(patches)  # [B, H, W, 2]
         return (flow * self.flow_scale_factor).permute(0, 3, 1, 2)
 
-    @torch.no_grad()
+    @inference_helper
     def estimate_flow(self, image1: torch.Tensor, image2: torch.Tensor, *, min_overlap: int | None = None,
                       tile_batch_size: int = 8) -> torch.Tensor:
         """Flow [B, 2, H, W] for frames [B, 3, H, W] (or [3, H, W]) of any size >= train_size.

@@ -13,6 +13,7 @@ from ..layers.audio import AudioPreprocessor
 from ..layers.image import ImagePreprocessor
 from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocessor, QueryGenerator
 from ..layers.postprocessors import AudioPostprocessor, ClassificationPostprocessor, ProjectionPostprocessor
+from .inference_helpers import inference_helper
 from .input_checks import check_batch, check_float, check_indices, check_range, check_top_k, describe
 from .owned_config import check_own_config, own_config
 from .perceiver_io import PerceiverIO
@@ -193,7 +194,7 @@ class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
             outputs["image"], outputs["audio"] = self._to_clip(outputs["image"], outputs["audio"])
         return outputs
 
-    @torch.no_grad()
+    @inference_helper
     def autoencode(self, images: torch.Tensor, audio: torch.Tensor, chunks: int | None = None) -> dict:
         """Reconstruct a whole clip in `chunks` decoding chunks (default: config `nchunks`), without a graph.
 
