@@ -115,6 +115,30 @@ def test_schema_errors_name_entry_and_field(mutate, field):
         validate_entry("golden-language", entry)
 
 
+def test_a_hostile_value_is_shown_cut_short_not_expanded(tmp_path):
+    """A YAML alias bomb: nine levels of nine references to the level below are a few hundred bytes of YAML and
+    shared objects in memory, but 9**9 strings once repr'd. Before, the schema's message repr'd the value in full
+    (2 GB and a MemoryError traceback); now it is cut short and the field named."""
+    text = tmp_path / "m.yaml"
+    save_manifest(load_manifest(TEST_MANIFEST), text)
+    data = yaml.safe_load(text.read_text())
+    name = next(n for n, e in data["models"].items() if e.get("artifact"))
+    levels = ["&a0 [" + ", ".join(["lol"] * 9) + "]"]
+    levels += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    lines = text.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line == f"  {name}:")
+    sha = next(i for i in range(at, len(lines)) if lines[i].strip().startswith("sha256:") and
+               lines[i - 1].strip() != "source:" and "artifact" in "".join(lines[at:i]))
+    indent = lines[sha][:len(lines[sha]) - len(lines[sha].lstrip())]
+    lines[sha] = f"{indent}sha256: [{', '.join(levels)}]"
+    text.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(text)
+    message = str(info.value)
+    assert f"entry '{name}', field 'artifact.sha256': must be 64 lowercase hex digits, found [" in message
+    assert len(message) < 400, message
+
+
 def test_published_entry_needs_a_pinned_revision_and_passing_figures():
     entry = golden_language_entry()
     run = {"reference": "x", "device": "cpu", "dtype": "float32", "passed": True, "atol": 1e-4, "rtol": 1e-4,

@@ -49,12 +49,18 @@ class ConfigError(ValueError):
                          + "\n  ".join(self.problems))
 
 
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 60  # a hostile value is shown cut short, never in full
+# A hostile value is shown cut short, never in full: strings past 60 characters, containers past 4 items and
+# 2 levels (a YAML alias bomb is a few hundred bytes of nested references that repr would expand to gigabytes).
+_REPR = reprlib.Repr()  # keyword arguments need Python 3.12
+_REPR.maxlevel = 2
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxarray = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 4
+_REPR.maxdeque = 4
+_REPR.maxstring = _REPR.maxother = 60
 
 
 def short_repr(value) -> str:
-    """`repr(value)`, cut short past 60 characters: how an error message shows a value it did not choose."""
+    """`repr(value)`, cut short: how an error message shows a value it did not choose (at most a few hundred
+    characters, whatever the value)."""
     return _REPR.repr(value)
 
 

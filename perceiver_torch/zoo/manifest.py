@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config_schema import short_repr
 from .schema import ManifestError, validate_manifest
 
 PACKAGED_MANIFEST = "zoo_manifest.yaml"
@@ -69,7 +70,7 @@ def _construct_mapping(loader, node, deep=False):
     for key_node, _ in node.value:
         key = _checked_key(loader, key_node, deep)
         if key in seen:
-            raise ManifestError(f"zoo manifest: duplicate key {key!r} (line {_line(key_node)}); "
+            raise ManifestError(f"zoo manifest: duplicate key {short_repr(key)} (line {_line(key_node)}); "
                                 "entry names must be unique")
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
@@ -140,5 +141,6 @@ def get_entry(name: str, path=None) -> dict:
     and the models it holds."""
     models = entries(path)
     if name not in models:
-        raise UnknownModelError(f"no zoo model {name!r} in {manifest_path(path)}; available: {sorted(models)}")
+        raise UnknownModelError(f"no zoo model {short_repr(name)} in {manifest_path(path)}; "
+                                f"available: {sorted(models)}")
     return copy.deepcopy(models[name])

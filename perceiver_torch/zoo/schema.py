@@ -49,7 +49,7 @@ from __future__ import annotations
 import re
 from typing import TypeGuard
 
-from ..config_schema import config_problems
+from ..config_schema import config_problems, short_repr
 from ..registry import TASKS, preset_names
 
 SCHEMA_VERSION = 1
@@ -87,7 +87,7 @@ class ManifestError(ValueError):
 
 
 def _fail(name: str, field: str, message: str):
-    raise ManifestError(f"zoo manifest: entry {name!r}, field {field!r}: {message}")
+    raise ManifestError(f"zoo manifest: entry {short_repr(name)}, field {short_repr(field)}: {message}")
 
 
 def _check_keys(name: str, prefix: str, value, allowed, required=()):
@@ -103,12 +103,12 @@ def _check_keys(name: str, prefix: str, value, allowed, required=()):
 
 def _check_sha(name, field, value):
     if not isinstance(value, str) or not _SHA256.match(value):
-        _fail(name, field, f"must be 64 lowercase hex digits, found {value!r}")
+        _fail(name, field, f"must be 64 lowercase hex digits, found {short_repr(value)}")
 
 
 def _check_size(name, field, value):
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        _fail(name, field, f"must be a positive integer byte count, found {value!r}")
+        _fail(name, field, f"must be a positive integer byte count, found {short_repr(value)}")
 
 
 def is_model_name(value) -> TypeGuard[str]:
@@ -133,23 +133,24 @@ def is_relative_path(value) -> bool:
 def check_repo_id(name, field, value):
     if not is_repo_id(value):
         _fail(name, field, f"must be a Hub repo id 'namespace/name' (letters, digits, '.', '_', '-'; no '--' "
-                           f"or '..'), found {value!r}")
+                           f"or '..'), found {short_repr(value)}")
 
 
 def check_relative_path(name, field, value):
     if not is_relative_path(value):
         _fail(name, field, f"must be a relative path of plain names (letters, digits, '.', '_', '-'; no '..'), "
-                           f"found {value!r}")
+                           f"found {short_repr(value)}")
 
 
 def _check_transformers_source(name: str, value) -> None:
     _check_keys(name, "source.transformers", value, TRANSFORMERS_FIELDS, TRANSFORMERS_FIELDS)
     check_repo_id(name, "source.transformers.repo_id", value["repo_id"])
     if not isinstance(value["revision"], str) or not _REVISION.match(value["revision"]):
-        _fail(name, "source.transformers.revision", f"must be a 40-hex commit id, found {value['revision']!r}")
+        _fail(name, "source.transformers.revision",
+              f"must be a 40-hex commit id, found {short_repr(value['revision'])}")
     if value["filename"] not in TRANSFORMERS_FILES:
         _fail(name, "source.transformers.filename", f"must be one of {list(TRANSFORMERS_FILES)}, "
-                                                     f"found {value['filename']!r}")
+                                                     f"found {short_repr(value['filename'])}")
     _check_sha(name, "source.transformers.sha256", value["sha256"])
 
 
@@ -169,9 +170,9 @@ def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
         _fail(str(name), "name", "must be 1-96 lowercase letters, digits and dashes")
     _check_keys(name, "entry", entry, ENTRY_FIELDS, [k for k, req in ENTRY_FIELDS.items() if req])
     if entry["kind"] not in KINDS:
-        _fail(name, "kind", f"must be one of {list(KINDS)}, found {entry['kind']!r}")
+        _fail(name, "kind", f"must be one of {list(KINDS)}, found {short_repr(entry['kind'])}")
     if entry["task"] not in tasks:
-        _fail(name, "task", f"must be one of {list(tasks)}, found {entry['task']!r}")
+        _fail(name, "task", f"must be one of {list(tasks)}, found {short_repr(entry['task'])}")
     has_preset, has_config = entry.get("preset") is not None, entry.get("config") is not None
     if has_preset == has_config:
         _fail(name, "preset", "exactly one of 'preset' and 'config' must be set")
@@ -181,9 +182,9 @@ def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
     if has_config:
         _check_config(name, entry["task"], entry["config"])
     if has_preset and entry["preset"] not in presets:
-        _fail(name, "preset", f"unknown preset {entry['preset']!r}; known: {list(presets)}")
+        _fail(name, "preset", f"unknown preset {short_repr(entry['preset'])}; known: {list(presets)}")
     if entry["status"] not in STATUSES:
-        _fail(name, "status", f"must be one of {list(STATUSES)}, found {entry['status']!r}")
+        _fail(name, "status", f"must be one of {list(STATUSES)}, found {short_repr(entry['status'])}")
     if not isinstance(entry["regenerate"], str) or not entry["regenerate"].strip():
         _fail(name, "regenerate", "must be a non-empty string")
     check_repo_id(name, "publish_repo", entry["publish_repo"])
@@ -199,7 +200,7 @@ def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
             check_relative_path(name, f"source.{field}", source[field])
     if source.get("url") is not None and not (isinstance(source["url"], str)
                                               and source["url"].startswith(("https://", "http://"))):
-        _fail(name, "source.url", f"must be an http(s) URL, found {source['url']!r}")
+        _fail(name, "source.url", f"must be an http(s) URL, found {short_repr(source['url'])}")
     if source.get("transformers") is not None:
         _check_transformers_source(name, source["transformers"])
 
@@ -211,9 +212,9 @@ def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
             _fail(name, "parity", "must be null while status is 'not-produced'")
     else:
         if artifact is None:
-            _fail(name, "artifact", f"is required when status is {status!r}")
+            _fail(name, "artifact", f"is required when status is {short_repr(status)}")
         if parity is None:
-            _fail(name, "parity", f"is required when status is {status!r}")
+            _fail(name, "parity", f"is required when status is {short_repr(status)}")
         _check_keys(name, "artifact", artifact, ARTIFACT_FIELDS, ("filename", "sha256", "size"))
         _check_sha(name, "artifact.sha256", artifact["sha256"])
         _check_size(name, "artifact.size", artifact["size"])
@@ -225,7 +226,8 @@ def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
                 if not artifact.get(key):
                     _fail(name, f"artifact.{key}", "is required when status is 'published'")
             if not isinstance(artifact["revision"], str) or not _REVISION.match(artifact["revision"]):
-                _fail(name, "artifact.revision", f"must be a pinned 40-hex revision, found {artifact['revision']!r}")
+                _fail(name, "artifact.revision",
+                      f"must be a pinned 40-hex revision, found {short_repr(artifact['revision'])}")
             if artifact["published_to"] not in PUBLISHED_TO:
                 _fail(name, "artifact.published_to", f"must be one of {list(PUBLISHED_TO)}")
         _check_keys(name, "parity", parity, (*PARITY_FIELDS, "reverified"), PARITY_FIELDS)
@@ -233,7 +235,7 @@ def validate_entry(name: str, entry, tasks=TASKS, presets=None) -> None:
             _check_keys(name, "parity.reverified", parity["reverified"], REVERIFIED_FIELDS, REVERIFIED_FIELDS)
             if status != "published":
                 _fail(name, "parity.reverified", "records a re-verification of a published artifact; it must be "
-                                                 f"absent while status is {status!r}")
+                                                 f"absent while status is {short_repr(status)}")
         runs = parity["runs"]
         if not isinstance(runs, list) or not runs:
             _fail(name, "parity.runs", "must be a non-empty list")
@@ -261,7 +263,8 @@ def validate_manifest(data) -> dict:
         raise ManifestError("zoo manifest: top level must be a mapping with 'schema_version' and 'models'")
     if type(data.get("schema_version")) is not int or data["schema_version"] != SCHEMA_VERSION:  # True == 1
         raise ManifestError(
-            f"zoo manifest: field 'schema_version' must be {SCHEMA_VERSION}, found {data.get('schema_version')!r}"
+            f"zoo manifest: field 'schema_version' must be {SCHEMA_VERSION}, "
+            f"found {short_repr(data.get('schema_version'))}"
         )
     extra = set(data) - {"schema_version", "models"}
     if extra:
