@@ -182,3 +182,13 @@ def test_a_reader_that_closes_stdout_early_ends_the_cli_quietly():
         os.close(write_end)
         err = cli.stderr.read() if cli.stderr else b""
     assert (cli.returncode, err) == (141, b"")
+
+
+@pytest.mark.parametrize("argv", [["predict", "", "x"], ["info", ""], ["export", "", "-o", "out.pt2"]])
+def test_an_empty_model_argument_is_named_as_empty(argv, capsys, tmp_path, monkeypatch):
+    """Before, '' became Path('.') and was reported as '. is a directory without a model.safetensors'."""
+    monkeypatch.chdir(tmp_path)
+    assert zoo_cli(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("perceiver-zoo: error: MODEL is empty: give a zoo name") and err.count("\n") == 1
+    assert os.listdir(tmp_path) == []

@@ -69,6 +69,9 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
     save_pretrained directory (its header's metadata), each checked as `load_model` checks it. For an
     'owner/name' that is no file, the error names the zoo entry holding those weights (as
     `perceiver-zoo <command> NAME`), else its ``hf-hub:`` spelling."""
+    if not model:  # Path("") is ".", which would be reported as a directory without a model.safetensors
+        raise ModelArgumentError("MODEL is empty: give a zoo name (perceiver-zoo list), hf-hub:owner/name, a "
+                                 "converted .safetensors file or a save_pretrained directory")
     kind = source_kind(model)
     if kind == "zoo":
         entry = zoo_entry(model, manifest)  # an UnknownModelError naming the manifest and its models
