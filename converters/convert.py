@@ -113,7 +113,8 @@ def convert(task: str, checkpoint_path: str | Path, config: Mapping | str | Path
         arrays = _merge(task, checkpoint.flat(), config, shapes, origin=str(checkpoint_path))
         metadata = {
             "source_sha256": PENDING_SHA256,
-            "source_name": Path(checkpoint_path).name,
+            # The file's name as UTF-8 (metadata is JSON): bytes that are not UTF-8 are written as \xNN escapes.
+            "source_name": os.fsencode(Path(checkpoint_path).name).decode("utf-8", "backslashreplace"),
             "converter_version": CONVERTER_VERSION,
         }
 

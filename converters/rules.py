@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from perceiver_torch.layers.image import conv_stem_layers
+from perceiver_torch.message_text import problem_lines
 
 from .stored_arrays import StoredArray
 
@@ -164,7 +165,7 @@ class ConversionError(ValueError):
     def __init__(self, problems: list[str], context: str = ""):
         self.problems = problems
         head = f"conversion failed{f' ({context})' if context else ''}: {len(problems)} problem(s)"
-        super().__init__(head + "\n  " + "\n  ".join(problems))
+        super().__init__(head + problem_lines(problems))  # names from the file: escaped, clipped, counted
 
 
 def as_parameter(src: str, value: np.ndarray, problems: list[str]) -> np.ndarray | None:

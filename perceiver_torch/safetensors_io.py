@@ -32,6 +32,7 @@ from typing import cast
 import numpy as np
 import torch
 
+from .message_text import problem_lines
 from .strict_json import loads_strict
 
 # Ours hold a few hundred entries (tens of KB); safetensors itself stops at 100 MB. 16 MB keeps
@@ -169,8 +170,8 @@ def parse_header(raw: bytes, size: int, where: str | os.PathLike) -> Header:
         problems.append(f"the tensors span {position} bytes of data; the file holds {data_size} "
                         f"({'truncated' if position > data_size else 'trailing bytes'})")
     if problems:
-        raise CheckpointFormatError(f"{where} is not a valid safetensors file: {len(problems)} problem(s)\n  "
-                                    + "\n  ".join(problems))
+        raise CheckpointFormatError(f"{where} is not a valid safetensors file: {len(problems)} problem(s)"
+                                    + problem_lines(problems))
     return Header(metadata, tensors, 8 + length)
 
 

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from torch.overrides import TorchFunctionMode
 
 from .config_schema import MAX_PARAMETERS, ConfigError, check_parameter_count, parse_config_json, validate_config
+from .message_text import printable, problem_lines
 from .registry import build_model
 from .safetensors_io import CODES, MAX_HEADER_BYTES, CheckpointFormatError, Header, read_header, write_safetensors
 
@@ -73,6 +74,14 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
+def temp_name(name: str, suffix: str = "tmp") -> str:
+    """A hidden, unique name for a temp file or folder beside `name`: ".NAME.<16 hex>.SUFFIX", with NAME cut so
+    that the whole fits the usual 255-byte limit on a file name (an output name of up to 255 bytes still works)."""
+    while len(os.fsencode(name)) > 200:
+        name = name[:-1]
+    return f".{name}.{secrets.token_hex(8)}.{suffix}"
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call write(tmp_path) on a temp file beside `path`, then rename it into place.
 
@@ -82,7 +91,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     created = [p for p in path.absolute().parents if not p.exists()]  # deepest first, removed in that order
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+        tmp = str(path.parent / temp_name(path.name))
         # Created with 0666 less the umask, the mode a plain open() gives (mkstemp's is owner-only 0600).
         # The kernel applies the umask, so the process-wide umask is never toggled to read it (other
         # threads may be creating files meanwhile).
@@ -258,8 +267,11 @@ def usable_device(device: str | torch.device) -> torch.device:
         device = torch.device(device)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError, TypeError) as exc:  # torch without CUDA asserts
-        raise ValueError(f"device {str(device)!r} cannot be used here: {exc}") from None
-    return device
+        # The first line: for a backend this build lacks (mps, xla) torch appends its dispatcher's 50-line table.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"device {str(device)!r} cannot be used here: {printable(reason, 200)}") from None
+    # 'cpu:0' is the CPU, as torch treats it; safetensors refuses an index on it, which would blame the file.
+    return torch.device("cpu") if device.type == "cpu" else device
 
 
 def loading_device(device: str | torch.device) -> torch.device:
@@ -334,8 +346,8 @@ def load_model(path, device: str | torch.device = "cpu", *, dtype: str | torch.d
         raise CheckpointConfigError(str(exc), exc.problems) from None
     problems = tensor_problems(model, {name: (entry.shape, entry.dtype) for name, entry in header.tensors.items()})
     if problems:
-        raise CheckpointFormatError(f"{path} does not match its {task} model: {len(problems)} problem(s)\n  "
-                                    + "\n  ".join(problems))
+        raise CheckpointFormatError(f"{path} does not match its {task} model: {len(problems)} problem(s)"
+                                    + problem_lines(problems))
     state: dict[str, torch.Tensor] = {}
     bad: list[str] = []
     try:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from perceiver_torch.message_text import problem_lines
+
 # All arrays of one io.npz together; a released-size video clip is ~10 MB a sample, a flow pair ~4.4 MB.
 MAX_INPUT_BYTES = 1 << 29
 BATCH = "B"  # a shape entry: the batch, the same in every input
@@ -25,7 +27,7 @@ class InputsError(ValueError):
 
     def __init__(self, source: str, problems: list[str]):
         self.problems = problems
-        super().__init__(f"{source}: {len(problems)} problem(s) with the inputs\n  " + "\n  ".join(problems))
+        super().__init__(f"{source}: {len(problems)} problem(s) with the inputs" + problem_lines(problems))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import reprlib
 
 from perceiver_torch.config_schema import ConfigError, validate_config
 from perceiver_torch.layers.encoder import PerceiverEncoder
+from perceiver_torch.message_text import problem_lines
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class ConfigMismatchError(ValueError):
 
     def __init__(self, problems: list[str], context: str):
         self.problems, self.context = problems, context
-        super().__init__(f"{context}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
+        super().__init__(f"{context}: {len(problems)} problem(s)" + problem_lines(problems))
 
 
 _ENCODER_DEFAULTS = {name: p.default for name, p in inspect.signature(PerceiverEncoder).parameters.items()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from perceiver_torch.serialization import load_model, read_metadata, remove_empty_folders
+from perceiver_torch.serialization import load_model, read_metadata, remove_empty_folders, temp_name
 
 from ..rules import strict_merge
 from .card import model_card
@@ -69,7 +68,7 @@ def _prepare_dir(out_dir: Path) -> tuple[Path, list[Path]]:
     created = [p for p in out_dir.absolute().parents if not p.exists()]  # deepest first
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(8)}.tmp"
+        tmp = out_dir.parent / temp_name(out_dir.name)
         tmp.mkdir()
     except OSError as exc:  # no permission, ...
         remove_empty_folders(created)
