@@ -163,3 +163,67 @@ def test_preupload_refuses_bad_bodies_and_paths(writable, body):
 def test_oversized_or_malformed_bodies_are_refused_unread(writable, length):
     status, _, _ = _request(writable, "POST", "/api/validate-yaml", b"", _auth(**{"Content-Length": length}))
     assert status in (400, 413)
+
+
+# -- malformed requests: a 4xx (or a 500 and one log line), never a traceback, nothing written ------------------------
+def _tree(root):
+    """Every path under `root` with its bytes (None for a folder)."""
+    return {p.relative_to(root).as_posix(): None if p.is_dir() else p.read_bytes() for p in root.rglob("*")}
+
+
+def _no_traceback(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err
+
+
+TEN = b"0123456789"
+
+
+@pytest.fixture
+def ten(writable):
+    """`writable`, whose main branch also holds ten.bin (10 bytes)."""
+    writable.write_commit(REPO, writable.resolve(REPO, "main"), {"ten.bin": TEN}, "add ten.bin")
+    return writable
+
+
+def _range(hub, value):
+    host, port = hub.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:  # http.client sends a header value as latin-1: '²' goes out as the raw byte 0xb2
+        conn.request("GET", f"/{REPO}/resolve/main/ten.bin", headers={"Range": value})
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Range"), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("bytes=2-4", (206, "bytes 2-4/10", b"234")),
+    ("bytes=8-", (206, "bytes 8-9/10", b"89")),
+    ("bytes=8-100", (206, "bytes 8-9/10", b"89")),
+    ("bytes=-3", (206, "bytes 7-9/10", b"789")),  # a suffix: the last 3 bytes (was bytes 0-3)
+    ("bytes=-99", (200, None, TEN)),
+    ("bytes=1-" + "9" * 5000, (206, "bytes 1-9/10", TEN[1:])),  # more digits than int() converts
+    ("bytes=-" + "9" * 5000, (200, None, TEN)),
+    ("bytes=0000000000000000000000000000000000002-4", (206, "bytes 2-4/10", b"234")),
+])
+def test_satisfiable_ranges_get_their_bytes(ten, capsys, value, expected):
+    assert _range(ten, value) == expected
+    _no_traceback(capsys)
+
+
+@pytest.mark.parametrize("value", ["bytes=" + "9" * 5000 + "-", "bytes=100-5", "bytes=5-2", "bytes=10-", "bytes=-0",
+                                   "bytes=10-20"])
+def test_unsatisfiable_ranges_get_416(ten, capsys, value):
+    status, content_range, body = _range(ten, value)
+    assert (status, content_range) == (416, "bytes */10")
+    assert "cannot be satisfied" in json.loads(body)["error"]
+    _no_traceback(capsys)
+
+
+@pytest.mark.parametrize("value", ["bytes=\u00b2-", "bytes=\u0661-".encode(), "bytes=1-\u00b2", "bytes=-",
+                                   "bytes=0-1,4-5", "items=0-1", "bytes=a-b", "bytes= 1 - 2", "bytes=1"])
+def test_a_range_that_is_not_one_byte_range_is_ignored(ten, capsys, value):
+    assert _range(ten, value) == (200, None, TEN)  # RFC 9110 lets a server ignore it; huggingface_hub copes
+    _no_traceback(capsys)

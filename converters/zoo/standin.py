@@ -7,7 +7,10 @@ It keeps repositories as a directory tree ``<root>/<repo_id>/<commit>/<files>`` 
 
 - downloads (``hf_hub_download``): ``HEAD|GET /{repo_id}/resolve/{revision}/{filename}``
   with ``X-Repo-Commit``, ``ETag`` (quoted sha256 of the bytes, as the Hub sends for LFS
-  files), ``Content-Length`` and ``Range: bytes=N-[M]`` (206: resumption, a header read); the Hub's
+  files), ``Content-Length`` and ``Range: bytes=N-[M]`` or ``bytes=-N`` (206: resumption, a header read; 416
+  with ``Content-Range: bytes */size`` for a range past the end or a last byte before the first; a header that is
+  not one byte range of ASCII digits is ignored, as RFC 9110 allows: 200 and the whole file, which
+  huggingface_hub's resumption and the zoo's header read both accept); the Hub's
   ``X-Error-Code`` values ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound`` on 404;
 - repository info: ``GET /api/models/{repo_id}[/revision/{revision}]`` (with ``private``, as the Hub's);
 - uploads (``HfApi.create_repo`` and ``create_commit``): ``POST /api/repos/create`` (its JSON ``visibility``,
@@ -49,6 +52,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import secrets
 import shutil
 import sys
@@ -66,10 +70,40 @@ from perceiver_torch.zoo.schema import is_relative_path, is_repo_id
 MAX_BODY_BYTES = 256 << 20
 _REVISION_CHARS = frozenset("0123456789abcdef")
 VISIBILITY_FILE = "visibility"  # in a repo's folder: "private" or "public", as create_repo asked
+# Range: bytes=first-[last] or bytes=-suffix, ASCII digits only (str.isdigit() is true for '²' and other digits
+# int() refuses). A number longer than this is larger than any file, so it is never converted (int() refuses
+# more than 4300 digits).
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)
+_MAX_POSITION_DIGITS = 18
 
 
 def _is_commit(value: str) -> bool:
     return len(value) == 40 and set(value) <= _REVISION_CHARS
+
+
+def _position(digits: str) -> int:
+    """A byte position or suffix length of a Range header (ASCII digits); any too long to convert is larger than any
+    file, and stands as 10**18."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 10 ** _MAX_POSITION_DIGITS
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
+    """The [start, end) a ``Range`` header asks for of a file of `size` bytes: None where the header is absent or not
+    one byte range (another unit, several ranges, non-ASCII digits: ignored, as RFC 9110 allows, and the whole file
+    is served), False where it is one byte range that cannot be satisfied (a first byte at or past the end, a last
+    byte before the first, a zero suffix: 416)."""
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.groups()
+    if first == "":  # bytes=-N: the last N bytes
+        suffix = _position(last)
+        return (max(size - suffix, 0), size) if suffix > 0 and size > 0 else False
+    start = _position(first)
+    if start >= size or (last != "" and _position(last) < start):
+        return False
+    return start, size if last == "" else min(_position(last) + 1, size)
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -99,8 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _error(self, status: int, code: str, message: str, commit: str | None = None):
-        headers = [("X-Error-Code", code), ("X-Error-Message", message)]
+    def _error(self, status: int, code: str, message: str, commit: str | None = None, headers=()):
+        headers = [("X-Error-Code", code), ("X-Error-Message", message), *headers]
         if commit:
             headers.append(("X-Repo-Commit", commit))
         self._json(status, {"error": message}, headers)
@@ -233,13 +267,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_file(self, file: Path, commit: str):
         data = file.read_bytes()
-        start, end, to_end = 0, len(data), True
-        range_header = self.headers.get("Range", "")
-        if self.command == "GET" and range_header.startswith("bytes="):
-            first, _, last = range_header[len("bytes="):].partition("-")
-            start = int(first) if first.isdigit() else 0
-            end = min(int(last) + 1, len(data)) if last.isdigit() else len(data)
-            to_end = not last.isdigit()
+        start, end = 0, len(data)
+        asked = byte_range(self.headers.get("Range", ""), len(data)) if self.command == "GET" else None
+        if asked is False:
+            return self._error(416, "RangeNotSatisfiable", f"Range {self.headers['Range'].strip()[:100]!r} cannot be "
+                               f"satisfied: the file has {len(data)} bytes", commit,
+                               [("Content-Range", f"bytes */{len(data)}")])
+        if asked:
+            start, end = asked
+        to_end = asked is None or self.headers["Range"].strip().endswith("-")  # faults spare a read naming its end
         body = data[start:end]
         partial = (start, end) != (0, len(data))
         faults = self.server.faults if self.command == "GET" and to_end else {}
