@@ -32,7 +32,8 @@ only; every repo id must follow the Hub's ``namespace/name`` grammar and every f
 a relative path of plain names (absolute, ``..``, empty and percent-encoded forms of them are
 refused) and is checked to resolve inside the served root; writes need ``Authorization: Bearer
 <token>`` with the token the server was started with, and a server started without one is
-read-only; request bodies are capped and commits must be NDJSON (``application/x-ndjson``).
+read-only; request bodies are capped and commits must be NDJSON (``application/x-ndjson``). A malformed request
+gets a 4xx with a JSON ``error`` naming the problem and writes nothing.
 
 Only the standard library and the zoo's schema predicates are used. Threads are daemons; the server stops after
 ``idle_timeout`` seconds without a request and when its context exits. ``faults``
@@ -48,6 +49,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import json
@@ -70,6 +72,11 @@ from perceiver_torch.zoo.schema import is_relative_path, is_repo_id
 MAX_BODY_BYTES = 256 << 20
 _REVISION_CHARS = frozenset("0123456789abcdef")
 VISIBILITY_FILE = "visibility"  # in a repo's folder: "private" or "public", as create_repo asked
+# The longest file or folder name most file systems take (NAME_MAX); a longer part of a path is refused up front
+# (400, or 404 on a read) instead of reaching the file system as ENAMETOOLONG. A branch leaves room for the
+# temporary '.<branch>.tmp' its ref is written through.
+MAX_NAME_BYTES = 255
+MAX_BRANCH_BYTES = MAX_NAME_BYTES - len("..tmp")
 # Range: bytes=first-[last] or bytes=-suffix, ASCII digits only (str.isdigit() is true for '²' and other digits
 # int() refuses). A number longer than this is larger than any file, so it is never converted (int() refuses
 # more than 4300 digits).
@@ -77,8 +84,22 @@ _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)
 _MAX_POSITION_DIGITS = 18
 
 
+class CommitRefused(ValueError):
+    """A commit the tree cannot hold (a file where a folder must be, a name too long); nothing was written."""
+
+
 def _is_commit(value: str) -> bool:
     return len(value) == 40 and set(value) <= _REVISION_CHARS
+
+
+def _names_fit(relative: str) -> bool:
+    """Whether every part of the plain relative path `relative` is a name the file system takes."""
+    return all(len(part.encode()) <= MAX_NAME_BYTES for part in relative.split("/"))
+
+
+def _is_branch_name(value) -> bool:
+    """A branch (or tag) name a ref can be written for: one plain part, not 'refs'."""
+    return is_relative_path(value) and "/" not in value and value != "refs" and len(value) <= MAX_BRANCH_BYTES
 
 
 def _position(digits: str) -> int:
@@ -142,7 +163,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------------------
     def _path(self) -> str | None:
         self.server.touch()
-        raw = urllib.parse.urlsplit(self.path).path
+        try:
+            raw = urllib.parse.urlsplit(self.path).path
+        except ValueError:  # e.g. 'http://[x/': an unclosed IPv6 host
+            self._error(400, "BadRequest", f"malformed request target {self.path[:200]!r} refused")
+            return None
         path = urllib.parse.unquote(raw)
         # Only a single leading '/' is the URL's own; any empty, '.', '..' or backslashed part (encoded or
         # not) would let a file path escape its repository, so the whole request is refused.
@@ -161,12 +186,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(413 if length > MAX_BODY_BYTES else 400, "BadRequest",
                         f"Content-Length must be 0..{MAX_BODY_BYTES}")
             return None
-        return self.rfile.read(length)
+        body = self.rfile.read(length)
+        if len(body) < length:  # the client stopped sending: the connection is of no further use
+            self.close_connection = True
+            self._error(400, "BadRequest", f"the body ended after {len(body)} of its {length} bytes")
+            return None
+        return body
 
     def _json_body(self, body: bytes):
         try:
             value = json.loads(body or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply, such as '[' * 100000
             value = None
         if not isinstance(value, dict):
             self._error(400, "BadRequest", "the request body must be a JSON object")
@@ -324,9 +354,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_branch(self, repo_id: str, branch: str, payload: dict):
         start = payload.get("startingPoint") or "main"
-        if not isinstance(start, str) or not is_relative_path(branch) or "/" in branch or branch == "refs" \
-                or _is_commit(branch):
-            return self._error(400, "BadRequest", f"invalid branch {branch!r} or starting point {start!r}")
+        if not isinstance(start, str) or not _is_branch_name(branch) or _is_commit(branch):
+            return self._error(400, "BadRequest", f"invalid branch {branch[:300]!r} or starting point {start!r:.300} "
+                                                  f"(a branch is one plain name of at most {MAX_BRANCH_BYTES} bytes)")
         found = self._locate(repo_id, start)
         if found is None:
             return None
@@ -359,15 +389,23 @@ class _Handler(BaseHTTPRequestHandler):
                 if key == "header":
                     header = dict(value)
                 elif key == "file" and value.get("encoding") == "base64":
-                    if not is_relative_path(value["path"]):
-                        return self._error(400, "BadRequest", f"file path {value['path']!r} must be a relative path "
-                                                              "of plain names")
+                    if not is_relative_path(value["path"]) or not _names_fit(value["path"]):
+                        return self._error(400, "BadRequest", f"file path {value['path']!r:.300} must be a relative "
+                                                              f"path of plain names of at most {MAX_NAME_BYTES} bytes")
                     additions[value["path"]] = base64.b64decode(value["content"], validate=True)
                 else:
-                    return self._error(400, "BadRequest", f"operation {key!r} is not supported by the stand-in")
-            except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+                    return self._error(400, "BadRequest", f"operation {key!r:.100} is not supported by the stand-in")
+            except (ValueError, RecursionError, KeyError, TypeError, AttributeError, binascii.Error):
                 return self._error(400, "BadRequest", "malformed NDJSON commit line")
-        oid = self.server.write_commit(repo_id, parent, additions, str(header.get("summary", "")), branch)
+        summary = header.get("summary", "")
+        try:
+            summary.encode()
+        except (AttributeError, UnicodeEncodeError):  # not text, or a lone surrogate ('\ud800' in the JSON)
+            return self._error(400, "BadRequest", "the commit header's summary must be text (UTF-8)")
+        try:
+            oid = self.server.write_commit(repo_id, parent, additions, summary, branch)
+        except CommitRefused as exc:
+            return self._error(400, "BadRequest", str(exc))
         url = f"{self.server.endpoint}/{repo_id}/commit/{oid}"
         self._json(200, {"success": True, "commitOid": oid, "commitUrl": url, "pullRequestUrl": None})
 
@@ -406,8 +444,9 @@ class StandInHub(ThreadingHTTPServer):
 
     # -- the repository tree ---------------------------------------------------------------------
     def inside(self, base: Path, relative: str) -> Path | None:
-        """`base / relative` if `relative` is a plain relative path resolving inside the served root."""
-        if not is_relative_path(relative):
+        """`base / relative` if `relative` is a plain relative path (of names the file system takes) resolving inside
+        the served root."""
+        if not is_relative_path(relative) or not _names_fit(relative):
             return None
         path = (base / relative).resolve()
         return path if path.is_relative_to(self.root) else None
@@ -432,7 +471,8 @@ class StandInHub(ThreadingHTTPServer):
 
     def resolve(self, repo_id: str, revision: str) -> str | None:
         repo_dir = self.repo_dir(repo_id)
-        if repo_dir is None or not is_relative_path(revision) or "/" in revision or revision == "refs":
+        if repo_dir is None or not is_relative_path(revision) or "/" in revision or revision == "refs" \
+                or not _names_fit(revision):
             return None
         if _is_commit(revision) and (repo_dir / revision).is_dir():
             return revision
@@ -442,10 +482,12 @@ class StandInHub(ThreadingHTTPServer):
 
     def write_commit(self, repo_id: str, parent: str | None, additions: dict[str, bytes], message: str,
                      branch: str = "main") -> str:
-        """Create a commit = parent's files + additions; move `branch` to it; returns its id."""
-        if not is_repo_id(repo_id) or not all(is_relative_path(p) for p in additions) or "/" in branch \
-                or not is_relative_path(branch):
-            raise ValueError(f"refused commit to {repo_id!r}/{branch!r}: ids and paths must be plain and relative")
+        """Create a commit = parent's files + additions; move `branch` to it; returns its id. A commit the tree cannot
+        hold raises CommitRefused (a ValueError) before anything is written."""
+        if not is_repo_id(repo_id) or not all(is_relative_path(p) and _names_fit(p) for p in additions) \
+                or not _is_branch_name(branch):
+            raise CommitRefused(f"refused commit to {repo_id!r:.300}/{branch!r:.300}: ids and paths must be plain and "
+                                f"relative, of names of at most {MAX_NAME_BYTES} bytes")
         repo_dir = self.root / repo_id
         with self._lock:
             files = {}
@@ -453,6 +495,11 @@ class StandInHub(ThreadingHTTPServer):
                 base = repo_dir / parent
                 files = {p.relative_to(base).as_posix(): p.read_bytes() for p in base.rglob("*") if p.is_file()}
             files.update(additions)
+            for path in files:  # a file where another needs a folder ('a' and 'a/b'): refused by name, as by git
+                for cut in range(len(path)):
+                    if path[cut] == "/" and path[:cut] in files:
+                        raise CommitRefused(f"refused commit: {path[:cut]!r} cannot be both a file and the folder of "
+                                            f"{path!r}")
             digest = hashlib.sha1(f"parent {parent}\nmessage {message}\n".encode())  # noqa: S324 - an id
             for path in sorted(files):
                 digest.update(f"{path} {hashlib.sha256(files[path]).hexdigest()}\n".encode())
@@ -465,8 +512,11 @@ class StandInHub(ThreadingHTTPServer):
                         (tmp / path).parent.mkdir(parents=True, exist_ok=True)
                         (tmp / path).write_bytes(data)
                     tmp.rename(repo_dir / oid)
-                except BaseException:
+                except BaseException as exc:
                     shutil.rmtree(tmp, ignore_errors=True)
+                    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a deep root: the full path
+                        raise CommitRefused(f"refused commit: a path is too long for the served root's file system "
+                                            f"({exc.strerror})") from None
                     raise
             self._write_ref(repo_dir, branch, oid)
         return oid
