@@ -314,3 +314,28 @@ def test_a_body_cut_short_is_a_400(writable, capsys):
     assert answer.startswith(b"HTTP/1.1 400 ") and b"ended after 18 of its 100 bytes" in answer
     assert _tree(writable.root) == before
     _no_traceback(capsys)
+
+
+def test_an_unexpected_failure_is_a_500_and_one_log_line(writable, capsys, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(writable, "resolve", broken)
+    status, code, body = _request(writable, "GET", f"/{REPO}/resolve/main/README.md")
+    assert (status, code) == (500, "InternalError") and b"a bug" not in body  # the details go to the log only
+    err = _no_traceback(capsys)
+    [line] = err.splitlines()
+    assert f"GET '/{REPO}/resolve/main/README.md' failed: RuntimeError: a bug over two lines" in line
+    assert "test_hub_standin_security.py" in line and "in broken" in line  # where it was raised
+    assert _request(writable, "GET", f"/api/models/{REPO}")[0] == 500  # the server still answers
+    monkeypatch.undo()
+    assert _request(writable, "GET", f"/{REPO}/resolve/main/README.md") == (200, None, b"hello")
+
+
+def test_what_escapes_a_handler_is_one_log_line(writable, capsys):
+    try:
+        raise OSError("the socket broke")
+    except OSError:
+        writable.handle_error(None, ("127.0.0.1", 5))
+    [line] = _no_traceback(capsys).splitlines()
+    assert "request from 127.0.0.1:5 failed: OSError: the socket broke" in line

@@ -33,7 +33,8 @@ a relative path of plain names (absolute, ``..``, empty and percent-encoded form
 refused) and is checked to resolve inside the served root; writes need ``Authorization: Bearer
 <token>`` with the token the server was started with, and a server started without one is
 read-only; request bodies are capped and commits must be NDJSON (``application/x-ndjson``). A malformed request
-gets a 4xx with a JSON ``error`` naming the problem and writes nothing.
+gets a 4xx with a JSON ``error`` naming the problem and writes nothing; anything unexpected is a 500 and one line on
+stderr (where it was raised), never a traceback.
 
 Only the standard library and the zoo's schema predicates are used. Threads are daemons; the server stops after
 ``idle_timeout`` seconds without a request and when its context exits. ``faults``
@@ -61,6 +62,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.parse
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,6 +84,8 @@ MAX_BRANCH_BYTES = MAX_NAME_BYTES - len("..tmp")
 # more than 4300 digits).
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)
 _MAX_POSITION_DIGITS = 18
+# Errors that mean the client went away mid-request: nothing to answer, nothing to report but one line.
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
 
 class CommitRefused(ValueError):
@@ -127,6 +131,20 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
     return start, size if last == "" else min(_position(last) + 1, size)
 
 
+def _where(exc: BaseException) -> str:
+    """'file:line in function' of the frame that raised `exc` (so a bug stays findable from one log line)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown location"
+    frame = frames[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
 def git_blob_sha1(data: bytes) -> str:
     """The id git gives a blob (what the Hub reports for a regular file)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's id, not security
@@ -139,6 +157,29 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - stdlib signature
         if self.server.verbose:
             super().log_message(format, *args)
+
+    def send_response(self, code, message=None):
+        self._responded = True  # a second status line cannot follow: a failure after this only closes the connection
+        super().send_response(code, message)
+
+    def _guarded(self, handler) -> None:
+        """Run `handler`, turning any exception that escapes it into one log line (never a traceback) and, unless a
+        response was already started, a 500; the connection is closed either way."""
+        self._responded = False
+        try:
+            handler()
+        except _CLIENT_GONE as exc:  # the client hung up or stalled: nobody to answer
+            self.close_connection = True
+            if self.server.verbose:
+                self.server.report(f"{self.command} {self.path[:200]!r}: the client went away ({_one_line(exc)})")
+        except Exception as exc:  # a bug or a file-system failure: one line that says where, and a 500
+            self.close_connection = True
+            self.server.report(f"{self.command} {self.path[:200]!r} failed: {_one_line(exc)} (at {_where(exc)})")
+            if not self._responded:
+                try:
+                    self._error(500, "InternalError", "the stand-in failed on this request (its log says why)")
+                except OSError:
+                    pass
 
     # -- responses -------------------------------------------------------------------------------
     def _json(self, status: int, value, headers=()):
@@ -204,9 +245,15 @@ class _Handler(BaseHTTPRequestHandler):
         return value
 
     def do_HEAD(self):  # noqa: N802 - stdlib naming
-        self.do_GET()
+        self._guarded(self._get)
 
     def do_GET(self):  # noqa: N802 - stdlib naming
+        self._guarded(self._get)
+
+    def do_POST(self):  # noqa: N802 - stdlib naming
+        self._guarded(self._post)
+
+    def _get(self):
         path = self._path()
         if path is None:
             return
@@ -226,7 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", f"{filename} does not exist on {commit}", commit)
         return self._send_file(file, commit)
 
-    def do_POST(self):  # noqa: N802 - stdlib naming
+    def _post(self):
         path = self._path()
         if path is None:
             return
@@ -426,6 +473,20 @@ class StandInHub(ThreadingHTTPServer):
         self._last = time.monotonic()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    def report(self, line: str) -> None:
+        """One line on stderr, whether or not the server is verbose (a failure must stay visible)."""
+        sys.stderr.write(f"perceiver-zoo-standin: {line}\n")
+        sys.stderr.flush()
+
+    def handle_error(self, request, client_address):
+        """What escapes a handler (reading a request line from a client that hangs up, say): one line, never the
+        default traceback."""
+        exc = sys.exc_info()[1]
+        if exc is None or isinstance(exc, _CLIENT_GONE) and not self.verbose:
+            return
+        self.report(f"request from {client_address[0]}:{client_address[1]} failed: {_one_line(exc)} "
+                    f"(at {_where(exc)})")
 
     @property
     def endpoint(self) -> str:
