@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
 
 import pytest
 
@@ -163,3 +164,178 @@ def test_preupload_refuses_bad_bodies_and_paths(writable, body):
 def test_oversized_or_malformed_bodies_are_refused_unread(writable, length):
     status, _, _ = _request(writable, "POST", "/api/validate-yaml", b"", _auth(**{"Content-Length": length}))
     assert status in (400, 413)
+
+
+# -- malformed requests: a 4xx (or a 500 and one log line), never a traceback, nothing written ------------------------
+def _tree(root):
+    """Every path under `root` with its bytes (None for a folder)."""
+    return {p.relative_to(root).as_posix(): None if p.is_dir() else p.read_bytes() for p in root.rglob("*")}
+
+
+def _no_traceback(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err
+
+
+TEN = b"0123456789"
+
+
+@pytest.fixture
+def ten(writable):
+    """`writable`, whose main branch also holds ten.bin (10 bytes)."""
+    writable.write_commit(REPO, writable.resolve(REPO, "main"), {"ten.bin": TEN}, "add ten.bin")
+    return writable
+
+
+def _range(hub, value):
+    host, port = hub.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:  # http.client sends a header value as latin-1: '²' goes out as the raw byte 0xb2
+        conn.request("GET", f"/{REPO}/resolve/main/ten.bin", headers={"Range": value})
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Range"), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("bytes=2-4", (206, "bytes 2-4/10", b"234")),
+    ("bytes=8-", (206, "bytes 8-9/10", b"89")),
+    ("bytes=8-100", (206, "bytes 8-9/10", b"89")),
+    ("bytes=-3", (206, "bytes 7-9/10", b"789")),  # a suffix: the last 3 bytes (was bytes 0-3)
+    ("bytes=-99", (200, None, TEN)),
+    ("bytes=1-" + "9" * 5000, (206, "bytes 1-9/10", TEN[1:])),  # more digits than int() converts
+    ("bytes=-" + "9" * 5000, (200, None, TEN)),
+    ("bytes=0000000000000000000000000000000000002-4", (206, "bytes 2-4/10", b"234")),
+])
+def test_satisfiable_ranges_get_their_bytes(ten, capsys, value, expected):
+    assert _range(ten, value) == expected
+    _no_traceback(capsys)
+
+
+@pytest.mark.parametrize("value", ["bytes=" + "9" * 5000 + "-", "bytes=100-5", "bytes=5-2", "bytes=10-", "bytes=-0",
+                                   "bytes=10-20"])
+def test_unsatisfiable_ranges_get_416(ten, capsys, value):
+    status, content_range, body = _range(ten, value)
+    assert (status, content_range) == (416, "bytes */10")
+    assert "cannot be satisfied" in json.loads(body)["error"]
+    _no_traceback(capsys)
+
+
+@pytest.mark.parametrize("value", ["bytes=\u00b2-", "bytes=\u0661-".encode(), "bytes=1-\u00b2", "bytes=-",
+                                   "bytes=0-1,4-5", "items=0-1", "bytes=a-b", "bytes= 1 - 2", "bytes=1"])
+def test_a_range_that_is_not_one_byte_range_is_ignored(ten, capsys, value):
+    assert _range(ten, value) == (200, None, TEN)  # RFC 9110 lets a server ignore it; huggingface_hub copes
+    _no_traceback(capsys)
+
+
+@pytest.mark.parametrize("route", ["/api/repos/create", f"/api/models/{REPO}/branch/b",
+                                   f"/api/models/{REPO}/preupload/main", f"/api/models/{REPO}/commit/main"])
+def test_deeply_nested_json_is_a_400(writable, capsys, route):
+    before = _tree(writable.root)
+    status, _, body = _request(writable, "POST", route, b"[" * 100000,
+                               _auth(**{"Content-Type": "application/x-ndjson"}))
+    error = json.loads(body)["error"]
+    assert status == 400 and ("malformed NDJSON" in error or "must be a JSON object" in error)
+    assert _tree(writable.root) == before
+    _no_traceback(capsys)
+
+
+def _commit_files(*paths: str) -> bytes:
+    lines = [{"key": "header", "value": {"summary": "x"}}]
+    lines += [{"key": "file", "value": {"path": p, "encoding": "base64", "content": base64.b64encode(b"x").decode()}}
+              for p in paths]
+    return "\n".join(json.dumps(line) for line in lines).encode()
+
+
+@pytest.mark.parametrize("paths, named", [
+    (("a", "a/b"), "'a' cannot be both a file and the folder of 'a/b'"),
+    (("a/b/c", "a/b"), "'a/b' cannot be both a file and the folder of 'a/b/c'"),
+    (("README.md/x",), "'README.md' cannot be both a file and the folder of 'README.md/x'"),  # the parent's file
+    (("b" * 300,), "at most 255 bytes"),
+    (("ok/" + "b" * 256 + "/c",), "at most 255 bytes"),
+])
+def test_a_commit_the_tree_cannot_hold_is_a_400(writable, capsys, paths, named):
+    before = _tree(writable.root)
+    status, code, body = _request(writable, "POST", f"/api/models/{REPO}/commit/main", _commit_files(*paths),
+                                  _auth(**{"Content-Type": "application/x-ndjson"}))
+    assert (status, code) == (400, "BadRequest") and named in json.loads(body)["error"]
+    assert _tree(writable.root) == before  # no commit folder, no temporary one, the ref unmoved
+    _no_traceback(capsys)
+
+
+def test_a_commit_summary_that_is_not_text_is_a_400(writable, capsys):
+    before = _tree(writable.root)
+    for summary in (b'"\\ud800"', b"5"):
+        status, _, body = _request(writable, "POST", f"/api/models/{REPO}/commit/main",
+                                   b'{"key": "header", "value": {"summary": ' + summary + b"}}",
+                                   _auth(**{"Content-Type": "application/x-ndjson"}))
+        assert status == 400 and "summary" in json.loads(body)["error"]
+    assert _tree(writable.root) == before
+    _no_traceback(capsys)
+
+
+def test_names_longer_than_the_file_system_takes_are_refused(writable, capsys):
+    long = "a" * 300
+    before = _tree(writable.root)
+    assert _request(writable, "GET", f"/{REPO}/resolve/main/{long}")[:2] == (404, "EntryNotFound")
+    assert _request(writable, "HEAD", f"/{REPO}/resolve/main/x/{long}")[:2] == (404, "EntryNotFound")
+    assert _request(writable, "GET", f"/{REPO}/resolve/{long}/README.md")[:2] == (404, "RevisionNotFound")
+    assert _request(writable, "GET", f"/api/models/{REPO}/revision/{long}")[:2] == (404, "RevisionNotFound")
+    assert _request(writable, "POST", f"/api/models/{REPO}/branch/{long}", b"{}", _auth())[0] == 400
+    assert _request(writable, "POST", f"/api/models/{REPO}/commit/{long}", _commit_files("ok.txt"),
+                    _auth(**{"Content-Type": "application/x-ndjson"}))[:2] == (404, "RevisionNotFound")
+    status, _, body = _request(writable, "POST", f"/api/models/{REPO}/preupload/main",
+                               json.dumps({"files": [{"path": long}]}), _auth())
+    assert status == 200 and json.loads(body)["files"][0]["oid"] is None
+    assert _tree(writable.root) == before
+    _no_traceback(capsys)
+
+
+def _raw(hub, request: bytes) -> bytes:
+    """The whole answer to `request`, sent as is on a socket that is then half-closed."""
+    with socket.create_connection(hub.server_address[:2], timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        return sock.makefile("rb").read()
+
+
+def test_a_malformed_request_target_is_a_400(writable, capsys):
+    # absolute-form with an unclosed IPv6 host: urlsplit raises 'Invalid IPv6 URL' (http.client would refuse to send it)
+    assert _raw(writable, b"GET http://[x/y HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    _no_traceback(capsys)
+
+
+def test_a_body_cut_short_is_a_400(writable, capsys):
+    before = _tree(writable.root)
+    answer = _raw(writable, f"POST /api/repos/create HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                            'Content-Length: 100\r\n\r\n{"name": "ns/cut"}'.encode())
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"ended after 18 of its 100 bytes" in answer
+    assert _tree(writable.root) == before
+    _no_traceback(capsys)
+
+
+def test_an_unexpected_failure_is_a_500_and_one_log_line(writable, capsys, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(writable, "resolve", broken)
+    status, code, body = _request(writable, "GET", f"/{REPO}/resolve/main/README.md")
+    assert (status, code) == (500, "InternalError") and b"a bug" not in body  # the details go to the log only
+    err = _no_traceback(capsys)
+    [line] = err.splitlines()
+    assert f"GET '/{REPO}/resolve/main/README.md' failed: RuntimeError: a bug over two lines" in line
+    assert "test_hub_standin_security.py" in line and "in broken" in line  # where it was raised
+    assert _request(writable, "GET", f"/api/models/{REPO}")[0] == 500  # the server still answers
+    monkeypatch.undo()
+    assert _request(writable, "GET", f"/{REPO}/resolve/main/README.md") == (200, None, b"hello")
+
+
+def test_what_escapes_a_handler_is_one_log_line(writable, capsys):
+    try:
+        raise OSError("the socket broke")
+    except OSError:
+        writable.handle_error(None, ("127.0.0.1", 5))
+    [line] = _no_traceback(capsys).splitlines()
+    assert "request from 127.0.0.1:5 failed: OSError: the socket broke" in line

@@ -7,7 +7,10 @@ It keeps repositories as a directory tree ``<root>/<repo_id>/<commit>/<files>`` 
 
 - downloads (``hf_hub_download``): ``HEAD|GET /{repo_id}/resolve/{revision}/{filename}``
   with ``X-Repo-Commit``, ``ETag`` (quoted sha256 of the bytes, as the Hub sends for LFS
-  files), ``Content-Length`` and ``Range: bytes=N-[M]`` (206: resumption, a header read); the Hub's
+  files), ``Content-Length`` and ``Range: bytes=N-[M]`` or ``bytes=-N`` (206: resumption, a header read; 416
+  with ``Content-Range: bytes */size`` for a range past the end or a last byte before the first; a header that is
+  not one byte range of ASCII digits is ignored, as RFC 9110 allows: 200 and the whole file, which
+  huggingface_hub's resumption and the zoo's header read both accept); the Hub's
   ``X-Error-Code`` values ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound`` on 404;
 - repository info: ``GET /api/models/{repo_id}[/revision/{revision}]`` (with ``private``, as the Hub's);
 - uploads (``HfApi.create_repo`` and ``create_commit``): ``POST /api/repos/create`` (its JSON ``visibility``,
@@ -29,7 +32,9 @@ only; every repo id must follow the Hub's ``namespace/name`` grammar and every f
 a relative path of plain names (absolute, ``..``, empty and percent-encoded forms of them are
 refused) and is checked to resolve inside the served root; writes need ``Authorization: Bearer
 <token>`` with the token the server was started with, and a server started without one is
-read-only; request bodies are capped and commits must be NDJSON (``application/x-ndjson``).
+read-only; request bodies are capped and commits must be NDJSON (``application/x-ndjson``). A malformed request
+gets a 4xx with a JSON ``error`` naming the problem and writes nothing; anything unexpected is a 500 and one line on
+stderr (where it was raised), never a traceback.
 
 Only the standard library and the zoo's schema predicates are used. Threads are daemons; the server stops after
 ``idle_timeout`` seconds without a request and when its context exits. ``faults``
@@ -45,16 +50,19 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import json
 import math
+import re
 import secrets
 import shutil
 import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.parse
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,10 +74,75 @@ from perceiver_torch.zoo.schema import is_relative_path, is_repo_id
 MAX_BODY_BYTES = 256 << 20
 _REVISION_CHARS = frozenset("0123456789abcdef")
 VISIBILITY_FILE = "visibility"  # in a repo's folder: "private" or "public", as create_repo asked
+# The longest file or folder name most file systems take (NAME_MAX); a longer part of a path is refused up front
+# (400, or 404 on a read) instead of reaching the file system as ENAMETOOLONG. A branch leaves room for the
+# temporary '.<branch>.tmp' its ref is written through.
+MAX_NAME_BYTES = 255
+MAX_BRANCH_BYTES = MAX_NAME_BYTES - len("..tmp")
+# Range: bytes=first-[last] or bytes=-suffix, ASCII digits only (str.isdigit() is true for '²' and other digits
+# int() refuses). A number longer than this is larger than any file, so it is never converted (int() refuses
+# more than 4300 digits).
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)
+_MAX_POSITION_DIGITS = 18
+# Errors that mean the client went away mid-request: nothing to answer, nothing to report but one line.
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+
+
+class CommitRefused(ValueError):
+    """A commit the tree cannot hold (a file where a folder must be, a name too long); nothing was written."""
 
 
 def _is_commit(value: str) -> bool:
     return len(value) == 40 and set(value) <= _REVISION_CHARS
+
+
+def _names_fit(relative: str) -> bool:
+    """Whether every part of the plain relative path `relative` is a name the file system takes."""
+    return all(len(part.encode()) <= MAX_NAME_BYTES for part in relative.split("/"))
+
+
+def _is_branch_name(value) -> bool:
+    """A branch (or tag) name a ref can be written for: one plain part, not 'refs'."""
+    return is_relative_path(value) and "/" not in value and value != "refs" and len(value) <= MAX_BRANCH_BYTES
+
+
+def _position(digits: str) -> int:
+    """A byte position or suffix length of a Range header (ASCII digits); any too long to convert is larger than any
+    file, and stands as 10**18."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 10 ** _MAX_POSITION_DIGITS
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
+    """The [start, end) a ``Range`` header asks for of a file of `size` bytes: None where the header is absent or not
+    one byte range (another unit, several ranges, non-ASCII digits: ignored, as RFC 9110 allows, and the whole file
+    is served), False where it is one byte range that cannot be satisfied (a first byte at or past the end, a last
+    byte before the first, a zero suffix: 416)."""
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.groups()
+    if first == "":  # bytes=-N: the last N bytes
+        suffix = _position(last)
+        return (max(size - suffix, 0), size) if suffix > 0 and size > 0 else False
+    start = _position(first)
+    if start >= size or (last != "" and _position(last) < start):
+        return False
+    return start, size if last == "" else min(_position(last) + 1, size)
+
+
+def _where(exc: BaseException) -> str:
+    """'file:line in function' of the frame that raised `exc` (so a bug stays findable from one log line)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown location"
+    frame = frames[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -85,6 +158,29 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.verbose:
             super().log_message(format, *args)
 
+    def send_response(self, code, message=None):
+        self._responded = True  # a second status line cannot follow: a failure after this only closes the connection
+        super().send_response(code, message)
+
+    def _guarded(self, handler) -> None:
+        """Run `handler`, turning any exception that escapes it into one log line (never a traceback) and, unless a
+        response was already started, a 500; the connection is closed either way."""
+        self._responded = False
+        try:
+            handler()
+        except _CLIENT_GONE as exc:  # the client hung up or stalled: nobody to answer
+            self.close_connection = True
+            if self.server.verbose:
+                self.server.report(f"{self.command} {self.path[:200]!r}: the client went away ({_one_line(exc)})")
+        except Exception as exc:  # a bug or a file-system failure: one line that says where, and a 500
+            self.close_connection = True
+            self.server.report(f"{self.command} {self.path[:200]!r} failed: {_one_line(exc)} (at {_where(exc)})")
+            if not self._responded:
+                try:
+                    self._error(500, "InternalError", "the stand-in failed on this request (its log says why)")
+                except OSError:
+                    pass
+
     # -- responses -------------------------------------------------------------------------------
     def _json(self, status: int, value, headers=()):
         body = json.dumps(value).encode()
@@ -99,8 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _error(self, status: int, code: str, message: str, commit: str | None = None):
-        headers = [("X-Error-Code", code), ("X-Error-Message", message)]
+    def _error(self, status: int, code: str, message: str, commit: str | None = None, headers=()):
+        headers = [("X-Error-Code", code), ("X-Error-Message", message), *headers]
         if commit:
             headers.append(("X-Repo-Commit", commit))
         self._json(status, {"error": message}, headers)
@@ -108,7 +204,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------------------
     def _path(self) -> str | None:
         self.server.touch()
-        raw = urllib.parse.urlsplit(self.path).path
+        try:
+            raw = urllib.parse.urlsplit(self.path).path
+        except ValueError:  # e.g. 'http://[x/': an unclosed IPv6 host
+            self._error(400, "BadRequest", f"malformed request target {self.path[:200]!r} refused")
+            return None
         path = urllib.parse.unquote(raw)
         # Only a single leading '/' is the URL's own; any empty, '.', '..' or backslashed part (encoded or
         # not) would let a file path escape its repository, so the whole request is refused.
@@ -127,12 +227,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(413 if length > MAX_BODY_BYTES else 400, "BadRequest",
                         f"Content-Length must be 0..{MAX_BODY_BYTES}")
             return None
-        return self.rfile.read(length)
+        body = self.rfile.read(length)
+        if len(body) < length:  # the client stopped sending: the connection is of no further use
+            self.close_connection = True
+            self._error(400, "BadRequest", f"the body ended after {len(body)} of its {length} bytes")
+            return None
+        return body
 
     def _json_body(self, body: bytes):
         try:
             value = json.loads(body or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply, such as '[' * 100000
             value = None
         if not isinstance(value, dict):
             self._error(400, "BadRequest", "the request body must be a JSON object")
@@ -140,9 +245,15 @@ class _Handler(BaseHTTPRequestHandler):
         return value
 
     def do_HEAD(self):  # noqa: N802 - stdlib naming
-        self.do_GET()
+        self._guarded(self._get)
 
     def do_GET(self):  # noqa: N802 - stdlib naming
+        self._guarded(self._get)
+
+    def do_POST(self):  # noqa: N802 - stdlib naming
+        self._guarded(self._post)
+
+    def _get(self):
         path = self._path()
         if path is None:
             return
@@ -162,7 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", f"{filename} does not exist on {commit}", commit)
         return self._send_file(file, commit)
 
-    def do_POST(self):  # noqa: N802 - stdlib naming
+    def _post(self):
         path = self._path()
         if path is None:
             return
@@ -233,13 +344,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_file(self, file: Path, commit: str):
         data = file.read_bytes()
-        start, end, to_end = 0, len(data), True
-        range_header = self.headers.get("Range", "")
-        if self.command == "GET" and range_header.startswith("bytes="):
-            first, _, last = range_header[len("bytes="):].partition("-")
-            start = int(first) if first.isdigit() else 0
-            end = min(int(last) + 1, len(data)) if last.isdigit() else len(data)
-            to_end = not last.isdigit()
+        start, end = 0, len(data)
+        asked = byte_range(self.headers.get("Range", ""), len(data)) if self.command == "GET" else None
+        if asked is False:
+            return self._error(416, "RangeNotSatisfiable", f"Range {self.headers['Range'].strip()[:100]!r} cannot be "
+                               f"satisfied: the file has {len(data)} bytes", commit,
+                               [("Content-Range", f"bytes */{len(data)}")])
+        if asked:
+            start, end = asked
+        to_end = asked is None or self.headers["Range"].strip().endswith("-")  # faults spare a read naming its end
         body = data[start:end]
         partial = (start, end) != (0, len(data))
         faults = self.server.faults if self.command == "GET" and to_end else {}
@@ -288,9 +401,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_branch(self, repo_id: str, branch: str, payload: dict):
         start = payload.get("startingPoint") or "main"
-        if not isinstance(start, str) or not is_relative_path(branch) or "/" in branch or branch == "refs" \
-                or _is_commit(branch):
-            return self._error(400, "BadRequest", f"invalid branch {branch!r} or starting point {start!r}")
+        if not isinstance(start, str) or not _is_branch_name(branch) or _is_commit(branch):
+            return self._error(400, "BadRequest", f"invalid branch {branch[:300]!r} or starting point {start!r:.300} "
+                                                  f"(a branch is one plain name of at most {MAX_BRANCH_BYTES} bytes)")
         found = self._locate(repo_id, start)
         if found is None:
             return None
@@ -323,15 +436,23 @@ class _Handler(BaseHTTPRequestHandler):
                 if key == "header":
                     header = dict(value)
                 elif key == "file" and value.get("encoding") == "base64":
-                    if not is_relative_path(value["path"]):
-                        return self._error(400, "BadRequest", f"file path {value['path']!r} must be a relative path "
-                                                              "of plain names")
+                    if not is_relative_path(value["path"]) or not _names_fit(value["path"]):
+                        return self._error(400, "BadRequest", f"file path {value['path']!r:.300} must be a relative "
+                                                              f"path of plain names of at most {MAX_NAME_BYTES} bytes")
                     additions[value["path"]] = base64.b64decode(value["content"], validate=True)
                 else:
-                    return self._error(400, "BadRequest", f"operation {key!r} is not supported by the stand-in")
-            except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+                    return self._error(400, "BadRequest", f"operation {key!r:.100} is not supported by the stand-in")
+            except (ValueError, RecursionError, KeyError, TypeError, AttributeError, binascii.Error):
                 return self._error(400, "BadRequest", "malformed NDJSON commit line")
-        oid = self.server.write_commit(repo_id, parent, additions, str(header.get("summary", "")), branch)
+        summary = header.get("summary", "")
+        try:
+            summary.encode()
+        except (AttributeError, UnicodeEncodeError):  # not text, or a lone surrogate ('\ud800' in the JSON)
+            return self._error(400, "BadRequest", "the commit header's summary must be text (UTF-8)")
+        try:
+            oid = self.server.write_commit(repo_id, parent, additions, summary, branch)
+        except CommitRefused as exc:
+            return self._error(400, "BadRequest", str(exc))
         url = f"{self.server.endpoint}/{repo_id}/commit/{oid}"
         self._json(200, {"success": True, "commitOid": oid, "commitUrl": url, "pullRequestUrl": None})
 
@@ -353,6 +474,20 @@ class StandInHub(ThreadingHTTPServer):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    def report(self, line: str) -> None:
+        """One line on stderr, whether or not the server is verbose (a failure must stay visible)."""
+        sys.stderr.write(f"perceiver-zoo-standin: {line}\n")
+        sys.stderr.flush()
+
+    def handle_error(self, request, client_address):
+        """What escapes a handler (reading a request line from a client that hangs up, say): one line, never the
+        default traceback."""
+        exc = sys.exc_info()[1]
+        if exc is None or isinstance(exc, _CLIENT_GONE) and not self.verbose:
+            return
+        self.report(f"request from {client_address[0]}:{client_address[1]} failed: {_one_line(exc)} "
+                    f"(at {_where(exc)})")
+
     @property
     def endpoint(self) -> str:
         host, port = self.server_address[:2]
@@ -370,8 +505,9 @@ class StandInHub(ThreadingHTTPServer):
 
     # -- the repository tree ---------------------------------------------------------------------
     def inside(self, base: Path, relative: str) -> Path | None:
-        """`base / relative` if `relative` is a plain relative path resolving inside the served root."""
-        if not is_relative_path(relative):
+        """`base / relative` if `relative` is a plain relative path (of names the file system takes) resolving inside
+        the served root."""
+        if not is_relative_path(relative) or not _names_fit(relative):
             return None
         path = (base / relative).resolve()
         return path if path.is_relative_to(self.root) else None
@@ -396,7 +532,8 @@ class StandInHub(ThreadingHTTPServer):
 
     def resolve(self, repo_id: str, revision: str) -> str | None:
         repo_dir = self.repo_dir(repo_id)
-        if repo_dir is None or not is_relative_path(revision) or "/" in revision or revision == "refs":
+        if repo_dir is None or not is_relative_path(revision) or "/" in revision or revision == "refs" \
+                or not _names_fit(revision):
             return None
         if _is_commit(revision) and (repo_dir / revision).is_dir():
             return revision
@@ -406,10 +543,12 @@ class StandInHub(ThreadingHTTPServer):
 
     def write_commit(self, repo_id: str, parent: str | None, additions: dict[str, bytes], message: str,
                      branch: str = "main") -> str:
-        """Create a commit = parent's files + additions; move `branch` to it; returns its id."""
-        if not is_repo_id(repo_id) or not all(is_relative_path(p) for p in additions) or "/" in branch \
-                or not is_relative_path(branch):
-            raise ValueError(f"refused commit to {repo_id!r}/{branch!r}: ids and paths must be plain and relative")
+        """Create a commit = parent's files + additions; move `branch` to it; returns its id. A commit the tree cannot
+        hold raises CommitRefused (a ValueError) before anything is written."""
+        if not is_repo_id(repo_id) or not all(is_relative_path(p) and _names_fit(p) for p in additions) \
+                or not _is_branch_name(branch):
+            raise CommitRefused(f"refused commit to {repo_id!r:.300}/{branch!r:.300}: ids and paths must be plain and "
+                                f"relative, of names of at most {MAX_NAME_BYTES} bytes")
         repo_dir = self.root / repo_id
         with self._lock:
             files = {}
@@ -417,6 +556,11 @@ class StandInHub(ThreadingHTTPServer):
                 base = repo_dir / parent
                 files = {p.relative_to(base).as_posix(): p.read_bytes() for p in base.rglob("*") if p.is_file()}
             files.update(additions)
+            for path in files:  # a file where another needs a folder ('a' and 'a/b'): refused by name, as by git
+                for cut in range(len(path)):
+                    if path[cut] == "/" and path[:cut] in files:
+                        raise CommitRefused(f"refused commit: {path[:cut]!r} cannot be both a file and the folder of "
+                                            f"{path!r}")
             digest = hashlib.sha1(f"parent {parent}\nmessage {message}\n".encode())  # noqa: S324 - an id
             for path in sorted(files):
                 digest.update(f"{path} {hashlib.sha256(files[path]).hexdigest()}\n".encode())
@@ -429,8 +573,11 @@ class StandInHub(ThreadingHTTPServer):
                         (tmp / path).parent.mkdir(parents=True, exist_ok=True)
                         (tmp / path).write_bytes(data)
                     tmp.rename(repo_dir / oid)
-                except BaseException:
+                except BaseException as exc:
                     shutil.rmtree(tmp, ignore_errors=True)
+                    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a deep root: the full path
+                        raise CommitRefused(f"refused commit: a path is too long for the served root's file system "
+                                            f"({exc.strerror})") from None
                     raise
             self._write_ref(repo_dir, branch, oid)
         return oid
