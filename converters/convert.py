@@ -70,6 +70,9 @@ def check_output(checkpoint_path: str | Path, output_path: str | Path, what: str
     if out.is_dir():
         raise ConversionError([f"output {out} is a directory; expected a file path such as "
                                f"{out / (src.stem + '.safetensors')}"], "output")
+    if out.exists() and not out.is_file():  # a device, FIFO or socket: the rename would replace it
+        raise ConversionError([f"output {out} exists and is not a regular file (a device, FIFO or socket); "
+                               "expected a file path"], "output")
     if same_file(out, src):
         raise ConversionError([f"output {out} is {what} {src} (or a link to it); writing it would "
                                "destroy the source: choose another output path"], "output")

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from perceiver_torch.serialization import atomic_write, same_file
+from perceiver_torch.serialization import atomic_write, check_output_path, same_file
 
 
 def _write_bytes(data: bytes):
@@ -82,3 +82,17 @@ def test_same_file_sees_through_spellings_and_links_but_not_lookalikes(tmp_path)
     assert same_file(tmp_path / "new.bin", tmp_path / "sub" / ".." / "new.bin")  # one path, not yet written
     assert not same_file(a, tmp_path / "copy.bin")
     assert not same_file(a, tmp_path / "missing.bin")
+
+
+def test_an_existing_fifo_or_device_is_never_written_over(tmp_path):
+    """As root, a write renamed over /dev/full and left a plain file in its place. An existing output that is not a
+    regular file (a FIFO here, a device there, or a link to one) is refused, and left as it was."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "link").symlink_to(fifo)
+    for path in (fifo, tmp_path / "link"):
+        with pytest.raises(FileExistsError, match="exists and is not a regular file"):
+            check_output_path(path)
+        with pytest.raises(FileExistsError, match="exists and is not a regular file"):
+            atomic_write(path, _write_bytes(b"abc"))
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(os.listdir(tmp_path)) == ["fifo", "link"]

@@ -142,6 +142,15 @@ def test_a_directory_as_output_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_that_is_a_fifo_or_device_is_refused_even_with_overwrite(tmp_path):
+    """`perceiver-convert ... -o /dev/full --force` run as root replaced the device node with the converted file."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConversionError, match="exists and is not a regular file"):
+        converters.convert("language", SOURCE, golden_dir("language") / "config.json", fifo, overwrite=True)
+    assert os.listdir(tmp_path) == ["fifo"] and not fifo.is_file()
+
+
 def test_the_config_is_validated_before_the_checkpoint_is_read(tmp_path):
     config = golden_config("language")
     del config["decoder"]["num_heads"]

@@ -53,6 +53,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise IsADirectoryError(f"{path} is a directory; give the output file's path.")
     if text.endswith((os.sep, "/")):  # Path() drops the separator, which would write a file named as the folder
         raise IsADirectoryError(f"{text} ends in a path separator, naming a directory; give the output file's path.")
+    check_not_special(path)
     folder = path.absolute().parent
     while not folder.exists():  # atomic_write creates the missing folders below the nearest one that exists
         folder = folder.parent
@@ -61,6 +62,14 @@ def check_output_path(path: str | os.PathLike) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write {path}: the folder {folder} is not writable.")
     return path
+
+
+def check_not_special(path: str | os.PathLike) -> None:
+    """Refuse an existing `path` that is not a regular file (a device, FIFO or socket, or a link to one): writing
+    a file there renames over it, which as root replaces a device node such as /dev/full with a plain file."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{os.fspath(path)} exists and is not a regular file (a device, FIFO or socket); "
+                              "give a file path.")
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -88,6 +97,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     A failure leaves nothing at `path` (and no temp file behind, nor a parent directory it created).
     """
     path = Path(path)
+    check_not_special(path)
     created = [p for p in path.absolute().parents if not p.exists()]  # deepest first, removed in that order
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
