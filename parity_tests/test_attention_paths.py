@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perceiver_torch.layers import attention
+from perceiver_torch.layers import CrossAttention, MultiHeadAttention, SelfAttention, attention
 from perceiver_torch.layers.precision import fp32_islands
 
 
@@ -143,3 +143,50 @@ def test_autocast_once_casts_each_distinct_float32_input_once_and_nothing_outsid
         assert (q.dtype, kv.dtype) == (torch.bfloat16, torch.bfloat16) and len(casts) == 3
         wide = torch.randn(2, 3, 4, dtype=torch.float64)  # autocast leaves float64 alone: so do we
         assert attention._autocast_once(wide, wide)[0] is wide and len(casts) == 3
+
+
+def _dropout_runs(make, *inputs):
+    """Outputs of `make(0.5)` in training under seeds 1, 2 and 1 again, in evaluation under seeds 1 and 2, and of
+    the same weights with dropout 0 in evaluation."""
+    layer = make(0.5)
+    plain = make(0.0)
+    plain.load_state_dict(layer.state_dict())
+    runs = {}
+    with torch.no_grad():
+        for mode, seed in (("train", 1), ("train", 2), ("train again", 1), ("eval", 1), ("eval", 2)):
+            layer.train(mode != "eval")
+            torch.manual_seed(seed)
+            runs[mode, seed] = layer(*inputs)
+        runs["no dropout"] = plain.eval()(*inputs)
+    return runs
+
+
+def _check_dropout(runs):
+    train, other_seed, again = runs["train", 1], runs["train", 2], runs["train again", 1]
+    evaluated = runs["eval", 1]
+    # Dropping half of 7 keys' probabilities (and doubling the rest) moves outputs of order 1 by order 1:
+    # 1e-2 leaves two orders of magnitude to rounding and to an unlucky draw.
+    assert (train - other_seed).abs().max().item() > 1e-2, "training: two seeds gave the same output"
+    assert (train - evaluated).abs().max().item() > 1e-2, "training gave the evaluation output: no dropout applied"
+    assert torch.equal(train, again), "the same seed must draw the same dropout"
+    # Evaluation: no dropout, so deterministic and the very computation of the same weights with dropout 0.
+    assert torch.equal(evaluated, runs["eval", 2])
+    assert torch.equal(evaluated, runs["no dropout"])
+
+
+@pytest.mark.parametrize("qk_channels", [8, 4], ids=["equal heads", "narrower q/k heads"])  # SDPA / own CPU path
+def test_attention_dropout_applies_in_training_only(qk_channels):
+    torch.manual_seed(0)
+    q, kv = torch.randn(2, 5, 8), torch.randn(2, 7, 6)
+
+    def make(p):
+        return MultiHeadAttention(8, 6, num_heads=2, qk_channels=qk_channels, v_channels=8, dropout_prob=p)
+
+    _check_dropout(_dropout_runs(make, q, kv))
+
+
+def test_blocks_pass_dropout_attn_prob_to_their_attention():
+    torch.manual_seed(0)
+    latents, inputs = torch.randn(2, 5, 8), torch.randn(2, 7, 6)
+    _check_dropout(_dropout_runs(lambda p: SelfAttention(8, num_heads=2, dropout_attn_prob=p), latents))
+    _check_dropout(_dropout_runs(lambda p: CrossAttention(8, 6, num_heads=2, dropout_attn_prob=p), latents, inputs))

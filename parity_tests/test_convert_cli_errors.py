@@ -5,6 +5,7 @@ Bad arguments are argparse's business: exit 2.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from converters import cli
 from converters.cli import main
 
 from .conftest import golden_dir
@@ -176,3 +178,21 @@ def test_an_existing_output_is_replaced_only_with_force_and_the_config_never(tmp
     assert main(["language", source, "--config", str(config), "-o", str(out), "--force"]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}" and out.read_bytes()[:8] != b"an earli"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "lm.safetensors"]
+
+
+@pytest.mark.parametrize("error, shown", [
+    (OSError(errno.ENOSPC, "No space left on device"), "[Errno 28] No space left on device"),
+    (MemoryError(), "MemoryError"),  # no message: the type is shown
+], ids=["ENOSPC", "MemoryError"])
+def test_a_full_disk_or_exhausted_memory_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch, error, shown):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cli, "convert", fail)  # what main calls to write the file
+    rc = main(["language", str(golden_dir("language") / "checkpoint.pickle"), "--config",
+               str(golden_dir("language") / "config.json"), "-o", str(tmp_path / "x.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert err.splitlines() == [f"perceiver-convert: error: {shown}"], err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

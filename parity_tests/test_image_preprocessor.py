@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_torch.layers.image import Conv2DDownsample, ImagePreprocessor, same_padding, space_to_depth
+from perceiver_torch.layers.image import (
+    BatchNorm,
+    Conv2DDownsample,
+    ImagePreprocessor,
+    same_padding,
+    space_to_depth,
+)
 
 from .conftest import assert_close
 
@@ -143,3 +149,43 @@ def test_conv1x1_applied_channels_last_equals_the_strided_convolution(shape):
     got = pre.featurize(x)
     assert got.is_contiguous()
     torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+def test_batch_norm_training_updates_running_statistics_with_decay_0_9():
+    """Training moves each running statistic 1 - decay = 0.1 of the way to the batch's, as the class documents
+    (PyTorch-style: F.batch_norm with momentum 1 - decay_rate). The variance it averages is the *unbiased* batch
+    variance (n / (n - 1)), PyTorch's convention, not Haiku's biased one: that is what the code implements, and
+    only the converted averages (Haiku's `average`) matter at inference. Evaluation then normalises with them."""
+    bn = BatchNorm(3)  # decay_rate 0.9, Haiku's default
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    g = torch.Generator().manual_seed(0)
+    # Channel means and spreads far from the initial 0 / 1 so that a wrong momentum moves them visibly.
+    batches = [torch.randn(2, 3, 3, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.2])[:, None, None]
+               + torch.tensor([5.0, -2.0, 0.5])[:, None, None] for _ in range(2)]
+    mean, var = np.zeros(3), np.ones(3)
+    bn.double().train()
+    for x in batches:
+        values = x.permute(1, 0, 2, 3).reshape(3, -1).numpy()  # per channel: N * H * W = 18 values
+        out = bn(x)
+        n = values.shape[1]
+        batch_mean, biased = values.mean(1), values.var(1)
+        mean = 0.9 * mean + 0.1 * batch_mean
+        var = 0.9 * var + 0.1 * biased * n / (n - 1)
+        # 1e-12: float64 arithmetic on values of order 10 (a few thousand ulps of headroom, far below the
+        # 18 / 17 factor between unbiased and biased or any wrong momentum).
+        np.testing.assert_allclose(bn.running_mean.numpy(), mean, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(bn.running_var.numpy(), var, rtol=0, atol=1e-12)
+        # In training the output is normalised with the batch's own (biased) statistics.
+        scale, shift = bn.weight.detach().numpy(), bn.bias.detach().numpy()
+        expected = (values - batch_mean[:, None]) / np.sqrt(biased[:, None] + 1e-5) * scale[:, None] + shift[:, None]
+        np.testing.assert_allclose(out.detach().permute(1, 0, 2, 3).reshape(3, -1).numpy(), expected, atol=1e-12)
+    bn.eval()
+    before = bn.running_mean.clone(), bn.running_var.clone()
+    x = batches[0]
+    out = bn(x).detach().permute(1, 0, 2, 3).reshape(3, -1).numpy()
+    values = x.permute(1, 0, 2, 3).reshape(3, -1).numpy()
+    expected = (values - mean[:, None]) / np.sqrt(var[:, None] + 1e-5) * scale[:, None] + shift[:, None]
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)  # float64 again, as above
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])  # eval keeps them

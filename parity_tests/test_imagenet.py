@@ -15,6 +15,7 @@ from perceiver_torch.imagenet_preprocessing import (
     MEAN_RGB,
     STDDEV_RGB,
     center_crop_size,
+    check_pixel_scale,
     imagenet_labels,
     imagenet_transform,
 )
@@ -237,3 +238,92 @@ def test_classify_names_the_image_of_a_batch_it_cannot_read_and_checks_batch_siz
     for batch_size in (0, 2.0, True):
         with pytest.raises(ValueError, match=f"classify: batch_size must be an integer >= 1; got {batch_size!r}"):
             model.classify([good], batch_size=batch_size)
+
+
+# The upstream values, typed from the colab and `perceiver/train/dataset.py` (as the module docstring cites them):
+# the ImageNet mean (0.485, 0.456, 0.406) and stddev (0.229, 0.224, 0.225) of [0, 1] pixels, times 255.
+UPSTREAM_MEAN = np.array([0.485, 0.456, 0.406]) * 255
+UPSTREAM_STD = np.array([0.229, 0.224, 0.225]) * 255
+
+
+def test_normalisation_constants_are_upstreams():
+    # Exact: both sides are the same float64 products of the same literals.
+    np.testing.assert_array_equal(MEAN_RGB, UPSTREAM_MEAN)
+    np.testing.assert_array_equal(STDDEV_RGB, UPSTREAM_STD)
+    # and the transform uses them: a flat grey image comes out (v - mean) / std, channel by channel; 1e-6 is
+    # float32 rounding of values of order 1 (the transform normalises in float32).
+    out = imagenet_transform(np.full((40, 40, 3), 100, np.uint8), 16)
+    np.testing.assert_allclose(out[:, 0, 0].numpy(), (100 - UPSTREAM_MEAN) / UPSTREAM_STD, rtol=0, atol=1e-6)
+
+
+def test_crop_side_is_truncated_not_rounded():
+    assert center_crop_size(305, 400) == 266  # 224 / 256 * 305 = 266.875: int() gives 266, round() 267
+    assert center_crop_size(400, 305) == 266  # the shorter side, whichever it is
+
+
+def test_crop_offsets_round_up():
+    # 257x321: the crop is int(224 / 256 * 257) = 224 (no resize); the margins 33 and 97 are odd, so the
+    # centred crop starts at ceil(33 / 2) = 17 and ceil(97 / 2) = 49 (rounding down would give 16 and 48).
+    image = np.random.default_rng(5).integers(0, 256, size=(257, 321, 3), dtype=np.uint8)
+    out = imagenet_transform(image).permute(1, 2, 0).numpy()
+    expected = ((image[17:241, 49:273] - UPSTREAM_MEAN) / UPSTREAM_STD).astype(np.float32)
+    # 1e-5: float32 normalisation of values up to about 2.6 (a few float32 ulps); a one-pixel shift of random
+    # pixels moves values by about 1 / 57 per grey level, far beyond it.
+    assert_close(out, expected, atol=1e-5, rtol=0, what="crop at (17, 49)")
+
+
+def _keys(d: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Keys' cubic convolution kernel at distances `d`, with OpenCV's a = -0.75."""
+    d = np.abs(d)
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def _cubic_matrix(src: int, dst: int) -> np.ndarray:
+    """[dst, src] weights of OpenCV's INTER_CUBIC along one axis: half-pixel centres, four taps, border
+    replicated (taps outside the image read the edge pixel), no antialiasing (the same four taps downsampling)."""
+    weights = np.zeros((dst, src))
+    for x in range(dst):
+        f = (x + 0.5) * src / dst - 0.5
+        i = int(np.floor(f))
+        for tap in range(i - 1, i + 3):
+            weights[x, min(max(tap, 0), src - 1)] += _keys(np.array(f - tap))
+    return weights
+
+
+def _opencv_cubic(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """cv2.resize(pixels, (width, height), interpolation=cv2.INTER_CUBIC) for uint8 [H, W, 3], written out:
+    separable, then rounded and saturated to uint8 as OpenCV returns it. (Checked once against
+    opencv-python-headless 4.14, not a dependency: equal, or one grey level off where its fixed point rounds.)"""
+    rows, cols = _cubic_matrix(pixels.shape[0], height), _cubic_matrix(pixels.shape[1], width)
+    out = np.einsum("yh,hwc,xw->yxc", rows, pixels.astype(np.float64), cols)
+    return np.clip(np.round(out), 0, 255)
+
+
+@pytest.mark.parametrize("shape, size", [((37, 41), (16, 16)), ((37, 41), (60, 52)), ((70, 64), (16, 16))])
+def test_resize_is_opencvs_bicubic_within_one_grey_level(shape, size):
+    image = np.random.default_rng(6).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    crop = int(size[0] / (size[0] + 32) * min(shape))
+    top, left = -(-(shape[0] - crop) // 2), -(-(shape[1] - crop) // 2)  # offsets rounded up
+    expected = _opencv_cubic(image[top:top + crop, left:left + crop], *size)
+    got = imagenet_transform(image, size).permute(1, 2, 0).numpy().astype(np.float64) * UPSTREAM_STD + UPSTREAM_MEAN
+    # The module's stated tolerance: one grey level before normalisation (OpenCV's fixed-point coefficients),
+    # plus 1e-3 for undoing the float32 normalisation (float32 ulps of values up to 255).
+    worst = np.abs(got - expected).max()
+    assert worst <= 1 + 1e-3, f"{worst:.3f} grey levels from OpenCV's INTER_CUBIC"
+    # The reference tells kernels apart: a bilinear resize of the same crop misses it by many grey levels.
+    crop_t = torch.from_numpy(image[top:top + crop, left:left + crop].astype(np.float32)).permute(2, 0, 1)[None]
+    bilinear = torch.nn.functional.interpolate(crop_t, size=size, mode="bilinear", align_corners=False)
+    assert np.abs(bilinear[0].permute(1, 2, 0).round().numpy() - expected).max() > 1 + 1e-3, "reference too lax"
+
+
+def test_pixel_scale_accepts_0_and_255_and_nothing_beyond():
+    for dtype in (np.float32, np.float64, np.int32):
+        check_pixel_scale(np.array([[[0, 128, 255]]], dtype))  # both ends of 0-255 are pixels
+    with pytest.raises(ValueError, match=r"RGB values in 0-255; got values in \[0, 255.5\]"):
+        check_pixel_scale(np.array([[[0, 128, 255.5]]], np.float32))
+    with pytest.raises(ValueError, match=r"RGB values in 0-255; got values in \[0, 256\]"):
+        check_pixel_scale(np.array([[[0, 128, 256]]], np.int32))
+    with pytest.raises(ValueError, match=r"RGB values in 0-255; got values in \[-0.5, 255\]"):
+        check_pixel_scale(np.array([[[-0.5, 128, 255]]], np.float32))

@@ -126,6 +126,20 @@ def test_nan_inputs_are_named_as_nan_not_as_a_range(models):
         assert "nan]" not in str(info.value)
 
 
+def test_imagenet_accepts_normalised_values_up_to_5_and_refuses_beyond(models):
+    # NORMALISED_LIMIT is 5 (imagenet_transform gives about [-2.1, 2.6]); the bounds themselves are accepted.
+    model = models["imagenet"]
+    edges = torch.linspace(-5.0, 5.0, 3 * 16 * 16).reshape(1, 3, 16, 16)  # exactly -5.0 and 5.0 at the ends
+    assert edges.min().item() == -5.0 and edges.max().item() == 5.0
+    with torch.no_grad():
+        assert model(edges).shape == (1, model.num_classes)
+    for value in (5.01, -5.01):
+        beyond = edges.clone()
+        beyond[0, 1, 7, 7] = value
+        with pytest.raises(ValueError, match=r"forward: images must be normalised as imagenet_transform does"):
+            model(beyond)
+
+
 # ---- optical flow ----
 
 def test_flow_refuses_unscaled_frames_in_forward_and_estimate_flow(models):
@@ -143,6 +157,21 @@ def test_flow_refuses_unscaled_frames_in_forward_and_estimate_flow(models):
         model(torch.zeros(0, 3, 12, 16), torch.zeros(0, 3, 12, 16))
     with torch.no_grad():
         assert model(scaled, scaled).shape == (1, 2, 12, 16)
+
+
+def test_flow_accepts_frames_up_to_1_5_and_refuses_frames_scaled_to_0_2(models):
+    # PIXEL_LIMIT is 1.5: the colab's [-1, 1] plus a resampling overshoot; its ends are accepted.
+    model = models["optical_flow"]
+    edges = torch.linspace(-1.5, 1.5, 3 * 12 * 16).reshape(1, 3, 12, 16)
+    assert edges.min().item() == -1.5 and edges.max().item() == 1.5
+    with torch.no_grad():
+        assert model(edges, edges.flip(-1)).shape == (1, 2, 12, 16)
+    # x / 255 * 2 without the - 1: frames in [0, 2], a mistake the limit exists to catch.
+    unshifted = torch.linspace(0, 255, 3 * 12 * 16).reshape(1, 3, 12, 16) / 255 * 2
+    with pytest.raises(ValueError, match=r"forward: image1 must hold pixels scaled to .*got values in \[0, 2\]"):
+        model(unshifted, edges)
+    with pytest.raises(ValueError, match=r"estimate_flow: image2 must hold pixels scaled to \[-1, 1\]"):
+        model.estimate_flow(edges[0], unshifted[0])
 
 
 # ---- video autoencoding ----

@@ -11,6 +11,7 @@ from perceiver_torch.layers import (
     AudioPostprocessor,
     AudioPreprocessor,
     ClassificationPostprocessor,
+    IdentityPreprocessor,
     MultimodalPreprocessor,
     OneHotPreprocessor,
     ProjectionPostprocessor,
@@ -135,6 +136,33 @@ def test_mask_probabilities_zero_and_one_are_deterministic():
     first = pre(x, mask_probs=half)[0]
     pre.generator.manual_seed(1)
     assert torch.equal(first, pre(x, mask_probs=half)[0])
+
+
+
+@pytest.mark.parametrize("training", [True, False])  # upstream masks regardless of is_training
+def test_intermediate_mask_probabilities_mask_that_fraction_of_positions(training):
+    torch.manual_seed(0)
+    pre = MultimodalPreprocessor({"a": IdentityPreprocessor(4), "b": IdentityPreprocessor(6)},
+                                 mask_probs={"a": 0.3, "b": 0.8}).train(training)
+    pre.generator = torch.Generator().manual_seed(2)
+    x = {"a": torch.randn(2, 10_000, 4), "b": torch.randn(2, 5_000, 6)}
+    with torch.no_grad():
+        out, sizes, _ = pre(x)
+    assert sizes == {"a": 10_000, "b": 5_000} and out.shape == (2, 15_000, 8)
+    parts = {"a": out[:, :10_000], "b": out[:, 10_000:]}
+    for name, prob in (("a", 0.3), ("b", 0.8)):
+        got = parts[name]
+        token = pre.mask_tokens[name].embeddings  # [1, 8]
+        padded = torch.cat([x[name], pre.padding[name].embeddings.expand(*x[name].shape[:2], -1)], dim=-1)
+        masked = (got == token).all(-1)
+        kept = (got == padded).all(-1)
+        # Every position is exactly the mask token or exactly its own (padded) input, never a mix or both
+        # (random normal inputs never equal the token).
+        assert bool((masked ^ kept).all()), name
+        n = masked.numel()
+        bound = 5 * (prob * (1 - prob) / n) ** 0.5  # 5 binomial standard deviations: fails by chance < 1e-6
+        fraction = masked.float().mean().item()
+        assert abs(fraction - prob) < bound, f"{name}: masked {fraction:.4f} of {n} positions, expected {prob}"
 
 
 def test_restructure_splits_in_sorted_order():

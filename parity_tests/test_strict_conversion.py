@@ -1,6 +1,7 @@
 """Conversion is strict: a missing, extra or mis-shaped parameter fails, naming it, writing nothing."""
 
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -127,3 +128,21 @@ def test_a_transform_without_a_declared_shape_still_reports_a_mismatch():
                                               r"another shape, model expects \(2, 2, 3, 3\)"):
         strict_merge({"conv.weight": np.zeros(3, np.float32)}, {"conv.weight": (2, 2, 3, 3)}, [rule],
                      key=lambda collection, module, name: f"{module}.{name}")
+
+
+def test_a_model_parameter_no_rule_fills_is_named(tmp_path, monkeypatch):
+    """The model has one state-dict entry more than the table's rules fill: the conversion fails naming it (a
+    model that grew a parameter its converter does not know would otherwise keep its random initialisation)."""
+    convert_module = sys.modules["converters.convert"]  # `converters.convert` is the function
+    real = convert_module.target_shapes
+
+    def one_more(task, config):
+        return {**real(task, config), "decoder.extra_scale": (3, 5)}
+
+    monkeypatch.setattr(convert_module, "target_shapes", one_more)
+    src = golden_dir("language") / "checkpoint.pickle"
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(ConversionError) as info:
+        converters.convert("language", src, golden_dir("language") / "config.json", out)
+    assert info.value.problems == ["not filled in model: decoder.extra_scale (3, 5)"], str(info.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
