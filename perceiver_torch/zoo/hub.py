@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -187,13 +188,22 @@ def one_line(exc: BaseException) -> str:
 
 
 def verify_file(path: Path, artifact: dict, what: str) -> os.stat_result:
-    """Check size and sha256 against the manifest; returns the stat of exactly the bytes hashed."""
+    """Check size and sha256 against the manifest; returns the stat of exactly the bytes hashed. A FIFO, socket,
+    device or directory where a file should be is refused (`IntegrityError`), never waited on."""
     try:
-        with open(path, "rb") as f:
+        # Non-blocking: opening a FIFO with no writer would otherwise wait forever (no effect on a regular file).
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)), "rb") as f:
+            _check_regular(os.fstat(f.fileno()), path, what)
             _check_open_file(f, path, artifact, what)
             return os.fstat(f.fileno())
     except OSError as exc:  # e.g. removed by a concurrent pull that found it corrupt
         raise ZooError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _check_regular(info: os.stat_result, path: str | Path, what: str) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO, socket or device"
+        raise IntegrityError(f"{what}: {path} is not a regular file ({kind}); the file was refused")
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -258,7 +268,7 @@ def _download(what: str, artifact: dict, where: str, cache: Path) -> tuple[Path,
 
 def verified_cached(what: str, local: Path, artifact: dict, repo_dir: Path) -> tuple[Path, os.stat_result]:
     """`local`, a file in the cache folder `repo_dir`, checked against `artifact`'s size and sha256; one that
-    differs is removed from the cache (its own entry only) and refused."""
+    differs (or is no regular file) is removed from the cache (its own entry only) and refused."""
     if not _inside(local, repo_dir):
         raise ZooError(f"{what}: the cached file {local} resolves outside the cache folder {repo_dir}; "
                        "refused (remove it and pull again)")
