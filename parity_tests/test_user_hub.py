@@ -271,6 +271,26 @@ def test_offline_mode_loads_from_the_cache(tmp_path, monkeypatch):
     assert not blob.exists()
 
 
+def test_offline_a_cached_entry_that_resolves_outside_the_cache_is_refused(tmp_path, monkeypatch):
+    """As the zoo refuses it, also when it is named by no sha256 (so there is no hash to check it by)."""
+    model = _language_model()
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        commit = pt.push_to_hub(model, REPO, token=TOKEN)
+        pt.create_model(f"hf-hub:{REPO}")
+    pointer = tmp_path / "cache" / "models--someone--fine-tuned-lm" / "snapshots" / commit / FILENAME
+    theirs = tmp_path / "theirs.safetensors"
+    pt.save_model(_language_model(seed=1), theirs)  # a valid checkpoint, someone else's
+    pointer.unlink()
+    pointer.symlink_to(theirs)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for revision in ("main", commit):
+        with pytest.raises(ZooError) as err:
+            pt.create_model(f"hf-hub:{REPO}", revision=revision)
+        assert str(err.value) == (f"hf-hub:{REPO}: the cached file {pointer} resolves outside the cache folder "
+                                  f"{pointer.parents[2]}; refused (remove it and pull again)")
+    assert pointer.is_symlink() and theirs.is_file()  # neither followed nor removed
+
+
 @pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
 def test_a_read_only_cache_that_holds_the_file_serves_it_without_a_write(tmp_path, monkeypatch, offline):
     """A shared cache (a CI image's, another user's) that this user may only read, filled by an earlier load."""

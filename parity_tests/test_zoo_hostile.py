@@ -22,6 +22,7 @@ from parity_tests.zoo_support import (
     hub_env,
     produce_and_publish,
     read_only,
+    returns_within,
     tree_state,
 )
 from perceiver_torch import CheckpointConfigError, CheckpointFormatError, load_model, serialization
@@ -29,6 +30,7 @@ from perceiver_torch.hashing import sha256_file
 from perceiver_torch.safetensors_io import read_header, write_safetensors
 from perceiver_torch.zoo import IntegrityError, ManifestError, ZooError, create_model, fetch, get_entry, load_manifest
 from perceiver_torch.zoo import hub as zoo_hub
+from perceiver_torch.zoo.cli import main as zoo_cli
 
 REPO = "tests/golden-language"
 TINY = "tiny-language-perceiver"
@@ -118,6 +120,63 @@ def test_a_corrupt_file_in_a_cache_this_user_cannot_write_is_still_an_integrity_
                                              r"model.safetensors: Permission denied; .*: Permission denied\)"):
         fetch(TINY, cache=cache, manifest=TEST_MANIFEST)
     assert path.is_symlink() and blob.read_bytes() == b"\0" * blob.stat().st_size  # left, and named
+
+
+def _fifo_for_blob(cache: Path, monkeypatch) -> tuple[Path, Path]:
+    """TINY pulled into `cache`, its blob then replaced by a FIFO (which an open() for reading waits on forever);
+    returns (snapshot entry, blob)."""
+    with hub_env(monkeypatch, TEST_HUB, cache):
+        path = fetch(TINY, manifest=TEST_MANIFEST)
+    blob = path.resolve()
+    blob.unlink()
+    os.mkfifo(blob)
+    return path, blob
+
+
+def _fifo_refused(path: Path, blob: Path) -> str:
+    return (f"zoo model '{TINY}': {path} is not a regular file (a FIFO, socket or device); the file was refused and "
+            f"removed from the cache ({path}, {blob}). It was already in the cache, not just downloaded: it was "
+            "changed or corrupted there; pulling again downloads it afresh.")
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_a_fifo_in_place_of_a_cached_blob_is_refused_by_pull_never_waited_on(tmp_path, monkeypatch, capsys, offline):
+    cache = tmp_path / "cache"
+    path, blob = _fifo_for_blob(cache, monkeypatch)
+    with hub_env(monkeypatch, TEST_HUB, cache) as hub:
+        if offline:
+            monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        status = returns_within(lambda: zoo_cli(["--manifest", str(TEST_MANIFEST), "pull", TINY]), blob)
+        assert (status, capsys.readouterr().err) == (1, f"perceiver-zoo: error: {_fifo_refused(path, blob)}\n")
+        assert hub.requests == 0  # refused from the cache, before anything is asked
+        assert not path.is_symlink() and not blob.exists()
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        assert zoo_cli(["--manifest", str(TEST_MANIFEST), "pull", TINY]) == 0  # downloaded afresh
+    assert sha256_file(path) == get_entry(TINY, TEST_MANIFEST)["artifact"]["sha256"]
+
+
+def test_a_fifo_in_place_of_a_cached_blob_is_refused_by_create_model_offline(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    path, blob = _fifo_for_blob(cache, monkeypatch)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(IntegrityError) as err:
+        returns_within(lambda: create_model(TINY, manifest=TEST_MANIFEST), blob)
+    assert str(err.value) == _fifo_refused(path, blob)
+    assert not path.is_symlink() and not blob.exists()
+
+
+def test_a_fifo_in_a_mirror_is_refused_never_waited_on(tmp_path):
+    artifact = get_entry(TINY, TEST_MANIFEST)["artifact"]
+    mirror = tmp_path / "mirror"
+    shutil.copytree(TEST_HUB, mirror)
+    target = mirror / artifact["repo_id"] / artifact["revision"] / artifact["filename"]
+    target.unlink()
+    os.mkfifo(target)
+    verify = zoo_hub.verify_file  # past the mirror's own is_file check: replaced in between, say
+    with pytest.raises(IntegrityError, match=f"{target} is not a regular file"):
+        returns_within(lambda: verify(target, artifact, f"zoo model {TINY!r} (mirror)"), target)
+    assert target.exists()  # a mirror is never written to
 
 
 @pytest.mark.parametrize("named_by", ["HF_HUB_CACHE", "cache_dir"])

@@ -9,6 +9,8 @@ import io
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -223,3 +225,39 @@ def answering_server(answer):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+
+# Run by `returns_within` in a process of its own: a call blocked opening a FIFO may hold the GIL (safetensors'
+# Rust code does), and no thread of the test's process would run then.
+_FIFO_WATCHDOG = """
+import os, stat, sys, time
+fifo, seconds = sys.argv[1], float(sys.argv[2])
+time.sleep(seconds)
+try:
+    if stat.S_ISFIFO(os.stat(fifo).st_mode):
+        print("fired", flush=True)
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the blocked reader's open returns; it reads EOF
+except OSError:
+    pass
+"""
+
+
+def returns_within(call, fifo: Path, seconds: float = 30.0):
+    """What `call()` returns (what it raises, raised here). Should it still be running after `seconds`, blocked
+    opening the FIFO `fifo` (which waits for a writer), a watchdog process opens a writer to release it and the
+    test fails: a hang fails its own test instead of stalling the suite."""
+    watchdog = subprocess.Popen([sys.executable, "-c", _FIFO_WATCHDOG, os.fsdecode(fifo), str(seconds)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        value, error = call(), None
+    except BaseException as exc:  # noqa: BLE001 - raised again below, unless the call had to be released
+        value, error = None, exc
+    finally:
+        watchdog.kill()
+        fired = "fired" in watchdog.communicate()[0]
+    if fired:
+        pytest.fail(f"still waiting after {seconds} s: blocked opening the FIFO {fifo}")
+    if error is not None:
+        raise error
+    return value

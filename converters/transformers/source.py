@@ -1,42 +1,46 @@
 """Read a transformers Perceiver checkpoint: config.json plus model.safetensors (or pytorch_model.bin).
 
-From a local directory, or from a Hub repository at a revision through huggingface_hub (the
-endpoint is read from HF_ENDPOINT at call time, as the zoo client does). A .bin is only ever
-opened with torch.load(weights_only=True), which refuses pickles that would run code.
+From a local directory, or from a Hub repository at a revision, downloaded into the Hub cache by the zoo
+client's code (`perceiver_torch.zoo.download`; the endpoint, cache and HF_HUB_OFFLINE are read at call time,
+as the zoo client reads them). Not `hf_hub_download`, which names the blob after the server's ETag unchecked:
+here one HEAD answer per file must announce a 40-hex commit, a bounded size and as ETag a sha256 (an LFS file)
+or a git blob id (a regular file), which name everything written in the cache, or nothing is written; the
+body is cut off at that size and checked against that hash before it enters the cache. A file already cached
+(a commit's, offline, or the Hub unreachable) must resolve inside the cache and is checked against its blob's
+name. A .bin is only ever opened with torch.load(weights_only=True), which refuses pickles that would run code.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import build_hf_headers
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from perceiver_torch.hashing import sha256_file
+from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES
 from perceiver_torch.strict_json import loads_strict
-from perceiver_torch.zoo.hub import cache_dir
-from perceiver_torch.zoo.schema import TRANSFORMERS_FILES
+from perceiver_torch.zoo.download import COMMIT, RefusedAnswer, artifact_from_answer, repo_cache_dir
+from perceiver_torch.zoo.hub import ZooError, cache_dir, cached_entry, from_endpoint, is_offline, one_line
+from perceiver_torch.zoo.schema import TRANSFORMERS_FILES, is_repo_id
+from perceiver_torch.zoo.user_hub import checked_revision, hub_endpoint, record_revision
 
 from ..small_files import MAX_CONFIG_BYTES, NotASmallFile, read_small_file
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = TRANSFORMERS_FILES  # preferred first
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What a server may announce for each file before anything is downloaded.
+_LIMITS = {"config.json": (MAX_CONFIG_BYTES, "a config.json may have (a Perceiver's is a few KB)")}
+_WEIGHTS_LIMIT = (MAX_CHECKPOINT_BYTES, "of the largest checkpoint perceiver-torch reads")
 
 
 class TransformersSourceError(ValueError):
@@ -131,39 +135,116 @@ def _local(directory: Path) -> tuple[Path, Path]:
     raise TransformersSourceError(f"{directory} has none of {list(WEIGHT_FILES)}{hint}.")
 
 
+class _NotCached(Exception):
+    """A file the server could not be asked for (offline, unreachable, refused) that the cache does not hold."""
+
+    def __init__(self, name: str, cause: BaseException | None):
+        super().__init__(name)
+        self.name, self.cause = name, cause
+
+
+class _HubRepo:
+    """The files of `repo_id` at `revision`, each found in the Hub cache or downloaded into it by the zoo's code."""
+
+    def __init__(self, repo_id: str, revision: str | None):
+        # Read at call time (huggingface_hub reads its environment once, at import), as the zoo client does.
+        self.repo_id, self.endpoint, self.cache = repo_id, hub_endpoint(None), cache_dir()
+        self.where = f"{repo_id}@{revision or 'main'}"
+        # Every Hub repo id also reads as a relative path: a mistyped local directory lands here.
+        self.hint = f" (and there is no local directory {repo_id})"
+        try:
+            self.revision = checked_revision(revision)
+        except ValueError as exc:
+            raise TransformersSourceError(f"{self.where}: {exc}") from None
+        self.repo_dir = repo_cache_dir(self.cache, repo_id)
+        # The commit every file is read at: the revision's, once the first answer (or the cache) names it.
+        self.commit = self.revision if COMMIT.match(self.revision) else None
+
+    def file(self, name: str) -> Path | None:
+        """The cached path of `name` (a snapshot entry), or None if the repo has no such file at the revision."""
+        if self.commit is not None:
+            pointer = self.repo_dir / "snapshots" / self.commit / name
+            if pointer.exists():  # a commit's file, cached: no request (as hf_hub_download)
+                return self._cached(pointer)
+        if is_offline():
+            return self._from_cache(name, None)
+        asked = self.commit or self.revision
+        url = hf_hub_url(self.repo_id, name, revision=asked, endpoint=self.endpoint)
+        try:
+            meta = get_hf_file_metadata(url, headers=build_hf_headers(), endpoint=self.endpoint)
+        except EntryNotFoundError:
+            return None
+        except RevisionNotFoundError as exc:
+            raise TransformersSourceError(f"{self.where}: {type(exc).__name__}{self.hint}") from None
+        except Exception as exc:  # the network or the Hub down, a private repo without a token: as hf_hub_download,
+            return self._from_cache(name, exc)  # fall back to what the cache holds for the revision
+        limit, limit_is = _LIMITS.get(name, _WEIGHTS_LIMIT)
+        try:
+            artifact = artifact_from_answer(meta, self.repo_id, name, asked, limit=limit, limit_is=limit_is,
+                                            regular_files=True)
+        except RefusedAnswer as exc:
+            raise TransformersSourceError(f"{self.where}: {exc}") from None
+        try:
+            path, _ = from_endpoint(self.where, artifact, self.endpoint, self.cache)
+        except ZooError as exc:  # refused (nothing kept in the cache), a failed download, an unwritable cache
+            raise TransformersSourceError(str(exc)) from None
+        self.commit = artifact["revision"]
+        record_revision(self.repo_id, self.revision, self.commit, cache=self.cache)
+        return path
+
+    def _from_cache(self, name: str, cause: BaseException | None) -> Path | None:
+        found = try_to_load_from_cache(self.repo_id, name, cache_dir=self.cache, revision=self.commit or self.revision)
+        if not isinstance(found, str):
+            if found is not None:  # huggingface_hub's record that the repo has no such file at that commit
+                return None
+            raise _NotCached(name, cause)
+        path = self._cached(Path(found))
+        if COMMIT.match(path.parent.name):  # snapshots/<commit>/<name>
+            self.commit = path.parent.name
+        return path
+
+    def _cached(self, pointer: Path) -> Path:
+        try:
+            return cached_entry(self.where, pointer, self.repo_dir)
+        except ZooError as exc:
+            raise TransformersSourceError(str(exc)) from None
+
+    def not_cached(self, missing: list[_NotCached]) -> TransformersSourceError:
+        """The error for files the server could not be asked for and the cache lacks."""
+        cause = missing[0].cause
+        if isinstance(cause, RepositoryNotFoundError):
+            return TransformersSourceError(f"{self.where}: {type(cause).__name__}{self.hint}")
+        if isinstance(cause, HfHubHTTPError):
+            return TransformersSourceError(f"could not download {self.where}: {one_line(cause)}")
+        names = [m.name for m in missing]
+        wanted = f"{names[0]} is not" if len(names) == 1 else f"none of {names} is"
+        why = f"; {one_line(cause)}" if cause is not None else ""
+        return TransformersSourceError(f"{self.where}: the Hub could not be reached (offline, HF_HUB_OFFLINE, or "
+                                       f"{self.endpoint} unreachable) and {wanted} in the cache {self.cache}{self.hint}"
+                                       f"{why}")
+
+
 def _hub(repo_id: str, revision: str | None) -> tuple[Path, Path]:
-    # Read at call time (huggingface_hub reads its environment once, at import), as the zoo client does.
-    endpoint, cache = os.environ.get("HF_ENDPOINT") or None, cache_dir()
-    where = f"{repo_id}@{revision or 'main'}"
-    # Every Hub repo id also reads as a relative path: a mistyped local directory lands here.
-    hint = f" (and there is no local directory {repo_id})"
-    wanted = "config.json"
-
-    def get(filename: str) -> Path:
-        nonlocal wanted
-        wanted = filename
-        return Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint, cache_dir=str(cache)))
-
+    """config.json and the first of WEIGHT_FILES that `repo_id` has at `revision`, in the Hub cache."""
+    repo = _HubRepo(repo_id, revision)
     try:
-        config = get("config.json")
-        for name in WEIGHT_FILES:
-            try:
-                return config, get(name)
-            except LocalEntryNotFoundError:
-                raise  # offline or unreachable: not a missing file (it subclasses EntryNotFoundError)
-            except EntryNotFoundError:
-                continue
-    except LocalEntryNotFoundError:
-        raise TransformersSourceError(f"{where}: the Hub could not be reached (offline, HF_HUB_OFFLINE, or "
-                                      f"{endpoint or 'huggingface.co'} unreachable) and {wanted} is not in the "
-                                      f"cache {cache}{hint}") from None
-    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise TransformersSourceError(f"{where}: {type(exc).__name__}{hint}") from None
-    except EntryNotFoundError:
-        raise TransformersSourceError(f"{where} has no config.json{hint}") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise TransformersSourceError(f"could not download {where}: {exc}") from None
-    raise TransformersSourceError(f"{where} has none of {list(WEIGHT_FILES)}")
+        config = repo.file("config.json")
+    except _NotCached as exc:
+        raise repo.not_cached([exc]) from None
+    if config is None:
+        raise TransformersSourceError(f"{repo.where} has no config.json{repo.hint}")
+    missing = []
+    for name in WEIGHT_FILES:
+        try:
+            weights = repo.file(name)
+        except _NotCached as exc:
+            missing.append(exc)
+            continue
+        if weights is not None:
+            return config, weights
+    if missing:
+        raise repo.not_cached(missing)
+    raise TransformersSourceError(f"{repo.where} has none of {list(WEIGHT_FILES)}")
 
 
 def read_source(source: str | os.PathLike, revision: str | None = None) -> Source:
@@ -174,10 +255,10 @@ def read_source(source: str | os.PathLike, revision: str | None = None) -> Sourc
         if revision is not None:
             raise TransformersSourceError(f"--revision applies to Hub repos; {path} is a local directory.")
         config_path, weights_path = _local(path)
-    elif _REPO_ID.match(str(source)) and not path.exists():
+    elif is_repo_id(str(source)) and not path.exists():
         repo_id = str(source)
         config_path, weights_path = _hub(repo_id, revision)
-        # hf_hub_download returns <cache>/snapshots/<commit>/<file>: the commit it resolved to.
+        # <cache>/snapshots/<commit>/<file>: the commit the revision resolved to.
         revision = weights_path.parent.name
     else:
         raise TransformersSourceError(f"{source} is neither a directory nor a Hub repo id (owner/name).")

@@ -8,6 +8,10 @@ before anything is written; the body is then streamed into a temp file of ours b
 ``blobs/<manifest sha256>``, cut off at the pinned size, checked, and renamed into place. The
 layout is the Hub cache's own (``snapshots/<revision>/<filename>`` links to the blob), so
 huggingface_hub and other tools find the file.
+
+What no manifest pins (a user's repo, `user_hub`; a transformers repo, `converters.transformers.source`) is pinned
+by a first HEAD answer, accepted by `artifact_from_answer` only when every name it would put in the cache is
+well-formed (a 40-hex commit, a sha256 or git blob id as ETag) and its size bounded; then downloaded as above.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 _SHOWN = reprlib.Repr()
 _SHOWN.maxstring = 80  # a header value from the server is shown cut short
 _TEMP_SUFFIX = re.compile(r"\.[0-9a-f]{16}\.incomplete")  # what _stream_blob adds to the blob's name
+COMMIT = re.compile(r"^[0-9a-f]{40}\Z")  # a git commit id; also a git blob id
+SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class RefusedAnswer(ValueError):
@@ -70,17 +76,59 @@ def pinned_by(artifact: dict) -> str:
     return artifact.get("pinned_by", "the manifest")
 
 
+def pinned_hash(artifact: dict) -> tuple[str, str]:
+    """What pins `artifact`'s bytes, as (what it is, its hex value), also the name of its blob in the cache: its
+    sha256 (the Hub's ETag of an LFS file), or for a regular file of a repo (a `git_sha1` key: not stored with LFS,
+    as a config.json is) its git blob id, the Hub's ETag of such a file."""
+    if "git_sha1" in artifact:
+        return "git blob id", artifact["git_sha1"]
+    return "sha256", artifact["sha256"]
+
+
+def artifact_from_answer(meta, repo_id: str, filename: str, revision: str, *, limit: int, limit_is: str,
+                         regular_files: bool = False) -> dict:
+    """The artifact (commit, size, sha256 or git blob id) a server's first HEAD answer `meta` for `filename` at
+    `revision` pins, for a file no manifest pins; refused (`RefusedAnswer`, saying what is wrong) unless it names a
+    40-hex commit (`revision` itself, where that is a commit id), a size of at most `limit` bytes (`limit_is` says
+    whose) and as ETag a sha256 (an LFS file) or, with `regular_files`, a git blob id: the names the cache gets."""
+    size, commit, etag = meta.size, meta.commit_hash, meta.etag
+    if size is None or size < 0:
+        given = "" if size is None else f" (it announces {size})"
+        raise RefusedAnswer(f"the server announces no size for {filename}{given}; the download is refused, as it "
+                            "could not be bounded")
+    if size > limit:
+        raise RefusedAnswer(f"the server announces {size} bytes for {filename}, more than the {limit} bytes "
+                            f"{limit_is}; the download is refused")
+    if not isinstance(commit, str) or not COMMIT.match(commit):
+        raise RefusedAnswer(f"the server announces no commit id (X-Repo-Commit: {_SHOWN.repr(commit)}) for {filename}; "
+                            "the download is refused, as it could not be pinned")
+    if COMMIT.match(revision) and commit != revision:
+        raise RefusedAnswer(f"the server answered for commit {commit} when asked for {filename} at commit "
+                            f"{revision}; the download is refused")
+    kinds = "a sha256 (what the Hub sends for an LFS file)"
+    if regular_files:
+        kinds += " or a git blob id (what it sends for a regular file)"
+    is_sha256 = isinstance(etag, str) and bool(SHA256.match(etag))
+    if not is_sha256 and not (regular_files and isinstance(etag, str) and COMMIT.match(etag)):
+        raise RefusedAnswer(f"the server's ETag for {filename} is {_SHOWN.repr(etag)}, not {kinds}; the download is "
+                            "refused, as its bytes could not be checked")
+    return {"repo_id": repo_id, "filename": filename, "revision": commit, "size": size,
+            "sha256" if is_sha256 else "git_sha1": etag, "pinned_by": f"the server's answer for revision {revision!r}"}
+
+
 def check_answer(meta, artifact: dict) -> None:
     """Refuse a HEAD answer that is not the manifest's file at the pinned revision."""
+    kind, expected = pinned_hash(artifact)
     if meta.commit_hash != artifact["revision"]:
         raise RefusedAnswer(f"the server answered for commit {_SHOWN.repr(meta.commit_hash)}, not the pinned "
                             f"revision {artifact['revision']}")
     if meta.size != artifact["size"]:
         raise RefusedAnswer(f"the server announces {meta.size} bytes, but {pinned_by(artifact)} pins size "
                             f"{artifact['size']}")
-    if meta.etag != artifact["sha256"]:
-        raise RefusedAnswer(f"the server's ETag {_SHOWN.repr(meta.etag)} is not the sha256 {pinned_by(artifact)} pins: "
-                            f"{artifact['sha256']} (the Hub's ETag of an LFS file is its sha256)")
+    if meta.etag != expected:
+        what = "an LFS file is its sha256" if kind == "sha256" else "a regular file is its git blob id"
+        raise RefusedAnswer(f"the server's ETag {_SHOWN.repr(meta.etag)} is not the {kind} {pinned_by(artifact)} "
+                            f"pins: {expected} (the Hub's ETag of {what})")
 
 
 def download_location(url: str, meta, headers: dict) -> str:
@@ -146,13 +194,14 @@ def download(artifact: dict, endpoint: str, cache: Path, verify) -> tuple[Path, 
     meta = get_hf_file_metadata(url, headers=dict(headers), endpoint=endpoint)
     check_answer(meta, artifact)
     repo_dir = repo_cache_dir(cache, artifact["repo_id"])
-    blob = repo_dir / "blobs" / artifact["sha256"]
+    blob_name = pinned_hash(artifact)[1]
+    blob = repo_dir / "blobs" / blob_name
     pointer = snapshot_path(cache, artifact)
     made = [make_folders(blob.parent)]  # one list per branch of the tree, each deepest first
     stat = None
     try:
-        # The lock huggingface_hub takes for this blob (its ETag is the sha256), so the two never race.
-        lock = cache / ".locks" / repo_dir.name / f"{artifact['sha256']}.lock"
+        # The lock huggingface_hub takes for this blob (named after its ETag, as the blob), so the two never race.
+        lock = cache / ".locks" / repo_dir.name / f"{blob_name}.lock"
         made.append(make_folders(lock.parent))
         with WeakFileLock(lock):
             _remove_leftovers(blob)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -29,11 +30,11 @@ import torch
 from huggingface_hub import constants
 
 from ..config_schema import ConfigError, parse_config_json, validate_config
-from ..hashing import sha256_stream
+from ..hashing import git_blob_sha1_stream, sha256_stream
 from ..integers import is_int
 from ..registry import build_model, preset
 from ..serialization import build_on_meta, load_model, loading_device, model_dtype, usable_device
-from .download import RefusedAnswer, download, pinned_by, repo_cache_dir, snapshot_path
+from .download import COMMIT, SHA256, RefusedAnswer, download, pinned_by, pinned_hash, repo_cache_dir, snapshot_path
 from .manifest import get_entry, manifest_path
 from .schema import ManifestError
 
@@ -157,14 +158,16 @@ def _remove_from_cache(path: Path, repo_dir: Path) -> tuple[list[str], list[str]
 
 
 def _mismatch(f, subject: str, artifact: dict) -> str | None:
-    """How the open file `f` (`subject` in the message) differs from `artifact`'s size and sha256, or None."""
+    """How the open file `f` (`subject` in the message) differs from `artifact`'s size and sha256 (or git blob id),
+    or None."""
     size = os.fstat(f.fileno()).st_size
+    kind, expected = pinned_hash(artifact)
     if size != artifact["size"]:
         return (f"{subject} has size {size}, but {pinned_by(artifact)} pins size {artifact['size']} "
-                f"(sha256 {artifact['sha256']})")
-    digest = sha256_stream(f)
-    if digest != artifact["sha256"]:
-        return (f"{subject} has sha256 {digest}, but {pinned_by(artifact)} pins sha256 {artifact['sha256']} "
+                f"({kind} {expected})")
+    digest = sha256_stream(f) if kind == "sha256" else git_blob_sha1_stream(f, size)
+    if digest != expected:
+        return (f"{subject} has {kind} {digest}, but {pinned_by(artifact)} pins {kind} {expected} "
                 f"(size {artifact['size']})")
     return None
 
@@ -187,13 +190,22 @@ def one_line(exc: BaseException) -> str:
 
 
 def verify_file(path: Path, artifact: dict, what: str) -> os.stat_result:
-    """Check size and sha256 against the manifest; returns the stat of exactly the bytes hashed."""
+    """Check size and sha256 against the manifest; returns the stat of exactly the bytes hashed. A FIFO, socket,
+    device or directory where a file should be is refused (`IntegrityError`), never waited on."""
     try:
-        with open(path, "rb") as f:
+        # Non-blocking: opening a FIFO with no writer would otherwise wait forever (no effect on a regular file).
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)), "rb") as f:
+            _check_regular(os.fstat(f.fileno()), path, what)
             _check_open_file(f, path, artifact, what)
             return os.fstat(f.fileno())
     except OSError as exc:  # e.g. removed by a concurrent pull that found it corrupt
         raise ZooError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _check_regular(info: os.stat_result, path: str | Path, what: str) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO, socket or device"
+        raise IntegrityError(f"{what}: {path} is not a regular file ({kind}); the file was refused")
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -256,12 +268,39 @@ def _download(what: str, artifact: dict, where: str, cache: Path) -> tuple[Path,
         raise ZooError(f"{what}: download of {source} failed: {one_line(exc)}") from exc
 
 
-def verified_cached(what: str, local: Path, artifact: dict, repo_dir: Path) -> tuple[Path, os.stat_result]:
-    """`local`, a file in the cache folder `repo_dir`, checked against `artifact`'s size and sha256; one that
-    differs is removed from the cache (its own entry only) and refused."""
+def cached_entry(what: str, local: Path, repo_dir: Path) -> Path:
+    """`local`, a snapshot entry of the cache folder `repo_dir` that no manifest or server answer pins (offline, or
+    a commit cached already), refused unless it resolves inside `repo_dir` to a regular file; checked against its
+    blob's name where that is a sha256 or git blob id (what huggingface_hub and `download` name blobs by: the Hub's
+    ETag), as `verified_cached` checks (one that differs is removed from the cache). Any other name is a cache
+    without links, where huggingface_hub copies each file into snapshots/: there is nothing to check it against."""
+    _check_inside(what, local, repo_dir)
+    blob = os.path.basename(os.path.realpath(local))
+    kind = "sha256" if SHA256.match(blob) else "git_sha1" if COMMIT.match(blob) else None
+    try:
+        info = os.stat(local)
+    except OSError as exc:
+        raise ZooError(f"{what}: cannot read {local}: {exc.strerror or exc}") from None
+    if kind is None:
+        try:
+            _check_regular(info, local, what)
+        except IntegrityError as exc:  # not a name to check it by, so not a blob of ours to remove
+            raise ZooError(str(exc)) from None
+        return local
+    artifact = {"size": info.st_size, kind: blob, "pinned_by": "the name of its cached blob"}
+    return verified_cached(what, local, artifact, repo_dir)[0]
+
+
+def _check_inside(what: str, local: Path, repo_dir: Path) -> None:
     if not _inside(local, repo_dir):
         raise ZooError(f"{what}: the cached file {local} resolves outside the cache folder {repo_dir}; "
                        "refused (remove it and pull again)")
+
+
+def verified_cached(what: str, local: Path, artifact: dict, repo_dir: Path) -> tuple[Path, os.stat_result]:
+    """`local`, a file in the cache folder `repo_dir`, checked against `artifact`'s size and sha256; one that
+    differs (or is no regular file) is removed from the cache (its own entry only) and refused."""
+    _check_inside(what, local, repo_dir)
     try:
         return local, verify_file(local, artifact, what)
     except IntegrityError as exc:

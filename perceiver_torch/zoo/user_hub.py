@@ -19,14 +19,14 @@ load (`hub_checkpoint`'s `header`), which takes neither again. 3 keeps its own H
 for a branch, may locate another commit's file by then.
 
 ``HF_HUB_OFFLINE=1`` loads what the cache holds for the revision (``refs/<branch>`` as huggingface_hub
-writes it); a cached file whose blob is named by a sha256 is checked against it first.
+writes it); a cached file whose blob is named by a sha256 is checked against it first, and one that resolves
+outside the repo's cache folder, or to no regular file, is refused (as the zoo refuses it).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +38,14 @@ from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_st
 
 from ..safetensors_io import header_length, parse_header, read_header
 from ..serialization import MAX_CHECKPOINT_BYTES, atomic_write, checked_metadata
-from .download import download_location, repo_cache_dir, snapshot_path
-from .hub import HUB_ENDPOINT, ZooError, cache_dir, from_endpoint, is_offline, one_line, verified_cached
+from .download import RefusedAnswer, artifact_from_answer, download_location, repo_cache_dir, snapshot_path
+from .hub import HUB_ENDPOINT, ZooError, cache_dir, cached_entry, from_endpoint, is_offline, one_line
 from .schema import is_relative_path, is_repo_id
 
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf-hub:"
 FILENAME = "model.safetensors"
-_COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
-_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 MetadataCheck = Callable[[dict[str, str]], None]
 
@@ -165,20 +163,24 @@ def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
 
 
 def _announced_artifact(repo_id: str, revision: str, where: str, what: str) -> tuple[str, HfFileMetadata, dict]:
-    """The file's URL, the server's HEAD answer for it (`_announced`) and the artifact it pins (commit, size,
-    sha256); the commit is logged."""
+    """The file's URL, the server's HEAD answer for it and the artifact it pins (commit, size, sha256), refused
+    unless it is a bounded, pinnable LFS file; the commit is logged."""
     url = hf_hub_url(repo_id, FILENAME, revision=revision, endpoint=where)
-    meta = _announced(url, where, f"{what} (revision {revision!r}, endpoint {where})")
-    commit = meta.commit_hash
+    asked = f"{what} (revision {revision!r}, endpoint {where})"
+    meta = _announced(url, where, asked)
+    try:
+        artifact = artifact_from_answer(meta, repo_id, FILENAME, revision, limit=MAX_CHECKPOINT_BYTES,
+                                        limit_is="of the largest checkpoint load_model accepts")
+    except RefusedAnswer as exc:
+        raise HubError(f"{asked}: {exc}.") from None
+    commit = artifact["revision"]
     log.info("%s: revision %r is commit %s (pass revision=%r to load exactly these weights again)", what, revision,
              commit, commit)
-    artifact = {"repo_id": repo_id, "filename": FILENAME, "revision": commit, "size": meta.size,
-                "sha256": meta.etag, "pinned_by": f"the server's answer for revision {revision!r}"}
     return url, meta, artifact
 
 
 def _announced(url: str, endpoint: str, what: str) -> HfFileMetadata:
-    """The server's HEAD answer for the file, refused unless it is a bounded, pinnable LFS file."""
+    """The server's HEAD answer for the file."""
     try:
         meta = get_hf_file_metadata(url, headers=build_hf_headers(), endpoint=endpoint)
     except EntryNotFoundError:
@@ -192,19 +194,6 @@ def _announced(url: str, endpoint: str, what: str) -> HfFileMetadata:
                        "HF_TOKEN).") from None
     except Exception as exc:  # huggingface_hub's other HTTP errors, connection errors
         raise HubError(f"{what}: asking for {FILENAME} failed: {one_line(exc)}") from exc
-    if meta.size is None:
-        raise HubError(f"{what}: the server announces no size for {FILENAME}; the download is refused, as it "
-                       "could not be bounded.")
-    if meta.size > MAX_CHECKPOINT_BYTES:
-        raise HubError(f"{what}: the server announces {meta.size} bytes for {FILENAME}, more than the "
-                       f"{MAX_CHECKPOINT_BYTES} bytes of the largest checkpoint load_model accepts; the download is "
-                       "refused.")
-    if not isinstance(meta.commit_hash, str) or not _COMMIT.match(meta.commit_hash):
-        raise HubError(f"{what}: the server announces no commit id (X-Repo-Commit: {meta.commit_hash!r:.60}) for "
-                       f"{FILENAME}; the download is refused, as it could not be pinned.")
-    if not isinstance(meta.etag, str) or not _SHA256.match(meta.etag):
-        raise HubError(f"{what}: the server's ETag for {FILENAME} is {meta.etag!r:.80}, not a sha256 (what the Hub "
-                       "sends for an LFS file); the download is refused, as its bytes could not be checked.")
     return meta
 
 
@@ -256,9 +245,8 @@ def _offline_file(repo_id: str, revision: str, cache: Path, what: str) -> Path:
 
 def _offline(repo_id: str, revision: str, cache: Path, what: str) -> Path:
     path = _offline_file(repo_id, revision, cache, what)
-    blob = Path(os.path.realpath(path)).name
-    if _SHA256.match(blob):  # the name it was stored under, by this loader or huggingface_hub (an LFS file)
-        artifact = {"size": path.stat().st_size, "sha256": blob, "pinned_by": "the name of its cached blob"}
-        verified_cached(what, path, artifact, repo_cache_dir(cache, repo_id))
+    # Refused if it resolves outside the repo's cache folder or is no regular file; checked against its blob's
+    # name where that is its sha256 (the name it was stored under, by this loader or huggingface_hub).
+    cached_entry(what, path, repo_cache_dir(cache, repo_id))
     log.info("%s: revision %r is commit %s in the cache (HF_HUB_OFFLINE)", what, revision, path.parent.name)
     return path
