@@ -66,6 +66,9 @@ def check_output(checkpoint_path: str | Path, output_path: str | Path, what: str
     if not os.fspath(output_path):  # Path("") is ".", which would be reported as a directory
         raise ConversionError(["the output path is empty; expected a file path such as "
                                f"{Path(checkpoint_path).stem}.safetensors"], "output")
+    if os.fspath(output_path) == "-":  # what other tools read as standard output
+        raise ConversionError(["'-' (standard output) is not supported; expected a file path ('./-' for a file "
+                               "named '-')"], "output")
     out, src = Path(output_path), Path(checkpoint_path)
     if out.is_dir():
         raise ConversionError([f"output {out} is a directory; expected a file path such as "

@@ -96,3 +96,11 @@ def test_an_existing_fifo_or_device_is_never_written_over(tmp_path):
         with pytest.raises(FileExistsError, match="exists and is not a regular file"):
             atomic_write(path, _write_bytes(b"abc"))
     assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(os.listdir(tmp_path)) == ["fifo", "link"]
+
+
+def test_a_dash_is_not_taken_for_a_file_named_dash(tmp_path, monkeypatch):
+    """'-' reads as standard output elsewhere; a binary file is not written there, and a file named '-' is './-'."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match=r"'-' \(standard output\) is not supported.*'\./-'"):
+        check_output_path("-")
+    assert check_output_path("./-").name == "-" and os.listdir(tmp_path) == []

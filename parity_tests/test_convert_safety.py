@@ -151,6 +151,13 @@ def test_an_output_that_is_a_fifo_or_device_is_refused_even_with_overwrite(tmp_p
     assert os.listdir(tmp_path) == ["fifo"] and not fifo.is_file()
 
 
+def test_a_dash_as_output_is_refused_not_written_as_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConversionError, match=r"'-' \(standard output\) is not supported"):
+        converters.convert("language", SOURCE, golden_dir("language") / "config.json", "-")
+    assert os.listdir(tmp_path) == []
+
+
 def test_the_config_is_validated_before_the_checkpoint_is_read(tmp_path):
     config = golden_config("language")
     del config["decoder"]["num_heads"]

@@ -48,6 +48,9 @@ def check_output_path(path: str | os.PathLike) -> Path:
     text = os.fspath(path)
     if not text:  # Path("") is ".", which would be reported as a directory
         raise FileNotFoundError("the output path is empty; give the output file's path.")
+    if text == "-":  # what other tools read as standard output: a binary file is not written there
+        raise OSError("'-' (standard output) is not supported: give the output file's path ('./-' for a file "
+                      "named '-').")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give the output file's path.")
