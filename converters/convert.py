@@ -14,7 +14,7 @@ import numpy as np
 from perceiver_torch.config_schema import ConfigError, parse_config_json, validate_config
 from perceiver_torch.hashing import sha256_file
 from perceiver_torch.registry import preset
-from perceiver_torch.serialization import build_on_meta, same_file, save_checkpoint
+from perceiver_torch.serialization import build_on_meta, check_output_path, same_file, save_checkpoint
 
 from .checkpoint_reader import HaikuCheckpoint, open_haiku_checkpoint
 from .rules import ConversionError, strict_merge
@@ -66,16 +66,14 @@ def check_output(checkpoint_path: str | Path, output_path: str | Path, what: str
     if not os.fspath(output_path):  # Path("") is ".", which would be reported as a directory
         raise ConversionError(["the output path is empty; expected a file path such as "
                                f"{Path(checkpoint_path).stem}.safetensors"], "output")
-    if os.fspath(output_path) == "-":  # what other tools read as standard output
-        raise ConversionError(["'-' (standard output) is not supported; expected a file path ('./-' for a file "
-                               "named '-')"], "output")
     out, src = Path(output_path), Path(checkpoint_path)
     if out.is_dir():
         raise ConversionError([f"output {out} is a directory; expected a file path such as "
                                f"{out / (src.stem + '.safetensors')}"], "output")
-    if out.exists() and not out.is_file():  # a device, FIFO or socket: the rename would replace it
-        raise ConversionError([f"output {out} exists and is not a regular file (a device, FIFO or socket); "
-                               "expected a file path"], "output")
+    try:  # the checks every writer of ours shares: '-', a device or FIFO, a folder that cannot be written
+        check_output_path(output_path)
+    except OSError as error:
+        raise ConversionError([str(error)], "output") from None
     if same_file(out, src):
         raise ConversionError([f"output {out} is {what} {src} (or a link to it); writing it would "
                                "destroy the source: choose another output path"], "output")

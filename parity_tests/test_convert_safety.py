@@ -158,6 +158,24 @@ def test_a_dash_as_output_is_refused_not_written_as_a_file(tmp_path, monkeypatch
     assert os.listdir(tmp_path) == []
 
 
+def test_an_output_ending_in_a_separator_names_a_folder_and_is_refused(tmp_path, monkeypatch):
+    """Path() drops a trailing separator: 'out/' was written as a file named 'out' (check_output_path's rule,
+    which the converter now shares)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConversionError, match="out/ ends in a path separator, naming a directory"):
+        converters.convert("language", SOURCE, golden_dir("language") / "config.json", "out/")
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_output_under_a_file_is_refused_before_the_checkpoint_is_read(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    with pytest.raises(ConversionError, match=f"cannot write .*: {blocker} is not a directory"):
+        converters.convert("language", tmp_path / "not-read.pickle", golden_dir("language") / "config.json",
+                           blocker / "out.safetensors")
+    assert os.listdir(tmp_path) == ["a-file"]
+
+
 def test_the_config_is_validated_before_the_checkpoint_is_read(tmp_path):
     config = golden_config("language")
     del config["decoder"]["num_heads"]
