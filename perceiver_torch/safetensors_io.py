@@ -18,6 +18,7 @@ then the data; offsets are relative to the data's start.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -71,6 +72,14 @@ class Header:
     metadata: dict[str, str]
     tensors: dict[str, TensorEntry]
     data_start: int  # absolute offset of the data section
+    # The file read (read_header): device, inode, size and times, to tell whether a later open is that file.
+    identity: tuple[int, ...] | None = None
+
+
+def file_identity(info: os.stat_result) -> tuple[int, ...]:
+    """Which file, and which version of it, `info` describes. A replaced file (a new inode, or a reused inode
+    number with new times) or one rewritten in place (new size or modification time) differs."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 def _entry(name: str, raw, problems: list[str]) -> TensorEntry | None:
@@ -138,7 +147,7 @@ def read_header(path: str | os.PathLike) -> Header:
         raise CheckpointFormatError(f"{path} is a directory, not a safetensors file{hint}.") from None
     except OSError as exc:
         raise CheckpointFormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse_header(raw, size, path)
+    return dataclasses.replace(parse_header(raw, size, path), identity=file_identity(info))
 
 
 def parse_header(raw: bytes, size: int, where: str | os.PathLike) -> Header:

@@ -17,7 +17,15 @@ from torch.overrides import TorchFunctionMode
 from .config_schema import MAX_PARAMETERS, ConfigError, check_parameter_count, parse_config_json, validate_config
 from .message_text import printable, problem_lines
 from .registry import build_model
-from .safetensors_io import CODES, MAX_HEADER_BYTES, CheckpointFormatError, Header, read_header, write_safetensors
+from .safetensors_io import (
+    CODES,
+    MAX_HEADER_BYTES,
+    CheckpointFormatError,
+    Header,
+    file_identity,
+    read_header,
+    write_safetensors,
+)
 
 FORMAT = "perceiver-torch"
 # The largest file load_model could ever accept: its header is at most MAX_HEADER_BYTES, and its tensors must
@@ -234,7 +242,9 @@ def build_on_meta(task: str, config: dict, source: str = "config") -> torch.nn.M
     """
     try:
         with torch.device("meta"), _NoInitOnMeta():
-            model = build_model(task, config)
+            # Checkpoints hold float32 (save_model writes it): a default dtype set to float64 or bfloat16 by the
+            # user's script must not make every file mismatch. On the meta device the cast costs nothing.
+            model = build_model(task, config).float()
     except (ValueError, TypeError, NotImplementedError) as exc:
         raise ConfigError([f"(model): {exc}"], source) from None
     check_parameter_count(sum(p.numel() for p in model.parameters()), source)
@@ -365,6 +375,11 @@ def load_model(path, device: str | torch.device = "cpu", *, dtype: str | torch.d
     bad: list[str] = []
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
+            # Header and tensors come from two opens: a file replaced in between (save_model or perceiver-convert
+            # --force meanwhile) would build the old file's config with the new one's weights.
+            if file_identity(os.stat(path)) != header.identity:
+                raise CheckpointFormatError(f"{path} was replaced while it was being read; load it again once "
+                                            "whatever writes it has finished.")
             for name, entry in header.tensors.items():
                 tensor = f.get_tensor(name)
                 if tuple(tensor.shape) != entry.shape or CODES.get(tensor.dtype) != entry.dtype:

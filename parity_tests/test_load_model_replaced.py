@@ -1,0 +1,43 @@
+"""load_model reads a file's header, then opens it again for the tensors: a file replaced in between (save_model or
+perceiver-convert --force running meanwhile) must not give a model built from one file's config and filled with
+the other's weights. With equal shapes (here: other head counts), nothing else would notice."""
+
+from __future__ import annotations
+
+import pytest
+
+import perceiver_torch as pt
+import perceiver_torch.serialization as serialization
+from perceiver_torch.safetensors_io import CheckpointFormatError
+
+from .conftest import golden_config
+
+
+def _heads(model) -> int:
+    return model.config["encoder"]["num_self_attend_heads"]
+
+
+def test_a_file_replaced_between_header_and_tensors_is_refused(tmp_path, monkeypatch):
+    config = golden_config("language")
+    other = golden_config("language")
+    other["encoder"]["num_self_attend_heads"] = 2  # the same tensor shapes, another model
+    path = tmp_path / "model.safetensors"
+    pt.save_model(pt.build_model("language", config), path)
+    replacement = pt.build_model("language", other)
+    opened = serialization.safe_open
+
+    def replace_then_open(*args, **kwargs):
+        pt.save_model(replacement, path)  # atomic: a new file renamed over the one whose header was read
+        return opened(*args, **kwargs)
+
+    monkeypatch.setattr(serialization, "safe_open", replace_then_open)
+    with pytest.raises(CheckpointFormatError, match=f"{path} was replaced while it was being read; load it again"):
+        pt.load_model(path)
+    monkeypatch.setattr(serialization, "safe_open", opened)
+    assert _heads(pt.load_model(path)) == 2  # the new file, whole
+
+
+def test_a_file_left_alone_loads(tmp_path):
+    path = tmp_path / "model.safetensors"
+    pt.save_model(pt.build_model("language", golden_config("language")), path)
+    assert _heads(pt.load_model(path)) == 4
