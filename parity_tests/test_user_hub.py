@@ -271,6 +271,35 @@ def test_offline_mode_loads_from_the_cache(tmp_path, monkeypatch):
     assert not blob.exists()
 
 
+def test_a_cached_commit_loads_with_the_hub_down(tmp_path, monkeypatch, caplog):
+    """A commit id names its bytes for good: once cached, it loads without a request (as hf_hub_download), online
+    and with the Hub unreachable; the log's advice to pass revision=<commit> held only while the Hub answered."""
+    model = _language_model()
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        commit = pt.push_to_hub(model, REPO, token=TOKEN)
+        pt.create_model(f"hf-hub:{REPO}")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")  # nothing listens there: any request fails
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _assert_identical(pt.create_model(f"hf-hub:{REPO}", revision=commit), model)
+    assert hub_metadata(REPO, commit).commit == commit  # what predict reads before its inputs
+    assert zoo_cli(["info", f"hf-hub:{REPO}", "--revision", commit]) == 0
+    with pytest.raises(pt.HubError, match="asking for model.safetensors failed"):  # a branch is asked, as before
+        pt.create_model(f"hf-hub:{REPO}")
+
+
+def test_an_offline_client_with_the_variable_unset_since_says_so_for_a_hub_repo(tmp_path, monkeypatch):
+    model = _language_model()
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        pt.push_to_hub(model, REPO, token=TOKEN)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        asked = hub.requests
+        for load in (lambda: pt.create_model(f"hf-hub:{REPO}"), lambda: hub_metadata(REPO, "main")):
+            with pytest.raises(pt.HubError, match=f"hf-hub:{REPO}: HF_HUB_OFFLINE was set when huggingface_hub was "
+                                                  "imported"):
+                load()
+        assert hub.requests == asked
+
+
 def test_offline_a_cached_entry_that_resolves_outside_the_cache_is_refused(tmp_path, monkeypatch):
     """As the zoo refuses it, also when it is named by no sha256 (so there is no hash to check it by)."""
     model = _language_model()

@@ -6,12 +6,15 @@ refused and not left in the cache, offline mode, a directory mirror, unpublished
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 
@@ -23,6 +26,7 @@ from perceiver_torch.zoo import (
     UnknownModelError,
     ZooError,
     create_model,
+    download,
     entries,
     fetch,
     get_entry,
@@ -113,6 +117,36 @@ def test_offline_mode_uses_the_cache_only(published, tmp_path, monkeypatch):
         with pytest.raises(ZooError, match=rf"HF_HUB_OFFLINE is set and the file is not in the cache "
                                            rf"{re.escape(str(tmp_path / 'empty-cache'))}; pull it there online"):
             fetch(GOLDEN_ENTRY, manifest=manifest)
+
+
+def test_an_offline_client_with_the_variable_unset_since_says_so(published, tmp_path, monkeypatch):
+    """huggingface_hub reads HF_HUB_OFFLINE once, at its import: a script that unset it since was told, by the
+    HTTP client, to unset it. The refusal says what happened, before any request."""
+    manifest, tree, _ = published
+    with hub_env(monkeypatch, tree, tmp_path / "cache") as hub:
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        with pytest.raises(ZooError, match="HF_HUB_OFFLINE was set when huggingface_hub was imported, and "
+                                           "huggingface_hub reads it only then: this process cannot download"):
+            create_model(GOLDEN_ENTRY, manifest=manifest)
+        assert hub.requests == 0
+    assert cached_files(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("how", ["context", "default device"])
+def test_pretrained_false_under_a_meta_device_context_gives_the_device_asked_for(published, how):
+    """create_model built the model under the caller's torch.device("meta") and then failed to move it ("Cannot
+    copy out of meta tensor"); pretrained=True already gave a CPU model there."""
+    manifest, _, _ = published
+    before = torch.get_default_device()
+    try:
+        with torch.device("meta") if how == "context" else contextlib.nullcontext():
+            if how != "context":
+                torch.set_default_device("meta")
+            model = create_model(GOLDEN_ENTRY, pretrained=False, manifest=manifest)
+    finally:
+        torch.set_default_device(before)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # initialised, not empty memory
 
 
 def test_directory_mirror(published, tmp_path, monkeypatch):
@@ -238,3 +272,28 @@ def test_missing_repo_or_revision_on_the_endpoint_is_a_clear_error(published, tm
         with pytest.raises(ZooError, match=f"download of {REPO}"):
             fetch(GOLDEN_ENTRY, manifest=manifest)
     assert cached_files(cache) == []
+
+
+def test_a_pull_waiting_on_the_lock_survives_the_cleanup_of_a_pull_that_failed(published, tmp_path, monkeypatch):
+    """Two processes pull one file into a fresh cache: the first makes the repository's folders and fails (Ctrl-C,
+    a refused body), taking back its empty folders as it goes. The second, which found them made and waited on the
+    lock, failed with FileNotFoundError opening its temp file in blobs/ (an audit's repro with two processes).
+    Here the first pull's cleanup runs just as the second acquires the lock; the second downloads all the same."""
+    manifest, tree, _ = published
+    cache = tmp_path / "cache"
+    locking = download.WeakFileLock
+
+    @contextlib.contextmanager
+    def lock_after_the_other_pull_cleaned_up(path):
+        repo = Path(path).parent.parent.parent / Path(path).parent.name
+        with locking(path) as held:
+            for folder in (repo / "blobs", repo / "snapshots", repo):  # the failed pull's empty folders
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            yield held
+
+    with hub_env(monkeypatch, tree, cache):
+        (cache / "models--tests--golden-language" / "blobs").mkdir(parents=True)  # made by the pull that fails
+        monkeypatch.setattr(download, "WeakFileLock", lock_after_the_other_pull_cleaned_up)
+        _check_logits(create_model(GOLDEN_ENTRY, manifest=manifest))
+    assert len([p for p in cached_files(cache) if "/blobs/" in p]) == 1

@@ -197,20 +197,26 @@ def download(artifact: dict, endpoint: str, cache: Path, verify) -> tuple[Path, 
     blob_name = pinned_hash(artifact)[1]
     blob = repo_dir / "blobs" / blob_name
     pointer = snapshot_path(cache, artifact)
-    made = [make_folders(blob.parent)]  # one list per branch of the tree, each deepest first
+    # The lock huggingface_hub takes for this blob (named after its ETag, as the blob), so the two never race.
+    lock = cache / ".locks" / repo_dir.name / f"{blob_name}.lock"
+    made_for_lock = make_folders(lock.parent)
     stat = None
     try:
-        # The lock huggingface_hub takes for this blob (named after its ETag, as the blob), so the two never race.
-        lock = cache / ".locks" / repo_dir.name / f"{blob_name}.lock"
-        made.append(make_folders(lock.parent))
         with WeakFileLock(lock):
-            _remove_leftovers(blob)
-            if not blob.is_file():
-                log.info("downloading %s to %s", url, blob)
-                stat = _stream_blob(download_location(url, meta, headers), headers, blob, artifact, verify)
-        made.append(make_folders(pointer.parent))
-        _link(pointer, blob)
+            # The repository's folders are made and, after a failure, taken back only while the lock is held: a
+            # pull waiting on it that found them made by a pull that then failed makes them again here.
+            made = [make_folders(blob.parent)]  # one list per branch of the tree, each deepest first
+            try:
+                _remove_leftovers(blob)
+                if not blob.is_file():
+                    log.info("downloading %s to %s", url, blob)
+                    stat = _stream_blob(download_location(url, meta, headers), headers, blob, artifact, verify)
+                made.append(make_folders(pointer.parent))
+                _link(pointer, blob)
+            except BaseException:
+                remove_empty_folders([folder for branch in reversed(made) for folder in branch])  # last made first
+                raise
     except BaseException:
-        remove_empty_folders([folder for branch in reversed(made) for folder in branch])  # last made, first gone
+        remove_empty_folders(made_for_lock)
         raise
     return pointer, stat

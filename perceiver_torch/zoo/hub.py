@@ -73,6 +73,16 @@ def is_offline() -> bool:
     return value.strip().lower() in _TRUE
 
 
+def check_client_online(what: str, error: type[ZooError] = ZooError) -> None:
+    """Refuse to go online, saying why, when huggingface_hub's HTTP client is offline while the environment now says
+    otherwise: it reads HF_HUB_OFFLINE once, at its import, so a process that unset the variable since would get
+    its advice to unset it."""
+    if constants.HF_HUB_OFFLINE:
+        raise error(f"{what}: HF_HUB_OFFLINE was set when huggingface_hub was imported, and huggingface_hub reads it "
+                    "only then: this process cannot download although the variable is unset now; run it again "
+                    "without HF_HUB_OFFLINE (the cache alone serves it meanwhile only with HF_HUB_OFFLINE set)")
+
+
 def _expanded(value: str) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(value)))  # '~' and $VARS, as huggingface_hub expands them
 
@@ -254,6 +264,7 @@ def _download(what: str, artifact: dict, where: str, cache: Path) -> tuple[Path,
     if is_offline():
         raise ZooError(f"{what}: download of {source} failed (HF_HUB_OFFLINE is set and the file is not in the "
                        f"cache {cache}; pull it there online, or point HF_HUB_CACHE at a cache that holds it)")
+    check_client_online(what)
     try:
         return download(artifact, where, cache, lambda f: _check_download(f, artifact))
     except (IntegrityError, RefusedAnswer) as exc:  # `download` removed its own temp file; no other is touched
@@ -315,15 +326,17 @@ def verified_cached(what: str, local: Path, artifact: dict, repo_dir: Path) -> t
                              f"{cause}; pulling again downloads it afresh.") from None
 
 
-def _untrained(name: str, task: str, config: dict, manifest) -> torch.nn.Module:
-    """The architecture, built for real only once its meta-device twin shows the constructors accept it
-    and the parameter count is bounded (the schema checked each field at load)."""
+def _untrained(name: str, task: str, config: dict, manifest, device: torch.device) -> torch.nn.Module:
+    """The architecture, built for real on `device` only once its meta-device twin shows the constructors accept
+    it and the parameter count is bounded (the schema checked each field at load). Built under `device` rather
+    than moved there: a caller's `with torch.device("meta")` would otherwise give tensors with no data to move."""
     try:
         build_on_meta(task, config, source="config")
     except ConfigError as exc:
         raise ManifestError(f"{manifest_path(manifest)}: zoo manifest: entry {name!r}, field 'config': "
                             f"{'; '.join(exc.problems)}") from None
-    return build_model(task, config)
+    with torch.device(device):
+        return build_model(task, config)
 
 
 def create_model(name: str, pretrained: bool = True, *, num_classes: int | None = None,
@@ -347,7 +360,7 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
     config = entry_config(entry)
     num_classes = checked_num_classes(f"zoo model {name!r}", entry["task"], config, num_classes)
     if not pretrained:
-        model = _untrained(name, entry["task"], config, manifest).to(device=device, dtype=dtype).eval()
+        model = _untrained(name, entry["task"], config, manifest, device).to(dtype=dtype).eval()
         return with_classes(model, num_classes)
     artifact = _published(name, entry)
     path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir)

@@ -38,8 +38,17 @@ from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_st
 
 from ..safetensors_io import header_length, parse_header, read_header
 from ..serialization import MAX_CHECKPOINT_BYTES, atomic_write, checked_metadata
-from .download import RefusedAnswer, artifact_from_answer, download_location, repo_cache_dir, snapshot_path
-from .hub import HUB_ENDPOINT, ZooError, cache_dir, cached_entry, from_endpoint, is_offline, one_line
+from .download import COMMIT, RefusedAnswer, artifact_from_answer, download_location, repo_cache_dir, snapshot_path
+from .hub import (
+    HUB_ENDPOINT,
+    ZooError,
+    cache_dir,
+    cached_entry,
+    check_client_online,
+    from_endpoint,
+    is_offline,
+    one_line,
+)
 from .schema import is_relative_path, is_repo_id
 
 log = logging.getLogger(__name__)
@@ -101,8 +110,9 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
     what `hub_metadata` read at the commit `revision` names, stands for the HEAD answer and the header read."""
     cache_root = Path(cache) if cache else cache_dir()
     what = f"{HUB_PREFIX}{repo_id}"
-    if is_offline():
+    if is_offline() or _cached_commit(repo_id, revision, cache_root):
         return _offline(repo_id, revision, cache_root, what)
+    check_client_online(what, HubError)
     where = hub_endpoint(endpoint)
     if header is not None and header.artifact is not None:  # asked and read at this commit already
         artifact = _read_at(header.artifact, repo_id, revision)
@@ -149,10 +159,11 @@ def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
     `hub_checkpoint` to load it."""
     cache_root = Path(cache) if cache else cache_dir()
     what = f"{HUB_PREFIX}{repo_id}"
-    if is_offline():  # the file's sha256 is checked when it is loaded, not twice
+    if is_offline() or _cached_commit(repo_id, revision, cache_root):  # its sha256 is checked when it is loaded
         cached = _offline_file(repo_id, revision, cache_root, what)
         commit, artifact = cached.parent.name, None  # snapshots/<commit>/model.safetensors
     else:
+        check_client_online(what, HubError)
         where = hub_endpoint(endpoint)
         url, meta, artifact = _announced_artifact(repo_id, revision, where, what)
         commit, cached = artifact["revision"], snapshot_path(cache_root, artifact)
@@ -234,6 +245,13 @@ def _read_range(location: str, headers: dict, start: int, stop: int, source: str
     return bytes(data)
 
 
+def _cached_commit(repo_id: str, revision: str, cache: Path) -> bool:
+    """Whether `revision` is a commit id whose file the cache holds: no answer of the server's could change which
+    bytes that is, so it is loaded without a request (as hf_hub_download does), with the Hub down too."""
+    return bool(COMMIT.match(revision)) and (repo_cache_dir(cache, repo_id) / "snapshots" / revision
+                                              / FILENAME).exists()
+
+
 def _offline_file(repo_id: str, revision: str, cache: Path, what: str) -> Path:
     """The cached file for `revision` (a commit, or a branch or tag whose ref is recorded), not yet checked."""
     found = try_to_load_from_cache(repo_id, FILENAME, cache_dir=cache, revision=revision)
@@ -248,5 +266,5 @@ def _offline(repo_id: str, revision: str, cache: Path, what: str) -> Path:
     # Refused if it resolves outside the repo's cache folder or is no regular file; checked against its blob's
     # name where that is its sha256 (the name it was stored under, by this loader or huggingface_hub).
     cached_entry(what, path, repo_cache_dir(cache, repo_id))
-    log.info("%s: revision %r is commit %s in the cache (HF_HUB_OFFLINE)", what, revision, path.parent.name)
+    log.info("%s: revision %r is commit %s in the cache", what, revision, path.parent.name)
     return path
