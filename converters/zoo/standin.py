@@ -647,8 +647,9 @@ def _seconds(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The stand-in's options, on its own parser or on `perceiver-zoo-admin serve-standin`'s."""
-    parser.add_argument("--root", required=True, help="the tree <repo_id>/<revision>/<file> to serve (it must exist "
-                                                      "unless --writable, which starts a new one)")
+    parser.add_argument("--root", required=True,
+                        help="the stand-in tree to serve: <namespace>/<name>/refs/<branch> and "
+                             "<namespace>/<name>/<commit>/<file> (empty, or missing with --writable, which starts one)")
     parser.add_argument("--port", type=_port, default=0, help="0-65535 (default 0: any free port)")
     parser.add_argument("--idle-timeout", type=_seconds, default=600.0,
                         help="stop after this many seconds without a request (default 600); Ctrl-C stops it too")

@@ -36,9 +36,10 @@ class PerceiverForImageClassification(PretrainedMixin, Perceiver):
     `config` is the golden/released `config.json` layout: `image_size`
     [H, W], `num_classes`, and upstream `input_preprocessor`
     (`ImagePreprocessor`), `encoder` and `decoder` kwargs. The three
-    released models differ only in `input_preprocessor`: 'conv1x1' with a
+    released models differ in `input_preprocessor`: 'conv1x1' with a
     learned position table, 'pixels' with Fourier features, and the 'conv'
-    stem (batch-norm averages as buffers) with Fourier features.
+    stem (batch-norm averages as buffers) with Fourier features; and the
+    learned-position one's decoder has `use_query_residual` off.
     """
 
     task = "imagenet"
