@@ -22,6 +22,7 @@ from parity_tests.sandbox import run_isolated
 from parity_tests.transformers_support import save_small
 from perceiver_torch import CheckpointFormatError
 from perceiver_torch.config_schema import ConfigError
+from perceiver_torch.serialization import read_metadata
 
 LEARNED = "PerceiverForImageClassificationLearned"
 
@@ -85,16 +86,25 @@ def test_non_float32_weights_are_refused(tmp_path, learned):
      "names PerceiverForOpticalFlow, a optical_flow model, not imagenet"),
     (lambda c: c.update(model_type="bert"), ConfigMismatchError, "model_type is 'bert'"),
     (lambda c: c.pop("num_latents"), ConfigMismatchError, "num_latents"),
-    # our own config under "perceiver_torch" that its transformers fields contradict
-    (lambda c: c.update(perceiver_torch={"task": "imagenet", "config": {**c["perceiver_torch"]["config"], "encoder": {
-        **c["perceiver_torch"]["config"]["encoder"], "z_index_dim": 99}}}), ConfigMismatchError,
-     "config.json num_latents is 8; PerceiverForImageClassificationLearned with this config has 99"),
+    # fields that contradict the weights: the perceiver_torch key (which agrees with the weights) does not rescue them
+    (lambda c: c.update(num_latents=99), ConversionError, "perceiver.embeddings.latents"),
 ])
 def test_config_that_does_not_match_is_refused(tmp_path, learned, edit, error, needle):
     converted = from_transformers("imagenet", learned, tmp_path / "first.safetensors")
     exported = to_transformers(converted, tmp_path / "exported")
     _edit_config(exported, edit)
     _refused(tmp_path, exported, error, needle)
+
+
+def test_own_config_that_the_fields_contradict_is_not_used(tmp_path, learned, caplog):
+    """transformers' fields win over a stale perceiver_torch key (a model changed in transformers after export)."""
+    exported = to_transformers(from_transformers("imagenet", learned, tmp_path / "first.safetensors"),
+                               tmp_path / "exported")
+    _edit_config(exported, lambda c: c["perceiver_torch"]["config"]["encoder"].update(z_index_dim=99))
+    with caplog.at_level("WARNING", logger="converters.transformers.config_map"):
+        back = from_transformers("imagenet", exported, tmp_path / "back.safetensors")
+    assert json.loads(read_metadata(back)["config"])["encoder"]["z_index_dim"] == 8
+    assert "config.json num_latents is 8; PerceiverForImageClassificationLearned with this config has 99" in caplog.text
 
 
 def test_task_that_the_checkpoint_is_not(tmp_path, learned):
