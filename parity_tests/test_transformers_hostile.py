@@ -74,10 +74,35 @@ def test_wrong_shape_names_both_sides(tmp_path, learned):
              "encoder.cross_attend.mlp.dense1.weight", "model expects (32, 32)")
 
 
-def test_non_float32_weights_are_refused(tmp_path, learned):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_import_widened_exactly(tmp_path, learned, caplog, dtype):
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "config.json").write_bytes((learned / "config.json").read_bytes())
+    original = load_file(str(learned / "model.safetensors"))
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in original.items()}
+    save_file(tensors, str(half / "model.safetensors"), metadata={"format": "pt"})
+    # The same values in float32 (every float16 and bfloat16 value is a float32 value).
+    _edit_weights(learned, lambda t: t.update({k: v.float() for k, v in tensors.items() if v.is_floating_point()}))
+    with caplog.at_level("INFO", logger="converters.transformers.source"):
+        got = load_file(str(from_transformers("imagenet", half, tmp_path / "half.safetensors")))
+    assert f"widening {str(dtype).removeprefix('torch.')} weights to float32, exactly" in caplog.text
+    want = load_file(str(from_transformers("imagenet", learned, tmp_path / "float32.safetensors")))
+    assert got.keys() == want.keys()
+    assert all(got[k].dtype == torch.float32 and torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize(("dtype", "needle"), [
+    (torch.float64, "(float64) (float64 would be rounded to the float32 our models hold: if that is meant, cast it "
+                    "in transformers, model.float(), and save it again)"),
+    (torch.int32, "(int32)"),
+])
+def test_weights_that_float32_cannot_hold_are_refused(tmp_path, learned, dtype, needle):
     key = "perceiver.embeddings.latents"
-    _edit_weights(learned, lambda t: t.update({key: t[key].half()}))
-    _refused(tmp_path, learned, TransformersSourceError, f"{key} (torch.float16)")
+    _edit_weights(learned, lambda t: t.update({key: t[key].to(dtype)}))
+    message = _refused(tmp_path, learned, TransformersSourceError, f"expected float32, float16 or bfloat16 weights; "
+                       f"found {key} {needle}")
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(("edit", "error", "needle"), [
