@@ -62,10 +62,14 @@ CATALOG = (
                "PerceiverModel.forward encodes and decodes in one call, so decoding in chunks re-encodes "
                "the clip each time; subsampled output sizes are hard-coded (label: 1)",
                "remains: costs time, not accuracy"),
-    Divergence("image_preprocessing", ("imagenet",), "image preprocessing (PIL bicubic, float crop offsets)",
-               "PerceiverImageProcessor center-crops with float offsets and resizes with PIL bicubic; the "
-               "colab crops with integer offsets and resizes with OpenCV's cubic kernel",
-               "remains: use perceiver_torch.imagenet_preprocessing for upstream's pixels"),
+    Divergence("image_preprocessing", ("imagenet",), "image preprocessing (Pillow's bicubic, crop offset)",
+               "PerceiverImageProcessor resizes with Pillow's bicubic (a = -0.5, antialiased when shrinking) and "
+               "rounds the centred crop's offset down; the colab resizes with OpenCV's cubic kernel (a = -0.75, "
+               "no antialiasing) and rounds the offset up (one pixel apart where the margin is odd)",
+               "preprocessor_config.json sets the colab's crop (size / (size + 32) of the shorter side), input "
+               "size and normalisation; the resampling and offset remain: up to 3 grey levels on smooth images "
+               "(none where the crop is already the input size). For upstream's pixels, preprocess with "
+               "perceiver_torch.imagenet_transform and pass pixel_values"),
 )
 
 
