@@ -22,6 +22,7 @@ from parity_tests.sandbox import run_isolated
 from parity_tests.transformers_support import save_small
 from perceiver_torch import CheckpointFormatError
 from perceiver_torch.config_schema import ConfigError
+from perceiver_torch.serialization import read_metadata
 
 LEARNED = "PerceiverForImageClassificationLearned"
 
@@ -73,10 +74,35 @@ def test_wrong_shape_names_both_sides(tmp_path, learned):
              "encoder.cross_attend.mlp.dense1.weight", "model expects (32, 32)")
 
 
-def test_non_float32_weights_are_refused(tmp_path, learned):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_import_widened_exactly(tmp_path, learned, caplog, dtype):
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "config.json").write_bytes((learned / "config.json").read_bytes())
+    original = load_file(str(learned / "model.safetensors"))
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in original.items()}
+    save_file(tensors, str(half / "model.safetensors"), metadata={"format": "pt"})
+    # The same values in float32 (every float16 and bfloat16 value is a float32 value).
+    _edit_weights(learned, lambda t: t.update({k: v.float() for k, v in tensors.items() if v.is_floating_point()}))
+    with caplog.at_level("INFO", logger="converters.transformers.source"):
+        got = load_file(str(from_transformers("imagenet", half, tmp_path / "half.safetensors")))
+    assert f"widening {str(dtype).removeprefix('torch.')} weights to float32, exactly" in caplog.text
+    want = load_file(str(from_transformers("imagenet", learned, tmp_path / "float32.safetensors")))
+    assert got.keys() == want.keys()
+    assert all(got[k].dtype == torch.float32 and torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize(("dtype", "needle"), [
+    (torch.float64, "(float64) (float64 would be rounded to the float32 our models hold: if that is meant, cast it "
+                    "in transformers, model.float(), and save it again)"),
+    (torch.int32, "(int32)"),
+])
+def test_weights_that_float32_cannot_hold_are_refused(tmp_path, learned, dtype, needle):
     key = "perceiver.embeddings.latents"
-    _edit_weights(learned, lambda t: t.update({key: t[key].half()}))
-    _refused(tmp_path, learned, TransformersSourceError, f"{key} (torch.float16)")
+    _edit_weights(learned, lambda t: t.update({key: t[key].to(dtype)}))
+    message = _refused(tmp_path, learned, TransformersSourceError, f"expected float32, float16 or bfloat16 weights; "
+                       f"found {key} {needle}")
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(("edit", "error", "needle"), [
@@ -85,16 +111,25 @@ def test_non_float32_weights_are_refused(tmp_path, learned):
      "names PerceiverForOpticalFlow, a optical_flow model, not imagenet"),
     (lambda c: c.update(model_type="bert"), ConfigMismatchError, "model_type is 'bert'"),
     (lambda c: c.pop("num_latents"), ConfigMismatchError, "num_latents"),
-    # our own config under "perceiver_torch" that its transformers fields contradict
-    (lambda c: c.update(perceiver_torch={"task": "imagenet", "config": {**c["perceiver_torch"]["config"], "encoder": {
-        **c["perceiver_torch"]["config"]["encoder"], "z_index_dim": 99}}}), ConfigMismatchError,
-     "config.json num_latents is 8; PerceiverForImageClassificationLearned with this config has 99"),
+    # fields that contradict the weights: the perceiver_torch key (which agrees with the weights) does not rescue them
+    (lambda c: c.update(num_latents=99), ConversionError, "perceiver.embeddings.latents"),
 ])
 def test_config_that_does_not_match_is_refused(tmp_path, learned, edit, error, needle):
     converted = from_transformers("imagenet", learned, tmp_path / "first.safetensors")
     exported = to_transformers(converted, tmp_path / "exported")
     _edit_config(exported, edit)
     _refused(tmp_path, exported, error, needle)
+
+
+def test_own_config_that_the_fields_contradict_is_not_used(tmp_path, learned, caplog):
+    """transformers' fields win over a stale perceiver_torch key (a model changed in transformers after export)."""
+    exported = to_transformers(from_transformers("imagenet", learned, tmp_path / "first.safetensors"),
+                               tmp_path / "exported")
+    _edit_config(exported, lambda c: c["perceiver_torch"]["config"]["encoder"].update(z_index_dim=99))
+    with caplog.at_level("WARNING", logger="converters.transformers.config_map"):
+        back = from_transformers("imagenet", exported, tmp_path / "back.safetensors")
+    assert json.loads(read_metadata(back)["config"])["encoder"]["z_index_dim"] == 8
+    assert "config.json num_latents is 8; PerceiverForImageClassificationLearned with this config has 99" in caplog.text
 
 
 def test_task_that_the_checkpoint_is_not(tmp_path, learned):

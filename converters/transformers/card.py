@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import json
 
-from .catalog import for_task
+from .catalog import for_class
+from .provenance import licence, source_sentence
 
 
 def model_card(task: str, architecture: str, config: dict, meta: dict) -> str:
-    rows = "\n".join(f"| {d.title} | {d.cause} | {d.exported} |" for d in for_task(task))
-    source = meta.get("source_repo") or meta.get("source_name", "unknown")
+    rows = "\n".join(f"| {d.title} | {d.cause} | {d.exported} |" for d in for_class(architecture))
+    licence_id, licence_text = licence(meta)
     return f"""---
 library_name: transformers
+license: {licence_id}
 tags: [perceiver, perceiver-io]
 ---
 
 # {architecture} exported by perceiver-torch
 
-Task `{task}`. Weights converted from `{source}` (sha256 `{meta.get("source_sha256", "unknown")}`) by
-perceiver-torch's strict converters, then renamed to transformers' layout without changing any value
-(`perceiver-convert {task} --from-transformers` on this directory gives back the same tensors).
+Task `{task}`. {source_sentence(meta)}, renamed to transformers' layout by perceiver-torch's strict
+converters without changing any value (`perceiver-convert {task} --from-transformers` on this directory
+gives back the same tensors).
 
 Load with `transformers.{architecture}.from_pretrained(<this directory>)`. `config.json` sets
 `hidden_act` to `gelu_pytorch_tanh`, the tanh GELU DeepMind's models were trained with; its
-`perceiver_torch` key holds the perceiver-torch config.
+`perceiver_torch` key holds the perceiver-torch config (importing uses it only while transformers'
+fields agree with it).
+
+## Licence and attribution
+
+{licence_text}
 
 ## Where transformers still differs from DeepMind's release
 

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config_map import ARCHITECTURES
+
+CONV = ("PerceiverForImageClassificationConvProcessing",)
+LEARNED = ("PerceiverForImageClassificationLearned",)
+
 
 @dataclass(frozen=True)
 class Divergence:
@@ -16,6 +21,7 @@ class Divergence:
     title: str
     cause: str
     exported: str  # what an exported model directory does about it
+    classes: tuple[str, ...] = ()  # the transformers classes it concerns, where not every class of its tasks
 
 
 ALL = ("language", "imagenet", "optical_flow", "video_autoencoding")
@@ -38,15 +44,15 @@ CATALOG = (
                "Conv2dSamePadding pads (3, 3) where TF SAME pads (2, 3) for a 7x7/2 conv on even sizes; "
                "Conv2DDownsample's MaxPool2d(3, 2) has no padding: 224 -> 55x55 = 3025 tokens, upstream "
                "56x56 = 3136, with Fourier features spread over 55 points of max_resolution 56",
-               "remains (transformers' code)"),
+               "remains (transformers' code)", CONV),
     Divergence("conv_kernel", ("imagenet",), "conv stem kernel spatially transposed",
                "the Hub's kernel is Haiku's HWIO kernel with every axis reversed, [O, I, W, H]; "
                "transformers convolves with it as [O, I, H, W]",
-               "kept as on the Hub (so exported and deepmind/* files import alike); importing swaps it back"),
+               "kept as on the Hub (so exported and deepmind/* files import alike); importing swaps it back", CONV),
     Divergence("query_residual", ("imagenet",), "learned-position classifier adds a query residual",
                "PerceiverForImageClassificationLearned builds its PerceiverClassificationDecoder with "
                "use_query_residual=True; the upstream colab builds it with False",
-               "remains (transformers' code)"),
+               "remains (transformers' code)", LEARNED),
     Divergence("flow_scale", ("optical_flow",), "flow not multiplied by upstream's FLOW_SCALE_FACTOR (20)",
                "PerceiverOpticalFlowDecoder divides by rescale_factor=100 and returns; the colab then "
                "multiplies by 20. Callers also extract 3x3 patches themselves, and there is no tiling",
@@ -62,12 +68,23 @@ CATALOG = (
                "PerceiverModel.forward encodes and decodes in one call, so decoding in chunks re-encodes "
                "the clip each time; subsampled output sizes are hard-coded (label: 1)",
                "remains: costs time, not accuracy"),
-    Divergence("image_preprocessing", ("imagenet",), "image preprocessing (PIL bicubic, float crop offsets)",
-               "PerceiverImageProcessor center-crops with float offsets and resizes with PIL bicubic; the "
-               "colab crops with integer offsets and resizes with OpenCV's cubic kernel",
-               "remains: use perceiver_torch.imagenet_preprocessing for upstream's pixels"),
+    Divergence("image_preprocessing", ("imagenet",), "image preprocessing (Pillow's bicubic, crop offset)",
+               "PerceiverImageProcessor resizes with Pillow's bicubic (a = -0.5, antialiased when shrinking) and "
+               "rounds the centred crop's offset down; the colab resizes with OpenCV's cubic kernel (a = -0.75, "
+               "no antialiasing) and rounds the offset up (one pixel apart where the margin is odd)",
+               "preprocessor_config.json sets the colab's crop (size / (size + 32) of the shorter side), input "
+               "size and normalisation; the resampling and offset remain: up to 3 grey levels on smooth images "
+               "(none where the crop is already the input size). For upstream's pixels, preprocess with "
+               "perceiver_torch.imagenet_transform and pass pixel_values"),
 )
 
 
 def for_task(task: str) -> list[Divergence]:
+    """Every divergence of any of `task`'s transformers classes."""
     return [d for d in CATALOG if task in d.tasks]
+
+
+def for_class(architecture: str) -> list[Divergence]:
+    """The divergences of the transformers class `architecture` (one of config_map.ARCHITECTURES)."""
+    task = ARCHITECTURES[architecture][0]
+    return [d for d in for_task(task) if not d.classes or architecture in d.classes]

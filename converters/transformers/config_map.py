@@ -5,6 +5,10 @@ language decoder's 256 query/key channels and 8 heads, 64 Fourier bands for imag
 192/32 for video, ...). `to_hf` refuses a config that differs from those, naming every
 difference; `from_hf` rebuilds the config DeepMind's colab uses for that class (the presets'
 layout), refusing transformers configs our model cannot represent.
+
+An export's config.json also holds our own config under `perceiver_torch` (sizes transformers' fields
+cannot hold). transformers' fields are the truth: the key is used only while they agree with it, since
+transformers keeps it unchanged through a fine-tune with a new head (`num_labels=...`) and `save_pretrained`.
 """
 
 from __future__ import annotations
@@ -340,7 +344,10 @@ def architecture_of(hf: dict, task: str) -> str:
 
 def from_hf(task: str, hf: dict, source: str = "config.json") -> tuple[str, dict]:
     """(architecture, our config) for a transformers config.json (named `source` in errors); refuses what
-    our model cannot represent (`ConfigMismatchError`) and fields of the wrong type (`ConfigError`)."""
+    our model cannot represent (`ConfigMismatchError`) and fields of the wrong type (`ConfigError`).
+
+    A `perceiver_torch` key is used when the fields agree with it; otherwise (stale) the config is rebuilt
+    from the fields, with a warning. A key that is not a valid config for `task` is refused."""
     _check_field_types(hf, source)
     try:
         return _from_hf(task, hf, source)
@@ -359,19 +366,37 @@ def _from_hf(task: str, hf: dict, source: str) -> tuple[str, dict]:
     variant = ARCHITECTURES[architecture][1]
     try:
         if OWN_KEY in hf:
-            config = _own_config(hf, task, source)
-        elif task == "imagenet":
+            own = _own_config(hf, task, source)
+            stale = _mismatches(task, hf, architecture, own)
+            if not stale:  # our own config, exact (sizes transformers' fields cannot hold, e.g. image_size)
+                return architecture, own
+            # transformers' fields are what its classes build from: a model fine-tuned in transformers after the
+            # export (a new head, num_labels=...) and saved again keeps the old key unchanged.
+            log.warning("%s: its %s config disagrees with its transformers fields (%s); importing from the fields "
+                        "(the model was changed in transformers after export)", source, OWN_KEY,
+                        "; ".join(stale[:3]) + (f"; and {len(stale) - 3} more" if len(stale) > 3 else ""))
+        if task == "imagenet":
             config = _from_imagenet(hf, variant)
         else:
             config = {"language": _from_language, "optical_flow": _from_optical_flow,
                       "video_autoencoding": _from_video}[task](hf)
-        # Whatever the route, the config must be one transformers' class builds with these fields.
-        exported_arch, fields = to_hf(task, config)
+        problems = _mismatches(task, hf, architecture, config)
     except KeyError as exc:
         raise ConfigMismatchError([f"config.json lacks {exc.args[0]!r}"], f"cannot import a {task} model") from None
     except (TypeError, AttributeError) as exc:  # a gap in the type checks above: still named, never a traceback
         raise ConfigMismatchError([f"a field has an unusable value ({type(exc).__name__}: {exc})"],
                                   f"cannot import a {task} model") from None
+    if problems:
+        raise ConfigMismatchError(problems, f"config.json does not describe a model ours can represent ({task})")
+    return architecture, config
+
+
+def _mismatches(task: str, hf: dict, architecture: str, config: dict) -> list[str]:
+    """How the transformers fields `hf` differ from those our `config` exports to (none: they describe it)."""
+    try:  # the config must be one transformers' class builds with these fields
+        exported_arch, fields = to_hf(task, config)
+    except ConfigMismatchError as exc:
+        return exc.problems
     view = dict(hf)
     if "num_labels" in fields:
         view["num_labels"] = _num_labels(hf)
@@ -385,9 +410,7 @@ def _from_hf(task: str, hf: dict, source: str) -> tuple[str, dict]:
                 if key not in unread and _norm(view.get(key, _hf_default(key))) != _norm(value)]
     if exported_arch != architecture:
         problems.append(f"config.json names {architecture}, the config describes {exported_arch}")
-    if problems:
-        raise ConfigMismatchError(problems, f"config.json does not describe a model ours can represent ({task})")
-    return architecture, config
+    return problems
 
 
 def _own_config(hf: dict, task: str, source: str) -> dict:

@@ -1,7 +1,8 @@
 """`perceiver-to-transformers CONVERTED.safetensors -o DIR`: write a transformers model directory.
 
 DIR gets config.json, model.safetensors and a README.md model card listing what transformers
-still computes differently; `transformers.PerceiverFor*.from_pretrained(DIR)` loads it.
+still computes differently (an image classifier also a preprocessor_config.json);
+`transformers.PerceiverFor*.from_pretrained(DIR)` loads it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Our converted .safetensors -> a transformers model directory (config.json, model.safetensors, README.md)."""
+"""Our converted .safetensors -> a transformers model directory (config.json, model.safetensors, README.md, and
+for an image classifier preprocessor_config.json)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from perceiver_torch.serialization import load_model, read_metadata, remove_empt
 from ..rules import strict_merge
 from .card import model_card
 from .config_map import OWN_KEY
+from .preprocessor import PREPROCESSOR_FILE, preprocessor_config
 from .tables import BATCHES_TRACKED, export_rules, hf_only, torch_key
 
 
@@ -81,7 +83,8 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
 
     The directory appears complete or not at all. Its config.json is transformers' with a tanh
     GELU plus our own config under "perceiver_torch" (so that importing it back is exact); the
-    README.md lists what transformers still computes differently.
+    README.md lists what transformers still computes differently. An image classifier also gets a
+    preprocessor_config.json (preprocessor.py), so that transformers' image-classification pipeline loads it.
     """
     if not os.fspath(out_dir):  # Path("") would be ".", the working directory
         raise ExportError("the output directory path is empty; give a new (or empty) directory's path.")
@@ -96,6 +99,9 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
         hf.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "README.md").write_text(model_card(task, architecture, config, meta))
+        preprocessor = preprocessor_config(task, config)
+        if preprocessor is not None:  # what transformers.pipeline("image-classification", model=DIR) loads
+            (tmp / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(tmp, out_dir)

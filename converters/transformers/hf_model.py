@@ -22,6 +22,7 @@ from transformers.models.perceiver import modeling_perceiver as mp
 from perceiver_torch.layers.image import same_padding
 
 from .config_map import TANH_GELU, to_hf
+from .label_names import label_fields
 from .tables import swap_kernel_axes
 
 
@@ -76,7 +77,8 @@ def sized_like(task: str, config: dict):
 
 def hf_config(task: str, config: dict, strict: bool = True) -> tuple[str, transformers.PerceiverConfig]:
     architecture, fields = to_hf(task, config, strict=strict)
-    return architecture, transformers.PerceiverConfig(**fields, architectures=[architecture])
+    return architecture, transformers.PerceiverConfig(**fields, **label_fields(task, config),
+                                                      architectures=[architecture])
 
 
 def meta_model(task: str, config: dict, strict: bool = True) -> torch.nn.Module:

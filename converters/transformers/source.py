@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from perceiver_torch.hashing import sha256_file
+from perceiver_torch.saving import EXACT_IN_FLOAT32
 from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES
 from perceiver_torch.strict_json import loads_strict
 from perceiver_torch.zoo.download import COMMIT, RefusedAnswer, artifact_from_answer, repo_cache_dir
@@ -82,12 +83,19 @@ def _to_numpy(state: object, path: Path) -> dict[str, np.ndarray]:
            if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise TransformersSourceError(f"{path}: entries that are not named tensors: {', '.join(bad[:10])}")
-    wrong = [f"{k} ({v.dtype})" for k, v in state.items()
-             if v.dtype != torch.float32 and not k.endswith("num_batches_tracked")]
+    wrong = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in state.items()
+             if v.dtype not in EXACT_IN_FLOAT32 and not k.endswith("num_batches_tracked")]
     if wrong:
-        raise TransformersSourceError(f"{path}: expected float32 weights (as DeepMind's and transformers' Perceiver "
-                                      f"checkpoints are); found {', '.join(wrong[:10])}")
-    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+        hint = (" (float64 would be rounded to the float32 our models hold: if that is meant, cast it in transformers, "
+                "model.float(), and save it again)" if any(v.dtype == torch.float64 for v in state.values()) else "")
+        raise TransformersSourceError(f"{path}: expected float32, float16 or bfloat16 weights; found "
+                                      f"{', '.join(wrong[:10])}{' ...' if len(wrong) > 10 else ''}{hint}")
+    half = sorted({str(v.dtype).removeprefix("torch.") for k, v in state.items()
+                   if v.dtype in (torch.float16, torch.bfloat16)})
+    if half:  # as save_model: every float16 and bfloat16 value is a float32 value, so nothing is rounded
+        log.info("%s: widening %s weights to float32, exactly", path, " and ".join(half))
+    return {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v).detach().cpu().numpy()
+            for k, v in state.items()}
 
 
 def read_weights(path: Path) -> dict[str, np.ndarray]:
