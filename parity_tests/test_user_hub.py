@@ -494,7 +494,8 @@ def test_a_converted_file_is_pushed_unchanged_from_python_and_the_cli(tmp_path, 
         assert zoo_cli(["push", str(path), "someone/from-the-cli", "--message", "my model"]) == 0
         printed = capsys.readouterr().out.splitlines()
         commit = printed[0].rsplit(" ", 1)[1]
-        assert printed == [f"{path}: pushed to hf-hub:someone/from-the-cli as commit {commit}",
+        commit = printed[0].split(" as commit ")[1].split(";")[0]
+        assert printed == [f"{path}: pushed to hf-hub:someone/from-the-cli as commit {commit}; wrote README.md",
                            f"load it with: perceiver_torch.create_model('hf-hub:someone/from-the-cli', "
                            f"revision='{commit}')",
                            f"or: perceiver-zoo export hf-hub:someone/from-the-cli --revision {commit} -o model.pt2"]

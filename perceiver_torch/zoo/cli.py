@@ -48,7 +48,7 @@ from .predict import (
     unmasked_note,
 )
 from .pretrained import zoo_entry
-from .push import push_to_hub
+from .push import CARD, upload
 from .schema import is_repo_id
 from .user_hub import HUB_PREFIX, checked_revision
 
@@ -182,10 +182,12 @@ def _predict(args) -> int:
 
 
 def _push(args) -> int:
-    commit = push_to_hub(args.file, args.repo, endpoint=args.endpoint, revision=args.revision,
-                         private=True if args.private else None, commit_message=args.message)
+    commit, wrote_card = upload(args.file, args.repo, token=None, endpoint=args.endpoint, revision=args.revision,
+                                private=True if args.private else None, commit_message=args.message,
+                                overwrite_card=args.overwrite_card)
     name = f"{HUB_PREFIX}{args.repo}"
-    print(f"{args.file}: pushed to {name} as commit {commit}\n"
+    card = f"wrote {CARD}" if wrote_card else f"kept the repo's {CARD} (--overwrite-card replaces it)"
+    print(f"{args.file}: pushed to {name} as commit {commit}; {card}\n"
           f"load it with: perceiver_torch.create_model({name!r}, revision={commit!r})\n"
           f"or: perceiver-zoo export {name} --revision {commit} -o model.pt2")
     return 0
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="the model's dtype, as model.to(dtype) (default: the file's, float32)")
     pred.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
     push = sub.add_parser("push", help="upload a converted .safetensors file to your Hub repo (checked as loading "
-                          "checks it; with a model card), loadable as hf-hub:OWNER/NAME")
+                          "checks it; with a model card if the repo has none), loadable as hf-hub:OWNER/NAME")
     push.add_argument("file", metavar="FILE",
                       help="a converted .safetensors file (save_model's or perceiver-convert's) or a "
                       "save_pretrained directory")
@@ -319,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                       "default visibility, public unless an organisation says otherwise; an existing repo keeps its "
                       "visibility)")
     push.add_argument("--message", help="the commit message")
+    push.add_argument("--overwrite-card", action="store_true", help=f"replace the repo's {CARD} with a generated "
+                      "model card (default: a card already there is kept; one is written where there is none)")
     push.add_argument("--endpoint", help="Hub-compatible endpoint (default: HF_ENDPOINT, else the Hugging Face Hub)")
     for command in (pull, exp, pred):
         command.add_argument("--endpoint", help="Hub-compatible endpoint (default: for zoo names "
