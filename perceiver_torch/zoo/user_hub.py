@@ -159,7 +159,8 @@ def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
         if not cached.exists():
             return HubHeader(commit, _remote_metadata(url, meta, artifact, what, where), artifact)
     source = f"{what}@{commit}/{FILENAME} (cached as {cached})"
-    return HubHeader(commit, checked_metadata(source, read_header(cached)), artifact)
+    return HubHeader(commit, checked_metadata(source, read_header(cached),
+                                              transformers_source=f"{repo_id} --revision {commit}"), artifact)
 
 
 def _announced_artifact(repo_id: str, revision: str, where: str, what: str) -> tuple[str, HfFileMetadata, dict]:
@@ -207,7 +208,9 @@ def _remote_metadata(url: str, meta: HfFileMetadata, artifact: dict, what: str, 
         location = hf_hub_url(artifact["repo_id"], FILENAME, revision=artifact["revision"], endpoint=where)
     size, source = artifact["size"], f"{what}@{artifact['revision']}/{FILENAME}"
     length = header_length(_read_range(location, headers, 0, 8, source), size, source)
-    return checked_metadata(source, parse_header(_read_range(location, headers, 8, 8 + length, source), size, source))
+    header = parse_header(_read_range(location, headers, 8, 8 + length, source), size, source)
+    convert_from = f"{artifact['repo_id']} --revision {artifact['revision']}"  # what --from-transformers takes
+    return checked_metadata(source, header, transformers_source=convert_from)
 
 
 def _read_range(location: str, headers: dict, start: int, stop: int, source: str) -> bytes:
