@@ -426,7 +426,8 @@ def test_private_applies_when_the_repo_is_created_and_never_changes_an_existing_
         assert [api.model_info(f"someone/{name}-lm").private for name in ("private", "public", "default")] == [
             True, False, False]
         # Only the token's holder reads a private repo; anyone reads a public one.
-        with pytest.raises(pt.HubError, match=r"hf-hub:someone/private-lm .*: no such repo \(or it is private"):
+        with pytest.raises(pt.HubError, match=r"hf-hub:someone/private-lm .*: no such repo, or it is private and no "
+                                              "token was sent"):
             pt.create_model("hf-hub:someone/private-lm")
         _assert_identical(pt.create_model("hf-hub:someone/public-lm"), model)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -477,10 +478,11 @@ def test_nothing_of_the_model_is_left_in_temp_dirs(tmp_path, monkeypatch):
 def test_arguments_that_do_not_apply_are_named(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing is asked of any server
     with pytest.raises(TypeError, match=r"PerceiverForMaskedLM.from_pretrained: 'hf-hub:a/b' is a Hub repo, which "
-                                        r"takes no manifest or mirror \(zoo names only\)"):
-        pt.PerceiverForMaskedLM.from_pretrained("hf-hub:a/b", mirror=tmp_path, manifest=tmp_path / "m.yaml")
-    with pytest.raises(TypeError, match=r"create_model: 'hf-hub:a/b' is a Hub repo, which takes no mirror \(zoo "
+                                        r"takes no manifest or mirror \(those select a zoo model's source: zoo "
                                         r"names only\)"):
+        pt.PerceiverForMaskedLM.from_pretrained("hf-hub:a/b", mirror=tmp_path, manifest=tmp_path / "m.yaml")
+    with pytest.raises(TypeError, match=r"create_model: 'hf-hub:a/b' is a Hub repo, which takes no mirror \(those "
+                                        r"select a zoo model's source: zoo names only\)"):
         pt.create_model("hf-hub:a/b", mirror=tmp_path)
     with pytest.raises(TypeError, match="revision applies to 'hf-hub:owner/name' repos; zoo model "
                                         "'language-perceiver' is pinned by the manifest"):
@@ -523,7 +525,8 @@ def test_a_converted_file_is_pushed_unchanged_from_python_and_the_cli(tmp_path, 
         assert zoo_cli(["push", str(path), "someone/from-the-cli", "--message", "my model"]) == 0
         printed = capsys.readouterr().out.splitlines()
         commit = printed[0].rsplit(" ", 1)[1]
-        assert printed == [f"{path}: pushed to hf-hub:someone/from-the-cli as commit {commit}",
+        commit = printed[0].split(" as commit ")[1].split(";")[0]
+        assert printed == [f"{path}: pushed to hf-hub:someone/from-the-cli as commit {commit}; wrote README.md",
                            f"load it with: perceiver_torch.create_model('hf-hub:someone/from-the-cli', "
                            f"revision='{commit}')",
                            f"or: perceiver-zoo export hf-hub:someone/from-the-cli --revision {commit} -o model.pt2"]

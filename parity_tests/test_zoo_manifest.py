@@ -59,7 +59,7 @@ def test_list_models_names_what_create_model_takes():
 ])
 def test_list_models_refuses_a_manifest_that_is_not_a_path(manifest, error, message):
     with pytest.raises(error, match=message):
-        pt.list_models(manifest)
+        pt.list_models(manifest=manifest)
 
 
 def test_pretrained_must_be_a_bool():

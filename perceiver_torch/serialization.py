@@ -15,6 +15,7 @@ from safetensors import safe_open
 from torch.overrides import TorchFunctionMode
 
 from .config_schema import MAX_PARAMETERS, ConfigError, check_parameter_count, parse_config_json, validate_config
+from .foreign_checkpoints import missing_metadata, transformers_path
 from .message_text import printable, problem_lines
 from .registry import build_model
 from .safetensors_io import (
@@ -179,26 +180,34 @@ def save_checkpoint(state_dict: Mapping, path, task: str, config: dict,
     return atomic_write(path, write)
 
 
-def _metadata(path: str | Path, header: Header) -> dict[str, str]:
+def _metadata(path: str | Path, header: Header, transformers_source: str | None = None) -> dict[str, str]:
     meta = header.metadata
     if meta.get("format") != FORMAT or "task" not in meta or "config" not in meta:
-        raise CheckpointFormatError(
-            f"{path} has no perceiver-torch metadata (expected keys format={FORMAT!r}, task, config; "
-            f"found {sorted(meta)}). Convert upstream checkpoints with `perceiver-convert`."
-        )
+        raise CheckpointFormatError(missing_metadata(path, meta, header.tensors,
+                                                     transformers_source=transformers_source))
     return meta
+
+
+def _header(path: Path) -> Header:
+    """`read_header(path)`, a transformers save_pretrained directory or config.json refused first, saying what
+    converts it."""
+    refusal = transformers_path(path)
+    if refusal is not None:
+        raise CheckpointFormatError(refusal)
+    return read_header(path)
 
 
 def read_metadata(path) -> dict[str, str]:
     """The perceiver-torch metadata of a converted file (format, task, config, provenance)."""
     path = Path(path)
-    return _metadata(path, read_header(path))
+    return _metadata(path, _header(path))
 
 
-def checked_metadata(where: str | Path, header: Header) -> dict[str, str]:
+def checked_metadata(where: str | Path, header: Header, *, transformers_source: str | None = None) -> dict[str, str]:
     """A parsed header's perceiver-torch metadata, its task and config checked as load_model checks them first
-    (for a header read some other way, e.g. the first bytes of a download); refusals name `where`."""
-    meta = _metadata(where, header)
+    (for a header read some other way, e.g. the first bytes of a download); refusals name `where`, and for a
+    transformers Perceiver's file the command converting `transformers_source` (a Hub repo and its revision)."""
+    meta = _metadata(where, header, transformers_source)
     checked_config(where, meta)
     return meta
 
@@ -358,7 +367,7 @@ def load_model(path, device: str | torch.device = "cpu", *, dtype: str | torch.d
     """
     device, dtype = loading_device(device), model_dtype(dtype)
     path = Path(path)
-    header = read_header(path)
+    header = _header(path)
     meta = _metadata(path, header)
     task, config = checked_config(path, meta)
     if check_metadata is not None:

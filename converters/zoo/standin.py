@@ -20,7 +20,8 @@ It keeps repositories as a directory tree ``<root>/<repo_id>/<commit>/<files>`` 
   uploaded "regular", inline) and ``/api/models/{repo_id}/commit/{revision}`` (NDJSON). A
   commit copies its parent's files, applies the additions, and gets a deterministic 40-hex
   id (sha1 of parent, files and message); unchanged files are reported with their git
-  hash so the client skips empty commits, as on the Hub;
+  hash so the client skips empty commits, as on the Hub; a commit whose ``parentCommit`` is not the
+  branch's head is refused (412), as on the Hub;
 - branches (``HfApi.create_branch``): ``POST /api/models/{repo_id}/branch/{branch}`` (from the JSON
   ``startingPoint``, else ``main``; 409 if the branch exists). A tag is a file ``refs/<tag>`` put in the
   tree by hand: revisions resolve through ``refs/`` alike.
@@ -444,6 +445,10 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._error(400, "BadRequest", f"operation {key!r:.100} is not supported by the stand-in")
             except (ValueError, RecursionError, KeyError, TypeError, AttributeError, binascii.Error):
                 return self._error(400, "BadRequest", "malformed NDJSON commit line")
+        expected = header.get("parentCommit")
+        if expected is not None and expected != parent:  # the branch moved since the client looked: as the Hub
+            return self._error(412, "PreconditionFailed", f"the commit's parent {expected!r:.60} is not the head of "
+                                                          f"{branch!r:.100} ({parent}); refresh and try again")
         summary = header.get("summary", "")
         try:
             summary.encode()

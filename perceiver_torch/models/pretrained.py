@@ -26,7 +26,8 @@ class PretrainedMixin:
 
         A name of another task's model, or a file or repo holding one, is refused before anything is fetched or
         built. Keyword arguments beyond `device` and `dtype` are `create_model`'s: `num_classes`, `endpoint`,
-        `cache_dir`, and `mirror`, `manifest` for a zoo name or `revision` for a Hub repo; a file takes none.
+        `cache_dir`, `token` (huggingface_hub's: a str, True, False or None), and `mirror`, `manifest` for a zoo
+        name or `revision` for a Hub repo; a file takes none.
         """
         # The zoo client builds models through the registry, which imports these classes: import at call time.
         from ..zoo.pretrained import from_pretrained

@@ -1,9 +1,12 @@
-"""`perceiver-zoo list | info NAME | pull NAME | export MODEL -o FILE | predict MODEL INPUT... | push FILE OWNER/NAME`:
+"""`perceiver-zoo list | info NAME | pull MODEL | export MODEL -o FILE | predict MODEL INPUT... | push FILE OWNER/NAME`:
 the model zoo from the command line.
 
 `predict` runs a model (a zoo name, an hf-hub: repo or a converted .safetensors file) on your inputs: texts
 with [MASK] markers (language; `-` reads stdin, one text a line), image files (imagenet: top-k labels), or two
 frames (optical_flow: the flow to --output, .npy or .png).
+
+`pull` downloads a zoo model (verified against the manifest) or a user's hf-hub: repo (checked, not verified)
+into the Hub cache without loading it.
 
 `push` shares a converted file as a Hub repo of your own (`hf-hub:OWNER/NAME`, not verified by the zoo).
 
@@ -32,6 +35,7 @@ from ..export import (
     max_errors,
     onnx_runner,
 )
+from ..message_text import printable
 from ..serialization import MODEL_DTYPES, atomic_write, build_on_meta, loading_device
 from .hub import ZooError, fetch, how_to_get, location
 from .manifest import entries, get_entry, manifest_path
@@ -48,9 +52,9 @@ from .predict import (
     unmasked_note,
 )
 from .pretrained import zoo_entry
-from .push import push_to_hub
+from .push import CARD, upload
 from .schema import is_repo_id
-from .user_hub import HUB_PREFIX, checked_revision
+from .user_hub import HUB_PREFIX, checked_revision, hub_checkpoint, hub_repo_id
 
 
 def _list(manifest) -> int:
@@ -94,10 +98,27 @@ def _checkpoint_info(target: Target) -> int:
     return 0
 
 
-def _pull(name: str, endpoint: str | None, mirror: str | None, manifest) -> int:
-    path = fetch(name, endpoint=endpoint, mirror=mirror, manifest=manifest)  # huggingface_hub shows a progress bar
+def _pull(args) -> int:
+    name, manifest = args.name, args.manifest
+    if source_kind(name) == "hub":
+        return _pull_hub(name, args.revision, args.endpoint)
+    path = fetch(name, endpoint=args.endpoint, mirror=args.mirror, manifest=manifest)  # with a progress bar
     print(f"{name}: verified sha256 {get_entry(name, manifest)['artifact']['sha256']}\n{path}")
     return 0
+
+
+def _pull_hub(name: str, revision: str | None, endpoint: str | None) -> int:
+    """A user's Hub repo's model.safetensors into the Hub cache, as create_model downloads it (bounded, its header
+    checked before the body, the body's sha256 checked against the server's ETag), without loading it."""
+    path = hub_checkpoint(hub_repo_id(name), checked_revision(revision), endpoint=endpoint, check=_any_task)
+    sha256 = os.path.basename(os.path.realpath(path))  # the blob's name: the sha256 the download was checked by
+    print(f"{name}: commit {path.parent.name}, sha256 {sha256} (checked against the server's answer; not verified "
+          f"by the zoo)\n{path}")
+    return 0
+
+
+def _any_task(meta: dict[str, str]) -> None:
+    """The header check `hub_checkpoint` runs before the body: load_model's metadata checks, for any task."""
 
 
 # What `export`'s check accepts. Float32/64: 1e-5, the export tests' bound (the programs run eager's kernels,
@@ -182,10 +203,12 @@ def _predict(args) -> int:
 
 
 def _push(args) -> int:
-    commit = push_to_hub(args.file, args.repo, endpoint=args.endpoint, revision=args.revision,
-                         private=True if args.private else None, commit_message=args.message)
+    commit, wrote_card = upload(args.file, args.repo, token=None, endpoint=args.endpoint, revision=args.revision,
+                                private=True if args.private else None, commit_message=args.message,
+                                overwrite_card=args.overwrite_card)
     name = f"{HUB_PREFIX}{args.repo}"
-    print(f"{args.file}: pushed to {name} as commit {commit}\n"
+    card = f"wrote {CARD}" if wrote_card else f"kept the repo's {CARD} (--overwrite-card replaces it)"
+    print(f"{args.file}: pushed to {name} as commit {commit}; {card}\n"
           f"load it with: perceiver_torch.create_model({name!r}, revision={commit!r})\n"
           f"or: perceiver-zoo export {name} --revision {commit} -o model.pt2")
     return 0
@@ -221,6 +244,15 @@ def _check_push_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--endpoint must not be empty")
 
 
+def _check_pull_args(parser: argparse.ArgumentParser, args) -> None:
+    """`pull` takes a zoo name or an hf-hub: repo (a file is already here), and the source options that apply."""
+    if source_kind(args.name) == "file":
+        hint = f"; a Hub repo is named {HUB_PREFIX}{args.name}" if is_repo_id(args.name) else ""
+        parser.error(f"MODEL must be a zoo name (perceiver-zoo list) or {HUB_PREFIX}owner/name; got "
+                     f"'{printable(args.name)}'{hint}")
+    _check_source_args(parser, args.name, args)
+
+
 def _check_source_args(parser: argparse.ArgumentParser, model: str, args, *, zoo_endpoint: bool = True) -> None:
     """Each source option applies to some kinds of MODEL: given for another, it is refused, not ignored
     (`zoo_endpoint`: whether the command fetches a zoo model, which --endpoint then applies to)."""
@@ -254,7 +286,7 @@ def _run(args) -> int:
         return _predict(args)
     if args.command == "push":
         return _push(args)
-    return _pull(args.name, args.endpoint, args.mirror, args.manifest)
+    return _pull(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,9 +301,11 @@ def main(argv: list[str] | None = None) -> int:
                       "or save_pretrained directory")
     info.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
     info.add_argument("--endpoint", help="hf-hub: repos: a Hub-compatible endpoint (default: HF_ENDPOINT)")
-    pull = sub.add_parser("pull", help="download and verify a model into the Hub cache "
-                          "(from a mirror: verify it in place)")
-    pull.add_argument("name")
+    pull = sub.add_parser("pull", help="download and verify a model into the Hub cache: a zoo name (the manifest's "
+                          "sha256; from a mirror: verified in place) or hf-hub:owner/name (its header checked before "
+                          "its body, the body's sha256 against the server's answer; not verified by the zoo)")
+    pull.add_argument("name", metavar="MODEL", help="a zoo name or a user's Hub repo hf-hub:owner/name")
+    pull.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
     exp = sub.add_parser("export", help="export a model (torch.export .pt2 or ONNX) with a dynamic batch dimension")
     exp.add_argument("name", metavar="MODEL", help="a zoo name (pulled and verified as `pull` does), a user's Hub "
                      "repo hf-hub:owner/name (not verified), or a converted .safetensors file or save_pretrained "
@@ -308,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="the model's dtype, as model.to(dtype) (default: the file's, float32)")
     pred.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
     push = sub.add_parser("push", help="upload a converted .safetensors file to your Hub repo (checked as loading "
-                          "checks it; with a model card), loadable as hf-hub:OWNER/NAME")
+                          "checks it; with a model card if the repo has none), loadable as hf-hub:OWNER/NAME")
     push.add_argument("file", metavar="FILE",
                       help="a converted .safetensors file (save_model's or perceiver-convert's) or a "
                       "save_pretrained directory")
@@ -319,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                       "default visibility, public unless an organisation says otherwise; an existing repo keeps its "
                       "visibility)")
     push.add_argument("--message", help="the commit message")
+    push.add_argument("--overwrite-card", action="store_true", help=f"replace the repo's {CARD} with a generated "
+                      "model card (default: a card already there is kept; one is written where there is none)")
     push.add_argument("--endpoint", help="Hub-compatible endpoint (default: HF_ENDPOINT, else the Hugging Face Hub)")
     for command in (pull, exp, pred):
         command.add_argument("--endpoint", help="Hub-compatible endpoint (default: for zoo names "
@@ -337,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--chunks must be >= 1 (decoding chunks per clip); got {args.chunks}")
     if args.command == "export":
         _check_source_args(parser, args.name, args)
+    if args.command == "pull":
+        _check_pull_args(pull, args)
     if args.command == "info":
         _check_source_args(info, args.name, args, zoo_endpoint=False)
     if args.command == "predict":

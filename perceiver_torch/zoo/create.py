@@ -7,46 +7,51 @@ import torch
 from ..config_schema import parse_config_json
 from ..serialization import load_model, loading_device, model_dtype
 from . import hub
+from .token import checked_token
 from .user_hub import HubHeader, MetadataCheck, checked_revision, hub_checkpoint, hub_repo_id, is_hub_name
 
-# What create_model takes for an ``hf-hub:`` name, beyond device and dtype (`mirror` and `manifest` are the zoo's).
-HUB_KEYWORDS = ("revision", "num_classes", "endpoint", "cache_dir")
+# What create_model takes beyond device and dtype: for an ``hf-hub:`` name, and for a zoo name only.
+HUB_KEYWORDS = ("revision", "num_classes", "endpoint", "cache_dir", "token")
+ZOO_KEYWORDS = ("num_classes", "endpoint", "cache_dir", "token", "mirror", "manifest")
 
 
 def create_model(name: str, pretrained: bool = True, *, num_classes: int | None = None,
                  device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                  endpoint: str | None = None, mirror=None, cache_dir=None, manifest=None,
-                 revision: str | None = None) -> torch.nn.Module:
+                 revision: str | None = None, token: str | bool | None = None) -> torch.nn.Module:
     """A zoo model by name, or the checkpoint of a user's Hub repo by ``"hf-hub:owner/name"``, in eval mode.
 
     A zoo name is `perceiver_torch.zoo.hub.create_model`: the manifest-pinned artifact, its sha256 verified
     (``pretrained=False``: the untrained architecture). An ``hf-hub:`` name loads that repo's
     ``model.safetensors`` at `revision` (a branch, tag or commit; default ``main``) with `load_model`'s strict
     checks, its size bounded and its header checked before the body is downloaded (see `user_hub`); nobody
-    has verified what it holds. `num_classes`, `device`, `dtype`, `endpoint` and `cache_dir` apply to both;
-    `mirror` and `manifest` to zoo names, `revision` to ``hf-hub:`` names.
+    has verified what it holds. `num_classes`, `device`, `dtype`, `endpoint`, `cache_dir` and `token` apply to
+    both; `mirror` and `manifest` to zoo names, `revision` to ``hf-hub:`` names. `token` is what huggingface_hub
+    takes (a private or gated repo needs one with access): a str is sent; True sends this machine's (``HF_TOKEN``,
+    else ``hf auth login``'s) and requires it; None (the default) sends it if there is one; False sends none.
     """
+    token = checked_token(token, "create_model")
     if is_hub_name(name):
         zoo_only = [key for key, value in (("mirror", mirror), ("manifest", manifest)) if value is not None]
         if zoo_only:
-            raise TypeError(f"create_model: {name!r} is a Hub repo, which takes no {' or '.join(zoo_only)} (zoo names "
-                            "only).")
+            raise TypeError(f"create_model: {name!r} is a Hub repo, which takes no {' or '.join(zoo_only)} (those "
+                            "select a zoo model's source: zoo names only).")
         if pretrained is not True:
             raise ValueError(f"create_model: {name!r} is a Hub repo, whose architecture is its checkpoint's: "
                              "pretrained=False is for zoo names (load it, then re-initialise what you want).")
         return create_hub_model(name, revision=revision, num_classes=num_classes, device=device, dtype=dtype,
-                                endpoint=endpoint, cache_dir=cache_dir)
+                                endpoint=endpoint, cache_dir=cache_dir, token=token)
     if revision is not None:
         raise TypeError(f"create_model: revision applies to 'hf-hub:owner/name' repos; zoo model {name!r} is pinned "
                         "by the manifest.")
     return hub.create_model(name, pretrained, num_classes=num_classes, device=device, dtype=dtype, endpoint=endpoint,
-                            mirror=mirror, cache_dir=cache_dir, manifest=manifest)
+                            mirror=mirror, cache_dir=cache_dir, manifest=manifest, token=token)
 
 
 def create_hub_model(name: str, *, revision: str | None = None, num_classes: int | None = None,
                      device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                      endpoint: str | None = None, cache_dir=None, check: MetadataCheck | None = None,
-                     header: HubHeader | None = None) -> torch.nn.Module:
+                     header: HubHeader | None = None, token: str | bool | None = None) -> torch.nn.Module:
     """The model in ``model.safetensors`` of the Hub repo `name` (``hf-hub:owner/name``) at `revision`.
 
     `check(metadata)` (and the `num_classes` check) runs on the file's header before its body is downloaded,
@@ -54,6 +59,7 @@ def create_hub_model(name: str, *, revision: str | None = None, num_classes: int
     commit `revision` names, is that header: the server is not asked for it again.
     """
     device, dtype = loading_device(device), model_dtype(dtype)  # before anything is downloaded or built
+    token = checked_token(token, "create_model")
     repo_id, revision = hub_repo_id(name), checked_revision(revision)
     what = f"{name} (revision {revision!r})"
 
@@ -64,6 +70,7 @@ def create_hub_model(name: str, *, revision: str | None = None, num_classes: int
         config = parse_config_json(meta["config"], f"{what} (metadata config)")
         hub.checked_num_classes(what, meta["task"], config, num_classes)
 
-    path = hub_checkpoint(repo_id, revision, endpoint=endpoint, cache=cache_dir, check=checked, header=header)
+    path = hub_checkpoint(repo_id, revision, endpoint=endpoint, cache=cache_dir, check=checked, header=header,
+                          token=token)
     model = load_model(path, device=device, dtype=dtype, check_metadata=checked)
     return hub.with_classes(model, num_classes)  # checked on the header: reset_classifier takes it

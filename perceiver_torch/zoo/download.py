@@ -183,15 +183,17 @@ def _link(pointer: Path, blob: Path) -> None:
         raise
 
 
-def download(artifact: dict, endpoint: str, cache: Path, verify) -> tuple[Path, os.stat_result | None]:
+def download(artifact: dict, endpoint: str, cache: Path, verify,
+             token: str | bool | None = None) -> tuple[Path, os.stat_result | None]:
     """Download `artifact` into `cache`; returns its snapshot path and the stat of the bytes verified.
 
-    The stat is None when the blob was already there (put by another pull): the caller verifies it.
-    Raises `RefusedAnswer` (nothing written) or what huggingface_hub raises for HTTP errors.
+    `token` is huggingface_hub's: a str is sent, True the machine's (HF_TOKEN or `hf auth login`'s), required,
+    None the machine's if any, False none. The stat is None when the blob was already there (put by another pull):
+    the caller verifies it. Raises `RefusedAnswer` (nothing written) or what huggingface_hub raises for HTTP errors.
     """
     url = hf_hub_url(artifact["repo_id"], artifact["filename"], revision=artifact["revision"], endpoint=endpoint)
-    headers = build_hf_headers()
-    meta = get_hf_file_metadata(url, headers=dict(headers), endpoint=endpoint)
+    headers = build_hf_headers(token=token)
+    meta = get_hf_file_metadata(url, token=token, headers=dict(headers), endpoint=endpoint)
     check_answer(meta, artifact)
     repo_dir = repo_cache_dir(cache, artifact["repo_id"])
     blob_name = pinned_hash(artifact)[1]

@@ -37,6 +37,7 @@ from ..serialization import build_on_meta, load_model, loading_device, model_dty
 from .download import COMMIT, SHA256, RefusedAnswer, download, pinned_by, pinned_hash, repo_cache_dir, snapshot_path
 from .manifest import get_entry, manifest_path
 from .schema import ManifestError
+from .token import checked_token
 
 if TYPE_CHECKING:
     from ..models import PerceiverForImageClassification
@@ -223,18 +224,21 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 def fetch(name: str, *, endpoint: str | None = None, mirror=None, cache: str | os.PathLike | None = None,
-          manifest=None) -> Path:
-    """Local path of `name`'s verified artifact, downloading it (pinned revision) if needed."""
+          manifest=None, token: str | bool | None = None) -> Path:
+    """Local path of `name`'s verified artifact, downloading it (pinned revision) if needed; `token`, as
+    huggingface_hub takes it, for the endpoint (`checked_token`)."""
+    token = checked_token(token, "fetch")
     entry = get_entry(name, manifest)
     artifact = _published(name, entry)
-    path, _ = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache)
+    path, _ = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache, token)
     return path
 
 
-def _fetch_verified(name: str, artifact: dict, kind: str, where: str, cache) -> tuple[Path, os.stat_result]:
+def _fetch_verified(name: str, artifact: dict, kind: str, where: str, cache,
+                    token: str | bool | None = None) -> tuple[Path, os.stat_result]:
     if kind == "mirror":
         return _from_mirror(name, artifact, Path(where))
-    return from_endpoint(f"zoo model {name!r}", artifact, where, Path(cache) if cache else cache_dir())
+    return from_endpoint(f"zoo model {name!r}", artifact, where, Path(cache) if cache else cache_dir(), token)
 
 
 def _from_mirror(name: str, artifact: dict, root: Path) -> tuple[Path, os.stat_result]:
@@ -248,25 +252,27 @@ def _from_mirror(name: str, artifact: dict, root: Path) -> tuple[Path, os.stat_r
     return path, verify_file(path, artifact, f"zoo model {name!r} (mirror)")
 
 
-def from_endpoint(what: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result]:
+def from_endpoint(what: str, artifact: dict, where: str, cache: Path,
+                  token: str | bool | None = None) -> tuple[Path, os.stat_result]:
     """The cached snapshot file of `artifact` (what `what` names in errors), verified; downloaded from the endpoint
-    `where` first (verified before it enters the cache) if absent."""
+    `where` first (verified before it enters the cache, `token` sent as huggingface_hub sends it) if absent."""
     pointer = snapshot_path(cache, artifact)
     if not pointer.exists():  # also a link whose blob is gone: the download replaces the link itself
-        pointer, hashed = _download(what, artifact, where, cache)
+        pointer, hashed = _download(what, artifact, where, cache, token)
         if hashed is not None:
             return pointer, hashed
     return verified_cached(what, pointer, artifact, repo_cache_dir(cache, artifact["repo_id"]))
 
 
-def _download(what: str, artifact: dict, where: str, cache: Path) -> tuple[Path, os.stat_result | None]:
+def _download(what: str, artifact: dict, where: str, cache: Path,
+              token: str | bool | None) -> tuple[Path, os.stat_result | None]:
     source = f"{artifact['repo_id']}@{artifact['revision']}/{artifact['filename']} from {where}"
     if is_offline():
         raise ZooError(f"{what}: download of {source} failed (HF_HUB_OFFLINE is set and the file is not in the "
                        f"cache {cache}; pull it there online, or point HF_HUB_CACHE at a cache that holds it)")
     check_client_online(what)
     try:
-        return download(artifact, where, cache, lambda f: _check_download(f, artifact))
+        return download(artifact, where, cache, lambda f: _check_download(f, artifact), token)
     except (IntegrityError, RefusedAnswer) as exc:  # `download` removed its own temp file; no other is touched
         raise IntegrityError(f"{what}: download of {source} refused: {exc}; nothing was kept in the cache") from None
     except Exception as exc:
@@ -341,8 +347,9 @@ def _untrained(name: str, task: str, config: dict, manifest, device: torch.devic
 
 def create_model(name: str, pretrained: bool = True, *, num_classes: int | None = None,
                  device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                 endpoint: str | None = None, mirror=None, cache_dir=None, manifest=None) -> torch.nn.Module:
-    """A zoo model by name, in eval mode.
+                 endpoint: str | None = None, mirror=None, cache_dir=None, manifest=None,
+                 token: str | bool | None = None) -> torch.nn.Module:
+    """A zoo model by name, in eval mode (`token`: what is sent to the endpoint, as huggingface_hub sends it).
 
     ``pretrained=True`` downloads the manifest-pinned artifact, verifies its sha256
     before loading, and loads it strictly; ``pretrained=False`` builds the untrained
@@ -363,7 +370,8 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
         model = _untrained(name, entry["task"], config, manifest, device).to(dtype=dtype).eval()
         return with_classes(model, num_classes)
     artifact = _published(name, entry)
-    path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir)
+    path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir,
+                                   checked_token(token, "create_model"))
 
     def converted_for_this_entry(meta: dict[str, str]) -> None:
         # load_model has already refused a config that is not valid, bounded JSON; this parse cannot fail.

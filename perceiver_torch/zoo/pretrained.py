@@ -11,9 +11,10 @@ import torch
 
 from ..registry import TASK_MODELS
 from ..serialization import CheckpointFormatError, load_model
-from .create import HUB_KEYWORDS, create_hub_model, create_model
+from .create import HUB_KEYWORDS, ZOO_KEYWORDS, create_hub_model, create_model
 from .manifest import UnknownModelError, entries, get_entry
 from .schema import ManifestError, is_model_name, is_repo_id
+from .token import checked_token
 from .user_hub import FILENAME, HUB_PREFIX, HubHeader, MetadataCheck, is_hub_name
 
 
@@ -26,15 +27,23 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
     loads an unverified local file that happens to share it; anything else (a `Path`, a string with a
     separator or a suffix) is a file. The task is checked before anything is fetched or built (for a Hub
     repo, on the file's header before its body is downloaded). `zoo_kwargs` are `create_model`'s
-    (`num_classes`, `endpoint`, `mirror`, `cache_dir`, `manifest`; `revision` for a Hub repo).
+    (`num_classes`, `endpoint`, `cache_dir`, `token`; `mirror`, `manifest` for a zoo name; `revision` for a Hub
+    repo).
     """
     wanted = TASK_MODELS[task].__name__
     where = f"{wanted}.from_pretrained"
+    unknown = sorted(set(zoo_kwargs) - set(HUB_KEYWORDS) - set(ZOO_KEYWORDS))
+    if unknown:
+        takes = sorted({"device", "dtype", *HUB_KEYWORDS, *ZOO_KEYWORDS})
+        raise TypeError(f"{where}: unexpected keyword argument(s) {', '.join(map(repr, unknown))} (it takes "
+                        f"{', '.join(takes)}).")
+    if "token" in zoo_kwargs:
+        zoo_kwargs["token"] = checked_token(zoo_kwargs["token"], where)
     if is_hub_name(name_or_path):
         zoo_only = sorted(set(zoo_kwargs) - set(HUB_KEYWORDS))
         if zoo_only:
-            raise TypeError(f"{where}: {name_or_path!r} is a Hub repo, which takes no {' or '.join(zoo_only)} (zoo "
-                            "names only).")
+            raise TypeError(f"{where}: {name_or_path!r} is a Hub repo, which takes no {' or '.join(zoo_only)} (those "
+                            "select a zoo model's source: zoo names only).")
         return create_hub_model(name_or_path, device=device, dtype=dtype,
                                 check=_of_task(task, where, name_or_path), **zoo_kwargs)
     if is_model_name(name_or_path):

@@ -1,9 +1,10 @@
 """`push_to_hub`: share a task model in a Hub repo, loadable by ``from_pretrained("hf-hub:owner/name")``.
 
-The model is written by `save_model` as ``model.safetensors`` with a short model card ``README.md`` in a
-temporary directory (removed afterwards, whatever happens), then uploaded through ``huggingface_hub.HfApi``
-as ONE commit (``create_repo`` if needed, ``create_branch`` for a new branch, ``create_commit``), to the
-Hugging Face Hub or any Hub-compatible endpoint.
+The model is written by `save_model` as ``model.safetensors`` in a temporary directory (removed afterwards,
+whatever happens), with a short model card ``README.md`` where the repo has none (or the caller asks to replace
+it), then uploaded through ``huggingface_hub.HfApi`` as ONE commit (``create_repo`` if needed, ``create_branch``
+for a new branch, ``create_commit`` on top of the commit whose files were looked at), to the Hugging Face Hub or
+any Hub-compatible endpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .schema import is_repo_id
 from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endpoint
 
 log = logging.getLogger(__name__)
+CARD = "README.md"  # the model card's name in a Hub repo
 
 # What DeepMind's release asks of anything derived from its parameters (perceiver_torch/data/upstream_release.md).
 UPSTREAM_LICENCE = ('DeepMind\'s released Perceiver IO parameters are licensed CC BY 4.0, with attribution: DeepMind, '
@@ -94,11 +96,15 @@ def _checked_copy(original: Path, copy: Path) -> nn.Module:
 
 def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | None = None,
                 endpoint: str | None = None, revision: str | None = None, private: bool | None = None,
-                commit_message: str | None = None) -> str:
+                commit_message: str | None = None, overwrite_card: bool = False) -> str:
     """Upload `model` to the Hub repo `repo_id` ('owner/name') in one commit; returns the commit id.
 
     `model` is written with `save_model` (everything it refuses is refused here, before any upload) as
-    ``model.safetensors`` beside a generated ``README.md`` model card. A path instead is a converted file
+    ``model.safetensors``, with a generated ``README.md`` model card where the repo (at `revision`) has none: a
+    card already there (its licence, datasets, notes) is kept, as transformers and timm keep it, unless
+    `overwrite_card` is True. The commit is made on top of the commit whose files were looked at, so a card
+    pushed meanwhile by someone else is not replaced unseen (the upload fails instead). A path instead is a
+    converted file
     (`save_model`'s or `perceiver-convert`'s), checked by `load_model` as anyone pulling it will check it, then
     uploaded unchanged (its provenance metadata kept). The repo is created if it does not
     exist (`private` applies then: None, as huggingface_hub's default, makes it public unless the owner's
@@ -107,6 +113,14 @@ def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: st
     to ``$HF_ENDPOINT``, else the Hugging Face Hub. Others load it with
     ``Model.from_pretrained("hf-hub:<repo_id>", revision=<the commit id>)``.
     """
+    return upload(model, repo_id, token=token, endpoint=endpoint, revision=revision, private=private,
+                  commit_message=commit_message, overwrite_card=overwrite_card)[0]
+
+
+def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | None, endpoint: str | None,
+           revision: str | None, private: bool | None, commit_message: str | None,
+           overwrite_card: bool) -> tuple[str, bool]:
+    """`push_to_hub`, returning (the commit id, whether README.md was written: False when the repo's was kept)."""
     source = None if isinstance(model, nn.Module) else _checkpoint_file(model)
     if not is_repo_id(repo_id):
         raise ValueError(f"push_to_hub: repo_id must be a Hub repo id 'owner/name' (letters, digits, '.', '_' or '-'); "
@@ -114,6 +128,9 @@ def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: st
     if private is not None and type(private) is not bool:  # bool("no") is True: a string would flip it
         raise TypeError(f"push_to_hub: private must be True, False or None; got {type(private).__name__} "
                         f"{private!r:.40}.")
+    if type(overwrite_card) is not bool:  # bool("no") is True: a string would replace the user's card
+        raise TypeError(f"push_to_hub: overwrite_card must be True or False; got {type(overwrite_card).__name__} "
+                        f"{overwrite_card!r:.40}.")
     branch = None if revision is None else checked_revision(revision)
     where = hub_endpoint(endpoint)
     target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
@@ -129,19 +146,24 @@ def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: st
             model = _checked_copy(cast(Path, source), path)
         task = read_metadata(path)["task"]
         num_parameters = sum(p.numel() for p in model.parameters())  # the file holds them all, strictly
-        card = Path(folder) / "README.md"
+        card = Path(folder) / CARD
         card.write_text(model_card(repo_id, task, num_parameters), encoding="utf-8")
         api = HfApi(endpoint=where, token=token)
         try:
             api.create_repo(repo_id, private=private, exist_ok=True)
             if branch is not None:
                 api.create_branch(repo_id, branch=branch, exist_ok=True)
+            parent = api.model_info(repo_id, revision=branch)
+            write_card = overwrite_card or CARD not in {s.rfilename for s in parent.siblings or ()}
+            files = (path, card) if write_card else (path,)
             info = api.create_commit(
                 repo_id, revision=branch, commit_message=commit_message or f"Upload {TASK_MODELS[task].__name__}",
-                operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in (path, card)],
+                operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files],
+                parent_commit=parent.sha,  # the files looked at: a card pushed since then fails the commit
             )
         except Exception as exc:  # huggingface_hub's HTTP errors, connection errors
             raise HubError(f"push_to_hub: upload to {target} failed: {one_line(exc)}") from exc
-    log.info("pushed %s to %s: commit %s (load it with from_pretrained(%r, revision=%r))", TASK_MODELS[task].__name__,
-             target, info.oid, HUB_PREFIX + repo_id, info.oid)
-    return info.oid
+    log.info("pushed %s to %s: commit %s (load it with from_pretrained(%r, revision=%r)); %s",
+             TASK_MODELS[task].__name__, target, info.oid, HUB_PREFIX + repo_id, info.oid,
+             f"wrote {CARD}" if write_card else f"kept the repo's {CARD} (overwrite_card=True replaces it)")
+    return info.oid, write_card

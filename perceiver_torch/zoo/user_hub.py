@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 from huggingface_hub import HfFileMetadata, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
 
 from ..safetensors_io import header_length, parse_header, read_header
@@ -104,10 +104,13 @@ def checked_revision(revision) -> str:
 
 
 def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, cache: str | os.PathLike | None = None,
-                   check: MetadataCheck | None = None, header: HubHeader | None = None) -> Path:
+                   check: MetadataCheck | None = None, header: HubHeader | None = None,
+                   token: str | bool | None = None) -> Path:
     """The cached ``model.safetensors`` of `repo_id` at `revision`, downloaded (bounded, header checked by
     `check` first) if the cache lacks that commit's file; only the cache with HF_HUB_OFFLINE set. `header`,
-    what `hub_metadata` read at the commit `revision` names, stands for the HEAD answer and the header read."""
+    what `hub_metadata` read at the commit `revision` names, stands for the HEAD answer and the header read.
+    `token` (checked by the caller: `token.checked_token`) is sent with every request, as huggingface_hub sends
+    it."""
     cache_root = Path(cache) if cache else cache_dir()
     what = f"{HUB_PREFIX}{repo_id}"
     if is_offline() or _cached_commit(repo_id, revision, cache_root):
@@ -119,10 +122,10 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
         if check is not None:  # cached or not: the header read is what the caller decides on
             check(header.metadata)
     else:
-        url, meta, artifact = _announced_artifact(repo_id, revision, where, what)
+        url, meta, artifact = _announced_artifact(repo_id, revision, where, what, token)
         if check is not None and not snapshot_path(cache_root, artifact).exists():
-            check(_remote_metadata(url, meta, artifact, what, where))
-    path, _ = from_endpoint(what, artifact, where, cache_root)
+            check(_remote_metadata(url, meta, artifact, what, where, token))
+    path, _ = from_endpoint(what, artifact, where, cache_root, token)
     record_revision(repo_id, revision, artifact["revision"], cache=cache_root)
     return path
 
@@ -151,7 +154,7 @@ def record_revision(repo_id: str, revision: str, commit: str, *, cache: str | os
 
 
 def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
-                 cache: str | os.PathLike | None = None) -> HubHeader:
+                 cache: str | os.PathLike | None = None, token: str | bool | None = None) -> HubHeader:
     """The commit `revision` is and the checked perceiver-torch metadata (task, config) of the repo's
     ``model.safetensors`` there, its body not downloaded: from the cache if it holds that commit's file, else
     from the file's header on the server (two range requests); with HF_HUB_OFFLINE set, the cache's file for
@@ -165,20 +168,22 @@ def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
     else:
         check_client_online(what, HubError)
         where = hub_endpoint(endpoint)
-        url, meta, artifact = _announced_artifact(repo_id, revision, where, what)
+        url, meta, artifact = _announced_artifact(repo_id, revision, where, what, token)
         commit, cached = artifact["revision"], snapshot_path(cache_root, artifact)
         if not cached.exists():
-            return HubHeader(commit, _remote_metadata(url, meta, artifact, what, where), artifact)
+            return HubHeader(commit, _remote_metadata(url, meta, artifact, what, where, token), artifact)
     source = f"{what}@{commit}/{FILENAME} (cached as {cached})"
-    return HubHeader(commit, checked_metadata(source, read_header(cached)), artifact)
+    return HubHeader(commit, checked_metadata(source, read_header(cached),
+                                              transformers_source=f"{repo_id} --revision {commit}"), artifact)
 
 
-def _announced_artifact(repo_id: str, revision: str, where: str, what: str) -> tuple[str, HfFileMetadata, dict]:
+def _announced_artifact(repo_id: str, revision: str, where: str, what: str,
+                        token: str | bool | None) -> tuple[str, HfFileMetadata, dict]:
     """The file's URL, the server's HEAD answer for it and the artifact it pins (commit, size, sha256), refused
     unless it is a bounded, pinnable LFS file; the commit is logged."""
     url = hf_hub_url(repo_id, FILENAME, revision=revision, endpoint=where)
     asked = f"{what} (revision {revision!r}, endpoint {where})"
-    meta = _announced(url, where, asked)
+    meta = _announced(url, where, asked, token)
     try:
         artifact = artifact_from_answer(meta, repo_id, FILENAME, revision, limit=MAX_CHECKPOINT_BYTES,
                                         limit_is="of the largest checkpoint load_model accepts")
@@ -190,35 +195,48 @@ def _announced_artifact(repo_id: str, revision: str, where: str, what: str) -> t
     return url, meta, artifact
 
 
-def _announced(url: str, endpoint: str, what: str) -> HfFileMetadata:
+def _announced(url: str, endpoint: str, what: str, token: str | bool | None) -> HfFileMetadata:
     """The server's HEAD answer for the file."""
+    headers = build_hf_headers(token=token)
     try:
-        meta = get_hf_file_metadata(url, headers=build_hf_headers(), endpoint=endpoint)
+        meta = get_hf_file_metadata(url, token=token, headers=headers, endpoint=endpoint)
     except EntryNotFoundError:
         raise HubError(f"{what}: the repo has no {FILENAME} at this revision. A perceiver-torch checkpoint is "
                        "shared with perceiver_torch.push_to_hub, which writes it; a transformers repo is converted "
                        "with `perceiver-convert TASK --from-transformers REPO`.") from None
     except RevisionNotFoundError:
         raise HubError(f"{what}: the repo has no such revision (expected a branch, tag or commit id).") from None
+    except GatedRepoError:
+        raise HubError(f"{what}: the repo is gated: accept its conditions on the Hub with the account whose token is "
+                       f"sent ({_token_sent(headers)}).") from None
     except RepositoryNotFoundError:
-        raise HubError(f"{what}: no such repo (or it is private or gated and no token with access was sent: set "
-                       "HF_TOKEN).") from None
+        raise HubError(f"{what}: no such repo, or it is private and {_token_sent(headers)}.") from None
     except Exception as exc:  # huggingface_hub's other HTTP errors, connection errors
         raise HubError(f"{what}: asking for {FILENAME} failed: {one_line(exc)}") from exc
     return meta
 
 
-def _remote_metadata(url: str, meta: HfFileMetadata, artifact: dict, what: str, where: str) -> dict[str, str]:
+def _token_sent(headers: dict[str, str]) -> str:
+    """Whether a token went with a request (its `headers`), and how to send one with access, for a refusal."""
+    if "authorization" in headers:
+        return "the token sent has no access to it (token=..., else HF_TOKEN or `hf auth login`'s)"
+    return "no token was sent: pass token='hf_...' or token=True, set HF_TOKEN or log in with `hf auth login`"
+
+
+def _remote_metadata(url: str, meta: HfFileMetadata, artifact: dict, what: str, where: str,
+                     token: str | bool | None) -> dict[str, str]:
     """The checked perceiver-torch metadata of the remote file `artifact` pins (HEAD answer `meta` for `url`, on
     endpoint `where`), from its first bytes: two range requests, for the header's length and then the header (at
     most MAX_HEADER_BYTES)."""
-    headers = build_hf_headers()
+    headers = build_hf_headers(token=token)
     location = download_location(url, meta, headers)
     if location == url:  # not redirected (a self-hosted endpoint): a branch's URL may serve a newer commit by now
         location = hf_hub_url(artifact["repo_id"], FILENAME, revision=artifact["revision"], endpoint=where)
     size, source = artifact["size"], f"{what}@{artifact['revision']}/{FILENAME}"
     length = header_length(_read_range(location, headers, 0, 8, source), size, source)
-    return checked_metadata(source, parse_header(_read_range(location, headers, 8, 8 + length, source), size, source))
+    header = parse_header(_read_range(location, headers, 8, 8 + length, source), size, source)
+    convert_from = f"{artifact['repo_id']} --revision {artifact['revision']}"  # what --from-transformers takes
+    return checked_metadata(source, header, transformers_source=convert_from)
 
 
 def _read_range(location: str, headers: dict, start: int, stop: int, source: str) -> bytes:
