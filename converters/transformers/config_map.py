@@ -370,6 +370,14 @@ def _from_hf(task: str, hf: dict, source: str) -> tuple[str, dict]:
             stale = _mismatches(task, hf, architecture, own)
             if not stale:  # our own config, exact (sizes transformers' fields cannot hold, e.g. image_size)
                 return architecture, own
+            relabelled = _with_labels_of(task, hf, own)
+            if relabelled is not None and not _mismatches(task, hf, architecture, relabelled):
+                # A new head (num_labels=...) is the one change fine-tuning in transformers makes to the fields:
+                # what only the key holds (a classifier's image size, the video decoder's chunks) is kept.
+                log.warning("%s: its %s config has %s classes, its transformers fields %s (a new head, fitted in "
+                            "transformers after export); importing with the fields' classes", source, OWN_KEY,
+                            own["num_classes"], relabelled["num_classes"])
+                return architecture, relabelled
             # transformers' fields are what its classes build from: a model fine-tuned in transformers after the
             # export (a new head, num_labels=...) and saved again keeps the old key unchanged.
             log.warning("%s: its %s config disagrees with its transformers fields (%s); importing from the fields "
@@ -411,6 +419,17 @@ def _mismatches(task: str, hf: dict, architecture: str, config: dict) -> list[st
     if exported_arch != architecture:
         problems.append(f"config.json names {architecture}, the config describes {exported_arch}")
     return problems
+
+
+def _with_labels_of(task: str, hf: dict, own: dict) -> dict | None:
+    """`own` with the class count of the fields `hf`, where the task has classes and the result is a valid config;
+    else None."""
+    if "num_classes" not in own:
+        return None
+    try:
+        return validate_config(task, {**own, "num_classes": _num_labels(hf)})
+    except (ConfigError, ConfigMismatchError, TypeError, ValueError):
+        return None
 
 
 def _own_config(hf: dict, task: str, source: str) -> dict:
