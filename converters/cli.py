@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", nargs="?", help="upstream Haiku .pickle / .pystate file")
     parser.add_argument("--from-transformers", metavar="DIR_OR_REPO",
                         help="read a transformers Perceiver model (directory or Hub repo id) instead; float16 "
-                             "and bfloat16 weights are widened to float32 exactly (float64 is refused)")
+                             "and bfloat16 weights are widened to float32 exactly, float64 rounded with a warning")
     parser.add_argument("--revision", help="Hub revision for --from-transformers (default: main)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", help="config.json (upstream constructor kwargs + model constants)")

@@ -92,17 +92,27 @@ def test_half_precision_weights_import_widened_exactly(tmp_path, learned, caplog
     assert all(got[k].dtype == torch.float32 and torch.equal(got[k], want[k]) for k in want)
 
 
-@pytest.mark.parametrize(("dtype", "needle"), [
-    (torch.float64, "(float64) (float64 would be rounded to the float32 our models hold: if that is meant, cast it "
-                    "in transformers, model.float(), and save it again)"),
-    (torch.int32, "(int32)"),
-])
-def test_weights_that_float32_cannot_hold_are_refused(tmp_path, learned, dtype, needle):
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+def test_weights_that_are_not_floating_point_are_refused(tmp_path, learned, dtype):
     key = "perceiver.embeddings.latents"
     _edit_weights(learned, lambda t: t.update({key: t[key].to(dtype)}))
-    message = _refused(tmp_path, learned, TransformersSourceError, f"expected float32, float16 or bfloat16 weights; "
-                       f"found {key} {needle}")
+    message = _refused(tmp_path, learned, TransformersSourceError, "expected floating-point weights (float32, "
+                       f"float16, bfloat16 or float64); found {key} ({str(dtype).removeprefix('torch.')})")
     assert "\n" not in message
+
+
+def test_float64_weights_are_rounded_to_float32_with_a_warning_as_a_haiku_checkpoints(tmp_path, learned, caplog):
+    """The transformers route refused float64 outright, where the Haiku route rounds it with a warning."""
+    key = "perceiver.embeddings.latents"
+    want = load_file(str(from_transformers("imagenet", learned, tmp_path / "float32.safetensors")))
+    _edit_weights(learned, lambda t: t.update({key: t[key].double() + 1e-12}))  # rounds back to the float32 values
+    with caplog.at_level("WARNING", logger="converters.rules"):
+        got = load_file(str(from_transformers("imagenet", learned, tmp_path / "float64.safetensors")))
+    assert "converting float64 values to float32" in caplog.text
+    assert all(got[k].dtype == torch.float32 and torch.equal(got[k], want[k]) for k in want)
+    _edit_weights(learned, lambda t: t.update({key: torch.full_like(t[key], 1e300)}))  # overflows float32
+    with pytest.raises(ConversionError, match="NaN|Inf|finite"):
+        from_transformers("imagenet", learned, tmp_path / "overflow.safetensors")
 
 
 @pytest.mark.parametrize(("edit", "error", "needle"), [

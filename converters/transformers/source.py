@@ -83,13 +83,13 @@ def _to_numpy(state: object, path: Path) -> dict[str, np.ndarray]:
            if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise TransformersSourceError(f"{path}: entries that are not named tensors: {', '.join(bad[:10])}")
+    # float64 goes on to the conversion rules, which round it to float32 with a warning (refusing a value that
+    # overflows), as they do for a Haiku checkpoint's; integers and anything else cannot be a parameter.
     wrong = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in state.items()
-             if v.dtype not in EXACT_IN_FLOAT32 and not k.endswith("num_batches_tracked")]
+             if v.dtype not in (*EXACT_IN_FLOAT32, torch.float64) and not k.endswith("num_batches_tracked")]
     if wrong:
-        hint = (" (float64 would be rounded to the float32 our models hold: if that is meant, cast it in transformers, "
-                "model.float(), and save it again)" if any(v.dtype == torch.float64 for v in state.values()) else "")
-        raise TransformersSourceError(f"{path}: expected float32, float16 or bfloat16 weights; found "
-                                      f"{', '.join(wrong[:10])}{' ...' if len(wrong) > 10 else ''}{hint}")
+        raise TransformersSourceError(f"{path}: expected floating-point weights (float32, float16, bfloat16 or "
+                                      f"float64); found {', '.join(wrong[:10])}{' ...' if len(wrong) > 10 else ''}")
     half = sorted({str(v.dtype).removeprefix("torch.") for k, v in state.items()
                    if v.dtype in (torch.float16, torch.bfloat16)})
     if half:  # as save_model: every float16 and bfloat16 value is a float32 value, so nothing is rounded
