@@ -18,20 +18,20 @@ import logging
 import reprlib
 
 from perceiver_torch.config_schema import ConfigError, validate_config
+from perceiver_torch.foreign_checkpoints import TRANSFORMERS_TASKS
 from perceiver_torch.layers.encoder import PerceiverEncoder
 from perceiver_torch.message_text import problem_lines
 
 log = logging.getLogger(__name__)
 
-# The class transformers uses for each task (and ImageNet variant, by prep_type).
-ARCHITECTURES = {
-    "PerceiverForMaskedLM": ("language", None),
-    "PerceiverForImageClassificationLearned": ("imagenet", "conv1x1"),
-    "PerceiverForImageClassificationFourier": ("imagenet", "pixels"),
-    "PerceiverForImageClassificationConvProcessing": ("imagenet", "conv"),
-    "PerceiverForOpticalFlow": ("optical_flow", None),
-    "PerceiverForMultimodalAutoencoding": ("video_autoencoding", None),
+# The class transformers uses for each task (and ImageNet variant, by prep_type). The class -> task table is the
+# runtime's, which names this converter's command for a transformers directory given to load_model.
+PREP_TYPES = {
+    "PerceiverForImageClassificationLearned": "conv1x1",
+    "PerceiverForImageClassificationFourier": "pixels",
+    "PerceiverForImageClassificationConvProcessing": "conv",
 }
+ARCHITECTURES = {name: (task, PREP_TYPES.get(name)) for name, task in TRANSFORMERS_TASKS.items()}
 # The tanh GELU our model (and jax.nn.gelu's default) computes; torch's kernel, bit-equal to ours.
 TANH_GELU = "gelu_pytorch_tanh"
 GELUS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python")
