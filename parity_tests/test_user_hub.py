@@ -243,7 +243,9 @@ def test_a_repo_or_revision_without_the_file_is_a_clear_error(tmp_path, monkeypa
     with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
         hub.write_commit("someone/notes", None, {"README.md": b"no weights here\n"}, "notes")
         with pytest.raises(pt.HubError, match=r"hf-hub:someone/notes \(revision 'main', endpoint http://127.0.0.1:"
-                                              r"\d+\): the repo has no model.safetensors at this revision"):
+                                              r"\d+\): the repo has no model.safetensors at this revision.*"
+                                              r"`perceiver-convert TASK --from-transformers someone/notes --revision "
+                                              r"main -o OUT.safetensors`"):
             pt.create_model("hf-hub:someone/notes")
         pt.push_to_hub(_language_model(), REPO, token=TOKEN)
         with pytest.raises(pt.HubError, match=r"the repo has no such revision"):

@@ -36,6 +36,7 @@ from huggingface_hub import HfFileMetadata, get_hf_file_metadata, hf_hub_url, tr
 from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
 
+from ..foreign_checkpoints import convert_command
 from ..safetensors_io import header_length, parse_header, read_header
 from ..serialization import MAX_CHECKPOINT_BYTES, atomic_write, checked_metadata
 from .download import COMMIT, RefusedAnswer, artifact_from_answer, download_location, repo_cache_dir, snapshot_path
@@ -183,7 +184,7 @@ def _announced_artifact(repo_id: str, revision: str, where: str, what: str,
     unless it is a bounded, pinnable LFS file; the commit is logged."""
     url = hf_hub_url(repo_id, FILENAME, revision=revision, endpoint=where)
     asked = f"{what} (revision {revision!r}, endpoint {where})"
-    meta = _announced(url, where, asked, token)
+    meta = _announced(url, where, asked, token, convert_from=f"{repo_id} --revision {revision}")
     try:
         artifact = artifact_from_answer(meta, repo_id, FILENAME, revision, limit=MAX_CHECKPOINT_BYTES,
                                         limit_is="of the largest checkpoint load_model accepts")
@@ -195,15 +196,16 @@ def _announced_artifact(repo_id: str, revision: str, where: str, what: str,
     return url, meta, artifact
 
 
-def _announced(url: str, endpoint: str, what: str, token: str | bool | None) -> HfFileMetadata:
-    """The server's HEAD answer for the file."""
+def _announced(url: str, endpoint: str, what: str, token: str | bool | None, convert_from: str) -> HfFileMetadata:
+    """The server's HEAD answer for the file; `convert_from`, the repo and revision as --from-transformers takes
+    them, for the advice when there is no such file."""
     headers = build_hf_headers(token=token)
     try:
         meta = get_hf_file_metadata(url, token=token, headers=headers, endpoint=endpoint)
     except EntryNotFoundError:
         raise HubError(f"{what}: the repo has no {FILENAME} at this revision. A perceiver-torch checkpoint is "
                        "shared with perceiver_torch.push_to_hub, which writes it; a transformers repo is converted "
-                       "with `perceiver-convert TASK --from-transformers REPO`.") from None
+                       f"with {convert_command(convert_from, None)}.") from None
     except RevisionNotFoundError:
         raise HubError(f"{what}: the repo has no such revision (expected a branch, tag or commit id).") from None
     except GatedRepoError:
