@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import perceiver_torch as pt
+from perceiver_torch.zoo.cli import main as zoo_cli
 
 from .zoo_support import TEST_MANIFEST
 
@@ -52,3 +53,15 @@ def test_the_manifest_is_given_by_keyword_or_as_a_path_in_the_first_place():
 def test_what_is_neither_a_pattern_nor_a_manifest_is_refused(args, kwargs, error, message):
     with pytest.raises(error, match=message):
         pt.list_models(*args, **kwargs)
+
+
+def test_the_cli_lists_the_models_its_patterns_match(capsys):
+    """`perceiver-zoo list` listed every entry; it takes list_models' patterns, and exits 1 (as grep) on none."""
+    assert zoo_cli(["--manifest", str(TEST_MANIFEST), "list", "tiny-*", "--exclude", "*flow*"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == [n for n in pt.list_models(manifest=TEST_MANIFEST) if "flow" not in n] and len(listed) == 3
+    assert zoo_cli(["--manifest", str(TEST_MANIFEST), "list"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + len(pt.list_models(manifest=TEST_MANIFEST))
+    assert zoo_cli(["--manifest", str(TEST_MANIFEST), "list", "resnet*"]) == 1
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "perceiver-zoo: no zoo model matches 'resnet*'\n")

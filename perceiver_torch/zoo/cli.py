@@ -38,6 +38,7 @@ from ..export import (
 from ..message_text import printable
 from ..serialization import MODEL_DTYPES, atomic_write, build_on_meta, loading_device
 from .hub import ZooError, fetch, how_to_get, location
+from .listing import list_models
 from .manifest import entries, get_entry, manifest_path
 from .model_arg import Target, load_target, resolve_model, source_kind
 from .predict import (
@@ -57,8 +58,14 @@ from .schema import is_repo_id
 from .user_hub import HUB_PREFIX, checked_revision, hub_checkpoint, hub_repo_id
 
 
-def _list(manifest) -> int:
+def _list(manifest, patterns: list[str], exclude: list[str]) -> int:
     models = entries(manifest)
+    names = list_models(patterns, exclude_filters=exclude, manifest=manifest)  # sorted, as list_models gives them
+    if not names:  # as grep: nothing printed and exit 1 when nothing matches
+        print(f"perceiver-zoo: no zoo model matches {' or '.join(map(repr, patterns))}"
+              f"{' less ' + ' or '.join(map(repr, exclude)) if exclude else ''}", file=sys.stderr)
+        return 1
+    models = {name: models[name] for name in names}
     width = max(map(len, models))
     print(f"{'name':<{width}}  {'task':<18} {'kind':<8} status")
     for name, e in models.items():
@@ -277,7 +284,7 @@ def _load_pt2(path):
 
 def _run(args) -> int:
     if args.command == "list":
-        return _list(args.manifest)
+        return _list(args.manifest, args.patterns, args.exclude)
     if args.command == "info":
         return _info(args)
     if args.command == "export":
@@ -294,7 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest",
                         help="a zoo manifest file (default: PERCEIVER_ZOO_MANIFEST, else the packaged one)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the zoo's models")
+    listing = sub.add_parser("list", help="list the zoo's models (those matching a PATTERN, if given)")
+    listing.add_argument("patterns", nargs="*", metavar="PATTERN",
+                         help="shell-style wildcards, as list_models takes them ('tiny-*'; quote them from the shell)")
+    listing.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                         help="leave out the models matching PATTERN (repeatable)")
     info = sub.add_parser("info", help="show a zoo entry of the manifest, or what a Hub repo's or a file's header "
                           "says (task, parameters, provenance, config; nothing else is downloaded or read)")
     info.add_argument("name", metavar="MODEL", help="a zoo name, hf-hub:owner/name, or a converted .safetensors file "

@@ -20,7 +20,8 @@ def _patterns(value, what: str) -> list[str]:
     for pattern in patterns:
         if "/" in pattern or os.sep in pattern or pattern.lower().endswith(MANIFEST_SUFFIXES):
             raise ValueError(f"list_models: {what} {pattern!r:.200} looks like a manifest path, which no model name "
-                             "matches; pass a manifest as manifest=..., and a pattern such as 'vision*'.")
+                             "matches; pass a manifest as manifest=... (perceiver-zoo --manifest FILE list), and a "
+                             "pattern such as 'vision*'.")
     return [p for p in patterns if p]
 
 
