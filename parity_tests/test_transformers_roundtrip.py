@@ -47,6 +47,7 @@ def test_import_then_export_is_bit_exact_and_loads_in_transformers(architecture,
     assert config["hidden_act"] == "gelu_pytorch_tanh" and config["architectures"] == [architecture]
     assert architecture in (out / "README.md").read_text()
     assert (out / "preprocessor_config.json").exists() == (task == "imagenet")  # transformers has no other processor
+    assert (out / "tokenizer_config.json").exists() == (task == "language")
     # ... and importing the export gives back the converted tensors, bit for bit.
     again = from_transformers(task, out, tmp_path / "again.safetensors")
     assert _tensors_equal(load_file(str(converted)), load_file(str(again))) == []

@@ -1,5 +1,6 @@
 """Our converted .safetensors -> a transformers model directory (config.json, model.safetensors, README.md, and
-for an image classifier preprocessor_config.json)."""
+what transformers' pipelines load beside them: an image classifier's preprocessor_config.json, the language
+model's tokenizer_config.json)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from safetensors.torch import save_file
 
 from perceiver_torch.serialization import load_model, read_metadata, remove_empty_folders, temp_name
@@ -84,7 +86,8 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
     The directory appears complete or not at all. Its config.json is transformers' with a tanh
     GELU plus our own config under "perceiver_torch" (so that importing it back is exact); the
     README.md lists what transformers still computes differently. An image classifier also gets a
-    preprocessor_config.json (preprocessor.py), so that transformers' image-classification pipeline loads it.
+    preprocessor_config.json (preprocessor.py), so that transformers' image-classification pipeline loads it, and
+    the language model transformers' byte tokenizer (tokenizer_config.json), so that its fill-mask pipeline does.
     """
     if not os.fspath(out_dir):  # Path("") would be ".", the working directory
         raise ExportError("the output directory path is empty; give a new (or empty) directory's path.")
@@ -102,6 +105,9 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
         preprocessor = preprocessor_config(task, config)
         if preprocessor is not None:  # what transformers.pipeline("image-classification", model=DIR) loads
             (tmp / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
+        if task == "language":  # the release's bytes: 6 special ids, then byte b at b + 6, as our tokenizer
+            tokenizer = transformers.PerceiverTokenizer(model_max_length=int(config["max_seq_len"]))
+            tokenizer.save_pretrained(str(tmp))
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(tmp, out_dir)
