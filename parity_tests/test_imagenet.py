@@ -184,18 +184,18 @@ def test_any_path_like_opens_the_file(tmp_path):
     assert _model().classify([entry, path], k=2) == [_model().classify(path, k=2)] * 2
 
 
-def test_a_16_bit_greyscale_file_is_scaled_and_32_bit_or_float_ones_refused(tmp_path):
-    """Pillow's convert("RGB") clips 16-bit values at 255: the image came out white, and was classified."""
+@pytest.mark.parametrize("brightest", [65535, 200])
+def test_a_16_bit_greyscale_file_is_rounded_to_8_bits_and_32_bit_or_float_ones_refused(tmp_path, brightest):
+    """Pillow's convert("RGB") clips 16-bit values at 255: the image came out white, and was classified. Scaled to
+    floats instead, a dark image (brightest 200 of 65535, under one 8-bit level) was refused as [0, 1]-scaled. It
+    is the same picture saved in 8 bits (x / 257 rounded), as the colab's images are."""
     image_module = pytest.importorskip("PIL.Image")
-    grey = np.linspace(0, 65535, 40 * 50).reshape(40, 50).astype(np.uint16)
+    grey = np.linspace(0, brightest, 40 * 50).reshape(40, 50).round().astype(np.uint16)
     image_module.fromarray(grey).save(tmp_path / "g16.png")
     assert image_module.open(tmp_path / "g16.png").mode == "I;16"
-    scaled = np.repeat((grey.astype(np.float32) * np.float32(255 / 65535))[..., None], 3, axis=-1)
-    assert torch.equal(imagenet_transform(tmp_path / "g16.png", 32), imagenet_transform(scaled, 32))
-    # Against the same picture in 8 bits: within 1.5 grey levels over the smallest ImageNet stddev (57.1): half a
-    # level from rounding to 8 bits, one from the uint8 path rounding its resized pixels (as OpenCV does).
     eight = np.repeat((grey / 257).round().astype(np.uint8)[..., None], 3, axis=-1)
-    assert (imagenet_transform(tmp_path / "g16.png", 32) - imagenet_transform(eight, 32)).abs().max() < 1.5 / 57
+    assert eight.max() == round(brightest / 257)
+    assert torch.equal(imagenet_transform(tmp_path / "g16.png", 32), imagenet_transform(eight, 32))
     for kind, array in (("32-bit integer", grey.astype(np.int32)), ("floating-point", grey.astype(np.float32))):
         image_module.fromarray(array).save(tmp_path / "other.tif")
         with pytest.raises(ValueError, match=f"other.tif is a {kind} image .*no agreed 0-255 scale"):

@@ -45,15 +45,17 @@ def _pil():
 
 
 # Pillow's 16-bit greyscale modes. convert("RGB") clips their 0-65535 values at 255 (a white image), so they
-# are scaled to 0-255 instead; modes I (32-bit integers) and F (floats) have no agreed range and are refused.
+# are rounded to 8 bits instead (the colab's pipeline reads 8-bit images; as floats, a dark image's values all
+# within [0, 1] would be refused as a [0, 1]-scaled array). Modes I (32-bit integers) and F (floats) have no
+# agreed range and are refused.
 _GREY16 = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def _pil_rgb(image, where: str) -> np.ndarray:
-    """A PIL image as RGB values 0-255 [H, W, 3]: uint8, or float32 for 16-bit greyscale (no precision lost)."""
+    """A PIL image as RGB values 0-255 [H, W, 3], uint8 (16-bit greyscale rounded to the nearest 8-bit level)."""
     if image.mode in _GREY16:
-        grey = np.asarray(image).astype(np.float32) * np.float32(255 / 65535)
-        return np.repeat(grey[..., None], 3, axis=-1)
+        grey = (np.asarray(image).astype(np.uint32) * 255 + 65535 // 2) // 65535  # round(x * 255 / 65535)
+        return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
     if image.mode in ("I", "F"):
         kind = "32-bit integer" if image.mode == "I" else "floating-point"
         raise ValueError(f"{where} is a {kind} image (PIL mode {image.mode}), whose values have no agreed 0-255 "
@@ -62,8 +64,8 @@ def _pil_rgb(image, where: str) -> np.ndarray:
 
 
 def load_rgb(image) -> np.ndarray:
-    """A path, a PIL image or an [H, W, 3] array -> 0-255 RGB array [H, W, 3]: uint8, or float32 if given floats
-    or a 16-bit greyscale image (scaled from 0-65535)."""
+    """A path, a PIL image or an [H, W, 3] array -> 0-255 RGB array [H, W, 3]: uint8 (a 16-bit greyscale image
+    rounded from 0-65535), or the array as given."""
     if isinstance(image, (str, bytes, os.PathLike)):
         with _pil().open(image) as opened:
             return _pil_rgb(opened, os.fsdecode(image))
