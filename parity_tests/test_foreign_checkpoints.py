@@ -4,6 +4,7 @@ converted with `perceiver-convert TASK --from-transformers`; a bare state dict i
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 
@@ -19,7 +20,7 @@ from perceiver_torch.registry import build_model
 from perceiver_torch.zoo.cli import main as zoo_cli
 
 from .conftest import assert_same_weights, golden_config
-from .zoo_support import hub_env
+from .zoo_support import hub_env, returns_within
 
 CONVERT = re.compile(r"`(perceiver-convert [^`]+)`")
 
@@ -139,3 +140,19 @@ def test_incomplete_perceiver_torch_metadata_is_named_as_damaged(tmp_path):
     with pytest.raises(pt.CheckpointFormatError, match=r"found \['format', 'task'\]\); its perceiver-torch metadata "
                                                        "is incomplete"):
         pt.load_model(path)
+
+
+def test_a_config_json_that_is_a_fifo_is_not_waited_on(tmp_path):
+    """The advice read config.json with a blocking open: a FIFO of that name hung load_model and
+    `perceiver-zoo info` forever. It is not a transformers config; the refusal comes at once."""
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({"x": torch.zeros(2)}, path, metadata={"format": "pt"})
+    os.mkfifo(tmp_path / "config.json")
+
+    def refusal(target) -> str:
+        with pytest.raises(pt.CheckpointFormatError) as refused:
+            pt.load_model(target)
+        return str(refused.value)
+
+    assert "bare state dict" in returns_within(lambda: refusal(path), tmp_path / "config.json", 10)
+    assert "not a safetensors file" in returns_within(lambda: refusal(tmp_path), tmp_path / "config.json", 10)

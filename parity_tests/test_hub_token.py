@@ -68,6 +68,9 @@ def test_token_false_sends_none_and_true_sends_the_machines(private_hub, monkeyp
     (b"hf_x", TypeError, r"got bytes"),
     ("", ValueError, r"create_model: token is empty"),
     ("hf_secret\r\nX-Injected: 1", ValueError, r"create_model: token \(24 characters, not shown\) holds whitespace"),
+    # Not ASCII: the request failed, its UnicodeEncodeError quoting the character and its position in the secret.
+    ("hf_\u00e9secret", ValueError, r"create_model: token \(10 characters, not shown\) holds whitespace, control or "
+                                    r"non-ASCII characters"),
 ])
 def test_a_token_that_cannot_be_sent_is_refused_before_any_request(private_hub, token, error, message):
     hub, _ = private_hub

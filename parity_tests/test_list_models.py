@@ -39,6 +39,16 @@ def test_the_manifest_is_given_by_keyword_or_as_a_path_in_the_first_place():
                                                                                         manifest=TEST_MANIFEST)
 
 
+def test_a_manifest_file_named_without_a_suffix_or_folder_is_refused_not_matched(tmp_path, monkeypatch):
+    """list_models('mymanifest') read that manifest before filters existed; then it matched no model name: []."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymanifest").write_bytes(TEST_MANIFEST.read_bytes())
+    with pytest.raises(ValueError, match="filter 'mymanifest' looks like a manifest path"):
+        pt.list_models("mymanifest")
+    assert pt.list_models(manifest="mymanifest") == pt.list_models(manifest=TEST_MANIFEST)
+    assert pt.list_models("mymanifest*") == []  # a pattern: a file of that name does not matter
+
+
 @pytest.mark.parametrize("args, kwargs, error, message", [
     ((str(TEST_MANIFEST),), {}, ValueError, r"list_models: filter '.*zoo_test_manifest.yaml' looks like a manifest "
                                             r"path, which no model name matches; pass a manifest as manifest=\.\.\."),

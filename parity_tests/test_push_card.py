@@ -4,6 +4,8 @@ card. Against the Hub stand-in, with the real huggingface_hub client."""
 
 from __future__ import annotations
 
+import os
+
 import huggingface_hub
 import pytest
 
@@ -19,7 +21,9 @@ MY_CARD = "---\nlicense: mit\ndatasets: [my-corpus]\n---\n\n# My notes\n\nFine-t
 
 
 def _card(hub, revision: str) -> str:
-    path = huggingface_hub.hf_hub_download(REPO, "README.md", revision=revision, endpoint=hub.endpoint, token=TOKEN)
+    # cache_dir given: huggingface_hub read HF_HUB_CACHE at its import, so hub_env's would not reach it.
+    path = huggingface_hub.hf_hub_download(REPO, "README.md", revision=revision, endpoint=hub.endpoint, token=TOKEN,
+                                           cache_dir=os.environ["HF_HUB_CACHE"])
     return open(path, encoding="utf-8").read()
 
 
@@ -31,7 +35,7 @@ def _write_my_card(hub, revision: str | None = None) -> str:
 
 def _weights(hub, revision: str) -> bytes:
     path = huggingface_hub.hf_hub_download(REPO, "model.safetensors", revision=revision, endpoint=hub.endpoint,
-                                           token=TOKEN)
+                                           token=TOKEN, cache_dir=os.environ["HF_HUB_CACHE"])
     return open(path, "rb").read()
 
 

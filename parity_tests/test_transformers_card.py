@@ -8,9 +8,11 @@ import pytest
 import yaml
 
 from converters import from_transformers, to_transformers
+from converters.transformers import provenance
 from converters.transformers.card import model_card
 from converters.transformers.catalog import CATALOG
 from parity_tests.transformers_support import save_small
+from parity_tests.zoo_support import TEST_MANIFEST
 from perceiver_torch import load_model, save_model
 
 TITLES = {d.key: d.title for d in CATALOG}
@@ -51,6 +53,21 @@ def test_weights_from_deepminds_release_are_cc_by_with_attribution(meta):
     assert "## Licence and attribution" in card and f"CC BY 4.0, with attribution: {ATTRIBUTION}" in card
     assert "licensed Apache 2.0" in card  # DeepMind's code
     assert f"`{meta.get('source_repo', meta['source_name'])}`" in card and "unknown" not in card
+
+
+@pytest.mark.parametrize("manifest", ["test", "missing"])
+def test_the_licence_comes_from_the_packaged_manifest_whatever_perceiver_zoo_manifest_says(manifest, monkeypatch,
+                                                                                          tmp_path):
+    """The release's sha256s were read from $PERCEIVER_ZOO_MANIFEST: the test manifest (as the README's commands set
+    it) made a release file's card 'license: other', and a path that is gone made the export a traceback."""
+    provenance.released_sha256s.cache_clear()
+    monkeypatch.setenv("PERCEIVER_ZOO_MANIFEST", str(TEST_MANIFEST if manifest == "test" else tmp_path / "gone.yaml"))
+    meta = {"source_name": "imagenet_conv_preprocessing.pystate", "source_sha256": CONV_RELEASE_SHA256}
+    try:
+        card = model_card("imagenet", "PerceiverForImageClassificationConvProcessing", {}, meta)
+    finally:
+        provenance.released_sha256s.cache_clear()
+    assert _front_matter(card)["license"] == "cc-by-4.0"
 
 
 def test_save_model_checkpoint_says_it_records_no_source(tmp_path):

@@ -299,6 +299,9 @@ def test_an_offline_client_with_the_variable_unset_since_says_so_for_a_hub_repo(
             with pytest.raises(pt.HubError, match=f"hf-hub:{REPO}: HF_HUB_OFFLINE was set when huggingface_hub was "
                                                   "imported"):
                 load()
+        with pytest.raises(pt.HubError, match=f"push_to_hub: uploading to {hub.endpoint}/{REPO}: HF_HUB_OFFLINE was "
+                                              "set when huggingface_hub was imported"):
+            pt.push_to_hub(model, REPO, token=TOKEN)
         assert hub.requests == asked
 
 
@@ -526,7 +529,6 @@ def test_a_converted_file_is_pushed_unchanged_from_python_and_the_cli(tmp_path, 
         first = pt.push_to_hub(str(path), REPO)
         assert zoo_cli(["push", str(path), "someone/from-the-cli", "--message", "my model"]) == 0
         printed = capsys.readouterr().out.splitlines()
-        commit = printed[0].rsplit(" ", 1)[1]
         commit = printed[0].split(" as commit ")[1].split(";")[0]
         assert printed == [f"{path}: pushed to hf-hub:someone/from-the-cli as commit {commit}; wrote README.md",
                            f"load it with: perceiver_torch.create_model('hf-hub:someone/from-the-cli', "
@@ -538,10 +540,12 @@ def test_a_converted_file_is_pushed_unchanged_from_python_and_the_cli(tmp_path, 
         for repo, revision, source in ((REPO, first, path), ("someone/from-the-cli", commit, path),
                                        ("someone/from-a-directory", from_directory, directory / FILENAME)):
             _assert_identical(pt.create_model(f"hf-hub:{repo}", revision=revision), model)
-            uploaded = huggingface_hub.hf_hub_download(repo, FILENAME, revision=revision, endpoint=hub.endpoint)
+            uploaded = huggingface_hub.hf_hub_download(repo, FILENAME, revision=revision, endpoint=hub.endpoint,
+                                                       cache_dir=tmp_path / "hf-cache")  # not the user's cache
             assert open(uploaded, "rb").read() == source.read_bytes()
         assert messages == ["Upload PerceiverForMaskedLM", "my model", "Upload PerceiverForMaskedLM"]
-        card = open(huggingface_hub.hf_hub_download(REPO, "README.md", revision=first, endpoint=hub.endpoint)).read()
+        card = open(huggingface_hub.hf_hub_download(REPO, "README.md", revision=first, endpoint=hub.endpoint,
+                                                    cache_dir=tmp_path / "hf-cache")).read()
         assert f"{sum(p.numel() for p in model.parameters()):,} parameters" in card
 
 

@@ -126,7 +126,7 @@ def test_an_offline_client_with_the_variable_unset_since_says_so(published, tmp_
     with hub_env(monkeypatch, tree, tmp_path / "cache") as hub:
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
         with pytest.raises(ZooError, match="HF_HUB_OFFLINE was set when huggingface_hub was imported, and "
-                                           "huggingface_hub reads it only then: this process cannot download"):
+                                           "huggingface_hub reads it only then: this process cannot reach the Hub"):
             create_model(GOLDEN_ENTRY, manifest=manifest)
         assert hub.requests == 0
     assert cached_files(tmp_path / "cache") == []

@@ -1,11 +1,12 @@
 """`perceiver-zoo pull hf-hub:owner/name`: a user's Hub repo downloaded into the Hub cache as `create_model` downloads
-it (bounded, its header checked before its body, the body's sha256 against the server's answer), not loaded; and
+it (bounded, its header checked before its body, the body against its sha256), not loaded; and
 what pull refuses, as one line or a usage error. Against the Hub stand-in."""
 
 from __future__ import annotations
 
 import re
 
+import huggingface_hub
 import pytest
 import safetensors.torch
 import torch
@@ -29,8 +30,8 @@ def test_pull_puts_a_hub_repos_checkpoint_in_the_cache_for_offline_loads(tmp_pat
         assert zoo_cli(["pull", f"hf-hub:{REPO}"]) == 0
         out = capsys.readouterr().out.splitlines()
     assert len(out) == 2
-    found = re.fullmatch(rf"hf-hub:{REPO}: commit {commit}, sha256 ([0-9a-f]{{64}}) \(checked against the server's "
-                         r"answer; not verified by the zoo\)", out[0])
+    found = re.fullmatch(rf"hf-hub:{REPO}: commit {commit}, sha256 ([0-9a-f]{{64}}) \(its bytes checked against it; "
+                         r"not verified by the zoo\)", out[0])
     assert found, out[0]
     assert sha256_file(out[1]) == found.group(1)
     assert out[1].startswith(str(tmp_path / "cache")) and out[1].endswith(f"{commit}/model.safetensors")
@@ -60,6 +61,21 @@ def test_a_file_that_is_no_checkpoint_of_ours_is_refused_before_its_body(tmp_pat
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"perceiver-zoo: error: hf-hub:{REPO}@") and "bare state dict" in err
     assert [p for p in cached_files(tmp_path / "cache") if "blobs" in p] == []
+
+
+def test_a_cached_file_that_is_no_checkpoint_of_ours_is_refused_too(tmp_path, monkeypatch, capsys):
+    """pull checked the header only before a download: a file huggingface_hub had cached (here a bare state dict)
+    was reported pulled, exit 0, by commit or by branch; the same file uncached was refused."""
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        pt.push_to_hub(seeded_model("language").eval(), REPO, token=TOKEN)
+        bare = safetensors.torch.save({"w": torch.zeros(4)})
+        commit = hub.write_commit(REPO, hub.resolve(REPO, "main"), {"model.safetensors": bare}, "replace")
+        huggingface_hub.hf_hub_download(REPO, "model.safetensors", cache_dir=tmp_path / "cache", endpoint=hub.endpoint)
+        for revision in (commit, "main"):
+            capsys.readouterr()
+            assert zoo_cli(["pull", f"hf-hub:{REPO}", "--revision", revision]) == 1, revision
+            err = capsys.readouterr().err
+            assert "has no perceiver-torch metadata" in err and err.count("\n") == 1, err
 
 
 def test_a_private_repo_without_a_token_is_one_line(tmp_path, monkeypatch, capsys):

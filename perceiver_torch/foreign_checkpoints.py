@@ -10,7 +10,9 @@ no task or config to rebuild the model from: the model is built first and takes 
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import stat
 from pathlib import Path
 
 from .message_text import printable
@@ -36,7 +38,10 @@ def transformers_config(folder: Path) -> dict | None:
     """`folder`'s config.json when it is a transformers Perceiver's (model_type 'perceiver' or a PerceiverFor*
     architecture), else None; never more than MAX_CONFIG_BYTES read, and a file that cannot be read is None."""
     try:
-        with open(folder / CONFIG_FILE, "rb") as f:
+        # Non-blocking: a FIFO named config.json with no writer would otherwise hang the refusal forever.
+        with open(os.open(folder / CONFIG_FILE, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
             raw = f.read(MAX_CONFIG_BYTES + 1)
         config = json.loads(raw) if len(raw) <= MAX_CONFIG_BYTES else None
     except (OSError, ValueError, RecursionError):  # absent, a directory, unreadable, not JSON

@@ -12,6 +12,7 @@ from functools import cache
 
 from perceiver_torch.message_text import printable
 from perceiver_torch.zoo import entries
+from perceiver_torch.zoo.manifest import packaged_manifest_path
 from perceiver_torch.zoo.push import UPSTREAM_LICENCE
 
 DEEPMIND_ORG = "deepmind/"  # transformers' conversions of the release on the Hub
@@ -21,9 +22,10 @@ MAX_SHOWN = 200  # characters of a metadata value shown in a card
 @cache
 def released_sha256s() -> frozenset[str]:
     """The sha256 of every file of DeepMind's release that the shipped zoo manifest pins (and of its
-    transformers conversions, where an entry pins one)."""
+    transformers conversions, where an entry pins one): the package's own, not $PERCEIVER_ZOO_MANIFEST's (a test
+    manifest, or a path that is gone, said nothing of the release)."""
     found = set()
-    for entry in entries().values():
+    for entry in entries(packaged_manifest_path()).values():
         if entry.get("kind") == "released":
             source = entry["source"]
             found.add(source["sha256"])

@@ -36,7 +36,9 @@ from ..export import (
     onnx_runner,
 )
 from ..message_text import printable
-from ..serialization import MODEL_DTYPES, atomic_write, build_on_meta, loading_device
+from ..safetensors_io import read_header
+from ..serialization import MODEL_DTYPES, atomic_write, build_on_meta, checked_metadata, loading_device
+from .download import SHA256
 from .hub import ZooError, fetch, how_to_get, location
 from .listing import list_models
 from .manifest import entries, get_entry, manifest_path
@@ -116,16 +118,21 @@ def _pull(args) -> int:
 
 def _pull_hub(name: str, revision: str | None, endpoint: str | None) -> int:
     """A user's Hub repo's model.safetensors into the Hub cache, as create_model downloads it (bounded, its header
-    checked before the body, the body's sha256 checked against the server's ETag), without loading it."""
+    checked before the body, the body checked against its sha256), without loading it. A file the cache held
+    already is checked as a load checks it: its header, and its bytes against the sha256 its blob is named by."""
     path = hub_checkpoint(hub_repo_id(name), checked_revision(revision), endpoint=endpoint, check=_any_task)
-    sha256 = os.path.basename(os.path.realpath(path))  # the blob's name: the sha256 the download was checked by
-    print(f"{name}: commit {path.parent.name}, sha256 {sha256} (checked against the server's answer; not verified "
-          f"by the zoo)\n{path}")
+    commit = path.parent.name  # snapshots/<commit>/model.safetensors
+    checked_metadata(f"{name}@{commit}/{path.name} (cached as {path})", read_header(path))
+    blob = os.path.basename(os.path.realpath(path))  # the Hub's ETag of an LFS file: its sha256
+    how = (f"sha256 {blob} (its bytes checked against it" if SHA256.match(blob) else
+           "no sha256 to check it by (a cache without links names no blob by it")
+    print(f"{name}: commit {commit}, {how}; not verified by the zoo)\n{path}")
     return 0
 
 
 def _any_task(meta: dict[str, str]) -> None:
-    """The header check `hub_checkpoint` runs before the body: load_model's metadata checks, for any task."""
+    """What `hub_checkpoint` calls on the remote header before the body: it adds nothing to the header checks
+    (load_model's, for any task) that reading the header runs, which only a check asks for."""
 
 
 # What `export`'s check accepts. Float32/64: 1e-5, the export tests' bound (the programs run eager's kernels,
@@ -314,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("--endpoint", help="hf-hub: repos: a Hub-compatible endpoint (default: HF_ENDPOINT)")
     pull = sub.add_parser("pull", help="download and verify a model into the Hub cache: a zoo name (the manifest's "
                           "sha256; from a mirror: verified in place) or hf-hub:owner/name (its header checked before "
-                          "its body, the body's sha256 against the server's answer; not verified by the zoo)")
+                          "its body, the body against its sha256; a cached file's header and bytes checked again; "
+                          "not verified by the zoo)")
     pull.add_argument("name", metavar="MODEL", help="a zoo name or a user's Hub repo hf-hub:owner/name")
     pull.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
     exp = sub.add_parser("export", help="export a model (torch.export .pt2 or ONNX) with a dynamic batch dimension")

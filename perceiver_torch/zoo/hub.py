@@ -76,12 +76,12 @@ def is_offline() -> bool:
 
 def check_client_online(what: str, error: type[ZooError] = ZooError) -> None:
     """Refuse to go online, saying why, when huggingface_hub's HTTP client is offline while the environment now says
-    otherwise: it reads HF_HUB_OFFLINE once, at its import, so a process that unset the variable since would get
-    its advice to unset it."""
+    otherwise (call it once `is_offline()` is False): it reads HF_HUB_OFFLINE once, at its import, so a process that
+    unset the variable since would get its advice to unset it."""
     if constants.HF_HUB_OFFLINE:
         raise error(f"{what}: HF_HUB_OFFLINE was set when huggingface_hub was imported, and huggingface_hub reads it "
-                    "only then: this process cannot download although the variable is unset now; run it again "
-                    "without HF_HUB_OFFLINE (the cache alone serves it meanwhile only with HF_HUB_OFFLINE set)")
+                    "only then: this process cannot reach the Hub although the variable is unset now; run it again "
+                    "without HF_HUB_OFFLINE")
 
 
 def _expanded(value: str) -> Path:

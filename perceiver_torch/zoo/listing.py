@@ -18,7 +18,9 @@ def _patterns(value, what: str) -> list[str]:
         raise TypeError(f"list_models: {what} must be a wildcard pattern (str, e.g. 'vision*') or a list of them; got "
                         f"{type(value).__name__} (a manifest is passed as manifest=...).")
     for pattern in patterns:
-        if "/" in pattern or os.sep in pattern or pattern.lower().endswith(MANIFEST_SUFFIXES):
+        # A plain name that is a file here is a manifest given where list_models once took it (it matched nothing).
+        plain_file = not any(c in pattern for c in "*?[") and os.path.isfile(pattern)
+        if "/" in pattern or os.sep in pattern or pattern.lower().endswith(MANIFEST_SUFFIXES) or plain_file:
             raise ValueError(f"list_models: {what} {pattern!r:.200} looks like a manifest path, which no model name "
                              "matches; pass a manifest as manifest=... (perceiver-zoo --manifest FILE list), and a "
                              "pattern such as 'vision*'.")

@@ -96,6 +96,11 @@ def manifest_path(path=None) -> Path:
         return Path(path)
     if os.environ.get("PERCEIVER_ZOO_MANIFEST"):
         return Path(os.environ["PERCEIVER_ZOO_MANIFEST"])
+    return packaged_manifest_path()
+
+
+def packaged_manifest_path() -> Path:
+    """The manifest shipped with the package (the released entries), whatever $PERCEIVER_ZOO_MANIFEST says."""
     return Path(str(resources.files("perceiver_torch").joinpath(PACKAGED_MANIFEST)))
 
 

@@ -23,7 +23,7 @@ from ..registry import TASK_MODELS
 from ..safetensors_io import read_header
 from ..saving import save_model
 from ..serialization import checked_metadata, load_model, read_metadata
-from .hub import one_line
+from .hub import check_client_online, is_offline, one_line
 from .pretrained import checkpoint_path, not_a_file
 from .schema import is_repo_id
 from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endpoint
@@ -134,6 +134,8 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | N
     branch = None if revision is None else checked_revision(revision)
     where = hub_endpoint(endpoint)
     target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
+    if not is_offline():  # else huggingface_hub's own refusal says to unset it, rightly
+        check_client_online(f"push_to_hub: uploading to {target}", HubError)
     token = token or get_token()
     if not token:
         raise HubError(f"push_to_hub: uploading to {target} needs a write token: pass token=..., set HF_TOKEN or "

@@ -175,7 +175,12 @@ def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
             return HubHeader(commit, _remote_metadata(url, meta, artifact, what, where, token), artifact)
     source = f"{what}@{commit}/{FILENAME} (cached as {cached})"
     return HubHeader(commit, checked_metadata(source, read_header(cached),
-                                              transformers_source=f"{repo_id} --revision {commit}"), artifact)
+                                              transformers_source=_convert_from(repo_id, commit)), artifact)
+
+
+def _convert_from(repo_id: str, revision: str) -> str:
+    """The repo at `revision` as `perceiver-convert --from-transformers` takes them, for advice in a refusal."""
+    return f"{repo_id} --revision {revision}"
 
 
 def _announced_artifact(repo_id: str, revision: str, where: str, what: str,
@@ -184,7 +189,7 @@ def _announced_artifact(repo_id: str, revision: str, where: str, what: str,
     unless it is a bounded, pinnable LFS file; the commit is logged."""
     url = hf_hub_url(repo_id, FILENAME, revision=revision, endpoint=where)
     asked = f"{what} (revision {revision!r}, endpoint {where})"
-    meta = _announced(url, where, asked, token, convert_from=f"{repo_id} --revision {revision}")
+    meta = _announced(url, where, asked, token, convert_from=_convert_from(repo_id, revision))
     try:
         artifact = artifact_from_answer(meta, repo_id, FILENAME, revision, limit=MAX_CHECKPOINT_BYTES,
                                         limit_is="of the largest checkpoint load_model accepts")
@@ -237,7 +242,7 @@ def _remote_metadata(url: str, meta: HfFileMetadata, artifact: dict, what: str, 
     size, source = artifact["size"], f"{what}@{artifact['revision']}/{FILENAME}"
     length = header_length(_read_range(location, headers, 0, 8, source), size, source)
     header = parse_header(_read_range(location, headers, 8, 8 + length, source), size, source)
-    convert_from = f"{artifact['repo_id']} --revision {artifact['revision']}"  # what --from-transformers takes
+    convert_from = _convert_from(artifact["repo_id"], artifact["revision"])
     return checked_metadata(source, header, transformers_source=convert_from)
 
 
