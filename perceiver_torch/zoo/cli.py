@@ -62,12 +62,12 @@ from .user_hub import HUB_PREFIX, checked_revision, hub_checkpoint, hub_repo_id
 
 def _list(manifest, patterns: list[str], exclude: list[str]) -> int:
     models = entries(manifest)
-    names = list_models(patterns, exclude_filters=exclude, manifest=manifest)  # sorted, as list_models gives them
+    names = set(list_models(patterns, exclude_filters=exclude, manifest=manifest))
     if not names:  # as grep: nothing printed and exit 1 when nothing matches
         print(f"perceiver-zoo: no zoo model matches {' or '.join(map(repr, patterns))}"
               f"{' less ' + ' or '.join(map(repr, exclude)) if exclude else ''}", file=sys.stderr)
         return 1
-    models = {name: models[name] for name in names}
+    models = {name: entry for name, entry in models.items() if name in names}  # in the manifest's order
     width = max(map(len, models))
     print(f"{'name':<{width}}  {'task':<18} {'kind':<8} status")
     for name, e in models.items():
