@@ -66,6 +66,20 @@ def test_a_repo_created_with_a_card_keeps_it_on_the_first_push(tmp_path, monkeyp
                                                                                          "model.safetensors"]
 
 
+def test_a_transformers_repo_is_not_pushed_into(tmp_path, monkeypatch):
+    """Pushing into a transformers model's repo replaced its model.safetensors with ours: transformers then loaded it
+    with every weight initialised at random, a load report its only sign. Refused, the repo left as it was."""
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        api = huggingface_hub.HfApi(endpoint=hub.endpoint, token=TOKEN)
+        api.create_repo(REPO)
+        before = api.upload_file(path_or_fileobj=b'{"model_type": "perceiver"}', path_in_repo="config.json",
+                                 repo_id=REPO).oid
+        with pytest.raises(pt.HubError, match=f"push_to_hub: {hub.endpoint}/{REPO} holds a transformers model "
+                                              r"\(config.json\); pushing would replace its model.safetensors"):
+            pt.push_to_hub(seeded_model("language").eval(), REPO, token=TOKEN)
+        assert api.model_info(REPO).sha == before
+
+
 def test_a_card_pushed_while_the_push_looks_is_not_overwritten_unseen(tmp_path, monkeypatch):
     """The commit names the parent whose files were looked at: a card committed in between fails the upload (the
     Hub's 412), rather than being replaced by the generated card."""

@@ -30,6 +30,7 @@ from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endp
 
 log = logging.getLogger(__name__)
 CARD = "README.md"  # the model card's name in a Hub repo
+TRANSFORMERS_CONFIG = "config.json"  # what a transformers model directory holds beside its weights
 
 # What DeepMind's release asks of anything derived from its parameters (perceiver_torch/data/upstream_release.md).
 UPSTREAM_LICENCE = ('DeepMind\'s released Perceiver IO parameters are licensed CC BY 4.0, with attribution: DeepMind, '
@@ -156,8 +157,17 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | N
             if branch is not None:
                 api.create_branch(repo_id, branch=branch, exist_ok=True)
             parent = api.model_info(repo_id, revision=branch)
-            write_card = overwrite_card or CARD not in {s.rfilename for s in parent.siblings or ()}
-            files = (path, card) if write_card else (path,)
+        except Exception as exc:  # huggingface_hub's HTTP errors, connection errors
+            raise HubError(f"push_to_hub: upload to {target} failed: {one_line(exc)}") from exc
+        there = {s.rfilename for s in parent.siblings or ()}
+        if TRANSFORMERS_CONFIG in there:  # its model.safetensors would be ours: transformers would load random weights
+            raise HubError(f"push_to_hub: {target} holds a transformers model ({TRANSFORMERS_CONFIG}); pushing would "
+                           f"replace its {FILENAME} with ours, which transformers cannot read (it would initialise "
+                           "every weight at random). Push to another repo; to update a transformers model, export with "
+                           "perceiver-to-transformers and upload that directory.")
+        write_card = overwrite_card or CARD not in there
+        files = (path, card) if write_card else (path,)
+        try:
             info = api.create_commit(
                 repo_id, revision=branch, commit_message=commit_message or f"Upload {TASK_MODELS[task].__name__}",
                 operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files],
