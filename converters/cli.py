@@ -9,14 +9,13 @@ bad arguments exit 2 (argparse).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from perceiver_torch.config_schema import ConfigError
 from perceiver_torch.registry import TASKS, preset_names
 
 from .checkpoint_reader import CheckpointReadError
-from .cli_support import write_or_report
+from .cli_support import show_logs, write_or_report
 from .convert import convert, preset_config
 from .rules import ConversionError
 from .transformers import from_transformers
@@ -48,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         preset_task, config = preset_config(args.preset)
         if preset_task != args.task:
             parser.error(f"preset {args.preset!r} is a {preset_task!r} model, not {args.task!r}.")
-    # The library logs what it changes (e.g. float16 arrays converted to float32); show it plainly.
-    logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    show_logs(f"{PROG}: %(message)s")
 
     def write():
         if args.from_transformers:

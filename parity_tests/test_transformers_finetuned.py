@@ -106,3 +106,14 @@ def test_a_fine_tuned_export_keeps_what_only_the_key_holds(tmp_path, caplog):
     ours = load_model(back)
     assert torch.equal(ours.decoder.output.bias, hf.perceiver.decoder.decoder.final_layer.bias)
     assert ours(torch.zeros(1, 3, 48, 48)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("architecture", CLASSIFIERS)
+def test_importing_the_learned_classifier_warns_of_the_query_residual_it_drops(architecture, tmp_path, caplog):
+    """transformers' learned-position classifier has a query residual the colab's has not: its import follows the
+    colab, silently changing the logits of a model trained in transformers (0.16 in an audit)."""
+    src = save_small(architecture, tmp_path / "hf", hidden_act="gelu_pytorch_tanh")
+    with caplog.at_level(logging.WARNING, logger="converters.transformers.config_map"):
+        from_transformers("imagenet", src, tmp_path / "ours.safetensors")
+    warned = "adds a query residual in its decoder, which DeepMind's colab (and so the imported model) does not"
+    assert (warned in caplog.text) == (architecture == "PerceiverForImageClassificationLearned")

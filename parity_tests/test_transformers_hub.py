@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -65,3 +68,13 @@ def test_an_unreachable_hub_is_not_reported_as_a_missing_file(tmp_path, monkeypa
     assert "the Hub could not be reached" in message and "config.json is not in the cache" in message, message
     assert "there is no local directory models/lm" in message and "has no config.json" not in message
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_the_cli_shows_no_http_request_lines(hub, tmp_path):
+    """perceiver-convert showed INFO logs of every logger: httpx's line per HTTP request reached the user, among
+    them a 404 that huggingface_hub expects, which reads like an error. What it logs itself still shows."""
+    out = subprocess.run([sys.executable, "-m", "converters", "language", "--from-transformers", REPO,
+                          "-o", str(tmp_path / "o.safetensors")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "HTTP Request" not in out.stderr
+    assert "perceiver-convert: " in out.stderr  # its own INFO lines (what it reads) are still shown

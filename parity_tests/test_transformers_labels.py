@@ -46,3 +46,23 @@ def test_other_class_counts_keep_transformers_default_names(tmp_path, architectu
     _, exported = _export(architecture, task, 5, tmp_path)
     config = json.loads((exported / "config.json").read_text())
     assert config["id2label"] == {str(i): f"LABEL_{i}" for i in range(5)}
+
+
+@pytest.mark.parametrize("id2label, warned", [
+    ({0: "cat", 1: "dog", 2: "bird"}, True),
+    ({0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}, False),
+])
+def test_class_names_a_checkpoint_cannot_keep_are_warned_of(tmp_path, caplog, id2label, warned):
+    """A head fine-tuned in transformers with its own class names (id2label) imported silently as indices."""
+    src = save_small("PerceiverForImageClassificationFourier", tmp_path / "hf", num_labels=3, id2label=id2label)
+    with caplog.at_level("WARNING", logger="converters.transformers.label_names"):
+        from_transformers("imagenet", src, tmp_path / "ours.safetensors")
+    assert ("its id2label names its 3 classes (0: cat, 1: dog, 2: bird); a perceiver-torch checkpoint keeps no "
+            "class names" in caplog.text) == warned
+
+
+def test_the_released_names_are_not_warned_of(tmp_path, caplog):
+    _, exported = _export("PerceiverForImageClassificationFourier", "imagenet", 1000, tmp_path)
+    with caplog.at_level("WARNING", logger="converters.transformers.label_names"):
+        from_transformers("imagenet", exported, tmp_path / "again.safetensors")
+    assert "id2label" not in caplog.text

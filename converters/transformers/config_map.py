@@ -32,6 +32,7 @@ PREP_TYPES = {
     "PerceiverForImageClassificationConvProcessing": "conv",
 }
 ARCHITECTURES = {name: (task, PREP_TYPES.get(name)) for name, task in TRANSFORMERS_TASKS.items()}
+LEARNED_CLASS = "PerceiverForImageClassificationLearned"
 # The tanh GELU our model (and jax.nn.gelu's default) computes; torch's kernel, bit-equal to ours.
 TANH_GELU = "gelu_pytorch_tanh"
 GELUS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python")
@@ -243,6 +244,11 @@ def _from_imagenet(hf: dict, prep_type: str) -> dict:
                 "position_encoding_type": "fourier", "prep_type": prep_type}
         if prep_type == "pixels":
             prep["spatial_downsample"] = 1
+    if prep_type == "conv1x1":
+        log.warning("%s: transformers' class adds a query residual in its decoder, which DeepMind's colab (and so the "
+                    "imported model) does not: the same weights give other logits than in transformers (a model "
+                    "trained with it there is changed; DeepMind's released weights were trained without it)",
+                    LEARNED_CLASS)
     return {
         "image_size": [size, size], "num_classes": _num_labels(hf), "input_preprocessor": prep,
         "encoder": {**_encoder_config(hf, (*_VISION, "use_query_residual")), **_VISION_EXTRA},

@@ -14,6 +14,7 @@ from ..convert import CONVERTER_VERSION, check_output, check_replaceable, target
 from ..rules import strict_merge
 from ..tasks import task_spec
 from .config_map import from_hf
+from .label_names import warn_if_names_dropped
 from .source import Source, read_source
 from .tables import hf_only, import_rules, torch_key
 
@@ -29,6 +30,7 @@ def convert_source(task: str, source: Source) -> tuple[str, dict, dict[str, np.n
     """(architecture, our config, our state dict as arrays), strictly, from a read checkpoint."""
     task_spec(task)  # an unknown task fails here with the same message as `convert`
     architecture, config = from_hf(task, source.config, str(source.config_path or "config.json"))
+    warn_if_names_dropped(task, config, source.config, str(source.config_path or "config.json"))
     return architecture, config, import_state(task, config, source.tensors, f"{task} from transformers {architecture}")
 
 

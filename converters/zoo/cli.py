@@ -16,7 +16,6 @@ artifact byte for byte) and artifact is a no-op.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import secrets
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from perceiver_torch.zoo import ManifestError, ZooError, entries
 
+from ..cli_support import show_logs
 from . import standin
 from .publish import publish
 from .regenerate import WORK_DIR, regenerate
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve-standin", help="serve a repository tree as a Hub stand-in on 127.0.0.1")
     standin.add_arguments(serve)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    show_logs("%(message)s", sys.stdout)
     if args.command == "regenerate":
         return _regenerate(args)
     if args.command == "publish":
