@@ -8,6 +8,7 @@ import os
 
 import huggingface_hub
 import pytest
+import yaml
 
 import perceiver_torch as pt
 from perceiver_torch.zoo.cli import main as zoo_cli
@@ -119,3 +120,20 @@ def test_cli_push_keeps_the_card_and_says_so_unless_overwrite_card(tmp_path, mon
         first_line = capsys.readouterr().out.splitlines()[0]
         assert first_line.endswith("; wrote README.md")
         assert "library_name: perceiver-torch" in _card(hub, first_line.split(" as commit ")[1].split(";")[0])
+
+
+def _front_matter(card: str) -> dict:
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+@pytest.mark.parametrize("source_repo, licence", [("deepmind/language-perceiver", "cc-by-4.0"), (None, None)])
+def test_the_generated_card_gives_the_hubs_task_and_a_release_derived_licence(tmp_path, monkeypatch, source_repo,
+                                                                              licence):
+    """The pushed card had neither a pipeline_tag (the Hub's task filters) nor the licence the export card gives
+    weights converted from DeepMind's release; weights of unknown origin get none (the sharer's to state)."""
+    metadata = {"source_repo": source_repo} if source_repo else None
+    path = pt.save_model(seeded_model("language").eval(), tmp_path / "m.safetensors", metadata=metadata)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        front = _front_matter(_card(hub, pt.push_to_hub(path, REPO, token=TOKEN)))
+    assert front["pipeline_tag"] == "fill-mask" and front["library_name"] == "perceiver-torch"
+    assert front.get("license") == licence

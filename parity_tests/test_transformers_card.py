@@ -8,12 +8,12 @@ import pytest
 import yaml
 
 from converters import from_transformers, to_transformers
-from converters.transformers import provenance
 from converters.transformers.card import model_card
 from converters.transformers.catalog import CATALOG
 from parity_tests.transformers_support import save_small
 from parity_tests.zoo_support import TEST_MANIFEST
 from perceiver_torch import load_model, save_model
+from perceiver_torch.zoo import release_provenance
 
 TITLES = {d.key: d.title for d in CATALOG}
 # imagenet_conv_preprocessing.pystate's sha256 (perceiver_torch/data/upstream_release.md)
@@ -60,13 +60,13 @@ def test_the_licence_comes_from_the_packaged_manifest_whatever_perceiver_zoo_man
                                                                                           tmp_path):
     """The release's sha256s were read from $PERCEIVER_ZOO_MANIFEST: the test manifest (as the README's commands set
     it) made a release file's card 'license: other', and a path that is gone made the export a traceback."""
-    provenance.released_sha256s.cache_clear()
+    release_provenance.released_sha256s.cache_clear()
     monkeypatch.setenv("PERCEIVER_ZOO_MANIFEST", str(TEST_MANIFEST if manifest == "test" else tmp_path / "gone.yaml"))
     meta = {"source_name": "imagenet_conv_preprocessing.pystate", "source_sha256": CONV_RELEASE_SHA256}
     try:
         card = model_card("imagenet", "PerceiverForImageClassificationConvProcessing", {}, meta)
     finally:
-        provenance.released_sha256s.cache_clear()
+        release_provenance.released_sha256s.cache_clear()
     assert _front_matter(card)["license"] == "cc-by-4.0"
 
 

@@ -8,39 +8,16 @@ no source (e.g. a model saved with `save_model`) may or may not, and its card sa
 
 from __future__ import annotations
 
-from functools import cache
-
 from perceiver_torch.message_text import printable
-from perceiver_torch.zoo import entries
-from perceiver_torch.zoo.manifest import packaged_manifest_path
 from perceiver_torch.zoo.push import UPSTREAM_LICENCE
+from perceiver_torch.zoo.release_provenance import derives_from_release
 
-DEEPMIND_ORG = "deepmind/"  # transformers' conversions of the release on the Hub
 MAX_SHOWN = 200  # characters of a metadata value shown in a card
-
-
-@cache
-def released_sha256s() -> frozenset[str]:
-    """The sha256 of every file of DeepMind's release that the shipped zoo manifest pins (and of its
-    transformers conversions, where an entry pins one): the package's own, not $PERCEIVER_ZOO_MANIFEST's (a test
-    manifest, or a path that is gone, said nothing of the release)."""
-    found = set()
-    for entry in entries(packaged_manifest_path()).values():
-        if entry.get("kind") == "released":
-            source = entry["source"]
-            found.add(source["sha256"])
-            found.add((source.get("transformers") or {}).get("sha256"))
-    return frozenset(s for s in found if isinstance(s, str))
 
 
 def shown(value: str) -> str:
     """A metadata value (from the checkpoint: hostile) as text for inside a Markdown code span."""
     return printable(value, MAX_SHOWN).replace("`", "'")
-
-
-def derives_from_release(meta: dict) -> bool:
-    return meta.get("source_sha256") in released_sha256s() or \
-        str(meta.get("source_repo", "")).startswith(DEEPMIND_ORG)
 
 
 def source_sentence(meta: dict) -> str:

@@ -25,6 +25,7 @@ from ..saving import save_model
 from ..serialization import checked_metadata, load_model, read_metadata
 from .hub import check_client_online, is_offline, one_line
 from .pretrained import checkpoint_path, not_a_file
+from .release_provenance import derives_from_release
 from .schema import is_repo_id
 from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endpoint
 
@@ -38,11 +39,23 @@ UPSTREAM_LICENCE = ('DeepMind\'s released Perceiver IO parameters are licensed C
                     'arXiv 2107.14795)')
 
 
-def model_card(repo_id: str, task: str, num_parameters: int) -> str:
+# The Hub's task for each of ours that has one (its task filters and widget): the flow and video models have none.
+PIPELINE_TAGS = {"language": "fill-mask", "imagenet": "image-classification"}
+
+
+def model_card(repo_id: str, task: str, num_parameters: int, meta: dict[str, str] | None = None) -> str:
+    """The README.md pushed beside a checkpoint whose metadata is `meta`: the licence in its front matter only
+    where the metadata shows the weights derive from DeepMind's release (else it is the sharer's to state)."""
     cls = TASK_MODELS[task].__name__
+    released = derives_from_release(meta or {})
+    front = ["library_name: perceiver-torch"] + (["license: cc-by-4.0"] if released else []) + \
+        ([f"pipeline_tag: {PIPELINE_TAGS[task]}"] if task in PIPELINE_TAGS else []) + [f"tags: [perceiver-io, {task}]"]
+    licence = (f"These weights derive from DeepMind's released checkpoints: {UPSTREAM_LICENCE}." if released else
+               "Stated by whoever shared this model. If its weights derive from DeepMind's released checkpoints (a "
+               f"zoo\nmodel fine-tuned, or a release file converted), {UPSTREAM_LICENCE}.")
+    newline = "\n"
     return f"""---
-library_name: perceiver-torch
-tags: [perceiver-io, {task}]
+{newline.join(front)}
 ---
 
 # {repo_id}
@@ -62,8 +75,7 @@ weights, unlike those of perceiver-torch's model zoo.
 
 ## Licence
 
-Stated by whoever shared this model. If its weights derive from DeepMind's released checkpoints (a zoo
-model fine-tuned, or a release file converted), {UPSTREAM_LICENCE}.
+{licence}
 """
 
 
@@ -150,7 +162,7 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | N
         task = read_metadata(path)["task"]
         num_parameters = sum(p.numel() for p in model.parameters())  # the file holds them all, strictly
         card = Path(folder) / CARD
-        card.write_text(model_card(repo_id, task, num_parameters), encoding="utf-8")
+        card.write_text(model_card(repo_id, task, num_parameters, read_metadata(path)), encoding="utf-8")
         api = HfApi(endpoint=where, token=token)
         try:
             api.create_repo(repo_id, private=private, exist_ok=True)
