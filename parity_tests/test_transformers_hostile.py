@@ -20,7 +20,8 @@ from converters.transformers.exporter import ExportError
 from converters.transformers.source import TransformersSourceError
 from parity_tests.sandbox import run_isolated
 from parity_tests.transformers_support import save_small
-from perceiver_torch import CheckpointFormatError
+from parity_tests.zoo_support import hub_env
+from perceiver_torch import CheckpointFormatError, load_model, push_to_hub
 from perceiver_torch.config_schema import ConfigError
 from perceiver_torch.serialization import read_metadata
 
@@ -215,6 +216,23 @@ def test_clis_report_errors_without_traceback(tmp_path, learned, capsys):
         with pytest.raises(SystemExit) as info:
             convert_main(argv)
         assert info.value.code == 2
+
+
+def test_export_takes_a_save_pretrained_directory_and_an_hf_hub_repo(tmp_path, learned, monkeypatch, capsys):
+    """perceiver-to-transformers read a file only: a save_pretrained directory was refused with advice for Python,
+    and an hf-hub: repo as 'No such file'; every other CLI takes both."""
+    model = load_model(from_transformers("imagenet", learned, tmp_path / "o.safetensors"))
+    model.save_pretrained(tmp_path / "saved")
+    assert export_main([str(tmp_path / "saved"), "-o", str(tmp_path / "from-dir")]) == 0
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token="test-write-token"):
+        commit = push_to_hub(model, "someone/learned", token="test-write-token")
+        assert export_main(["hf-hub:someone/learned", "--revision", commit, "-o", str(tmp_path / "from-hub")]) == 0
+    want = load_file(str(tmp_path / "from-dir" / "model.safetensors"))
+    got = load_file(str(tmp_path / "from-hub" / "model.safetensors"))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    with pytest.raises(SystemExit) as usage:
+        export_main([str(tmp_path / "o.safetensors"), "--revision", "main", "-o", str(tmp_path / "x")])
+    assert usage.value.code == 2 and "--revision applies to hf-hub:owner/name repos only" in capsys.readouterr().err
 
 
 def test_clis_convert_and_export(tmp_path, learned, capsys):

@@ -1,16 +1,22 @@
-"""`perceiver-to-transformers CONVERTED.safetensors -o DIR`: write a transformers model directory.
+"""`perceiver-to-transformers MODEL -o DIR`: write a transformers model directory.
 
-DIR gets config.json, model.safetensors and a README.md model card listing what transformers
-still computes differently (an image classifier also a preprocessor_config.json);
-`transformers.PerceiverFor*.from_pretrained(DIR)` loads it.
+MODEL is a converted .safetensors file, a `save_pretrained` directory, or a user's Hub repo
+`hf-hub:owner/name` (`--revision`; downloaded into the Hub cache as `create_model` downloads it). DIR gets
+config.json, model.safetensors and a README.md model card listing what transformers still computes
+differently (an image classifier also a preprocessor_config.json, the language model a
+tokenizer_config.json); `transformers.PerceiverFor*.from_pretrained(DIR)` loads it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from perceiver_torch.serialization import CheckpointFormatError
+from perceiver_torch.zoo import ZooError
+from perceiver_torch.zoo.pretrained import checkpoint_path
+from perceiver_torch.zoo.user_hub import checked_revision, hub_checkpoint, hub_repo_id, is_hub_name
 
 from ..cli_support import write_or_report
 from ..rules import ConversionError
@@ -18,14 +24,27 @@ from .config_map import ConfigMismatchError
 from .exporter import ExportError, to_transformers
 
 
+def converted_file(model: str, revision: str | None) -> Path:
+    """The perceiver-torch file MODEL names: itself, a save_pretrained directory's model.safetensors, or an hf-hub:
+    repo's, downloaded into the Hub cache (header checked before the body, as create_model downloads it)."""
+    if is_hub_name(model):
+        return hub_checkpoint(hub_repo_id(model), checked_revision(revision))
+    return checkpoint_path(Path(model))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perceiver-to-transformers", description=__doc__)
-    parser.add_argument("converted", help="a perceiver-torch .safetensors (from perceiver-convert)")
+    parser.add_argument("converted", metavar="MODEL", help="a perceiver-torch .safetensors (from perceiver-convert or "
+                        "save_model), a save_pretrained directory, or hf-hub:owner/name")
     parser.add_argument("-o", "--output", required=True, help="new (or empty) output directory")
+    parser.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
     args = parser.parse_args(argv)
+    if args.revision is not None and not is_hub_name(args.converted):
+        parser.error("--revision applies to hf-hub:owner/name repos only")
     return write_or_report(
-        "perceiver-to-transformers", lambda: to_transformers(args.converted, args.output),
-        (ConfigMismatchError, ConversionError, CheckpointFormatError, ExportError, OSError))
+        "perceiver-to-transformers", lambda: to_transformers(converted_file(args.converted, args.revision),
+                                                             args.output),
+        (ConfigMismatchError, ConversionError, CheckpointFormatError, ExportError, OSError, ValueError, ZooError))
 
 
 if __name__ == "__main__":
