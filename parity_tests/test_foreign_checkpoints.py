@@ -156,3 +156,12 @@ def test_a_config_json_that_is_a_fifo_is_not_waited_on(tmp_path):
 
     assert "bare state dict" in returns_within(lambda: refusal(path), tmp_path / "config.json", 10)
     assert "not a safetensors file" in returns_within(lambda: refusal(tmp_path), tmp_path / "config.json", 10)
+
+
+def test_a_config_json_naming_only_the_model_type_is_a_transformers_perceivers(tmp_path):
+    """model_type 'perceiver' without architectures (as a hand-written or older config): still transformers'."""
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({"perceiver.embeddings.latents": torch.zeros(2, 2)}, path, metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text('{"model_type": "perceiver"}')
+    with pytest.raises(pt.CheckpointFormatError, match=r"--from-transformers .*\(TASK: one of"):
+        pt.load_model(tmp_path)

@@ -68,6 +68,9 @@ def test_token_false_sends_none_and_true_sends_the_machines(private_hub, monkeyp
     (b"hf_x", TypeError, r"got bytes"),
     ("", ValueError, r"create_model: token is empty"),
     ("hf_secret\r\nX-Injected: 1", ValueError, r"create_model: token \(24 characters, not shown\) holds whitespace"),
+    ("hf_secret ", ValueError, r"create_model: token \(10 characters, not shown\) holds whitespace"),
+    ("hf_\x1bsecret", ValueError, r"create_model: token \(10 characters, not shown\) holds whitespace, control"),
+    ("hf_\x7fsecret", ValueError, r"create_model: token \(10 characters, not shown\) holds whitespace, control"),
     # Not ASCII: the request failed, its UnicodeEncodeError quoting the character and its position in the secret.
     ("hf_\u00e9secret", ValueError, r"create_model: token \(10 characters, not shown\) holds whitespace, control or "
                                     r"non-ASCII characters"),
@@ -92,8 +95,26 @@ def test_a_zoo_model_on_a_private_endpoint_takes_the_token_too(tmp_path, monkeyp
         with pytest.raises(ZooError, match=r"zoo model 'tiny-language-perceiver': download of .* failed: "
                                            r"RepositoryNotFoundError"):
             pt.create_model("tiny-language-perceiver", manifest=TEST_MANIFEST)
+        with pytest.raises(TypeError, match="fetch: token must be a str"):
+            pt.zoo.fetch("tiny-language-perceiver", manifest=TEST_MANIFEST, token=123)
+        assert pt.zoo.fetch("tiny-language-perceiver", manifest=TEST_MANIFEST, token=TOKEN).is_file()
         model = pt.create_model("tiny-language-perceiver", manifest=TEST_MANIFEST, token=TOKEN)
     assert isinstance(model, pt.PerceiverForMaskedLM) and not model.training
+
+
+def test_token_false_sends_not_even_the_machines_token_to_a_zoo_endpoint(tmp_path, monkeypatch):
+    """huggingface_hub adds the machine's token to a request given token=None: False must reach every request."""
+    tree = tmp_path / "zoo-hub"
+    shutil.copytree(TEST_HUB, tree)
+    (tree / "perceiver-torch" / "tiny-language-perceiver" / "visibility").write_text("private\n")
+    with hub_env(monkeypatch, tree, tmp_path / "cache", token=TOKEN) as hub:
+        monkeypatch.setenv("HF_TOKEN", TOKEN)  # the machine's token has access
+        asked = hub.requests
+        with pytest.raises(ZooError, match="RepositoryNotFoundError"):
+            pt.create_model("tiny-language-perceiver", manifest=TEST_MANIFEST, token=False)
+        assert hub.requests - asked == 1  # the HEAD, refused: with the machine's token it would pass, and a GET follow
+        assert not (tmp_path / "cache" / "models--perceiver-torch--tiny-language-perceiver" / "blobs").exists()
+        assert pt.create_model("tiny-language-perceiver", manifest=TEST_MANIFEST) is not None  # None: the machine's
 
 
 def test_keywords_that_do_not_apply_are_named_as_such(tmp_path, monkeypatch):

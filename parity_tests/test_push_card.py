@@ -137,3 +137,16 @@ def test_the_generated_card_gives_the_hubs_task_and_a_release_derived_licence(tm
         front = _front_matter(_card(hub, pt.push_to_hub(path, REPO, token=TOKEN)))
     assert front["pipeline_tag"] == "fill-mask" and front["library_name"] == "perceiver-torch"
     assert front.get("license") == licence
+
+
+def test_a_push_to_a_branch_looks_at_the_branch_not_main(tmp_path, monkeypatch):
+    """The card check and the commit's parent are the branch's: main moving on meanwhile does not fail the push,
+    and a card on main is not taken for the branch's."""
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        pt.push_to_hub(seeded_model("language", seed=0).eval(), REPO, token=TOKEN, revision="dev")  # dev: a card
+        _write_my_card(hub)  # main's card only
+        pt.push_to_hub(seeded_model("language", seed=1).eval(), REPO, token=TOKEN)  # main moves on
+        main = hub.resolve(REPO, "main")
+        commit = pt.push_to_hub(seeded_model("language", seed=2).eval(), REPO, token=TOKEN, revision="dev")
+        assert hub.resolve(REPO, "dev") == commit and hub.resolve(REPO, "main") == main
+        assert _card(hub, commit) != MY_CARD and _card(hub, main) == MY_CARD

@@ -53,6 +53,14 @@ def test_weights_from_deepminds_release_are_cc_by_with_attribution(meta):
     assert "## Licence and attribution" in card and f"CC BY 4.0, with attribution: {ATTRIBUTION}" in card
     assert "licensed Apache 2.0" in card  # DeepMind's code
     assert f"`{meta.get('source_repo', meta['source_name'])}`" in card and "unknown" not in card
+    if "source_revision" in meta:
+        assert f"at revision `{meta['source_revision']}`" in card
+
+
+def test_a_repo_of_another_owner_named_like_deepmind_is_not_the_release():
+    card = model_card("imagenet", "PerceiverForImageClassificationConvProcessing", {},
+                      {"source_name": "model.safetensors", "source_repo": "deepmind-fan/vision-perceiver-conv"})
+    assert _front_matter(card)["license"] == "other"
 
 
 @pytest.mark.parametrize("manifest", ["test", "missing"])

@@ -47,6 +47,7 @@ def test_export_has_a_preprocessor_with_our_crop_size_and_normalisation(architec
     settings = json.loads((exported / "preprocessor_config.json").read_text())
     assert settings["size"] == {"height": size, "width": size}
     assert settings["crop_size"] == {"height": size + MARGIN, "width": size + MARGIN}
+    assert settings["resample"] == Image.Resampling.BICUBIC  # the colab's kernel is cubic too (a differs: README)
     # An image whose centred crop is already the input size, with even margins: no resampling on either side,
     # so the pixels agree to float32 rounding of the two normalisations ((x/255 - m) / s against (x - 255m) / 255s).
     image = _smooth_rgb(size + MARGIN, size + MARGIN + 10)

@@ -87,6 +87,7 @@ def test_dropped_connection_leaves_nothing_in_cache(published, tmp_path, monkeyp
         with pytest.raises(ZooError, match="download of tests/golden-language"):
             fetch(GOLDEN_ENTRY, manifest=manifest)
     assert cached_files(cache) == []
+    assert not (cache / "models--tests--golden-language").exists()  # nor the folders the failed pull made
 
 
 def test_cached_file_corrupted_later_is_refused(published, tmp_path, monkeypatch):
