@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 
 import huggingface_hub
@@ -26,7 +27,7 @@ import perceiver_torch as pt
 from perceiver_torch.export import max_errors
 from perceiver_torch.registry import build_model, preset, preset_names
 from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES, build_on_meta
-from perceiver_torch.zoo import IntegrityError, ZooError, model_arg
+from perceiver_torch.zoo import IntegrityError, ZooError, model_arg, user_hub
 from perceiver_torch.zoo.cli import main as zoo_cli
 from perceiver_torch.zoo.create import create_hub_model
 from perceiver_torch.zoo.user_hub import FILENAME, hub_metadata
@@ -285,8 +286,91 @@ def test_a_cached_commit_loads_with_the_hub_down(tmp_path, monkeypatch, caplog):
     _assert_identical(pt.create_model(f"hf-hub:{REPO}", revision=commit), model)
     assert hub_metadata(REPO, commit).commit == commit  # what predict reads before its inputs
     assert zoo_cli(["info", f"hf-hub:{REPO}", "--revision", commit]) == 0
-    with pytest.raises(pt.HubError, match="asking for model.safetensors failed"):  # a branch is asked, as before
+
+
+def _cache_branches(tmp_path, monkeypatch) -> tuple[torch.nn.Module, str, torch.nn.Module, str]:
+    """main and the tag v1 pushed and loaded once (so that the cache records both), then the stand-in gone and
+    HF_ENDPOINT pointing where nothing listens; returns main's model and commit, then v1's."""
+    first, second = _language_model(seed=0), _language_model(seed=1)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        one = pt.push_to_hub(first, REPO, token=TOKEN)
+        two = pt.push_to_hub(second, REPO, token=TOKEN)
+        (tmp_path / "hub" / REPO / "refs" / "v1").write_text(one)
         pt.create_model(f"hf-hub:{REPO}")
+        pt.create_model(f"hf-hub:{REPO}", revision="v1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")  # nothing listens there: any request fails to connect
+    return second, two, first, one
+
+
+def test_a_cached_branch_or_tag_loads_with_the_hub_down(tmp_path, monkeypatch, caplog, capsys):
+    """As hf_hub_download: a connection error falls back to the commit the cache records for the revision, with a
+    warning naming it; the token sent is never shown."""
+    main_model, main, v1_model, v1 = _cache_branches(tmp_path, monkeypatch)
+    secret = "hf_" + "s3cret" * 6
+    with caplog.at_level(logging.WARNING, logger="perceiver_torch.zoo.user_hub"):
+        _assert_identical(pt.create_model(f"hf-hub:{REPO}", token=secret), main_model)
+        _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", revision="v1"), v1_model)
+    down = (rf"hf-hub:{REPO} \(revision '{{}}', endpoint http://127.0.0.1:1\): the Hub could not be reached "
+            r"\(ConnectError: ")
+    cached = tmp_path / "cache" / "models--someone--fine-tuned-lm" / "snapshots"
+    for record, (revision, commit) in zip(caplog.records, (("main", main), ("v1", v1)), strict=True):
+        assert record.levelno == logging.WARNING
+        assert re.fullmatch(down.format(revision) + rf".*\); using the commit the Hub cache records for revision "
+                            rf"'{revision}': {commit} \({re.escape(str(cached / commit / FILENAME))}\), which may not "
+                            r"be the revision's latest", record.getMessage()), record.getMessage()
+    assert secret not in caplog.text
+    header = hub_metadata(REPO, "main")  # what predict and info read before the inputs
+    assert (header.commit, header.artifact, header.metadata["task"]) == (main, None, "language")
+    text = "a [MASK] text"
+    assert zoo_cli(["predict", f"hf-hub:{REPO}", text, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == [{"input": text, "output": main_model.fill_masked(text)}]
+    assert zoo_cli(["info", f"hf-hub:{REPO}", "--revision", "v1"]) == 0
+    assert f"commit: {v1}" in capsys.readouterr().out
+    assert zoo_cli(["pull", f"hf-hub:{REPO}"]) == 0
+    assert capsys.readouterr().out.startswith(f"hf-hub:{REPO}: commit {main}, sha256 ")
+
+
+def test_with_the_hub_down_an_uncached_revision_says_both(tmp_path, monkeypatch, capsys):
+    _cache_branches(tmp_path, monkeypatch)
+    nothing = (rf"hf-hub:{REPO} \(revision 'dev', endpoint http://127.0.0.1:1\): the Hub could not be reached "
+               r"\(ConnectError: [^)]*\), and nothing is cached for revision 'dev': the Hub cache .* holds no "
+               r"model.safetensors for it; try again once the Hub can be reached")
+    secret = "hf_" + "s3cret" * 6
+    for load in (lambda: pt.create_model(f"hf-hub:{REPO}", revision="dev", token=secret),
+                 lambda: hub_metadata(REPO, "dev", token=secret),
+                 lambda: pt.create_model(f"hf-hub:{REPO}", revision="1" * 40)):  # a commit not cached
+        with pytest.raises(pt.HubError, match=nothing.replace("'dev'", "'(dev|1{40})'")) as err:
+            load()
+        assert secret not in str(err.value)
+    assert zoo_cli(["predict", f"hf-hub:{REPO}", "--revision", "dev", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.fullmatch("perceiver-zoo: error: " + nothing + r".*\n", err), err
+
+
+def test_a_hub_that_times_out_is_unreachable_too(tmp_path, monkeypatch, caplog):
+    """A server that accepts the connection and never answers: the request times out, the cache stands in."""
+    main_model, main, _, _ = _cache_branches(tmp_path, monkeypatch)
+    asked = huggingface_hub.get_hf_file_metadata
+    monkeypatch.setattr(user_hub, "get_hf_file_metadata", lambda *args, **kwargs: asked(*args, **kwargs, timeout=0.5))
+    with socket.create_server(("127.0.0.1", 0)) as silent, caplog.at_level(logging.WARNING, logger=user_hub.__name__):
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        _assert_identical(pt.create_model(f"hf-hub:{REPO}"), main_model)
+    assert "the Hub could not be reached (ReadTimeout: " in caplog.text and f"revision 'main': {main}" in caplog.text
+
+
+@pytest.mark.parametrize("status", [401, 404, 500])
+def test_an_http_error_answer_is_not_a_hub_down(tmp_path, monkeypatch, caplog, status):
+    """A server that answers, with an error, is reachable: its answer is the error, and no cached file stands in."""
+    _cache_branches(tmp_path, monkeypatch)
+    with answering_server(lambda method, path, number: (status, {"Content-Length": "5"}, b"oops\n")) as server, \
+            caplog.at_level(logging.WARNING, logger=user_hub.__name__):
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        for load in (lambda: pt.create_model(f"hf-hub:{REPO}"), lambda: hub_metadata(REPO, "main")):
+            with pytest.raises(pt.HubError) as err:
+                load()
+            assert "could not be reached" not in str(err.value) and (str(status) in str(err.value)
+                                                                      or "no such repo" in str(err.value))
+    assert caplog.records == []
 
 
 def test_an_offline_client_with_the_variable_unset_since_says_so_for_a_hub_repo(tmp_path, monkeypatch):
