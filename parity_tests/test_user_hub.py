@@ -841,3 +841,71 @@ def test_a_file_that_changes_while_it_is_copied_is_refused_as_the_copy_is(tmp_pa
             pt.push_to_hub(path, REPO, token=TOKEN)
         assert hub.requests == 0
     assert pt.load_model(path) is not None  # the file itself is fine
+
+
+def test_timms_spellings_hf_hub_and_at_revision_load_as_timm_loads_them(tmp_path, monkeypatch, capsys, caplog):
+    """timm's older prefix hf_hub: is hf-hub:, and hf-hub:owner/name@REVISION is revision=REVISION, wherever a model
+    is named; messages and logs name the repo hf-hub:owner/name, the revision beside it."""
+    first, second = _language_model(seed=0), _language_model(seed=1)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        one = pt.push_to_hub(first, REPO, token=TOKEN)
+        two = pt.push_to_hub(second, REPO, token=TOKEN)
+        dev = pt.push_to_hub(first, REPO, token=TOKEN, revision="dev")
+        with caplog.at_level(logging.INFO, logger=user_hub.__name__):
+            _assert_identical(pt.create_model(f"hf_hub:{REPO}"), second)
+            _assert_identical(pt.create_model(f"hf-hub:{REPO}@{one}"), first)
+            _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf_hub:{REPO}@dev"), first)
+            _assert_identical(pt.create_model(f"hf-hub:{REPO}@dev", revision="dev"), first)  # the same, twice: fine
+        assert f"hf-hub:{REPO}: revision 'main' is commit {two}" in caplog.text
+        assert f"hf-hub:{REPO}: revision 'dev' is commit {dev}" in caplog.text
+        assert "hf_hub:" not in caplog.text and "@dev" not in caplog.text
+        assert zoo_cli(["info", f"hf_hub:{REPO}@dev"]) == 0
+        info = capsys.readouterr().out
+        assert info.startswith(f"hf-hub:{REPO}:\n") and "revision: dev\n" in info and f"commit: {dev}\n" in info
+        assert f"create_model('hf-hub:{REPO}', revision='{dev}')" in info  # what it prints loads
+        assert zoo_cli(["pull", f"hf_hub:{REPO}@{one}"]) == 0
+        assert capsys.readouterr().out.startswith(f"hf-hub:{REPO}: commit {one}, sha256 ")
+        text = "a [MASK] text"
+        assert zoo_cli(["predict", f"hf_hub:{REPO}@{one}", text, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"model": f"hf-hub:{REPO}", "task": "language",
+                                                       "results": [{"input": text, "output": first.fill_masked(text)}]}
+        assert zoo_cli(["export", f"hf_hub:{REPO}@{one}", "--revision", one, "-o", str(tmp_path / "lm.pt2")]) == 0
+        assert pt.export_model(f"hf_hub:{REPO}@dev", tmp_path / "py.pt2") == tmp_path / "py.pt2"
+    assert (tmp_path / "lm.pt2").is_file() and (tmp_path / "py.pt2").is_file()
+
+
+def test_an_at_revision_and_another_revision_are_refused_naming_both(tmp_path, monkeypatch, capsys):
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        asked = hub.requests
+        both = rf"'hf_hub:{REPO}@dev' names revision 'dev' after its '@', and revision 'main' was given too"
+        for load in (lambda: pt.create_model(f"hf_hub:{REPO}@dev", revision="main"),
+                     lambda: pt.PerceiverForMaskedLM.from_pretrained(f"hf_hub:{REPO}@dev", revision="main"),
+                     lambda: pt.export_model(f"hf_hub:{REPO}@dev", tmp_path / "lm.pt2", revision="main")):
+            with pytest.raises(ValueError, match=both):
+                load()
+        for command in (["predict", f"hf_hub:{REPO}@dev", "x"], ["info", f"hf_hub:{REPO}@dev"],
+                        ["pull", f"hf_hub:{REPO}@dev"],
+                        ["export", f"hf_hub:{REPO}@dev", "-o", str(tmp_path / "x.pt2")]):
+            assert zoo_cli([*command, "--revision", "main"]) == 1
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and re.fullmatch(f"perceiver-zoo: error: {both}; give the revision once.\n",
+                                                         err), err
+        assert hub.requests == asked and cached_files(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("name, refusal", [
+    ("hf-hub:someone/lm@", "expected a branch, tag or commit id after the '@' of 'hf-hub:owner/name@REVISION' "
+                           ".*got ''"),
+    ("hf_hub:someone/lm@a@b", "expected a branch, tag or commit id after the '@' .*one '@' in all\\); got 'a@b'"),
+    ("hf-hub:someone/lm@../main", "expected a branch, tag or commit id after the '@' .*got '../main'"),
+    ("hf-hub:some@one/lm", r"expected 'hf-hub:owner/name' \(or 'hf-hub:owner/name@REVISION'\), a Hub repo id after"),
+    ("hf_hub:@dev", r"expected 'hf-hub:owner/name' \(or 'hf-hub:owner/name@REVISION'\), a Hub repo id after"),
+])
+def test_an_at_in_an_invalid_place_is_refused_clearly(name, refusal, monkeypatch, capsys):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")  # nothing is asked of any server
+    with pytest.raises(ValueError, match=f"^{re.escape(repr(name))}: {refusal}"):
+        pt.create_model(name)
+    assert zoo_cli(["pull", name]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(f"perceiver-zoo: error: {re.escape(repr(name))}: {refusal}", err), err

@@ -1,5 +1,8 @@
 """Checkpoints in Hub repos that users name (``hf-hub:owner/name``, timm's spelling): unverified, bounded, strict.
 
+As in timm, ``hf_hub:`` (its older prefix) is the same as ``hf-hub:``, and ``hf-hub:owner/name@REVISION`` names a
+revision (`parse_hub_name`); messages and logs name the repo ``hf-hub:owner/name``, the revision beside it.
+
 Unlike the zoo, no manifest pins these files: what the repo holds at the revision is what is loaded, and
 nobody has checked it. Loading one is as safe as loading a local file, and never downloads unbounded data:
 
@@ -59,6 +62,8 @@ from .schema import is_relative_path, is_repo_id
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf-hub:"
+# What a name of a user's Hub repo may start with: timm's prefix and its older spelling, which timm still takes.
+HUB_PREFIXES = (HUB_PREFIX, "hf_hub:")
 FILENAME = "model.safetensors"
 
 MetadataCheck = Callable[[dict[str, str]], None]
@@ -85,17 +90,36 @@ class HubHeader:
 
 
 def is_hub_name(value) -> TypeGuard[str]:
-    """A string naming a user's Hub repo: ``hf-hub:`` and the repo id."""
-    return isinstance(value, str) and value.startswith(HUB_PREFIX)
+    """A string naming a user's Hub repo: ``hf-hub:`` (or ``hf_hub:``) and the repo id."""
+    return isinstance(value, str) and value.startswith(HUB_PREFIXES)
+
+
+def parse_hub_name(name: str, revision: str | None = None) -> tuple[str, str]:
+    """The repo id and the checked revision (`checked_revision`: 'main' if none is given) of ``hf-hub:owner/name``
+    at `revision`, or of timm's ``hf-hub:owner/name@REVISION``; ``hf_hub:`` alike. A revision after '@' and a
+    different `revision` are refused, naming both."""
+    prefix = next((p for p in HUB_PREFIXES if name.startswith(p)), None)
+    if prefix is None:
+        raise ValueError(f"{name!r}: expected 'hf-hub:owner/name', a Hub repo id after the prefix.")
+    repo_id, at, named = name[len(prefix):].partition("@")
+    if not is_repo_id(repo_id):
+        raise ValueError(f"{name!r}: expected 'hf-hub:owner/name' (or 'hf-hub:owner/name@REVISION'), a Hub repo id "
+                         "after the prefix (owner and name of letters, digits, '.', '_' or '-', each at most 96 "
+                         "characters).")
+    if not at:
+        return repo_id, checked_revision(revision)
+    if not is_relative_path(named) or "@" in named:
+        raise ValueError(f"{name!r}: expected a branch, tag or commit id after the '@' of 'hf-hub:owner/name@REVISION' "
+                         f"(plain names separated by '/', one '@' in all); got {named!r}.")
+    if revision is not None and revision != named:
+        raise ValueError(f"{name!r} names revision {named!r} after its '@', and revision {revision!r} was given too; "
+                         "give the revision once.")
+    return repo_id, named
 
 
 def hub_repo_id(name: str) -> str:
-    """The repo id of an ``hf-hub:owner/name`` string, checked against the Hub's grammar."""
-    repo_id = name.removeprefix(HUB_PREFIX)
-    if not is_repo_id(repo_id):
-        raise ValueError(f"{name!r}: expected 'hf-hub:owner/name', a Hub repo id after the prefix (owner and name of "
-                         "letters, digits, '.', '_' or '-', each at most 96 characters).")
-    return repo_id
+    """The repo id of an ``hf-hub:owner/name`` (or ``@REVISION``) string, checked against the Hub's grammar."""
+    return parse_hub_name(name)[0]
 
 
 def hub_endpoint(endpoint: str | None) -> str:
