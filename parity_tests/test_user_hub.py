@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 
 import huggingface_hub
@@ -26,7 +27,7 @@ import perceiver_torch as pt
 from perceiver_torch.export import max_errors
 from perceiver_torch.registry import build_model, preset, preset_names
 from perceiver_torch.serialization import MAX_CHECKPOINT_BYTES, build_on_meta
-from perceiver_torch.zoo import IntegrityError, ZooError, model_arg
+from perceiver_torch.zoo import IntegrityError, ZooError, model_arg, user_hub
 from perceiver_torch.zoo.cli import main as zoo_cli
 from perceiver_torch.zoo.create import create_hub_model
 from perceiver_torch.zoo.user_hub import FILENAME, hub_metadata
@@ -285,8 +286,91 @@ def test_a_cached_commit_loads_with_the_hub_down(tmp_path, monkeypatch, caplog):
     _assert_identical(pt.create_model(f"hf-hub:{REPO}", revision=commit), model)
     assert hub_metadata(REPO, commit).commit == commit  # what predict reads before its inputs
     assert zoo_cli(["info", f"hf-hub:{REPO}", "--revision", commit]) == 0
-    with pytest.raises(pt.HubError, match="asking for model.safetensors failed"):  # a branch is asked, as before
+
+
+def _cache_branches(tmp_path, monkeypatch) -> tuple[torch.nn.Module, str, torch.nn.Module, str]:
+    """main and the tag v1 pushed and loaded once (so that the cache records both), then the stand-in gone and
+    HF_ENDPOINT pointing where nothing listens; returns main's model and commit, then v1's."""
+    first, second = _language_model(seed=0), _language_model(seed=1)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        one = pt.push_to_hub(first, REPO, token=TOKEN)
+        two = pt.push_to_hub(second, REPO, token=TOKEN)
+        (tmp_path / "hub" / REPO / "refs" / "v1").write_text(one)
         pt.create_model(f"hf-hub:{REPO}")
+        pt.create_model(f"hf-hub:{REPO}", revision="v1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")  # nothing listens there: any request fails to connect
+    return second, two, first, one
+
+
+def test_a_cached_branch_or_tag_loads_with_the_hub_down(tmp_path, monkeypatch, caplog, capsys):
+    """As hf_hub_download: a connection error falls back to the commit the cache records for the revision, with a
+    warning naming it; the token sent is never shown."""
+    main_model, main, v1_model, v1 = _cache_branches(tmp_path, monkeypatch)
+    secret = "hf_" + "s3cret" * 6
+    with caplog.at_level(logging.WARNING, logger="perceiver_torch.zoo.user_hub"):
+        _assert_identical(pt.create_model(f"hf-hub:{REPO}", token=secret), main_model)
+        _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", revision="v1"), v1_model)
+    down = (rf"hf-hub:{REPO} \(revision '{{}}', endpoint http://127.0.0.1:1\): the Hub could not be reached "
+            r"\(ConnectError: ")
+    cached = tmp_path / "cache" / "models--someone--fine-tuned-lm" / "snapshots"
+    for record, (revision, commit) in zip(caplog.records, (("main", main), ("v1", v1)), strict=True):
+        assert record.levelno == logging.WARNING
+        assert re.fullmatch(down.format(revision) + rf".*\); using the commit the Hub cache records for revision "
+                            rf"'{revision}': {commit} \({re.escape(str(cached / commit / FILENAME))}\), which may not "
+                            r"be the revision's latest", record.getMessage()), record.getMessage()
+    assert secret not in caplog.text
+    header = hub_metadata(REPO, "main")  # what predict and info read before the inputs
+    assert (header.commit, header.artifact, header.metadata["task"]) == (main, None, "language")
+    text = "a [MASK] text"
+    assert zoo_cli(["predict", f"hf-hub:{REPO}", text, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == [{"input": text, "output": main_model.fill_masked(text)}]
+    assert zoo_cli(["info", f"hf-hub:{REPO}", "--revision", "v1"]) == 0
+    assert f"commit: {v1}" in capsys.readouterr().out
+    assert zoo_cli(["pull", f"hf-hub:{REPO}"]) == 0
+    assert capsys.readouterr().out.startswith(f"hf-hub:{REPO}: commit {main}, sha256 ")
+
+
+def test_with_the_hub_down_an_uncached_revision_says_both(tmp_path, monkeypatch, capsys):
+    _cache_branches(tmp_path, monkeypatch)
+    nothing = (rf"hf-hub:{REPO} \(revision 'dev', endpoint http://127.0.0.1:1\): the Hub could not be reached "
+               r"\(ConnectError: [^)]*\), and nothing is cached for revision 'dev': the Hub cache .* holds no "
+               r"model.safetensors for it; try again once the Hub can be reached")
+    secret = "hf_" + "s3cret" * 6
+    for load in (lambda: pt.create_model(f"hf-hub:{REPO}", revision="dev", token=secret),
+                 lambda: hub_metadata(REPO, "dev", token=secret),
+                 lambda: pt.create_model(f"hf-hub:{REPO}", revision="1" * 40)):  # a commit not cached
+        with pytest.raises(pt.HubError, match=nothing.replace("'dev'", "'(dev|1{40})'")) as err:
+            load()
+        assert secret not in str(err.value)
+    assert zoo_cli(["predict", f"hf-hub:{REPO}", "--revision", "dev", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.fullmatch("perceiver-zoo: error: " + nothing + r".*\n", err), err
+
+
+def test_a_hub_that_times_out_is_unreachable_too(tmp_path, monkeypatch, caplog):
+    """A server that accepts the connection and never answers: the request times out, the cache stands in."""
+    main_model, main, _, _ = _cache_branches(tmp_path, monkeypatch)
+    asked = huggingface_hub.get_hf_file_metadata
+    monkeypatch.setattr(user_hub, "get_hf_file_metadata", lambda *args, **kwargs: asked(*args, **kwargs, timeout=0.5))
+    with socket.create_server(("127.0.0.1", 0)) as silent, caplog.at_level(logging.WARNING, logger=user_hub.__name__):
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        _assert_identical(pt.create_model(f"hf-hub:{REPO}"), main_model)
+    assert "the Hub could not be reached (ReadTimeout: " in caplog.text and f"revision 'main': {main}" in caplog.text
+
+
+@pytest.mark.parametrize("status", [401, 404, 500])
+def test_an_http_error_answer_is_not_a_hub_down(tmp_path, monkeypatch, caplog, status):
+    """A server that answers, with an error, is reachable: its answer is the error, and no cached file stands in."""
+    _cache_branches(tmp_path, monkeypatch)
+    with answering_server(lambda method, path, number: (status, {"Content-Length": "5"}, b"oops\n")) as server, \
+            caplog.at_level(logging.WARNING, logger=user_hub.__name__):
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        for load in (lambda: pt.create_model(f"hf-hub:{REPO}"), lambda: hub_metadata(REPO, "main")):
+            with pytest.raises(pt.HubError) as err:
+                load()
+            assert "could not be reached" not in str(err.value) and (str(status) in str(err.value)
+                                                                      or "no such repo" in str(err.value))
+    assert caplog.records == []
 
 
 def test_an_offline_client_with_the_variable_unset_since_says_so_for_a_hub_repo(tmp_path, monkeypatch):
@@ -757,3 +841,71 @@ def test_a_file_that_changes_while_it_is_copied_is_refused_as_the_copy_is(tmp_pa
             pt.push_to_hub(path, REPO, token=TOKEN)
         assert hub.requests == 0
     assert pt.load_model(path) is not None  # the file itself is fine
+
+
+def test_timms_spellings_hf_hub_and_at_revision_load_as_timm_loads_them(tmp_path, monkeypatch, capsys, caplog):
+    """timm's older prefix hf_hub: is hf-hub:, and hf-hub:owner/name@REVISION is revision=REVISION, wherever a model
+    is named; messages and logs name the repo hf-hub:owner/name, the revision beside it."""
+    first, second = _language_model(seed=0), _language_model(seed=1)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        one = pt.push_to_hub(first, REPO, token=TOKEN)
+        two = pt.push_to_hub(second, REPO, token=TOKEN)
+        dev = pt.push_to_hub(first, REPO, token=TOKEN, revision="dev")
+        with caplog.at_level(logging.INFO, logger=user_hub.__name__):
+            _assert_identical(pt.create_model(f"hf_hub:{REPO}"), second)
+            _assert_identical(pt.create_model(f"hf-hub:{REPO}@{one}"), first)
+            _assert_identical(pt.PerceiverForMaskedLM.from_pretrained(f"hf_hub:{REPO}@dev"), first)
+            _assert_identical(pt.create_model(f"hf-hub:{REPO}@dev", revision="dev"), first)  # the same, twice: fine
+        assert f"hf-hub:{REPO}: revision 'main' is commit {two}" in caplog.text
+        assert f"hf-hub:{REPO}: revision 'dev' is commit {dev}" in caplog.text
+        assert "hf_hub:" not in caplog.text and "@dev" not in caplog.text
+        assert zoo_cli(["info", f"hf_hub:{REPO}@dev"]) == 0
+        info = capsys.readouterr().out
+        assert info.startswith(f"hf-hub:{REPO}:\n") and "revision: dev\n" in info and f"commit: {dev}\n" in info
+        assert f"create_model('hf-hub:{REPO}', revision='{dev}')" in info  # what it prints loads
+        assert zoo_cli(["pull", f"hf_hub:{REPO}@{one}"]) == 0
+        assert capsys.readouterr().out.startswith(f"hf-hub:{REPO}: commit {one}, sha256 ")
+        text = "a [MASK] text"
+        assert zoo_cli(["predict", f"hf_hub:{REPO}@{one}", text, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"model": f"hf-hub:{REPO}", "task": "language",
+                                                       "results": [{"input": text, "output": first.fill_masked(text)}]}
+        assert zoo_cli(["export", f"hf_hub:{REPO}@{one}", "--revision", one, "-o", str(tmp_path / "lm.pt2")]) == 0
+        assert pt.export_model(f"hf_hub:{REPO}@dev", tmp_path / "py.pt2") == tmp_path / "py.pt2"
+    assert (tmp_path / "lm.pt2").is_file() and (tmp_path / "py.pt2").is_file()
+
+
+def test_an_at_revision_and_another_revision_are_refused_naming_both(tmp_path, monkeypatch, capsys):
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        pt.push_to_hub(_language_model(), REPO, token=TOKEN)
+        asked = hub.requests
+        both = rf"'hf_hub:{REPO}@dev' names revision 'dev' after its '@', and revision 'main' was given too"
+        for load in (lambda: pt.create_model(f"hf_hub:{REPO}@dev", revision="main"),
+                     lambda: pt.PerceiverForMaskedLM.from_pretrained(f"hf_hub:{REPO}@dev", revision="main"),
+                     lambda: pt.export_model(f"hf_hub:{REPO}@dev", tmp_path / "lm.pt2", revision="main")):
+            with pytest.raises(ValueError, match=both):
+                load()
+        for command in (["predict", f"hf_hub:{REPO}@dev", "x"], ["info", f"hf_hub:{REPO}@dev"],
+                        ["pull", f"hf_hub:{REPO}@dev"],
+                        ["export", f"hf_hub:{REPO}@dev", "-o", str(tmp_path / "x.pt2")]):
+            assert zoo_cli([*command, "--revision", "main"]) == 1
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and re.fullmatch(f"perceiver-zoo: error: {both}; give the revision once.\n",
+                                                         err), err
+        assert hub.requests == asked and cached_files(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("name, refusal", [
+    ("hf-hub:someone/lm@", "expected a branch, tag or commit id after the '@' of 'hf-hub:owner/name@REVISION' "
+                           ".*got ''"),
+    ("hf_hub:someone/lm@a@b", "expected a branch, tag or commit id after the '@' .*one '@' in all\\); got 'a@b'"),
+    ("hf-hub:someone/lm@../main", "expected a branch, tag or commit id after the '@' .*got '../main'"),
+    ("hf-hub:some@one/lm", r"expected 'hf-hub:owner/name' \(or 'hf-hub:owner/name@REVISION'\), a Hub repo id after"),
+    ("hf_hub:@dev", r"expected 'hf-hub:owner/name' \(or 'hf-hub:owner/name@REVISION'\), a Hub repo id after"),
+])
+def test_an_at_in_an_invalid_place_is_refused_clearly(name, refusal, monkeypatch, capsys):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")  # nothing is asked of any server
+    with pytest.raises(ValueError, match=f"^{re.escape(repr(name))}: {refusal}"):
+        pt.create_model(name)
+    assert zoo_cli(["pull", name]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(f"perceiver-zoo: error: {re.escape(repr(name))}: {refusal}", err), err

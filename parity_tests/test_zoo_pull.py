@@ -120,6 +120,22 @@ def test_offline_mode_uses_the_cache_only(published, tmp_path, monkeypatch):
             fetch(GOLDEN_ENTRY, manifest=manifest)
 
 
+def test_a_cached_zoo_model_loads_with_the_hub_down(published, tmp_path, monkeypatch, capsys):
+    """A zoo name is pinned to a commit by the manifest: once cached it is loaded (verified) without a request, so
+    an unreachable Hub changes nothing; uncached, the download's connection error is named."""
+    manifest, tree, revision = published
+    with hub_env(monkeypatch, tree, tmp_path / "cache"):
+        fetch(GOLDEN_ENTRY, manifest=manifest)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")  # nothing listens there: any request fails to connect
+    _check_logits(create_model(GOLDEN_ENTRY, manifest=manifest))
+    assert zoo_cli(["--manifest", str(manifest), "pull", GOLDEN_ENTRY]) == 0
+    assert capsys.readouterr().out.startswith(f"{GOLDEN_ENTRY}: verified sha256 ")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ZooError, match=rf"download of {REPO}@{revision}/model.safetensors from http://127.0.0.1:1 "
+                                       r"failed: ConnectError"):
+        create_model(GOLDEN_ENTRY, manifest=manifest)
+
+
 def test_an_offline_client_with_the_variable_unset_since_says_so(published, tmp_path, monkeypatch):
     """huggingface_hub reads HF_HUB_OFFLINE once, at its import: a script that unset it since was told, by the
     HTTP client, to unset it. The refusal says what happened, before any request."""

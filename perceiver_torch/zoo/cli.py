@@ -57,7 +57,7 @@ from .predict import (
 from .pretrained import zoo_entry
 from .push import CARD, upload
 from .schema import is_repo_id
-from .user_hub import HUB_PREFIX, checked_revision, hub_checkpoint, hub_repo_id
+from .user_hub import HUB_PREFIX, checked_revision, hub_checkpoint, parse_hub_name
 
 
 def _list(manifest, patterns: list[str], exclude: list[str]) -> int:
@@ -120,7 +120,9 @@ def _pull_hub(name: str, revision: str | None, endpoint: str | None) -> int:
     """A user's Hub repo's model.safetensors into the Hub cache, as create_model downloads it (bounded, its header
     checked before the body, the body checked against its sha256), without loading it. A file the cache held
     already is checked as a load checks it: its header, and its bytes against the sha256 its blob is named by."""
-    path = hub_checkpoint(hub_repo_id(name), checked_revision(revision), endpoint=endpoint, check=_any_task)
+    repo_id, revision = parse_hub_name(name, revision)
+    name = f"{HUB_PREFIX}{repo_id}"  # hf_hub: or @REVISION as given: said as the other commands say it
+    path = hub_checkpoint(repo_id, revision, endpoint=endpoint, check=_any_task)
     commit = path.parent.name  # snapshots/<commit>/model.safetensors
     checked_metadata(f"{name}@{commit}/{path.name} (cached as {path})", read_header(path))
     blob = os.path.basename(os.path.realpath(path))  # the Hub's ETag of an LFS file: its sha256
@@ -315,21 +317,21 @@ def main(argv: list[str] | None = None) -> int:
                          help="leave out the models matching PATTERN (repeatable)")
     info = sub.add_parser("info", help="show a zoo entry of the manifest, or what a Hub repo's or a file's header "
                           "says (task, parameters, provenance, config; nothing else is downloaded or read)")
-    info.add_argument("name", metavar="MODEL", help="a zoo name, hf-hub:owner/name, or a converted .safetensors file "
-                      "or save_pretrained directory")
-    info.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
+    info.add_argument("name", metavar="MODEL", help="a zoo name, hf-hub:owner/name[@REVISION], or a converted "
+                      ".safetensors file or save_pretrained directory")
+    info.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main, or MODEL's @REVISION)")
     info.add_argument("--endpoint", help="hf-hub: repos: a Hub-compatible endpoint (default: HF_ENDPOINT)")
     pull = sub.add_parser("pull", help="download and verify a model into the Hub cache: a zoo name (the manifest's "
                           "sha256; from a mirror: verified in place) or hf-hub:owner/name (its header checked before "
                           "its body, the body against its sha256; a cached file's header and bytes checked again; "
                           "not verified by the zoo)")
-    pull.add_argument("name", metavar="MODEL", help="a zoo name or a user's Hub repo hf-hub:owner/name")
-    pull.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
+    pull.add_argument("name", metavar="MODEL", help="a zoo name or a user's Hub repo hf-hub:owner/name[@REVISION]")
+    pull.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main, or MODEL's @REVISION)")
     exp = sub.add_parser("export", help="export a model (torch.export .pt2 or ONNX) with a dynamic batch dimension")
     exp.add_argument("name", metavar="MODEL", help="a zoo name (pulled and verified as `pull` does), a user's Hub "
-                     "repo hf-hub:owner/name (not verified), or a converted .safetensors file or save_pretrained "
-                     "directory")
-    exp.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
+                     "repo hf-hub:owner/name[@REVISION] (not verified), or a converted .safetensors file or "
+                     "save_pretrained directory")
+    exp.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main, or MODEL's @REVISION)")
     exp.add_argument("-o", "--output", required=True, help="output file")
     exp.add_argument("--force", action="store_true", help="replace an existing --output")
     exp.add_argument("--format", choices=("pt2", "onnx"),
@@ -344,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     pred = sub.add_parser("predict", help="run a model on your inputs: texts (language), image files (imagenet) "
                           "or two frames (optical_flow)")
     pred.add_argument("model", metavar="MODEL", help="a zoo name (pulled and verified as `pull` does), a user's Hub "
-                      "repo hf-hub:owner/name (not verified), or a converted .safetensors file or save_pretrained "
-                      "directory")
+                      "repo hf-hub:owner/name[@REVISION] (not verified), or a converted .safetensors file or "
+                      "save_pretrained directory")
     pred.add_argument("inputs", metavar="INPUT", nargs="+",
                       help="language: texts (- reads stdin, one text a line); imagenet: image files; optical_flow: "
                       "two frames (image files, at least the training size); put -- before a text that starts "
@@ -359,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--device", default="cpu", help="e.g. cuda, cuda:1 (default: cpu)")
     pred.add_argument("--dtype", choices=tuple(MODEL_DTYPES),
                       help="the model's dtype, as model.to(dtype) (default: the file's, float32)")
-    pred.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main)")
+    pred.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main, or MODEL's @REVISION)")
     push = sub.add_parser("push", help="upload a converted .safetensors file to your Hub repo (checked as loading "
                           "checks it; with a model card if the repo has none), loadable as hf-hub:OWNER/NAME")
     push.add_argument("file", metavar="FILE",

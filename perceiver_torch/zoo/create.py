@@ -8,7 +8,7 @@ from ..config_schema import parse_config_json
 from ..serialization import load_model, loading_device, model_dtype
 from . import hub
 from .token import checked_token
-from .user_hub import HubHeader, MetadataCheck, checked_revision, hub_checkpoint, hub_repo_id, is_hub_name
+from .user_hub import HUB_PREFIX, HubHeader, MetadataCheck, hub_checkpoint, is_hub_name, parse_hub_name
 
 # What create_model takes beyond device and dtype: for an ``hf-hub:`` name, and for a zoo name only.
 HUB_KEYWORDS = ("revision", "num_classes", "endpoint", "cache_dir", "token")
@@ -20,6 +20,8 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
                  endpoint: str | None = None, mirror=None, cache_dir=None, manifest=None,
                  revision: str | None = None, token: str | bool | None = None) -> torch.nn.Module:
     """A zoo model by name, or the checkpoint of a user's Hub repo by ``"hf-hub:owner/name"``, in eval mode.
+
+    As in timm, ``"hf_hub:owner/name"`` is the same, and ``"hf-hub:owner/name@REVISION"`` is `revision` REVISION.
 
     A zoo name is `perceiver_torch.zoo.hub.create_model`: the manifest-pinned artifact, its sha256 verified
     (``pretrained=False``: the untrained architecture). An ``hf-hub:`` name loads that repo's
@@ -60,8 +62,8 @@ def create_hub_model(name: str, *, revision: str | None = None, num_classes: int
     """
     device, dtype = loading_device(device), model_dtype(dtype)  # before anything is downloaded or built
     token = checked_token(token, "create_model")
-    repo_id, revision = hub_repo_id(name), checked_revision(revision)
-    what = f"{name} (revision {revision!r})"
+    repo_id, revision = parse_hub_name(name, revision)
+    what = f"{HUB_PREFIX}{repo_id} (revision {revision!r})"
 
     def checked(meta: dict[str, str]) -> None:
         if check is not None:

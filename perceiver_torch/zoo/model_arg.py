@@ -26,10 +26,10 @@ from .schema import is_model_name
 from .user_hub import (
     HUB_PREFIX,
     HubHeader,
-    checked_revision,
     hub_metadata,
     hub_repo_id,
     is_hub_name,
+    parse_hub_name,
     record_revision,
 )
 
@@ -59,7 +59,7 @@ class Target:
 
 
 def source_kind(model: str) -> str:
-    """'hub' for ``hf-hub:owner/name``, 'zoo' for a zoo-shaped name, else 'file'."""
+    """'hub' for ``hf-hub:owner/name`` (``hf_hub:``, ``@REVISION`` too), 'zoo' for a zoo-shaped name, else 'file'."""
     return "hub" if is_hub_name(model) else "zoo" if is_model_name(model) else "file"
 
 
@@ -77,10 +77,12 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
         entry = zoo_entry(model, manifest)  # an UnknownModelError naming the manifest and its models
         return Target(model, entry["task"], entry_config(entry), "zoo")
     if kind == "hub":
-        revision = checked_revision(revision)
-        header = hub_metadata(hub_repo_id(model), revision, endpoint=endpoint)
+        repo_id, revision = parse_hub_name(model, revision)
+        header = hub_metadata(repo_id, revision, endpoint=endpoint)
         meta = header.metadata
-        return Target(model, meta["task"], parse_config_json(meta["config"]), "hub", revision, header, meta)
+        # Named as messages name it (hf-hub:owner/name), the revision beside it: loaded at the header's commit.
+        return Target(f"{HUB_PREFIX}{repo_id}", meta["task"], parse_config_json(meta["config"]), "hub", revision,
+                      header, meta)
     if looks_like_repo_id(model):  # 'owner/name', as from_pretrained refuses it: what to write instead
         found = zoo_entry_of_repo(model, manifest)
         hint = (f"the zoo's entry for these weights is {found[0]!r} (status {found[1]['status']}): "

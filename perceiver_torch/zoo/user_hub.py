@@ -1,5 +1,8 @@
 """Checkpoints in Hub repos that users name (``hf-hub:owner/name``, timm's spelling): unverified, bounded, strict.
 
+As in timm, ``hf_hub:`` (its older prefix) is the same as ``hf-hub:``, and ``hf-hub:owner/name@REVISION`` names a
+revision (`parse_hub_name`); messages and logs name the repo ``hf-hub:owner/name``, the revision beside it.
+
 Unlike the zoo, no manifest pins these files: what the repo holds at the revision is what is loaded, and
 nobody has checked it. Loading one is as safe as loading a local file, and never downloads unbounded data:
 
@@ -18,9 +21,12 @@ The CLI takes 1 and 2 before it reads the user's inputs (`hub_metadata`) and han
 load (`hub_checkpoint`'s `header`), which takes neither again. 3 keeps its own HEAD, at the commit: 1's answer,
 for a branch, may locate another commit's file by then.
 
-``HF_HUB_OFFLINE=1`` loads what the cache holds for the revision (``refs/<branch>`` as huggingface_hub
-writes it); a cached file whose blob is named by a sha256 is checked against it first, and one that resolves
-outside the repo's cache folder, or to no regular file, is refused (as the zoo refuses it).
+``HF_HUB_OFFLINE=1`` loads what the cache holds for the revision (``refs/<branch>`` as huggingface_hub writes it),
+and so does a Hub that cannot be reached (1's request fails to connect or times out: no HTTP answer;
+huggingface_hub's ``hf_hub_download`` falls back alike), with a warning naming the cached commit; an HTTP error
+answer (401, 404, 5xx) is the server's and is raised. A cached file whose blob is named by a sha256 is checked
+against it first, and one that resolves outside the repo's cache folder, or to no regular file, is refused (as the
+zoo refuses it).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
 
+import httpx2
 from huggingface_hub import HfFileMetadata, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
@@ -55,6 +62,8 @@ from .schema import is_relative_path, is_repo_id
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf-hub:"
+# What a name of a user's Hub repo may start with: timm's prefix and its older spelling, which timm still takes.
+HUB_PREFIXES = (HUB_PREFIX, "hf_hub:")
 FILENAME = "model.safetensors"
 
 MetadataCheck = Callable[[dict[str, str]], None]
@@ -62,6 +71,11 @@ MetadataCheck = Callable[[dict[str, str]], None]
 
 class HubError(ZooError):
     """A checkpoint cannot be pushed to, or pulled from, a Hub repo named by the user (``hf-hub:owner/name``)."""
+
+
+class HubUnreachable(HubError):
+    """The Hub could not be reached: the request failed to connect or timed out, with no HTTP answer. What the
+    cache records for the revision then stands in (`hub_checkpoint`, `hub_metadata`)."""
 
 
 @dataclass(frozen=True)
@@ -76,17 +90,36 @@ class HubHeader:
 
 
 def is_hub_name(value) -> TypeGuard[str]:
-    """A string naming a user's Hub repo: ``hf-hub:`` and the repo id."""
-    return isinstance(value, str) and value.startswith(HUB_PREFIX)
+    """A string naming a user's Hub repo: ``hf-hub:`` (or ``hf_hub:``) and the repo id."""
+    return isinstance(value, str) and value.startswith(HUB_PREFIXES)
+
+
+def parse_hub_name(name: str, revision: str | None = None) -> tuple[str, str]:
+    """The repo id and the checked revision (`checked_revision`: 'main' if none is given) of ``hf-hub:owner/name``
+    at `revision`, or of timm's ``hf-hub:owner/name@REVISION``; ``hf_hub:`` alike. A revision after '@' and a
+    different `revision` are refused, naming both."""
+    prefix = next((p for p in HUB_PREFIXES if name.startswith(p)), None)
+    if prefix is None:
+        raise ValueError(f"{name!r}: expected 'hf-hub:owner/name', a Hub repo id after the prefix.")
+    repo_id, at, named = name[len(prefix):].partition("@")
+    if not is_repo_id(repo_id):
+        raise ValueError(f"{name!r}: expected 'hf-hub:owner/name' (or 'hf-hub:owner/name@REVISION'), a Hub repo id "
+                         "after the prefix (owner and name of letters, digits, '.', '_' or '-', each at most 96 "
+                         "characters).")
+    if not at:
+        return repo_id, checked_revision(revision)
+    if not is_relative_path(named) or "@" in named:
+        raise ValueError(f"{name!r}: expected a branch, tag or commit id after the '@' of 'hf-hub:owner/name@REVISION' "
+                         f"(plain names separated by '/', one '@' in all); got {named!r}.")
+    if revision is not None and revision != named:
+        raise ValueError(f"{name!r} names revision {named!r} after its '@', and revision {revision!r} was given too; "
+                         "give the revision once.")
+    return repo_id, named
 
 
 def hub_repo_id(name: str) -> str:
-    """The repo id of an ``hf-hub:owner/name`` string, checked against the Hub's grammar."""
-    repo_id = name.removeprefix(HUB_PREFIX)
-    if not is_repo_id(repo_id):
-        raise ValueError(f"{name!r}: expected 'hf-hub:owner/name', a Hub repo id after the prefix (owner and name of "
-                         "letters, digits, '.', '_' or '-', each at most 96 characters).")
-    return repo_id
+    """The repo id of an ``hf-hub:owner/name`` (or ``@REVISION``) string, checked against the Hub's grammar."""
+    return parse_hub_name(name)[0]
 
 
 def hub_endpoint(endpoint: str | None) -> str:
@@ -123,7 +156,10 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
         if check is not None:  # cached or not: the header read is what the caller decides on
             check(header.metadata)
     else:
-        url, meta, artifact = _announced_artifact(repo_id, revision, where, what, token)
+        try:
+            url, meta, artifact = _announced_artifact(repo_id, revision, where, what, token)
+        except HubUnreachable as exc:  # as hf_hub_download: the revision's file in the cache, if it holds one
+            return _offline(repo_id, revision, cache_root, what, unreachable=exc)
         if check is not None and not snapshot_path(cache_root, artifact).exists():
             check(_remote_metadata(url, meta, artifact, what, where, token))
     path, _ = from_endpoint(what, artifact, where, cache_root, token)
@@ -169,10 +205,16 @@ def hub_metadata(repo_id: str, revision: str, *, endpoint: str | None = None,
     else:
         check_client_online(what, HubError)
         where = hub_endpoint(endpoint)
-        url, meta, artifact = _announced_artifact(repo_id, revision, where, what, token)
-        commit, cached = artifact["revision"], snapshot_path(cache_root, artifact)
-        if not cached.exists():
-            return HubHeader(commit, _remote_metadata(url, meta, artifact, what, where, token), artifact)
+        try:
+            url, meta, artifact = _announced_artifact(repo_id, revision, where, what, token)
+        except HubUnreachable as exc:  # as hf_hub_download: the revision's file in the cache, if it holds one
+            cached = _offline_file(repo_id, revision, cache_root, what, unreachable=exc)
+            commit, artifact = cached.parent.name, None
+            _warn_cached_instead(exc, revision, cached)
+        else:
+            commit, cached = artifact["revision"], snapshot_path(cache_root, artifact)
+            if not cached.exists():
+                return HubHeader(commit, _remote_metadata(url, meta, artifact, what, where, token), artifact)
     source = f"{what}@{commit}/{FILENAME} (cached as {cached})"
     return HubHeader(commit, checked_metadata(source, read_header(cached),
                                               transformers_source=_convert_from(repo_id, commit)), artifact)
@@ -218,6 +260,8 @@ def _announced(url: str, endpoint: str, what: str, token: str | bool | None, con
                        f"sent ({_token_sent(headers)}).") from None
     except RepositoryNotFoundError:
         raise HubError(f"{what}: no such repo, or it is private and {_token_sent(headers)}.") from None
+    except (httpx2.ConnectError, httpx2.TimeoutException) as exc:  # no answer: a ProxyError is no ConnectError
+        raise HubUnreachable(f"{what}: the Hub could not be reached ({one_line(exc)})") from exc
     except Exception as exc:  # huggingface_hub's other HTTP errors, connection errors
         raise HubError(f"{what}: asking for {FILENAME} failed: {one_line(exc)}") from exc
     return meta
@@ -277,19 +321,35 @@ def _cached_commit(repo_id: str, revision: str, cache: Path) -> bool:
                                               / FILENAME).exists()
 
 
-def _offline_file(repo_id: str, revision: str, cache: Path, what: str) -> Path:
-    """The cached file for `revision` (a commit, or a branch or tag whose ref is recorded), not yet checked."""
+def _offline_file(repo_id: str, revision: str, cache: Path, what: str,
+                  unreachable: HubUnreachable | None = None) -> Path:
+    """The cached file for `revision` (a commit, or a branch or tag whose ref is recorded), not yet checked;
+    looked for because HF_HUB_OFFLINE is set, or because the Hub could not be reached (`unreachable`)."""
     found = try_to_load_from_cache(repo_id, FILENAME, cache_dir=cache, revision=revision)
-    if not isinstance(found, str):
-        raise HubError(f"{what}: HF_HUB_OFFLINE is set and the Hub cache {cache} holds no {FILENAME} for revision "
-                       f"{revision!r}; load it once online (or pass a commit id that is cached).")
-    return Path(found)
+    if isinstance(found, str):
+        return Path(found)
+    if unreachable is not None:
+        raise HubError(f"{unreachable}, and nothing is cached for revision {revision!r}: the Hub cache {cache} holds "
+                       f"no {FILENAME} for it; try again once the Hub can be reached (or pass a commit id that is "
+                       "cached).") from unreachable
+    raise HubError(f"{what}: HF_HUB_OFFLINE is set and the Hub cache {cache} holds no {FILENAME} for revision "
+                   f"{revision!r}; load it once online (or pass a commit id that is cached).")
 
 
-def _offline(repo_id: str, revision: str, cache: Path, what: str) -> Path:
-    path = _offline_file(repo_id, revision, cache, what)
+def _offline(repo_id: str, revision: str, cache: Path, what: str, unreachable: HubUnreachable | None = None) -> Path:
+    path = _offline_file(repo_id, revision, cache, what, unreachable)
     # Refused if it resolves outside the repo's cache folder or is no regular file; checked against its blob's
     # name where that is its sha256 (the name it was stored under, by this loader or huggingface_hub).
     cached_entry(what, path, repo_cache_dir(cache, repo_id))
-    log.info("%s: revision %r is commit %s in the cache", what, revision, path.parent.name)
+    if unreachable is not None:
+        _warn_cached_instead(unreachable, revision, path)
+    else:
+        log.info("%s: revision %r is commit %s in the cache", what, revision, path.parent.name)
     return path
+
+
+def _warn_cached_instead(unreachable: HubUnreachable, revision: str, path: Path) -> None:
+    """Say that the cache's file for `revision` (`path`, snapshots/<commit>/...) is loaded because the Hub could not
+    be reached: it may be older than what the revision is now."""
+    log.warning("%s; using the commit the Hub cache records for revision %r: %s (%s), which may not be the "
+                "revision's latest", unreachable, revision, path.parent.name, path)
