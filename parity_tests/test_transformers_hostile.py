@@ -227,6 +227,13 @@ def test_export_takes_a_save_pretrained_directory_and_an_hf_hub_repo(tmp_path, l
     with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token="test-write-token"):
         commit = push_to_hub(model, "someone/learned", token="test-write-token")
         assert export_main(["hf-hub:someone/learned", "--revision", commit, "-o", str(tmp_path / "from-hub")]) == 0
+        push_to_hub(load_model(from_transformers("imagenet", save_small(LEARNED, tmp_path / "other", seed=1),
+                                                 tmp_path / "other.safetensors")), "someone/learned",
+                    token="test-write-token")  # main moves on: @COMMIT must still give the first
+        assert export_main([f"hf_hub:someone/learned@{commit}", "-o", str(tmp_path / "from-at")]) == 0
+        at = load_file(str(tmp_path / "from-at" / "model.safetensors"))
+        hub_export = load_file(str(tmp_path / "from-hub" / "model.safetensors"))
+        assert at.keys() == hub_export.keys() and all(torch.equal(at[k], hub_export[k]) for k in at)
     want = load_file(str(tmp_path / "from-dir" / "model.safetensors"))
     got = load_file(str(tmp_path / "from-hub" / "model.safetensors"))
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

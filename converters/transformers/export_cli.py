@@ -16,7 +16,7 @@ from pathlib import Path
 from perceiver_torch.serialization import CheckpointFormatError
 from perceiver_torch.zoo import ZooError
 from perceiver_torch.zoo.pretrained import checkpoint_path
-from perceiver_torch.zoo.user_hub import checked_revision, hub_checkpoint, hub_repo_id, is_hub_name
+from perceiver_torch.zoo.user_hub import hub_checkpoint, is_hub_name, parse_hub_name
 
 from ..cli_support import write_or_report
 from ..rules import ConversionError
@@ -28,7 +28,7 @@ def converted_file(model: str, revision: str | None) -> Path:
     """The perceiver-torch file MODEL names: itself, a save_pretrained directory's model.safetensors, or an hf-hub:
     repo's, downloaded into the Hub cache (header checked before the body, as create_model downloads it)."""
     if is_hub_name(model):
-        return hub_checkpoint(hub_repo_id(model), checked_revision(revision))
+        return hub_checkpoint(*parse_hub_name(model, revision))  # hf_hub: and @REVISION as timm takes them
     return checkpoint_path(Path(model))
 
 
