@@ -14,7 +14,7 @@ import perceiver_torch as pt
 from perceiver_torch.zoo import ZooError
 
 from .conftest import assert_same_weights, seeded_model
-from .zoo_support import TEST_HUB, TEST_MANIFEST, cached_files, hub_env
+from .zoo_support import TEST_HUB, TEST_MANIFEST, answering_server, cached_files, hub_env
 
 TOKEN = "test-write-token"
 PRIVATE = "someone/private-lm"
@@ -128,3 +128,20 @@ def test_keywords_that_do_not_apply_are_named_as_such(tmp_path, monkeypatch):
         pt.PerceiverForMaskedLM.from_pretrained("hf-hub:a/b", mirror=tmp_path, token="hf_x")
     with pytest.raises(TypeError, match=r"is a file, which takes no token \(only device and dtype\)"):
         pt.PerceiverForMaskedLM.from_pretrained(tmp_path / "lm.safetensors", token="hf_x")
+
+
+@pytest.mark.parametrize("token, sent", [(False, "no token was sent"), ("hf_other", "the token sent has no access")])
+def test_a_gated_repo_says_so_and_whether_a_token_went(tmp_path, monkeypatch, token, sent):
+    """The Hub answers a gated repo's file with 403 and X-Error-Code GatedRepo: accepting its conditions is what
+    is missing, not the repo (the refusal said 'no such repo, or it is private')."""
+    _without_a_token(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+
+    def answer(method, path, number):
+        return 403, {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access to model a/b is restricted."}, b""
+
+    with answering_server(answer) as server:
+        with pytest.raises(pt.HubError, match=f"the repo is gated: accept its conditions on the Hub with the account "
+                                              f"whose token is sent \\({sent}") as refused:
+            pt.create_model("hf-hub:someone/gated", endpoint=server.endpoint, token=token)
+    assert "hf_other" not in str(refused.value)  # a token is never shown

@@ -77,3 +77,8 @@ def test_the_cli_lists_the_models_its_patterns_match(capsys):
     assert zoo_cli(["--manifest", str(TEST_MANIFEST), "list", "resnet*"]) == 1
     captured = capsys.readouterr()
     assert (captured.out, captured.err) == ("", "perceiver-zoo: no zoo model matches 'resnet*'\n")
+
+
+def test_a_manifest_suffix_in_capitals_is_refused_too():
+    with pytest.raises(ValueError, match="filter 'MODELS.YAML' looks like a manifest path"):
+        pt.list_models("MODELS.YAML")

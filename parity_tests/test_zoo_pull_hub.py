@@ -4,6 +4,7 @@ what pull refuses, as one line or a usage error. Against the Hub stand-in."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import huggingface_hub
@@ -117,3 +118,20 @@ def test_pull_refuses_a_malformed_repo_or_revision_in_one_line(argv, message, mo
     assert zoo_cli(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("perceiver-zoo: error: ") and err.count("\n") == 1 and message in err
+
+
+def test_pull_from_a_cache_without_links_says_there_is_no_sha256_to_check_by(tmp_path, monkeypatch, capsys):
+    """Where the cache holds files, not links to hash-named blobs (huggingface_hub on a file system without
+    symlinks), pull printed the file's own name as its sha256."""
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        commit = pt.push_to_hub(seeded_model("language").eval(), REPO, token=TOKEN)
+        assert zoo_cli(["pull", f"hf-hub:{REPO}"]) == 0
+        path = capsys.readouterr().out.splitlines()[1]
+        data = open(path, "rb").read()
+        os.remove(path)  # the link; a copy of its blob in its place
+        with open(path, "wb") as f:
+            f.write(data)
+        assert zoo_cli(["pull", f"hf-hub:{REPO}", "--revision", commit]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (f"hf-hub:{REPO}: commit {commit}, no sha256 to check it by (a cache without links names no blob "
+                     "by it; not verified by the zoo)")
