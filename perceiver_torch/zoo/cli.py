@@ -122,7 +122,7 @@ def _pull_hub(name: str, revision: str | None, endpoint: str | None) -> int:
     already is checked as a load checks it: its header, and its bytes against the sha256 its blob is named by."""
     repo_id, revision = parse_hub_name(name, revision)
     name = f"{HUB_PREFIX}{repo_id}"  # hf_hub: or @REVISION as given: said as the other commands say it
-    path = hub_checkpoint(repo_id, revision, endpoint=endpoint, check=_any_task)
+    path = hub_checkpoint(repo_id, revision, endpoint=endpoint)
     commit = path.parent.name  # snapshots/<commit>/model.safetensors
     checked_metadata(f"{name}@{commit}/{path.name} (cached as {path})", read_header(path))
     blob = os.path.basename(os.path.realpath(path))  # the Hub's ETag of an LFS file: its sha256
@@ -130,11 +130,6 @@ def _pull_hub(name: str, revision: str | None, endpoint: str | None) -> int:
            "no sha256 to check it by (a cache without links names no blob by it")
     print(f"{name}: commit {commit}, {how}; not verified by the zoo)\n{path}")
     return 0
-
-
-def _any_task(meta: dict[str, str]) -> None:
-    """What `hub_checkpoint` calls on the remote header before the body: it adds nothing to the header checks
-    (load_model's, for any task) that reading the header runs, which only a check asks for."""
 
 
 # What `export`'s check accepts. Float32/64: 1e-5, the export tests' bound (the programs run eager's kernels,

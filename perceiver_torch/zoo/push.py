@@ -19,6 +19,7 @@ from typing import cast
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from torch import nn
 
+from ..foreign_checkpoints import CONFIG_FILE  # what a transformers model directory holds beside its weights
 from ..registry import TASK_MODELS
 from ..safetensors_io import read_header
 from ..saving import save_model
@@ -31,7 +32,6 @@ from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endp
 
 log = logging.getLogger(__name__)
 CARD = "README.md"  # the model card's name in a Hub repo
-TRANSFORMERS_CONFIG = "config.json"  # what a transformers model directory holds beside its weights
 
 # What DeepMind's release asks of anything derived from its parameters (perceiver_torch/data/upstream_release.md).
 UPSTREAM_LICENCE = ('DeepMind\'s released Perceiver IO parameters are licensed CC BY 4.0, with attribution: DeepMind, '
@@ -172,8 +172,8 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | N
         except Exception as exc:  # huggingface_hub's HTTP errors, connection errors
             raise HubError(f"push_to_hub: upload to {target} failed: {one_line(exc)}") from exc
         there = {s.rfilename for s in parent.siblings or ()}
-        if TRANSFORMERS_CONFIG in there:  # its model.safetensors would be ours: transformers would load random weights
-            raise HubError(f"push_to_hub: {target} holds a transformers model ({TRANSFORMERS_CONFIG}); pushing would "
+        if CONFIG_FILE in there:  # its model.safetensors would be ours: transformers would load random weights
+            raise HubError(f"push_to_hub: {target} holds a transformers model ({CONFIG_FILE}); pushing would "
                            f"replace its {FILENAME} with ours, which transformers cannot read (it would initialise "
                            "every weight at random). Push to another repo; to update a transformers model, export with "
                            "perceiver-to-transformers and upload that directory.")

@@ -160,8 +160,10 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
             url, meta, artifact = _announced_artifact(repo_id, revision, where, what, token)
         except HubUnreachable as exc:  # as hf_hub_download: the revision's file in the cache, if it holds one
             return _offline(repo_id, revision, cache_root, what, unreachable=exc)
-        if check is not None and not snapshot_path(cache_root, artifact).exists():
-            check(_remote_metadata(url, meta, artifact, what, where, token))
+        if not snapshot_path(cache_root, artifact).exists():  # the header checked before the body, every caller
+            metadata = _remote_metadata(url, meta, artifact, what, where, token)
+            if check is not None:
+                check(metadata)
     path, _ = from_endpoint(what, artifact, where, cache_root, token)
     record_revision(repo_id, revision, artifact["revision"], cache=cache_root)
     return path
