@@ -117,6 +117,11 @@ def test_wheel_holds_the_packages_and_their_data_and_nothing_of_the_tests(instal
         assert f"perceiver_torch/data/{data}" in names
     assert "perceiver_torch/zoo_manifest.yaml" in names
     assert "perceiver_torch/py.typed" in names  # PEP 561: a user's type checker reads the package's annotations
+    # The licence and the attributions it asks for (DeepMind's code and CC BY 4.0 parameters) travel with the wheel.
+    dist_info = installed.wheel.name.split("-py3")[0] + ".dist-info/"
+    for legal in ("LICENSE", "NOTICE"):
+        carried = [n for n in names if n.startswith(dist_info) and n.rsplit("/", 1)[-1] == legal]
+        assert carried and zipfile.ZipFile(installed.wheel).read(carried[0]) == (REPO / legal).read_bytes(), legal
     top_level = {n.split("/", 1)[0] for n in names}
     assert top_level == {*PACKAGES, installed.wheel.name.split("-py3")[0] + ".dist-info"}, top_level
     assert not [n for n in names if n.startswith(("parity_tests", "scripts", "benchmarks"))]
