@@ -13,6 +13,7 @@ import sys
 
 from perceiver_torch.config_schema import ConfigError
 from perceiver_torch.registry import TASKS, preset_names
+from perceiver_torch.version import add_version_flag
 
 from .checkpoint_reader import CheckpointReadError
 from .cli_support import show_logs, write_or_report
@@ -25,6 +26,7 @@ PROG = "perceiver-convert"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    add_version_flag(parser)
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("checkpoint", nargs="?", help="upstream Haiku .pickle / .pystate file")
     parser.add_argument("--from-transformers", metavar="DIR_OR_REPO",

@@ -16,9 +16,8 @@ from .registry import build_model, build_preset, preset_names
 from .saving import save_model
 from .serialization import CheckpointConfigError, CheckpointFormatError, load_model
 from .tokenizer import BytesTokenizer
+from .version import __version__
 from .zoo import HubError, create_model, list_models, push_to_hub
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BytesTokenizer", "CheckpointConfigError", "CheckpointFormatError", "ConfigError", "HubError", "Perceiver",

@@ -34,6 +34,7 @@ from pathlib import Path
 from perceiver_torch.cli_exit import print_out
 from perceiver_torch.registry import TASKS
 from perceiver_torch.serialization import atomic_write
+from perceiver_torch.version import add_version_flag
 
 from ..cli_support import unwritable_output
 from .harness import DEVICES, DTYPES, REFERENCES, DeviceUnavailable, run_parity
@@ -74,6 +75,7 @@ def _existing_file(text: str) -> Path:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="perceiver-parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(p)
     p.add_argument("task", choices=TASKS)
     p.add_argument("--checkpoint", required=True, type=_existing_file, help="upstream Haiku .pickle/.pystate")
     p.add_argument("--config", required=True, type=_existing_file, help="config.json (golden layout)")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from perceiver_torch.serialization import CheckpointFormatError
+from perceiver_torch.version import add_version_flag
 from perceiver_torch.zoo import ZooError
 from perceiver_torch.zoo.pretrained import checkpoint_path
 from perceiver_torch.zoo.user_hub import hub_checkpoint, is_hub_name, parse_hub_name
@@ -34,6 +35,7 @@ def converted_file(model: str, revision: str | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perceiver-to-transformers", description=__doc__)
+    add_version_flag(parser)
     parser.add_argument("converted", metavar="MODEL", help="a perceiver-torch .safetensors (from perceiver-convert or "
                         "save_model), a save_pretrained directory, or hf-hub:owner/name")
     parser.add_argument("-o", "--output", required=True, help="new (or empty) output directory")

@@ -21,6 +21,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from perceiver_torch.version import add_version_flag
 from perceiver_torch.zoo import ManifestError, ZooError, entries
 
 from ..cli_support import show_logs
@@ -76,6 +77,7 @@ def _publish(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perceiver-zoo-admin", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--manifest", help="manifest to read and rewrite (default: PERCEIVER_ZOO_MANIFEST, else the "
                                            "packaged one)")
     sub = parser.add_subparsers(dest="command", required=True)

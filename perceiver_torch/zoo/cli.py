@@ -38,6 +38,7 @@ from ..export import (
 from ..message_text import printable
 from ..safetensors_io import read_header
 from ..serialization import MODEL_DTYPES, atomic_write, build_on_meta, checked_metadata, loading_device
+from ..version import add_version_flag
 from .download import SHA256
 from .hub import ZooError, fetch, how_to_get, location
 from .listing import list_models
@@ -302,6 +303,7 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perceiver-zoo", description=__doc__)
+    add_version_flag(parser)
     parser.add_argument("--manifest",
                         help="a zoo manifest file (default: PERCEIVER_ZOO_MANIFEST, else the packaged one)")
     sub = parser.add_subparsers(dest="command", required=True)
