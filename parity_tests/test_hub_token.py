@@ -39,7 +39,8 @@ def private_hub(tmp_path, monkeypatch):
 def test_an_explicit_token_pulls_a_private_repo(private_hub, tmp_path):
     hub, model = private_hub
     with pytest.raises(pt.HubError, match=rf"hf-hub:{PRIVATE} .*: no such repo, or it is private and no token was "
-                                          r"sent: pass token='hf_\.\.\.' or token=True, set HF_TOKEN"):
+                                          r"sent: pass one \(token='hf_\.\.\.' in Python, --token on the command "
+                                          r"line\), set HF_TOKEN"):
         pt.create_model(f"hf-hub:{PRIVATE}")
     assert_same_weights(pt.create_model(f"hf-hub:{PRIVATE}", token=TOKEN), model)
     pulled = pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{PRIVATE}", token=TOKEN, cache_dir=tmp_path / "other")
@@ -145,3 +146,20 @@ def test_a_gated_repo_says_so_and_whether_a_token_went(tmp_path, monkeypatch, to
                                               f"whose token is sent \\({sent}") as refused:
             pt.create_model("hf-hub:someone/gated", endpoint=server.endpoint, token=token)
     assert "hf_other" not in str(refused.value)  # a token is never shown
+
+
+def test_push_to_hub_checks_its_token_as_loading_does(tmp_path, monkeypatch):
+    """A token that could not be sent is refused before any request, without being shown; False sends none, which
+    cannot upload."""
+    _without_a_token(monkeypatch, tmp_path)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        model = seeded_model("language").eval()
+        with pytest.raises(ValueError, match=r"push_to_hub: token \(10 characters, not shown\) holds whitespace"):
+            pt.push_to_hub(model, PRIVATE, token="hf_secret ")
+        with pytest.raises(TypeError, match=r"push_to_hub: token must be a str"):
+            pt.push_to_hub(model, PRIVATE, token=123)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        with pytest.raises(pt.HubError, match=r"needs a write token"):
+            pt.push_to_hub(model, PRIVATE, token=False)
+        assert hub.requests == 0
+        assert pt.push_to_hub(model, PRIVATE, token=True)  # the machine's

@@ -489,7 +489,8 @@ def test_push_without_a_token_is_refused_before_anything_is_sent(tmp_path, monke
     _without_a_token(monkeypatch, tmp_path)
     with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
         with pytest.raises(pt.HubError, match=rf"push_to_hub: uploading to {hub.endpoint}/{REPO} needs a write "
-                                              "token: pass token=..., set HF_TOKEN"):
+                                              r"token: pass one \(token='hf_\.\.\.' in Python, --token on the "
+                                              r"command line\), set HF_TOKEN"):
             pt.push_to_hub(_language_model(), REPO)
         assert hub.requests == 0
         # The stand-in answers 401. Before its refusals said "Connection: close", about 1% of them under heavy CPU
@@ -663,7 +664,8 @@ def test_cli_push_without_a_token_is_one_line(tmp_path, monkeypatch, capsys):
         assert zoo_cli(["push", str(path), REPO]) == 1
         assert hub.requests == 0
     assert capsys.readouterr().err == f"perceiver-zoo: error: push_to_hub: uploading to {hub.endpoint}/{REPO} needs " \
-                                      "a write token: pass token=..., set HF_TOKEN or log in with `hf auth login`.\n"
+                                      "a write token: pass one (token='hf_...' in Python, --token on the command " \
+                                      "line), set HF_TOKEN or log in with `hf auth login`.\n"
 
 
 def _written(path, data: bytes):

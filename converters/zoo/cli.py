@@ -3,7 +3,7 @@
     perceiver-zoo-admin regenerate NAME [--source PATH] [--force]   # fetch, check, convert, verify, card
     perceiver-zoo-admin regenerate --all                            # every entry, going on past failures (exit 1)
     perceiver-zoo-admin regenerate NAME --from-transformers         # from its pinned deepmind/* repo instead
-    HF_TOKEN=... perceiver-zoo-admin publish NAME [--endpoint URL]  # upload and pin the revision
+    HF_TOKEN=... perceiver-zoo-admin publish NAME [--endpoint URL]  # upload and pin the revision (or --token T)
     perceiver-zoo-admin publish NAME --stand-in DIR                 # into an existing stand-in tree, on 127.0.0.1
     perceiver-zoo-admin serve-standin --root DIR                    # serve a tree as a Hub stand-in (Ctrl-C stops)
 
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from perceiver_torch.version import add_version_flag
 from perceiver_torch.zoo import ManifestError, ZooError, entries
+from perceiver_torch.zoo.token import add_token_option
 
 from ..cli_support import show_logs
 from . import standin
@@ -62,12 +63,13 @@ def _publish(args) -> int:
     for name in args.names:
         try:
             if args.stand_in:
-                token = os.environ.get("HF_TOKEN") or secrets.token_hex(16)
+                token = args.token or os.environ.get("HF_TOKEN") or secrets.token_hex(16)
                 with standin.serve(args.stand_in, token=token) as hub:
                     publish(name, endpoint=hub.endpoint, published_to="stand-in", token=token,
                             work_dir=Path(args.work_dir), manifest=args.manifest)
             else:
-                publish(name, endpoint=args.endpoint, work_dir=Path(args.work_dir), manifest=args.manifest)
+                publish(name, endpoint=args.endpoint, token=args.token, work_dir=Path(args.work_dir),
+                        manifest=args.manifest)
         except (ZooError, ManifestError, KeyError, OSError) as exc:
             print(f"[{name}] FAILED: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
             status = 1
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--stand-in", dest="stand_in",
                         help="publish into this stand-in tree (an existing directory), served on 127.0.0.1")
     pub.add_argument("--work-dir", default=str(WORK_DIR), help="where `regenerate` wrote the artifacts")
+    add_token_option(pub, "the upload (a write token; with --stand-in, the one the stand-in is started with)")
     serve = sub.add_parser("serve-standin", help="serve a repository tree as a Hub stand-in on 127.0.0.1")
     standin.add_arguments(serve)
     args = parser.parse_args(argv)

@@ -47,7 +47,8 @@ def publish(name: str, *, endpoint: str | None = None, published_to: str = "hub"
     path, card = produced_files(name, entry, Path(work_dir))
     token = token or os.environ.get("HF_TOKEN")
     if not token:
-        raise ZooError("publishing needs a write token in the HF_TOKEN environment variable")
+        raise ZooError("publishing needs a write token: --token (token= in Python) or the HF_TOKEN environment "
+                       "variable")
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT).rstrip("/")
     api = HfApi(endpoint=endpoint, token=token)
     repo_id = entry["publish_repo"]

@@ -58,6 +58,7 @@ from .predict import (
 from .pretrained import zoo_entry
 from .push import CARD, upload
 from .schema import is_repo_id
+from .token import add_token_option
 from .user_hub import HUB_PREFIX, checked_revision, hub_checkpoint, parse_hub_name
 
 
@@ -80,7 +81,7 @@ def _info(args) -> int:
     name, manifest = args.name, args.manifest
     if source_kind(name) != "zoo":
         return _checkpoint_info(resolve_model(name, manifest, command="info", revision=args.revision,
-                                              endpoint=args.endpoint))
+                                              endpoint=args.endpoint, token=args.token))
     entry = zoo_entry(name, manifest)  # an unknown name's error says how a file of that name is written
     print(yaml.safe_dump({name: entry}, sort_keys=False, width=110), end="")
     if entry["status"] == "published":
@@ -111,19 +112,20 @@ def _checkpoint_info(target: Target) -> int:
 def _pull(args) -> int:
     name, manifest = args.name, args.manifest
     if source_kind(name) == "hub":
-        return _pull_hub(name, args.revision, args.endpoint)
-    path = fetch(name, endpoint=args.endpoint, mirror=args.mirror, manifest=manifest)  # with a progress bar
+        return _pull_hub(name, args.revision, args.endpoint, args.token)
+    path = fetch(name, endpoint=args.endpoint, mirror=args.mirror, manifest=manifest,  # with a progress bar
+                 token=args.token)
     print(f"{name}: verified sha256 {get_entry(name, manifest)['artifact']['sha256']}\n{path}")
     return 0
 
 
-def _pull_hub(name: str, revision: str | None, endpoint: str | None) -> int:
+def _pull_hub(name: str, revision: str | None, endpoint: str | None, token: str | None) -> int:
     """A user's Hub repo's model.safetensors into the Hub cache, as create_model downloads it (bounded, its header
     checked before the body, the body checked against its sha256), without loading it. A file the cache held
     already is checked as a load checks it: its header, and its bytes against the sha256 its blob is named by."""
     repo_id, revision = parse_hub_name(name, revision)
     name = f"{HUB_PREFIX}{repo_id}"  # hf_hub: or @REVISION as given: said as the other commands say it
-    path = hub_checkpoint(repo_id, revision, endpoint=endpoint)
+    path = hub_checkpoint(repo_id, revision, endpoint=endpoint, token=token)
     commit = path.parent.name  # snapshots/<commit>/model.safetensors
     checked_metadata(f"{name}@{commit}/{path.name} (cached as {path})", read_header(path))
     blob = os.path.basename(os.path.realpath(path))  # the Hub's ETag of an LFS file: its sha256
@@ -145,11 +147,13 @@ def _export_source(args) -> torch.nn.Module:
     output = check_output(args.output, args.format)
     if os.path.lexists(output) and not args.force:  # as predict's --output: a rerun does not replace a file unasked
         raise FileExistsError(f"{output} exists; pass --force to replace it")
-    target = resolve_model(args.name, args.manifest, command="export", revision=args.revision, endpoint=args.endpoint)
+    target = resolve_model(args.name, args.manifest, command="export", revision=args.revision, endpoint=args.endpoint,
+                           token=args.token)
     if target.kind == "file":
         check_not_source(target.model, output)
     check_chunks(build_on_meta(target.task, target.config), args.chunks)  # sizes only, on the meta device
-    return load_target(target, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror, manifest=args.manifest)
+    return load_target(target, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror, manifest=args.manifest,
+                       token=args.token)
 
 
 class ExportMismatch(ValueError):
@@ -201,11 +205,11 @@ def _verify(model: torch.nn.Module, path: str, args) -> None:
 def _predict(args) -> int:
     """Everything that can be refused (device, MODEL, options, inputs) before the model is pulled or loaded."""
     device = loading_device(args.device)
-    target = resolve(args.model, args.manifest, revision=args.revision, endpoint=args.endpoint)
+    target = resolve(args.model, args.manifest, revision=args.revision, endpoint=args.endpoint, token=args.token)
     check_options(target, args.k, args.mask, args.output, args.force, args.inputs)
     inputs = read_inputs(target, args.inputs, sys.stdin, args.mask)
     model = load_target(target, device=device, dtype=args.dtype, endpoint=args.endpoint, mirror=args.mirror,
-                        manifest=args.manifest)
+                        manifest=args.manifest, token=args.token)
     result = run(target, model, inputs, k=args.k, mask=args.mask, output=args.output)
     print(json_text(result) if args.json else "\n".join(lines(result)))
     note = unmasked_note(result, args.mask)
@@ -215,7 +219,7 @@ def _predict(args) -> int:
 
 
 def _push(args) -> int:
-    commit, wrote_card = upload(args.file, args.repo, token=None, endpoint=args.endpoint, revision=args.revision,
+    commit, wrote_card = upload(args.file, args.repo, token=args.token, endpoint=args.endpoint, revision=args.revision,
                                 private=True if args.private else None, commit_message=args.message,
                                 overwrite_card=args.overwrite_card)
     name = f"{HUB_PREFIX}{args.repo}"
@@ -269,11 +273,13 @@ def _check_source_args(parser: argparse.ArgumentParser, model: str, args, *, zoo
     """Each source option applies to some kinds of MODEL: given for another, it is refused, not ignored
     (`zoo_endpoint`: whether the command fetches a zoo model, which --endpoint then applies to)."""
     kind = source_kind(model)
-    given = (("--endpoint", args.endpoint), ("--mirror", getattr(args, "mirror", None)), ("--revision", args.revision))
+    given = (("--endpoint", args.endpoint), ("--mirror", getattr(args, "mirror", None)), ("--revision", args.revision),
+             ("--token", args.token))
     for flag, value in given:
         if value == "":  # would silently fall back to the default
             parser.error(f"{flag} must not be empty")
-    applies = {"--endpoint": ("zoo", "hub") if zoo_endpoint else ("hub",), "--mirror": ("zoo",), "--revision": ("hub",)}
+    fetched = ("zoo", "hub") if zoo_endpoint else ("hub",)  # what the command downloads or asks a server about
+    applies = {"--endpoint": fetched, "--mirror": ("zoo",), "--revision": ("hub",), "--token": fetched}
     what = {"zoo": "zoo models", "hub": "hf-hub: repos"}
     for flag, value in given:
         if value is not None and kind not in applies[flag]:
@@ -318,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                       ".safetensors file or save_pretrained directory")
     info.add_argument("--revision", help="hf-hub: repos: a branch, tag or commit (default: main, or MODEL's @REVISION)")
     info.add_argument("--endpoint", help="hf-hub: repos: a Hub-compatible endpoint (default: HF_ENDPOINT)")
+    add_token_option(info, "hf-hub: repos' requests (a private or gated repo needs one with access)")
     pull = sub.add_parser("pull", help="download and verify a model into the Hub cache: a zoo name (the manifest's "
                           "sha256; from a mirror: verified in place) or hf-hub:owner/name (its header checked before "
                           "its body, the body against its sha256; a cached file's header and bytes checked again; "
@@ -364,8 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("file", metavar="FILE",
                       help="a converted .safetensors file (save_model's or perceiver-convert's) or a "
                       "save_pretrained directory")
-    push.add_argument("repo", metavar="OWNER/NAME", help="the Hub repo (created if needed); the write token comes from "
-                      "HF_TOKEN or `hf auth login`")
+    push.add_argument("repo", metavar="OWNER/NAME", help="the Hub repo (created if needed)")
     push.add_argument("--revision", help="a branch (created from main if new; default: main)")
     push.add_argument("--private", action="store_true", help="create the repo private (default: the owner's "
                       "default visibility, public unless an organisation says otherwise; an existing repo keeps its "
@@ -374,10 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--overwrite-card", action="store_true", help=f"replace the repo's {CARD} with a generated "
                       "model card (default: a card already there is kept; one is written where there is none)")
     push.add_argument("--endpoint", help="Hub-compatible endpoint (default: HF_ENDPOINT, else the Hugging Face Hub)")
+    add_token_option(push, "the upload (a write token)")
     for command in (pull, exp, pred):
         command.add_argument("--endpoint", help="Hub-compatible endpoint (default: for zoo names "
                              "PERCEIVER_ZOO_ENDPOINT, else HF_ENDPOINT; for hf-hub: repos HF_ENDPOINT)")
         command.add_argument("--mirror", help="local mirror directory <repo_id>/<revision>/<file>")
+        add_token_option(command, "the download (a private or gated repo, or an endpoint that asks for one)")
     args = parser.parse_args(argv)
     if args.command == "export" and args.format is None:
         args.format = "onnx" if args.output.lower().endswith(".onnx") else "pt2"

@@ -64,9 +64,10 @@ def source_kind(model: str) -> str:
 
 
 def resolve_model(model: str, manifest=None, *, command: str, revision: str | None = None,
-                  endpoint: str | None = None) -> Target:
+                  endpoint: str | None = None, token: str | None = None) -> Target:
     """A zoo name (looked up in the manifest), a Hub repo at `revision` (its header), else a converted file or
-    save_pretrained directory (its header's metadata), each checked as `load_model` checks it. For an
+    save_pretrained directory (its header's metadata), each checked as `load_model` checks it (`token`, sent for
+    a Hub repo as huggingface_hub sends it: None is this machine's, if any). For an
     'owner/name' that is no file, the error names the zoo entry holding those weights (as
     `perceiver-zoo <command> NAME`), else its ``hf-hub:`` spelling."""
     if not model:  # Path("") is ".", which would be reported as a directory without a model.safetensors
@@ -78,7 +79,7 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
         return Target(model, entry["task"], entry_config(entry), "zoo")
     if kind == "hub":
         repo_id, revision = parse_hub_name(model, revision)
-        header = hub_metadata(repo_id, revision, endpoint=endpoint)
+        header = hub_metadata(repo_id, revision, endpoint=endpoint, token=token)
         meta = header.metadata
         # Named as messages name it (hf-hub:owner/name), the revision beside it: loaded at the header's commit.
         return Target(f"{HUB_PREFIX}{repo_id}", meta["task"], parse_config_json(meta["config"]), "hub", revision,
@@ -99,14 +100,17 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
 
 
 def load_target(target: Target, *, device: str | torch.device = "cpu", dtype: str | None, endpoint: str | None,
-                mirror: str | None, manifest) -> torch.nn.Module:
+                mirror: str | None, manifest, token: str | None = None) -> torch.nn.Module:
     """The model, as `from_pretrained` gives it: a zoo name pulled and verified, a Hub repo at the commit its
-    header was read at (that header not asked for again), a file loaded and checked."""
+    header was read at (that header not asked for again), a file loaded and checked; `token` is sent for a zoo
+    name's or a Hub repo's download (a file takes none)."""
     if target.kind == "hub":
         header = cast(HubHeader, target.header)
-        model = from_hub_header(target.task, target.model, header, device=device, dtype=dtype, endpoint=endpoint)
+        model = from_hub_header(target.task, target.model, header, device=device, dtype=dtype, endpoint=endpoint,
+                                token=token)
         # Loaded by commit: the branch or tag asked for is recorded, for offline loads.
         record_revision(hub_repo_id(target.model), cast(str, target.revision), header.commit)
         return model
-    zoo_kwargs = {"zoo": {"endpoint": endpoint, "mirror": mirror, "manifest": manifest}, "file": {}}[target.kind]
+    zoo_kwargs = {"zoo": {"endpoint": endpoint, "mirror": mirror, "manifest": manifest, "token": token},
+                  "file": {}}[target.kind]
     return from_pretrained(target.task, target.model, device=device, dtype=dtype, **zoo_kwargs)

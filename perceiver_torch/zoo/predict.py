@@ -41,10 +41,11 @@ class PredictError(ValueError):
     """An input or option `predict` refuses; the message names it."""
 
 
-def resolve(model: str, manifest=None, *, revision: str | None = None, endpoint: str | None = None) -> Target:
+def resolve(model: str, manifest=None, *, revision: str | None = None, endpoint: str | None = None,
+            token: str | None = None) -> Target:
     """MODEL as `from_pretrained` reads it (`model_arg.resolve_model`: a zoo name, an ``hf-hub:`` repo's header,
     a converted file's). Refuses a video autoencoder: predict does not decode videos."""
-    target = resolve_model(model, manifest, command="predict", revision=revision, endpoint=endpoint)
+    target = resolve_model(model, manifest, command="predict", revision=revision, endpoint=endpoint, token=token)
     if target.task == "video_autoencoding":
         raise PredictError(f"{model} is a video autoencoder (task video_autoencoding): perceiver-zoo predict does not "
                            "decode videos; in Python, load it (perceiver_torch.load_model or create_model) and call "

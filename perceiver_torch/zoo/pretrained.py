@@ -75,13 +75,14 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
 
 
 def from_hub_header(task: str, name: str, header: HubHeader, *, device: str | torch.device = "cpu",
-                    dtype: str | torch.dtype | None = None, endpoint: str | None = None) -> torch.nn.Module:
-    """`from_pretrained(task, name, revision=header.commit, endpoint=endpoint)` for a Hub repo whose header was
-    read at that commit (`user_hub.hub_metadata`): checked as from_pretrained checks it, on `header` before the
-    body is downloaded, and neither the server's HEAD answer nor the header is asked for again."""
+                    dtype: str | torch.dtype | None = None, endpoint: str | None = None,
+                    token: str | bool | None = None) -> torch.nn.Module:
+    """`from_pretrained(task, name, revision=header.commit, endpoint=endpoint, token=token)` for a Hub repo whose
+    header was read at that commit (`user_hub.hub_metadata`): checked as from_pretrained checks it, on `header`
+    before the body is downloaded, and neither the server's HEAD answer nor the header is asked for again."""
     where = f"{TASK_MODELS[task].__name__}.from_pretrained"  # what from_pretrained's refusal would say
     return create_hub_model(name, revision=header.commit, device=device, dtype=dtype, endpoint=endpoint,
-                            check=_of_task(task, where, name), header=header)
+                            check=_of_task(task, where, name), header=header, token=token)
 
 
 def load_file(where: str, path: str | os.PathLike, *, device: str | torch.device = "cpu",

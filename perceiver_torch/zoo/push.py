@@ -28,6 +28,7 @@ from .hub import check_client_online, is_offline, one_line
 from .pretrained import checkpoint_path, not_a_file
 from .release_provenance import derives_from_release
 from .schema import is_repo_id
+from .token import HOW_TO_SEND, checked_token
 from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endpoint
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def _checked_copy(original: Path, copy: Path) -> nn.Module:
         raise  # `original` changed since it was copied: the copy's own refusal
 
 
-def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | None = None,
+def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | bool | None = None,
                 endpoint: str | None = None, revision: str | None = None, private: bool | None = None,
                 commit_message: str | None = None, overwrite_card: bool = False) -> str:
     """Upload `model` to the Hub repo `repo_id` ('owner/name') in one commit; returns the commit id.
@@ -130,7 +131,7 @@ def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: st
                   commit_message=commit_message, overwrite_card=overwrite_card)[0]
 
 
-def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | None, endpoint: str | None,
+def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | bool | None, endpoint: str | None,
            revision: str | None, private: bool | None, commit_message: str | None,
            overwrite_card: bool) -> tuple[str, bool]:
     """`push_to_hub`, returning (the commit id, whether README.md was written: False when the repo's was kept)."""
@@ -149,10 +150,12 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | N
     target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
     if not is_offline():  # else huggingface_hub's own refusal says to unset it, rightly
         check_client_online(f"push_to_hub: uploading to {target}", HubError)
-    token = token or get_token()
+    # As huggingface_hub's: a str is the token, None or True the machine's; False (send none) cannot upload.
+    token = checked_token(token, "push_to_hub")
+    token = token if isinstance(token, str) else None if token is False else get_token()
     if not token:
-        raise HubError(f"push_to_hub: uploading to {target} needs a write token: pass token=..., set HF_TOKEN or "
-                       "log in with `hf auth login`.")
+        raise HubError(f"push_to_hub: uploading to {target} needs a write token: pass one ({HOW_TO_SEND}), "
+                       "set HF_TOKEN or log in with `hf auth login`.")
     with tempfile.TemporaryDirectory(prefix="perceiver-push-") as folder:
         path = Path(folder) / FILENAME
         if isinstance(model, nn.Module):

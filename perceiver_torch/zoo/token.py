@@ -1,10 +1,17 @@
 """The `token` argument of the download functions, as huggingface_hub takes it: a str is sent as the access token;
 True sends the machine's (``HF_TOKEN``, else ``hf auth login``'s) and requires one; None sends the machine's if
-there is one; False sends none. Checked before any request, and never shown in a message (it is a secret)."""
+there is one; False sends none. Checked before any request, and never shown in a message (it is a secret).
+
+The command lines take it as huggingface_hub's CLI does, ``--token TOKEN`` (`add_token_option`), checked alike."""
 
 from __future__ import annotations
 
+import argparse
+
 from huggingface_hub import get_token
+
+# How to send a token, for refusals that the Python API and the command lines share.
+HOW_TO_SEND = "token='hf_...' in Python, --token on the command line"
 
 
 def checked_token(token, where: str) -> str | bool | None:
@@ -21,8 +28,35 @@ def checked_token(token, where: str) -> str | bool | None:
     if not token:
         raise ValueError(f"{where}: token is empty; pass a Hub access token, or None for this machine's "
                          "(HF_TOKEN or `hf auth login`'s), or False to send none.")
+    problem = _unsendable(token)
+    if problem:
+        raise ValueError(f"{where}: token {problem}.")
+    return token
+
+
+def _unsendable(token: str) -> str | None:
+    """Why the non-empty `token` cannot go in an HTTP header, without showing it; None if it can."""
     # An HTTP header is ASCII: a character beyond it failed in the request, its error quoting it and its position.
     if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
-        raise ValueError(f"{where}: token ({len(token)} characters, not shown) holds whitespace, control or non-ASCII "
-                         "characters; a Hub access token has none (copy it again without them).")
-    return token
+        return (f"({len(token)} characters, not shown) holds whitespace, control or non-ASCII characters; a Hub "
+                "access token has none (copy it again without them)")
+    return None
+
+
+def token_argument(value: str) -> str:
+    """argparse's `type` for ``--token``: the token, or an ArgumentTypeError that does not show it (argparse
+    quotes the value of any other error: a secret on the terminal, in CI logs)."""
+    if not value:
+        raise argparse.ArgumentTypeError("is empty; give a Hub access token, or leave --token out to use this "
+                                         "machine's (HF_TOKEN, else `hf auth login`'s)")
+    problem = _unsendable(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def add_token_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--token TOKEN`` on `parser`, as huggingface_hub's CLI spells it; `what` says what it is sent for."""
+    parser.add_argument("--token", type=token_argument, help=f"a Hub access token, sent for {what} (default: "
+                        "HF_TOKEN, else `hf auth login`'s); a token on the command line is visible to other users of "
+                        "this machine (ps) and kept in shell history: prefer HF_TOKEN=... or `hf auth login`")

@@ -58,6 +58,7 @@ from .hub import (
     one_line,
 )
 from .schema import is_relative_path, is_repo_id
+from .token import HOW_TO_SEND
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +273,8 @@ def _announced(url: str, endpoint: str, what: str, token: str | bool | None, con
 def _token_sent(headers: dict[str, str]) -> str:
     """Whether a token went with a request (its `headers`), and how to send one with access, for a refusal."""
     if "authorization" in headers:
-        return "the token sent has no access to it (token=..., else HF_TOKEN or `hf auth login`'s)"
-    return "no token was sent: pass token='hf_...' or token=True, set HF_TOKEN or log in with `hf auth login`"
+        return f"the token sent has no access to it (the one given: {HOW_TO_SEND}; else HF_TOKEN or `hf auth login`'s)"
+    return f"no token was sent: pass one ({HOW_TO_SEND}), set HF_TOKEN or log in with `hf auth login`"
 
 
 def _remote_metadata(url: str, meta: HfFileMetadata, artifact: dict, what: str, where: str,

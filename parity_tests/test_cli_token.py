@@ -1,0 +1,139 @@
+"""`--token TOKEN` on the command lines that talk to the Hub (huggingface_hub's CLI spelling), against the Hub
+stand-in, whose private repos answer any request without the write token as a repo that does not exist: a
+command that succeeds sent the token with each of its requests. A token is never shown, in an error or a
+usage message, and is checked before any request as `token=` is."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import perceiver_torch as pt
+from converters.transformers.export_cli import main as to_transformers_cli
+from converters.zoo.cli import main as admin_cli
+from perceiver_torch.zoo.cli import main as zoo_cli
+
+from . import test_hub_token
+from .conftest import golden_config, seeded_model
+from .test_hub_token import PRIVATE, TOKEN, _without_a_token
+from .zoo_support import TEST_HUB, TEST_MANIFEST, cached_files, hub_env
+
+SECRET = "hf_do_not_show_me"
+# A private language model on the stand-in, and no token on this machine (test_hub_token's fixture).
+private_hub = test_hub_token.private_hub
+NO_TOKEN_SENT = ("no token was sent: pass one (token='hf_...' in Python, --token on the command line), set HF_TOKEN "
+                 "or log in with `hf auth login`")
+
+
+def _refused(capsys, status: int, run) -> str:
+    """What the command `run` printed on stderr, once it exited with `status` (as main's return or SystemExit)."""
+    try:
+        code = run()
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    assert code == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and SECRET not in err and TOKEN not in err
+    return err
+
+
+def test_info_and_pull_send_the_token(private_hub, capsys):
+    name = f"hf-hub:{PRIVATE}"
+    err = _refused(capsys, 1, lambda: zoo_cli(["info", name]))
+    assert f"perceiver-zoo: error: {name} " in err and NO_TOKEN_SENT in err
+    assert zoo_cli(["info", name, "--token", TOKEN]) == 0
+    assert "task: language" in capsys.readouterr().out
+    assert NO_TOKEN_SENT in _refused(capsys, 1, lambda: zoo_cli(["pull", name]))
+    assert zoo_cli(["pull", name, "--token", TOKEN]) == 0
+    assert capsys.readouterr().out.startswith(f"{name}: commit ")
+
+
+def test_predict_and_export_send_it_for_the_body_too(private_hub, tmp_path, capsys):
+    """The header is read, then the body downloaded in a second step: both with the token (a fresh cache)."""
+    hub, model = private_hub
+    name = f"hf-hub:{PRIVATE}"
+    text = "a sentence [MASK]"
+    assert zoo_cli(["predict", name, text, "--json", "--token", TOKEN]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == [{"input": text, "output": model.fill_masked(text)}]
+    assert any(p.endswith("model.safetensors") for p in cached_files(tmp_path / "cache"))
+    # A token without access is sent, and named as such (export stops there, before anything is written).
+    err = _refused(capsys, 1, lambda: zoo_cli(["export", name, "-o", str(tmp_path / "m.pt2"), "--token", SECRET]))
+    assert "the token sent has no access to it (the one given: token='hf_...' in Python, --token on the command " \
+           "line; else HF_TOKEN or `hf auth login`'s)" in err
+    assert not (tmp_path / "m.pt2").exists()
+
+
+def test_push_takes_the_token(tmp_path, monkeypatch, capsys):
+    _without_a_token(monkeypatch, tmp_path)
+    path = pt.save_model(seeded_model("language").eval(), tmp_path / "lm.safetensors")
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        err = _refused(capsys, 1, lambda: zoo_cli(["push", str(path), "someone/cli-push"]))
+        assert "needs a write token: pass one (token='hf_...' in Python, --token on the command line)" in err
+        err = _refused(capsys, 1, lambda: zoo_cli(["push", str(path), "someone/cli-push", "--token", SECRET]))
+        assert "upload to" in err and "failed" in err
+        assert zoo_cli(["push", str(path), "someone/cli-push", "--token", TOKEN]) == 0
+    assert "pushed to hf-hub:someone/cli-push as commit" in capsys.readouterr().out
+
+
+def test_a_zoo_model_on_a_private_endpoint(tmp_path, monkeypatch, capsys):
+    _without_a_token(monkeypatch, tmp_path)
+    tree = tmp_path / "zoo-hub"
+    shutil.copytree(TEST_HUB, tree)
+    (tree / "perceiver-torch" / "tiny-language-perceiver" / "visibility").write_text("private\n")
+    with hub_env(monkeypatch, tree, tmp_path / "cache", token=TOKEN):
+        argv = ["--manifest", str(TEST_MANIFEST), "pull", "tiny-language-perceiver"]
+        assert "RepositoryNotFoundError" in _refused(capsys, 1, lambda: zoo_cli(argv))
+        assert zoo_cli([*argv, "--token", TOKEN]) == 0
+    assert "tiny-language-perceiver: verified sha256" in capsys.readouterr().out
+
+
+def test_perceiver_to_transformers_takes_it_for_hf_hub_repos(private_hub, tmp_path, capsys):
+    config = golden_config("language")
+    config["decoder"] = {**config["decoder"], "qk_channels": 256, "num_heads": 8}  # what transformers fixes
+    pt.push_to_hub(seeded_model("language", config).eval(), "someone/private-exportable", token=TOKEN, private=True)
+    name = "hf-hub:someone/private-exportable"
+    out = tmp_path / "exported"
+    assert NO_TOKEN_SENT in _refused(capsys, 1, lambda: to_transformers_cli([name, "-o", str(out)]))
+    assert to_transformers_cli([name, "-o", str(out), "--token", TOKEN]) == 0
+    assert (out / "model.safetensors").is_file()
+    err = _refused(capsys, 2, lambda: to_transformers_cli([str(out / "model.safetensors"), "-o", str(tmp_path / "x"),
+                                                           "--token", SECRET]))
+    assert "--token applies to hf-hub:owner/name repos only" in err
+
+
+@pytest.mark.parametrize("token, problem", [
+    ("", "argument --token: is empty; give a Hub access token, or leave --token out to use this machine's"),
+    (f"{SECRET} ", "argument --token: (18 characters, not shown) holds whitespace, control or non-ASCII characters"),
+    (f"{SECRET}\x1b", "argument --token: (18 characters, not shown) holds whitespace"),
+    (f"{SECRET}\u00e9", "argument --token: (18 characters, not shown) holds whitespace"),
+])
+def test_a_token_that_cannot_be_sent_is_a_usage_error_that_does_not_show_it(private_hub, tmp_path, capsys, token,
+                                                                            problem):
+    hub, _ = private_hub
+    asked = hub.requests
+    name = f"hf-hub:{PRIVATE}"
+    for run in (lambda: zoo_cli(["info", name, f"--token={token}"]),
+                lambda: zoo_cli(["pull", name, f"--token={token}"]),
+                lambda: zoo_cli(["predict", name, "x", f"--token={token}"]),
+                lambda: zoo_cli(["export", name, "-o", str(tmp_path / "m.pt2"), f"--token={token}"]),
+                lambda: zoo_cli(["push", str(tmp_path), "someone/x", f"--token={token}"]),
+                lambda: to_transformers_cli([name, "-o", str(tmp_path / "x"), f"--token={token}"]),
+                lambda: admin_cli(["publish", "x", f"--token={token}"])):
+        assert problem in _refused(capsys, 2, run)
+    assert hub.requests == asked
+
+
+def test_the_token_applies_only_where_something_is_fetched(tmp_path, capsys):
+    err = _refused(capsys, 2, lambda: zoo_cli(["info", str(tmp_path / "m.safetensors"), "--token", SECRET]))
+    assert "--token applies to hf-hub: repos; " in err
+    err = _refused(capsys, 2, lambda: zoo_cli(["predict", str(tmp_path / "m.safetensors"), "x", "--token", SECRET]))
+    assert "--token applies to zoo models and hf-hub: repos; " in err
+
+
+def test_the_help_points_to_hf_token(capsys):
+    with pytest.raises(SystemExit):
+        zoo_cli(["pull", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--token TOKEN a Hub access token" in out and "prefer HF_TOKEN=... or `hf auth login`" in out
