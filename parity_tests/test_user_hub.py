@@ -583,8 +583,9 @@ def test_arguments_that_do_not_apply_are_named(tmp_path, monkeypatch):
         pt.create_model("hf-hub:a/../b")
     with pytest.raises(ValueError, match=r"revision must be a branch, tag or commit id .*; got '\.\./main'"):
         pt.create_model("hf-hub:a/b", revision="../main")
-    with pytest.raises(ValueError, match="push_to_hub: repo_id must be a Hub repo id 'owner/name'.*got 'b'"):
-        pt.push_to_hub(build_model("language", golden_config("language")), "b", token=TOKEN)
+    with pytest.raises(ValueError, match="push_to_hub: repo_id must be a Hub repo id 'owner/name', or a name for a "
+                                         "repo of the token's owner .*got 'a/b/c'"):
+        pt.push_to_hub(build_model("language", golden_config("language")), "a/b/c", token=TOKEN)
 
 
 def test_export_model_takes_an_hf_hub_name_as_create_model_does(tmp_path, monkeypatch, capsys):
@@ -815,7 +816,7 @@ def test_a_servers_http_error_is_one_line(tmp_path, monkeypatch, capsys, failing
 
 
 def test_cli_push_refuses_bad_arguments_as_usage_errors(tmp_path, capsys):
-    for argv, message in ((["lm.safetensors", "no-owner"], "OWNER/NAME must be a Hub repo id"),
+    for argv, message in ((["lm.safetensors", "no/such/owner"], "[OWNER/]NAME must be a Hub repo id"),
                           (["lm.safetensors", REPO, "--revision", "../main"], "--revision must be a branch, tag or "
                                                                                "commit id"),
                           (["lm.safetensors", REPO, "--endpoint", ""], "--endpoint must not be empty")):

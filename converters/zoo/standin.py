@@ -13,9 +13,14 @@ It keeps repositories as a directory tree ``<root>/<repo_id>/<commit>/<files>`` 
   huggingface_hub's resumption and the zoo's header read both accept); the Hub's
   ``X-Error-Code`` values ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound`` on 404;
 - repository info: ``GET /api/models/{repo_id}[/revision/{revision}]`` (with ``private``, as the Hub's);
+- who a token belongs to (``HfApi.whoami``, which huggingface_hub asks to put a bare repo name in the token owner's
+  namespace): ``GET /api/whoami-v2`` answers the write token as the user ``user`` (``USER`` unless the server was
+  started with another), any other or none with 401, as the Hub answers a token that is not valid;
 - uploads (``HfApi.create_repo`` and ``create_commit``): ``POST /api/repos/create`` (its JSON ``visibility``,
   ``"private"`` or ``"public"`` (default), or an older client's boolean ``private``, is kept in
-  ``<root>/<repo_id>/visibility``; a repo that exists answers 409 and keeps its visibility, as on the Hub),
+  ``<root>/<repo_id>/visibility``; a repo that exists answers 409 and keeps its visibility, as on the Hub; a name
+  without an ``organization`` or a '/' is created in ``user``'s namespace, as the Hub creates it in the token
+  owner's),
   ``/api/validate-yaml``, ``/api/models/{repo_id}/preupload/{revision}`` (every file is
   uploaded "regular", inline) and ``/api/models/{repo_id}/commit/{revision}`` (NDJSON). A
   commit copies its parent's files, applies the additions, and gets a deterministic 40-hex
@@ -75,6 +80,7 @@ from perceiver_torch.zoo.schema import is_relative_path, is_repo_id
 MAX_BODY_BYTES = 256 << 20
 _REVISION_CHARS = frozenset("0123456789abcdef")
 VISIBILITY_FILE = "visibility"  # in a repo's folder: "private" or "public", as create_repo asked
+USER = "stand-in-user"  # whom the write token belongs to (/api/whoami-v2), unless the server is given another
 # The longest file or folder name most file systems take (NAME_MAX); a longer part of a path is refused up front
 # (400, or 404 on a read) instead of reaching the file system as ENAMETOOLONG. A branch leaves room for the
 # temporary '.<branch>.tmp' its ref is written through.
@@ -261,6 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("api/models/"):
             repo_id, _, revision = path.removeprefix("api/models/").partition("/revision/")
             return self._model_info(repo_id, revision or "main")
+        if path == "api/whoami-v2":
+            return self._whoami()
         if "/resolve/" not in path:
             return self._error(404, "RepoNotFound", f"unknown route {path!r}")
         repo_id, rest = path.split("/resolve/", 1)
@@ -318,6 +326,13 @@ class _Handler(BaseHTTPRequestHandler):
                                                                f"Bearer {self.server.token}")
 
     # -- handlers --------------------------------------------------------------------------------
+    def _whoami(self):
+        """The Hub's answer for the write token (its user's name, no organisations); 401 for any other, as the
+        Hub answers a token that is not valid (and a read-only stand-in has no user to name)."""
+        if not self._authorized():
+            return self._error(401, "Unauthorized", "Invalid credentials in Authorization header")
+        return self._json(200, {"type": "user", "name": self.server.user, "orgs": [], "auth": {"type": "access_token"}})
+
     def _locate(self, repo_id: str, revision: str):
         """(repo_dir, commit) of a repo at a revision, or None after answering the Hub's 404 (401 for a private
         repo asked for without a token)."""
@@ -385,7 +400,9 @@ class _Handler(BaseHTTPRequestHandler):
         name, org = payload.get("name"), payload.get("organization")
         if not isinstance(name, str) or (payload.get("type") or "model") != "model":
             return self._error(400, "BadRequest", "only model repos with a name can be created here")
-        repo_id = f"{org}/{name}" if org else name
+        # A name alone is in the token owner's namespace, as on the Hub (huggingface_hub sends 'owner/name' as
+        # organisation and name; a whole repo id as the name, which older callers of this stand-in sent, stays one).
+        repo_id = f"{org}/{name}" if org else name if "/" in name else f"{self.server.user}/{name}"
         if not is_repo_id(repo_id):
             return self._error(400, "BadRequest", f"invalid repo id {repo_id!r}: expected 'namespace/name'")
         # huggingface_hub 2.x sends "visibility"; older clients send a boolean "private".
@@ -465,14 +482,16 @@ class _Handler(BaseHTTPRequestHandler):
 class StandInHub(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, root, port=0, idle_timeout=120.0, faults=None, token=None, verbose=False):
-        """`token`: the write token clients must send; None serves the tree read-only."""
+    def __init__(self, root, port=0, idle_timeout=120.0, faults=None, token=None, verbose=False, user=USER):
+        """`token`: the write token clients must send; None serves the tree read-only. `user`: whom the token
+        belongs to (/api/whoami-v2), the namespace of a repo created without one."""
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)  # before binding: a root that cannot be made leaves no socket
         super().__init__(("127.0.0.1", port), _Handler)
         self.idle_timeout = idle_timeout
         self.faults = dict(faults or {})
         self.token = token
+        self.user = user
         self.verbose = verbose
         self.requests = 0
         self._last = time.monotonic()

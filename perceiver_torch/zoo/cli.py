@@ -1,5 +1,5 @@
-"""`perceiver-zoo list | info NAME | pull MODEL | export MODEL -o FILE | predict MODEL INPUT... | push FILE OWNER/NAME`:
-the model zoo from the command line.
+"""`perceiver-zoo list | info NAME | pull MODEL | export MODEL -o FILE | predict MODEL INPUT... |
+push FILE [OWNER/]NAME`: the model zoo from the command line.
 
 `predict` runs a model (a zoo name, an hf-hub: repo or a converted .safetensors file) on your inputs: texts
 with [MASK] markers (language; `-` reads stdin, one text a line), image files (imagenet: top-k labels), or two
@@ -57,7 +57,7 @@ from .predict import (
 )
 from .pretrained import zoo_entry
 from .push import CARD, upload
-from .schema import is_repo_id
+from .schema import is_repo_id, is_repo_name
 from .token import add_token_option
 from .user_hub import HUB_PREFIX, checked_revision, hub_checkpoint, parse_hub_name
 
@@ -219,10 +219,10 @@ def _predict(args) -> int:
 
 
 def _push(args) -> int:
-    commit, wrote_card = upload(args.file, args.repo, token=args.token, endpoint=args.endpoint, revision=args.revision,
-                                private=True if args.private else None, commit_message=args.message,
-                                overwrite_card=args.overwrite_card)
-    name = f"{HUB_PREFIX}{args.repo}"
+    repo_id, commit, wrote_card = upload(args.file, args.repo, token=args.token, endpoint=args.endpoint,
+                                         revision=args.revision, private=True if args.private else None,
+                                         commit_message=args.message, overwrite_card=args.overwrite_card)
+    name = f"{HUB_PREFIX}{repo_id}"  # a bare NAME: in the token owner's namespace
     card = f"wrote {CARD}" if wrote_card else f"kept the repo's {CARD} (--overwrite-card replaces it)"
     print(f"{args.file}: pushed to {name} as commit {commit}; {card}\n"
           f"load it with: perceiver_torch.create_model({name!r}, revision={commit!r})\n"
@@ -248,9 +248,9 @@ def _check_predict_args(parser: argparse.ArgumentParser, args) -> None:
 
 def _check_push_args(parser: argparse.ArgumentParser, args) -> None:
     """What `push` refuses from its arguments alone (usage errors, exit 2), before any file is read."""
-    if not is_repo_id(args.repo):
-        parser.error(f"OWNER/NAME must be a Hub repo id (letters, digits, '.', '_' or '-' on each side of one '/'); "
-                     f"got {args.repo!r}")
+    if not is_repo_id(args.repo) and not is_repo_name(args.repo):
+        parser.error(f"[OWNER/]NAME must be a Hub repo id, or a name for a repo of the token's owner (letters, digits, "
+                     f"'.', '_' or '-', each side of one '/'); got {args.repo!r}")
     if args.revision is not None:
         try:
             checked_revision(args.revision)
@@ -371,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("file", metavar="FILE",
                       help="a converted .safetensors file (save_model's or perceiver-convert's) or a "
                       "save_pretrained directory")
-    push.add_argument("repo", metavar="OWNER/NAME", help="the Hub repo (created if needed)")
+    push.add_argument("repo", metavar="[OWNER/]NAME", help="the Hub repo (created if needed); a NAME alone is in "
+                      "the namespace of the token's owner, as huggingface_hub resolves it")
     push.add_argument("--revision", help="a branch (created from main if new; default: main)")
     push.add_argument("--private", action="store_true", help="create the repo private (default: the owner's "
                       "default visibility, public unless an organisation says otherwise; an existing repo keeps its "

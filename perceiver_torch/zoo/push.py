@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from torch import nn
@@ -27,7 +27,7 @@ from ..serialization import checked_metadata, load_model, read_metadata
 from .hub import check_client_online, is_offline, one_line
 from .pretrained import checkpoint_path, not_a_file
 from .release_provenance import derives_from_release
-from .schema import is_repo_id
+from .schema import is_repo_id, is_repo_name
 from .token import HOW_TO_SEND, checked_token
 from .user_hub import FILENAME, HUB_PREFIX, HubError, checked_revision, hub_endpoint
 
@@ -108,10 +108,36 @@ def _checked_copy(original: Path, copy: Path) -> nn.Module:
         raise  # `original` changed since it was copied: the copy's own refusal
 
 
+class Pushed(NamedTuple):
+    """What `upload` did: the repo ('owner/name', a bare name's owner resolved), the commit id, and whether README.md
+    was written (False when the repo's own card was kept)."""
+
+    repo_id: str
+    commit: str
+    wrote_card: bool
+
+
+def owners_repo(api: HfApi, name: str, where: str) -> str:
+    """'owner/name' for the bare repo `name`, the owner being whom `api`'s token belongs to, as huggingface_hub
+    resolves it (`HfApi.whoami`, then that user's namespace); a token the server refuses is named as such."""
+    try:
+        owner = api.whoami()["name"]
+    except Exception as exc:  # huggingface_hub's HTTP errors (401: the token is not valid), connection errors
+        raise HubError(f"push_to_hub: {name!r} names no owner, and asking {where} whom the token belongs to (to "
+                       f"push to that user's {name!r}) failed: {one_line(exc).rstrip('.')}. Check the token, or "
+                       f"name the repo 'owner/{name}'.") from exc
+    if not isinstance(owner, str) or not is_repo_id(f"{owner}/{name}"):
+        raise HubError(f"push_to_hub: {where} says the token belongs to {owner!r:.100}, which is no Hub "
+                       f"namespace; name the repo 'owner/{name}'.")
+    log.info("push_to_hub: %r is %s/%s (the token belongs to %s)", name, owner, name, owner)
+    return f"{owner}/{name}"
+
+
 def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | bool | None = None,
                 endpoint: str | None = None, revision: str | None = None, private: bool | None = None,
                 commit_message: str | None = None, overwrite_card: bool = False) -> str:
-    """Upload `model` to the Hub repo `repo_id` ('owner/name') in one commit; returns the commit id.
+    """Upload `model` to the Hub repo `repo_id` ('owner/name', or 'name' in the token owner's namespace, as
+    huggingface_hub resolves it) in one commit; returns the commit id.
 
     `model` is written with `save_model` (everything it refuses is refused here, before any upload) as
     ``model.safetensors``, with a generated ``README.md`` model card where the repo (at `revision`) has none: a
@@ -128,17 +154,17 @@ def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: st
     ``Model.from_pretrained("hf-hub:<repo_id>", revision=<the commit id>)``.
     """
     return upload(model, repo_id, token=token, endpoint=endpoint, revision=revision, private=private,
-                  commit_message=commit_message, overwrite_card=overwrite_card)[0]
+                  commit_message=commit_message, overwrite_card=overwrite_card).commit
 
 
 def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | bool | None, endpoint: str | None,
            revision: str | None, private: bool | None, commit_message: str | None,
-           overwrite_card: bool) -> tuple[str, bool]:
-    """`push_to_hub`, returning (the commit id, whether README.md was written: False when the repo's was kept)."""
+           overwrite_card: bool) -> Pushed:
+    """`push_to_hub`, saying where it pushed, the commit, and whether README.md was written."""
     source = None if isinstance(model, nn.Module) else _checkpoint_file(model)
-    if not is_repo_id(repo_id):
-        raise ValueError(f"push_to_hub: repo_id must be a Hub repo id 'owner/name' (letters, digits, '.', '_' or '-'); "
-                         f"got {repo_id!r}.")
+    if not is_repo_id(repo_id) and not is_repo_name(repo_id):
+        raise ValueError(f"push_to_hub: repo_id must be a Hub repo id 'owner/name', or a name for a repo of the "
+                         f"token's owner (letters, digits, '.', '_' or '-'); got {repo_id!r:.200}.")
     if private is not None and type(private) is not bool:  # bool("no") is True: a string would flip it
         raise TypeError(f"push_to_hub: private must be True, False or None; got {type(private).__name__} "
                         f"{private!r:.40}.")
@@ -156,6 +182,10 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | b
     if not token:
         raise HubError(f"push_to_hub: uploading to {target} needs a write token: pass one ({HOW_TO_SEND}), "
                        "set HF_TOKEN or log in with `hf auth login`.")
+    api = HfApi(endpoint=where, token=token)
+    if not is_repo_id(repo_id):  # a bare name: in the token owner's namespace, before anything is written
+        repo_id = owners_repo(api, repo_id, where)
+        target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
     with tempfile.TemporaryDirectory(prefix="perceiver-push-") as folder:
         path = Path(folder) / FILENAME
         if isinstance(model, nn.Module):
@@ -166,7 +196,6 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | b
         num_parameters = sum(p.numel() for p in model.parameters())  # the file holds them all, strictly
         card = Path(folder) / CARD
         card.write_text(model_card(repo_id, task, num_parameters, read_metadata(path)), encoding="utf-8")
-        api = HfApi(endpoint=where, token=token)
         try:
             api.create_repo(repo_id, private=private, exist_ok=True)
             if branch is not None:
@@ -193,4 +222,4 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | b
     log.info("pushed %s to %s: commit %s (load it with from_pretrained(%r, revision=%r)); %s",
              TASK_MODELS[task].__name__, target, info.oid, HUB_PREFIX + repo_id, info.oid,
              f"wrote {CARD}" if write_card else f"kept the repo's {CARD} (overwrite_card=True replaces it)")
-    return info.oid, write_card
+    return Pushed(repo_id, info.oid, write_card)

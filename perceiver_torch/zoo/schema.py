@@ -122,6 +122,12 @@ def is_repo_id(value) -> bool:
             and not value.endswith(".git"))
 
 
+def is_repo_name(value) -> bool:
+    """A Hub repo's name without its namespace: what 'owner/' completes to a repo id (huggingface_hub puts such a
+    name in the token owner's namespace)."""
+    return isinstance(value, str) and "/" not in value and is_repo_id(f"owner/{value}")
+
+
 def is_relative_path(value) -> bool:
     """A relative POSIX path of plain components: no absolute path, no '.' or '..', no backslash or empty part."""
     if not isinstance(value, str) or not value or len(value) > 1024:
