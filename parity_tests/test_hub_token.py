@@ -121,8 +121,9 @@ def test_token_false_sends_not_even_the_machines_token_to_a_zoo_endpoint(tmp_pat
 def test_keywords_that_do_not_apply_are_named_as_such(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing is asked of any server
     with pytest.raises(TypeError, match=r"PerceiverForMaskedLM.from_pretrained: unexpected keyword argument\(s\) "
-                                        r"'revison' \(it takes cache_dir, device, dtype, endpoint, manifest, mirror, "
-                                        r"num_classes, revision, token\)"):
+                                        r"'revison' \(it takes cache_dir, device, device_map, dtype, endpoint, "
+                                        r"force_download, local_files_only, manifest, mirror, num_classes, revision, "
+                                        r"token, torch_dtype\)"):
         pt.PerceiverForMaskedLM.from_pretrained("hf-hub:a/b", revison="main")
     with pytest.raises(TypeError, match=r"'hf-hub:a/b' is a Hub repo, which takes no mirror \(those select a zoo "
                                         r"model's source: zoo names only\)"):

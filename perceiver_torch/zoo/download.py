@@ -183,9 +183,10 @@ def _link(pointer: Path, blob: Path) -> None:
         raise
 
 
-def download(artifact: dict, endpoint: str, cache: Path, verify,
-             token: str | bool | None = None) -> tuple[Path, os.stat_result | None]:
-    """Download `artifact` into `cache`; returns its snapshot path and the stat of the bytes verified.
+def download(artifact: dict, endpoint: str, cache: Path, verify, token: str | bool | None = None, *,
+             force: bool = False) -> tuple[Path, os.stat_result | None]:
+    """Download `artifact` into `cache`; returns its snapshot path and the stat of the bytes verified. `force`
+    downloads it even if its blob is cached (the new bytes, once verified, replace it: force_download).
 
     `token` is huggingface_hub's: a str is sent, True the machine's (HF_TOKEN or `hf auth login`'s), required,
     None the machine's if any, False none. The stat is None when the blob was already there (put by another pull):
@@ -210,7 +211,7 @@ def download(artifact: dict, endpoint: str, cache: Path, verify,
             made = [make_folders(blob.parent)]  # one list per branch of the tree, each deepest first
             try:
                 _remove_leftovers(blob)
-                if not blob.is_file():
+                if force or not blob.is_file():
                     log.info("downloading %s to %s", url, blob)
                     stat = _stream_blob(download_location(url, meta, headers), headers, blob, artifact, verify)
                 made.append(make_folders(pointer.parent))

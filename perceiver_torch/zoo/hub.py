@@ -74,6 +74,14 @@ def is_offline() -> bool:
     return value.strip().lower() in _TRUE
 
 
+def offline_reason(local_files_only: bool = False) -> str | None:
+    """Why nothing may be downloaded now, for a refusal: the caller's ``local_files_only=True`` (transformers' and
+    huggingface_hub's keyword), or HF_HUB_OFFLINE; None if downloads may go."""
+    if local_files_only:
+        return "local_files_only=True"
+    return "HF_HUB_OFFLINE is set" if is_offline() else None
+
+
 def check_client_online(what: str, error: type[ZooError] = ZooError) -> None:
     """Refuse to go online, saying why, when huggingface_hub's HTTP client is offline while the environment now says
     otherwise (call it once `is_offline()` is False): it reads HF_HUB_OFFLINE once, at its import, so a process that
@@ -234,11 +242,12 @@ def fetch(name: str, *, endpoint: str | None = None, mirror=None, cache: str | o
     return path
 
 
-def _fetch_verified(name: str, artifact: dict, kind: str, where: str, cache,
-                    token: str | bool | None = None) -> tuple[Path, os.stat_result]:
-    if kind == "mirror":
+def _fetch_verified(name: str, artifact: dict, kind: str, where: str, cache, token: str | bool | None = None, *,
+                    local_files_only: bool = False, force_download: bool = False) -> tuple[Path, os.stat_result]:
+    if kind == "mirror":  # a local directory, verified where it lies each time: nothing to download or re-fetch
         return _from_mirror(name, artifact, Path(where))
-    return from_endpoint(f"zoo model {name!r}", artifact, where, Path(cache) if cache else cache_dir(), token)
+    return from_endpoint(f"zoo model {name!r}", artifact, where, Path(cache) if cache else cache_dir(), token,
+                         local_files_only=local_files_only, force_download=force_download)
 
 
 def _from_mirror(name: str, artifact: dict, root: Path) -> tuple[Path, os.stat_result]:
@@ -252,27 +261,29 @@ def _from_mirror(name: str, artifact: dict, root: Path) -> tuple[Path, os.stat_r
     return path, verify_file(path, artifact, f"zoo model {name!r} (mirror)")
 
 
-def from_endpoint(what: str, artifact: dict, where: str, cache: Path,
-                  token: str | bool | None = None) -> tuple[Path, os.stat_result]:
+def from_endpoint(what: str, artifact: dict, where: str, cache: Path, token: str | bool | None = None, *,
+                  local_files_only: bool = False, force_download: bool = False) -> tuple[Path, os.stat_result]:
     """The cached snapshot file of `artifact` (what `what` names in errors), verified; downloaded from the endpoint
-    `where` first (verified before it enters the cache, `token` sent as huggingface_hub sends it) if absent."""
+    `where` first (verified before it enters the cache, `token` sent as huggingface_hub sends it) if absent, or
+    whatever the cache holds with `force_download`; never with `local_files_only` (nor HF_HUB_OFFLINE)."""
     pointer = snapshot_path(cache, artifact)
-    if not pointer.exists():  # also a link whose blob is gone: the download replaces the link itself
-        pointer, hashed = _download(what, artifact, where, cache, token)
+    if force_download or not pointer.exists():  # also a link whose blob is gone: the download replaces the link
+        pointer, hashed = _download(what, artifact, where, cache, token, local_files_only, force_download)
         if hashed is not None:
             return pointer, hashed
     return verified_cached(what, pointer, artifact, repo_cache_dir(cache, artifact["repo_id"]))
 
 
-def _download(what: str, artifact: dict, where: str, cache: Path,
-              token: str | bool | None) -> tuple[Path, os.stat_result | None]:
+def _download(what: str, artifact: dict, where: str, cache: Path, token: str | bool | None, local_files_only: bool,
+              force: bool) -> tuple[Path, os.stat_result | None]:
     source = f"{artifact['repo_id']}@{artifact['revision']}/{artifact['filename']} from {where}"
-    if is_offline():
-        raise ZooError(f"{what}: download of {source} failed (HF_HUB_OFFLINE is set and the file is not in the "
-                       f"cache {cache}; pull it there online, or point HF_HUB_CACHE at a cache that holds it)")
+    offline = offline_reason(local_files_only)
+    if offline is not None:  # force_download with it is refused earlier, by the caller's keywords
+        raise ZooError(f"{what}: download of {source} failed ({offline} and the file is not in the cache {cache}; "
+                       "pull it there online, or point HF_HUB_CACHE at a cache that holds it)")
     check_client_online(what)
     try:
-        return download(artifact, where, cache, lambda f: _check_download(f, artifact), token)
+        return download(artifact, where, cache, lambda f: _check_download(f, artifact), token, force=force)
     except (IntegrityError, RefusedAnswer) as exc:  # `download` removed its own temp file; no other is touched
         raise IntegrityError(f"{what}: download of {source} refused: {exc}; nothing was kept in the cache") from None
     except Exception as exc:
@@ -348,8 +359,10 @@ def _untrained(name: str, task: str, config: dict, manifest, device: torch.devic
 def create_model(name: str, pretrained: bool = True, *, num_classes: int | None = None,
                  device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                  endpoint: str | None = None, mirror=None, cache_dir=None, manifest=None,
-                 token: str | bool | None = None) -> torch.nn.Module:
-    """A zoo model by name, in eval mode (`token`: what is sent to the endpoint, as huggingface_hub sends it).
+                 token: str | bool | None = None, local_files_only: bool = False,
+                 force_download: bool = False) -> torch.nn.Module:
+    """A zoo model by name, in eval mode (`token`: what is sent to the endpoint, as huggingface_hub sends it;
+    `local_files_only`: from the cache only, `force_download`: downloaded again even if cached, verified alike).
 
     ``pretrained=True`` downloads the manifest-pinned artifact, verifies its sha256
     before loading, and loads it strictly; ``pretrained=False`` builds the untrained
@@ -371,7 +384,8 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
         return with_classes(model, num_classes)
     artifact = _published(name, entry)
     path, hashed = _fetch_verified(name, artifact, *location(entry, endpoint, mirror), cache_dir,
-                                   checked_token(token, "create_model"))
+                                   checked_token(token, "create_model"), local_files_only=local_files_only,
+                                   force_download=force_download)
 
     def converted_for_this_entry(meta: dict[str, str]) -> None:
         # load_model has already refused a config that is not valid, bounded JSON; this parse cannot fail.

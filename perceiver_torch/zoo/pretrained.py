@@ -12,14 +12,16 @@ import torch
 from ..registry import TASK_MODELS
 from ..serialization import CheckpointFormatError, load_model
 from .create import HUB_KEYWORDS, ZOO_KEYWORDS, create_hub_model, create_model
+from .hf_keywords import checked_fetch, placement
 from .manifest import UnknownModelError, entries, get_entry
 from .schema import ManifestError, is_model_name, is_repo_id
 from .token import checked_token
 from .user_hub import FILENAME, HUB_PREFIX, HubHeader, MetadataCheck, is_hub_name
 
 
-def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                    dtype: str | torch.dtype | None = None, **zoo_kwargs) -> torch.nn.Module:
+def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
+                    dtype: str | torch.dtype | None = None, torch_dtype: str | torch.dtype | None = None,
+                    device_map=None, **zoo_kwargs) -> torch.nn.Module:
     """The `task` model that `name_or_path` names: a zoo model's name, a user's Hub repo (``"hf-hub:owner/name"``),
     else a converted `.safetensors` file.
 
@@ -27,18 +29,22 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
     loads an unverified local file that happens to share it; anything else (a `Path`, a string with a
     separator or a suffix) is a file. The task is checked before anything is fetched or built (for a Hub
     repo, on the file's header before its body is downloaded). `zoo_kwargs` are `create_model`'s
-    (`num_classes`, `endpoint`, `cache_dir`, `token`; `mirror`, `manifest` for a zoo name; `revision` for a Hub
-    repo).
+    (`num_classes`, `endpoint`, `cache_dir`, `token`, `local_files_only`, `force_download`; `mirror`, `manifest`
+    for a zoo name; `revision` for a Hub repo; a file takes `local_files_only` only, which it satisfies).
+    transformers' spellings are taken too: `torch_dtype` for `dtype` ("auto", for either, is the checkpoint's
+    dtype), `device_map` for `device` where it names one device (`device` None is the CPU).
     """
     wanted = TASK_MODELS[task].__name__
     where = f"{wanted}.from_pretrained"
     unknown = sorted(set(zoo_kwargs) - set(HUB_KEYWORDS) - set(ZOO_KEYWORDS))
     if unknown:
-        takes = sorted({"device", "dtype", *HUB_KEYWORDS, *ZOO_KEYWORDS})
+        takes = sorted({"device", "dtype", "torch_dtype", "device_map", *HUB_KEYWORDS, *ZOO_KEYWORDS})
         raise TypeError(f"{where}: unexpected keyword argument(s) {', '.join(map(repr, unknown))} (it takes "
                         f"{', '.join(takes)}).")
+    device, dtype = placement(where, device, dtype, torch_dtype, device_map)
     if "token" in zoo_kwargs:
         zoo_kwargs["token"] = checked_token(zoo_kwargs["token"], where)
+    checked_fetch(where, zoo_kwargs.get("local_files_only", False), zoo_kwargs.get("force_download", False))
     if is_hub_name(name_or_path):
         zoo_only = sorted(set(zoo_kwargs) - set(HUB_KEYWORDS))
         if zoo_only:
@@ -71,6 +77,7 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
             hint = (f"for the Hub repo {name_or_path!r}, write from_pretrained('{HUB_PREFIX}{name_or_path}'); a local "
                     f"file needs its suffix, e.g. './{name_or_path}.safetensors'.")
         raise ValueError(f"{where}: {name_or_path!r} is not a file here; {hint}")
+    zoo_kwargs.pop("local_files_only", None)  # a file here is a local file: nothing to fetch
     return load_file(where, path, device=device, dtype=dtype, task=task, **zoo_kwargs)
 
 

@@ -55,6 +55,7 @@ from .hub import (
     check_client_online,
     from_endpoint,
     is_offline,
+    offline_reason,
     one_line,
 )
 from .schema import is_relative_path, is_repo_id
@@ -140,16 +141,19 @@ def checked_revision(revision) -> str:
 
 def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, cache: str | os.PathLike | None = None,
                    check: MetadataCheck | None = None, header: HubHeader | None = None,
-                   token: str | bool | None = None) -> Path:
+                   token: str | bool | None = None, local_files_only: bool = False,
+                   force_download: bool = False) -> Path:
     """The cached ``model.safetensors`` of `repo_id` at `revision`, downloaded (bounded, header checked by
-    `check` first) if the cache lacks that commit's file; only the cache with HF_HUB_OFFLINE set. `header`,
-    what `hub_metadata` read at the commit `revision` names, stands for the HEAD answer and the header read.
-    `token` (checked by the caller: `token.checked_token`) is sent with every request, as huggingface_hub sends
-    it."""
+    `check` first) if the cache lacks that commit's file; only the cache with `local_files_only` or HF_HUB_OFFLINE
+    set; downloaded (its header checked first) even if cached with `force_download` (the caller refuses it with
+    either). `header`, what `hub_metadata` read at the commit `revision` names, stands for the HEAD answer and the
+    header read. `token` (checked by the caller: `token.checked_token`) is sent with every request, as
+    huggingface_hub sends it."""
     cache_root = Path(cache) if cache else cache_dir()
     what = f"{HUB_PREFIX}{repo_id}"
-    if is_offline() or _cached_commit(repo_id, revision, cache_root):
-        return _offline(repo_id, revision, cache_root, what)
+    offline = offline_reason(local_files_only)
+    if offline is not None or not force_download and _cached_commit(repo_id, revision, cache_root):
+        return _offline(repo_id, revision, cache_root, what, offline=offline)
     check_client_online(what, HubError)
     where = hub_endpoint(endpoint)
     if header is not None and header.artifact is not None:  # asked and read at this commit already
@@ -161,11 +165,12 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
             url, meta, artifact = _announced_artifact(repo_id, revision, where, what, token)
         except HubUnreachable as exc:  # as hf_hub_download: the revision's file in the cache, if it holds one
             return _offline(repo_id, revision, cache_root, what, unreachable=exc)
-        if not snapshot_path(cache_root, artifact).exists():  # the header checked before the body, every caller
+        # The header checked before the body, every caller: a file downloaded again is checked as a new one.
+        if force_download or not snapshot_path(cache_root, artifact).exists():
             metadata = _remote_metadata(url, meta, artifact, what, where, token)
             if check is not None:
                 check(metadata)
-    path, _ = from_endpoint(what, artifact, where, cache_root, token)
+    path, _ = from_endpoint(what, artifact, where, cache_root, token, force_download=force_download)
     record_revision(repo_id, revision, artifact["revision"], cache=cache_root)
     return path
 
@@ -325,9 +330,10 @@ def _cached_commit(repo_id: str, revision: str, cache: Path) -> bool:
 
 
 def _offline_file(repo_id: str, revision: str, cache: Path, what: str,
-                  unreachable: HubUnreachable | None = None) -> Path:
+                  unreachable: HubUnreachable | None = None, offline: str | None = None) -> Path:
     """The cached file for `revision` (a commit, or a branch or tag whose ref is recorded), not yet checked;
-    looked for because HF_HUB_OFFLINE is set, or because the Hub could not be reached (`unreachable`)."""
+    looked for because of `offline` (`hub.offline_reason`: local_files_only, HF_HUB_OFFLINE), because the Hub
+    could not be reached (`unreachable`), or because `revision` is a commit the cache holds."""
     found = try_to_load_from_cache(repo_id, FILENAME, cache_dir=cache, revision=revision)
     if isinstance(found, str):
         return Path(found)
@@ -335,12 +341,13 @@ def _offline_file(repo_id: str, revision: str, cache: Path, what: str,
         raise HubError(f"{unreachable}, and nothing is cached for revision {revision!r}: the Hub cache {cache} holds "
                        f"no {FILENAME} for it; try again once the Hub can be reached (or pass a commit id that is "
                        "cached).") from unreachable
-    raise HubError(f"{what}: HF_HUB_OFFLINE is set and the Hub cache {cache} holds no {FILENAME} for revision "
-                   f"{revision!r}; load it once online (or pass a commit id that is cached).")
+    raise HubError(f"{what}: {offline or 'HF_HUB_OFFLINE is set'} and the Hub cache {cache} holds no {FILENAME} "
+                   f"for revision {revision!r}; load it once online (or pass a commit id that is cached).")
 
 
-def _offline(repo_id: str, revision: str, cache: Path, what: str, unreachable: HubUnreachable | None = None) -> Path:
-    path = _offline_file(repo_id, revision, cache, what, unreachable)
+def _offline(repo_id: str, revision: str, cache: Path, what: str, unreachable: HubUnreachable | None = None,
+             offline: str | None = None) -> Path:
+    path = _offline_file(repo_id, revision, cache, what, unreachable, offline)
     # Refused if it resolves outside the repo's cache folder or is no regular file; checked against its blob's
     # name where that is its sha256 (the name it was stored under, by this loader or huggingface_hub).
     cached_entry(what, path, repo_cache_dir(cache, repo_id))
