@@ -89,6 +89,15 @@ def test_a_forced_download_is_verified_as_a_first_one(hub, tmp_path):
     assert_same_weights(LM.from_pretrained(f"hf-hub:{REPO}", local_files_only=True), model)  # the cached one stays
 
 
+def test_a_forced_download_with_the_hub_down_does_not_fall_back_to_the_cache(hub, monkeypatch):
+    LM.from_pretrained(f"hf-hub:{REPO}")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")  # nothing listens there
+    assert LM.from_pretrained(f"hf-hub:{REPO}") is not None  # the cached commit, with a warning
+    with pytest.raises(pt.HubError, match=rf"hf-hub:{REPO} .*: the Hub could not be reached .*; force_download=True "
+                                          r"downloads the file again, so the cache's copy was not used"):
+        LM.from_pretrained(f"hf-hub:{REPO}", force_download=True)
+
+
 def test_fetch_keywords_that_cannot_be_honoured_are_refused_before_any_request(hub, tmp_path, monkeypatch):
     server, _ = hub
     asked = server.requests

@@ -164,6 +164,9 @@ def hub_checkpoint(repo_id: str, revision: str, *, endpoint: str | None = None, 
         try:
             url, meta, artifact = _announced_artifact(repo_id, revision, where, what, token)
         except HubUnreachable as exc:  # as hf_hub_download: the revision's file in the cache, if it holds one
+            if force_download:  # asked for a new download: what the cache holds would not be it (hf_hub_download)
+                raise HubError(f"{exc}; force_download=True downloads the file again, so the cache's copy was not "
+                               "used (leave force_download out to load it)") from exc
             return _offline(repo_id, revision, cache_root, what, unreachable=exc)
         # The header checked before the body, every caller: a file downloaded again is checked as a new one.
         if force_download or not snapshot_path(cache_root, artifact).exists():
