@@ -86,7 +86,11 @@ def test_a_zoo_model_on_a_private_endpoint(tmp_path, monkeypatch, capsys):
         argv = ["--manifest", str(TEST_MANIFEST), "pull", "tiny-language-perceiver"]
         assert "RepositoryNotFoundError" in _refused(capsys, 1, lambda: zoo_cli(argv))
         assert zoo_cli([*argv, "--token", TOKEN]) == 0
-    assert "tiny-language-perceiver: verified sha256" in capsys.readouterr().out
+        assert "tiny-language-perceiver: verified sha256" in capsys.readouterr().out
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "other-cache"))  # predict downloads it again
+        argv = ["--manifest", str(TEST_MANIFEST), "predict", "tiny-language-perceiver", "a [MASK]"]
+        assert "RepositoryNotFoundError" in _refused(capsys, 1, lambda: zoo_cli(argv))
+        assert zoo_cli([*argv, "--token", TOKEN]) == 0
 
 
 def test_perceiver_to_transformers_takes_it_for_hf_hub_repos(private_hub, tmp_path, capsys):
