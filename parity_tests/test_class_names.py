@@ -98,7 +98,7 @@ def test_names_in_unicode_are_kept_exactly(tmp_path):
     (["cat", "dog\u202egod", "bird"], r"holds U\+202E, a bidirectional-text control"),  # right-to-left override
     (["cat", "d" * (MAX_NAME_CHARS + 1), "bird"], rf"{MAX_NAME_CHARS + 1} characters; expected at most "
                                                    rf"{MAX_NAME_CHARS}"),
-])
+], ids=["str", "too-few", "not-a-string", "empty", "escape", "newline", "bidi", "too-long"])
 def test_names_that_a_file_could_not_keep_are_refused_when_set(names, problem):
     model = _classifier()
     with pytest.raises(ValueError, match=r"PerceiverForImageClassification.class_names: not usable as the model's "

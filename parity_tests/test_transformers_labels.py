@@ -142,7 +142,7 @@ def _edited(tmp_path, id2label: dict):
     ({"0": "cat", "1": "dog", "2": 7}, r"id2label: name 2: found 7 \(int\); expected a string"),
     ({"0": "cat", "1": "dog\u001b[31m", "2": "bird"}, r"id2label: name 1 \(dog\\x1b\[31m\): holds U\+001B"),
     ({"0": "cat", "1": "d" * 300, "2": "bird"}, r"id2label: name 1 .*: 300 characters; expected at most 256"),
-])
+], ids=["gap", "off-by-one", "leading-zero", "not-a-string", "escape", "too-long"])
 def test_names_a_checkpoint_cannot_keep_are_refused_naming_config_json(tmp_path, id2label, problem):
     src = _edited(tmp_path, id2label)
     with pytest.raises(ConfigError, match=re.escape(str(src / "config.json")) + r" is not a valid config[\s\S]*"
