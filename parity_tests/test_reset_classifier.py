@@ -13,7 +13,7 @@ import perceiver_torch as pt
 from converters import to_transformers
 from converters.transformers.config_map import ConfigMismatchError
 from perceiver_torch.export import export_program, max_errors
-from perceiver_torch.serialization import build_on_meta
+from perceiver_torch.serialization import build_on_meta, read_metadata
 
 from .conftest import golden_config, seeded_model
 from .training import train_classifier
@@ -158,6 +158,19 @@ def test_a_reset_classifier_fine_tunes_and_saves(tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses  # measured 1.40 -> 0.05 on 8 random images
     loaded = pt.load_model(pt.save_model(model.eval(), tmp_path / "tuned.safetensors"))
     torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("num_classes", [4, 3, 0])
+def test_reset_classifier_drops_the_names_of_the_old_classes(tmp_path, num_classes):
+    """The names belonged to the replaced head (even one of the same count): the new head's classes are indices."""
+    model = _classifier()
+    model.reset_classifier(3)
+    model.class_names = ("cat", "dog", "bird")
+    loaded = pt.load_model(pt.save_model(model, tmp_path / "named.safetensors"))
+    loaded.reset_classifier(num_classes)
+    assert loaded.class_names is None and loaded.labels == tuple(str(i) for i in range(num_classes))
+    again = pt.load_model(pt.save_model(loaded, tmp_path / "reset.safetensors"))
+    assert again.class_names is None and "class_names" not in read_metadata(tmp_path / "reset.safetensors")
 
 
 def test_reset_classifier_to_zero_leaves_the_embedding(tmp_path):

@@ -152,6 +152,17 @@ def test_imagenet_prints_the_top_k_that_classify_returns(files, capsys):
     assert [[(t["label"], t["probability"]) for t in r["top_k"]] for r in results] == wanted  # exact floats
 
 
+def test_imagenet_prints_the_class_names_the_file_holds(files, capsys, tmp_path):
+    model = pt.load_model(files["imagenet"])
+    model.class_names = [f"class {chr(ord('a') + i)}" for i in range(model.num_classes)]
+    path = pt.save_model(model, tmp_path / "named.safetensors")
+    wanted = model.classify(files["photo.jpg"], k=2)
+    code, out, err = _run(capsys, ["predict", str(path), files["photo.jpg"], "-k", "2"])
+    assert code == 0 and err == ""
+    assert out.splitlines() == [f"{files['photo.jpg']}:", *(f"  {p:.4f}  {label}" for label, p in wanted)]
+    assert all(label.startswith("class ") for label, _ in wanted)
+
+
 def test_imagenet_from_the_zoo_defaults_to_five_labels(files, capsys, hub):
     wanted = pt.create_model(TINY["imagenet"], manifest=TEST_MANIFEST).classify(files["photo.jpg"])
     code, out, _ = _run(capsys, [*MANIFEST, "predict", TINY["imagenet"], files["photo.jpg"], "--json"])

@@ -15,7 +15,11 @@ def packaged_labels(filename: str, expected: int) -> tuple[str, ...]:
     return labels
 
 
-def names_or_indices(names: Callable[[], tuple[str, ...]], released: int, num_classes: int) -> tuple[str, ...]:
-    """A model's class names in logit order: the released dataset's `names()` when it has their `released`
-    count, else the class indices as strings (a model trained on other classes)."""
+def names_or_indices(names: Callable[[], tuple[str, ...]], released: int, num_classes: int,
+                     own: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """A model's class names in logit order: its `own` (`class_names`) if it has them, else the released dataset's
+    `names()` when it has their `released` count, else the class indices as strings (a model trained on other
+    classes)."""
+    if own is not None:
+        return own
     return names() if num_classes == released else tuple(str(i) for i in range(num_classes))

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import class_names
 from .config_schema import short_repr, validate_config
 from .models.owned_config import config_changes
 from .registry import TASK_MODELS
@@ -25,7 +26,8 @@ from .serialization import (
 # Floating weights are written as float32, the dtype load_model builds in: exact from these three (every
 # bfloat16 and float16 value is a float32 value); float64 would be rounded, so it is refused instead.
 EXACT_IN_FLOAT32 = (torch.float32, torch.bfloat16, torch.float16)
-RESERVED_METADATA = ("format", "task", "config")  # what load_model rebuilds the model from
+# What load_model rebuilds the model from, and the class names it gives the model (written from `class_names`).
+RESERVED_METADATA = ("format", "task", "config", class_names.METADATA_KEY)
 
 
 def task_of(model: nn.Module) -> str:
@@ -54,8 +56,8 @@ def _checked_metadata(metadata) -> dict[str, str]:
             raise ValueError(f"metadata key {short_repr(key)}: not encodable as UTF-8 ({exc.reason}).") from None
     reserved = sorted(set(metadata) & set(RESERVED_METADATA))
     if reserved:
-        raise ValueError(f"metadata keys {reserved} are written by save_model itself (from the model); "
-                         f"choose other names.")
+        raise ValueError(f"metadata keys {reserved} are written by save_model itself (from the model; class names "
+                         f"from model.class_names); choose other names.")
     return dict(metadata)
 
 
@@ -110,12 +112,12 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, metadata: Mapping[s
     """Write a task model to `path` (safetensors), so that `load_model(path)` gives it back; returns the path.
 
     The file is what `perceiver-convert` writes: the weights, and the task and config in the
-    metadata (plus `metadata`, str to str). Everything `load_model` would refuse, or would
-    rebuild as another model, is refused here first, naming what is wrong, and nothing is
-    written: a model that its own config no longer describes (a replaced head: both sides of
-    each mismatch are listed), a `model.config` edited after the build (each changed key),
-    float64, non-finite or meta-device weights, metadata a reader would refuse, an unusable
-    path. Weights held in bfloat16 or float16 are written as float32 (exactly), so
+    metadata (plus `metadata`, str to str, and the model's `class_names` where it has them).
+    Everything `load_model` would refuse, or would rebuild as another model, is refused here
+    first, naming what is wrong, and nothing is written: a model that its own config no longer
+    describes (a replaced head: both sides of each mismatch are listed), a `model.config` edited
+    after the build (each changed key), float64, non-finite or meta-device weights, metadata a
+    reader would refuse, an unusable path. Weights held in bfloat16 or float16 are written as float32 (exactly), so
     `load_model(path, dtype=...)` gives the same tensors back, bit for bit. A subclass of a task
     model is saved as, and loads back as, its task's model; a `torch.compile` wrapper as the
     model it wraps. The write is atomic: a failure leaves nothing at `path`.
@@ -146,4 +148,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, metadata: Mapping[s
         raise ValueError(f"the model's weights do not match the {task} model its config builds "
                          f"({len(problems)} problem(s)); load_model could not rebuild it:\n  "
                          + "\n  ".join(problems))
+    names = getattr(model, "class_names", None)
+    if names is not None:  # checked against the config when set; save_checkpoint checks them again as a load would
+        extra[class_names.METADATA_KEY] = class_names.encode(names)
     return save_checkpoint(state, path, task, config, extra, consume=True)

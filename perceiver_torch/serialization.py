@@ -14,9 +14,11 @@ import torch
 from safetensors import safe_open
 from torch.overrides import TorchFunctionMode
 
+from . import class_names
 from .config_schema import MAX_PARAMETERS, ConfigError, check_parameter_count, parse_config_json, validate_config
 from .foreign_checkpoints import missing_metadata, transformers_path
 from .message_text import printable, problem_lines
+from .models.named_classes import NamedClasses
 from .registry import build_model
 from .safetensors_io import (
     CODES,
@@ -171,6 +173,7 @@ def save_checkpoint(state_dict: Mapping, path, task: str, config: dict,
     validate_config(task, config, source=f"config for {path}")
     meta = {"format": FORMAT, "task": task, "config": json.dumps(config, sort_keys=True)}
     meta.update(metadata or {})
+    class_names.stored(path, meta, task, config)  # class names a load would refuse are never written
 
     def write(tmp: str) -> None:
         write_safetensors(tmp, state_dict, meta, consume=consume)
@@ -214,13 +217,15 @@ def checked_metadata(where: str | Path, header: Header, *, transformers_source: 
 
 def checked_config(path: str | Path, meta: dict[str, str]) -> tuple[str, dict]:
     """The task and config of a converted file's metadata (`read_metadata`), the config parsed and valid for the
-    task; else a `CheckpointConfigError` naming `path`."""
+    task; else a `CheckpointConfigError` naming `path`. Class names the metadata holds are checked against that
+    config here too (a `CheckpointFormatError`), so that every reader of a header refuses what a load refuses."""
     source = f"{path} (metadata config)"
     try:
         config = parse_config_json(meta["config"], source)
         validate_config(meta["task"], config, source=source)
     except ConfigError as exc:
         raise CheckpointConfigError(str(exc), exc.problems) from None
+    class_names.stored(path, meta, meta["task"], config)
     return meta["task"], config
 
 
@@ -407,4 +412,7 @@ def load_model(path, device: str | torch.device = "cpu", *, dtype: str | torch.d
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # a tensor the state dict does not cover: a bug in the model, not in the file
         raise RuntimeError(f"{type(model).__name__} has tensors outside its state dict: {left}")
+    names = class_names.stored(path, meta, task, config)  # checked above (checked_config): parsing it is all
+    if names is not None and isinstance(model, NamedClasses):  # stored() refuses names for the other tasks
+        model.class_names = names
     return model.to(device).eval()

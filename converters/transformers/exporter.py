@@ -5,6 +5,7 @@ model's tokenizer_config.json)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -14,13 +15,17 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
+from perceiver_torch.message_text import printable
 from perceiver_torch.serialization import load_model, read_metadata, remove_empty_folders, temp_name
 
 from ..rules import strict_merge
 from .card import model_card
 from .config_map import OWN_KEY
+from .label_names import repeated_names
 from .preprocessor import PREPROCESSOR_FILE, preprocessor_config
 from .tables import BATCHES_TRACKED, export_rules, hf_only, torch_key
+
+log = logging.getLogger(__name__)
 
 
 class ExportError(ValueError):
@@ -37,14 +42,16 @@ def _hf_model():
     return hf_model
 
 
-def export_state(task: str, config: dict, state: dict[str, torch.Tensor], strict: bool = True):
-    """(architecture, PerceiverConfig, transformers state dict) for our model's `state`.
+def export_state(task: str, config: dict, state: dict[str, torch.Tensor], strict: bool = True,
+                 class_names: tuple[str, ...] | None = None):
+    """(architecture, PerceiverConfig, transformers state dict) for our model's `state`; the config's
+    id2label/label2id name the classes by `class_names` where given (the model's own).
 
     strict=False allows sizes transformers fixes in code (the state then loads into
     `hf_model.load(..., strict=False)`, not into the plain class).
     """
     hf_model = _hf_model()
-    architecture, hf = hf_model.hf_config(task, config, strict)
+    architecture, hf = hf_model.hf_config(task, config, strict, class_names)
     setattr(hf, OWN_KEY, {"task": task, "config": config})
     shapes = {k: tuple(v.shape) for k, v in hf_model.meta_model(task, config, strict).state_dict().items()}
     synthesized = {item.key for item in hf_only(task, config)}
@@ -84,7 +91,8 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
     """Write `converted_path` (a perceiver-torch file) as a transformers model directory `out_dir`.
 
     The directory appears complete or not at all. Its config.json is transformers' with a tanh
-    GELU plus our own config under "perceiver_torch" (so that importing it back is exact); the
+    GELU plus our own config under "perceiver_torch" (so that importing it back is exact), and
+    id2label/label2id naming the classes as the model's `labels` do where they have names; the
     README.md lists what transformers still computes differently. An image classifier also gets a
     preprocessor_config.json (preprocessor.py), so that transformers' image-classification pipeline loads it, and
     the language model transformers' byte tokenizer (tokenizer_config.json), so that its fill-mask pipeline does.
@@ -92,10 +100,17 @@ def to_transformers(converted_path: str | os.PathLike, out_dir: str | os.PathLik
     if not os.fspath(out_dir):  # Path("") would be ".", the working directory
         raise ExportError("the output directory path is empty; give a new (or empty) directory's path.")
     # load_model's checks first (header, schema, names, shapes, dtypes, finite values): the file is input.
-    state = load_model(converted_path).state_dict()
+    model = load_model(converted_path)
+    names = getattr(model, "class_names", None)
+    state = model.state_dict()
     meta = read_metadata(converted_path)
     task, config = meta["task"], json.loads(meta["config"])
-    architecture, hf, tensors = export_state(task, config, state)
+    repeated = repeated_names(names) if names is not None else []
+    if repeated:  # label2id has one entry a name; id2label keeps every class's name
+        log.warning("%s: %d class name(s) given to more than one class (%s); label2id maps each to its first "
+                    "class", converted_path, len(repeated), ", ".join(printable(name, 40) for name in repeated[:3])
+                    + (", ..." if len(repeated) > 3 else ""))
+    architecture, hf, tensors = export_state(task, config, state, class_names=names)
     out_dir = Path(out_dir)
     tmp, created = _prepare_dir(out_dir)
     try:

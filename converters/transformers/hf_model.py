@@ -75,9 +75,12 @@ def sized_like(task: str, config: dict):
         yield
 
 
-def hf_config(task: str, config: dict, strict: bool = True) -> tuple[str, transformers.PerceiverConfig]:
+def hf_config(task: str, config: dict, strict: bool = True, class_names: tuple[str, ...] | None = None
+              ) -> tuple[str, transformers.PerceiverConfig]:
+    """(architecture, transformers' config) for our `config`; id2label names the classes by `class_names` (the
+    model's own), else by the released names where the model has the released class count."""
     architecture, fields = to_hf(task, config, strict=strict)
-    return architecture, transformers.PerceiverConfig(**fields, **label_fields(task, config),
+    return architecture, transformers.PerceiverConfig(**fields, **label_fields(task, config, class_names),
                                                       architectures=[architecture])
 
 

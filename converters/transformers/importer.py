@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perceiver_torch import class_names as names_field
 from perceiver_torch.serialization import save_checkpoint
 
 from ..convert import CONVERTER_VERSION, check_output, check_replaceable, target_shapes
 from ..rules import strict_merge
 from ..tasks import task_spec
 from .config_map import from_hf
-from .label_names import warn_if_names_dropped
+from .label_names import imported_class_names
 from .source import Source, read_source
 from .tables import hf_only, import_rules, torch_key
 
@@ -26,12 +27,15 @@ def import_state(task: str, config: dict, hf_state: dict, context: str = "") -> 
                         context=context or f"{task} from transformers", key=torch_key)
 
 
-def convert_source(task: str, source: Source) -> tuple[str, dict, dict[str, np.ndarray]]:
-    """(architecture, our config, our state dict as arrays), strictly, from a read checkpoint."""
+def convert_source(task: str, source: Source) -> tuple[str, dict, dict[str, np.ndarray], tuple[str, ...] | None]:
+    """(architecture, our config, our state dict as arrays, the class names id2label gives, if any to keep),
+    strictly, from a read checkpoint."""
     task_spec(task)  # an unknown task fails here with the same message as `convert`
-    architecture, config = from_hf(task, source.config, str(source.config_path or "config.json"))
-    warn_if_names_dropped(task, config, source.config, str(source.config_path or "config.json"))
-    return architecture, config, import_state(task, config, source.tensors, f"{task} from transformers {architecture}")
+    config_name = str(source.config_path or "config.json")
+    architecture, config = from_hf(task, source.config, config_name)
+    names = imported_class_names(task, config, source.config, config_name)
+    arrays = import_state(task, config, source.tensors, f"{task} from transformers {architecture}")
+    return architecture, config, arrays, names
 
 
 def from_transformers(task: str, source: str | os.PathLike, output_path: str | os.PathLike,
@@ -39,15 +43,16 @@ def from_transformers(task: str, source: str | os.PathLike, output_path: str | o
     """Convert a transformers Perceiver checkpoint (directory or Hub repo id) into `output_path`.
 
     Nothing is written unless the config and every tensor convert; the file carries the task,
-    our full config, the source's sha256 and (for a Hub repo) its repo id and commit. An existing
-    `output_path` is replaced unless `overwrite` is False (never one of the source's files).
+    our full config, the source's sha256, (for a Hub repo) its repo id and commit, and the class
+    names of id2label where they are neither transformers' LABEL_i nor the released names. An
+    existing `output_path` is replaced unless `overwrite` is False (never one of the source's files).
     """
     read = read_source(source, revision)
     for path, what in ((read.weights_path, "the source's weights"), (read.config_path, "the source's config")):
         if path is not None:  # writing over either would destroy the source
             check_output(path, output_path, what)
     check_replaceable(Path(output_path), overwrite)
-    architecture, config, arrays = convert_source(task, read)
+    architecture, config, arrays, names = convert_source(task, read)
     state_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     metadata = {
         "source_sha256": read.sha256,
@@ -57,4 +62,6 @@ def from_transformers(task: str, source: str | os.PathLike, output_path: str | o
     }
     if read.repo_id:
         metadata.update(source_repo=read.repo_id, source_revision=read.revision)
+    if names is not None:  # a head fine-tuned in transformers with its own id2label
+        metadata[names_field.METADATA_KEY] = names_field.encode(names)
     return save_checkpoint(state_dict, output_path, task, config, metadata)

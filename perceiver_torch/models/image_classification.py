@@ -21,6 +21,7 @@ from ..layers.image import ImagePreprocessor
 from ..layers.precision import FinalLinear
 from .inference_helpers import inference_helper
 from .input_checks import check_batch, check_count, check_flag, check_float, check_latents, check_range, check_top_k
+from .named_classes import NamedClasses
 from .owned_config import check_own_config, own_config
 from .pretrained import PretrainedMixin
 
@@ -30,7 +31,7 @@ from .pretrained import PretrainedMixin
 NORMALISED_LIMIT = 5.0
 
 
-class PerceiverForImageClassification(PretrainedMixin, Perceiver):
+class PerceiverForImageClassification(NamedClasses, PretrainedMixin, Perceiver):
     """Images [B, 3, H, W] -> ImagePreprocessor -> encoder -> ClassificationDecoder -> logits [B, num_classes].
 
     `config` is the golden/released `config.json` layout: `image_size`
@@ -76,9 +77,10 @@ class PerceiverForImageClassification(PretrainedMixin, Perceiver):
 
         For fine-tuning on other classes: everything else keeps its weights, `config["num_classes"]`
         follows (so `save_model` writes a file `load_model` rebuilds), and the new layer has the
-        device and dtype of the model's other weights. `labels` become the class indices unless
-        `num_classes` is 1000. As in timm, 0 removes the classifier: `forward` then gives the image
-        embedding `[B, head_hidden_size]` (`forward_head(..., pre_logits=True)`'s).
+        device and dtype of the model's other weights. `class_names` are dropped (they named the old
+        classifier's classes), so `labels` become the class indices unless `num_classes` is 1000. As
+        in timm, 0 removes the classifier: `forward` then gives the image embedding
+        `[B, head_hidden_size]` (`forward_head(..., pre_logits=True)`'s).
         """
         if is_int(num_classes):
             num_classes = int(num_classes)  # a NumPy integer, say; anything else the schema names
@@ -95,12 +97,14 @@ class PerceiverForImageClassification(PretrainedMixin, Perceiver):
         self.decoder.output = (FinalLinear(in_features, num_classes, device=like.device, dtype=like.dtype)
                                .train(self.decoder.training) if num_classes else None)
         self.decoder.num_classes = self.num_classes = num_classes
+        self.class_names = None
         own_config(self, config)
 
     @property
     def labels(self) -> tuple[str, ...]:
-        """Class names in logit order: the ImageNet names for 1000 classes, else the class indices."""
-        return names_or_indices(imagenet_labels, 1000, self.num_classes)
+        """Class names in logit order: the model's `class_names` if it has them, else the ImageNet names for 1000
+        classes, else the class indices."""
+        return names_or_indices(imagenet_labels, 1000, self.num_classes, self.class_names)
 
     def _check(self, images: torch.Tensor) -> None:
         height, width = self.image_size

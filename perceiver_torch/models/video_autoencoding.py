@@ -15,6 +15,7 @@ from ..layers.multimodal import BasicVideoAutoencodingDecoder, OneHotPreprocesso
 from ..layers.postprocessors import AudioPostprocessor, ClassificationPostprocessor, ProjectionPostprocessor
 from .inference_helpers import inference_helper
 from .input_checks import check_batch, check_float, check_indices, check_range, check_top_k, describe
+from .named_classes import NamedClasses
 from .owned_config import check_own_config, own_config
 from .perceiver_io import PerceiverIO
 from .pretrained import PretrainedMixin
@@ -48,7 +49,7 @@ def _image_preprocessor(num_frames: int, image_size: int, fourier: dict) -> Imag
     )
 
 
-class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
+class PerceiverForMultimodalAutoencoding(NamedClasses, PretrainedMixin, PerceiverIO):
     """Video [B, F, 3, S, S] + audio [B, F * samples_per_frame, 1] (+ a masked label) -> reconstructions + logits.
 
     `config` is the golden/released `config.json` layout (`num_frames`,
@@ -234,8 +235,9 @@ class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
 
     @property
     def labels(self) -> tuple[str, ...]:
-        """Class names in logit order: the Kinetics-700 names for 700 classes, else the class indices."""
-        return names_or_indices(kinetics700_labels, 700, self.num_classes)
+        """Class names in logit order: the model's `class_names` if it has them, else the Kinetics-700 names for
+        700 classes, else the class indices."""
+        return names_or_indices(kinetics700_labels, 700, self.num_classes, self.class_names)
 
     def top_labels(self, logits: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """Per example of the label logits [B, num_classes], the k most probable classes with their probabilities."""
