@@ -14,8 +14,10 @@ from converters.cli import main as convert_main
 from converters.transformers.source import TransformersSourceError
 from parity_tests.transformers_support import save_small, standin_repo
 from parity_tests.zoo_support import hub_env
+from perceiver_torch.class_names import METADATA_KEY
 from perceiver_torch.hashing import sha256_file
-from perceiver_torch.serialization import read_metadata
+from perceiver_torch.imagenet_preprocessing import imagenet_labels
+from perceiver_torch.serialization import load_model, read_metadata
 
 REPO = "deepmind-test/language-perceiver"
 
@@ -78,3 +80,19 @@ def test_the_cli_shows_no_http_request_lines(hub, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "HTTP Request" not in out.stderr
     assert "perceiver-convert: " in out.stderr  # its own INFO lines (what it reads) are still shown
+
+
+@pytest.mark.parametrize("owner", ["deepmind", "someone"])
+def test_a_deepmind_repos_own_spelling_of_the_imagenet_names_is_not_kept(tmp_path, monkeypatch, owner):
+    """DeepMind's repos hold the release: the released names apply, so the transformers route writes what the
+    Haiku route writes; another owner's 1000 names are that owner's fine-tune's, kept."""
+    names = [f"synset {i}" for i in range(1000)]
+    model = save_small("PerceiverForImageClassificationFourier", tmp_path / "model", num_labels=1000,
+                       id2label=dict(enumerate(names)))
+    repo = f"{owner}/vision-perceiver-fourier"
+    commit = standin_repo(tmp_path / "hub", repo, model)
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache"):
+        path = from_transformers("imagenet", repo, tmp_path / "ours.safetensors", revision=commit)
+    kept = METADATA_KEY in read_metadata(path)
+    assert kept == (owner != "deepmind")
+    assert load_model(path).labels == (tuple(names) if kept else imagenet_labels())

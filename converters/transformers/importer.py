@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -10,14 +11,17 @@ import torch
 
 from perceiver_torch import class_names as names_field
 from perceiver_torch.serialization import save_checkpoint
+from perceiver_torch.zoo.release_provenance import DEEPMIND_ORG
 
 from ..convert import CONVERTER_VERSION, check_output, check_replaceable, target_shapes
 from ..rules import strict_merge
 from ..tasks import task_spec
 from .config_map import from_hf
-from .label_names import imported_class_names
+from .label_names import imported_class_names, released_labels
 from .source import Source, read_source
 from .tables import hf_only, import_rules, torch_key
+
+log = logging.getLogger(__name__)
 
 
 def import_state(task: str, config: dict, hf_state: dict, context: str = "") -> dict[str, np.ndarray]:
@@ -53,6 +57,12 @@ def from_transformers(task: str, source: str | os.PathLike, output_path: str | o
             check_output(path, output_path, what)
     check_replaceable(Path(output_path), overwrite)
     architecture, config, arrays, names = convert_source(task, read)
+    if names is not None and str(read.repo_id or "").startswith(DEEPMIND_ORG) and released_labels(task, config):
+        # DeepMind's repos hold the release, whose classes are the released ones (the colab's names) however their
+        # id2label spells them: kept, they would make this route's file differ from the Haiku route's.
+        log.info("%s: %s holds DeepMind's release; its id2label is not kept (the released names apply)",
+                 output_path, read.repo_id)
+        names = None
     state_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     metadata = {
         "source_sha256": read.sha256,
