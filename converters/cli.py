@@ -14,6 +14,7 @@ import sys
 from perceiver_torch.config_schema import ConfigError
 from perceiver_torch.registry import TASKS, preset_names
 from perceiver_torch.version import add_version_flag
+from perceiver_torch.zoo.token import add_token_option
 
 from .checkpoint_reader import CheckpointReadError
 from .cli_support import show_logs, write_or_report
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="read a transformers Perceiver model (directory or Hub repo id) instead; float16 "
                              "and bfloat16 weights are widened to float32 exactly, float64 rounded with a warning")
     parser.add_argument("--revision", help="Hub revision for --from-transformers (default: main)")
+    add_token_option(parser, "--from-transformers' Hub requests (a private or gated repo)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", help="config.json (upstream constructor kwargs + model constants)")
     source.add_argument("--preset", choices=preset_names(), help="a released configuration")
@@ -41,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.from_transformers and (args.checkpoint or args.config or args.preset):
         parser.error("--from-transformers reads the config from the model; give no CHECKPOINT, --config or --preset.")
-    if not args.from_transformers and (args.revision or not args.checkpoint or not (args.config or args.preset)):
-        parser.error("give CHECKPOINT and one of --config / --preset, or --from-transformers [--revision].")
+    if not args.from_transformers and (args.revision or args.token or not args.checkpoint
+                                       or not (args.config or args.preset)):
+        parser.error("give CHECKPOINT and one of --config / --preset, or --from-transformers [--revision] [--token].")
 
     config = args.config
     if args.preset:
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     def write():
         if args.from_transformers:
             return from_transformers(args.task, args.from_transformers, args.output, args.revision,
-                                     overwrite=args.force)
+                                     overwrite=args.force, token=args.token)
         return convert(args.task, args.checkpoint, config, args.output, overwrite=args.force)
 
     try:

@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 import perceiver_torch as pt
+from converters.cli import main as convert_cli
 from converters.transformers.export_cli import main as to_transformers_cli
 from converters.zoo.cli import main as admin_cli
 from perceiver_torch.zoo.cli import main as zoo_cli
@@ -18,6 +19,7 @@ from perceiver_torch.zoo.cli import main as zoo_cli
 from . import test_hub_token
 from .conftest import golden_config, seeded_model
 from .test_hub_token import PRIVATE, TOKEN, _without_a_token
+from .transformers_support import save_small, standin_repo
 from .zoo_support import TEST_HUB, TEST_MANIFEST, cached_files, hub_env
 
 SECRET = "hf_do_not_show_me"
@@ -105,6 +107,26 @@ def test_perceiver_to_transformers_takes_it_for_hf_hub_repos(private_hub, tmp_pa
     err = _refused(capsys, 2, lambda: to_transformers_cli([str(out / "model.safetensors"), "-o", str(tmp_path / "x"),
                                                            "--token", SECRET]))
     assert "--token applies to hf-hub:owner/name repos only" in err
+
+
+def test_perceiver_convert_takes_it_for_a_private_transformers_repo(tmp_path, monkeypatch, capsys):
+    _without_a_token(monkeypatch, tmp_path)
+    repo = "someone/private-transformers-lm"
+    standin_repo(tmp_path / "hub", repo, save_small("PerceiverForMaskedLM", tmp_path / "model"))
+    (tmp_path / "hub" / repo / "visibility").write_text("private\n")
+    out = tmp_path / "ours.safetensors"
+    argv = ["language", "--from-transformers", repo, "-o", str(out)]
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN):
+        assert "RepositoryNotFoundError" in _refused(capsys, 1, lambda: convert_cli(argv))
+        assert not out.exists()
+        assert convert_cli([*argv, "--token", TOKEN]) == 0
+    assert pt.load_model(out).task == "language"
+    err = _refused(capsys, 2, lambda: convert_cli(["language", "ckpt.pickle", "--preset", "language_perceiver_io_bytes",
+                                                   "-o", str(out), "--token", SECRET]))
+    assert "--from-transformers [--revision] [--token]" in err
+    err = _refused(capsys, 1, lambda: convert_cli(["language", "--from-transformers", str(tmp_path / "model"), "-o",
+                                                   str(tmp_path / "local.safetensors"), "--token", SECRET]))
+    assert "--token applies to Hub repos" in err
 
 
 @pytest.mark.parametrize("token, problem", [

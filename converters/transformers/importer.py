@@ -43,7 +43,7 @@ def convert_source(task: str, source: Source) -> tuple[str, dict, dict[str, np.n
 
 
 def from_transformers(task: str, source: str | os.PathLike, output_path: str | os.PathLike,
-                      revision: str | None = None, *, overwrite: bool = True) -> Path:
+                      revision: str | None = None, *, overwrite: bool = True, token: str | bool | None = None) -> Path:
     """Convert a transformers Perceiver checkpoint (directory or Hub repo id) into `output_path`.
 
     Nothing is written unless the config and every tensor convert; the file carries the task,
@@ -51,7 +51,7 @@ def from_transformers(task: str, source: str | os.PathLike, output_path: str | o
     names of id2label where they are neither transformers' LABEL_i nor the released names. An
     existing `output_path` is replaced unless `overwrite` is False (never one of the source's files).
     """
-    read = read_source(source, revision)
+    read = read_source(source, revision, token)
     for path, what in ((read.weights_path, "the source's weights"), (read.config_path, "the source's config")):
         if path is not None:  # writing over either would destroy the source
             check_output(path, output_path, what)

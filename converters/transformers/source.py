@@ -32,6 +32,7 @@ from perceiver_torch.strict_json import loads_strict
 from perceiver_torch.zoo.download import COMMIT, RefusedAnswer, artifact_from_answer, repo_cache_dir
 from perceiver_torch.zoo.hub import ZooError, cache_dir, cached_entry, from_endpoint, is_offline, one_line
 from perceiver_torch.zoo.schema import TRANSFORMERS_FILES, is_repo_id
+from perceiver_torch.zoo.token import checked_token
 from perceiver_torch.zoo.user_hub import checked_revision, hub_endpoint, record_revision
 
 from ..small_files import MAX_CONFIG_BYTES, NotASmallFile, read_small_file
@@ -154,9 +155,10 @@ class _NotCached(Exception):
 class _HubRepo:
     """The files of `repo_id` at `revision`, each found in the Hub cache or downloaded into it by the zoo's code."""
 
-    def __init__(self, repo_id: str, revision: str | None):
+    def __init__(self, repo_id: str, revision: str | None, token: str | bool | None = None):
         # Read at call time (huggingface_hub reads its environment once, at import), as the zoo client does.
         self.repo_id, self.endpoint, self.cache = repo_id, hub_endpoint(None), cache_dir()
+        self.token = token  # as huggingface_hub takes it (checked by the caller); sent with each request
         self.where = f"{repo_id}@{revision or 'main'}"
         # Every Hub repo id also reads as a relative path: a mistyped local directory lands here.
         self.hint = f" (and there is no local directory {repo_id})"
@@ -179,7 +181,7 @@ class _HubRepo:
         asked = self.commit or self.revision
         url = hf_hub_url(self.repo_id, name, revision=asked, endpoint=self.endpoint)
         try:
-            meta = get_hf_file_metadata(url, headers=build_hf_headers(), endpoint=self.endpoint)
+            meta = get_hf_file_metadata(url, headers=build_hf_headers(token=self.token), endpoint=self.endpoint)
         except EntryNotFoundError:
             return None
         except RevisionNotFoundError as exc:
@@ -193,7 +195,7 @@ class _HubRepo:
         except RefusedAnswer as exc:
             raise TransformersSourceError(f"{self.where}: {exc}") from None
         try:
-            path, _ = from_endpoint(self.where, artifact, self.endpoint, self.cache)
+            path, _ = from_endpoint(self.where, artifact, self.endpoint, self.cache, self.token)
         except ZooError as exc:  # refused (nothing kept in the cache), a failed download, an unwritable cache
             raise TransformersSourceError(str(exc)) from None
         self.commit = artifact["revision"]
@@ -232,9 +234,9 @@ class _HubRepo:
                                        f"{why}")
 
 
-def _hub(repo_id: str, revision: str | None) -> tuple[Path, Path]:
+def _hub(repo_id: str, revision: str | None, token: str | bool | None) -> tuple[Path, Path]:
     """config.json and the first of WEIGHT_FILES that `repo_id` has at `revision`, in the Hub cache."""
-    repo = _HubRepo(repo_id, revision)
+    repo = _HubRepo(repo_id, revision, token)
     try:
         config = repo.file("config.json")
     except _NotCached as exc:
@@ -255,17 +257,20 @@ def _hub(repo_id: str, revision: str | None) -> tuple[Path, Path]:
     raise TransformersSourceError(f"{repo.where} has none of {list(WEIGHT_FILES)}")
 
 
-def read_source(source: str | os.PathLike, revision: str | None = None) -> Source:
-    """A local transformers model directory, or a Hub repo id (at `revision`)."""
+def read_source(source: str | os.PathLike, revision: str | None = None, token: str | bool | None = None) -> Source:
+    """A local transformers model directory, or a Hub repo id (at `revision`; `token` sent as huggingface_hub
+    sends it, for a private or gated repo)."""
     path = Path(source)
     repo_id = None
     if path.is_dir():
         if revision is not None:
             raise TransformersSourceError(f"--revision applies to Hub repos; {path} is a local directory.")
+        if token is not None:
+            raise TransformersSourceError(f"--token applies to Hub repos; {path} is a local directory.")
         config_path, weights_path = _local(path)
     elif is_repo_id(str(source)) and not path.exists():
         repo_id = str(source)
-        config_path, weights_path = _hub(repo_id, revision)
+        config_path, weights_path = _hub(repo_id, revision, checked_token(token, "from_transformers"))
         # <cache>/snapshots/<commit>/<file>: the commit the revision resolved to.
         revision = weights_path.parent.name
     else:
