@@ -8,13 +8,12 @@ bad arguments exit 2 (argparse).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from perceiver_torch.config_schema import ConfigError
 from perceiver_torch.registry import TASKS, preset_names
 from perceiver_torch.version import add_version_flag
-from perceiver_torch.zoo.token import add_token_option
+from perceiver_torch.zoo.token import TokenSafeParser, add_token_option
 
 from .checkpoint_reader import CheckpointReadError
 from .cli_support import show_logs, write_or_report
@@ -26,7 +25,7 @@ PROG = "perceiver-convert"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = TokenSafeParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_version_flag(parser)
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("checkpoint", nargs="?", help="upstream Haiku .pickle / .pystate file")

@@ -11,8 +11,10 @@ import shutil
 import pytest
 
 import perceiver_torch as pt
+from converters import from_transformers
 from converters.cli import main as convert_cli
 from converters.transformers.export_cli import main as to_transformers_cli
+from converters.transformers.source import TransformersSourceError
 from converters.zoo.cli import main as admin_cli
 from perceiver_torch.zoo.cli import main as zoo_cli
 
@@ -127,6 +129,35 @@ def test_perceiver_convert_takes_it_for_a_private_transformers_repo(tmp_path, mo
     err = _refused(capsys, 1, lambda: convert_cli(["language", "--from-transformers", str(tmp_path / "model"), "-o",
                                                    str(tmp_path / "local.safetensors"), "--token", SECRET]))
     assert "--token applies to Hub repos" in err
+
+
+def test_from_transformers_token_false_sends_not_even_the_machines_token(tmp_path, monkeypatch):
+    """huggingface_hub adds the machine's token to a request given token=None: False must reach every request."""
+    repo = "someone/private-transformers-lm"
+    standin_repo(tmp_path / "hub", repo, save_small("PerceiverForMaskedLM", tmp_path / "model"))
+    (tmp_path / "hub" / repo / "visibility").write_text("private\n")
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        monkeypatch.setenv("HF_TOKEN", TOKEN)  # the machine's token has access
+        asked = hub.requests
+        with pytest.raises(TransformersSourceError, match="RepositoryNotFoundError"):
+            from_transformers("language", repo, tmp_path / "a.safetensors", token=False)
+        assert hub.requests - asked == 1  # config.json's HEAD, refused: with the machine's token a GET would follow
+        assert from_transformers("language", repo, tmp_path / "b.safetensors").is_file()  # None: the machine's
+
+
+@pytest.mark.parametrize("cli, argv", [
+    (zoo_cli, ["--token", SECRET, "pull", "tiny-language-perceiver"]),  # before the command: an invalid command
+    (zoo_cli, ["list", f"--token={SECRET}"]),  # a command that does not take it: unrecognized arguments
+    (zoo_cli, ["pull", "hf-hub:a/b", "--tokn", SECRET]),  # misspelt
+    (zoo_cli, ["pull", "hf-hub:a/b", "--endpoint", "http://127.0.0.1:9", SECRET]),  # a stray word shaped as a token
+    (admin_cli, ["--token", SECRET, "publish", "tiny-language-perceiver"]),
+    (admin_cli, ["regenerate", "tiny-language-perceiver", "--token", SECRET]),
+    (convert_cli, ["language", "c.pickle", "--preset", "language_perceiver_io_bytes", "-o", "x", "--tokn", SECRET]),
+], ids=["zoo-before-command", "zoo-list-equals", "misspelt", "stray", "admin-before-command", "admin-regenerate",
+        "convert-misspelt"])
+def test_usage_errors_never_show_a_token_given_where_it_is_not_taken(capsys, cli, argv):
+    err = _refused(capsys, 2, lambda: cli(argv))  # _refused: neither SECRET nor TOKEN in what was printed
+    assert "<token, not shown>" in err, err
 
 
 @pytest.mark.parametrize("token, problem", [

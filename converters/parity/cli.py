@@ -35,6 +35,7 @@ from perceiver_torch.cli_exit import print_out
 from perceiver_torch.registry import TASKS
 from perceiver_torch.serialization import atomic_write
 from perceiver_torch.version import add_version_flag
+from perceiver_torch.zoo.token import TokenSafeParser
 
 from ..cli_support import unwritable_output
 from .harness import DEVICES, DTYPES, REFERENCES, DeviceUnavailable, run_parity
@@ -73,7 +74,7 @@ def _existing_file(text: str) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="perceiver-parity", description=__doc__,
+    p = TokenSafeParser(prog="perceiver-parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_flag(p)
     p.add_argument("task", choices=TASKS)

@@ -9,7 +9,6 @@ tokenizer_config.json); `transformers.PerceiverFor*.from_pretrained(DIR)` loads 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from perceiver_torch.serialization import CheckpointFormatError
 from perceiver_torch.version import add_version_flag
 from perceiver_torch.zoo import ZooError
 from perceiver_torch.zoo.pretrained import checkpoint_path
-from perceiver_torch.zoo.token import add_token_option
+from perceiver_torch.zoo.token import TokenSafeParser, add_token_option
 from perceiver_torch.zoo.user_hub import hub_checkpoint, is_hub_name, parse_hub_name
 
 from ..cli_support import write_or_report
@@ -36,7 +35,7 @@ def converted_file(model: str, revision: str | None, token: str | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="perceiver-to-transformers", description=__doc__)
+    parser = TokenSafeParser(prog="perceiver-to-transformers", description=__doc__)
     add_version_flag(parser)
     parser.add_argument("converted", metavar="MODEL", help="a perceiver-torch .safetensors (from perceiver-convert or "
                         "save_model), a save_pretrained directory, or hf-hub:owner/name")

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-from huggingface_hub.utils import build_hf_headers
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -181,7 +180,7 @@ class _HubRepo:
         asked = self.commit or self.revision
         url = hf_hub_url(self.repo_id, name, revision=asked, endpoint=self.endpoint)
         try:
-            meta = get_hf_file_metadata(url, headers=build_hf_headers(token=self.token), endpoint=self.endpoint)
+            meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint)
         except EntryNotFoundError:
             return None
         except RevisionNotFoundError as exc:

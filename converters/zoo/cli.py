@@ -23,7 +23,7 @@ from pathlib import Path
 
 from perceiver_torch.version import add_version_flag
 from perceiver_torch.zoo import ManifestError, ZooError, entries
-from perceiver_torch.zoo.token import add_token_option
+from perceiver_torch.zoo.token import TokenSafeParser, add_token_option
 
 from ..cli_support import show_logs
 from . import standin
@@ -77,7 +77,7 @@ def _publish(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="perceiver-zoo-admin", description=__doc__,
+    parser = TokenSafeParser(prog="perceiver-zoo-admin", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version_flag(parser)
     parser.add_argument("--manifest", help="manifest to read and rewrite (default: PERCEIVER_ZOO_MANIFEST, else the "

@@ -58,7 +58,7 @@ from .predict import (
 from .pretrained import zoo_entry
 from .push import CARD, upload
 from .schema import is_repo_id, is_repo_name
-from .token import add_token_option
+from .token import TokenSafeParser, add_token_option
 from .user_hub import HUB_PREFIX, checked_revision, hub_checkpoint, parse_hub_name
 
 
@@ -308,7 +308,7 @@ def _run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="perceiver-zoo", description=__doc__)
+    parser = TokenSafeParser(prog="perceiver-zoo", description=__doc__)
     add_version_flag(parser)
     parser.add_argument("--manifest",
                         help="a zoo manifest file (default: PERCEIVER_ZOO_MANIFEST, else the packaged one)")

@@ -7,11 +7,14 @@ The command lines take it as huggingface_hub's CLI does, ``--token TOKEN`` (`add
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 
 from huggingface_hub import get_token
 
 # How to send a token, for refusals that the Python API and the command lines share.
 HOW_TO_SEND = "token='hf_...' in Python, --token on the command line"
+NOT_SHOWN = "<token, not shown>"
 
 
 def checked_token(token, where: str) -> str | bool | None:
@@ -60,3 +63,33 @@ def add_token_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--token", type=token_argument, help=f"a Hub access token, sent for {what} (default: "
                         "HF_TOKEN, else `hf auth login`'s); a token on the command line is visible to other users of "
                         "this machine (ps) and kept in shell history: prefer HF_TOKEN=... or `hf auth login`")
+
+
+def _possible_tokens(argv: Sequence[str]) -> set[str]:
+    """The words of `argv` that may be a token: the value of --token (also written --token=T, abbreviated, or
+    misspelt --tok...), and any word shaped like a Hub access token (hf_...)."""
+    found = set()
+    for index, word in enumerate(argv):
+        option, joined, value = word.partition("=")
+        if option.startswith("--tok") or (len(option) > 2 and "--token".startswith(option)):
+            found.add(value if joined else argv[index + 1] if index + 1 < len(argv) else "")
+        if word.startswith("hf_"):
+            found.add(word)
+    return {word for word in found if word}
+
+
+class TokenSafeParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors never show a token: argparse quotes the words it could not place
+    (`--token T` before the command, on a command that does not take it, misspelt), which would print a secret to
+    the terminal and CI logs. Subcommands' parsers are of this class too (add_subparsers makes them so)."""
+
+    _argv: Sequence[str] = ()
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        for secret in sorted(_possible_tokens(self._argv), key=len, reverse=True):
+            message = message.replace(secret, NOT_SHOWN)
+        super().error(message)
