@@ -74,3 +74,19 @@ def test_pretrained_entry_is_create_models_verified_download(tmp_path, monkeypat
     assert type(loaded) is type(expected) and not loaded.training
     got, want = loaded.state_dict(), expected.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_manifest_that_cannot_be_read_leaves_create_model_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERCEIVER_ZOO_MANIFEST", str(tmp_path / "missing.yaml"))
+    with pytest.warns(UserWarning, match="hubconf: no zoo entry points: .*missing.yaml"):
+        module = _hub_module()
+    assert _listed(module) == {"create_model"}
+
+
+def test_zoo_names_never_replace_the_modules_own(tmp_path, monkeypatch):
+    manifest = scratch_manifest(tmp_path / "manifest.yaml", {name: golden_language_entry()
+                                                             for name in ("create-model", "dependencies")})
+    monkeypatch.setenv("PERCEIVER_ZOO_MANIFEST", str(manifest))
+    module = _hub_module()
+    assert module.create_model is create_model and isinstance(module.dependencies, list)
+    assert "vision_perceiver_fourier" in _listed(module)
