@@ -165,10 +165,19 @@ def test_save_pretrained_pushes_what_it_saved(tmp_path, monkeypatch):
                 ({"token": TOKEN}, TypeError, r"save_pretrained: token applies to the upload; pass push_to_hub=True"),
                 ({"push_to_hub": "yes"}, TypeError, r"save_pretrained: push_to_hub must be True or False; got str"),
                 ({"push_to_hub": True, "tokn": TOKEN}, TypeError, r"save_pretrained: unexpected keyword argument\(s\) "
-                                                                  r"'tokn' \(with push_to_hub=True it takes repo_id, "),
-                ({"push_to_hub": True, "repo_id": "a/b/c"}, ValueError, r"repo_id must be a Hub repo id 'owner/name' "
-                                                                        r"or a name .*; got 'a/b/c'\.")):
+                                                                  r"'tokn' \(it takes push_to_hub and, with "
+                                                                  r"push_to_hub=True, repo_id, "),
+                ({"tokn": TOKEN}, TypeError, r"save_pretrained: unexpected keyword argument\(s\) 'tokn'"),
+                ({"push_to_hub": True, "repo_id": "a/b/c"}, ValueError, r"repo_id must be a Hub repo id 'owner/name', "
+                                                                        r"or a name .*; got 'a/b/c'\."),
+                # the values too, before the file is written (save_pretrained then push_to_hub, as in transformers)
+                ({"push_to_hub": True, "repo_id": REPO, "token": ""}, ValueError, r"push_to_hub: token is empty"),
+                ({"push_to_hub": True, "repo_id": REPO, "private": "yes"}, TypeError, r"private must be True, False"),
+                ({"push_to_hub": True, "repo_id": REPO, "revision": "../x"}, ValueError, r"revision"),
+                ({"push_to_hub": True}, ValueError, r"save_pretrained: the directory's name 'refused\.\.' is no Hub "
+                                                    r"repo name; pass repo_id='owner/name'")):
+            refused = tmp_path / ("refused.." if kwargs == {"push_to_hub": True} else "refused")
             with pytest.raises(error, match=message):
-                model.save_pretrained(tmp_path / "refused", **kwargs)
-            assert not (tmp_path / "refused").exists()  # refused before anything was written
+                model.save_pretrained(refused, **kwargs)
+            assert not refused.exists()  # refused before anything was written
         assert server.requests == asked

@@ -15,6 +15,14 @@ import torch
 def _repo_to_push(directory: Path, push_to_hub, push_kwargs: dict) -> str | None:
     """The repo `save_pretrained(directory, push_to_hub=..., **push_kwargs)` pushes to (popping `repo_id`), or None;
     its arguments refused before anything is written."""
+    from ..zoo.push import checked_arguments  # imports the registry, which imports these classes
+    from ..zoo.push import push_to_hub as push
+
+    takes = set(inspect.signature(push).parameters) - {"model", "repo_id"}
+    unknown = sorted(set(push_kwargs) - takes - {"repo_id"})
+    if unknown:  # a misspelt keyword is named as such, whatever push_to_hub is
+        raise TypeError(f"save_pretrained: unexpected keyword argument(s) {', '.join(map(repr, unknown))} (it "
+                        f"takes push_to_hub and, with push_to_hub=True, repo_id, {', '.join(sorted(takes))}).")
     if type(push_to_hub) is not bool:  # bool("no") is True: a string would upload
         raise TypeError(f"save_pretrained: push_to_hub must be True or False; got {type(push_to_hub).__name__} "
                         f"{push_to_hub!r:.40}.")
@@ -23,21 +31,16 @@ def _repo_to_push(directory: Path, push_to_hub, push_kwargs: dict) -> str | None
             raise TypeError(f"save_pretrained: {', '.join(sorted(push_kwargs))} applies to the upload; pass "
                             "push_to_hub=True to push the saved model.")
         return None
-    from ..zoo.push import push_to_hub as push  # imports the registry, which imports these classes
-    from ..zoo.schema import is_repo_id, is_repo_name
-
-    takes = set(inspect.signature(push).parameters) - {"model", "repo_id"}
-    unknown = sorted(set(push_kwargs) - takes - {"repo_id"})
-    if unknown:
-        raise TypeError(f"save_pretrained: unexpected keyword argument(s) {', '.join(map(repr, unknown))} (with "
-                        f"push_to_hub=True it takes repo_id, {', '.join(sorted(takes))}).")
     # transformers' default: the directory's name (a repo of the token's owner).
     given = push_kwargs.pop("repo_id", None)
     repo_id = directory.resolve().name if given is None else given
-    if not is_repo_id(repo_id) and not is_repo_name(repo_id):
-        what = "" if given is not None else " (the directory's name: pass repo_id=)"
-        raise ValueError(f"save_pretrained: repo_id must be a Hub repo id 'owner/name' or a name (letters, digits, "
-                         f"'.', '_' or '-'); got {repo_id!r:.60}{what}.")
+    try:
+        checked_arguments(repo_id, **push_kwargs)
+    except ValueError as exc:
+        if given is None and str(exc).startswith("push_to_hub: repo_id"):
+            raise ValueError(f"save_pretrained: the directory's name {repo_id!r:.60} is no Hub repo name; pass "
+                             "repo_id='owner/name'.") from None
+        raise
     return repo_id
 
 
@@ -98,8 +101,9 @@ class PretrainedMixin:
         return path
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
-        """`pt.push_to_hub(self, repo_id, **kwargs)`: upload the model to the Hub repo 'owner/name' in one commit
-        (`token`, `endpoint`, `revision`, `private`, `commit_message`); returns the commit id."""
+        """`pt.push_to_hub(self, repo_id, **kwargs)`: upload the model to the Hub repo 'owner/name' (or 'name', in
+        the token owner's namespace) in one commit (`token`, `endpoint`, `revision`, `private`, `commit_message`,
+        `overwrite_card`); returns the commit id."""
         from ..zoo.push import push_to_hub
 
         return push_to_hub(cast(torch.nn.Module, self), repo_id, **kwargs)

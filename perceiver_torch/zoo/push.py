@@ -157,12 +157,11 @@ def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: st
                   commit_message=commit_message, overwrite_card=overwrite_card).commit
 
 
-def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | bool | None, endpoint: str | None,
-           revision: str | None, private: bool | None, commit_message: str | None,
-           overwrite_card: bool) -> Pushed:
-    """`push_to_hub`, saying where it pushed, the commit, and whether README.md was written."""
-    source = None if isinstance(model, nn.Module) else _checkpoint_file(model)
-    if not is_repo_id(repo_id) and not is_repo_name(repo_id):
+def checked_arguments(repo_id: str, *, token=None, revision=None, private=None, overwrite_card=False,
+                      **_unchecked) -> tuple[str | None, str | bool | None]:
+    """Refuse `push_to_hub`'s arguments that cannot be right, before anything is written or asked (also for
+    `save_pretrained(push_to_hub=True)`); returns (the branch, or None for main; the checked token)."""
+    if not isinstance(repo_id, str) or (not is_repo_id(repo_id) and not is_repo_name(repo_id)):
         raise ValueError(f"push_to_hub: repo_id must be a Hub repo id 'owner/name', or a name for a repo of the "
                          f"token's owner (letters, digits, '.', '_' or '-'); got {repo_id!r:.200}.")
     if private is not None and type(private) is not bool:  # bool("no") is True: a string would flip it
@@ -171,13 +170,21 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | b
     if type(overwrite_card) is not bool:  # bool("no") is True: a string would replace the user's card
         raise TypeError(f"push_to_hub: overwrite_card must be True or False; got {type(overwrite_card).__name__} "
                         f"{overwrite_card!r:.40}.")
-    branch = None if revision is None else checked_revision(revision)
+    return (None if revision is None else checked_revision(revision)), checked_token(token, "push_to_hub")
+
+
+def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | bool | None, endpoint: str | None,
+           revision: str | None, private: bool | None, commit_message: str | None,
+           overwrite_card: bool) -> Pushed:
+    """`push_to_hub`, saying where it pushed, the commit, and whether README.md was written."""
+    source = None if isinstance(model, nn.Module) else _checkpoint_file(model)
+    branch, token = checked_arguments(repo_id, token=token, revision=revision, private=private,
+                                      overwrite_card=overwrite_card)
     where = hub_endpoint(endpoint)
     target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
     if not is_offline():  # else huggingface_hub's own refusal says to unset it, rightly
         check_client_online(f"push_to_hub: uploading to {target}", HubError)
     # As huggingface_hub's: a str is the token, None or True the machine's; False (send none) cannot upload.
-    token = checked_token(token, "push_to_hub")
     token = token if isinstance(token, str) else None if token is False else get_token()
     if not token:
         raise HubError(f"push_to_hub: uploading to {target} needs a write token: pass one ({HOW_TO_SEND}), "
