@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -175,6 +176,22 @@ def test_publish_records_the_commit_and_is_idempotent(produced, published):
         with pytest.raises(ZooError, match="401 Unauthorized|RemoteProtocolError: Server disconnected"):
             publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token="wrong", work_dir=root / "work", manifest=manifest)
         assert manifest.read_bytes() == before
+
+
+def test_publish_without_a_token_uses_the_one_hf_auth_login_saved(produced, published, tmp_path, monkeypatch):
+    """As huggingface_hub (and --token's help) say: HF_TOKEN, else the token `hf auth login` saved."""
+    root, _, _ = produced
+    manifest, tree, revision = published
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    saved = tmp_path / "saved-token"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(saved))
+    with serve(tree, token=TOKEN) as hub:
+        with pytest.raises(ZooError, match=r"publishing needs a write token: --token \(token= in Python\), the "
+                                           r"HF_TOKEN environment variable or `hf auth login`"):
+            publish(GOLDEN_ENTRY, endpoint=hub.endpoint, work_dir=root / "work", manifest=manifest)
+        saved.write_text(TOKEN)
+        assert publish(GOLDEN_ENTRY, endpoint=hub.endpoint, work_dir=root / "work", manifest=manifest)["revision"] \
+            == revision
 
 
 def test_publish_into_a_stand_in_tree_that_is_not_one_is_refused(produced, tmp_path, capsys):

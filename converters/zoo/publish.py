@@ -1,11 +1,10 @@
 """Publish a produced zoo artifact and its model card to a Hub repo, and pin the revision.
 
-The upload goes through ``huggingface_hub.HfApi`` (``create_repo`` then one
-``create_commit`` of the artifact and ``README.md``) with the write token from
-``HF_TOKEN``, to the Hugging Face Hub or to any Hub-compatible endpoint (the tests'
-local stand-in). The commit id the server returns becomes ``artifact.revision`` in
-the manifest, so pulls are pinned to exactly these bytes. Publishing unchanged files
-again makes no commit (the client skips them) and records the same revision.
+The upload goes through ``huggingface_hub.HfApi`` (``create_repo`` then one ``create_commit`` of the artifact and
+``README.md``) with the write token given, else huggingface_hub's (``HF_TOKEN``, else ``hf auth login``'s), to
+the Hugging Face Hub or to any Hub-compatible endpoint (the tests' local stand-in). The commit id the server
+returns becomes ``artifact.revision`` in the manifest, so pulls are pinned to exactly these bytes. Publishing
+unchanged files again makes no commit (the client skips them) and records the same revision.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
 from perceiver_torch.hashing import sha256_file
 from perceiver_torch.zoo import ZooError, get_entry
@@ -45,10 +44,10 @@ def publish(name: str, *, endpoint: str | None = None, published_to: str = "hub"
     """Upload `name`'s artifact + card to its ``publish_repo``; record and return the revision."""
     entry = get_entry(name, manifest)
     path, card = produced_files(name, entry, Path(work_dir))
-    token = token or os.environ.get("HF_TOKEN")
+    token = token or get_token()  # as huggingface_hub: HF_TOKEN, else `hf auth login`'s
     if not token:
-        raise ZooError("publishing needs a write token: --token (token= in Python) or the HF_TOKEN environment "
-                       "variable")
+        raise ZooError("publishing needs a write token: --token (token= in Python), the HF_TOKEN environment "
+                       "variable or `hf auth login`")
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT).rstrip("/")
     api = HfApi(endpoint=endpoint, token=token)
     repo_id = entry["publish_repo"]
