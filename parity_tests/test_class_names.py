@@ -188,3 +188,11 @@ def test_zoo_info_refuses_what_a_load_refuses(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "metadata field 'class_names' does not name the model's classes" in err and "Traceback" not in err
     assert read_header(path).metadata[METADATA_KEY] == '["cat","dog"]'  # the file itself is left as it was
+
+
+def test_an_attribute_of_that_name_on_a_model_without_classes_is_not_written(tmp_path):
+    """Only the classifiers' class_names are ours: a user's attribute on a language model is left alone."""
+    model = seeded_model("language").eval()
+    model.class_names = ["not", "ours"]
+    path = pt.save_model(model, tmp_path / "lm.safetensors")
+    assert METADATA_KEY not in read_metadata(path) and pt.load_model(path) is not None

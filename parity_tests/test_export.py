@@ -195,7 +195,7 @@ def test_export_model_takes_a_converted_file_or_save_pretrained_directory(tmp_pa
         out = export_model(source, tmp_path / "lm.pt2", dtype="float32")
         assert max(max_errors(model, torch.export.load(out).module()).values()) <= TOLERANCE
     with pytest.raises(TypeError, match=r"export_model: '.*saved' is a file, which takes no manifest or "
-                                        r"mirror \(only device and dtype\)"):
+                                        r"mirror \(only device, dtype, their"):
         export_model(directory, tmp_path / "x.pt2", manifest=TEST_MANIFEST, mirror="m")
     with pytest.raises(FileNotFoundError, match="is a directory without a model.safetensors"):
         export_model(tmp_path, tmp_path / "x.pt2")

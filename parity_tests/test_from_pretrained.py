@@ -81,7 +81,7 @@ def test_what_is_neither_a_zoo_name_nor_a_file_is_named(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError):
         cls.from_pretrained(tmp_path / "missing")
     with pytest.raises(TypeError, match=r"from_pretrained: 'x.safetensors' is a file, which takes no manifest or "
-                                        r"num_classes \(only device and dtype\)"):
+                                        r"num_classes \(only device, dtype, their"):
         cls.from_pretrained("x.safetensors", num_classes=3, manifest=TEST_MANIFEST)
     with pytest.raises(TypeError, match=r"expected a zoo model's name or a file path; got int"):
         cls.from_pretrained(3)

@@ -120,8 +120,9 @@ def test_a_file_satisfies_local_files_only_and_takes_no_force_download(tmp_path)
     model = seeded_model("language").eval()
     model.save_pretrained(tmp_path / "saved")
     assert_same_weights(LM.from_pretrained(tmp_path / "saved", local_files_only=True), model)
-    with pytest.raises(TypeError, match=r"is a file, which takes no force_download \(only device and dtype\)"):
+    with pytest.raises(TypeError, match=r"is a file, which takes no force_download \(only device, dtype, their"):
         LM.from_pretrained(tmp_path / "saved", force_download=True)
+    assert_same_weights(LM.from_pretrained(tmp_path / "saved", force_download=False), model)  # the default, spelt
 
 
 def test_torch_dtype_and_device_map_are_dtype_and_device(tmp_path):

@@ -128,7 +128,7 @@ def test_keywords_that_do_not_apply_are_named_as_such(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match=r"'hf-hub:a/b' is a Hub repo, which takes no mirror \(those select a zoo "
                                         r"model's source: zoo names only\)"):
         pt.PerceiverForMaskedLM.from_pretrained("hf-hub:a/b", mirror=tmp_path, token="hf_x")
-    with pytest.raises(TypeError, match=r"is a file, which takes no token \(only device and dtype\)"):
+    with pytest.raises(TypeError, match=r"is a file, which takes no token \(only device, dtype, their"):
         pt.PerceiverForMaskedLM.from_pretrained(tmp_path / "lm.safetensors", token="hf_x")
 
 

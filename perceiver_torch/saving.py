@@ -12,6 +12,7 @@ from torch import nn
 
 from . import class_names
 from .config_schema import short_repr, validate_config
+from .models.named_classes import NamedClasses
 from .models.owned_config import config_changes
 from .registry import TASK_MODELS
 from .safetensors_io import CODES
@@ -148,7 +149,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, metadata: Mapping[s
         raise ValueError(f"the model's weights do not match the {task} model its config builds "
                          f"({len(problems)} problem(s)); load_model could not rebuild it:\n  "
                          + "\n  ".join(problems))
-    names = getattr(model, "class_names", None)
+    # Only the models with classes to name: an attribute of that name on another model is not ours to write.
+    names = model.class_names if isinstance(model, NamedClasses) else None
     if names is not None:  # checked against the config when set; save_checkpoint checks them again as a load would
         extra[class_names.METADATA_KEY] = class_names.encode(names)
     return save_checkpoint(state, path, task, config, extra, consume=True)

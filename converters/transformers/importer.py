@@ -57,7 +57,7 @@ def from_transformers(task: str, source: str | os.PathLike, output_path: str | o
             check_output(path, output_path, what)
     check_replaceable(Path(output_path), overwrite)
     architecture, config, arrays, names = convert_source(task, read)
-    if names is not None and str(read.repo_id or "").startswith(DEEPMIND_ORG) and released_labels(task, config):
+    if names is not None and str(read.repo_id or "").lower().startswith(DEEPMIND_ORG) and released_labels(task, config):
         # DeepMind's repos hold the release, whose classes are the released ones (the colab's names) however their
         # id2label spells them: kept, they would make this route's file differ from the Haiku route's.
         log.info("%s: %s holds DeepMind's release; its id2label is not kept (the released names apply)",

@@ -96,9 +96,11 @@ def load_file(where: str, path: str | os.PathLike, *, device: str | torch.device
               dtype: str | torch.dtype | None = None, task: str | None = None, **zoo_kwargs) -> torch.nn.Module:
     """`load_model` of a converted file or of a save_pretrained directory's ``model.safetensors``, refusing
     `create_model`'s keywords by name (`where`: who was called) and, given `task`, another task's model."""
+    if zoo_kwargs.get("force_download") is False:  # the default, spelt out: nothing to fetch either way
+        del zoo_kwargs["force_download"]
     if zoo_kwargs:
         raise TypeError(f"{where}: {str(path)!r} is a file, which takes no {' or '.join(sorted(zoo_kwargs))} (only "
-                        "device and dtype).")
+                        "device, dtype, their transformers spellings, and local_files_only).")
     path = checkpoint_path(Path(path))
     check = None if task is None else _of_task(task, where, str(path))
     return load_model(path, device=device, dtype=dtype, check_metadata=check)
