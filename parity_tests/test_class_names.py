@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import perceiver_torch as pt
@@ -196,3 +197,13 @@ def test_an_attribute_of_that_name_on_a_model_without_classes_is_not_written(tmp
     model.class_names = ["not", "ours"]
     path = pt.save_model(model, tmp_path / "lm.safetensors")
     assert METADATA_KEY not in read_metadata(path) and pt.load_model(path) is not None
+
+
+@pytest.mark.parametrize("count", [3, 1000])
+def test_zoo_info_shows_the_names_as_a_list_the_first_twenty_of_a_long_one(tmp_path, capsys, count):
+    names = ["caf\u00e9 \"au lait\""] + [f"class {i}" for i in range(1, count)]
+    path = pt.save_model(_named(count, names), tmp_path / "named.safetensors")
+    assert zoo_cli(["info", str(path)]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)[str(path)]["metadata"][METADATA_KEY]
+    more = f"... and {count - 20} more (load_model(...).class_names)"
+    assert shown == (names if count <= 20 else [*names[:20], more])

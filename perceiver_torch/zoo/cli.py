@@ -16,6 +16,7 @@ Maintainers produce and publish entries with `perceiver-zoo-admin` (the producer
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ from typing import cast
 import torch
 import yaml
 
+from ..class_names import METADATA_KEY as CLASS_NAMES_KEY
 from ..cli_exit import stdout_gone
 from ..export import (
     MAX_TRACE_BATCH,
@@ -61,6 +63,7 @@ from .schema import is_repo_id, is_repo_name
 from .token import TokenSafeParser, add_token_option
 from .user_hub import HUB_PREFIX, checked_revision, hub_checkpoint, parse_hub_name
 
+SHOWN_NAMES = 20  # of a checkpoint's class names, by `info`: a file may hold thousands
 
 def _list(manifest, patterns: list[str], exclude: list[str]) -> int:
     models = entries(manifest)
@@ -93,6 +96,16 @@ def _info(args) -> int:
     return 0
 
 
+def _shown_metadata(key: str, value: str):
+    """A metadata value as `info` shows it: class names (checked already, as a load checks them) as a list, the
+    first SHOWN_NAMES of a long one and how many more; anything else as stored."""
+    if key != CLASS_NAMES_KEY:
+        return value
+    names = json.loads(value)
+    return names if len(names) <= SHOWN_NAMES else \
+        [*names[:SHOWN_NAMES], f"... and {len(names) - SHOWN_NAMES} more (load_model(...).class_names)"]
+
+
 def _checkpoint_info(target: Target) -> int:
     """What a Hub repo's or a file's header says (nothing of its body is downloaded or read), as YAML."""
     meta = cast(dict, target.metadata)
@@ -100,7 +113,8 @@ def _checkpoint_info(target: Target) -> int:
     found = {"task": target.task, "class": type(model).__name__,
              "parameters": sum(p.numel() for p in model.parameters()),
              **({"revision": target.revision, "commit": target.commit} if target.kind == "hub" else {}),
-             "metadata": {k: v for k, v in sorted(meta.items()) if k not in ("format", "task", "config")},
+             "metadata": {k: _shown_metadata(k, v) for k, v in sorted(meta.items())
+                          if k not in ("format", "task", "config")},
              "config": target.config}
     print(yaml.safe_dump({target.model: found}, sort_keys=False, width=110), end="")
     if target.kind == "hub":
