@@ -57,6 +57,16 @@ def test_a_token_the_server_refuses_is_named_and_nothing_is_created(tmp_path, mo
     assert [p.name for p in (tmp_path / "hub").iterdir()] == []
 
 
+def test_a_model_save_model_refuses_is_refused_before_asking_the_server_anything(tmp_path, monkeypatch):
+    _without_a_token(monkeypatch, tmp_path)
+    model = seeded_model("language").eval().double()
+    with hub_env(monkeypatch, tmp_path / "hub", tmp_path / "cache", token=TOKEN) as hub:
+        asked = hub.requests
+        with pytest.raises(ValueError, match="float64"):
+            pt.push_to_hub(model, "my-lm", token=TOKEN)
+        assert hub.requests == asked  # not even whom the token belongs to
+
+
 def test_the_stand_in_answers_whoami_and_creates_a_bare_name_in_its_users_namespace(tmp_path):
     with standin.serve(tmp_path / "hub", token=TOKEN, user="someone") as hub:
         api = HfApi(endpoint=hub.endpoint, token=TOKEN)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple, cast
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError
 from torch import nn
 
 from ..foreign_checkpoints import CONFIG_FILE  # what a transformers model directory holds beside its weights
@@ -123,9 +124,10 @@ def owners_repo(api: HfApi, name: str, where: str) -> str:
     try:
         owner = api.whoami()["name"]
     except Exception as exc:  # huggingface_hub's HTTP errors (401: the token is not valid), connection errors
+        refused = isinstance(exc, HfHubHTTPError) and exc.response is not None and exc.response.status_code == 401
         raise HubError(f"push_to_hub: {name!r} names no owner, and asking {where} whom the token belongs to (to "
-                       f"push to that user's {name!r}) failed: {one_line(exc).rstrip('.')}. Check the token, or "
-                       f"name the repo 'owner/{name}'.") from exc
+                       f"push to that user's {name!r}) failed: {one_line(exc).rstrip('.')}. "
+                       f"{'Check the token, or name' if refused else 'Name'} the repo 'owner/{name}'.") from exc
     if not isinstance(owner, str) or not is_repo_id(f"{owner}/{name}"):
         raise HubError(f"push_to_hub: {where} says the token belongs to {owner!r:.100}, which is no Hub "
                        f"namespace; name the repo 'owner/{name}'.")
@@ -190,15 +192,15 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | b
         raise HubError(f"push_to_hub: uploading to {target} needs a write token: pass one ({HOW_TO_SEND}), "
                        "set HF_TOKEN or log in with `hf auth login`.")
     api = HfApi(endpoint=where, token=token)
-    if not is_repo_id(repo_id):  # a bare name: in the token owner's namespace, before anything is written
-        repo_id = owners_repo(api, repo_id, where)
-        target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
     with tempfile.TemporaryDirectory(prefix="perceiver-push-") as folder:
         path = Path(folder) / FILENAME
-        if isinstance(model, nn.Module):
+        if isinstance(model, nn.Module):  # refused here, before any request, if save_model refuses it
             save_model(model, path)
         else:  # `source` is the file `model` names, resolved above
             model = _checked_copy(cast(Path, source), path)
+        if not is_repo_id(repo_id):  # a bare name: in the token owner's namespace, before anything is written
+            repo_id = owners_repo(api, repo_id, where)
+            target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
         task = read_metadata(path)["task"]
         num_parameters = sum(p.numel() for p in model.parameters())  # the file holds them all, strictly
         card = Path(folder) / CARD
