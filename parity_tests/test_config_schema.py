@@ -120,6 +120,14 @@ def test_config_json_is_parsed_strictly(text, expected):
     assert expected in info.value.problems[0]
 
 
+def test_an_integer_beyond_floats_range_is_no_finite_number():
+    """JSON allows any number of digits; math.isfinite(10**400) raised a bare OverflowError out of every reader."""
+    config = golden_config("optical_flow")
+    config["flow_scale_factor"] = 10**400
+    with pytest.raises(ConfigError, match=r"flow_scale_factor: found 1000.*; expected a finite number"):
+        validate_config("optical_flow", config, source="m.json")
+
+
 def test_constructor_refusals_become_config_errors():
     """What no single key shows (a width the heads do not divide) is refused when the model is built on meta."""
     with pytest.raises(ConfigError, match=r"\(model\): num_z_channels \(48\) must be divisible"):

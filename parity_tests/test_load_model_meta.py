@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import re
+import struct
 
 import numpy as np
 import pytest
@@ -102,6 +105,17 @@ def test_file_and_stream_writes_give_the_same_bytes(tmp_path, monkeypatch, reser
     write_safetensors(stream, tensors, {"k": "v"})
     write_safetensors(tmp_path / "f.safetensors", tensors, {"k": "v"})
     assert (tmp_path / "f.safetensors").read_bytes() == stream.getvalue()
+
+
+@pytest.mark.parametrize("dtype", [[], {}], ids=["list", "object"])
+def test_an_unhashable_dtype_is_refused_naming_the_file_and_tensor(tmp_path, dtype):
+    """The dtype was looked up in a dict as given: a list or an object raised a bare TypeError (unhashable)."""
+    header = json.dumps({"__metadata__": {"format": "perceiver-torch"},
+                         "t": {"dtype": dtype, "shape": [], "data_offsets": [0, 0]}}).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(pt.CheckpointFormatError, match=rf"{re.escape(str(path))}[\s\S]*tensor 't': unknown dtype"):
+        pt.load_model(path)
 
 
 @pytest.mark.parametrize("metadata", [{"k": "x" * (16 << 20)}, {"k": 1}])

@@ -217,6 +217,8 @@ _HOSTILE_YAML = {
     # Python refuses int() of more than 4300 digits with a bare ValueError that named neither file nor line.
     "long-int": ("schema_version: 1\nmodels:\n  x:\n    kind: test\n    size: " + "9" * 5000 + "\n",
                  r"an integer of 5000 characters \(line 5\) is too long to read"),
+    # sorted() of unknown keys of two types raised a bare TypeError that named neither file nor field.
+    "mixed-keys": ("schema_version: 1\nmodels: {}\n1: x\nextra: y\n", r"unknown top-level fields \[\"'extra'\", '1'\]"),
 }
 
 

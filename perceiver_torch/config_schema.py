@@ -124,7 +124,12 @@ class Number(Field):
         return "a finite number" + (f" {' and '.join(p for p in (low, high) if p)}" if low or high else "")
 
     def problem(self, value, bounded: bool) -> str | None:
-        if type(value) not in (int, float) or not math.isfinite(value):
+        if type(value) not in (int, float):
+            return self.expected(bounded)
+        try:  # an integer beyond float's range (JSON allows any number of digits) is no finite number either
+            if not math.isfinite(float(value)):
+                return self.expected(bounded)
+        except OverflowError:
             return self.expected(bounded)
         too_low = value <= self.minimum if self.open_min else value < self.minimum
         too_high = value >= self.maximum if self.open_max else value > self.maximum

@@ -88,7 +88,7 @@ def _entry(name: str, raw, problems: list[str]) -> TensorEntry | None:
         problems.append(f"{where}: expected an object with exactly dtype, shape, data_offsets; found {raw!r:.120}")
         return None
     dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
-    if dtype not in DTYPES:
+    if type(dtype) is not str or dtype not in DTYPES:  # a list or object is unhashable: no dict lookup
         problems.append(f"{where}: unknown dtype {dtype!r:.40}; expected one of {list(DTYPES)}")
         return None
     if not isinstance(shape, list) or len(shape) > MAX_RANK or any(type(d) is not int or d < 0 for d in shape):

@@ -274,7 +274,7 @@ def validate_manifest(data) -> dict:
         )
     extra = set(data) - {"schema_version", "models"}
     if extra:
-        raise ManifestError(f"zoo manifest: unknown top-level fields {sorted(extra)}")
+        raise ManifestError(f"zoo manifest: unknown top-level fields {sorted(map(repr, extra))}")
     models = data.get("models")
     if not isinstance(models, dict) or not models:
         raise ManifestError("zoo manifest: field 'models' must be a non-empty mapping of name -> entry")
