@@ -135,7 +135,8 @@ def test_torch_dtype_and_device_map_are_dtype_and_device(tmp_path):
     for auto in ({"torch_dtype": "auto"}, {"dtype": "auto"}, {}):
         assert_same_weights(LM.from_pretrained(saved, **auto), model)  # the checkpoint's: float32
     for placed in ({"device_map": "cpu"}, {"device_map": {"": "cpu"}}, {"device": torch.device("cpu")},
-                   {"device": "cpu", "device_map": torch.device("cpu")}):
+                   {"device": "cpu", "device_map": torch.device("cpu")},
+                   {"device_map": {"encoder": "cpu", "decoder": torch.device("cpu")}}):  # every module on one
         assert LM.from_pretrained(saved, **placed).device == torch.device("cpu")
     with pytest.raises(TypeError, match=r"from_pretrained: dtype=torch\.float16 and torch_dtype=torch\.bfloat16 were "
                                         r"both given; give one \(torch_dtype is transformers' spelling of dtype\)"):
@@ -150,6 +151,9 @@ def test_torch_dtype_and_device_map_are_dtype_and_device(tmp_path):
             LM.from_pretrained(saved, device_map=spread)
     with pytest.raises(TypeError, match=r"device='cpu' and device_map='cuda:0' were both given"):
         LM.from_pretrained(saved, device="cpu", device_map=0)
+    with pytest.raises(TypeError, match=r"device_map must be a device \(a str, torch.device or GPU index\) or a map "
+                                        r"of modules to one device; got bool True"):
+        LM.from_pretrained(saved, device_map=True)
 
 
 def test_save_pretrained_pushes_what_it_saved(tmp_path, monkeypatch):

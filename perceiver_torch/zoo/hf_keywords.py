@@ -50,24 +50,40 @@ def _dtype(where: str, name: str, value) -> torch.dtype | None:
 def _one_device(where: str, device_map) -> str | torch.device | None:
     """A `device_map` that puts the whole model on one device, as that device; else a ValueError saying what to
     give instead."""
-    if isinstance(device_map, dict) and set(device_map) == {""}:
-        device_map = device_map[""]  # transformers' map of the whole model (its root module '') to one device
-    if type(device_map) is int:
-        return f"cuda:{device_map}"  # transformers' spelling of a GPU index
-    if device_map is None or isinstance(device_map, torch.device):
-        return device_map
+    if isinstance(device_map, dict) and device_map:
+        # transformers' map of modules to devices: {"": d} (the root module), or every module on the same d
+        places = {_same_device(_placed(value)) for value in device_map.values()}
+        if len(places) == 1:
+            device_map = device_map[next(iter(device_map))]
+    if device_map is None or isinstance(device_map, torch.device) or type(device_map) is int:
+        return None if device_map is None else _placed(device_map)
     if isinstance(device_map, str) and device_map not in _SPREADING:
         return device_map
-    raise ValueError(f"{where}: device_map={device_map!r:.80} spreads the model over devices, which perceiver-torch "
-                     "does not do: it loads a model onto one device. Give that device: device='cuda:0' (or "
-                     "device_map='cuda:0').")
+    if isinstance(device_map, (str, dict)):
+        raise ValueError(f"{where}: device_map={device_map!r:.80} spreads the model over devices, which "
+                         "perceiver-torch does not do: it loads a model onto one device. Give that device: "
+                         "device='cpu' or 'cuda:0' (or device_map=...).")
+    raise TypeError(f"{where}: device_map must be a device (a str, torch.device or GPU index) or a map of modules "
+                    f"to one device; got {type(device_map).__name__} {device_map!r:.40}.")
+
+
+def _placed(device) -> str | torch.device:
+    """A device of a device_map as our `device` takes it: a GPU index as transformers means it, 'cuda:N'."""
+    return f"cuda:{device}" if type(device) is int else device
 
 
 def _one_of(where: str, ours: str, value, theirs: str, their_value):
     """`value` or `their_value` (None: not given), refused if both are given and differ."""
     if their_value is None:
         return value
-    if value is not None and str(value) != str(their_value):  # 'cuda:0' and torch.device('cuda:0') alike
+    if value is not None and _same_device(value) != _same_device(their_value):  # 'cuda' and 'cuda:0' alike
         raise TypeError(f"{where}: {ours}={value!r} and {theirs}={their_value!r} were both given; give one "
                         f"({theirs} is transformers' spelling of {ours}).")
     return their_value
+
+
+def _same_device(value) -> str:
+    """`value` (a device or a dtype) as text that two spellings of one share: 'cuda' and torch.device('cuda:0')
+    are 'cuda:0', as torch places a tensor on the current GPU, index 0 unless set otherwise."""
+    text = str(value)
+    return "cuda:0" if text == "cuda" else text
