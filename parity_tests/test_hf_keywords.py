@@ -186,3 +186,8 @@ def test_save_pretrained_pushes_what_it_saved(tmp_path, monkeypatch):
                 model.save_pretrained(refused, **kwargs)
             assert not refused.exists()  # refused before anything was written
         assert server.requests == asked
+
+
+def test_create_model_takes_device_none_as_the_cpu_as_from_pretrained_does():
+    model = pt.create_model("vision-perceiver-fourier", pretrained=False, device=None, num_classes=3)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

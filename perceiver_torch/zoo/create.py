@@ -18,7 +18,7 @@ ZOO_KEYWORDS = ("num_classes", "endpoint", "cache_dir", "token", "local_files_on
 
 
 def create_model(name: str, pretrained: bool = True, *, num_classes: int | None = None,
-                 device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
+                 device: str | torch.device | None = "cpu", dtype: str | torch.dtype | None = None,
                  endpoint: str | None = None, mirror=None, cache_dir=None, manifest=None,
                  revision: str | None = None, token: str | bool | None = None, local_files_only: bool = False,
                  force_download: bool = False) -> torch.nn.Module:
@@ -30,15 +30,17 @@ def create_model(name: str, pretrained: bool = True, *, num_classes: int | None 
     (``pretrained=False``: the untrained architecture). An ``hf-hub:`` name loads that repo's
     ``model.safetensors`` at `revision` (a branch, tag or commit; default ``main``) with `load_model`'s strict
     checks, its size bounded and its header checked before the body is downloaded (see `user_hub`); nobody
-    has verified what it holds. `num_classes`, `device`, `dtype`, `endpoint`, `cache_dir` and `token` apply to
-    both; `mirror` and `manifest` to zoo names, `revision` to ``hf-hub:`` names. `token` is what huggingface_hub
-    takes (a private or gated repo needs one with access): a str is sent; True sends this machine's (``HF_TOKEN``,
-    else ``hf auth login``'s) and requires it; None (the default) sends it if there is one; False sends none.
+    has verified what it holds. `num_classes`, `device` (None: the CPU), `dtype`, `endpoint`, `cache_dir` and
+    `token` apply to both; `mirror` and `manifest` to zoo names, `revision` to ``hf-hub:`` names. `token` is what
+    huggingface_hub takes (a private or gated repo needs one with access): a str is sent; True sends this
+    machine's (``HF_TOKEN``, else ``hf auth login``'s) and requires it; None (the default) sends it if there is
+    one; False sends none.
     As huggingface_hub's, `local_files_only` loads from the Hub cache only (no request; what is missing is
     named), and `force_download` downloads the file again even if it is cached (verified as a first download).
     """
     token = checked_token(token, "create_model")
     checked_fetch("create_model", local_files_only, force_download)
+    device = "cpu" if device is None else device  # as from_pretrained takes it (transformers' default placement)
     if is_hub_name(name):
         zoo_only = [key for key, value in (("mirror", mirror), ("manifest", manifest)) if value is not None]
         if zoo_only:
