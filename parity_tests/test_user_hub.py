@@ -164,7 +164,12 @@ HONEST = {"X-Repo-Commit": COMMIT, "ETag": f'"{SHA256}"', "Content-Length": "64"
     ({k: v for k, v in HONEST.items() if k != "Content-Length"}, "announces no size"),
     ({k: v for k, v in HONEST.items() if k != "X-Repo-Commit"}, "announces no commit id"),
     ({**HONEST, "ETag": '"not-a-sha256"'}, "ETag for model.safetensors is 'not-a-sha256', not a sha256"),
-], ids=["oversized", "no-size", "no-commit", "etag"])
+    # httpx refuses a negative Content-Length itself; huggingface_hub takes X-Linked-Size as it comes.
+    ({**HONEST, "X-Linked-Size": "-5"}, r"announces no size for model.safetensors \(it announces -5\)"),
+    # A git blob id is the ETag of a regular file; the weights are an LFS file, pinned only by a sha256.
+    ({**HONEST, "ETag": f'"{"c" * 40}"'},
+     rf"ETag for model.safetensors is '{'c' * 40}', not a sha256 \(what the Hub sends for an LFS file\); the"),
+], ids=["oversized", "no-size", "no-commit", "etag", "negative-size", "git-blob-id"])
 def test_an_answer_that_cannot_be_bounded_or_checked_is_refused_before_the_body(tmp_path, monkeypatch, headers,
                                                                                 refusal):
     with answering_server(_answer(headers)) as server:
