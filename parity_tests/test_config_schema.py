@@ -75,6 +75,8 @@ def _language(**changes) -> dict:
     ({"encoder": [1]}, "encoder: found [1] (list); expected a mapping with keys from ["),
     ({"decoder__heads": 8}, "decoder.heads: unknown key; known keys here: ['final_project', "),
     # One step past each kind of bound: a cap, an open maximum, a closed maximum; null and a bool for a number.
+    ({"decoder__output_index_dims": 0},  # a scalar where a scalar or a list may be: checked as an integer
+     "decoder.output_index_dims: found 0 (int); expected an integer >= 1 and <= 65536 or a list of 1 integers"),
     ({"encoder__num_blocks": 65}, "encoder.num_blocks: found 65 (int); expected an integer >= 1 and <= 64"),
     ({"encoder__num_blocks": None}, "encoder.num_blocks: found None (NoneType); expected an integer >= 1 and <= 64"),
     ({"encoder__z_pos_enc_init_scale": True},

@@ -59,3 +59,15 @@ def test_a_real_header_just_past_the_cap_is_refused_before_it_is_read(tmp_path):
                                                     rf"is impossible \(file of {MAX_HEADER_BYTES + 9} bytes; at most "
                                                     rf"{MAX_HEADER_BYTES} allowed\)"):
         read_header(path)
+
+
+def test_a_tensor_inside_another_is_one_overlap_and_the_next_tensor_follows_the_outer_one(tmp_path):
+    # 'b' lies inside 'a'; 'c' starts where 'a' ends: only 'b' is wrong (not also a gap before 'c').
+    header = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+              "b": {"dtype": "F32", "shape": [], "data_offsets": [2, 6]},
+              "c": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}
+    path = _file(tmp_path, header, 12)
+    with pytest.raises(CheckpointFormatError) as err:
+        read_header(path)
+    assert str(err.value) == (f"{path} is not a valid safetensors file: 1 problem(s)\n"
+                              "  tensor 'b': data_offsets [2, 6] overlaps the previous tensor")

@@ -169,10 +169,14 @@ def _rules(*pairs):
      ["target a.weight filled twice (second time from params:lin2/w)",
       "target a.bias filled twice (second time from params:lin2/b)",
       "unused in checkpoint: params:lin2/b (4,)", "unused in checkpoint: params:lin2/w (3, 4)"]),
+    # A rank-3 kernel is named as what the transform takes, not as the shape its transpose happens to give.
+    ({**_LIN, "params:lin/w": np.zeros((1, 3, 4), np.float32)}, _TARGET_A, [("lin", "a")],
+     ["shape mismatch: checkpoint params:lin/w (1, 3, 4) -> a.weight: transpose_linear takes [in, out] (rank 2), "
+      "model expects (4, 3)"]),
     (_LIN, {}, [("lin", "nowhere")],
      ["checkpoint params:lin/w maps to nowhere.weight, which the model does not have",
       "checkpoint params:lin/b maps to nowhere.bias, which the model does not have"]),
-], ids=["leaf-used-twice", "target-filled-twice", "target-missing"])
+], ids=["leaf-used-twice", "target-filled-twice", "kernel-rank-3", "target-missing"])
 def test_a_rule_table_that_reuses_a_leaf_or_target_or_names_no_parameter_fails(source, targets, pairs, problems):
     with pytest.raises(ConversionError) as info:
         strict_merge(source, targets, _rules(*pairs))

@@ -10,7 +10,7 @@ import pytest
 
 from converters import CheckpointLimitError, CheckpointReadError
 from converters.checkpoint_reader import checkpoint_from_tree, loads_haiku_checkpoint
-from converters.restricted_unpickler import MAX_DEPTH
+from converters.restricted_unpickler import MAX_DEPTH, RestrictedUnpickler
 
 UNREADABLE = "x.pickle is not a readable checkpoint pickle: "
 
@@ -52,8 +52,12 @@ def _indirect_cycle() -> bytes:
     (_indirect_cycle(), CheckpointReadError,
      "x.pickle: a list is changed after it was put into another container (a cycle, or a crafted pickle) "
      "(opcode APPEND at byte 30)."),
+    (b"\x80\x04}(\x8c\x01a\x8c\x01b\x8c\x01cu.", CheckpointReadError,  # SETITEMS of three items
+     UNREADABLE + "a mapping's items do not come in key, value pairs (corrupt) (opcode SETITEMS at byte 13)."),
+    (b"\x80\x04N\x94h\x01.", CheckpointReadError,  # one memo entry (0); entry 1 is one past it
+     UNREADABLE + "memo entry 1 is read before it is written (corrupt) (opcode BINGET at byte 4)."),
 ], ids=["long4-negative-length", "protocol-1", "protocol-0", "protocol-6", "proto-inside", "stop-inside-mark",
-        "reduce-list-args", "depth-max-plus-1", "indirect-cycle"])
+        "reduce-list-args", "depth-max-plus-1", "indirect-cycle", "odd-setitems", "memo-one-past"])
 def test_a_pickle_one_step_past_the_rules_is_refused_naming_the_rule(data, error, message):
     with pytest.raises(error) as err:
         loads_haiku_checkpoint(data, "x.pickle")
@@ -97,3 +101,14 @@ def test_a_file_whose_module_is_not_a_mapping_is_refused_naming_the_entry():
     with pytest.raises(CheckpointReadError, match=re.escape(
             "x.pickle: params entry 'm' is numpy array, not a mapping of arrays.")):
         loads_haiku_checkpoint(data, "x.pickle")
+
+
+def test_an_unexpected_exception_while_reading_is_still_a_refusal_naming_the_source(monkeypatch):
+    # The safety net for a gap in the checks: no known input reaches it, so a fault is injected.
+    def stray(self):
+        raise KeyError("stray")
+
+    monkeypatch.setattr(RestrictedUnpickler, "load", stray)
+    with pytest.raises(CheckpointReadError) as err:
+        loads_haiku_checkpoint(b"\x80\x04N.", "x.pickle")
+    assert str(err.value) == UNREADABLE + "KeyError: 'stray'."

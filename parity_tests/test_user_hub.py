@@ -181,6 +181,19 @@ def test_an_answer_that_cannot_be_bounded_or_checked_is_refused_before_the_body(
     assert cached_files(tmp_path / "cache") == []
 
 
+@pytest.mark.parametrize("commit, etag, regular_files, refusal", [
+    ("a" * 40 + "\n", "b" * 64, False, r"announces no commit id \(X-Repo-Commit: 'a{40}\\n'\)"),
+    ("a" * 40, "b" * 64 + "\n", False, r"ETag for model.safetensors is 'b{64}\\n', not a sha256 "),
+    ("a" * 40, "c" * 40 + "\n", True, r"ETag for model.safetensors is 'c{40}\\n', not a sha256 .* or a git blob id"),
+], ids=["commit", "sha256", "git-blob-id"])
+def test_a_pin_with_a_trailing_newline_is_refused(commit, etag, regular_files, refusal):
+    # A commit becomes a snapshots/<commit> folder and a hash a blob's name: `$` would let a final newline in.
+    meta = dataclasses.make_dataclass("Meta", ["size", "commit_hash", "etag"])(10, commit, etag)
+    with pytest.raises(user_hub.RefusedAnswer, match=refusal):
+        user_hub.artifact_from_answer(meta, REPO, FILENAME, "main", limit=100, limit_is="the cap",
+                                      regular_files=regular_files)
+
+
 @pytest.mark.parametrize("get_headers, body, error, refusal", [
     ({"Content-Length": "4096"}, b"\0" * 4, pt.HubError,
      r"hf-hub:someone/fine-tuned-lm@0{40}/model.safetensors: reading bytes 0 to 8 \(the header\) failed: "
