@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import tempfile
+from types import SimpleNamespace
 
 import huggingface_hub
 import numpy as np
@@ -188,7 +189,7 @@ def test_an_answer_that_cannot_be_bounded_or_checked_is_refused_before_the_body(
 ], ids=["commit", "sha256", "git-blob-id"])
 def test_a_pin_with_a_trailing_newline_is_refused(commit, etag, regular_files, refusal):
     # A commit becomes a snapshots/<commit> folder and a hash a blob's name: `$` would let a final newline in.
-    meta = dataclasses.make_dataclass("Meta", ["size", "commit_hash", "etag"])(10, commit, etag)
+    meta = SimpleNamespace(size=10, commit_hash=commit, etag=etag)  # huggingface_hub's HfFileMetadata, as read
     with pytest.raises(user_hub.RefusedAnswer, match=refusal):
         user_hub.artifact_from_answer(meta, REPO, FILENAME, "main", limit=100, limit_is="the cap",
                                       regular_files=regular_files)
