@@ -74,10 +74,40 @@ def _language(**changes) -> dict:
      "decoder.trainable_position_encoding_kwargs.num_channels: found 0 (int)"),
     ({"encoder": [1]}, "encoder: found [1] (list); expected a mapping with keys from ["),
     ({"decoder__heads": 8}, "decoder.heads: unknown key; known keys here: ['final_project', "),
+    # One step past each kind of bound: a cap, an open maximum, a closed maximum; null and a bool for a number.
+    ({"decoder__output_index_dims": 0},  # a scalar where a scalar or a list may be: checked as an integer
+     "decoder.output_index_dims: found 0 (int); expected an integer >= 1 and <= 65536 or a list of 1 integers"),
+    ({"encoder__num_blocks": 65}, "encoder.num_blocks: found 65 (int); expected an integer >= 1 and <= 64"),
+    ({"encoder__num_blocks": None}, "encoder.num_blocks: found None (NoneType); expected an integer >= 1 and <= 64"),
+    ({"encoder__z_pos_enc_init_scale": True},
+     "encoder.z_pos_enc_init_scale: found True (bool); expected a finite number >= 0.0 and <= 10.0"),
+    ({"encoder__dropout_prob": 1.0}, "encoder.dropout_prob: found 1.0 (float); expected a finite number >= 0.0 and "
+                                     "< 1.0"),
+    ({"encoder__z_pos_enc_init_scale": 10.5},
+     "encoder.z_pos_enc_init_scale: found 10.5 (float); expected a finite number >= 0.0 and <= 10.0"),
 ])
 def test_each_mistake_is_named_with_path_found_and_expected(changes, expected):
     problems = config_problems("language", _language(**changes))
     assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+@pytest.mark.parametrize("changes", [
+    {"encoder__num_blocks": 64}, {"encoder__dropout_prob": 0.999}, {"encoder__z_pos_enc_init_scale": 10},
+    {"encoder__z_pos_enc_init_scale": 10.0}, {"encoder__z_pos_enc_init_scale": 0},
+], ids=["at-cap", "below-open-max", "int-at-closed-max", "float-at-closed-max", "int-at-min"])
+def test_values_at_each_bound_are_accepted(changes):
+    # The other side of the refusals above: the bounds themselves are where they are documented to be.
+    assert config_problems("language", _language(**changes)) == []
+
+
+@pytest.mark.parametrize("image_size, valid", [
+    ([224, 224], True), ([224], False), ([224, 224, 3], False), (224, False),
+], ids=["two", "one", "three", "scalar"])
+def test_an_imagenet_image_size_is_exactly_two_numbers(image_size, valid):
+    config = dict(golden_config("imagenet_conv"), image_size=image_size)
+    expected = [] if valid else [f"image_size: found {image_size!r} ({type(image_size).__name__}); expected a list "
+                                 "of 2 integers, each an integer >= 1 and <= 2048"]
+    assert config_problems("imagenet", config) == expected
 
 
 def test_all_problems_are_reported_together():

@@ -223,3 +223,30 @@ def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [f"{pipe} is not a regular file (a pipe, socket or device); a safetensors "
                                        "file is expected."] * 2
+
+
+@pytest.mark.parametrize("metadata, found", [
+    ({"format": "perceiver-torch", "config": "{}"}, "'config', 'format'"),
+    ({"format": "perceiver-torch", "task": "language"}, "'format', 'task'"),
+], ids=["no-task", "no-config"])
+def test_perceiver_metadata_without_task_or_config_is_refused_naming_the_file(tmp_path, metadata, found):
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, {"x": np.zeros(1, np.float32)}, metadata)
+    with pytest.raises(pt.CheckpointFormatError) as err:
+        pt.load_model(path)
+    assert str(err.value) == (f"{path} has no perceiver-torch metadata (expected keys format='perceiver-torch', task, "
+                              f"config; found [{found}]); its perceiver-torch metadata is incomplete (a damaged or "
+                              "hand-edited file): write it again with perceiver_torch.save_model or perceiver-convert.")
+
+
+def test_large_finite_weights_whose_sum_overflows_are_loaded(tmp_path):
+    # The fast finiteness check sums each tensor; a sum of large finite values overflows to inf and must not be
+    # taken for a NaN or Inf in the file.
+    config = golden_config("language")
+    state = build_model("language", config).state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() >= 2)
+    state[name] = torch.full_like(state[name], 3e38)
+    assert not torch.isfinite(state[name].sum())
+    path = save_checkpoint(state, tmp_path / "m.safetensors", "language", config)
+    model = pt.load_model(path)
+    assert torch.equal(model.state_dict()[name], state[name])

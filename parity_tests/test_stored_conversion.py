@@ -20,6 +20,7 @@ from converters import CheckpointReadError, ConversionError, load_haiku_checkpoi
 from converters.checkpoint_reader import StoredArray, open_haiku_checkpoint
 from converters.convert import PENDING_SHA256
 from converters.rules import finite_float32
+from converters.stored_arrays import StoredFile
 from perceiver_torch.hashing import sha256_file
 from perceiver_torch.serialization import read_metadata, save_checkpoint
 
@@ -128,6 +129,14 @@ def test_a_stored_array_read_after_its_file_is_closed_is_refused(tmp_path, left_
         leaf = next(v for v in checkpoint.flat().values() if isinstance(v, StoredArray))
     with pytest.raises(CheckpointReadError, match="closed before its arrays were read"):
         np.asarray(leaf)
+
+
+@pytest.mark.parametrize("nbytes", [4, 12], ids=["fewer", "more"])
+def test_a_stored_array_whose_bytes_do_not_fill_its_shape_cannot_be_planned(nbytes):
+    # The reader checks sizes first; the plan refuses on its own too, so that it can never read a wrong count.
+    with pytest.raises(ValueError, match=rf"^\(2,\) float32 does not fill {nbytes} bytes$"):
+        StoredArray(StoredFile(-1, "x.pickle"), 0, nbytes, np.dtype(np.float32), (2,), False)
+    assert StoredArray(StoredFile(-1, "x.pickle"), 0, 8, np.dtype(np.float32), (2,), False).shape == (2,)
 
 
 def test_a_refused_checkpoint_closes_its_file(tmp_path, left_in_the_file):

@@ -8,6 +8,7 @@ import pytest
 
 import converters
 from converters import ConversionError, load_haiku_checkpoint
+from converters.rules import LINEAR, ModuleRule, strict_merge
 
 from .conftest import golden_dir
 
@@ -146,3 +147,37 @@ def test_a_model_parameter_no_rule_fills_is_named(tmp_path, monkeypatch):
         converters.convert("language", src, golden_dir("language") / "config.json", out)
     assert info.value.problems == ["not filled in model: decoder.extra_scale (3, 5)"], str(info.value)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+_LIN = {"params:lin/w": np.zeros((3, 4), np.float32), "params:lin/b": np.zeros(4, np.float32)}
+_LIN2 = {"params:lin2/w": np.ones((3, 4), np.float32), "params:lin2/b": np.ones(4, np.float32)}
+_TARGET_A = {"a.weight": (4, 3), "a.bias": (4,)}
+
+
+def _rules(*pairs):
+    return [ModuleRule(haiku, torch, LINEAR) for haiku, torch in pairs]
+
+
+@pytest.mark.parametrize("source, targets, pairs, problems", [
+    # A rule table that reuses one leaf would silently copy it into two parameters.
+    (_LIN, {**_TARGET_A, "b.weight": (4, 3), "b.bias": (4,)}, [("lin", "a"), ("lin", "b")],
+     ["source params:lin/w used twice (for a.weight and b.weight)",
+      "source params:lin/b used twice (for a.bias and b.bias)",
+      "not filled in model: b.bias (4,)", "not filled in model: b.weight (4, 3)"]),
+    # One that fills a parameter twice would silently keep the second leaf.
+    ({**_LIN, **_LIN2}, _TARGET_A, [("lin", "a"), ("lin2", "a")],
+     ["target a.weight filled twice (second time from params:lin2/w)",
+      "target a.bias filled twice (second time from params:lin2/b)",
+      "unused in checkpoint: params:lin2/b (4,)", "unused in checkpoint: params:lin2/w (3, 4)"]),
+    # A rank-3 kernel is named as what the transform takes, not as the shape its transpose happens to give.
+    ({**_LIN, "params:lin/w": np.zeros((1, 3, 4), np.float32)}, _TARGET_A, [("lin", "a")],
+     ["shape mismatch: checkpoint params:lin/w (1, 3, 4) -> a.weight: transpose_linear takes [in, out] (rank 2), "
+      "model expects (4, 3)"]),
+    (_LIN, {}, [("lin", "nowhere")],
+     ["checkpoint params:lin/w maps to nowhere.weight, which the model does not have",
+      "checkpoint params:lin/b maps to nowhere.bias, which the model does not have"]),
+], ids=["leaf-used-twice", "target-filled-twice", "kernel-rank-3", "target-missing"])
+def test_a_rule_table_that_reuses_a_leaf_or_target_or_names_no_parameter_fails(source, targets, pairs, problems):
+    with pytest.raises(ConversionError) as info:
+        strict_merge(source, targets, _rules(*pairs))
+    assert info.value.problems == problems

@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import tempfile
+from types import SimpleNamespace
 
 import huggingface_hub
 import numpy as np
@@ -164,7 +165,12 @@ HONEST = {"X-Repo-Commit": COMMIT, "ETag": f'"{SHA256}"', "Content-Length": "64"
     ({k: v for k, v in HONEST.items() if k != "Content-Length"}, "announces no size"),
     ({k: v for k, v in HONEST.items() if k != "X-Repo-Commit"}, "announces no commit id"),
     ({**HONEST, "ETag": '"not-a-sha256"'}, "ETag for model.safetensors is 'not-a-sha256', not a sha256"),
-], ids=["oversized", "no-size", "no-commit", "etag"])
+    # httpx refuses a negative Content-Length itself; huggingface_hub takes X-Linked-Size as it comes.
+    ({**HONEST, "X-Linked-Size": "-5"}, r"announces no size for model.safetensors \(it announces -5\)"),
+    # A git blob id is the ETag of a regular file; the weights are an LFS file, pinned only by a sha256.
+    ({**HONEST, "ETag": f'"{"c" * 40}"'},
+     rf"ETag for model.safetensors is '{'c' * 40}', not a sha256 \(what the Hub sends for an LFS file\); the"),
+], ids=["oversized", "no-size", "no-commit", "etag", "negative-size", "git-blob-id"])
 def test_an_answer_that_cannot_be_bounded_or_checked_is_refused_before_the_body(tmp_path, monkeypatch, headers,
                                                                                 refusal):
     with answering_server(_answer(headers)) as server:
@@ -174,6 +180,19 @@ def test_an_answer_that_cannot_be_bounded_or_checked_is_refused_before_the_body(
             pt.PerceiverForMaskedLM.from_pretrained(f"hf-hub:{REPO}", endpoint=server.endpoint)
     assert [method for method, _, _ in server.requests] == ["HEAD"]
     assert cached_files(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("commit, etag, regular_files, refusal", [
+    ("a" * 40 + "\n", "b" * 64, False, r"announces no commit id \(X-Repo-Commit: 'a{40}\\n'\)"),
+    ("a" * 40, "b" * 64 + "\n", False, r"ETag for model.safetensors is 'b{64}\\n', not a sha256 "),
+    ("a" * 40, "c" * 40 + "\n", True, r"ETag for model.safetensors is 'c{40}\\n', not a sha256 .* or a git blob id"),
+], ids=["commit", "sha256", "git-blob-id"])
+def test_a_pin_with_a_trailing_newline_is_refused(commit, etag, regular_files, refusal):
+    # A commit becomes a snapshots/<commit> folder and a hash a blob's name: `$` would let a final newline in.
+    meta = SimpleNamespace(size=10, commit_hash=commit, etag=etag)  # huggingface_hub's HfFileMetadata, as read
+    with pytest.raises(user_hub.RefusedAnswer, match=refusal):
+        user_hub.artifact_from_answer(meta, REPO, FILENAME, "main", limit=100, limit_is="the cap",
+                                      regular_files=regular_files)
 
 
 @pytest.mark.parametrize("get_headers, body, error, refusal", [

@@ -114,6 +114,16 @@ def test_bad_subsample_indices_are_refused(golden_model, subsample, message):
         golden_model(images, audio, subsample)
 
 
+def test_an_empty_subsample_decodes_no_points_of_that_modality(golden_model):
+    # No indices is a valid request (no points), not a range to check: the range check reads nothing.
+    images, audio, subsample = _public_inputs(golden_io("video_autoencoding"))
+    with torch.no_grad():
+        full = golden_model(images, audio, subsample)
+        out = golden_model(images, audio, {"image": torch.tensor([], dtype=torch.long), "audio": subsample["audio"]})
+    assert out["image"].shape == (images.shape[0], 0, 3)
+    assert {k: v.shape for k, v in out.items() if k != "image"} == {k: full[k].shape for k in ("audio", "label")}
+
+
 def test_host_or_list_indices_reach_a_model_on_another_device(golden_model):
     # Indices are checked on the host and moved to the model's device (meta stands in for an accelerator).
     images, audio, subsample = _public_inputs(golden_io("video_autoencoding"))

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
 from huggingface_hub import try_to_load_from_cache
 
 from parity_tests.zoo_support import BODY_FAULTS, TEST_HUB, TEST_MANIFEST, answering_server, cached_files, hub_env
 from perceiver_torch.zoo import IntegrityError, ZooError, fetch, get_entry
+from perceiver_torch.zoo.download import download_location
 
 NAME = "tiny-language-perceiver"
 ARTIFACT = get_entry(NAME, TEST_MANIFEST)["artifact"]
@@ -140,6 +142,22 @@ def test_a_redirect_to_a_cdn_downloads_from_it_without_the_token(tmp_path, monke
     assert "authorization" not in {k.lower() for k in cdn.requests[0][2]}
 
 
+@pytest.mark.parametrize("location, keeps_token", [
+    ("https://hub.example/u/r/resolve/x/m.safetensors", True),
+    ("https://hub.example/other/path", True),  # the same origin
+    ("http://hub.example/blob", False),  # the same host, but in clear text: the token would be readable
+    ("https://cdn.example/signed/blob", False),
+    ("https://hub.example:8443/blob", False),  # another port is another origin
+    (None, True),  # no redirect: the URL asked for
+], ids=["same-url", "same-origin", "https-to-http", "other-host", "other-port", "no-location"])
+def test_the_token_goes_only_to_the_origin_it_was_given_for(location, keeps_token):
+    url = "https://hub.example/u/r/resolve/x/m.safetensors"
+    headers = {"authorization": "Bearer hf_secret", "user-agent": "test"}
+    assert download_location(url, SimpleNamespace(location=location), headers) == (location or url)
+    assert ("authorization" in headers) is keeps_token
+    assert headers["user-agent"] == "test"  # only the token is dropped
+
+
 @pytest.mark.parametrize("failure", ["offline", "refused", "http-error"])
 def test_a_failed_pull_leaves_other_downloads_in_progress_alone(tmp_path, monkeypatch, failure):
     cache = tmp_path / "cache"
@@ -165,7 +183,8 @@ def test_a_pull_removes_what_a_killed_pull_of_the_same_blob_left(tmp_path):
     blobs.mkdir(parents=True)
     left = [blobs / f"{ARTIFACT['sha256']}.{suffix}.incomplete" for suffix in ("0123456789abcdef", "fedcba9876543210")]
     others = [blobs / f"{'a' * 64}.0123456789abcdef.incomplete",  # another blob's: its pull may be running
-              blobs / f"{ARTIFACT['sha256']}.incomplete"]  # huggingface_hub's own name: its to resume
+              blobs / f"{ARTIFACT['sha256']}.incomplete",  # huggingface_hub's own name: its to resume
+              blobs / f"{ARTIFACT['sha256']}.not-ours.incomplete"]  # matches the glob, but not our temp names
     for path in left + others:
         path.write_bytes(BODY[:1000])
     with answering_server(honest()) as server:

@@ -19,7 +19,7 @@ from perceiver_torch.registry import COLAB_CONSTANTS, build_model, preset
 from perceiver_torch.zoo import ManifestError, create_model, entries, load_manifest
 from perceiver_torch.zoo.cli import main as zoo_cli
 from perceiver_torch.zoo.hub import entry_config
-from perceiver_torch.zoo.manifest import manifest_path
+from perceiver_torch.zoo.manifest import MAX_MANIFEST_BYTES, manifest_path
 from perceiver_torch.zoo.schema import validate_entry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,3 +232,71 @@ def test_malformed_yaml_is_a_manifest_error_naming_the_file(tmp_path, capsys, ca
     assert str(err.value).startswith(f"{path}: ")
     assert zoo_cli(["--manifest", str(path), "list"]) == 1  # one line, no traceback
     assert capsys.readouterr().err.startswith(f"perceiver-zoo: error: {path}: ")
+
+
+@pytest.mark.parametrize("mutate, field, refusal", [
+    # `$` would match before a final newline: each value must be refused as a whole.
+    (lambda e: e["source"].update(sha256=e["source"]["sha256"] + "\n"), "source.sha256", "64 lowercase hex digits"),
+    (lambda e: e["source"].update(url="file:///etc/passwd"), "source.url", r"must be an http\(s\) URL, found 'file:///etc/passwd'"),
+    (lambda e: e["source"].update(path="a" * 1025), "source.path", "must be a relative path"),
+    (lambda e: e["source"].update(size=0), "source.size", "positive integer byte count, found 0"),
+    (lambda e: e["source"].update(size=True), "source.size", "positive integer byte count, found True"),
+    # '--' would make the cache folder models--a--b--c the same for 'a--b/c' and 'a/b--c'.
+    (lambda e: e.update(publish_repo="a--b/c"), "publish_repo", "no '--'"),
+    (lambda e: e.update(publish_repo="a/b--c"), "publish_repo", "no '--'"),
+    (lambda e: e.update(publish_repo="ns/a..b"), "publish_repo", "or '..'"),
+    (lambda e: e.update(publish_repo="ns/model.git"), "publish_repo", "must be a Hub repo id"),
+    (lambda e: e.update(artifact={"filename": "m.safetensors", "sha256": "a" * 64, "size": 1}), "artifact",
+     "must be null while status is 'not-produced'"),
+], ids=["sha256-newline", "file-url", "path-1025", "size-0", "size-true", "repo-dashes-ns", "repo-dashes-name",
+        "repo-dots", "repo-git", "artifact-not-produced"])
+def test_values_just_past_what_the_schema_allows_are_refused(mutate, field, refusal):
+    entry = golden_language_entry()
+    assert entry["status"] == "not-produced"
+    mutate(entry)
+    with pytest.raises(ManifestError, match=rf"entry 'golden-language', field '{re.escape(field)}': .*{refusal}"):
+        validate_entry("golden-language", entry)
+
+
+def test_a_model_name_with_a_trailing_newline_is_refused():
+    # A name becomes a cache folder and a CLI argument; `$` would accept 'golden-language\n'.
+    with pytest.raises(ManifestError, match=r"entry 'golden-language\\n', field 'name': must be 1-96 lowercase"):
+        validate_entry("golden-language\n", golden_language_entry())
+
+
+def _published(mutate):
+    name, entry = next((n, copy.deepcopy(e)) for n, e in TEST_MODELS.items() if e["status"] == "published")
+    validate_entry(name, copy.deepcopy(entry))  # valid as it stands
+    mutate(entry)
+    return name, entry
+
+
+@pytest.mark.parametrize("mutate, field, refusal", [
+    (lambda e: e["artifact"].update(revision=e["artifact"]["revision"] + "\n"), "artifact.revision",
+     "must be a pinned 40-hex revision"),
+    (lambda e: e["artifact"].update(published_to="elsewhere"), "artifact.published_to",
+     r"must be one of \['hub', 'stand-in'\]"),
+    (lambda e: e["parity"]["runs"][0].update(passed="yes"), "parity.runs[0].passed",
+     "a produced artifact must have passed parity"),  # truthy is not True
+    (lambda e: e["parity"].update(known_checks=[{"name": "x", "expected": 1, "got": 2, "passed": False}]),
+     "parity.known_checks[0].passed", "a produced artifact must pass its known checks"),
+], ids=["revision-newline", "published-elsewhere", "passed-yes", "known-check-failed"])
+def test_a_published_entry_is_refused_for_each_unproven_field(mutate, field, refusal):
+    name, entry = _published(mutate)
+    with pytest.raises(ManifestError, match=rf"entry '{name}', field '{re.escape(field)}': {refusal}"):
+        validate_entry(name, entry)
+
+
+@pytest.mark.parametrize("case", ["oversized", "not-utf8"])
+def test_a_manifest_too_large_or_not_utf8_is_refused_naming_the_file(tmp_path, capsys, case):
+    path = tmp_path / f"{case}.yaml"
+    if case == "oversized":  # a valid manifest padded by a comment: refused before it is parsed
+        path.write_text(TEST_MANIFEST.read_text() + "#" + "x" * MAX_MANIFEST_BYTES + "\n")
+        refusal = rf"is {path.stat().st_size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have"
+    else:
+        path.write_bytes(b"schema_version: 1\nmodels: {\xff: 1}\n")
+        refusal = "is not valid YAML: 'utf-8' codec can't decode byte 0xff"
+    with pytest.raises(ManifestError, match=rf"^zoo manifest {re.escape(str(path))} {refusal}"):
+        load_manifest(path)
+    assert zoo_cli(["--manifest", str(path), "list"]) == 1  # one line, no traceback
+    assert capsys.readouterr().err.startswith(f"perceiver-zoo: error: zoo manifest {path} ")
