@@ -183,6 +183,9 @@ def test_cli_exports_a_converted_file_and_checks_its_chunks_before_loading(tmp_p
     assert zoo_cli(["export", "someone/model", "-o", str(tmp_path / "x.pt2")]) == 1
     assert capsys.readouterr().err.strip() == "perceiver-zoo: error: someone/model: no such file; a Hub repo is " \
                                               "named with its prefix: perceiver-zoo export hf-hub:someone/model ..."
+    assert zoo_cli(["export", "someone/model@dev", "-o", str(tmp_path / "x.pt2")]) == 1  # timm's @REVISION too
+    assert capsys.readouterr().err.strip() == "perceiver-zoo: error: someone/model@dev: no such file; a Hub repo is " \
+                                              "named with its prefix: perceiver-zoo export hf-hub:someone/model@dev ..."
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.pt2", "lm.safetensors"]
 
 

@@ -486,6 +486,10 @@ def test_a_read_only_cache_without_the_file_is_named_as_not_writable(tmp_path, m
                               r"from_pretrained\('hf-hub:someone/fine-tuned-lm'\)"),
     ("deepmind/language-perceiver", r"the zoo's entry for these weights is 'language-perceiver' \(verified once "
                                     r"published, status not-produced\): from_pretrained\('language-perceiver'\)"),
+    # timm's spelling of a revision: was a FileNotFoundError of the whole string
+    ("someone/fine-tuned-lm@dev", r"for the Hub repo 'someone/fine-tuned-lm@dev', write "
+                                  r"from_pretrained\('hf-hub:someone/fine-tuned-lm@dev'\)"),
+    ("deepmind/language-perceiver@main", r"the zoo's entry for these weights is 'language-perceiver'"),
 ])
 def test_owner_name_without_the_prefix_says_what_to_write(name, hint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

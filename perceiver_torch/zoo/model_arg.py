@@ -85,7 +85,7 @@ def resolve_model(model: str, manifest=None, *, command: str, revision: str | No
         return Target(f"{HUB_PREFIX}{repo_id}", meta["task"], parse_config_json(meta["config"]), "hub", revision,
                       header, meta)
     if looks_like_repo_id(model):  # 'owner/name', as from_pretrained refuses it: what to write instead
-        found = zoo_entry_of_repo(model, manifest)
+        found = zoo_entry_of_repo(model.partition("@")[0], manifest)  # 'owner/name@REVISION' as timm writes it
         hint = (f"the zoo's entry for these weights is {found[0]!r} (status {found[1]['status']}): "
                 f"perceiver-zoo {command} {found[0]} ..." if found is not None else
                 f"a Hub repo is named with its prefix: perceiver-zoo {command} {HUB_PREFIX}{model} ...")

@@ -68,7 +68,7 @@ def from_pretrained(task: str, name_or_path: str | os.PathLike, *, device: str |
         raise TypeError(f"{where}: expected a zoo model's name or a file path; got {type(name_or_path).__name__}.")
     path = Path(name_or_path)
     if looks_like_repo_id(name_or_path):  # before the keywords: 'owner/name', num_classes=0 meant a model, not a file
-        found_in_zoo = zoo_entry_of_repo(name_or_path, zoo_kwargs.get("manifest"))
+        found_in_zoo = zoo_entry_of_repo(name_or_path.partition("@")[0], zoo_kwargs.get("manifest"))
         if found_in_zoo is not None:
             zoo_name, entry = found_in_zoo
             hint = (f"the zoo's entry for these weights is {zoo_name!r} (verified once published, status "
@@ -143,9 +143,10 @@ def zoo_entry(name: str, manifest=None) -> dict:
 
 
 def looks_like_repo_id(value) -> TypeGuard[str]:
-    """An 'owner/name' string that names no file here (nor has the checkpoint suffix): a Hub repo id without the
-    ``hf-hub:`` prefix, or a zoo entry's transformers repo, rather than a path."""
-    return isinstance(value, str) and is_repo_id(value) and not value.endswith(".safetensors") \
+    """An 'owner/name' (or timm's 'owner/name@REVISION') string that names no file here (nor has the checkpoint
+    suffix): a Hub repo id without the ``hf-hub:`` prefix, or a zoo entry's transformers repo, rather than a path."""
+    repo, at, revision = value.partition("@") if isinstance(value, str) else ("", "", "")
+    return is_repo_id(repo) and (revision != "" or not at) and not value.endswith(".safetensors") \
         and not Path(value).exists()
 
 
