@@ -151,6 +151,8 @@ def test_torch_dtype_and_device_map_are_dtype_and_device(tmp_path):
             LM.from_pretrained(saved, device_map=spread)
     with pytest.raises(TypeError, match=r"device='cpu' and device_map='cuda:0' were both given"):
         LM.from_pretrained(saved, device="cpu", device_map=0)
+    with pytest.raises(ValueError, match=r"device_map=\{\} places no module; give a device"):
+        LM.from_pretrained(saved, device_map={})
     with pytest.raises(TypeError, match=r"device_map must be a device \(a str, torch.device or GPU index\) or a map "
                                         r"of modules to one device; got bool True"):
         LM.from_pretrained(saved, device_map=True)
@@ -179,6 +181,9 @@ def test_save_pretrained_pushes_what_it_saved(tmp_path, monkeypatch):
                 ({"push_to_hub": True, "repo_id": REPO, "token": ""}, ValueError, r"push_to_hub: token is empty"),
                 ({"push_to_hub": True, "repo_id": REPO, "private": "yes"}, TypeError, r"private must be True, False"),
                 ({"push_to_hub": True, "repo_id": REPO, "revision": "../x"}, ValueError, r"revision"),
+                ({"push_to_hub": True, "repo_id": REPO, "token": False}, pt.HubError, r"needs a write token"),
+                ({"push_to_hub": True, "repo_id": REPO}, pt.HubError, r"needs a write token"),  # none on the machine
+                ({"push_to_hub": True, "repo_id": REPO, "token": TOKEN, "endpoint": 5}, TypeError, r"endpoint must"),
                 ({"push_to_hub": True}, ValueError, r"save_pretrained: the directory's name 'refused\.\.' is no Hub "
                                                     r"repo name; pass repo_id='owner/name'")):
             refused = tmp_path / ("refused.." if kwargs == {"push_to_hub": True} else "refused")

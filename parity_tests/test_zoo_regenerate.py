@@ -189,6 +189,8 @@ def test_publish_without_a_token_uses_the_one_hf_auth_login_saved(produced, publ
         with pytest.raises(ZooError, match=r"publishing needs a write token: --token \(token= in Python\), the "
                                            r"HF_TOKEN environment variable or `hf auth login`"):
             publish(GOLDEN_ENTRY, endpoint=hub.endpoint, work_dir=root / "work", manifest=manifest)
+        with pytest.raises(ValueError, match=r"publish: token is empty"):  # refused, not the machine's used instead
+            publish(GOLDEN_ENTRY, endpoint=hub.endpoint, token="", work_dir=root / "work", manifest=manifest)
         saved.write_text(TOKEN)
         assert publish(GOLDEN_ENTRY, endpoint=hub.endpoint, work_dir=root / "work", manifest=manifest)["revision"] \
             == revision

@@ -18,6 +18,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from perceiver_torch.hashing import sha256_file
 from perceiver_torch.zoo import ZooError, get_entry
 from perceiver_torch.zoo.hub import HUB_ENDPOINT, verify_file
+from perceiver_torch.zoo.token import checked_token
 
 from .manifest_edit import update_entry
 from .regenerate import WORK_DIR
@@ -44,7 +45,8 @@ def publish(name: str, *, endpoint: str | None = None, published_to: str = "hub"
     """Upload `name`'s artifact + card to its ``publish_repo``; record and return the revision."""
     entry = get_entry(name, manifest)
     path, card = produced_files(name, entry, Path(work_dir))
-    token = token or get_token()  # as huggingface_hub: HF_TOKEN, else `hf auth login`'s
+    # As huggingface_hub: HF_TOKEN, else `hf auth login`'s; an empty or unsendable one given is refused, not replaced.
+    token = get_token() if token is None else checked_token(token, "publish")
     if not token:
         raise ZooError("publishing needs a write token: --token (token= in Python), the HF_TOKEN environment "
                        "variable or `hf auth login`")

@@ -15,7 +15,7 @@ import torch
 def _repo_to_push(directory: Path, push_to_hub, push_kwargs: dict) -> str | None:
     """The repo `save_pretrained(directory, push_to_hub=..., **push_kwargs)` pushes to (popping `repo_id`), or None;
     its arguments refused before anything is written."""
-    from ..zoo.push import checked_arguments  # imports the registry, which imports these classes
+    from ..zoo.push import checked_arguments, write_token  # imports the registry, which imports these classes
     from ..zoo.push import push_to_hub as push
 
     takes = set(inspect.signature(push).parameters) - {"model", "repo_id"}
@@ -35,12 +35,16 @@ def _repo_to_push(directory: Path, push_to_hub, push_kwargs: dict) -> str | None
     given = push_kwargs.pop("repo_id", None)
     repo_id = directory.resolve().name if given is None else given
     try:
-        checked_arguments(repo_id, **push_kwargs)
+        _, token = checked_arguments(repo_id, **push_kwargs)
     except ValueError as exc:
         if given is None and str(exc).startswith("push_to_hub: repo_id"):
             raise ValueError(f"save_pretrained: the directory's name {repo_id!r:.60} is no Hub repo name; pass "
                              "repo_id='owner/name'.") from None
         raise
+    endpoint = push_kwargs.get("endpoint")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise TypeError(f"save_pretrained: endpoint must be a URL (a str); got {type(endpoint).__name__}.")
+    write_token(token, repo_id)  # a token that cannot upload (False, or none on the machine): before the write
     return repo_id
 
 

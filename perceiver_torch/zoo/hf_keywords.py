@@ -50,7 +50,10 @@ def _dtype(where: str, name: str, value) -> torch.dtype | None:
 def _one_device(where: str, device_map) -> str | torch.device | None:
     """A `device_map` that puts the whole model on one device, as that device; else a ValueError saying what to
     give instead."""
-    if isinstance(device_map, dict) and device_map:
+    if isinstance(device_map, dict) and not device_map:
+        raise ValueError(f"{where}: device_map={{}} places no module; give a device (device='cpu' or 'cuda:0') or "
+                         "leave device_map out.")
+    if isinstance(device_map, dict):
         # transformers' map of modules to devices: {"": d} (the root module), or every module on the same d
         places = {_same_device(_placed(value)) for value in device_map.values()}
         if len(places) == 1:

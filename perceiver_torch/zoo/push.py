@@ -175,6 +175,16 @@ def checked_arguments(repo_id: str, *, token=None, revision=None, private=None, 
     return (None if revision is None else checked_revision(revision)), checked_token(token, "push_to_hub")
 
 
+def write_token(token: str | bool | None, target: str) -> str:
+    """The token an upload to `target` sends, as huggingface_hub's: a str is the token, None or True the machine's
+    (HF_TOKEN, else `hf auth login`'s); False (send none), or no token on the machine, cannot upload."""
+    sent = token if isinstance(token, str) else None if token is False else get_token()
+    if not sent:
+        raise HubError(f"push_to_hub: uploading to {target} needs a write token: pass one ({HOW_TO_SEND}), "
+                       "set HF_TOKEN or log in with `hf auth login`.")
+    return sent
+
+
 def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | bool | None, endpoint: str | None,
            revision: str | None, private: bool | None, commit_message: str | None,
            overwrite_card: bool) -> Pushed:
@@ -186,11 +196,7 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | b
     target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
     if not is_offline():  # else huggingface_hub's own refusal says to unset it, rightly
         check_client_online(f"push_to_hub: uploading to {target}", HubError)
-    # As huggingface_hub's: a str is the token, None or True the machine's; False (send none) cannot upload.
-    token = token if isinstance(token, str) else None if token is False else get_token()
-    if not token:
-        raise HubError(f"push_to_hub: uploading to {target} needs a write token: pass one ({HOW_TO_SEND}), "
-                       "set HF_TOKEN or log in with `hf auth login`.")
+    token = write_token(token, target)
     api = HfApi(endpoint=where, token=token)
     with tempfile.TemporaryDirectory(prefix="perceiver-push-") as folder:
         path = Path(folder) / FILENAME

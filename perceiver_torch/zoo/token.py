@@ -7,6 +7,7 @@ The command lines take it as huggingface_hub's CLI does, ``--token TOKEN`` (`add
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -65,17 +66,30 @@ def add_token_option(parser: argparse.ArgumentParser, what: str) -> None:
                         "this machine (ps) and kept in shell history: prefer HF_TOKEN=... or `hf auth login`")
 
 
+# A Hub access token inside any word (`--hf-token=hf_...`, as other tools spell the option).
+_HUB_TOKEN = re.compile(r"hf_[A-Za-z0-9_]+")
+
+
 def _possible_tokens(argv: Sequence[str]) -> set[str]:
-    """The words of `argv` that may be a token: the value of --token (also written --token=T, abbreviated, or
-    misspelt --tok...), and any word shaped like a Hub access token (hf_...)."""
+    """The words of `argv` that may be a token: the value of --token (also written --token=T, abbreviated, or as
+    other tools spell it: any option naming a token, --hf-token, --use-auth-token, --tokn), and anything shaped
+    like a Hub access token (hf_...) wherever it stands."""
     found = set()
     for index, word in enumerate(argv):
         option, joined, value = word.partition("=")
-        if option.startswith("--tok") or (len(option) > 2 and "--token".startswith(option)):
+        named = option.startswith("--") and "tok" in option.lower()
+        if named or (len(option) > 2 and "--token".startswith(option)):
             found.add(value if joined else argv[index + 1] if index + 1 < len(argv) else "")
-        if word.startswith("hf_"):
-            found.add(word)
+        found.update(_HUB_TOKEN.findall(word))
     return {word for word in found if word}
+
+
+def _redacted(message: str, secrets: set[str]) -> str:
+    """`message` with each of `secrets` replaced where it stands as a whole word (a short token equal to a
+    letter or a command name leaves the rest of the message readable)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", NOT_SHOWN, message)
+    return message
 
 
 class TokenSafeParser(argparse.ArgumentParser):
@@ -89,7 +103,5 @@ class TokenSafeParser(argparse.ArgumentParser):
         self._argv = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
-    def error(self, message: str):
-        for secret in sorted(_possible_tokens(self._argv), key=len, reverse=True):
-            message = message.replace(secret, NOT_SHOWN)
-        super().error(message)
+    def error(self, message: str):  # argparse's exit_on_error=False raises instead: none of ours sets it
+        super().error(_redacted(message, _possible_tokens(self._argv)))
