@@ -41,9 +41,6 @@ def _repo_to_push(directory: Path, push_to_hub, push_kwargs: dict) -> str | None
             raise ValueError(f"save_pretrained: the directory's name {repo_id!r:.60} is no Hub repo name; pass "
                              "repo_id='owner/name'.") from None
         raise
-    endpoint = push_kwargs.get("endpoint")
-    if endpoint is not None and not isinstance(endpoint, str):
-        raise TypeError(f"save_pretrained: endpoint must be a URL (a str); got {type(endpoint).__name__}.")
     write_token(token, repo_id)  # a token that cannot upload (False, or none on the machine): before the write
     return repo_id
 

@@ -159,7 +159,7 @@ def push_to_hub(model: nn.Module | str | os.PathLike, repo_id: str, *, token: st
                   commit_message=commit_message, overwrite_card=overwrite_card).commit
 
 
-def checked_arguments(repo_id: str, *, token=None, revision=None, private=None, overwrite_card=False,
+def checked_arguments(repo_id: str, *, token=None, endpoint=None, revision=None, private=None, overwrite_card=False,
                       **_unchecked) -> tuple[str | None, str | bool | None]:
     """Refuse `push_to_hub`'s arguments that cannot be right, before anything is written or asked (also for
     `save_pretrained(push_to_hub=True)`); returns (the branch, or None for main; the checked token)."""
@@ -169,6 +169,8 @@ def checked_arguments(repo_id: str, *, token=None, revision=None, private=None, 
     if private is not None and type(private) is not bool:  # bool("no") is True: a string would flip it
         raise TypeError(f"push_to_hub: private must be True, False or None; got {type(private).__name__} "
                         f"{private!r:.40}.")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise TypeError(f"push_to_hub: endpoint must be a URL (a str); got {type(endpoint).__name__}.")
     if type(overwrite_card) is not bool:  # bool("no") is True: a string would replace the user's card
         raise TypeError(f"push_to_hub: overwrite_card must be True or False; got {type(overwrite_card).__name__} "
                         f"{overwrite_card!r:.40}.")
@@ -185,15 +187,20 @@ def write_token(token: str | bool | None, target: str) -> str:
     return sent
 
 
+def _target(where: str, repo_id: str, branch: str | None) -> str:
+    """The repo an upload goes to, as its messages name it: endpoint, repo id and branch."""
+    return f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
+
+
 def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | bool | None, endpoint: str | None,
            revision: str | None, private: bool | None, commit_message: str | None,
            overwrite_card: bool) -> Pushed:
     """`push_to_hub`, saying where it pushed, the commit, and whether README.md was written."""
     source = None if isinstance(model, nn.Module) else _checkpoint_file(model)
-    branch, token = checked_arguments(repo_id, token=token, revision=revision, private=private,
+    branch, token = checked_arguments(repo_id, token=token, endpoint=endpoint, revision=revision, private=private,
                                       overwrite_card=overwrite_card)
     where = hub_endpoint(endpoint)
-    target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
+    target = _target(where, repo_id, branch)
     if not is_offline():  # else huggingface_hub's own refusal says to unset it, rightly
         check_client_online(f"push_to_hub: uploading to {target}", HubError)
     token = write_token(token, target)
@@ -206,11 +213,12 @@ def upload(model: nn.Module | str | os.PathLike, repo_id: str, *, token: str | b
             model = _checked_copy(cast(Path, source), path)
         if not is_repo_id(repo_id):  # a bare name: in the token owner's namespace, before anything is written
             repo_id = owners_repo(api, repo_id, where)
-            target = f"{where}/{repo_id}" + (f" (branch {branch!r})" if branch else "")
-        task = read_metadata(path)["task"]
+            target = _target(where, repo_id, branch)
+        meta = read_metadata(path)
+        task = meta["task"]
         num_parameters = sum(p.numel() for p in model.parameters())  # the file holds them all, strictly
         card = Path(folder) / CARD
-        card.write_text(model_card(repo_id, task, num_parameters, read_metadata(path)), encoding="utf-8")
+        card.write_text(model_card(repo_id, task, num_parameters, meta), encoding="utf-8")
         try:
             api.create_repo(repo_id, private=private, exist_ok=True)
             if branch is not None:
