@@ -16,7 +16,6 @@ Maintainers produce and publish entries with `perceiver-zoo-admin` (the producer
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -26,7 +25,7 @@ from typing import cast
 import torch
 import yaml
 
-from ..class_names import METADATA_KEY as CLASS_NAMES_KEY
+from .. import class_names
 from ..cli_exit import stdout_gone
 from ..export import (
     MAX_TRACE_BATCH,
@@ -65,6 +64,7 @@ from .user_hub import HUB_PREFIX, checked_revision, hub_checkpoint, parse_hub_na
 
 SHOWN_NAMES = 20  # of a checkpoint's class names, by `info`: a file may hold thousands
 
+
 def _list(manifest, patterns: list[str], exclude: list[str]) -> int:
     models = entries(manifest)
     names = set(list_models(patterns, exclude_filters=exclude, manifest=manifest))
@@ -96,13 +96,9 @@ def _info(args) -> int:
     return 0
 
 
-def _shown_metadata(key: str, value: str):
-    """A metadata value as `info` shows it: class names (checked already, as a load checks them) as a list, the
-    first SHOWN_NAMES of a long one and how many more; anything else as stored."""
-    if key != CLASS_NAMES_KEY:
-        return value
-    names = json.loads(value)
-    return names if len(names) <= SHOWN_NAMES else \
+def _shown_names(names: tuple[str, ...]) -> list[str]:
+    """Class names as `info` shows them: the first SHOWN_NAMES of a long list and how many more."""
+    return list(names) if len(names) <= SHOWN_NAMES else \
         [*names[:SHOWN_NAMES], f"... and {len(names) - SHOWN_NAMES} more (load_model(...).class_names)"]
 
 
@@ -110,11 +106,14 @@ def _checkpoint_info(target: Target) -> int:
     """What a Hub repo's or a file's header says (nothing of its body is downloaded or read), as YAML."""
     meta = cast(dict, target.metadata)
     model = build_on_meta(target.task, target.config)  # sizes only, no memory
+    shown = {k: v for k, v in sorted(meta.items()) if k not in ("format", "task", "config")}
+    names = class_names.stored(target.model, meta, target.task, target.config)  # checked with the header already
+    if names is not None:
+        shown[class_names.METADATA_KEY] = _shown_names(names)
     found = {"task": target.task, "class": type(model).__name__,
              "parameters": sum(p.numel() for p in model.parameters()),
              **({"revision": target.revision, "commit": target.commit} if target.kind == "hub" else {}),
-             "metadata": {k: _shown_metadata(k, v) for k, v in sorted(meta.items())
-                          if k not in ("format", "task", "config")},
+             "metadata": shown,
              "config": target.config}
     print(yaml.safe_dump({target.model: found}, sort_keys=False, width=110), end="")
     if target.kind == "hub":
